@@ -1,5 +1,132 @@
-//! iqdio: internal queued direct I/O (architecture docs are written with the core).
+//! # iqdio: internal queued direct I/O
+//!
+//! The firmware side of the mechanism behind IBM's HiperSockets: partitions of one
+//! machine exchange IP frames memory-to-memory, through QDIO queues that the firmware
+//! (here: the [`Fabric`]) moves data between, synchronously, on the sender's CPU, with
+//! no network adapter. This crate is `#![no_std]`, uses no heap, and builds for the
+//! host and for `aarch64-unknown-none` alike; a hypervisor embeds it.
+//!
+//! ```text
+//!   partition A (LPAR 1)                                   partition B (LPAR 2)
+//!   ┌───────────────────────────┐                          ┌───────────────────────────┐
+//!   │ driver::QueueDriver       │                          │ driver::QueueDriver       │
+//!   │  output SBALs + SLSB 0x62 │   SIGA write (on A's     │  input SBALs + SLSB 0x41  │
+//!   │  input  SBALs + SLSB      │   core, synchronous)     │  queue / middle / global  │
+//!   └────────────┬──────────────┘                          │  indicator bytes          │
+//!                │                                         └─────────────▲─────────────┘
+//!   ┌────────────▼─────────────────────────────────────────────────────┐ │ copy, 0x82,
+//!   │ Fabric                                                           │ │ bytes low→high
+//!   │  table lock (shared per send, exclusive per update)              │─┘
+//!   │  source table  LPAR.SUBCHANNEL → queue control ─┐                │
+//!   │  target table  IPv4/IPv6 addr  → queue control ─┤                │──► Platform::
+//!   │  queue controls: outbound lock │ inbound lock │ cursors │ counters│    raise_interrupt
+//!   └──────────────────────────────────────────────────────────────────┘    (decision)
+//! ```
+//!
+//! A send runs the patent's steps: check the subchannel's IQDIO indicator, take the
+//! table lock shared, find the issuer's queue control (source table), take its
+//! outbound lock, and for each primed output buffer (0x62) from the queue's cursor:
+//! read the frame header's next hop, find the target queue control (target table),
+//! take its inbound lock, copy the frames into the next empty input buffer (0x41),
+//! set the input SLSB to 0x82 and then the output SLSB to 0xA1, set the receiver's
+//! completion vector (queue byte, middle byte, global byte, in that order) and decide
+//! whether the receiver needs an interrupt ([`initiative::decide`]). Every bad input
+//! ends in a precise reason in the sender's own SBAL ([`qdio::Reason`]) or a condition
+//! code ([`SigaError`]); nothing panics, no frame is silently lost, and no byte
+//! outside the partitions' own windows is touched ([`guest`]).
+//!
+//! Lock order: table lock → outbound lock of the source → inbound lock of the target.
+//! No inbound lock is ever held while an outbound lock is awaited, so partitions that
+//! send to each other at the same moment cannot deadlock.
+//!
+//! ## Modules
+//!
+//! - [`qdio`]: the guest-visible formats, byte-exact (SLSB, SBAL/SBALE, frame header,
+//!   reason codes).
+//! - [`guest`]: partition memory windows; the only module that touches guest memory.
+//! - [`initiative`]: the completion vector protocol and the interrupt decision.
+//! - [`fabric`]: registration, deregistration, SIGA.
+//! - [`driver`]: the program side a partition runs.
+//! - [`platform`]: what an embedding environment provides.
+//!
+//! ## Embedding in a hypervisor
+//!
+//! The hypervisor provides a [`Platform`] (raise an adapter interrupt for a
+//! partition, read a monotonic clock), tells the fabric each partition's memory
+//! windows, and forwards the partition's requests: establishing queues and
+//! registering addresses (its QDIO/IPA command path) and SIGA (its instruction trap,
+//! with the issuing LPAR taken from the trapping vCPU, never from guest input).
+//!
+//! ```
+//! use core::ptr::NonNull;
+//! use core::sync::atomic::{AtomicU32, Ordering};
+//! use iqdio::{Fabric, FabricConfig, InterruptTarget, Platform, Window};
+//!
+//! /// The hypervisor's side: how it interrupts a partition and tells the time.
+//! struct Hypervisor {
+//!     interrupts: AtomicU32,
+//! }
+//!
+//! impl Platform for Hypervisor {
+//!     fn raise_interrupt(&self, target: InterruptTarget) {
+//!         // Inject an adapter interrupt into `target.lpar`'s vCPU.
+//!         self.interrupts.fetch_add(1, Ordering::Relaxed);
+//!     }
+//!     fn now_ns(&self) -> u64 {
+//!         0 // the hypervisor's monotonic clock
+//!     }
+//! }
+//!
+//! static FABRIC: Fabric<Hypervisor, 16, 256> = Fabric::new(
+//!     Hypervisor { interrupts: AtomicU32::new(0) },
+//!     FabricConfig::DEFAULT,
+//! );
+//!
+//! # #[repr(C, align(4096))] struct Ram([u8; 1 << 16]);
+//! # let ram: &'static mut Ram = Box::leak(Box::new(Ram([0; 1 << 16])));
+//! # let guest_ram = NonNull::from(&mut ram.0).cast::<u8>();
+//! // When partition 1 is created: its guest-physical RAM and where it lives.
+//! // SAFETY: the partition's RAM outlives its registration and is not otherwise
+//! // referenced by Rust code.
+//! let window = unsafe { Window::new(0x0, guest_ram, 1 << 16) };
+//! FABRIC.add_partition(1, &[window]).unwrap();
+//!
+//! // On the partition's SIGA trap (function code in r0, subchannel in r1, mask in r2):
+//! let cc = match FABRIC.siga(1, 0x0100, 0, 1 << 31) {
+//!     Ok(_) => 0,
+//!     Err(e) => e.condition_code() as u8,
+//! };
+//! assert_eq!(cc, 3, "subchannel 0x0100 was never established: not IQDIO");
+//! ```
+//!
+//! The program side, for a partition's own driver, is in [`driver`]; the crate's
+//! integration tests and the bare-metal image show whole partitions.
 #![cfg_attr(not(test), no_std)]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod driver;
+pub mod error;
+pub mod fabric;
+pub mod guest;
+pub mod initiative;
+pub mod platform;
+pub mod qdio;
+mod queue;
+mod sync;
+pub mod table;
+pub mod transfer;
 
 #[cfg(all(feature = "qemu-virt", target_os = "none"))]
 pub mod board;
+
+pub use error::{ConditionCode, QueueField, RegistrationError, SIGA_BUSY_BIT, SigaError};
+pub use fabric::{
+    Fabric, FabricConfig, Port, QueueSetHandle, QueueSetParams, Siga, SigaFunction, SigaReport,
+};
+pub use guest::Window;
+pub use platform::{InterruptTarget, Platform};
+pub use qdio::{Mfs, Reason};
+pub use queue::CounterSnapshot;
+pub use table::{LparId, SourceKey};

@@ -1,0 +1,656 @@
+//! The program side: what a partition's device driver does with its queues.
+//!
+//! A partition carves its queue structures out of its own memory ([`Region`]), makes
+//! its partition-level indicator bytes ([`Indicators`]) and one [`QueueDriver`] per
+//! subchannel, gives the fabric the addresses ([`QueueDriver::params`]), and then:
+//! primes frames into free output buffers, issues SIGA, polls its indicators high →
+//! low, takes received frames, acknowledges and refills. The image, the tests and the
+//! smoltcp device all use it.
+//!
+//! Buffer discipline: output buffers are primed in ring order and SIGA handles them
+//! from its cursor in the same order. Input buffers are armed in ring order, at most
+//! `rx_buffers` ahead of the next one to consume; consumed buffers go to 0x80 (or
+//! 0x81 for the newest, while polling) and the buffer `rx_buffers` further on is armed
+//! with the same data pages.
+
+use core::net::IpAddr;
+use core::ptr::NonNull;
+use core::sync::atomic::{Ordering, fence};
+
+use crate::error::SigaError;
+use crate::fabric::{QUEUE_0_MASK, QueueSetParams, Siga, SigaFunction};
+use crate::guest::{GuestSlice, Sbal, Window};
+use crate::initiative::INDICATOR_SET;
+use crate::qdio::{
+    Eflags, Fragment, HEADER_SIZE, L3Header, Mfs, QUEUE_BUFFERS, RX_ELEMENT_SIZE, Reason,
+    SBAL_SIZE, SBALES_PER_SBAL, SLSB_LEN, Sbale, SlsbState,
+};
+
+/// Page size the driver aligns data buffers to; frames are split at page boundaries.
+const PAGE: usize = 4096;
+
+/// Errors of the program side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverError {
+    /// The region has no room left for the queue structures.
+    OutOfMemory,
+    /// The region's host or guest base is not 4 KiB-aligned.
+    Misaligned,
+    /// A configuration value is out of range (buffer counts must be powers of two).
+    InvalidConfig,
+    /// Every output buffer is primed or not yet returned: issue SIGA first.
+    NoFreeBuffer,
+    /// The frames are larger than the maximum frame size, or more than 16 elements.
+    TooLarge,
+    /// No frame given, or a frame longer than a header's length field can say.
+    InvalidFrame,
+}
+
+/// Errors of a send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The fabric refused the buffer (0xAF) with this reason; the frame is intact and,
+    /// if the reason is retryable, may be sent again.
+    Refused(Reason),
+    /// SIGA itself failed (condition code 1, 2 or 3).
+    Siga(SigaError),
+    /// The driver could not prime the frame.
+    Driver(DriverError),
+}
+
+/// A bump allocator over a partition's own memory.
+pub struct Region {
+    mem: GuestSlice,
+    guest_base: u64,
+    used: usize,
+}
+
+/// A piece of a [`Region`]: its memory and its guest address.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    mem: GuestSlice,
+    guest: u64,
+}
+
+impl Region {
+    /// A region of `len` bytes of partition memory at host `host`, guest `guest_base`.
+    ///
+    /// # Safety
+    ///
+    /// As [`Window::new`]: the memory is valid for reads and writes for as long as the
+    /// region, the drivers made from it and any fabric given its window are used, and
+    /// no Rust reference to it exists meanwhile.
+    pub unsafe fn new(host: NonNull<u8>, guest_base: u64, len: usize) -> Result<Self, DriverError> {
+        if host.as_ptr() as usize % PAGE != 0 || guest_base % PAGE as u64 != 0 {
+            return Err(DriverError::Misaligned);
+        }
+        Ok(Self {
+            // SAFETY: forwarded from this function's contract.
+            mem: unsafe { GuestSlice::from_raw(host, len) },
+            guest_base,
+            used: 0,
+        })
+    }
+
+    /// The whole region as a fabric window (for `Fabric::add_partition`).
+    pub fn window(&self) -> Window {
+        // SAFETY: the region's memory satisfies Window::new's contract by Region::new's.
+        unsafe {
+            Window::new(
+                self.guest_base,
+                NonNull::new(self.mem.host_addr() as *mut u8).unwrap_or(NonNull::dangling()),
+                self.mem.len(),
+            )
+        }
+    }
+
+    /// Bytes not yet handed out.
+    pub fn remaining(&self) -> usize {
+        self.mem.len() - self.used
+    }
+
+    fn alloc(&mut self, size: usize, align: usize) -> Result<Chunk, DriverError> {
+        let start = self.used.next_multiple_of(align);
+        let mem = self.mem.sub(start, size).ok_or(DriverError::OutOfMemory)?;
+        self.used = start + size;
+        mem.fill(0, size, 0);
+        Ok(Chunk {
+            mem,
+            guest: self.guest_base + start as u64,
+        })
+    }
+}
+
+/// The partition-level indicator bytes: the middle byte of its group of queues and
+/// the global summary byte. Polled high → low: global, then middle, then each queue.
+pub struct Indicators {
+    middle: Chunk,
+    global: Chunk,
+}
+
+impl Indicators {
+    /// Allocates the two bytes (each on its own cache line).
+    pub fn new(region: &mut Region) -> Result<Self, DriverError> {
+        Ok(Self {
+            global: region.alloc(1, 64)?,
+            middle: region.alloc(1, 64)?,
+        })
+    }
+
+    /// Resets the global summary byte, then the middle byte, each before the work it
+    /// announces is looked at; true if either was set. The swaps (AcqRel) pair with
+    /// the fabric's Release sets: a set seen here makes the frames behind it visible.
+    pub fn take(&self) -> bool {
+        let global = self.global.mem.swap(0, 0, Ordering::AcqRel) != 0;
+        let middle = self.middle.mem.swap(0, 0, Ordering::AcqRel) != 0;
+        global || middle
+    }
+
+    /// Whether the global summary byte is set, without resetting it.
+    pub fn pending(&self) -> bool {
+        self.global.mem.load(0, Ordering::Acquire) != 0
+    }
+}
+
+/// How a [`QueueDriver`] lays out its queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// The subchannel the queue set is established for.
+    pub subchannel: u16,
+    /// The fabric's maximum frame size (sizes the data buffers).
+    pub mfs: Mfs,
+    /// Input buffers armed at once: a power of two from 2 to 64.
+    pub rx_buffers: u8,
+    /// Output buffers with data of their own: a power of two from 1 to 128.
+    pub tx_buffers: u8,
+    /// Ask for an interrupt on every delivery (the override).
+    pub interrupt_immediately: bool,
+}
+
+impl DriverConfig {
+    /// 16 input buffers, 8 output buffers.
+    pub const fn new(subchannel: u16, mfs: Mfs) -> Self {
+        Self {
+            subchannel,
+            mfs,
+            rx_buffers: 16,
+            tx_buffers: 8,
+            interrupt_immediately: false,
+        }
+    }
+
+    /// Bytes of region a driver with this configuration takes (at most).
+    pub const fn footprint(&self) -> usize {
+        2 * QUEUE_BUFFERS * SBAL_SIZE
+            + 2 * 256
+            + 64
+            + (self.rx_buffers as usize + self.tx_buffers as usize) * self.mfs.bytes()
+            + 3 * PAGE
+    }
+}
+
+/// Outcome of a write-multiple flush.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Buffers delivered.
+    pub delivered: u8,
+    /// Buffers refused: (position among the buffers primed since the last flush,
+    /// reason).
+    pub refused: heapless::Vec<(u8, Reason), QUEUE_BUFFERS>,
+}
+
+/// One frame in a received buffer.
+pub struct RxFrame<'a> {
+    header: L3Header,
+    pieces: &'a [(GuestSlice, usize)],
+}
+
+impl RxFrame<'_> {
+    /// The frame's header.
+    pub fn header(&self) -> &L3Header {
+        &self.header
+    }
+
+    /// Packet bytes (header excluded).
+    pub fn len(&self) -> usize {
+        usize::from(self.header.length)
+    }
+
+    /// Whether the packet is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies the packet into `out`; returns the bytes copied (at most `out.len()`).
+    pub fn copy_to(&self, out: &mut [u8]) -> usize {
+        let mut skip = HEADER_SIZE;
+        let mut done = 0;
+        for (piece, len) in self.pieces {
+            if skip >= *len {
+                skip -= len;
+                continue;
+            }
+            let n = (len - skip).min(out.len() - done);
+            piece.read(skip, &mut out[done..done + n]);
+            done += n;
+            skip = 0;
+            if done == out.len() {
+                break;
+            }
+        }
+        done.min(self.len())
+    }
+}
+
+/// The driver of one queue set: its output and input queues in partition memory.
+pub struct QueueDriver {
+    cfg: DriverConfig,
+    out_sbals: Chunk,
+    in_sbals: Chunk,
+    out_ring: [Sbal; QUEUE_BUFFERS],
+    in_ring: [Sbal; QUEUE_BUFFERS],
+    out_slsb: Chunk,
+    in_slsb: Chunk,
+    queue_ind: Chunk,
+    tx_data: Chunk,
+    rx_data: Chunk,
+    middle_guest: u64,
+    global_guest: u64,
+    /// Next output buffer to prime.
+    tx_next: u8,
+    /// Buffers primed since the last SIGA (they end at `tx_next`).
+    tx_primed: u8,
+    /// Next input buffer to consume.
+    rx_next: u8,
+    polling: bool,
+    acked: Option<u8>,
+}
+
+impl QueueDriver {
+    /// Lays the queue set out in `region` and initialises it: output buffers 0xA0,
+    /// the first `rx_buffers` input buffers armed (0x41), the rest 0x80.
+    pub fn new(
+        region: &mut Region,
+        indicators: &Indicators,
+        cfg: DriverConfig,
+    ) -> Result<Self, DriverError> {
+        let rx_ok = cfg.rx_buffers.is_power_of_two() && (2..=64).contains(&cfg.rx_buffers);
+        let tx_ok =
+            cfg.tx_buffers.is_power_of_two() && usize::from(cfg.tx_buffers) <= QUEUE_BUFFERS;
+        if !rx_ok || !tx_ok {
+            return Err(DriverError::InvalidConfig);
+        }
+        let ring = QUEUE_BUFFERS * SBAL_SIZE;
+        let out_sbals = region.alloc(ring, PAGE)?;
+        let in_sbals = region.alloc(ring, PAGE)?;
+        let d = Self {
+            cfg,
+            out_ring: Self::ring(&out_sbals)?,
+            in_ring: Self::ring(&in_sbals)?,
+            out_sbals,
+            in_sbals,
+            out_slsb: region.alloc(SLSB_LEN, 256)?,
+            in_slsb: region.alloc(SLSB_LEN, 256)?,
+            queue_ind: region.alloc(1, 64)?,
+            tx_data: region.alloc(usize::from(cfg.tx_buffers) * cfg.mfs.bytes(), PAGE)?,
+            rx_data: region.alloc(usize::from(cfg.rx_buffers) * cfg.mfs.bytes(), PAGE)?,
+            middle_guest: indicators.middle.guest,
+            global_guest: indicators.global.guest,
+            tx_next: 0,
+            tx_primed: 0,
+            rx_next: 0,
+            polling: false,
+            acked: None,
+        };
+        d.out_slsb
+            .mem
+            .fill(0, SLSB_LEN, SlsbState::OUTPUT_NOT_INIT.0);
+        d.in_slsb.mem.fill(0, SLSB_LEN, SlsbState::INPUT_NOT_INIT.0);
+        for n in 0..cfg.rx_buffers {
+            d.arm(n);
+        }
+        Ok(d)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DriverConfig {
+        &self.cfg
+    }
+
+    /// The subchannel.
+    pub fn subchannel(&self) -> u16 {
+        self.cfg.subchannel
+    }
+
+    /// The addresses to establish this queue set with.
+    pub fn params(&self) -> QueueSetParams {
+        let sbals = |c: &Chunk| core::array::from_fn(|i| c.guest + (i * SBAL_SIZE) as u64);
+        QueueSetParams {
+            output_sbals: sbals(&self.out_sbals),
+            input_sbals: sbals(&self.in_sbals),
+            output_slsb: self.out_slsb.guest,
+            input_slsb: self.in_slsb.guest,
+            queue_indicator: self.queue_ind.guest,
+            middle_indicator: self.middle_guest,
+            global_indicator: self.global_guest,
+            interrupt_immediately: self.cfg.interrupt_immediately,
+        }
+    }
+
+    fn ring(chunk: &Chunk) -> Result<[Sbal; QUEUE_BUFFERS], DriverError> {
+        let mut v = heapless::Vec::<Sbal, QUEUE_BUFFERS>::new();
+        for n in 0..QUEUE_BUFFERS {
+            let s = chunk
+                .mem
+                .sub(n * SBAL_SIZE, SBAL_SIZE)
+                .and_then(Sbal::new)
+                .ok_or(DriverError::Misaligned)?;
+            v.push(s).map_err(|_| DriverError::Misaligned)?;
+        }
+        v.into_array().map_err(|_| DriverError::Misaligned)
+    }
+
+    fn out_sbal(&self, n: u8) -> Sbal {
+        self.out_ring[usize::from(n) % QUEUE_BUFFERS]
+    }
+
+    fn in_sbal(&self, n: u8) -> Sbal {
+        self.in_ring[usize::from(n) % QUEUE_BUFFERS]
+    }
+
+    fn state(slsb: &Chunk, n: u8, order: Ordering) -> u8 {
+        slsb.mem.load(usize::from(n) % QUEUE_BUFFERS, order)
+    }
+
+    fn set_state(slsb: &Chunk, n: u8, s: SlsbState, order: Ordering) {
+        slsb.mem.store(usize::from(n) % QUEUE_BUFFERS, s.0, order);
+    }
+
+    /// The SLSB state of output buffer `n`.
+    pub fn output_state(&self, n: u8) -> SlsbState {
+        SlsbState(Self::state(&self.out_slsb, n, Ordering::Acquire))
+    }
+
+    /// The SLSB state of input buffer `n`.
+    pub fn input_state(&self, n: u8) -> SlsbState {
+        SlsbState(Self::state(&self.in_slsb, n, Ordering::Acquire))
+    }
+
+    /// Hands input buffer `n` to the fabric: its data pages in its SBALEs, then 0x41.
+    fn arm(&self, n: u8) {
+        let sbal = self.in_sbal(n);
+        let slot = usize::from(n % self.cfg.rx_buffers);
+        let base = self.rx_data.guest + (slot * self.cfg.mfs.bytes()) as u64;
+        for i in 0..SBALES_PER_SBAL {
+            let e = if i < self.cfg.mfs.rx_elements() {
+                Sbale {
+                    addr: base + (i * RX_ELEMENT_SIZE) as u64,
+                    length: RX_ELEMENT_SIZE as u32,
+                    ..Sbale::default()
+                }
+            } else {
+                Sbale::default()
+            };
+            sbal.store(i, &e);
+        }
+        // Release pairs with the fabric's Acquire load of 0x41: the SBALEs are seen.
+        Self::set_state(&self.in_slsb, n, SlsbState::INPUT_EMPTY, Ordering::Release);
+    }
+
+    /// Output buffers free to prime now.
+    pub fn free_tx(&self) -> u8 {
+        self.cfg.tx_buffers - self.tx_primed
+    }
+
+    /// Primes one frame to `dest` into the next output buffer; SIGA sends it.
+    pub fn prime(&mut self, dest: IpAddr, packet: &[u8]) -> Result<u8, DriverError> {
+        self.prime_frames(dest, &[packet])
+    }
+
+    /// Primes several frames for one next hop into one output buffer (as Linux packs
+    /// packets that share a next hop). Each frame is a header and its packet; frames
+    /// are split into elements at page boundaries of the buffer's data.
+    pub fn prime_frames(&mut self, dest: IpAddr, packets: &[&[u8]]) -> Result<u8, DriverError> {
+        if self.tx_primed >= self.cfg.tx_buffers {
+            return Err(DriverError::NoFreeBuffer);
+        }
+        let n = self.tx_next;
+        let state = self.output_state(n);
+        if state.owned_by_fabric() {
+            return Err(DriverError::NoFreeBuffer);
+        }
+        if packets.is_empty() || packets.iter().any(|p| p.len() > usize::from(u16::MAX)) {
+            return Err(DriverError::InvalidFrame);
+        }
+        let total: usize = packets.iter().map(|p| p.len() + HEADER_SIZE).sum();
+        if total > self.cfg.mfs.bytes() {
+            return Err(DriverError::TooLarge);
+        }
+        let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
+        let mut elements = heapless::Vec::<Sbale, SBALES_PER_SBAL>::new();
+        let mut off = slot;
+        for p in packets {
+            let header = L3Header::unicast(dest, p.len() as u16).encode();
+            self.tx_data.mem.write(off, &header);
+            self.tx_data.mem.write(off + HEADER_SIZE, p);
+            let frame_start = off;
+            let frame_end = off + HEADER_SIZE + p.len();
+            let first_el = elements.len();
+            let mut at = frame_start;
+            while at < frame_end {
+                let page_end = (at / PAGE + 1) * PAGE;
+                let end = page_end.min(frame_end);
+                elements
+                    .push(Sbale {
+                        addr: self.tx_data.guest + at as u64,
+                        length: (end - at) as u32,
+                        ..Sbale::default()
+                    })
+                    .map_err(|_| DriverError::TooLarge)?;
+                at = end;
+            }
+            let count = elements.len() - first_el;
+            for (i, e) in elements[first_el..].iter_mut().enumerate() {
+                e.eflags = Fragment::for_element(i, count).bits();
+            }
+            off = frame_end;
+        }
+        if let Some(last) = elements.last_mut() {
+            last.eflags |= Eflags::LAST_ENTRY.bits();
+        }
+        let sbal = self.out_sbal(n);
+        for i in 0..SBALES_PER_SBAL {
+            sbal.store(i, elements.get(i).unwrap_or(&Sbale::default()));
+        }
+        // Release pairs with the fabric's Acquire load of 0x62.
+        Self::set_state(
+            &self.out_slsb,
+            n,
+            SlsbState::OUTPUT_PRIMED,
+            Ordering::Release,
+        );
+        self.tx_next = (n + 1) % QUEUE_BUFFERS as u8;
+        self.tx_primed += 1;
+        Ok(n)
+    }
+
+    /// Primes one frame and sends it with SIGA write. A busy SIGA (cc2) is retried a
+    /// bounded number of times, then returned.
+    pub fn send<S: Siga + ?Sized>(
+        &mut self,
+        siga: &S,
+        dest: IpAddr,
+        packet: &[u8],
+    ) -> Result<(), SendError> {
+        if self.tx_primed > 0 {
+            // Earlier primed buffers go first, in ring order.
+            self.flush(siga).map_err(SendError::Siga)?;
+        }
+        let n = self.prime(dest, packet).map_err(SendError::Driver)?;
+        self.issue(siga, SigaFunction::Write)?;
+        self.tx_primed = 0;
+        match self.output_state(n) {
+            SlsbState::OUTPUT_EMPTY => Ok(()),
+            _ => Err(SendError::Refused(self.reason(n))),
+        }
+    }
+
+    fn issue<S: Siga + ?Sized>(&self, siga: &S, f: SigaFunction) -> Result<(), SendError> {
+        let mut tries = 0;
+        loop {
+            match siga.siga(self.cfg.subchannel, f, QUEUE_0_MASK) {
+                Ok(_) => return Ok(()),
+                Err(SigaError::Busy) if tries < 1000 => {
+                    tries += 1;
+                    core::hint::spin_loop();
+                }
+                Err(e) => return Err(SendError::Siga(e)),
+            }
+        }
+    }
+
+    /// The sbalf15 reason of a refused output buffer.
+    pub fn reason(&self, n: u8) -> Reason {
+        let code = self.out_sbal(n).load(Sbale::ERROR_REASON_ELEMENT).sflags;
+        Reason::from_code(code).unwrap_or(Reason::TargetNotActive)
+    }
+
+    /// Sends every buffer primed since the last SIGA with one SIGA write-multiple.
+    pub fn flush<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<FlushReport, SigaError> {
+        let mut report = FlushReport::default();
+        if self.tx_primed == 0 {
+            return Ok(report);
+        }
+        match self.issue(siga, SigaFunction::WriteMultiple) {
+            Ok(()) => {}
+            Err(SendError::Siga(e)) => return Err(e),
+            Err(_) => return Err(SigaError::Busy),
+        }
+        let first = (self.tx_next + QUEUE_BUFFERS as u8 - self.tx_primed) % QUEUE_BUFFERS as u8;
+        for k in 0..self.tx_primed {
+            let n = (first + k) % QUEUE_BUFFERS as u8;
+            match self.output_state(n) {
+                SlsbState::OUTPUT_EMPTY => report.delivered += 1,
+                _ => {
+                    let _ = report.refused.push((k, self.reason(n)));
+                }
+            }
+        }
+        self.tx_primed = 0;
+        Ok(report)
+    }
+
+    /// Resets this queue's indicator byte; true if it was set. Call after
+    /// [`Indicators::take`] (high → low), before taking the frames.
+    pub fn take_initiative(&self) -> bool {
+        self.queue_ind.mem.swap(0, 0, Ordering::AcqRel) != 0
+    }
+
+    /// Whether the next input buffer holds something (a frame or an error).
+    pub fn has_input(&self) -> bool {
+        let s = self.input_state(self.rx_next);
+        s == SlsbState::INPUT_PRIMED || s == SlsbState::INPUT_ERROR
+    }
+
+    /// Takes the next received buffer, if any: calls `f` for each frame in it, then
+    /// acknowledges it and arms the buffer `rx_buffers` further on. Returns the frames
+    /// seen, or `None` when no buffer was ready. A buffer the fabric marked 0x8F (its
+    /// own elements were bad) is skipped and re-armed.
+    pub fn receive(&mut self, mut f: impl FnMut(&RxFrame<'_>)) -> Option<usize> {
+        let n = self.rx_next;
+        // Acquire pairs with the fabric's Release store of 0x82: data visible.
+        let state = self.input_state(n);
+        let mut frames = 0;
+        if state == SlsbState::INPUT_PRIMED {
+            let sbal = self.in_sbal(n);
+            let sbales = sbal.load_all();
+            let mut pieces = heapless::Vec::<(GuestSlice, usize), SBALES_PER_SBAL>::new();
+            for e in sbales.iter() {
+                let off = e.addr.wrapping_sub(self.rx_data.guest) as usize;
+                let Some(piece) = self.rx_data.mem.sub(off, e.length as usize) else {
+                    break;
+                };
+                let _ = pieces.push((piece, e.length as usize));
+                let ends_frame = matches!(e.fragment(), Fragment::None | Fragment::Last);
+                if ends_frame {
+                    let mut raw = [0u8; HEADER_SIZE];
+                    let start = pieces.first().map_or(0, |p| p.1);
+                    if start >= HEADER_SIZE {
+                        pieces[0].0.read(0, &mut raw);
+                        if let Ok(header) = L3Header::decode(&raw) {
+                            f(&RxFrame {
+                                header,
+                                pieces: &pieces,
+                            });
+                            frames += 1;
+                        }
+                    }
+                    pieces.clear();
+                }
+                if e.is_last_entry() {
+                    break;
+                }
+            }
+        } else if state != SlsbState::INPUT_ERROR {
+            return None;
+        }
+        self.consume(n);
+        Some(frames)
+    }
+
+    /// Hands buffer `n` back: 0x80, or 0x81 while polling (the previous acknowledged
+    /// buffer then goes to 0x80), and arms the buffer `rx_buffers` further on.
+    fn consume(&mut self, n: u8) {
+        if self.polling {
+            if let Some(a) = self.acked.replace(n) {
+                Self::set_state(
+                    &self.in_slsb,
+                    a,
+                    SlsbState::INPUT_NOT_INIT,
+                    Ordering::Relaxed,
+                );
+            }
+            Self::set_state(&self.in_slsb, n, SlsbState::INPUT_ACKED, Ordering::Release);
+        } else {
+            Self::set_state(
+                &self.in_slsb,
+                n,
+                SlsbState::INPUT_NOT_INIT,
+                Ordering::Release,
+            );
+        }
+        self.arm((n + self.cfg.rx_buffers) % QUEUE_BUFFERS as u8);
+        self.rx_next = (n + 1) % QUEUE_BUFFERS as u8;
+    }
+
+    /// Starts polling: from now on the newest consumed buffer reads 0x81, and the
+    /// fabric raises no interrupt for deliveries while it does.
+    pub fn start_polling(&mut self) {
+        self.polling = true;
+    }
+
+    /// Stops polling: writes 0x80 over the acknowledged buffer, then re-checks the
+    /// queue indicator and the next buffer, to close the race with a send that saw
+    /// 0x81 and so raised no interrupt. Returns true when work is waiting: the caller
+    /// must take it rather than sleep.
+    pub fn stop_polling(&mut self) -> bool {
+        self.polling = false;
+        if let Some(a) = self.acked.take() {
+            Self::set_state(
+                &self.in_slsb,
+                a,
+                SlsbState::INPUT_NOT_INIT,
+                Ordering::Relaxed,
+            );
+        }
+        // SeqCst fence: the 0x80 store is ordered before the re-check loads, as the
+        // fabric's 0x82 store is before its 0x81 check (both sides store, then load).
+        fence(Ordering::SeqCst);
+        self.queue_ind.mem.load(0, Ordering::Acquire) == INDICATOR_SET || self.has_input()
+    }
+
+    /// Whether the driver is polling.
+    pub fn is_polling(&self) -> bool {
+        self.polling
+    }
+}

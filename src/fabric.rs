@@ -1,0 +1,779 @@
+//! The fabric: partitions, queue-set registration and deregistration, and SIGA.
+
+use core::net::IpAddr;
+use core::sync::atomic::Ordering;
+
+use crate::error::{QueueField, RegistrationError, SigaError};
+use crate::guest::{GuestSlice, Memory, Sbal, SbalError, Window};
+use crate::initiative::{DecisionInput, INDICATOR_SET, decide};
+use crate::platform::{InterruptTarget, Platform};
+use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SLSB_LEN, Sbale, SlsbState};
+use crate::queue::{CounterSnapshot, Inbound, IndicatorBytes, QueueControl, QueueRing, next, prev};
+use crate::sync::TableLock;
+use crate::table::{LparId, QueueTable, SlotRef, SourceKey};
+use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing};
+
+/// Partitions (LPAR ids) a fabric can know: every `u8`.
+pub const MAX_PARTITIONS: usize = 256;
+/// IQDIO subchannels one partition may establish.
+pub const MAX_SUBCHANNELS: usize = 16;
+/// The only output queue mask a unicast queue set accepts: queue 0 (`1 << 31`).
+pub const QUEUE_0_MASK: u32 = 1 << 31;
+
+/// Settings that hold for the whole fabric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FabricConfig {
+    /// Maximum frame size: the most bytes one SBAL may carry.
+    pub mfs: Mfs,
+    /// The interrupt fallback: a summary left pending this long raises an interrupt.
+    pub interrupt_delay_ns: u64,
+}
+
+impl FabricConfig {
+    /// 64 KiB frames, 1 ms fallback delay.
+    pub const DEFAULT: Self = Self {
+        mfs: Mfs::K64,
+        interrupt_delay_ns: 1_000_000,
+    };
+}
+
+impl Default for FabricConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// SIGA function codes this fabric performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SigaFunction {
+    /// SIGA write (0): send the next primed output buffer.
+    Write,
+    /// SIGA write-multiple (3): send every consecutive primed output buffer from the
+    /// cursor, in one call (the "multiple write facility").
+    WriteMultiple,
+}
+
+impl SigaFunction {
+    /// The function code.
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::Write => 0,
+            Self::WriteMultiple => 3,
+        }
+    }
+
+    /// The function for a code.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Self::Write),
+            3 => Some(Self::WriteMultiple),
+            _ => None,
+        }
+    }
+}
+
+/// What one SIGA did (condition code 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigaReport {
+    /// Primed output buffers handled (each now reads 0xA1 or 0xAF).
+    pub buffers: u8,
+    /// Of those, delivered (0xA1).
+    pub delivered: u8,
+    /// Of those, refused (0xAF, reason in sbalf15).
+    pub refused: u8,
+    /// Frames delivered.
+    pub frames: u16,
+    /// Packet bytes delivered.
+    pub bytes: u64,
+    /// Interrupts raised for receivers.
+    pub interrupts: u8,
+}
+
+/// The addresses a partition gives when it establishes a queue set for a subchannel
+/// (guest addresses in its own memory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSetParams {
+    /// The 128 output SBALs (each 256-aligned).
+    pub output_sbals: [u64; QUEUE_BUFFERS],
+    /// The 128 input SBALs (each 256-aligned).
+    pub input_sbals: [u64; QUEUE_BUFFERS],
+    /// The output SLSB (128 bytes).
+    pub output_slsb: u64,
+    /// The input SLSB (128 bytes).
+    pub input_slsb: u64,
+    /// The queue's own indicator byte (lowest tier).
+    pub queue_indicator: u64,
+    /// The middle-tier indicator byte (shared by a group of queues).
+    pub middle_indicator: u64,
+    /// The global summary byte.
+    pub global_indicator: u64,
+    /// Interrupt at once for every delivery (the override).
+    pub interrupt_immediately: bool,
+}
+
+/// A handle on an established queue set. It stays tied to that registration: once
+/// the queue set is deregistered, the handle is stale, even if its slot is reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSetHandle {
+    /// `LPAR-ID.SUBCHANNEL#` of the queue set.
+    pub key: SourceKey,
+    slot: SlotRef,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subchannel {
+    /// Established: queues active.
+    Active(SlotRef),
+    /// Carries the IQDIO indicator, but its queue set was deregistered.
+    Inactive,
+}
+
+struct PartitionRecord {
+    memory: Memory,
+    subchannels: heapless::Vec<(u16, Subchannel), MAX_SUBCHANNELS>,
+}
+
+impl PartitionRecord {
+    fn subchannel(&self, sch: u16) -> Option<Subchannel> {
+        self.subchannels
+            .iter()
+            .find(|(s, _)| *s == sch)
+            .map(|(_, st)| *st)
+    }
+
+    fn set_subchannel(&mut self, sch: u16, st: Subchannel) -> Result<(), RegistrationError> {
+        if let Some(e) = self.subchannels.iter_mut().find(|(s, _)| *s == sch) {
+            e.1 = st;
+            return Ok(());
+        }
+        self.subchannels
+            .push((sch, st))
+            .map_err(|_| RegistrationError::TableFull)
+    }
+}
+
+struct State<const Q: usize, const A: usize> {
+    partitions: [Option<PartitionRecord>; MAX_PARTITIONS],
+    table: QueueTable<Q, A>,
+    in_use: [bool; Q],
+}
+
+/// The fabric: the firmware side of internal queued direct I/O.
+///
+/// `Q` is the number of queue sets (queue controls, and the source table's capacity);
+/// `A` the number of IP addresses (the target table's capacity). Both must be powers
+/// of two. See the [crate docs](crate) for the architecture.
+pub struct Fabric<P: Platform, const Q: usize = 64, const A: usize = 4096> {
+    platform: P,
+    config: FabricConfig,
+    state: TableLock<State<Q, A>>,
+    controls: [QueueControl; Q],
+}
+
+/// Result of one output buffer's send.
+enum BufferOutcome {
+    Delivered {
+        frames: u16,
+        bytes: u64,
+        interrupt: Option<InterruptTarget>,
+    },
+    Refused(Fault),
+}
+
+impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
+    /// A fabric with no partitions. `const`, so an image can keep it in a static.
+    pub const fn new(platform: P, config: FabricConfig) -> Self {
+        assert!(Q.is_power_of_two() && A.is_power_of_two() && Q <= u16::MAX as usize);
+        Self {
+            platform,
+            config,
+            state: TableLock::new(State {
+                partitions: [const { None }; MAX_PARTITIONS],
+                table: QueueTable::new(),
+                in_use: [false; Q],
+            }),
+            controls: [const { QueueControl::new() }; Q],
+        }
+    }
+
+    /// The fabric's settings.
+    pub const fn config(&self) -> &FabricConfig {
+        &self.config
+    }
+
+    /// The embedding platform.
+    pub const fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// Makes a partition known with its memory windows. Windows may not overlap one
+    /// another nor any other partition's (in host memory).
+    pub fn add_partition(&self, lpar: LparId, windows: &[Window]) -> Result<(), RegistrationError> {
+        let memory = Memory::new(windows)?;
+        let mut st = self.state.write();
+        if st.partitions[usize::from(lpar)].is_some() {
+            return Err(RegistrationError::DuplicateFound);
+        }
+        if st
+            .partitions
+            .iter()
+            .flatten()
+            .any(|p| p.memory.overlaps(&memory))
+        {
+            return Err(RegistrationError::OverlappingWindows);
+        }
+        st.partitions[usize::from(lpar)] = Some(PartitionRecord {
+            memory,
+            subchannels: heapless::Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Forgets a partition, deregistering its queue sets first.
+    pub fn remove_partition(&self, lpar: LparId) -> Result<(), RegistrationError> {
+        let mut st = self.state.write();
+        let Some(p) = st.partitions[usize::from(lpar)].as_ref() else {
+            return Err(RegistrationError::UnknownPartition);
+        };
+        let active: heapless::Vec<u16, MAX_SUBCHANNELS> = p
+            .subchannels
+            .iter()
+            .filter(|(_, s)| matches!(s, Subchannel::Active(_)))
+            .map(|(sch, _)| *sch)
+            .collect();
+        for sch in active {
+            self.deregister_locked(
+                &mut st,
+                SourceKey {
+                    lpar,
+                    subchannel: sch,
+                },
+            )?;
+        }
+        st.partitions[usize::from(lpar)] = None;
+        Ok(())
+    }
+
+    /// Establishes a queue set for `lpar`'s `subchannel`: checks every address against
+    /// the partition's memory, registers `LPAR-ID.SUBCHANNEL#` in the source table and
+    /// gives the subchannel the IQDIO indicator.
+    pub fn establish(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        params: &QueueSetParams,
+    ) -> Result<QueueSetHandle, RegistrationError> {
+        let key = SourceKey { lpar, subchannel };
+        let mut st = self.state.write();
+        let p = st.partitions[usize::from(lpar)]
+            .as_ref()
+            .ok_or(RegistrationError::UnknownPartition)?;
+        let (out_ring, in_ring, indicators) = check_queue_set(&p.memory, params)?;
+        if matches!(p.subchannel(subchannel), Some(Subchannel::Active(_))) {
+            return Err(RegistrationError::DuplicateFound);
+        }
+        let index = st
+            .in_use
+            .iter()
+            .position(|u| !u)
+            .ok_or(RegistrationError::TableFull)?;
+        let qc = &self.controls[index];
+        let slot = SlotRef {
+            index: index as u16,
+            generation: qc.generation.load(Ordering::Relaxed),
+        };
+        st.table.add_source(key, slot)?;
+        let p = st.partitions[usize::from(lpar)]
+            .as_mut()
+            .ok_or(RegistrationError::UnknownPartition)?;
+        if let Err(e) = p.set_subchannel(subchannel, Subchannel::Active(slot)) {
+            st.table.remove_queue_set(key);
+            return Err(e);
+        }
+        st.in_use[index] = true;
+        // No send can hold these locks: sends hold the table lock shared.
+        {
+            let mut out = qc.outbound.lock();
+            out.ring = Some(out_ring);
+            out.cursor = 0;
+        }
+        {
+            let mut inb = qc.inbound.lock();
+            *inb = Inbound {
+                ring: Some(in_ring),
+                cursor: 0,
+                indicators: Some(indicators),
+                pending_since_ns: 0,
+                interrupt_immediately: params.interrupt_immediately,
+                owner: key,
+            };
+        }
+        qc.counters.reset();
+        Ok(QueueSetHandle { key, slot })
+    }
+
+    /// Registers `ip` as a target address of `lpar`'s queue set on `subchannel`.
+    /// An address is unique in the fabric: another queue set's address, or this one's
+    /// again, is Duplicate Found (0xE005).
+    pub fn register_address(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        ip: IpAddr,
+    ) -> Result<(), RegistrationError> {
+        if !is_unicast(&ip) {
+            return Err(RegistrationError::InvalidAddress);
+        }
+        let mut st = self.state.write();
+        st.table
+            .add_target(ip, SourceKey { lpar, subchannel })
+            .map(|_| ())
+    }
+
+    /// Removes one address of `lpar`'s queue set on `subchannel`.
+    pub fn deregister_address(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        ip: IpAddr,
+    ) -> Result<(), RegistrationError> {
+        let mut st = self.state.write();
+        st.table.remove_target(&ip, SourceKey { lpar, subchannel })
+    }
+
+    /// Deregisters `lpar`'s queue set on `subchannel`: removes its addresses from the
+    /// target table, then its source entry, then frees its queue control, all under
+    /// the exclusive lock, so no send is in flight meanwhile. Afterwards a send to its
+    /// addresses is unreachable (0x11), and a SIGA on it answers cc1.
+    pub fn deregister_queue_set(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+    ) -> Result<(), RegistrationError> {
+        let mut st = self.state.write();
+        self.deregister_locked(&mut st, SourceKey { lpar, subchannel })
+    }
+
+    fn deregister_locked(
+        &self,
+        st: &mut State<Q, A>,
+        key: SourceKey,
+    ) -> Result<(), RegistrationError> {
+        let slot = st
+            .table
+            .remove_queue_set(key)
+            .ok_or(RegistrationError::NotFound)?;
+        if let Some(p) = st.partitions[usize::from(key.lpar)].as_mut() {
+            // The entry exists (it was Active), so this replaces it and cannot fail.
+            let _ = p.set_subchannel(key.subchannel, Subchannel::Inactive);
+        }
+        let index = usize::from(slot.index);
+        let qc = &self.controls[index];
+        qc.outbound.lock().ring = None;
+        {
+            let mut inb = qc.inbound.lock();
+            inb.ring = None;
+            inb.indicators = None;
+        }
+        // Written under the exclusive lock; readers of generations hold it shared.
+        qc.generation.fetch_add(1, Ordering::Relaxed);
+        st.in_use[index] = false;
+        Ok(())
+    }
+
+    /// Addresses registered in the target table, across all partitions.
+    pub fn address_count(&self) -> usize {
+        self.state.read().table.target_len()
+    }
+
+    /// The counters of a queue set, or `StaleHandle` once it has been deregistered.
+    pub fn counters(&self, handle: &QueueSetHandle) -> Result<CounterSnapshot, RegistrationError> {
+        let st = self.state.read();
+        let live = st.table.source(&handle.key) == Some(handle.slot);
+        if !live {
+            return Err(RegistrationError::StaleHandle);
+        }
+        Ok(self.controls[usize::from(handle.slot.index)]
+            .counters
+            .snapshot())
+    }
+
+    /// The counters of `lpar`'s queue set on `subchannel`, if it is established.
+    pub fn counters_of(&self, lpar: LparId, subchannel: u16) -> Option<CounterSnapshot> {
+        let st = self.state.read();
+        let slot = st.table.source(&SourceKey { lpar, subchannel })?;
+        Some(self.controls[usize::from(slot.index)].counters.snapshot())
+    }
+
+    /// Sets or clears the receiver's "interrupt immediately" override.
+    pub fn set_interrupt_immediately(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        on: bool,
+    ) -> Result<(), RegistrationError> {
+        let st = self.state.read();
+        let slot = st
+            .table
+            .source(&SourceKey { lpar, subchannel })
+            .ok_or(RegistrationError::NotFound)?;
+        self.controls[usize::from(slot.index)]
+            .inbound
+            .lock()
+            .interrupt_immediately = on;
+        Ok(())
+    }
+
+    /// The delay fallback without a send: raises an interrupt for every queue set
+    /// whose global summary has stayed pending longer than the delay. An embedding
+    /// calls this from a periodic timer. Returns the interrupts raised.
+    pub fn expire_delays(&self) -> usize {
+        let st = self.state.read();
+        let now = self.platform.now_ns();
+        let mut raised = 0;
+        for (qc, _) in self
+            .controls
+            .iter()
+            .zip(st.in_use.iter())
+            .filter(|(_, u)| **u)
+        {
+            let target = {
+                let mut inb = qc.inbound.lock();
+                let Some(ind) = inb.indicators else { continue };
+                let pending = ind.global.load(0, Ordering::Acquire) != 0;
+                if !pending
+                    || now.saturating_sub(inb.pending_since_ns) < self.config.interrupt_delay_ns
+                {
+                    continue;
+                }
+                inb.pending_since_ns = now;
+                InterruptTarget {
+                    lpar: inb.owner.lpar,
+                    subchannel: inb.owner.subchannel,
+                }
+            };
+            qc.counters.interrupt(true);
+            self.platform.raise_interrupt(target);
+            raised += 1;
+        }
+        raised
+    }
+
+    /// A port through which partition `lpar` issues SIGA (the partition's identity
+    /// comes from the embedding, never from the partition's own input).
+    pub const fn port(&self, lpar: LparId) -> Port<'_, P, Q, A> {
+        Port { fabric: self, lpar }
+    }
+
+    /// SIGA with a raw function code, as a hypervisor decodes it from the
+    /// instruction's registers.
+    pub fn siga(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        function: u32,
+        queue_mask: u32,
+    ) -> Result<SigaReport, SigaError> {
+        let f = SigaFunction::from_code(function).ok_or(SigaError::InvalidFunction)?;
+        self.siga_function(lpar, subchannel, f, queue_mask)
+    }
+
+    /// SIGA write: sends the next primed output buffer.
+    pub fn siga_write(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        queue_mask: u32,
+    ) -> Result<SigaReport, SigaError> {
+        self.siga_function(lpar, subchannel, SigaFunction::Write, queue_mask)
+    }
+
+    /// SIGA write-multiple: sends every consecutive primed output buffer.
+    pub fn siga_write_multiple(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        queue_mask: u32,
+    ) -> Result<SigaReport, SigaError> {
+        self.siga_function(lpar, subchannel, SigaFunction::WriteMultiple, queue_mask)
+    }
+
+    /// The send, steps c to p of the patent: check the IQDIO indicator, take the table
+    /// lock shared, find the issuer's queue control, take its outbound lock, and for
+    /// each primed buffer from the cursor: read the destination, look the target up,
+    /// take its inbound lock, fill an empty receive buffer, set the receive SLSB 0x82
+    /// and then the send SLSB 0xA1, set the completion vector low → high, and decide
+    /// on the interrupt. Synchronous: every buffer handled reads 0xA1 or 0xAF on return.
+    pub fn siga_function(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        function: SigaFunction,
+        queue_mask: u32,
+    ) -> Result<SigaReport, SigaError> {
+        let st = self.state.read();
+        let issuer = st.partitions[usize::from(lpar)]
+            .as_ref()
+            .ok_or(SigaError::NotIqdio)?;
+        let slot = match issuer.subchannel(subchannel) {
+            None => return Err(SigaError::NotIqdio),
+            Some(Subchannel::Inactive) => return Err(SigaError::QueuesNotActive),
+            Some(Subchannel::Active(slot)) => slot,
+        };
+        if queue_mask != QUEUE_0_MASK {
+            return Err(SigaError::InvalidQueueMask);
+        }
+        let qc = &self.controls[usize::from(slot.index)];
+        let Some(mut out) = qc.outbound.try_lock() else {
+            qc.counters.busy();
+            return Err(SigaError::Busy);
+        };
+        let Some(ring) = out.ring else {
+            return Err(SigaError::QueuesNotActive);
+        };
+        let limit = match function {
+            SigaFunction::Write => 1,
+            SigaFunction::WriteMultiple => QUEUE_BUFFERS,
+        };
+        let mut report = SigaReport::default();
+        for _ in 0..limit {
+            let n = out.cursor;
+            // Acquire pairs with the program's Release store of 0x62: its SBAL and
+            // data writes are visible.
+            if ring.state(n, Ordering::Acquire) != SlsbState::OUTPUT_PRIMED.0 {
+                break;
+            }
+            let sbal = ring.sbal(n);
+            let outcome = self.send_buffer(&st, &issuer.memory, &sbal);
+            report.buffers += 1;
+            match outcome {
+                BufferOutcome::Delivered {
+                    frames,
+                    bytes,
+                    interrupt,
+                } => {
+                    // Release: our reads of the buffer happen before the program
+                    // reuses it.
+                    ring.set_state(n, SlsbState::OUTPUT_EMPTY.0, Ordering::Release);
+                    qc.counters.sent(u64::from(frames), bytes);
+                    report.delivered += 1;
+                    report.frames += frames;
+                    report.bytes += bytes;
+                    if let Some(t) = interrupt {
+                        self.platform.raise_interrupt(t);
+                        report.interrupts += 1;
+                    }
+                }
+                BufferOutcome::Refused(fault) => {
+                    let e14 = sbal.load(Sbale::ERROR_INDEX_ELEMENT).sflags;
+                    sbal.set_sflags(
+                        Sbale::ERROR_INDEX_ELEMENT,
+                        (e14 & 0xF0) | (fault.element & 0x0F),
+                    );
+                    sbal.set_sflags(Sbale::ERROR_REASON_ELEMENT, fault.reason.code());
+                    // Release publishes the reason with the error state.
+                    ring.set_state(n, SlsbState::OUTPUT_ERROR.0, Ordering::Release);
+                    qc.counters.error(fault.reason);
+                    report.refused += 1;
+                }
+            }
+            out.cursor = next(n);
+        }
+        Ok(report)
+    }
+
+    /// One output buffer: parse, look up, deliver, signal.
+    fn send_buffer(&self, st: &State<Q, A>, issuer: &Memory, sbal: &Sbal) -> BufferOutcome {
+        let outgoing = match parse_outgoing(sbal, issuer, self.config.mfs) {
+            Ok(o) => o,
+            Err(f) => return BufferOutcome::Refused(f),
+        };
+        let Some(entry) = st.table.target(&outgoing.dest) else {
+            return refuse(Reason::Unreachable);
+        };
+        let tqc = &self.controls[usize::from(entry.slot.index)];
+        let Some(receiver) = st.partitions[usize::from(entry.owner.lpar)].as_ref() else {
+            return refuse(Reason::TargetNotActive);
+        };
+        if tqc.generation.load(Ordering::Relaxed) != entry.slot.generation {
+            return refuse(Reason::TargetNotActive);
+        }
+        let mut inb = tqc.inbound.lock();
+        match self.fill(&mut inb, &outgoing, &receiver.memory) {
+            Ok(()) => {}
+            Err(reason) => {
+                if reason == Reason::TargetFull {
+                    tqc.counters.refused_full();
+                }
+                return refuse(reason);
+            }
+        }
+        tqc.counters
+            .received(outgoing.frames() as u64, outgoing.payload);
+        let interrupt = self.signal(&mut inb, tqc);
+        BufferOutcome::Delivered {
+            frames: outgoing.frames() as u16,
+            bytes: outgoing.payload,
+            interrupt,
+        }
+    }
+
+    /// Fills the receiver's next input buffer (under its inbound lock).
+    fn fill(&self, inb: &mut Inbound, out: &Outgoing, rx_memory: &Memory) -> Result<(), Reason> {
+        let ring = inb.ring.ok_or(Reason::TargetNotActive)?;
+        let n = inb.cursor;
+        // Acquire pairs with the receiver's Release store of 0x41: its SBALE writes
+        // (addresses, capacities) are visible.
+        if ring.state(n, Ordering::Acquire) != SlsbState::INPUT_EMPTY.0 {
+            return Err(Reason::TargetFull);
+        }
+        let rx = ring.sbal(n);
+        match deliver(out, &rx, rx_memory) {
+            Ok(_) => {
+                // Release: the data and SBALEs are visible before the receiver can
+                // see 0x82 (it loads the SLSB with Acquire).
+                ring.set_state(n, SlsbState::INPUT_PRIMED.0, Ordering::Release);
+                inb.cursor = next(n);
+                Ok(())
+            }
+            Err(RxFault::TooLarge) => Err(Reason::TooLarge),
+            Err(RxFault::BufferInvalid(element)) => {
+                // The receiver's own buffer is bad: report it in that buffer and move
+                // on; the sender may retry into the next one.
+                let e14 = rx.load(Sbale::ERROR_INDEX_ELEMENT).sflags;
+                rx.set_sflags(Sbale::ERROR_INDEX_ELEMENT, (e14 & 0xF0) | (element & 0x0F));
+                rx.set_sflags(
+                    Sbale::ERROR_REASON_ELEMENT,
+                    Reason::AddressOutsideMemory.code(),
+                );
+                ring.set_state(n, SlsbState::INPUT_ERROR.0, Ordering::Release);
+                inb.cursor = next(n);
+                Err(Reason::TargetBufferInvalid)
+            }
+        }
+    }
+
+    /// Sets the receiver's completion vector low → high and makes the interrupt
+    /// decision; returns the interrupt to raise, if any.
+    fn signal(&self, inb: &mut Inbound, tqc: &QueueControl) -> Option<InterruptTarget> {
+        let ind = inb.indicators?;
+        let ring = inb.ring?;
+        // The newest buffer before the one just filled: 0x81 while the receiver polls.
+        let polling =
+            ring.state(prev(prev(inb.cursor)), Ordering::Relaxed) == SlsbState::INPUT_ACKED.0;
+        // Release on each set pairs with the receiver's AcqRel reset-swap: a receiver
+        // that sees a byte set also sees the 0x82 stored before it.
+        ind.queue.store(0, INDICATOR_SET, Ordering::Release);
+        ind.middle.store(0, INDICATOR_SET, Ordering::Release);
+        let was = ind.global.swap(0, INDICATOR_SET, Ordering::AcqRel);
+        let now = self.platform.now_ns();
+        let input = DecisionInput {
+            interrupt_immediately: inb.interrupt_immediately,
+            summary_was_pending: was != 0,
+            pending_since_ns: inb.pending_since_ns,
+            now_ns: now,
+            delay_ns: self.config.interrupt_delay_ns,
+            receiver_polling: polling,
+        };
+        let decision = decide(&input);
+        if decision.restamps(&input) {
+            inb.pending_since_ns = now;
+        }
+        tqc.counters.interrupt(decision.raises());
+        decision.raises().then_some(InterruptTarget {
+            lpar: inb.owner.lpar,
+            subchannel: inb.owner.subchannel,
+        })
+    }
+}
+
+fn refuse(reason: Reason) -> BufferOutcome {
+    BufferOutcome::Refused(Fault { reason, element: 0 })
+}
+
+fn is_unicast(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified() || v6.is_multicast() || v6.to_ipv4_mapped().is_some())
+        }
+    }
+}
+
+/// Checks a queue set's addresses against the partition's memory.
+fn check_queue_set(
+    memory: &Memory,
+    params: &QueueSetParams,
+) -> Result<(QueueRing, QueueRing, IndicatorBytes), RegistrationError> {
+    let sbals = |addrs: &[u64; QUEUE_BUFFERS], field: fn(u8) -> QueueField| {
+        let mut out = heapless::Vec::<Sbal, QUEUE_BUFFERS>::new();
+        for (i, a) in addrs.iter().enumerate() {
+            let sbal = memory.sbal(*a).map_err(|e| match e {
+                SbalError::Misaligned => RegistrationError::Misaligned(field(i as u8)),
+                SbalError::OutsideMemory => RegistrationError::OutsideMemory(field(i as u8)),
+            })?;
+            // 128 addresses into a Vec of 128: cannot overflow.
+            let _ = out.push(sbal);
+        }
+        out.into_array()
+            .map_err(|_| RegistrationError::OutsideMemory(field(0)))
+    };
+    let bytes =
+        |addr: u64, len: usize, field: QueueField| -> Result<GuestSlice, RegistrationError> {
+            memory
+                .slice(addr, len as u64)
+                .ok_or(RegistrationError::OutsideMemory(field))
+        };
+    let out = QueueRing {
+        sbals: sbals(&params.output_sbals, QueueField::OutputSbal)?,
+        slsb: bytes(params.output_slsb, SLSB_LEN, QueueField::OutputSlsb)?,
+    };
+    let inp = QueueRing {
+        sbals: sbals(&params.input_sbals, QueueField::InputSbal)?,
+        slsb: bytes(params.input_slsb, SLSB_LEN, QueueField::InputSlsb)?,
+    };
+    let ind = IndicatorBytes {
+        queue: bytes(params.queue_indicator, 1, QueueField::QueueIndicator)?,
+        middle: bytes(params.middle_indicator, 1, QueueField::MiddleIndicator)?,
+        global: bytes(params.global_indicator, 1, QueueField::GlobalIndicator)?,
+    };
+    Ok((out, inp, ind))
+}
+
+/// A partition's SIGA entry: the fabric bound to the issuing LPAR.
+#[derive(Clone, Copy)]
+pub struct Port<'f, P: Platform, const Q: usize, const A: usize> {
+    fabric: &'f Fabric<P, Q, A>,
+    lpar: LparId,
+}
+
+impl<P: Platform, const Q: usize, const A: usize> Port<'_, P, Q, A> {
+    /// The issuing partition.
+    pub const fn lpar(&self) -> LparId {
+        self.lpar
+    }
+}
+
+/// The SIGA instruction as a partition sees it. The fabric's [`Port`] implements it;
+/// a hypervisor's trap handler or a test may implement it too.
+pub trait Siga {
+    /// Issues SIGA `function` for `subchannel` with output-queue mask `queue_mask`.
+    fn siga(
+        &self,
+        subchannel: u16,
+        function: SigaFunction,
+        queue_mask: u32,
+    ) -> Result<SigaReport, SigaError>;
+}
+
+impl<P: Platform, const Q: usize, const A: usize> Siga for Port<'_, P, Q, A> {
+    fn siga(
+        &self,
+        subchannel: u16,
+        function: SigaFunction,
+        queue_mask: u32,
+    ) -> Result<SigaReport, SigaError> {
+        self.fabric
+            .siga_function(self.lpar, subchannel, function, queue_mask)
+    }
+}

@@ -1,0 +1,533 @@
+//! Partition memory: windows, checked addresses, and every access to guest memory.
+//!
+//! This is the only module that reads or writes a partition's memory, for the fabric
+//! and for the program-side driver alike. Every guest address is checked here to lie
+//! wholly inside one of the owning partition's windows, with overflow-safe arithmetic,
+//! before it becomes a [`GuestSlice`]; a slice's accessors stay inside it.
+//!
+//! # Why the accesses are sound
+//!
+//! Guest memory is shared with code that Rust does not see (the partition, or another
+//! core playing it). No Rust reference to it is ever formed except to atomics:
+//! control bytes (SLSB, indicators) and SBALE words are read and written as atomics,
+//! so a program racing the fabric on them is a well-defined race. Frame data is moved
+//! with `ptr::copy` between raw pointers; the SLSB protocol gives the fabric the buffer
+//! it copies (0x62 output, 0x41 input) and the acquire/release pairs on the SLSB bytes
+//! order the copy against the owner's own accesses. A program that writes a buffer it
+//! has handed to the fabric breaks that protocol: the bytes the receiver gets are then
+//! unspecified, but only they are, because the fabric never interprets copied data, it
+//! reads every descriptor and header once into a local before checking it. (Under
+//! Miri, which checks the Rust model to the letter, copies use relaxed atomic bytes.)
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use crate::error::RegistrationError;
+use crate::qdio::{SBAL_SIZE, SBALE_SIZE, Sbale};
+
+/// Most windows one partition may have.
+pub const MAX_WINDOWS: usize = 4;
+
+/// One contiguous range of a partition's memory: guest addresses
+/// `guest_base .. guest_base + len`, backed by host memory at `host`.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    guest_base: u64,
+    len: u64,
+    host: NonNull<u8>,
+}
+
+// SAFETY: a Window is an address range; the memory behind it is only touched through
+// GuestSlice's atomic and raw-pointer accessors, which are sound from any thread (see
+// the module docs), and `Window::new`'s contract makes the memory outlive its users.
+unsafe impl Send for Window {}
+// SAFETY: as for Send: shared use only reads the range's bounds.
+unsafe impl Sync for Window {}
+
+impl Window {
+    /// A window of `len` bytes at guest address `guest_base`, backed by `host`.
+    ///
+    /// # Safety
+    ///
+    /// `host .. host + len` must be valid for reads and writes for as long as any
+    /// fabric or driver holding this window may use it (for a fabric: until the
+    /// partition is removed), and no Rust reference to that memory may exist while
+    /// they do: the memory belongs to the partition and is reached through this
+    /// module only.
+    pub const unsafe fn new(guest_base: u64, host: NonNull<u8>, len: usize) -> Self {
+        Self {
+            guest_base,
+            len: len as u64,
+            host,
+        }
+    }
+
+    /// First guest address of the window.
+    pub const fn guest_base(&self) -> u64 {
+        self.guest_base
+    }
+
+    /// Bytes in the window.
+    pub const fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the window is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn host_range(&self) -> (usize, usize) {
+        let start = self.host.as_ptr() as usize;
+        (start, start.saturating_add(self.len as usize))
+    }
+
+    /// The slice for `[addr, addr + len)` if it lies wholly inside this window.
+    fn slice(&self, addr: u64, len: u64) -> Option<GuestSlice> {
+        let offset = addr.checked_sub(self.guest_base)?;
+        let end = offset.checked_add(len)?;
+        if len == 0 || end > self.len {
+            return None;
+        }
+        Some(GuestSlice {
+            // SAFETY: offset + len <= self.len, so the pointer stays inside the
+            // allocation `new`'s contract describes.
+            ptr: unsafe { self.host.add(offset as usize) },
+            len: len as usize,
+        })
+    }
+}
+
+/// The memory of one partition: up to [`MAX_WINDOWS`] disjoint windows.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    windows: heapless::Vec<Window, MAX_WINDOWS>,
+}
+
+impl Memory {
+    /// Memory made of `windows`: each non-empty, not wrapping the guest or host
+    /// address space, and not overlapping another (neither in guest nor in host
+    /// addresses).
+    pub fn new(windows: &[Window]) -> Result<Self, RegistrationError> {
+        if windows.is_empty() {
+            return Err(RegistrationError::InvalidWindow);
+        }
+        let mut memory = Self::default();
+        for w in windows {
+            let host_start = w.host.as_ptr() as usize;
+            if w.len == 0
+                || w.guest_base.checked_add(w.len).is_none()
+                || usize::try_from(w.len)
+                    .ok()
+                    .and_then(|l| host_start.checked_add(l))
+                    .is_none()
+            {
+                return Err(RegistrationError::InvalidWindow);
+            }
+            for o in &memory.windows {
+                let guest_overlap =
+                    w.guest_base < o.guest_base + o.len && o.guest_base < w.guest_base + w.len;
+                if guest_overlap || host_overlap(w, o) {
+                    return Err(RegistrationError::OverlappingWindows);
+                }
+            }
+            memory
+                .windows
+                .push(*w)
+                .map_err(|_| RegistrationError::InvalidWindow)?;
+        }
+        Ok(memory)
+    }
+
+    /// The windows.
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+
+    /// Whether any window of `self` shares host memory with any window of `other`.
+    pub fn overlaps(&self, other: &Memory) -> bool {
+        self.windows
+            .iter()
+            .any(|a| other.windows.iter().any(|b| host_overlap(a, b)))
+    }
+
+    /// The checked slice `[addr, addr + len)`: `None` unless `len > 0` and the whole
+    /// range lies inside one window.
+    pub fn slice(&self, addr: u64, len: u64) -> Option<GuestSlice> {
+        self.windows.iter().find_map(|w| w.slice(addr, len))
+    }
+
+    /// The checked, 256-aligned SBAL at `addr`.
+    pub fn sbal(&self, addr: u64) -> Result<Sbal, SbalError> {
+        if addr % SBAL_SIZE as u64 != 0 {
+            return Err(SbalError::Misaligned);
+        }
+        let s = self
+            .slice(addr, SBAL_SIZE as u64)
+            .ok_or(SbalError::OutsideMemory)?;
+        // A window whose host address is not congruent to its guest address mod 256
+        // would give a misaligned host SBAL: refuse it rather than access it.
+        Sbal::new(s).ok_or(SbalError::Misaligned)
+    }
+}
+
+fn host_overlap(a: &Window, b: &Window) -> bool {
+    let (a0, a1) = a.host_range();
+    let (b0, b1) = b.host_range();
+    a0 < b1 && b0 < a1
+}
+
+/// Why an SBAL address was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SbalError {
+    /// Not 256-aligned.
+    Misaligned,
+    /// Not wholly inside the partition's memory.
+    OutsideMemory,
+}
+
+/// A checked range of guest memory. Its accessors never leave the range: an offset
+/// past its end reads 0 and writes nothing (and trips a debug assertion, as it would
+/// be a fabric bug, never a partition's doing).
+#[derive(Clone, Copy, Debug)]
+pub struct GuestSlice {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: see the module docs: every access is atomic or a raw copy ordered by the SLSB
+// protocol, and the memory outlives the slice by Window::new's / Region's contract.
+unsafe impl Send for GuestSlice {}
+// SAFETY: as for Send.
+unsafe impl Sync for GuestSlice {}
+
+impl GuestSlice {
+    /// A slice over raw memory.
+    ///
+    /// # Safety
+    ///
+    /// As [`Window::new`]: valid for reads and writes for as long as the slice or a
+    /// copy of it is used, and no Rust reference to the memory exists meanwhile.
+    pub const unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
+        Self { ptr, len }
+    }
+
+    /// Bytes in the slice.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the slice is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host address of the first byte (for diagnostics and overlap checks).
+    pub fn host_addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    /// The sub-range `[offset, offset + len)`, if it lies inside this slice.
+    pub fn sub(&self, offset: usize, len: usize) -> Option<GuestSlice> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        Some(GuestSlice {
+            // SAFETY: offset <= end <= self.len: inside the range.
+            ptr: unsafe { self.ptr.add(offset) },
+            len,
+        })
+    }
+
+    fn in_range(&self, offset: usize, n: usize) -> bool {
+        let ok = offset.checked_add(n).is_some_and(|e| e <= self.len);
+        debug_assert!(ok, "guest access {offset}+{n} past {}", self.len);
+        ok
+    }
+
+    fn atomic_u8(&self, offset: usize) -> Option<&AtomicU8> {
+        if !self.in_range(offset, 1) {
+            return None;
+        }
+        // SAFETY: in range; AtomicU8 has alignment 1; the memory is valid for the
+        // slice's lifetime and only accessed atomically at control-byte offsets.
+        Some(unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(offset)) })
+    }
+
+    /// Atomically loads the byte at `offset`.
+    pub fn load(&self, offset: usize, order: Ordering) -> u8 {
+        self.atomic_u8(offset).map_or(0, |a| a.load(order))
+    }
+
+    /// Atomically stores `value` at `offset`.
+    pub fn store(&self, offset: usize, value: u8, order: Ordering) {
+        if let Some(a) = self.atomic_u8(offset) {
+            a.store(value, order);
+        }
+    }
+
+    /// Atomically swaps the byte at `offset`, returning the old value.
+    pub fn swap(&self, offset: usize, value: u8, order: Ordering) -> u8 {
+        self.atomic_u8(offset).map_or(0, |a| a.swap(value, order))
+    }
+
+    /// Copies `dst.len()` bytes at `offset` into local memory.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) {
+        if !self.in_range(offset, dst.len()) {
+            return;
+        }
+        #[cfg(miri)]
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = self.load(offset + i, Ordering::Relaxed);
+        }
+        #[cfg(not(miri))]
+        // SAFETY: source in range (checked above), destination is a local slice that
+        // cannot overlap guest memory (no Rust reference to guest memory exists).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            );
+        }
+    }
+
+    /// Copies `src` from local memory to `offset`.
+    pub fn write(&self, offset: usize, src: &[u8]) {
+        if !self.in_range(offset, src.len()) {
+            return;
+        }
+        #[cfg(miri)]
+        for (i, s) in src.iter().enumerate() {
+            self.store(offset + i, *s, Ordering::Relaxed);
+        }
+        #[cfg(not(miri))]
+        // SAFETY: destination in range (checked above), source is local memory.
+        unsafe {
+            core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len());
+        }
+    }
+
+    /// Fills `n` bytes at `offset` with `value`.
+    pub fn fill(&self, offset: usize, n: usize, value: u8) {
+        if !self.in_range(offset, n) {
+            return;
+        }
+        // SAFETY: in range (checked above).
+        unsafe { core::ptr::write_bytes(self.ptr.as_ptr().add(offset), value, n) };
+    }
+
+    /// Copies `n` bytes from `src` at `src_offset` to `dst` at `dst_offset`, guest to
+    /// guest. The ranges may overlap (a partition may send to itself); the copy then
+    /// behaves as `memmove`.
+    pub fn copy(
+        src: &GuestSlice,
+        src_offset: usize,
+        dst: &GuestSlice,
+        dst_offset: usize,
+        n: usize,
+    ) {
+        if !src.in_range(src_offset, n) || !dst.in_range(dst_offset, n) {
+            return;
+        }
+        #[cfg(miri)]
+        for i in 0..n {
+            dst.store(
+                dst_offset + i,
+                src.load(src_offset + i, Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+        }
+        #[cfg(not(miri))]
+        // SAFETY: both ranges checked; `ptr::copy` allows overlap; the SLSB protocol
+        // gives the fabric both buffers (see the module docs).
+        unsafe {
+            core::ptr::copy(
+                src.ptr.as_ptr().add(src_offset),
+                dst.ptr.as_ptr().add(dst_offset),
+                n,
+            );
+        }
+    }
+}
+
+/// A checked, 256-aligned SBAL in guest memory (its 256 bytes from `ptr`).
+#[derive(Clone, Copy, Debug)]
+pub struct Sbal {
+    ptr: NonNull<u8>,
+}
+
+// SAFETY: as for GuestSlice, of which an Sbal is a 256-byte instance.
+unsafe impl Send for Sbal {}
+// SAFETY: as for Send.
+unsafe impl Sync for Sbal {}
+
+impl Sbal {
+    /// An SBAL at the start of `slice`.
+    ///
+    /// Returns `None` unless the slice holds 256 bytes and starts 256-aligned in host
+    /// memory (so its 8-byte words can be accessed atomically).
+    pub fn new(slice: GuestSlice) -> Option<Self> {
+        let s = slice.sub(0, SBAL_SIZE)?;
+        (s.host_addr() % SBAL_SIZE == 0).then_some(Self { ptr: s.ptr })
+    }
+
+    fn words(&self, element: usize) -> Option<[&AtomicU64; 2]> {
+        if element >= crate::qdio::SBALES_PER_SBAL {
+            return None;
+        }
+        let base = element * SBALE_SIZE;
+        // SAFETY: the SBAL is 256 bytes and 256-aligned in host memory (checked in
+        // `new`), so both words are in range and 8-aligned; SBALE words are only ever
+        // accessed atomically through this type.
+        unsafe {
+            let p = self.ptr.as_ptr().add(base);
+            Some([
+                AtomicU64::from_ptr(p.cast::<u64>()),
+                AtomicU64::from_ptr(p.add(8).cast::<u64>()),
+            ])
+        }
+    }
+
+    /// Reads element `element` once (two relaxed 8-byte loads).
+    pub fn load(&self, element: usize) -> Sbale {
+        let Some([w0, w1]) = self.words(element) else {
+            return Sbale::default();
+        };
+        let mut b = [0u8; SBALE_SIZE];
+        b[..8].copy_from_slice(&w0.load(Ordering::Relaxed).to_ne_bytes());
+        b[8..].copy_from_slice(&w1.load(Ordering::Relaxed).to_ne_bytes());
+        Sbale::decode(&b)
+    }
+
+    /// Reads all 16 elements once.
+    pub fn load_all(&self) -> [Sbale; crate::qdio::SBALES_PER_SBAL] {
+        core::array::from_fn(|i| self.load(i))
+    }
+
+    /// Writes element `element` (two relaxed 8-byte stores; the SLSB store that hands
+    /// the buffer over publishes them).
+    pub fn store(&self, element: usize, sbale: &Sbale) {
+        let Some([w0, w1]) = self.words(element) else {
+            return;
+        };
+        let b = sbale.encode();
+        let mut lo = [0u8; 8];
+        let mut hi = [0u8; 8];
+        lo.copy_from_slice(&b[..8]);
+        hi.copy_from_slice(&b[8..]);
+        w0.store(u64::from_ne_bytes(lo), Ordering::Relaxed);
+        w1.store(u64::from_ne_bytes(hi), Ordering::Relaxed);
+    }
+
+    /// Sets element `element`'s `sflags`, leaving the rest of it as it is.
+    pub fn set_sflags(&self, element: usize, sflags: u8) {
+        let mut e = self.load(element);
+        e.sflags = sflags;
+        self.store(element, &e);
+    }
+
+    /// The SBAL's memory.
+    pub fn slice(&self) -> GuestSlice {
+        GuestSlice {
+            ptr: self.ptr,
+            len: SBAL_SIZE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+
+    fn page_window(p: &mut Page, guest: u64) -> Window {
+        // SAFETY: the page outlives the test's uses of the window.
+        unsafe { Window::new(guest, NonNull::from(&mut p.0).cast(), 4096) }
+    }
+
+    #[test]
+    fn slices_must_lie_wholly_inside_a_window() {
+        let mut p = Page([0; 4096]);
+        let m = Memory::new(&[page_window(&mut p, 0x10_000)]).unwrap();
+        assert!(m.slice(0x10_000, 4096).is_some());
+        assert!(m.slice(0x10_FFF, 1).is_some());
+        assert!(m.slice(0x10_FFF, 2).is_none(), "straddles the end");
+        assert!(m.slice(0x0_FFFF, 2).is_none(), "straddles the start");
+        assert!(m.slice(0x11_000, 1).is_none(), "just past");
+        assert!(m.slice(0x10_000, 0).is_none(), "empty");
+        assert!(m.slice(u64::MAX, 2).is_none(), "wraps the address space");
+        assert!(m.slice(0x10_000, u64::MAX).is_none(), "length wraps");
+    }
+
+    #[test]
+    fn windows_must_not_overlap_or_wrap() {
+        let mut p = Page([0; 4096]);
+        let w = page_window(&mut p, 0x1000);
+        assert_eq!(
+            Memory::new(&[w, w]).unwrap_err(),
+            RegistrationError::OverlappingWindows
+        );
+        // SAFETY: never accessed: Memory::new refuses it.
+        let wrap = unsafe { Window::new(u64::MAX - 10, NonNull::from(&mut p.0).cast(), 4096) };
+        assert_eq!(
+            Memory::new(&[wrap]).unwrap_err(),
+            RegistrationError::InvalidWindow
+        );
+        assert_eq!(
+            Memory::new(&[]).unwrap_err(),
+            RegistrationError::InvalidWindow
+        );
+        let mut q = Page([0; 4096]);
+        let a = Memory::new(&[page_window(&mut p, 0x1000)]).unwrap();
+        let b = Memory::new(&[page_window(&mut q, 0x1000)]).unwrap();
+        assert!(!a.overlaps(&b), "same guest addresses, other host memory");
+        assert!(a.overlaps(&a.clone()));
+    }
+
+    #[test]
+    fn sbal_words_round_trip_big_endian() {
+        let mut p = Page([0; 4096]);
+        let m = Memory::new(&[page_window(&mut p, 0x4000)]).unwrap();
+        assert_eq!(m.sbal(0x4010).unwrap_err(), SbalError::Misaligned);
+        assert_eq!(m.sbal(0x5000).unwrap_err(), SbalError::OutsideMemory);
+        let s = m.sbal(0x4100).unwrap();
+        let e = Sbale {
+            eflags: 0x40,
+            scount: 0,
+            sflags: 0,
+            length: 0x20,
+            addr: 0x4000,
+        };
+        s.store(3, &e);
+        s.set_sflags(15, 0x10);
+        assert_eq!(s.load(3), e);
+        assert_eq!(s.load(15).sflags, 0x10);
+        let mut raw = [0u8; 16];
+        s.slice().read(3 * 16, &mut raw);
+        assert_eq!(raw[0], 0x40);
+        assert_eq!(&raw[4..8], &[0, 0, 0, 0x20]);
+        assert_eq!(&raw[8..16], &[0, 0, 0, 0, 0, 0, 0x40, 0]);
+    }
+
+    #[test]
+    fn accessors_stay_inside_the_slice() {
+        let mut p = Page([7; 4096]);
+        let m = Memory::new(&[page_window(&mut p, 0)]).unwrap();
+        let s = m.slice(16, 16).unwrap();
+        let sub = s.sub(8, 8).unwrap();
+        assert!(s.sub(8, 9).is_none());
+        sub.write(0, &[1; 8]);
+        let mut out = [0u8; 16];
+        s.read(0, &mut out);
+        assert_eq!(out, [7, 7, 7, 7, 7, 7, 7, 7, 1, 1, 1, 1, 1, 1, 1, 1]);
+        GuestSlice::copy(&s, 8, &s, 4, 8);
+        s.read(0, &mut out);
+        assert_eq!(out, [7, 7, 7, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(s.swap(0, 9, Ordering::Relaxed), 7);
+        assert_eq!(s.load(0, Ordering::Relaxed), 9);
+    }
+}

@@ -1,0 +1,204 @@
+//! The 32-byte layer-3 frame header at the start of every frame (qeth `qeth_hdr_layer3`).
+//!
+//! `0x00 id` (0x01 layer 3) | `0x01 flags` (0x80 IPv6; cast 0x07) | `0x08 length u16`
+//! (packet bytes, header excluded) | `0x0B ext_flags` (0x01 VLAN id valid) |
+//! `0x0C vlan_id u16` | `0x10 next hop, 16 bytes` (IPv6 all 16, IPv4 in 0x1C-0x1F).
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Bytes in a frame header.
+pub const HEADER_SIZE: usize = 32;
+
+/// Header id of a layer-3 frame.
+const ID_LAYER3: u8 = 0x01;
+/// Flags bit: the next hop is IPv6.
+const FLAG_IPV6: u8 = 0x80;
+/// Flags bits: the cast type.
+const CAST_MASK: u8 = 0x07;
+/// ext_flags bit: `vlan_id` is valid.
+const EXT_VLAN: u8 = 0x01;
+
+/// Cast type of a frame (flags & 0x07).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CastType {
+    /// One receiver (0x06).
+    Unicast,
+    /// A multicast group (0x04).
+    Multicast,
+    /// Every queue that enabled broadcast (0x05).
+    Broadcast,
+}
+
+impl CastType {
+    const fn bits(self) -> u8 {
+        match self {
+            Self::Unicast => 0x06,
+            Self::Multicast => 0x04,
+            Self::Broadcast => 0x05,
+        }
+    }
+}
+
+/// Why a header does not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The id byte is not 0x01 (layer 3).
+    Id(u8),
+    /// The cast bits name no cast type.
+    CastType(u8),
+    /// The IPv6 flag and the address bytes disagree: an IPv4-mapped or all-zero-prefix
+    /// address under the IPv6 flag, or non-zero bytes 0x10-0x1B under IPv4.
+    AddressFamily,
+}
+
+/// A decoded layer-3 frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L3Header {
+    /// Cast type.
+    pub cast: CastType,
+    /// Bytes of packet after the header.
+    pub length: u16,
+    /// VLAN id, when ext_flags says it is valid.
+    pub vlan: Option<u16>,
+    /// The next-hop address: where the fabric delivers the frame.
+    pub next_hop: IpAddr,
+}
+
+impl L3Header {
+    /// A unicast header for `length` packet bytes to `next_hop`.
+    pub const fn unicast(next_hop: IpAddr, length: u16) -> Self {
+        Self {
+            cast: CastType::Unicast,
+            length,
+            vlan: None,
+            next_hop,
+        }
+    }
+
+    /// Decodes a header, checking id, cast bits and address family.
+    pub fn decode(b: &[u8; HEADER_SIZE]) -> Result<Self, HeaderError> {
+        if b[0] != ID_LAYER3 {
+            return Err(HeaderError::Id(b[0]));
+        }
+        let flags = b[1];
+        let cast = match flags & CAST_MASK {
+            0x06 => CastType::Unicast,
+            0x04 => CastType::Multicast,
+            0x05 => CastType::Broadcast,
+            other => return Err(HeaderError::CastType(other)),
+        };
+        let length = u16::from_be_bytes([b[8], b[9]]);
+        let vlan = (b[0x0B] & EXT_VLAN != 0).then(|| u16::from_be_bytes([b[0x0C], b[0x0D]]));
+        let mut addr = [0u8; 16];
+        addr.copy_from_slice(&b[0x10..0x20]);
+        let next_hop = if flags & FLAG_IPV6 != 0 {
+            let v6 = Ipv6Addr::from(addr);
+            // An IPv4 address dressed as IPv6 (::a.b.c.d or ::ffff:a.b.c.d) is a
+            // program that set the flag by mistake, not a next hop.
+            if v6.to_ipv4().is_some() {
+                return Err(HeaderError::AddressFamily);
+            }
+            IpAddr::V6(v6)
+        } else {
+            if addr[..12].iter().any(|&x| x != 0) {
+                return Err(HeaderError::AddressFamily);
+            }
+            IpAddr::V4(Ipv4Addr::new(addr[12], addr[13], addr[14], addr[15]))
+        };
+        Ok(Self {
+            cast,
+            length,
+            vlan,
+            next_hop,
+        })
+    }
+
+    /// Encodes the header to its 32 bytes.
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0] = ID_LAYER3;
+        b[1] = self.cast.bits();
+        b[8..10].copy_from_slice(&self.length.to_be_bytes());
+        if let Some(vlan) = self.vlan {
+            b[0x0B] = EXT_VLAN;
+            b[0x0C..0x0E].copy_from_slice(&vlan.to_be_bytes());
+        }
+        match self.next_hop {
+            IpAddr::V4(v4) => b[0x1C..0x20].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => {
+                b[1] |= FLAG_IPV6;
+                b[0x10..0x20].copy_from_slice(&v6.octets());
+            }
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_header_is_byte_exact() {
+        let h = L3Header::unicast(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), 0x1234);
+        let b = h.encode();
+        let mut want = [0u8; 32];
+        want[0] = 0x01;
+        want[1] = 0x06;
+        want[8] = 0x12;
+        want[9] = 0x34;
+        want[0x1C..0x20].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(b, want);
+        assert_eq!(L3Header::decode(&b), Ok(h));
+    }
+
+    #[test]
+    fn ipv6_header_is_byte_exact() {
+        let ip: Ipv6Addr = "fd00::1:2".parse().unwrap();
+        let mut h = L3Header::unicast(IpAddr::V6(ip), 7);
+        h.vlan = Some(0x0ABC);
+        let b = h.encode();
+        assert_eq!(b[1], 0x86);
+        assert_eq!(&b[8..10], &[0, 7]);
+        assert_eq!(b[0x0B], 0x01);
+        assert_eq!(&b[0x0C..0x0E], &[0x0A, 0xBC]);
+        assert_eq!(&b[0x10..0x20], &ip.octets());
+        assert_eq!(L3Header::decode(&b), Ok(h));
+    }
+
+    #[test]
+    fn bad_id_is_refused() {
+        let mut b = L3Header::unicast(IpAddr::V4(Ipv4Addr::LOCALHOST), 1).encode();
+        b[0] = 0x02;
+        assert_eq!(L3Header::decode(&b), Err(HeaderError::Id(2)));
+    }
+
+    #[test]
+    fn bad_cast_bits_are_refused() {
+        let mut b = L3Header::unicast(IpAddr::V4(Ipv4Addr::LOCALHOST), 1).encode();
+        b[1] = 0x03;
+        assert_eq!(L3Header::decode(&b), Err(HeaderError::CastType(3)));
+        b[1] = 0x04;
+        assert_eq!(L3Header::decode(&b).unwrap().cast, CastType::Multicast);
+        b[1] = 0x05;
+        assert_eq!(L3Header::decode(&b).unwrap().cast, CastType::Broadcast);
+    }
+
+    #[test]
+    fn ipv6_flag_with_an_ipv4_address_is_refused() {
+        let mut b = L3Header::unicast(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 1).encode();
+        b[1] |= 0x80;
+        assert_eq!(L3Header::decode(&b), Err(HeaderError::AddressFamily));
+        // ::ffff:10.0.0.9 too.
+        b[0x1A] = 0xFF;
+        b[0x1B] = 0xFF;
+        assert_eq!(L3Header::decode(&b), Err(HeaderError::AddressFamily));
+    }
+
+    #[test]
+    fn ipv4_with_garbage_in_the_upper_address_bytes_is_refused() {
+        let mut b = L3Header::unicast(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 1).encode();
+        b[0x10] = 1;
+        assert_eq!(L3Header::decode(&b), Err(HeaderError::AddressFamily));
+    }
+}

@@ -1,0 +1,137 @@
+//! Error reasons a send reports in the sender's own SBAL (element 15's `sflags`,
+//! "sbalf15"), with the failing element's index in element 14.
+
+/// An sbalf15 error reason: why the fabric set an output buffer to 0xAF.
+///
+/// 0x10 is the code Linux qdio reads as "target buffer full" and retries; the other
+/// codes are iqdio's own choices, kept stable because programs read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Reason {
+    /// The frames are larger than the maximum frame size or the target's buffer.
+    TooLarge = 0x04,
+    /// The target's receive queue has no empty buffer (retryable: the frame is intact).
+    TargetFull = 0x10,
+    /// No queue set is registered for the destination address.
+    Unreachable = 0x11,
+    /// The destination's queue set is not active or is being removed.
+    TargetNotActive = 0x12,
+    /// The target's own receive buffer is malformed (its SBALEs point outside its
+    /// memory); that buffer is set to 0x8F and consumed, a retry uses the next one.
+    TargetBufferInvalid = 0x13,
+    /// No element among the 16 carries `LAST_ENTRY`.
+    NoLastEntry = 0x20,
+    /// An element in use has length 0.
+    ZeroLength = 0x21,
+    /// An element's address or length lies (partly) outside the issuer's memory.
+    AddressOutsideMemory = 0x22,
+    /// Fragment flags out of order (a middle without a first, a frame left open, ...).
+    FragmentOrder = 0x23,
+    /// The frame header's id is not 0x01 (layer 3).
+    HeaderId = 0x24,
+    /// The header's length field disagrees with the bytes the frame's elements hold.
+    HeaderLength = 0x25,
+    /// The IPv6 flag and the next-hop address disagree.
+    AddressFamily = 0x26,
+    /// A cast type other than unicast on a unicast queue.
+    CastType = 0x27,
+    /// The first element of a frame is shorter than the 32-byte header.
+    ShortHeader = 0x28,
+    /// The frames of one SBAL name different next hops.
+    MixedDestinations = 0x29,
+}
+
+impl Reason {
+    /// Every reason, in code order.
+    pub const ALL: [Reason; 15] = [
+        Self::TooLarge,
+        Self::TargetFull,
+        Self::Unreachable,
+        Self::TargetNotActive,
+        Self::TargetBufferInvalid,
+        Self::NoLastEntry,
+        Self::ZeroLength,
+        Self::AddressOutsideMemory,
+        Self::FragmentOrder,
+        Self::HeaderId,
+        Self::HeaderLength,
+        Self::AddressFamily,
+        Self::CastType,
+        Self::ShortHeader,
+        Self::MixedDestinations,
+    ];
+
+    /// The sbalf15 byte.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The reason for an sbalf15 byte, if it is one iqdio writes.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.code() == code)
+    }
+
+    /// Whether priming the same frame again may succeed later (the target may drain).
+    pub const fn is_retryable(self) -> bool {
+        matches!(self, Self::TargetFull | Self::TargetBufferInvalid)
+    }
+
+    /// Whether the sender's descriptor or header was at fault (codes from 0x20).
+    pub const fn is_malformed(self) -> bool {
+        self.code() >= 0x20
+    }
+
+    /// A short description, for logs and the error table.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::TooLarge => "frame larger than the MFS or the target buffer",
+            Self::TargetFull => "target receive queue full",
+            Self::Unreachable => "destination not registered",
+            Self::TargetNotActive => "destination queue not active",
+            Self::TargetBufferInvalid => "target receive buffer malformed",
+            Self::NoLastEntry => "no LAST_ENTRY in 16 elements",
+            Self::ZeroLength => "element of length zero",
+            Self::AddressOutsideMemory => "element outside the issuer's memory",
+            Self::FragmentOrder => "fragment flags out of order",
+            Self::HeaderId => "header id is not layer 3",
+            Self::HeaderLength => "header length disagrees with the elements",
+            Self::AddressFamily => "IPv6 flag and next hop disagree",
+            Self::CastType => "cast type is not unicast",
+            Self::ShortHeader => "first element shorter than the header",
+            Self::MixedDestinations => "frames for several next hops in one SBAL",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(Reason::from_code(r.code()), Some(*r));
+            for other in &Reason::ALL[i + 1..] {
+                assert_ne!(r.code(), other.code());
+            }
+        }
+        assert_eq!(Reason::from_code(0x00), None);
+        assert_eq!(Reason::from_code(0xFF), None);
+    }
+
+    #[test]
+    fn the_architected_codes_are_where_linux_reads_them() {
+        assert_eq!(Reason::TargetFull.code(), 0x10);
+        assert_eq!(Reason::Unreachable.code(), 0x11);
+        assert_eq!(Reason::TooLarge.code(), 0x04);
+        assert!(Reason::TargetFull.is_retryable());
+        assert!(!Reason::Unreachable.is_retryable());
+        assert!(
+            Reason::ALL
+                .iter()
+                .filter(|r| r.is_malformed())
+                .all(|r| r.code() >= 0x20)
+        );
+        assert!(!Reason::TooLarge.is_malformed());
+    }
+}

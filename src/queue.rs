@@ -1,0 +1,325 @@
+//! Queue sets and queue controls: the state the fabric keeps per established
+//! subchannel, behind an outbound lock (sender side) and an inbound lock (receiver
+//! side) [patent], and its counters.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::guest::{GuestSlice, Sbal};
+use crate::qdio::{QUEUE_BUFFERS, Reason};
+use crate::sync::Mutex;
+use crate::table::SourceKey;
+
+/// One queue in guest memory: 128 SBALs and the SLSB of their 128 state bytes,
+/// checked once, when the queue set is established.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueRing {
+    pub(crate) sbals: [Sbal; QUEUE_BUFFERS],
+    pub(crate) slsb: GuestSlice,
+}
+
+impl QueueRing {
+    /// The state byte of buffer `n` (wrapping).
+    pub(crate) fn state(&self, n: u8, order: Ordering) -> u8 {
+        self.slsb.load(usize::from(n) % QUEUE_BUFFERS, order)
+    }
+
+    /// Sets the state byte of buffer `n` (wrapping).
+    pub(crate) fn set_state(&self, n: u8, state: u8, order: Ordering) {
+        self.slsb
+            .store(usize::from(n) % QUEUE_BUFFERS, state, order);
+    }
+
+    /// The SBAL of buffer `n` (wrapping).
+    pub(crate) fn sbal(&self, n: u8) -> Sbal {
+        self.sbals[usize::from(n) % QUEUE_BUFFERS]
+    }
+}
+
+/// Next buffer number after `n` on a 128-buffer ring.
+pub(crate) const fn next(n: u8) -> u8 {
+    (n + 1) % QUEUE_BUFFERS as u8
+}
+
+/// Previous buffer number before `n` on a 128-buffer ring.
+pub(crate) const fn prev(n: u8) -> u8 {
+    (n + QUEUE_BUFFERS as u8 - 1) % QUEUE_BUFFERS as u8
+}
+
+/// The sender side of a queue control: the output queue and its cursor.
+pub(crate) struct Outbound {
+    /// The output queue; `None` while the slot is free.
+    pub(crate) ring: Option<QueueRing>,
+    /// The next output buffer to look at: SIGA handles primed buffers from here, in
+    /// ring order, so finding the next one is O(1).
+    pub(crate) cursor: u8,
+}
+
+/// The receiver's three indicator bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IndicatorBytes {
+    pub(crate) queue: GuestSlice,
+    pub(crate) middle: GuestSlice,
+    pub(crate) global: GuestSlice,
+}
+
+/// The receiver side of a queue control: the input queue, its cursor, its indicators
+/// and the interrupt decision's state.
+pub(crate) struct Inbound {
+    /// The input queue; `None` while the slot is free.
+    pub(crate) ring: Option<QueueRing>,
+    /// The next input buffer to fill: it must read 0x41, or the queue is full.
+    pub(crate) cursor: u8,
+    /// The receiver's completion-vector bytes.
+    pub(crate) indicators: Option<IndicatorBytes>,
+    /// When the summary last went idle → pending (or the fallback last fired).
+    pub(crate) pending_since_ns: u64,
+    /// The receiver's "interrupt immediately" override.
+    pub(crate) interrupt_immediately: bool,
+    /// The owner, for the interrupt's target.
+    pub(crate) owner: SourceKey,
+}
+
+/// One queue control per established queue set [patent]. Both the source-table entry
+/// and every target-table entry of the queue set resolve to it.
+pub(crate) struct QueueControl {
+    /// Bumped whenever the slot is freed, so a stale [`SlotRef`](crate::table::SlotRef)
+    /// never reaches a new owner. Written under the exclusive table lock only.
+    pub(crate) generation: AtomicU32,
+    /// The outbound lock and what it guards.
+    pub(crate) outbound: Mutex<Outbound>,
+    /// The inbound lock and what it guards.
+    pub(crate) inbound: Mutex<Inbound>,
+    /// Counters; atomics, so reading them takes no queue lock.
+    pub(crate) counters: Counters,
+}
+
+impl QueueControl {
+    pub(crate) const fn new() -> Self {
+        Self {
+            generation: AtomicU32::new(0),
+            outbound: Mutex::new(Outbound {
+                ring: None,
+                cursor: 0,
+            }),
+            inbound: Mutex::new(Inbound {
+                ring: None,
+                cursor: 0,
+                indicators: None,
+                pending_since_ns: 0,
+                interrupt_immediately: false,
+                owner: SourceKey {
+                    lpar: 0,
+                    subchannel: 0,
+                },
+            }),
+            counters: Counters::new(),
+        }
+    }
+}
+
+/// Number of distinct [`Reason`]s, the size of the per-reason error counters.
+const REASONS: usize = Reason::ALL.len();
+
+/// Counters of one queue control. Relaxed atomics: each is a statistic on its own,
+/// no other access is ordered by them.
+pub(crate) struct Counters {
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    sbals_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    sbals_received: AtomicU64,
+    errors: [AtomicU64; REASONS],
+    refused_full: AtomicU64,
+    busy: AtomicU64,
+    interrupts_raised: AtomicU64,
+    interrupts_suppressed: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, by: u64) {
+    c.fetch_add(by, Ordering::Relaxed);
+}
+
+impl Counters {
+    const fn new() -> Self {
+        Self {
+            frames_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            sbals_sent: AtomicU64::new(0),
+            frames_received: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            sbals_received: AtomicU64::new(0),
+            errors: [const { AtomicU64::new(0) }; REASONS],
+            refused_full: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            interrupts_raised: AtomicU64::new(0),
+            interrupts_suppressed: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        let all = [
+            &self.frames_sent,
+            &self.bytes_sent,
+            &self.sbals_sent,
+            &self.frames_received,
+            &self.bytes_received,
+            &self.sbals_received,
+            &self.refused_full,
+            &self.busy,
+            &self.interrupts_raised,
+            &self.interrupts_suppressed,
+        ];
+        for c in all.into_iter().chain(self.errors.iter()) {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn sent(&self, frames: u64, bytes: u64) {
+        bump(&self.sbals_sent, 1);
+        bump(&self.frames_sent, frames);
+        bump(&self.bytes_sent, bytes);
+    }
+
+    pub(crate) fn received(&self, frames: u64, bytes: u64) {
+        bump(&self.sbals_received, 1);
+        bump(&self.frames_received, frames);
+        bump(&self.bytes_received, bytes);
+    }
+
+    pub(crate) fn error(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            bump(&self.errors[i], 1);
+        }
+    }
+
+    pub(crate) fn refused_full(&self) {
+        bump(&self.refused_full, 1);
+    }
+
+    pub(crate) fn busy(&self) {
+        bump(&self.busy, 1);
+    }
+
+    pub(crate) fn interrupt(&self, raised: bool) {
+        bump(
+            if raised {
+                &self.interrupts_raised
+            } else {
+                &self.interrupts_suppressed
+            },
+            1,
+        );
+    }
+
+    pub(crate) fn snapshot(&self) -> CounterSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            frames_sent: get(&self.frames_sent),
+            bytes_sent: get(&self.bytes_sent),
+            sbals_sent: get(&self.sbals_sent),
+            frames_received: get(&self.frames_received),
+            bytes_received: get(&self.bytes_received),
+            sbals_received: get(&self.sbals_received),
+            errors: core::array::from_fn(|i| get(&self.errors[i])),
+            refused_full: get(&self.refused_full),
+            busy: get(&self.busy),
+            interrupts_raised: get(&self.interrupts_raised),
+            interrupts_suppressed: get(&self.interrupts_suppressed),
+        }
+    }
+}
+
+/// The counters of one queue set at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// Frames this queue set sent (delivered to a target).
+    pub frames_sent: u64,
+    /// Packet bytes (headers excluded) it sent.
+    pub bytes_sent: u64,
+    /// Output buffers it sent.
+    pub sbals_sent: u64,
+    /// Frames delivered to this queue set.
+    pub frames_received: u64,
+    /// Packet bytes delivered to it.
+    pub bytes_received: u64,
+    /// Input buffers filled for it.
+    pub sbals_received: u64,
+    /// Output buffers refused, per reason, in the order of [`Reason::ALL`].
+    pub errors: [u64; REASONS],
+    /// Sends to this queue set refused because its input queue was full.
+    pub refused_full: u64,
+    /// SIGAs on this queue set answered cc2 busy.
+    pub busy: u64,
+    /// Interrupts raised for this queue set.
+    pub interrupts_raised: u64,
+    /// Deliveries to this queue set that raised no interrupt.
+    pub interrupts_suppressed: u64,
+}
+
+impl CounterSnapshot {
+    /// Output buffers refused for `reason`.
+    pub fn errors_for(&self, reason: Reason) -> u64 {
+        Reason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.errors[i])
+    }
+
+    /// Output buffers refused for any reason.
+    pub fn errors_total(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+
+    /// Output buffers refused as malformed (reasons from 0x20).
+    pub fn malformed(&self) -> u64 {
+        Reason::ALL
+            .iter()
+            .zip(self.errors.iter())
+            .filter(|(r, _)| r.is_malformed())
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_arithmetic_wraps_at_128() {
+        assert_eq!(next(127), 0);
+        assert_eq!(next(5), 6);
+        assert_eq!(prev(0), 127);
+        assert_eq!(prev(6), 5);
+    }
+
+    #[test]
+    fn counters_count_and_reset() {
+        let c = Counters::new();
+        c.sent(3, 300);
+        c.received(2, 20);
+        c.error(Reason::TargetFull);
+        c.error(Reason::TargetFull);
+        c.error(Reason::ZeroLength);
+        c.error(Reason::HeaderId);
+        c.interrupt(true);
+        c.interrupt(false);
+        c.interrupt(false);
+        c.busy();
+        c.refused_full();
+        let s = c.snapshot();
+        assert_eq!((s.frames_sent, s.bytes_sent, s.sbals_sent), (3, 300, 1));
+        assert_eq!(
+            (s.frames_received, s.bytes_received, s.sbals_received),
+            (2, 20, 1)
+        );
+        assert_eq!(s.errors_for(Reason::TargetFull), 2);
+        assert_eq!(s.malformed(), 2);
+        assert_eq!(s.errors_total(), 4);
+        assert_eq!((s.interrupts_raised, s.interrupts_suppressed), (1, 2));
+        assert_eq!((s.busy, s.refused_full), (1, 1));
+        c.reset();
+        assert_eq!(c.snapshot(), CounterSnapshot::default());
+    }
+}
