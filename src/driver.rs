@@ -81,7 +81,8 @@ impl Region {
     /// region, the drivers made from it and any fabric given its window are used, and
     /// no Rust reference to it exists meanwhile.
     pub unsafe fn new(host: NonNull<u8>, guest_base: u64, len: usize) -> Result<Self, DriverError> {
-        if host.as_ptr() as usize % PAGE != 0 || guest_base % PAGE as u64 != 0 {
+        if !(host.as_ptr() as usize).is_multiple_of(PAGE) || !guest_base.is_multiple_of(PAGE as u64)
+        {
             return Err(DriverError::Misaligned);
         }
         Ok(Self {

@@ -159,7 +159,7 @@ impl Memory {
 
     /// The checked, 256-aligned SBAL at `addr`.
     pub fn sbal(&self, addr: u64) -> Result<Sbal, SbalError> {
-        if addr % SBAL_SIZE as u64 != 0 {
+        if !addr.is_multiple_of(SBAL_SIZE as u64) {
             return Err(SbalError::Misaligned);
         }
         let s = self
@@ -370,7 +370,9 @@ impl Sbal {
     /// memory (so its 8-byte words can be accessed atomically).
     pub fn new(slice: GuestSlice) -> Option<Self> {
         let s = slice.sub(0, SBAL_SIZE)?;
-        (s.host_addr() % SBAL_SIZE == 0).then_some(Self { ptr: s.ptr })
+        s.host_addr()
+            .is_multiple_of(SBAL_SIZE)
+            .then_some(Self { ptr: s.ptr })
     }
 
     fn words(&self, element: usize) -> Option<[&AtomicU64; 2]> {

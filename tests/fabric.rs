@@ -66,7 +66,7 @@ fn four_partitions_with_two_subchannels_exchange_ipv4_and_ipv6_frames_of_every_s
                         for qi in 0..2 {
                             let src = (p.lpar, qi as u16);
                             let data = payload(src, seq, len);
-                            let dest = if (seq + ti as u32) % 2 == 0 {
+                            let dest = if (seq + ti as u32).is_multiple_of(2) {
                                 v4(tl, ts)
                             } else {
                                 v6(tl, ts)
@@ -639,7 +639,8 @@ fn establishing_checks_every_address_against_the_partition_memory() {
     fab.deregister_queue_set(1, 0).unwrap();
     let good = a.queues[0].params();
     let end = GUEST_BASE + a.ram.len() as u64;
-    let cases: Vec<(Box<dyn Fn(&mut iqdio::QueueSetParams)>, RegistrationError)> = vec![
+    type Mutation = Box<dyn Fn(&mut iqdio::QueueSetParams)>;
+    let cases: Vec<(Mutation, RegistrationError)> = vec![
         (
             Box::new(|p| p.output_sbals[5] = 0x1000),
             RegistrationError::OutsideMemory(QueueField::OutputSbal(5)),

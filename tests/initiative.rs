@@ -1,0 +1,219 @@
+//! The completion vector and the interrupt decision, end to end through the fabric:
+//! interrupts are raised exactly when the decision says so.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use iqdio::driver::{DriverConfig, SendError};
+use iqdio::{FabricConfig, Mfs, Reason};
+
+const DELAY: u64 = 1_000_000;
+
+fn setup() -> (TestPlatform, Arc<TestFabric>, Partition, Partition) {
+    let platform = TestPlatform::manual();
+    let fab = fabric(
+        platform.clone(),
+        FabricConfig {
+            mfs: Mfs::K16,
+            interrupt_delay_ns: DELAY,
+        },
+    );
+    let cfg = DriverConfig {
+        rx_buffers: 32,
+        ..config(Mfs::K16)
+    };
+    let a = Partition::new(&fab, 1, 1, cfg);
+    let b = Partition::new(&fab, 2, 1, cfg);
+    (platform, fab, a, b)
+}
+
+#[test]
+fn interrupts_follow_the_decision_step_by_step() {
+    let (platform, fab, mut a, mut b) = setup();
+    let port = fab.port(1);
+    let send = |a: &mut Partition| a.queues[0].send(&port, v4(2, 0), &[0xAB; 40]).unwrap();
+    let counters = |fab: &TestFabric| {
+        let c = fab.counters_of(2, 0).unwrap();
+        (c.interrupts_raised, c.interrupts_suppressed)
+    };
+
+    // Idle receiver: the summary goes idle -> pending, an interrupt is raised.
+    platform.set_clock(10);
+    send(&mut a);
+    assert_eq!(platform.raised(2), 1);
+    assert_eq!(counters(&fab), (1, 0));
+    assert!(b.indicators.pending(), "global summary byte set");
+
+    // The receiver has not reset its summary: it will poll, no interrupt.
+    platform.set_clock(10 + DELAY - 1);
+    send(&mut a);
+    assert_eq!(platform.raised(2), 1);
+    assert_eq!(counters(&fab), (1, 1));
+
+    // Pending for the whole delay: the fallback fires, once.
+    platform.set_clock(10 + DELAY);
+    send(&mut a);
+    assert_eq!(platform.raised(2), 2);
+    send(&mut a);
+    assert_eq!(
+        platform.raised(2),
+        2,
+        "restamped: no second fallback at once"
+    );
+    assert_eq!(counters(&fab), (2, 2));
+
+    // The receiver polls high -> low, resetting each byte first, and drains.
+    assert!(b.indicators.take());
+    assert!(b.queues[0].take_initiative());
+    assert!(!b.indicators.take(), "reset");
+    let mut n = 0;
+    while let Some(k) = b.queues[0].receive(|_| {}) {
+        n += k;
+    }
+    assert_eq!(n, 4);
+    // Idle again: the next delivery interrupts.
+    send(&mut a);
+    assert_eq!(platform.raised(2), 3);
+
+    // A polling receiver (newest consumed buffer 0x81) is not interrupted, even with
+    // an idle summary.
+    b.queues[0].start_polling();
+    while b.queues[0].receive(|_| {}).is_some() {}
+    assert!(b.indicators.take());
+    send(&mut a);
+    assert_eq!(platform.raised(2), 3);
+    assert_eq!(counters(&fab), (3, 3));
+
+    // Stopping polling re-checks and finds the frame that raised no interrupt.
+    assert!(b.queues[0].stop_polling(), "work arrived while polling");
+    assert!(b.indicators.take());
+    assert!(b.queues[0].take_initiative());
+    while b.queues[0].receive(|_| {}).is_some() {}
+    assert!(!b.queues[0].stop_polling());
+    send(&mut a);
+    assert_eq!(platform.raised(2), 4, "not polling any more: interrupt");
+
+    // The override: every delivery interrupts.
+    fab.set_interrupt_immediately(2, 0, true).unwrap();
+    for _ in 0..3 {
+        send(&mut a);
+    }
+    assert_eq!(platform.raised(2), 7);
+    fab.set_interrupt_immediately(2, 0, false).unwrap();
+    send(&mut a);
+    assert_eq!(platform.raised(2), 7);
+    let (raised, suppressed) = counters(&fab);
+    assert_eq!(raised, platform.raised(2));
+    assert_eq!(raised + suppressed, 11, "one decision per delivery");
+    assert_eq!(platform.raised(1), 0, "the sender is never interrupted");
+}
+
+#[test]
+fn the_delay_fallback_also_fires_from_the_timer_without_a_send() {
+    let (platform, fab, mut a, _b) = setup();
+    platform.set_clock(100);
+    a.queues[0].send(&fab.port(1), v6(2, 0), &[1]).unwrap();
+    assert_eq!(platform.raised(2), 1);
+    platform.set_clock(100 + DELAY - 1);
+    assert_eq!(fab.expire_delays(), 0);
+    platform.set_clock(100 + DELAY);
+    assert_eq!(fab.expire_delays(), 1);
+    assert_eq!(fab.expire_delays(), 0, "restamped");
+    assert_eq!(platform.raised(2), 2);
+}
+
+#[test]
+fn a_receiver_that_polls_forever_gets_at_most_one_interrupt_per_delay() {
+    let (platform, fab, mut a, mut b) = setup();
+    let port = fab.port(1);
+    b.queues[0].start_polling();
+    let mut clock = 0;
+    let mut sent = 0u64;
+    for round in 0..40u64 {
+        for _ in 0..5 {
+            clock += DELAY / 10;
+            platform.set_clock(clock);
+            match a.queues[0].send(&port, v4(2, 0), &[round as u8; 8]) {
+                Ok(()) => sent += 1,
+                Err(SendError::Refused(Reason::TargetFull)) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        // Takes frames (leaving 0x81 set) but never resets its indicator bytes.
+        while b.queues[0].receive(|_| {}).is_some() {}
+    }
+    let elapsed_delays = clock / DELAY;
+    let raised = platform.raised(2);
+    assert!(sent >= 150);
+    assert!(raised >= 1, "the fallback wakes it");
+    assert!(
+        raised <= elapsed_delays + 1,
+        "{raised} interrupts in {elapsed_delays} delays"
+    );
+}
+
+#[test]
+fn a_sleeping_receiver_is_woken_for_every_frame_it_must_take() {
+    // Real clock; the receiver sleeps until its interrupt and must never miss one.
+    let platform = TestPlatform::new();
+    let fab = fabric(platform.clone(), FabricConfig::DEFAULT);
+    let cfg = DriverConfig {
+        rx_buffers: 16,
+        ..config(Mfs::K16)
+    };
+    let mut a = Partition::new(&fab, 1, 1, cfg);
+    let mut b = Partition::new(&fab, 2, 1, cfg);
+    const N: u32 = 5_000;
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let platform = platform.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut got = 0u32;
+            let mut sleeps = 0u32;
+            while got < N {
+                let seen = platform.raised(2);
+                // High -> low, each byte reset before the work it announces.
+                if b.indicators.take() {
+                    b.queues[0].take_initiative();
+                }
+                while let Some(n) = b.queues[0].receive(|_| {}) {
+                    got += n as u32;
+                }
+                if got == N {
+                    break;
+                }
+                let now = platform.wait(2, seen, Duration::from_secs(10));
+                assert!(
+                    now > seen || b.queues[0].has_input(),
+                    "lost wake-up after {got} frames"
+                );
+                sleeps += 1;
+            }
+            done.store(true, Ordering::SeqCst);
+            (got, sleeps)
+        })
+    };
+    let port = fab.port(1);
+    let mut sent = 0;
+    while sent < N {
+        match a.queues[0].send(&port, v4(2, 0), &sent.to_le_bytes()) {
+            Ok(()) => sent += 1,
+            Err(SendError::Refused(Reason::TargetFull)) => std::thread::yield_now(),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let (got, sleeps) = within(Duration::from_secs(60), move || receiver.join().unwrap());
+    assert_eq!(got, N);
+    let c = fab.counters_of(2, 0).unwrap();
+    assert_eq!(c.interrupts_raised, platform.raised(2));
+    assert!(u64::from(sleeps) <= c.interrupts_raised + 1);
+    assert_eq!(
+        c.interrupts_raised + c.interrupts_suppressed,
+        c.sbals_received
+    );
+}
