@@ -344,12 +344,13 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// Deregisters `lpar`'s queue set on `subchannel`: removes its addresses from the
     /// target table, then its source entry, then frees its queue control, all under
     /// the exclusive lock, so no send is in flight meanwhile. Afterwards a send to its
-    /// addresses is unreachable (0x11), and a SIGA on it answers cc1.
+    /// addresses is unreachable (0x11), and a SIGA on it answers cc1. Returns the
+    /// queue set's final counters.
     pub fn deregister_queue_set(
         &self,
         lpar: LparId,
         subchannel: u16,
-    ) -> Result<(), RegistrationError> {
+    ) -> Result<CounterSnapshot, RegistrationError> {
         let mut st = self.state.write();
         self.deregister_locked(&mut st, SourceKey { lpar, subchannel })
     }
@@ -358,7 +359,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         &self,
         st: &mut State<Q, A>,
         key: SourceKey,
-    ) -> Result<(), RegistrationError> {
+    ) -> Result<CounterSnapshot, RegistrationError> {
         let slot = st
             .table
             .remove_queue_set(key)
@@ -378,7 +379,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         // Written under the exclusive lock; readers of generations hold it shared.
         qc.generation.fetch_add(1, Ordering::Relaxed);
         st.in_use[index] = false;
-        Ok(())
+        Ok(qc.counters.snapshot())
     }
 
     /// Addresses registered in the target table, across all partitions.
@@ -658,9 +659,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     fn signal(&self, inb: &mut Inbound, tqc: &QueueControl) -> Option<InterruptTarget> {
         let ind = inb.indicators?;
         let ring = inb.ring?;
-        // The newest buffer before the one just filled: 0x81 while the receiver polls.
-        let polling =
-            ring.state(prev(prev(inb.cursor)), Ordering::Relaxed) == SlsbState::INPUT_ACKED.0;
+        let polling = receiver_polling(&ring, inb.cursor);
         // Release on each set pairs with the receiver's AcqRel reset-swap: a receiver
         // that sees a byte set also sees the 0x82 stored before it.
         ind.queue.store(0, INDICATOR_SET, Ordering::Release);
@@ -685,6 +684,24 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             subchannel: inb.owner.subchannel,
         })
     }
+}
+
+/// Whether the receiver is polling: its newest consumed input buffer reads 0x81.
+///
+/// `cursor` is the next buffer the fabric will fill, so the buffers behind it that
+/// still read 0x82 are the receiver's backlog; the first one behind those is the newest
+/// it consumed. The walk is bounded by the ring and, for a polling receiver that keeps
+/// up, ends at the first step.
+fn receiver_polling(ring: &QueueRing, cursor: u8) -> bool {
+    let mut n = prev(cursor);
+    for _ in 0..QUEUE_BUFFERS {
+        n = prev(n);
+        match ring.state(n, Ordering::Relaxed) {
+            s if s == SlsbState::INPUT_PRIMED.0 => continue,
+            s => return s == SlsbState::INPUT_ACKED.0,
+        }
+    }
+    false
 }
 
 fn refuse(reason: Reason) -> BufferOutcome {
