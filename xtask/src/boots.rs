@@ -1,0 +1,321 @@
+//! The test boots of `cargo xtask test`, and how each one is counted.
+//!
+//! To add a boot, append a [`TestBoot`] to [`TEST_BOOTS`]: the image (a `[[bin]]` with
+//! `required-features = ["qemu-virt"]`), the cores, the build-time environment, a
+//! timeout, and a check that turns the run into test results. [`check_selftest`] counts
+//! each self-test case; [`check_exit_pass`] counts a boot as one test that passes on
+//! exit 0. A check of your own (say, a demo's last line) is a `fn(&BootRun, u32) ->
+//! Vec<TestResult>`.
+
+use crate::{
+    parse::{self, SelftestLine},
+    qemu::{BootRun, Outcome},
+};
+
+/// One boot of `cargo xtask test`.
+pub struct TestBoot {
+    /// Shown in the summary (keep it unique).
+    pub name: &'static str,
+    /// The image (`--bin`).
+    pub bin: &'static str,
+    /// QEMU `-smp`.
+    pub smp: u32,
+    /// Build-time environment of the image (read with `option_env!`); the other
+    /// variables of `cargo::IMAGE_ENV` are removed, so the image sees only these.
+    pub env: &'static [(&'static str, &'static str)],
+    /// Stop QEMU after this many seconds (a timeout counts as a failure).
+    pub timeout_s: u64,
+    /// Turns the run into test results.
+    pub check: fn(&BootRun, u32) -> Vec<TestResult>,
+}
+
+/// The boots `cargo xtask test` runs, in order. Boots of the same image with the same
+/// environment share one build.
+pub const TEST_BOOTS: &[TestBoot] = &[
+    TestBoot {
+        name: "selftest -smp 2",
+        bin: "selftest",
+        smp: 2,
+        env: &[],
+        timeout_s: 120,
+        check: check_selftest,
+    },
+    TestBoot {
+        name: "selftest -smp 4",
+        bin: "selftest",
+        smp: 4,
+        env: &[],
+        timeout_s: 120,
+        check: check_selftest,
+    },
+    TestBoot {
+        name: "selftest -smp 8",
+        bin: "selftest",
+        smp: 8,
+        env: &[],
+        timeout_s: 180,
+        check: check_selftest,
+    },
+    TestBoot {
+        name: "partitions -smp 4",
+        bin: "partitions",
+        smp: 4,
+        env: &[],
+        timeout_s: 300,
+        check: check_exit_pass,
+    },
+];
+
+/// One counted test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestResult {
+    /// What was tested.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why it failed (empty when it passed).
+    pub detail: String,
+}
+
+impl TestResult {
+    fn pass(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            passed: true,
+            detail: String::new(),
+        }
+    }
+
+    fn fail(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            passed: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The boot as one test: passes on exit 0 with a cleanly decoded log.
+pub fn check_exit_pass(run: &BootRun, _smp: u32) -> Vec<TestResult> {
+    vec![if run.outcome != Outcome::Pass {
+        TestResult::fail("boot", run.outcome.to_string())
+    } else if run.malformed > 0 {
+        TestResult::fail(
+            "boot",
+            format!("{} defmt frames did not decode", run.malformed),
+        )
+    } else {
+        TestResult::pass("boot")
+    }]
+}
+
+/// Each self-test case as one test, with the host's own checks on top: the image saw
+/// the cores QEMU has, every planned case reported, `expect` lines hold, the defmt
+/// stream decoded cleanly, and the exit status agrees with the cases.
+pub fn check_selftest(run: &BootRun, smp: u32) -> Vec<TestResult> {
+    let mut plan = None;
+    let mut cases: Vec<TestResult> = Vec::new();
+    let mut expectations = Vec::new();
+    for line in run.lines.iter().filter(|l| !l.emergency) {
+        match parse::selftest_line(&line.message) {
+            Some(SelftestLine::Plan(p)) => plan = Some(p),
+            Some(SelftestLine::Case(case)) => cases.push(if case.passed {
+                TestResult::pass(case.name)
+            } else {
+                TestResult::fail(case.name, case.reason.unwrap_or_default())
+            }),
+            Some(SelftestLine::Expect(e)) => expectations.push(e),
+            Some(SelftestLine::Done(..)) | None => {}
+        }
+    }
+    for e in expectations {
+        let seen = run
+            .lines
+            .iter()
+            .filter(|l| {
+                l.message
+                    .strip_prefix(&e.prefix)
+                    .is_some_and(|r| r.starts_with(' '))
+            })
+            .count();
+        if seen != e.count {
+            let detail = format!(
+                "host decoded {seen} `{}` lines, expected {}",
+                e.prefix, e.count
+            );
+            match cases.iter_mut().find(|c| c.name == e.case) {
+                Some(case) if case.passed => *case = TestResult::fail(&e.case, detail),
+                Some(_) => {}
+                None => cases.push(TestResult::fail(e.case, detail)),
+            }
+        }
+    }
+    let mut results = cases;
+    let Some(plan) = plan else {
+        results.push(TestResult::fail(
+            "boot",
+            format!("no self-test plan line; {}", run.outcome),
+        ));
+        return results;
+    };
+    if plan.cores != smp {
+        results.push(TestResult::fail(
+            "cores",
+            format!("the image found {} cores, QEMU has -smp {smp}", plan.cores),
+        ));
+    }
+    if results.len() < plan.cases {
+        let missing = plan.cases - results.len();
+        for i in 0..missing {
+            results.push(TestResult::fail(
+                format!("unreported case {}", i + 1),
+                format!("{missing} planned case(s) never reported; {}", run.outcome),
+            ));
+        }
+    }
+    let all_passed = results.iter().all(|r| r.passed);
+    match run.outcome {
+        Outcome::Pass if all_passed => {}
+        Outcome::Pass => results.push(TestResult::fail("exit", "exit 0 although a case failed")),
+        Outcome::Failure if !all_passed => {}
+        other => results.push(TestResult::fail("exit", other.to_string())),
+    }
+    if run.malformed > 0 {
+        results.push(TestResult::fail(
+            "defmt stream",
+            format!("{} frames did not decode", run.malformed),
+        ));
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{cargo::IMAGE_ENV, decode::Line};
+
+    fn run(outcome: Outcome, messages: &[&str]) -> BootRun {
+        BootRun {
+            outcome,
+            lines: messages
+                .iter()
+                .map(|m| Line {
+                    timestamp: Some("core 0 0.000001".into()),
+                    level: None,
+                    message: m.to_string(),
+                    location: None,
+                    emergency: false,
+                })
+                .collect(),
+            malformed: 0,
+            elapsed: Duration::from_millis(1),
+        }
+    }
+
+    fn failed(results: &[TestResult]) -> Vec<&str> {
+        results
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn counts_each_case() {
+        let r = run(
+            Outcome::Failure,
+            &[
+                "selftest: plan cases=2 cores=2",
+                "selftest: case a result=PASS time_us=1",
+                "selftest: case b result=FAIL time_us=1 reason=broken",
+                "selftest: done passed=1 failed=1",
+            ],
+        );
+        let results = check_selftest(&r, 2);
+        assert_eq!(results.len(), 2);
+        assert_eq!(failed(&results), ["b"]);
+        assert_eq!(results[1].detail, "broken");
+    }
+
+    #[test]
+    fn a_fault_fails_the_boot_and_the_missing_cases() {
+        let r = run(
+            Outcome::Fault,
+            &[
+                "selftest: plan cases=3 cores=2",
+                "selftest: case a result=PASS time_us=1",
+            ],
+        );
+        let results = check_selftest(&r, 2);
+        assert_eq!(results.len(), 4);
+        assert_eq!(
+            failed(&results),
+            ["unreported case 1", "unreported case 2", "exit"]
+        );
+    }
+
+    #[test]
+    fn no_plan_is_a_failed_boot() {
+        let results = check_selftest(&run(Outcome::Timeout, &[]), 4);
+        assert_eq!(failed(&results), ["boot"]);
+    }
+
+    #[test]
+    fn wrong_core_count_and_pass_with_failures_are_caught() {
+        let r = run(
+            Outcome::Pass,
+            &[
+                "selftest: plan cases=1 cores=2",
+                "selftest: case a result=FAIL time_us=1 reason=x",
+            ],
+        );
+        assert_eq!(failed(&check_selftest(&r, 4)), ["a", "cores", "exit"]);
+    }
+
+    #[test]
+    fn expectations_are_checked_on_the_host() {
+        let mut lines = vec![
+            "selftest: plan cases=1 cores=2",
+            "logstorm core=0 seq=0",
+            "logstorm core=1 seq=0",
+            "logstormy weather",
+            "selftest: case log result=PASS time_us=1",
+        ];
+        lines.push("selftest: expect case=log prefix=logstorm count=2");
+        assert!(failed(&check_selftest(&run(Outcome::Pass, &lines), 2)).is_empty());
+        lines.push("selftest: expect case=log prefix=logstorm count=3");
+        let results = check_selftest(&run(Outcome::Pass, &lines), 2);
+        assert_eq!(failed(&results), ["log", "exit"]);
+    }
+
+    #[test]
+    fn malformed_frames_fail_the_boot() {
+        let mut r = run(
+            Outcome::Pass,
+            &[
+                "selftest: plan cases=1 cores=2",
+                "selftest: case a result=PASS time_us=1",
+            ],
+        );
+        r.malformed = 1;
+        assert_eq!(failed(&check_selftest(&r, 2)), ["defmt stream"]);
+        assert_eq!(failed(&check_exit_pass(&r, 2)), ["boot"]);
+    }
+
+    #[test]
+    fn boot_names_are_unique_and_images_known() {
+        for (i, boot) in TEST_BOOTS.iter().enumerate() {
+            assert!(
+                TEST_BOOTS[..i].iter().all(|b| b.name != boot.name),
+                "duplicate {}",
+                boot.name
+            );
+            assert!((2..=8).contains(&boot.smp));
+            for (key, _) in boot.env {
+                assert!(IMAGE_ENV.contains(key), "{key} missing from IMAGE_ENV");
+            }
+        }
+    }
+}

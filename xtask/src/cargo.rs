@@ -1,0 +1,143 @@
+//! Running cargo: the images for the bare-metal target, and the test steps.
+
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The bare-metal target every image is built for.
+pub const TARGET: &str = "aarch64-unknown-none";
+
+/// The cargo that runs this xtask (`CARGO`), or `cargo` from `PATH`.
+pub fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// The workspace root: the xtask lives in `<root>/xtask`.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// The build directory (`CARGO_TARGET_DIR`, or `<root>/target`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// A cargo command in the workspace root.
+pub fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(cargo());
+    command.args(args).current_dir(workspace_root());
+    command
+}
+
+/// Every variable an image reads with `option_env!`. A build sets the ones it is given
+/// and removes the others, so a stray variable in the caller's shell cannot change an
+/// image.
+pub const IMAGE_ENV: &[&str] = &[
+    "IQDIO_SELFTEST_FAIL",
+    "IQDIO_SELFTEST_INJECT",
+    "IQDIO_FRAMES",
+    "IQDIO_MFS",
+    "IQDIO_SCENARIO",
+];
+
+/// Builds image `bin` for the bare-metal target (release profile, feature `qemu-virt`)
+/// and returns its ELF.
+///
+/// `env` sets build-time variables the image reads with `option_env!` (all others of
+/// [`IMAGE_ENV`] are removed). `target_dir` builds elsewhere than the shared build
+/// directory.
+pub fn build_image(bin: &str, env: &[(&str, &str)], target_dir: Option<&Path>) -> Result<PathBuf> {
+    let mut command = command(&[
+        "build",
+        "--release",
+        "--target",
+        TARGET,
+        "--features",
+        "qemu-virt",
+        "--bin",
+        bin,
+        "--message-format=json-render-diagnostics",
+    ]);
+    for key in IMAGE_ENV {
+        command.env_remove(key);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    if let Some(dir) = target_dir {
+        command.env("CARGO_TARGET_DIR", dir);
+    }
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    eprintln!(
+        "xtask: building `{bin}`: {}cargo build --release --target {TARGET} --features qemu-virt --bin {bin}",
+        shown.concat()
+    );
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {:?}", cargo()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let elf = executable_from_messages(&stdout, bin);
+    if !output.status.success() {
+        bail!("building `{bin}` failed ({})", output.status);
+    }
+    elf.with_context(|| format!("cargo built `{bin}` but reported no executable"))
+}
+
+/// The executable cargo reported for `bin` in its JSON messages.
+pub fn executable_from_messages(messages: &str, bin: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+}
+
+/// Runs a command, echoing its stdout while collecting it; stderr goes straight through.
+pub fn run_tee(mut command: Command) -> Result<(bool, String)> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let mut collected = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading the command's output")?;
+        println!("{line}");
+        collected.push_str(&line);
+        collected.push('\n');
+    }
+    let status = child.wait().context("waiting for the command")?;
+    Ok((status.success(), collected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_executable_among_messages() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"name":"defmt"},"executable":null}
+not json at all
+{"reason":"compiler-artifact","target":{"name":"selftest"},"executable":"/t/aarch64-unknown-none/release/selftest"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            executable_from_messages(messages, "selftest"),
+            Some(PathBuf::from("/t/aarch64-unknown-none/release/selftest"))
+        );
+        assert_eq!(executable_from_messages(messages, "partitions"), None);
+    }
+}

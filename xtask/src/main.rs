@@ -1,0 +1,169 @@
+//! `cargo xtask`: iqdio's front door. Builds the bare-metal images, boots them under
+//! `qemu-system-aarch64`, decodes their defmt logs, and runs the whole test suite.
+//!
+//! ```text
+//! cargo xtask run                 # boot the partitions demo (4 cores)
+//! cargo xtask test                # host tests, clippy, target build, test boots
+//! cargo xtask selftest --smp 8    # boot the on-target self-test alone
+//! ```
+
+mod boots;
+mod cargo;
+mod decode;
+mod parse;
+mod qemu;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::qemu::Outcome;
+
+/// Build, boot and test iqdio: partitions exchanging frames through QDIO queues, one
+/// per core of an emulated Arm machine.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build the `partitions` image and boot it: every core is one partition.
+    ///
+    /// The options reach the image as build-time environment variables (IQDIO_FRAMES,
+    /// IQDIO_MFS, IQDIO_SCENARIO), so changing one rebuilds only the image. The exit
+    /// status is the image's: 0 pass, 1 failure, 2 panic, 3 fault, 124 timeout.
+    Run {
+        /// Cores, one partition each (QEMU `-smp`), 2 to 8.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=8))]
+        smp: u32,
+        /// Frames each partition sends (IQDIO_FRAMES); the image's default if omitted.
+        #[arg(long, value_name = "K")]
+        frames: Option<u64>,
+        /// Maximum frame size in KiB (IQDIO_MFS).
+        #[arg(long, value_parser = ["16", "24", "40", "64"])]
+        mfs: Option<String>,
+        /// Scenario to run (IQDIO_SCENARIO); the image's default if omitted.
+        #[arg(long, value_name = "NAME")]
+        scenario: Option<String>,
+        /// Stop QEMU after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Run everything: host tests, clippy (host and target), the bare-metal library
+    /// build, and the test boots under QEMU.
+    ///
+    /// Each host test and each on-target case counts as one test; a failed clippy or
+    /// build step, or a boot that faults or times out, counts as a failure. Ends with
+    /// one line `N passed, M failed` and exits non-zero on any failure.
+    Test {
+        /// Only the test boots (skip host tests, clippy and the library build).
+        #[arg(long)]
+        boots_only: bool,
+    },
+    /// Build and boot the on-target self-test image alone; print each case's result.
+    Selftest {
+        /// Cores (QEMU `-smp`), 2 to 8.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=8))]
+        smp: u32,
+        /// Make this case fail on purpose (IQDIO_SELFTEST_FAIL). Builds in a separate
+        /// target directory, so the normal build stays cached.
+        #[arg(long, value_name = "CASE")]
+        fail: Option<String>,
+        /// Add a case that fails the hard way (IQDIO_SELFTEST_INJECT): `panic`,
+        /// `stack-overflow`, `null`, `hang`, `hang-masked`. Shows each failure path ends
+        /// the boot with the right status. Builds in the separate target directory too.
+        #[arg(long, value_name = "KIND", value_parser = ["panic", "stack-overflow", "null", "hang", "hang-masked"])]
+        inject: Option<String>,
+        /// Boot this many times (stops at the first failing boot).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        repeat: u32,
+        /// Stop QEMU after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run {
+            smp,
+            frames,
+            mfs,
+            scenario,
+            timeout,
+        } => {
+            let frames = frames.map(|k| k.to_string());
+            let env: Vec<(&str, &str)> = [
+                ("IQDIO_FRAMES", frames.as_deref()),
+                ("IQDIO_MFS", mfs.as_deref()),
+                ("IQDIO_SCENARIO", scenario.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect();
+            let elf = cargo::build_image("partitions", &env, None)?;
+            let run = qemu::boot(&elf, smp, timeout, true)?;
+            eprintln!("xtask: partitions: {}", run.outcome);
+            Ok(ExitCode::from(run.outcome.exit_status()))
+        }
+        Command::Test { boots_only } => test::run_all(boots_only),
+        Command::Selftest {
+            smp,
+            fail,
+            inject,
+            repeat,
+            timeout,
+        } => {
+            let env: Vec<(&str, &str)> = [
+                ("IQDIO_SELFTEST_FAIL", fail.as_deref()),
+                ("IQDIO_SELFTEST_INJECT", inject.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect();
+            // A failing build gets its own target directory, so the normal one stays
+            // cached (only the image itself is rebuilt between failure kinds).
+            let target_dir = (!env.is_empty()).then(|| cargo::target_dir().join("selftest-fail"));
+            let elf = cargo::build_image("selftest", &env, target_dir.as_deref())?;
+            for round in 1..=repeat {
+                let run = qemu::boot(&elf, smp, timeout, true)?;
+                let results = boots::check_selftest(&run, smp);
+                let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
+                eprintln!(
+                    "xtask: selftest -smp {smp} boot {round}/{repeat}: {} cases, {} failed; {} in {:.2} s",
+                    results.len(),
+                    failed.len(),
+                    run.outcome,
+                    run.elapsed.as_secs_f64()
+                );
+                for result in &failed {
+                    eprintln!("xtask:   FAILED {}: {}", result.name, result.detail);
+                }
+                if !failed.is_empty() {
+                    let status = match run.outcome {
+                        Outcome::Pass => Outcome::Failure.exit_status(),
+                        other => other.exit_status(),
+                    };
+                    return Ok(ExitCode::from(status));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

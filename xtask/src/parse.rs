@@ -1,0 +1,202 @@
+//! Reading results out of text: cargo's test summaries and the self-test's lines.
+
+/// Passed and failed counts from every `test result: ... N passed; M failed; ...` line
+/// of a `cargo test` run (one line per test binary and doc-test run).
+pub fn test_results(output: &str) -> (u64, u64, usize) {
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut lines = 0;
+    for line in output.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        let count = |what: &str| {
+            rest.split(';')
+                .filter_map(|part| part.trim().rsplit_once(' '))
+                .find(|(_, word)| *word == what)
+                .and_then(|(number, _)| number.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        if let (Some(p), Some(f)) = (count("passed"), count("failed")) {
+            passed += p;
+            failed += f;
+            lines += 1;
+        }
+    }
+    (passed, failed, lines)
+}
+
+/// `selftest: plan cases=N cores=C`
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Cases the image will report.
+    pub cases: usize,
+    /// Cores the image found.
+    pub cores: u32,
+}
+
+/// `selftest: case NAME result=PASS|FAIL time_us=T [reason=...]`
+#[derive(Debug, PartialEq, Eq)]
+pub struct CaseResult {
+    /// Case name.
+    pub name: String,
+    /// Whether the image reported it passed.
+    pub passed: bool,
+    /// Time the case took on the target.
+    pub time_us: u64,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+/// `selftest: expect case=NAME prefix=P count=N`: the host must see exactly N decoded
+/// lines starting with `P ` (the image cannot check what the host decoded).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Expectation {
+    /// The case this check belongs to.
+    pub case: String,
+    /// First word of the lines to count.
+    pub prefix: String,
+    /// How many there must be.
+    pub count: usize,
+}
+
+/// One self-test line, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SelftestLine {
+    /// The plan.
+    Plan(Plan),
+    /// A case result.
+    Case(CaseResult),
+    /// A host-side check.
+    Expect(Expectation),
+    /// The summary: passed, failed.
+    Done(u64, u64),
+}
+
+fn fields(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.split(' ').filter_map(|word| word.split_once('='))
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    fields(text).find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// Parses a decoded message of the self-test image (`None` for other lines).
+pub fn selftest_line(message: &str) -> Option<SelftestLine> {
+    let rest = message.strip_prefix("selftest: ")?;
+    let (kind, rest) = rest.split_once(' ')?;
+    match kind {
+        "plan" => Some(SelftestLine::Plan(Plan {
+            cases: field(rest, "cases")?.parse().ok()?,
+            cores: field(rest, "cores")?.parse().ok()?,
+        })),
+        "case" => {
+            let (name, rest) = rest.split_once(' ')?;
+            // The reason is last and may contain spaces.
+            let (head, reason) = match rest.split_once(" reason=") {
+                Some((head, reason)) => (head, Some(reason.to_string())),
+                None => (rest, None),
+            };
+            let passed = match field(head, "result")? {
+                "PASS" => true,
+                "FAIL" => false,
+                _ => return None,
+            };
+            Some(SelftestLine::Case(CaseResult {
+                name: name.to_string(),
+                passed,
+                time_us: field(head, "time_us")?.parse().ok()?,
+                reason,
+            }))
+        }
+        "expect" => Some(SelftestLine::Expect(Expectation {
+            case: field(rest, "case")?.to_string(),
+            prefix: field(rest, "prefix")?.to_string(),
+            count: field(rest, "count")?.parse().ok()?,
+        })),
+        "done" => Some(SelftestLine::Done(
+            field(rest, "passed")?.parse().ok()?,
+            field(rest, "failed")?.parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_every_test_result_line() {
+        let output = "\
+running 3 tests
+test a ... ok
+test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s
+
+     Running tests/fabric.rs
+test result: FAILED. 10 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.20s
+   Doc-tests iqdio
+test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+test result: garbage
+some line mentioning 5 passed; 1 failed
+";
+        assert_eq!(test_results(output), (13, 2, 3));
+    }
+
+    #[test]
+    fn no_result_lines_means_nothing_ran() {
+        assert_eq!(
+            test_results("error: could not compile `iqdio`\n"),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn parses_case_lines() {
+        assert_eq!(
+            selftest_line("selftest: case sgi_wakeup result=PASS time_us=10432"),
+            Some(SelftestLine::Case(CaseResult {
+                name: "sgi_wakeup".into(),
+                passed: true,
+                time_us: 10432,
+                reason: None
+            }))
+        );
+        assert_eq!(
+            selftest_line(
+                "selftest: case timer result=FAIL time_us=52 reason=delay_ns returned early"
+            ),
+            Some(SelftestLine::Case(CaseResult {
+                name: "timer".into(),
+                passed: false,
+                time_us: 52,
+                reason: Some("delay_ns returned early".into())
+            }))
+        );
+        assert_eq!(
+            selftest_line("selftest: case timer result=MAYBE time_us=1"),
+            None
+        );
+        assert_eq!(selftest_line("selftest: case timer result=PASS"), None);
+        assert_eq!(selftest_line("cores_up: core 1 reports id 1"), None);
+    }
+
+    #[test]
+    fn parses_plan_expect_and_done() {
+        assert_eq!(
+            selftest_line("selftest: plan cases=8 cores=4"),
+            Some(SelftestLine::Plan(Plan { cases: 8, cores: 4 }))
+        );
+        assert_eq!(
+            selftest_line("selftest: expect case=log_all_cores prefix=logstorm count=100"),
+            Some(SelftestLine::Expect(Expectation {
+                case: "log_all_cores".into(),
+                prefix: "logstorm".into(),
+                count: 100
+            }))
+        );
+        assert_eq!(
+            selftest_line("selftest: done passed=7 failed=1"),
+            Some(SelftestLine::Done(7, 1))
+        );
+    }
+}

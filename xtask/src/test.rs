@@ -1,0 +1,190 @@
+//! `cargo xtask test`: every check the project has, counted into one line.
+
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use crate::{
+    boots::{TEST_BOOTS, TestResult},
+    cargo::{self, TARGET},
+    parse, qemu,
+};
+
+/// Lints both clippy runs deny.
+const CLIPPY_LINTS: &[&str] = &[
+    "--",
+    "-D",
+    "warnings",
+    "-D",
+    "clippy::undocumented_unsafe_blocks",
+];
+
+/// Passes and failures so far, and what each step took.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    steps: Vec<(String, Duration, String)>,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn step(&mut self, name: &str, took: Duration, summary: String) {
+        eprintln!("xtask: == {name}: {summary} ({:.1} s)", took.as_secs_f64());
+        self.steps.push((name.to_string(), took, summary));
+    }
+}
+
+/// A step that must succeed: counts one failure if it does not (and nothing if it does).
+fn must_succeed(tally: &mut Tally, name: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: == {name}: cargo {}", args.join(" "));
+    let start = Instant::now();
+    let status = cargo::command(args).status()?;
+    let summary = if status.success() {
+        "ok".to_string()
+    } else {
+        tally.failed += 1;
+        tally.failures.push(format!("{name}: {status}"));
+        format!("FAILED ({status})")
+    };
+    tally.step(name, start.elapsed(), summary);
+    Ok(())
+}
+
+/// Runs the whole suite; the exit status is non-zero on any failure.
+pub fn run_all(boots_only: bool) -> Result<ExitCode> {
+    let mut tally = Tally::default();
+    let start = Instant::now();
+    if !boots_only {
+        host_tests(&mut tally)?;
+        let mut host_clippy = vec!["clippy", "--workspace", "--all-targets"];
+        host_clippy.extend_from_slice(CLIPPY_LINTS);
+        must_succeed(&mut tally, "clippy (host)", &host_clippy)?;
+        let mut target_clippy = vec![
+            "clippy",
+            "--lib",
+            "--bins",
+            "--target",
+            TARGET,
+            "--features",
+            "qemu-virt",
+        ];
+        target_clippy.extend_from_slice(CLIPPY_LINTS);
+        must_succeed(&mut tally, "clippy (target)", &target_clippy)?;
+        must_succeed(
+            &mut tally,
+            "library build (target)",
+            &["build", "--lib", "--target", TARGET],
+        )?;
+    }
+    test_boots(&mut tally)?;
+
+    eprintln!();
+    eprintln!("xtask: summary ({:.1} s)", start.elapsed().as_secs_f64());
+    for (name, took, summary) in &tally.steps {
+        eprintln!(
+            "xtask:   {name:<26} {:>7.1} s  {summary}",
+            took.as_secs_f64()
+        );
+    }
+    for failure in &tally.failures {
+        eprintln!("xtask:   FAILED {failure}");
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(if tally.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `cargo test --workspace`: counts every test from the `test result:` lines.
+fn host_tests(tally: &mut Tally) -> Result<()> {
+    let name = "host tests";
+    eprintln!("xtask: == {name}: cargo test --workspace");
+    let start = Instant::now();
+    let (success, output) = cargo::run_tee(cargo::command(&["test", "--workspace"]))?;
+    let (passed, failed, binaries) = parse::test_results(&output);
+    tally.passed += passed;
+    tally.failed += failed;
+    if failed > 0 {
+        tally.failures.push(format!(
+            "{name}: {failed} test(s) failed (see `FAILED` above)"
+        ));
+    }
+    let mut summary = format!("{passed} passed, {failed} failed in {binaries} test binaries");
+    if !success && failed == 0 {
+        // It did not build, or a test binary crashed without a summary line.
+        tally.failed += 1;
+        tally
+            .failures
+            .push(format!("{name}: cargo test failed without a failing test"));
+        summary.push_str("; cargo test FAILED");
+    }
+    tally.step(name, start.elapsed(), summary);
+    Ok(())
+}
+
+/// Builds each image once per environment and runs the boots of [`TEST_BOOTS`].
+fn test_boots(tally: &mut Tally) -> Result<()> {
+    if let Err(error) = qemu::ensure_installed() {
+        tally.failed += 1;
+        tally.failures.push(format!("test boots: {error:#}"));
+        tally.step("test boots", Duration::ZERO, "FAILED: no QEMU".into());
+        return Ok(());
+    }
+    // Images built so far: (bin, env) -> ELF, or None if the build failed.
+    type Built<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<std::path::PathBuf>);
+    let mut built: Vec<Built<'_>> = Vec::new();
+    for boot in TEST_BOOTS {
+        let start = Instant::now();
+        let elf = match built
+            .iter()
+            .find(|(bin, env, _)| *bin == boot.bin && *env == boot.env)
+        {
+            Some((_, _, elf)) => elf.clone(),
+            None => {
+                let elf = match cargo::build_image(boot.bin, boot.env, None) {
+                    Ok(elf) => Some(elf),
+                    Err(error) => {
+                        eprintln!("xtask: {error:#}");
+                        None
+                    }
+                };
+                built.push((boot.bin, boot.env, elf.clone()));
+                elf
+            }
+        };
+        let name = format!("boot {}", boot.name);
+        let Some(elf) = elf else {
+            tally.failed += 1;
+            tally
+                .failures
+                .push(format!("{name}: the image did not build"));
+            tally.step(&name, start.elapsed(), "FAILED: no image".into());
+            continue;
+        };
+        let run = qemu::boot(&elf, boot.smp, boot.timeout_s, true)?;
+        let results = (boot.check)(&run, boot.smp);
+        let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
+        tally.passed += (results.len() - failed.len()) as u64;
+        tally.failed += failed.len() as u64;
+        for result in &failed {
+            tally
+                .failures
+                .push(format!("{name}: {}: {}", result.name, result.detail));
+        }
+        let summary = format!(
+            "{} of {} passed; {} in {:.2} s",
+            results.len() - failed.len(),
+            results.len(),
+            run.outcome,
+            run.elapsed.as_secs_f64()
+        );
+        tally.step(&name, start.elapsed(), summary);
+    }
+    Ok(())
+}
