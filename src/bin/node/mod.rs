@@ -196,7 +196,13 @@ impl Node {
             .deregister_queue_set(lpar, 0)
             .map_err(|_| "deregister refused")?;
         add(&mut self.retired, &last);
-        // Nothing arrives any more; what arrived before is ours to take.
+        self.reestablish(fabric)
+    }
+
+    /// After the queue set was deregistered: takes what had arrived before, lays out a
+    /// fresh queue set over the window (the fabric's cursors start at 0 again), and
+    /// establishes it with the same addresses.
+    pub fn reestablish(&mut self, fabric: &BoardFabric) -> Result<(), &'static str> {
         while self.poll(fabric) > 0 {}
         let mut region = region(self.core);
         self.indicators = Indicators::new(&mut region).map_err(|_| "indicators")?;
