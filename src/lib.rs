@@ -111,6 +111,8 @@ pub mod error;
 pub mod fabric;
 pub mod guest;
 pub mod initiative;
+#[cfg(feature = "smoltcp")]
+pub mod phy;
 pub mod platform;
 pub mod qdio;
 mod queue;
