@@ -29,10 +29,16 @@ pub struct Line {
     pub emergency: bool,
 }
 
+/// Log lines (`info!`, `warn!`, ...) read `[core N seconds] LEVEL message (file:line)`;
+/// `println!` lines are the image's plain output and print as they are (a summary table,
+/// a last line with a fixed form); emergency messages start with `!!`.
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.emergency {
             return write!(f, "!! {}", self.message);
+        }
+        if self.level.is_none() {
+            return write!(f, "{}", self.message);
         }
         if let Some(ts) = &self.timestamp {
             write!(f, "[{ts}] ")?;
@@ -233,5 +239,17 @@ mod tests {
             line.to_string(),
             "[core 2 0.004211] INFO  partition 2 up (src/bin/partitions.rs:30)"
         );
+        let plain = Line {
+            level: None,
+            message: "partitions 4, frames sent 8".into(),
+            ..line.clone()
+        };
+        assert_eq!(plain.to_string(), "partitions 4, frames sent 8");
+        let fault = Line {
+            emergency: true,
+            message: "FAULT on core 1".into(),
+            ..line
+        };
+        assert_eq!(fault.to_string(), "!! FAULT on core 1");
     }
 }

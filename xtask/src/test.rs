@@ -137,7 +137,11 @@ fn test_boots(tally: &mut Tally) -> Result<()> {
         return Ok(());
     }
     // Images built so far: (bin, env) -> ELF, or None if the build failed.
-    type Built<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<std::path::PathBuf>);
+    type Built<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        Option<std::path::PathBuf>,
+    );
     let mut built: Vec<Built<'_>> = Vec::new();
     for boot in TEST_BOOTS {
         let start = Instant::now();

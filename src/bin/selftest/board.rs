@@ -10,19 +10,55 @@ use core::{
 use embedded_hal::delay::DelayNs;
 use iqdio::board::{self, Delay, MAX_CORES};
 
-use super::harness::{self, check, Case};
+use super::harness::{self, Case, check};
 
 /// The board's cases, in run order.
 pub const CASES: &[Case] = &[
-    Case { name: "cores_up", timeout_ms: 5_000, run: cores_up },
-    Case { name: "run_on_all_repeat", timeout_ms: 10_000, run: run_on_all_repeat },
-    Case { name: "sgi_wakeup", timeout_ms: 10_000, run: sgi_wakeup },
-    Case { name: "critical_section", timeout_ms: 20_000, run: critical_section_excludes },
-    Case { name: "timer", timeout_ms: 10_000, run: timer },
-    Case { name: "log_all_cores", timeout_ms: 10_000, run: log_all_cores },
-    Case { name: "partition_windows", timeout_ms: 5_000, run: partition_windows },
-    Case { name: "alarm", timeout_ms: 5_000, run: alarm },
-    Case { name: "irq_preserves_simd", timeout_ms: 10_000, run: irq_preserves_simd },
+    Case {
+        name: "cores_up",
+        timeout_ms: 5_000,
+        run: cores_up,
+    },
+    Case {
+        name: "run_on_all_repeat",
+        timeout_ms: 10_000,
+        run: run_on_all_repeat,
+    },
+    Case {
+        name: "sgi_wakeup",
+        timeout_ms: 10_000,
+        run: sgi_wakeup,
+    },
+    Case {
+        name: "critical_section",
+        timeout_ms: 20_000,
+        run: critical_section_excludes,
+    },
+    Case {
+        name: "timer",
+        timeout_ms: 10_000,
+        run: timer,
+    },
+    Case {
+        name: "log_all_cores",
+        timeout_ms: 10_000,
+        run: log_all_cores,
+    },
+    Case {
+        name: "partition_windows",
+        timeout_ms: 5_000,
+        run: partition_windows,
+    },
+    Case {
+        name: "alarm",
+        timeout_ms: 5_000,
+        run: alarm,
+    },
+    Case {
+        name: "irq_preserves_simd",
+        timeout_ms: 10_000,
+        run: irq_preserves_simd,
+    },
 ];
 
 /// Per-core values written by jobs and read by core 0 afterwards.
@@ -44,11 +80,19 @@ fn cores_up() -> Result<(), &'static str> {
     harness::run_on_all(|core| {
         let (low, high) = board::main_stack_bounds(core);
         let sp = board::stack_pointer();
-        check(core, (low..high).contains(&sp), "stack pointer outside the core's own stack");
+        check(
+            core,
+            (low..high).contains(&sp),
+            "stack pointer outside the core's own stack",
+        );
         check(core, board::online(core), "core not marked online");
         // Release pairs with core 0's Acquire after the job (run_on_all orders it too).
         SLOTS[core].store(board::core_id() as u64 + 1, Ordering::Release);
-        defmt::info!("cores_up: core {=usize} reports id {=usize}", core, board::core_id());
+        defmt::info!(
+            "cores_up: core {=usize} reports id {=usize}",
+            core,
+            board::core_id()
+        );
     })?;
     for (core, slot) in SLOTS.iter().enumerate().take(n) {
         if slot.load(Ordering::Acquire) != core as u64 + 1 {
@@ -67,7 +111,11 @@ fn run_on_all_repeat() -> Result<(), &'static str> {
             SLOTS[core].fetch_add(1, Ordering::Relaxed);
         })?;
     }
-    if SLOTS.iter().take(board::cores()).all(|s| s.load(Ordering::Relaxed) == ROUNDS) {
+    if SLOTS
+        .iter()
+        .take(board::cores())
+        .all(|s| s.load(Ordering::Relaxed) == ROUNDS)
+    {
         Ok(())
     } else {
         Err("a core did not run every job exactly once")
@@ -84,12 +132,24 @@ fn count_hook(core: usize) {
 /// Waits in WFI for one SGI and checks it is counted once (and only once, after a
 /// pause for duplicates), by the counters and by the hook.
 fn await_one_sgi(core: usize) {
-    if !check(core, board::wait_for_interrupt_until(harness::deadline_ns()), "no SGI arrived") {
+    if !check(
+        core,
+        board::wait_for_interrupt_until(harness::deadline_ns()),
+        "no SGI arrived",
+    ) {
         return;
     }
     Delay.delay_ms(2);
-    check(core, board::take_interrupts() == 1, "SGI counted more than once");
-    check(core, board::pending_interrupts() == 0, "take_interrupts left a count");
+    check(
+        core,
+        board::take_interrupts() == 1,
+        "SGI counted more than once",
+    );
+    check(
+        core,
+        board::pending_interrupts() == 0,
+        "take_interrupts left a count",
+    );
 }
 
 fn sgi_phase(job: fn(usize)) -> Result<(), &'static str> {
@@ -195,7 +255,11 @@ fn critical_section_excludes() -> Result<(), &'static str> {
     if total == expected {
         Ok(())
     } else {
-        defmt::error!("critical_section: total {=u64}, expected {=u64}", total, expected);
+        defmt::error!(
+            "critical_section: total {=u64}, expected {=u64}",
+            total,
+            expected
+        );
         Err("the total is wrong: the critical section let two cores in")
     }
 }
@@ -216,7 +280,11 @@ fn timer() -> Result<(), &'static str> {
         for ns in [1u32, 100, 1_000, 50_000] {
             let start = board::now_ns();
             delay.delay_ns(ns);
-            if !check(core, board::now_ns() - start >= u64::from(ns), "delay_ns returned early") {
+            if !check(
+                core,
+                board::now_ns() - start >= u64::from(ns),
+                "delay_ns returned early",
+            ) {
                 return;
             }
         }
@@ -224,19 +292,35 @@ fn timer() -> Result<(), &'static str> {
             let start = board::now_ns();
             delay.delay_us(us);
             let took = board::now_ns() - start;
-            if !check(core, took >= u64::from(us) * 1_000, "delay_us returned early") {
+            if !check(
+                core,
+                took >= u64::from(us) * 1_000,
+                "delay_us returned early",
+            ) {
                 return;
             }
         }
         let start = board::now_ns();
         delay.delay_ms(3);
-        check(core, board::now_ns() - start >= 3_000_000, "delay_ms returned early");
+        check(
+            core,
+            board::now_ns() - start >= 3_000_000,
+            "delay_ms returned early",
+        );
         // A sleep in WFI with nothing to wake it but its deadline.
         let start = board::now_ns();
         let woke = board::wait_until(start + 2_000_000, || false);
         let took = board::now_ns() - start;
-        check(core, !woke, "wait_until reported a condition that never held");
-        check(core, took >= 2_000_000, "wait_until returned before its deadline");
+        check(
+            core,
+            !woke,
+            "wait_until reported a condition that never held",
+        );
+        check(
+            core,
+            took >= 2_000_000,
+            "wait_until returned before its deadline",
+        );
     })
 }
 
@@ -284,7 +368,10 @@ fn partition_windows() -> Result<(), &'static str> {
         let stamp = 0x1d10_0000_0000_0000 | core as u64;
         // SAFETY: as in the job; all jobs finished.
         let (first, last) = unsafe {
-            (base.cast::<u64>().read_volatile(), base.add(size - 8).cast::<u64>().read_volatile())
+            (
+                base.cast::<u64>().read_volatile(),
+                base.add(size - 8).cast::<u64>().read_volatile(),
+            )
         };
         if first != stamp || last != !stamp {
             return Err("a window's stamp was overwritten: windows overlap");
@@ -325,7 +412,11 @@ fn alarm() -> Result<(), &'static str> {
         if check(core, fired, "the alarm did not fire") {
             check(core, board::now_ns() >= at, "the alarm fired early");
             Delay.delay_ms(3);
-            check(core, ALARMS[core].load(Ordering::Relaxed) == 1, "the alarm fired twice");
+            check(
+                core,
+                ALARMS[core].load(Ordering::Relaxed) == 1,
+                "the alarm fired twice",
+            );
         }
     })
 }
@@ -441,10 +532,19 @@ fn irq_preserves_simd() -> Result<(), &'static str> {
                     board::send_sgi(target);
                 }
                 let landed = harness::spin_until(
-                    || (1..n).all(|c| board::interrupts_received(c) >= SLOTS[c].load(Ordering::Relaxed) + round),
+                    || {
+                        (1..n).all(|c| {
+                            board::interrupts_received(c)
+                                >= SLOTS[c].load(Ordering::Relaxed) + round
+                        })
+                    },
                     "",
                 );
-                if !check(0, landed.is_ok(), "SGIs did not arrive during the SIMD loop") {
+                if !check(
+                    0,
+                    landed.is_ok(),
+                    "SGIs did not arrive during the SIMD loop",
+                ) {
                     break;
                 }
             }
@@ -456,7 +556,10 @@ fn irq_preserves_simd() -> Result<(), &'static str> {
         let mut regs = [[0u8; 16]; 32];
         let (fpcr, fpsr) = simd_registers_across_interrupts(&mut regs);
         board::take_interrupts();
-        let intact = regs.iter().enumerate().all(|(i, q)| q.iter().all(|&b| b == 0x10 + i as u8));
+        let intact = regs
+            .iter()
+            .enumerate()
+            .all(|(i, q)| q.iter().all(|&b| b == 0x10 + i as u8));
         check(core, intact, "a SIMD register changed across an interrupt");
         check(core, fpcr == 0b11 << 22, "FPCR changed across an interrupt");
         check(core, fpsr == 0, "FPSR changed across an interrupt");

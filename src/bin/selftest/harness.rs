@@ -71,11 +71,12 @@ pub fn run(modules: &'static [&'static [Case]]) -> ! {
             forced.unwrap_or("")
         );
     }
-    for case in modules.iter().flat_map(|cases| cases.iter()) {
-        run_case(case, forced == Some(case.name));
-    }
+    // First, so that what it breaks does not depend on the other cases.
     if injected {
         run_case(&super::inject::CASE, false);
+    }
+    for case in modules.iter().flat_map(|cases| cases.iter()) {
+        run_case(case, forced == Some(case.name));
     }
     let (passed, failed) = (
         PASSED.load(Ordering::Relaxed),

@@ -17,7 +17,7 @@ use super::harness::{self, Case};
 /// The kind of failure to inject, if any.
 pub const KIND: Option<&str> = option_env!("IQDIO_SELFTEST_INJECT");
 
-/// The injected case (run after all others when `KIND` is set).
+/// The injected case (run before all others when `KIND` is set).
 pub static CASE: Case = Case {
     name: "inject",
     timeout_ms: 2_000,
