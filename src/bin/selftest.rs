@@ -42,7 +42,7 @@ mod suite {
     pub mod inject;
 
     // One line per module of cases: add yours here.
-    case_modules!(board);
+    case_modules!(board, fabric);
 }
 
 #[cfg(target_os = "none")]
