@@ -56,7 +56,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "irq_preserves_simd",
-        timeout_ms: 10_000,
+        timeout_ms: 20_000,
         run: irq_preserves_simd,
     },
 ];
@@ -507,7 +507,7 @@ fn simd_registers_across_interrupts(out: &mut [[u8; 16]; 32]) -> (u64, u64) {
     (fpcr, fpsr)
 }
 
-const SIMD_SGIS: u32 = 50;
+const SIMD_SGIS: u32 = 10;
 
 /// Interrupts preserve the interrupted code's SIMD and FP control state: the secondaries
 /// hold known values in q0-q31 and FPCR/FPSR while core 0 sends them SGIs whose hook
