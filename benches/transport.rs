@@ -1,0 +1,377 @@
+//! Transport benchmarks (issue 5): iqdio's whole cycle against the physical limit
+//! (memcpy) and what one would use instead (a `heapless::spsc` ring, a UDP datagram
+//! over loopback), at the same frame sizes, in the same run; then scaling over two
+//! disjoint pairs, target lookup in a small and a full address table, and a polling
+//! against a sleeping receiver.
+//!
+//! ```text
+//! cargo bench --bench transport                  # everything (criterion defaults)
+//! cargo bench --bench transport -- cycle/iqdio   # a filter
+//! cargo xtask bench [--quick]                    # everything + results under docs/bench
+//! ```
+//!
+//! Benchmarks measure; they never assert timings. Results land in
+//! `target/criterion/<group>/<function>/<parameter>/new/estimates.json`;
+//! `target/criterion/iqdio-extra.json` records what criterion does not (interrupts
+//! per frame of the receiver benchmarks, UDP datagrams lost).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use heapless::spsc::Queue;
+use iqdio::driver::SendError;
+use iqdio::{Platform, Reason};
+
+use support::{BenchFabric, Buf, Pair, Partition, SIZES, WakePlatform, backoff, fabric, frame, v4};
+
+/// Side results that criterion's estimates do not hold, written at the end.
+static EXTRA: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
+
+fn record(key: &str, value: f64) {
+    EXTRA.lock().unwrap().insert(key.to_string(), value);
+}
+
+/// Frame sizes against throughput: iqdio's whole cycle, memcpy, spsc ring, UDP.
+fn cycle(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cycle");
+    for size in SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+
+        // iqdio: sender's send (prime + SIGA; the fabric copies into the receiver's
+        // input buffer and signals it), receiver's poll + take + copy out + refill.
+        let fab = fabric(WakePlatform::default());
+        let mut pair = Pair::new(&fab, 1, size);
+        g.bench_with_input(BenchmarkId::new("iqdio", size), &size, |b, _| {
+            b.iter(|| black_box(pair.cycle(&fab)))
+        });
+        drop(pair);
+
+        // memcpy: the frame copied once, source and destination reused (cache-warm).
+        let src = frame(size);
+        let mut dst = Buf::zeroed(size);
+        g.bench_with_input(BenchmarkId::new("memcpy", size), &size, |b, _| {
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&src));
+                black_box(&mut dst);
+            })
+        });
+
+        // spsc: a plain ring of 16 frame slots, as iqdio's 16 input buffers; the
+        // producer copies the frame into the next slot and enqueues its length, the
+        // consumer dequeues and copies it out.
+        let mut ring = SpscRing::new(size);
+        let mut out = Buf::zeroed(size);
+        g.bench_with_input(BenchmarkId::new("spsc", size), &size, |b, _| {
+            b.iter(|| {
+                ring.push(black_box(&src));
+                black_box(ring.pop(&mut out));
+            })
+        });
+
+        // UDP over loopback: this thread sends, another receives.
+        g.bench_with_input(BenchmarkId::new("udp", size), &size, |b, &size| {
+            b.iter_custom(|iters| udp_stream(size, iters))
+        });
+    }
+    g.finish();
+}
+
+/// Slots of the spsc ring (as iqdio's receive buffers armed at once).
+const RING_SLOTS: usize = 16;
+
+/// The spsc ring: a queue of frame lengths over 16 page-aligned frame slots.
+struct SpscRing {
+    queue: Queue<usize, RING_SLOTS>,
+    slots: Buf,
+    stride: usize,
+    head: usize,
+    tail: usize,
+}
+
+impl SpscRing {
+    fn new(size: usize) -> Self {
+        Self {
+            queue: Queue::new(),
+            slots: Buf::zeroed(RING_SLOTS * size.next_multiple_of(support::PAGE)),
+            stride: size.next_multiple_of(support::PAGE),
+            head: 0,
+            tail: 0,
+        }
+    }
+
+    fn push(&mut self, frame: &[u8]) {
+        let (mut producer, _) = self.queue.split();
+        let at = self.head * self.stride;
+        self.slots[at..at + frame.len()].copy_from_slice(frame);
+        producer.enqueue(frame.len()).expect("one frame in flight");
+        self.head = (self.head + 1) % RING_SLOTS;
+    }
+
+    fn pop(&mut self, out: &mut [u8]) -> usize {
+        let (_, mut consumer) = self.queue.split();
+        let len = consumer.dequeue().expect("a frame was pushed");
+        let at = self.tail * self.stride;
+        out[..len].copy_from_slice(&self.slots[at..at + len]);
+        self.tail = (self.tail + 1) % RING_SLOTS;
+        len
+    }
+}
+
+/// Sends `iters` datagrams of `size` bytes from this thread to a receiving thread over
+/// 127.0.0.1 and returns the time until the last one is received. At most `window`
+/// datagrams are in flight, so the receiver's socket buffer (default size) never
+/// overflows; a datagram lost anyway is counted after a 200 ms silence and the run
+/// goes on, so it always ends.
+fn udp_stream(size: usize, iters: u64) -> Duration {
+    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver");
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind sender");
+    tx.connect(rx.local_addr().unwrap()).unwrap();
+    // A datagram takes its size plus ~1 KiB of kernel overhead in the 208 KiB buffer.
+    let window = (96 * 1024 / (size as u64 + 1024)).clamp(1, 64);
+    let data = frame(size);
+    let accounted = AtomicU64::new(0);
+    let sent = AtomicU64::new(0);
+    let lost = AtomicU64::new(0);
+    let ready = Barrier::new(2);
+    let elapsed = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = vec![0u8; size.max(1) + 1];
+            ready.wait();
+            let mut got = 0u64;
+            while got < iters {
+                match rx.recv(&mut buf) {
+                    Ok(n) => {
+                        debug_assert_eq!(n, size);
+                        got += 1;
+                    }
+                    Err(_) => {
+                        // Silence: whatever was sent and not received is lost.
+                        let s = sent.load(Ordering::Acquire);
+                        lost.fetch_add(s - got, Ordering::Relaxed);
+                        got = s;
+                    }
+                }
+                accounted.store(got, Ordering::Release);
+            }
+        });
+        ready.wait();
+        let start = Instant::now();
+        for i in 0..iters {
+            let mut spins = 0;
+            while i - accounted.load(Ordering::Acquire) >= window {
+                backoff(&mut spins);
+            }
+            tx.send(&data).expect("send datagram");
+            sent.store(i + 1, Ordering::Release);
+        }
+        let mut spins = 0;
+        while accounted.load(Ordering::Acquire) < iters {
+            backoff(&mut spins);
+        }
+        start.elapsed()
+    });
+    let lost = lost.load(Ordering::Relaxed);
+    if lost > 0 {
+        eprintln!("udp {size} B: {lost} of {iters} datagrams lost");
+        let mut extra = EXTRA.lock().unwrap();
+        *extra.entry(format!("udp_lost_{size}")).or_default() += lost as f64;
+    }
+    elapsed
+}
+
+/// Frame sizes of the scaling benchmark.
+const SCALING_SIZES: [usize; 2] = [64, 1500];
+
+/// One sender/receiver pair on one thread against two disjoint pairs on two threads,
+/// on one fabric (they share its table lock, taken shared by every send). Each
+/// iteration moves one frame per pair.
+fn scaling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scaling");
+    for size in SCALING_SIZES {
+        let fab = fabric(WakePlatform::default());
+        let mut pairs = [Pair::new(&fab, 1, size), Pair::new(&fab, 3, size)];
+        for n in [1usize, 2] {
+            g.throughput(Throughput::Elements(n as u64));
+            let name = if n == 1 { "1pair" } else { "2pairs" };
+            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+                b.iter_custom(|iters| run_pairs(&fab, &mut pairs[..n], iters))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Runs `iters` cycles on each pair, each pair on its own thread, all starting
+/// together; returns the time until the last pair is done.
+fn run_pairs<P: Platform>(fab: &BenchFabric<P>, pairs: &mut [Pair], iters: u64) -> Duration {
+    let go = Barrier::new(pairs.len() + 1);
+    let start = std::thread::scope(|s| {
+        for pair in pairs.iter_mut() {
+            let go = &go;
+            s.spawn(move || {
+                go.wait();
+                for _ in 0..iters {
+                    black_box(pair.cycle(fab));
+                }
+            });
+        }
+        go.wait();
+        Instant::now()
+    });
+    start.elapsed()
+}
+
+/// Target lookup: the whole 64 B cycle, to one of 8 addresses of the receiver, in a
+/// fabric with 16 against 4096 (its capacity) registered addresses. The other
+/// addresses belong to four queue sets of a third partition.
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lookup");
+    g.throughput(Throughput::Elements(1));
+    for total in [16usize, 4096] {
+        let fab = fabric(WakePlatform::default());
+        let (mut pair, filler, dests) = support::lookup_setup(&fab, total);
+        g.bench_with_input(BenchmarkId::new("send_64", total), &total, |b, _| {
+            let mut i = 0usize;
+            b.iter(|| {
+                pair.dest = dests[i % dests.len()];
+                i += 1;
+                black_box(pair.cycle(&fab))
+            })
+        });
+        drop(filler);
+    }
+    g.finish();
+}
+
+/// A receiver that polls (its newest consumed buffer reads 0x81: the fabric raises no
+/// interrupt) against one that sleeps on its condvar until the fabric's interrupt,
+/// while the sender streams 64 B frames as fast as the receiver takes them.
+fn receiver(c: &mut Criterion) {
+    let mut g = c.benchmark_group("receiver");
+    g.throughput(Throughput::Elements(1));
+    for polling in [true, false] {
+        let platform = WakePlatform::default();
+        let fab = fabric(platform.clone());
+        let mut tx = Partition::new(&fab, 1, 1);
+        let mut rx = Partition::new(&fab, 2, 1);
+        let name = if polling { "polling" } else { "sleeping" };
+        let frames = AtomicU64::new(0);
+        let before = fab.counters_of(2, 0).unwrap();
+        g.bench_function(BenchmarkId::new(name, 64), |b| {
+            b.iter_custom(|iters| {
+                frames.fetch_add(iters, Ordering::Relaxed);
+                stream(&fab, &platform, &mut tx, &mut rx, polling, iters)
+            })
+        });
+        let after = fab.counters_of(2, 0).unwrap();
+        let n = frames.load(Ordering::Relaxed) as f64;
+        let raised = (after.interrupts_raised - before.interrupts_raised) as f64;
+        record(&format!("interrupts_per_frame_{name}"), raised / n);
+    }
+    g.finish();
+}
+
+/// Streams `iters` 64 B frames from `tx` to `rx` (on another thread); returns the time
+/// until the receiver has taken the last one. A full receiver is retried.
+fn stream(
+    fab: &BenchFabric<WakePlatform>,
+    platform: &WakePlatform,
+    tx: &mut Partition,
+    rx: &mut Partition,
+    polling: bool,
+    iters: u64,
+) -> Duration {
+    let data = frame(64);
+    let dest = v4(rx.lpar, 0);
+    let done = AtomicBool::new(false);
+    let go = Barrier::new(2);
+    let port = fab.port(tx.lpar);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut out = [0u8; 64];
+            let mut got = 0u64;
+            if polling {
+                rx.queues[0].start_polling();
+            }
+            let mut seen = platform.raised(rx.lpar);
+            let mut spins = 0;
+            go.wait();
+            loop {
+                // High → low: reset each indicator before taking what it announces.
+                rx.indicators.take();
+                rx.queues[0].take_initiative();
+                while let Some(n) = rx.queues[0].receive(|f| {
+                    f.copy_to(&mut out);
+                }) {
+                    got += n as u64;
+                    spins = 0;
+                }
+                if got >= iters {
+                    break;
+                }
+                if polling {
+                    backoff(&mut spins);
+                } else {
+                    // Any interrupt since `seen` (even one raised while we drained)
+                    // returns at once: no wake-up is lost.
+                    seen = platform.wait(rx.lpar, seen, Duration::from_millis(10));
+                }
+            }
+            if polling {
+                // Nothing more is sent, so whatever it reports is already taken.
+                let _ = rx.queues[0].stop_polling();
+            }
+            done.store(true, Ordering::Release);
+        });
+        go.wait();
+        let start = Instant::now();
+        for _ in 0..iters {
+            let mut spins = 0;
+            loop {
+                match tx.queues[0].send(&port, dest, &data) {
+                    Ok(()) => break,
+                    Err(SendError::Refused(Reason::TargetFull)) => backoff(&mut spins),
+                    Err(e) => panic!("send: {e:?}"),
+                }
+            }
+        }
+        let mut spins = 0;
+        while !done.load(Ordering::Acquire) {
+            backoff(&mut spins);
+        }
+        start.elapsed()
+    })
+}
+
+/// Writes [`EXTRA`] next to criterion's results.
+fn write_extra(_: &mut Criterion) {
+    let dir = std::env::var_os("CRITERION_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(|t| std::path::PathBuf::from(t).join("criterion"))
+        })
+        .unwrap_or_else(|| "target/criterion".into());
+    let extra = EXTRA.lock().unwrap();
+    let body: Vec<String> = extra
+        .iter()
+        .map(|(k, v)| format!("  \"{k}\": {v}"))
+        .collect();
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("iqdio-extra.json"),
+        format!("{{\n{}\n}}\n", body.join(",\n")),
+    );
+}
+
+criterion_group!(benches, cycle, scaling, lookup, receiver, write_extra);
+criterion_main!(benches);

@@ -1,0 +1,106 @@
+//! The deterministic cost figure (issue 5): runs `N` iterations of one operation on
+//! one frame size, for `valgrind --tool=callgrind` to count instructions.
+//!
+//! ```text
+//! send_cost send    SIZE N [ADDRESSES]   # N cycles; do_send = QueueDriver::send
+//! send_cost receive SIZE N [ADDRESSES]   # the same run; do_receive = poll + take
+//! send_cost memcpy  SIZE N               # N copies of SIZE bytes; do_copy
+//! ```
+//!
+//! Each operation is its own `#[inline(never)]` function, so that
+//! `valgrind --tool=callgrind --toggle-collect='*do_send*' send_cost send 64 N`
+//! counts only it, and instructions per operation are
+//! `(total(N2) − total(N1)) / (N2 − N1)`, free of setup. `cargo xtask bench` does this.
+//! `ADDRESSES` fills the fabric's target table to that many registered addresses (the
+//! sends then go round 8 of the receiver's addresses); without it only the pair's own
+//! two are registered.
+//!
+//! The platform is [`support::QuietPlatform`]: its clock is a counter, as a
+//! hypervisor's is a register read, so the figure is iqdio's own.
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use support::{BenchFabric, Buf, Pair, QuietPlatform, fabric, frame, lookup_setup};
+
+/// One send: prime, SIGA (the fabric's lookup, copy and signal).
+#[inline(never)]
+fn do_send(fab: &BenchFabric<QuietPlatform>, pair: &mut Pair, dest: IpAddr) {
+    let port = fab.port(pair.tx.lpar);
+    pair.tx.queues[0]
+        .send(&port, dest, black_box(&pair.frame))
+        .expect("send to a polling receiver");
+}
+
+/// The receiver's side: poll the indicators, take the buffer, copy out, refill.
+#[inline(never)]
+fn do_receive(pair: &mut Pair) -> usize {
+    pair.rx.take(&mut pair.out)
+}
+
+/// A plain copy of the frame.
+#[inline(never)]
+fn do_copy(dst: &mut [u8], src: &[u8]) {
+    dst.copy_from_slice(black_box(src));
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parse = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
+    let (Some(what), Some(size), Some(n)) = (args.first(), parse(1), parse(2)) else {
+        eprintln!("usage: send_cost send|receive|memcpy SIZE N [ADDRESSES]");
+        return ExitCode::from(2);
+    };
+    if !(1..=56 << 10).contains(&size) {
+        eprintln!("send_cost: SIZE must be 1 to 57344 bytes");
+        return ExitCode::from(2);
+    }
+    match what.as_str() {
+        "send" | "receive" => {
+            let fab = fabric(QuietPlatform::default());
+            let (mut pair, _filler, dests) = match parse(3) {
+                Some(total) => {
+                    let (mut pair, filler, dests) = lookup_setup(&fab, total);
+                    pair.frame = frame(size);
+                    pair.out = Buf::zeroed(size);
+                    (pair, Some(filler), dests)
+                }
+                None => {
+                    let pair = Pair::new(&fab, 1, size);
+                    let dest = pair.dest;
+                    (pair, None, vec![dest])
+                }
+            };
+            let mut bytes = 0;
+            for i in 0..n {
+                do_send(&fab, &mut pair, dests[i % dests.len()]);
+                bytes += do_receive(&mut pair);
+            }
+            // A polling receiver gets no interrupt, except for the very first frame:
+            // until it has consumed a buffer, nothing reads 0x81.
+            let interrupts = fab.platform().interrupts.load(Ordering::Relaxed);
+            if bytes != n * size || interrupts > 1 {
+                eprintln!("send_cost: {bytes} bytes received, {interrupts} interrupts");
+                return ExitCode::FAILURE;
+            }
+        }
+        "memcpy" => {
+            let src = frame(size);
+            let mut dst = Buf::zeroed(size);
+            for _ in 0..n {
+                do_copy(&mut dst, &src);
+            }
+            black_box(&dst);
+        }
+        other => {
+            eprintln!("send_cost: unknown operation {other}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
