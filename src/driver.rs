@@ -15,12 +15,12 @@
 
 use core::net::IpAddr;
 use core::ptr::NonNull;
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::Ordering;
 
 use crate::error::SigaError;
 use crate::fabric::{QUEUE_0_MASK, QueueSetParams, Siga, SigaFunction};
 use crate::guest::{GuestSlice, Sbal, Window};
-use crate::initiative::INDICATOR_SET;
+use crate::initiative::{self, IndicatorByte};
 use crate::qdio::{
     Eflags, Fragment, HEADER_SIZE, L3Header, Mfs, QUEUE_BUFFERS, RX_ELEMENT_SIZE, Reason,
     SBAL_SIZE, SBALES_PER_SBAL, SLSB_LEN, Sbale, SlsbState,
@@ -97,11 +97,7 @@ impl Region {
     pub fn window(&self) -> Window {
         // SAFETY: the region's memory satisfies Window::new's contract by Region::new's.
         unsafe {
-            Window::new(
-                self.guest_base,
-                NonNull::new(self.mem.host_addr() as *mut u8).unwrap_or(NonNull::dangling()),
-                self.mem.len(),
-            )
+            Window::new(self.guest_base, self.mem.host_ptr(), self.mem.len())
         }
     }
 
@@ -142,9 +138,7 @@ impl Indicators {
     /// announces is looked at; true if either was set. The swaps (AcqRel) pair with
     /// the fabric's Release sets: a set seen here makes the frames behind it visible.
     pub fn take(&self) -> bool {
-        let global = self.global.mem.swap(0, 0, Ordering::AcqRel) != 0;
-        let middle = self.middle.mem.swap(0, 0, Ordering::AcqRel) != 0;
-        global || middle
+        initiative::take(&self.global.mem, &self.middle.mem)
     }
 
     /// Whether the global summary byte is set, without resetting it.
@@ -544,7 +538,7 @@ impl QueueDriver {
     /// Resets this queue's indicator byte; true if it was set. Call after
     /// [`Indicators::take`] (high → low), before taking the frames.
     pub fn take_initiative(&self) -> bool {
-        self.queue_ind.mem.swap(0, 0, Ordering::AcqRel) != 0
+        self.queue_ind.mem.reset()
     }
 
     /// Whether the next input buffer holds something (a frame or an error).
@@ -636,18 +630,15 @@ impl QueueDriver {
     /// must take it rather than sleep.
     pub fn stop_polling(&mut self) -> bool {
         self.polling = false;
-        if let Some(a) = self.acked.take() {
-            Self::set_state(
-                &self.in_slsb,
-                a,
-                SlsbState::INPUT_NOT_INIT,
-                Ordering::Relaxed,
-            );
-        }
-        // SeqCst fence: the 0x80 store is ordered before the re-check loads, as the
-        // fabric's 0x82 store is before its 0x81 check (both sides store, then load).
-        fence(Ordering::SeqCst);
-        self.queue_ind.mem.load(0, Ordering::Acquire) == INDICATOR_SET || self.has_input()
+        let acked = self.acked.take();
+        initiative::stop_polling(
+            || {
+                if let Some(a) = acked {
+                    Self::set_state(&self.in_slsb, a, SlsbState::INPUT_NOT_INIT, Ordering::Relaxed);
+                }
+            },
+            || self.queue_ind.mem.is_set() || self.has_input(),
+        )
     }
 
     /// Whether the driver is polling.

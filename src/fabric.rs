@@ -5,7 +5,7 @@ use core::sync::atomic::Ordering;
 
 use crate::error::{QueueField, RegistrationError, SigaError};
 use crate::guest::{GuestSlice, Memory, Sbal, SbalError, Window};
-use crate::initiative::{DecisionInput, INDICATOR_SET, decide};
+use crate::initiative::{self, DecisionInput, decide};
 use crate::platform::{InterruptTarget, Platform};
 use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SLSB_LEN, Sbale, SlsbState};
 use crate::queue::{CounterSnapshot, Inbound, IndicatorBytes, QueueControl, QueueRing, next, prev};
@@ -158,6 +158,16 @@ struct State<const Q: usize, const A: usize> {
     in_use: [bool; Q],
 }
 
+impl<const Q: usize, const A: usize> State<Q, A> {
+    const fn new() -> Self {
+        Self {
+            partitions: [const { None }; MAX_PARTITIONS],
+            table: QueueTable::new(),
+            in_use: [false; Q],
+        }
+    }
+}
+
 /// The fabric: the firmware side of internal queued direct I/O.
 ///
 /// `Q` is the number of queue sets (queue controls, and the source table's capacity);
@@ -182,17 +192,26 @@ enum BufferOutcome {
 
 impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// A fabric with no partitions. `const`, so an image can keep it in a static.
+    #[cfg(not(loom))]
     pub const fn new(platform: P, config: FabricConfig) -> Self {
         assert!(Q.is_power_of_two() && A.is_power_of_two() && Q <= u16::MAX as usize);
         Self {
             platform,
             config,
-            state: TableLock::new(State {
-                partitions: [const { None }; MAX_PARTITIONS],
-                table: QueueTable::new(),
-                in_use: [false; Q],
-            }),
+            state: TableLock::new(State::new()),
             controls: [const { QueueControl::new() }; Q],
+        }
+    }
+
+    /// A fabric with no partitions (under loom, whose locks cannot be `const`).
+    #[cfg(loom)]
+    pub fn new(platform: P, config: FabricConfig) -> Self {
+        assert!(Q.is_power_of_two() && A.is_power_of_two() && Q <= u16::MAX as usize);
+        Self {
+            platform,
+            config,
+            state: TableLock::new(State::new()),
+            controls: core::array::from_fn(|_| QueueControl::new()),
         }
     }
 
@@ -659,20 +678,18 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     fn signal(&self, inb: &mut Inbound, tqc: &QueueControl) -> Option<InterruptTarget> {
         let ind = inb.indicators?;
         let ring = inb.ring?;
-        let polling = receiver_polling(&ring, inb.cursor);
-        // Release on each set pairs with the receiver's AcqRel reset-swap: a receiver
-        // that sees a byte set also sees the 0x82 stored before it.
-        ind.queue.store(0, INDICATOR_SET, Ordering::Release);
-        ind.middle.store(0, INDICATOR_SET, Ordering::Release);
-        let was = ind.global.swap(0, INDICATOR_SET, Ordering::AcqRel);
+        let cursor = inb.cursor;
+        let seen = initiative::signal(&ind.queue, &ind.middle, &ind.global, || {
+            receiver_polling(&ring, cursor)
+        });
         let now = self.platform.now_ns();
         let input = DecisionInput {
             interrupt_immediately: inb.interrupt_immediately,
-            summary_was_pending: was != 0,
+            summary_was_pending: seen.summary_was_pending,
             pending_since_ns: inb.pending_since_ns,
             now_ns: now,
             delay_ns: self.config.interrupt_delay_ns,
-            receiver_polling: polling,
+            receiver_polling: seen.receiver_polling,
         };
         let decision = decide(&input);
         if decision.restamps(&input) {

@@ -227,6 +227,11 @@ impl GuestSlice {
         self.ptr.as_ptr() as usize
     }
 
+    /// Host pointer to the first byte.
+    pub fn host_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
     /// The sub-range `[offset, offset + len)`, if it lies inside this slice.
     pub fn sub(&self, offset: usize, len: usize) -> Option<GuestSlice> {
         let end = offset.checked_add(len)?;

@@ -15,8 +15,96 @@
 //! After setting the bytes, the fabric decides whether the receiver needs an interrupt
 //! ([`decide`]), a pure function of the state it observed.
 
+use core::sync::atomic::Ordering;
+
+use crate::guest::GuestSlice;
+use crate::sync::fence;
+
 /// The value the fabric writes into an indicator byte; 0 means reset.
 pub const INDICATOR_SET: u8 = 0x01;
+
+/// One byte of the completion vector, as the protocol touches it. Guest memory
+/// implements it (byte 0 of a [`GuestSlice`]); the loom tests implement it with
+/// loom's atomics to check the orderings below.
+pub trait IndicatorByte {
+    /// Sets the byte (Release: what was stored before is visible to whoever sees it).
+    fn set(&self);
+    /// Sets the byte and returns whether it was set already (AcqRel).
+    fn swap_set(&self) -> bool;
+    /// Resets the byte and returns whether it was set (AcqRel: a set seen here makes
+    /// the stores before that set visible).
+    fn reset(&self) -> bool;
+    /// Whether the byte is set (Acquire).
+    fn is_set(&self) -> bool;
+}
+
+impl IndicatorByte for GuestSlice {
+    fn set(&self) {
+        self.store(0, INDICATOR_SET, Ordering::Release);
+    }
+
+    fn swap_set(&self) -> bool {
+        self.swap(0, INDICATOR_SET, Ordering::AcqRel) != 0
+    }
+
+    fn reset(&self) -> bool {
+        self.swap(0, 0, Ordering::AcqRel) != 0
+    }
+
+    fn is_set(&self) -> bool {
+        self.load(0, Ordering::Acquire) != 0
+    }
+}
+
+/// What the fabric observed when it signalled a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signalled {
+    /// The global summary byte was set before this delivery.
+    pub summary_was_pending: bool,
+    /// The receiver's newest consumed input buffer read 0x81.
+    pub receiver_polling: bool,
+}
+
+/// The fabric's side of a delivery, called after the input SLSB byte was set to 0x82
+/// (Release): sets the queue, middle and global bytes low → high, then reads whether
+/// the receiver polls (`polling`). The SeqCst fence between the two pairs with the
+/// one in [`stop_polling`]: of a send and a receiver that stops polling at the same
+/// moment, at least one sees the other (the send sees 0x80, or the receiver sees the
+/// set bytes or 0x82), so no initiative is lost.
+pub fn signal<B: IndicatorByte + ?Sized>(
+    queue: &B,
+    middle: &B,
+    global: &B,
+    polling: impl FnOnce() -> bool,
+) -> Signalled {
+    queue.set();
+    middle.set();
+    let summary_was_pending = global.swap_set();
+    fence(Ordering::SeqCst);
+    Signalled {
+        summary_was_pending,
+        receiver_polling: polling(),
+    }
+}
+
+/// The receiver's poll of its partition-level bytes, high → low: resets the global
+/// byte, then the middle byte, before looking at the work they announce. Returns
+/// whether either was set.
+pub fn take<B: IndicatorByte + ?Sized>(global: &B, middle: &B) -> bool {
+    let g = global.reset();
+    let m = middle.reset();
+    g || m
+}
+
+/// The receiver's side of stopping polling: `unmark` rewrites the acknowledged buffer
+/// (0x81 → 0x80), then after a SeqCst fence (pairing with [`signal`]'s) `recheck`
+/// looks for work that a send which still saw 0x81 delivered without an interrupt.
+/// Returns what `recheck` found: work waiting means the receiver must not sleep.
+pub fn stop_polling(unmark: impl FnOnce(), recheck: impl FnOnce() -> bool) -> bool {
+    unmark();
+    fence(Ordering::SeqCst);
+    recheck()
+}
 
 /// What the fabric observed at the end of a delivery, for [`decide`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

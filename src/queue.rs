@@ -94,7 +94,8 @@ pub(crate) struct QueueControl {
 }
 
 impl QueueControl {
-    pub(crate) const fn new() -> Self {
+    crate::sync::const_unless_loom! {
+    pub(crate) fn new() -> Self {
         Self {
             generation: AtomicU32::new(0),
             outbound: Mutex::new(Outbound {
@@ -114,6 +115,7 @@ impl QueueControl {
             }),
             counters: Counters::new(),
         }
+    }
     }
 }
 

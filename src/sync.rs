@@ -1,12 +1,65 @@
 //! Locks: the table lock (shared for sends, exclusive for updates) and the queue
 //! controls' outbound and inbound locks.
+//!
+//! Under `cfg(loom)` this module is the shim that swaps the lock's atomic and the queue
+//! locks for loom's, so the loom tests (`tests/loom.rs`) explore every interleaving of
+//! registration, sends and receivers at these points.
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
+
+#[cfg(not(loom))]
+use core::sync::atomic::AtomicU32;
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::fence;
+#[cfg(loom)]
+use loom::sync::atomic::AtomicU32;
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::fence;
+
+/// Defines a function that is `const` except under loom, whose primitives have no
+/// `const` constructors.
+macro_rules! const_unless_loom {
+    ($(#[$m:meta])* $vis:vis fn $name:ident $args:tt -> $ret:ty $body:block) => {
+        #[cfg(not(loom))]
+        $(#[$m])* $vis const fn $name $args -> $ret $body
+        #[cfg(loom)]
+        $(#[$m])* $vis fn $name $args -> $ret $body
+    };
+}
+pub(crate) use const_unless_loom;
+
+/// A pause in a spin loop (under loom: a yield, so the model lets others run).
+fn spin_hint() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
 
 /// The per-queue-control lock (outbound and inbound): a spin mutex.
+#[cfg(not(loom))]
 pub(crate) type Mutex<T> = spin::mutex::SpinMutex<T>;
+
+/// The per-queue-control lock under loom: loom's mutex behind the same interface.
+#[cfg(loom)]
+pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+#[cfg(loom)]
+impl<T> Mutex<T> {
+    pub(crate) fn new(v: T) -> Self {
+        Self(loom::sync::Mutex::new(v))
+    }
+
+    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn try_lock(&self) -> Option<loom::sync::MutexGuard<'_, T>> {
+        self.0.try_lock().ok()
+    }
+}
 
 /// Bit of [`TableLock::state`] that a writer holds, or waits with.
 const WRITER: u32 = 1 << 31;
@@ -30,10 +83,12 @@ unsafe impl<T: Send + Sync> Sync for TableLock<T> {}
 unsafe impl<T: Send> Send for TableLock<T> {}
 
 impl<T> TableLock<T> {
-    pub(crate) const fn new(data: T) -> Self {
-        Self {
-            state: AtomicU32::new(0),
-            data: UnsafeCell::new(data),
+    const_unless_loom! {
+        pub(crate) fn new(data: T) -> Self {
+            Self {
+                state: AtomicU32::new(0),
+                data: UnsafeCell::new(data),
+            }
         }
     }
 
@@ -50,7 +105,7 @@ impl<T> TableLock<T> {
             {
                 return ReadGuard { lock: self };
             }
-            core::hint::spin_loop();
+            spin_hint();
         }
     }
 
@@ -66,12 +121,12 @@ impl<T> TableLock<T> {
             {
                 break;
             }
-            core::hint::spin_loop();
+            spin_hint();
         }
         // Acquire pairs with each reader's Release in ReadGuard::drop: their reads of
         // the tables happen before our writes.
         while self.state.load(Ordering::Acquire) != WRITER {
-            core::hint::spin_loop();
+            spin_hint();
         }
         WriteGuard { lock: self }
     }
@@ -126,7 +181,7 @@ impl<T> Drop for WriteGuard<'_, T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
