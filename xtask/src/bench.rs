@@ -1,0 +1,740 @@
+//! `cargo xtask bench [--quick]`: the transport benchmarks (issue 5), the deterministic
+//! instruction counts, and their report under `docs/bench/`.
+//!
+//! 1. `cargo bench --bench transport` (criterion; `--quick`: short warm-up and
+//!    measurement, 10 samples), results read from
+//!    `target/criterion/<group>/<function>/<parameter>/new/estimates.json` (the median).
+//! 2. `valgrind --tool=callgrind` on `examples/send_cost.rs` (release): instructions
+//!    per operation as `(total(N2) − total(N1)) / (N2 − N1)`, each operation counted
+//!    alone with `--toggle-collect`.
+//! 3. `docs/bench/results.json`, `docs/bench/results.md` and the plot
+//!    `docs/bench/throughput.png` (plotters, bitmap backend, embedded DejaVu font).
+//!
+//! Benchmarks measure; nothing here fails on a missed target.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Short warm-up and measurement times and 10 samples per benchmark: the whole run
+    /// takes under 3 minutes once built (numbers are noisier).
+    #[arg(long)]
+    quick: bool,
+    /// Measure nothing: write the report again from the last run's results.
+    #[arg(long)]
+    report_only: bool,
+}
+
+/// Frame sizes of the throughput comparison (as `benches/support/mod.rs`).
+const SIZES: [u64; 6] = [64, 256, 1500, 9000, 16 << 10, 56 << 10];
+/// The largest frame: 56 KiB.
+const K56: u64 = 56 << 10;
+/// Transports of the throughput comparison: criterion function name, label.
+const TRANSPORTS: [(&str, &str); 4] = [
+    ("iqdio", "iqdio (whole cycle)"),
+    ("memcpy", "memcpy (the limit)"),
+    ("spsc", "heapless::spsc ring"),
+    ("udp", "UDP over loopback"),
+];
+/// Criterion's groups in `benches/transport.rs`; removed before a run, so a result that
+/// was not measured cannot be read from an older run.
+const GROUPS: [&str; 4] = ["cycle", "scaling", "lookup", "receiver"];
+/// Iterations of the two callgrind runs whose difference gives the cost of one
+/// (multiples of the 128-buffer ring, and of the 8 lookup destinations).
+const N1: u64 = 256;
+const N2: u64 = 1280;
+
+/// The issue's targets: key, comparison, bound.
+const TARGETS: [(&str, Cmp, f64); 6] = [
+    ("memcpy_56k", Cmp::AtLeast, 0.9),
+    ("spsc_64", Cmp::AtMost, 2.0),
+    ("udp_1500", Cmp::AtLeast, 20.0),
+    ("scaling_2pairs", Cmp::AtLeast, 1.8),
+    ("lookup_4096_vs_16", Cmp::AtMost, 1.1),
+    ("send_64_beyond_copy", Cmp::AtMost, 300.0),
+];
+
+#[derive(Clone, Copy)]
+enum Cmp {
+    AtLeast,
+    AtMost,
+}
+
+impl Cmp {
+    fn met(self, value: f64, bound: f64) -> bool {
+        match self {
+            Self::AtLeast => value >= bound,
+            Self::AtMost => value <= bound,
+        }
+    }
+
+    fn sign(self) -> &'static str {
+        match self {
+            Self::AtLeast => "≥",
+            Self::AtMost => "≤",
+        }
+    }
+}
+
+/// Runs the benchmarks and writes the report.
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let root = workspace_root();
+    let criterion = target_dir(&root).join("criterion");
+    let counts_file = criterion.join("iqdio-instructions.json");
+    let start = Instant::now();
+    let load_before = load_average();
+    let instructions = if args.report_only {
+        serde_json::from_str(&fs::read_to_string(&counts_file).with_context(|| {
+            format!("{}: run `cargo xtask bench` first", counts_file.display())
+        })?)?
+    } else {
+        for group in GROUPS {
+            let dir = criterion.join(group);
+            if dir.exists() {
+                fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+        run_criterion(&root, &criterion, args.quick)?;
+        let counts = count_instructions(&root)?;
+        fs::create_dir_all(&criterion)?;
+        fs::write(&counts_file, serde_json::to_string_pretty(&counts)?)?;
+        counts
+    };
+    let results = Results::read(&criterion, instructions)?;
+    let machine = json!({
+        "cpu": cpu_model(),
+        "cores": cores(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "os": os_name(),
+        "rustc": command_line("rustc", &["--version"]),
+    });
+    let mode = if args.quick { "quick" } else { "full" };
+    let doc = results.json(machine, mode, &root);
+    let out = root.join("docs/bench");
+    fs::create_dir_all(&out)?;
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    fs::write(out.join("results.md"), results.markdown(&doc))?;
+    plot(&results, &doc, &out.join("throughput.png"))?;
+    results.summary(&doc);
+    eprintln!(
+        "xtask: bench ({mode}): wrote docs/bench/results.json, results.md, throughput.png in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d))
+}
+
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// `cargo bench --bench transport`, results under `criterion`.
+fn run_criterion(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
+    let mut args = vec!["bench", "-p", "iqdio", "--bench", "transport", "--"];
+    if quick {
+        args.extend([
+            "--warm-up-time",
+            "0.5",
+            "--measurement-time",
+            "1",
+            "--sample-size",
+            "10",
+        ]);
+    }
+    eprintln!("xtask: bench: cargo {}", args.join(" "));
+    let status = Command::new(cargo())
+        .args(&args)
+        .current_dir(root)
+        .env("CRITERION_HOME", criterion)
+        .status()
+        .context("running cargo bench")?;
+    if !status.success() {
+        bail!("cargo bench failed: {status}");
+    }
+    Ok(())
+}
+
+/// Instruction counts per operation under callgrind; `null` ones if valgrind is missing.
+fn count_instructions(root: &Path) -> Result<Value> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("xtask: bench: valgrind not found: no instruction counts");
+        return Ok(json!({}));
+    }
+    eprintln!("xtask: bench: cargo build --release -p iqdio --example send_cost");
+    let status = Command::new(cargo())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "iqdio",
+            "--example",
+            "send_cost",
+        ])
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("building examples/send_cost.rs failed: {status}");
+    }
+    let exe = target_dir(root).join("release/examples/send_cost");
+    let mut counts = serde_json::Map::new();
+    let runs: [(&str, &str, u64, Option<u64>); 8] = [
+        ("send_64", "send", 64, None),
+        ("send_56k", "send", K56, None),
+        ("receive_64", "receive", 64, None),
+        ("receive_56k", "receive", K56, None),
+        ("memcpy_64", "memcpy", 64, None),
+        ("memcpy_56k", "memcpy", K56, None),
+        ("send_64_16_addresses", "send", 64, Some(16)),
+        ("send_64_4096_addresses", "send", 64, Some(4096)),
+    ];
+    for (key, op, size, addresses) in runs {
+        let a = callgrind(&exe, op, size, N1, addresses)?;
+        let b = callgrind(&exe, op, size, N2, addresses)?;
+        let per = b.saturating_sub(a) as f64 / (N2 - N1) as f64;
+        eprintln!("xtask: bench: callgrind {key}: {per:.1} instructions");
+        counts.insert(key.to_string(), json!(per));
+    }
+    Ok(Value::Object(counts))
+}
+
+/// Instructions callgrind counts inside `op`'s function over `n` iterations.
+fn callgrind(exe: &Path, op: &str, size: u64, n: u64, addresses: Option<u64>) -> Result<u64> {
+    let function = match op {
+        "send" => "*do_send*",
+        "receive" => "*do_receive*",
+        _ => "*do_copy*",
+    };
+    let out = std::env::temp_dir().join(format!("iqdio-callgrind-{}.out", std::process::id()));
+    let mut command = Command::new("valgrind");
+    command
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(format!("--toggle-collect={function}"))
+        .arg(exe)
+        .args([op.to_string(), size.to_string(), n.to_string()])
+        .args(addresses.map(|a| a.to_string()))
+        // Valgrind counts each iteration of `rep movsb` as one instruction: glibc's
+        // copies over 4 KiB would count one per byte. Its vector loop counts what a
+        // CPU retires, for the copies of iqdio and of the plain memcpy alike.
+        .env(
+            "GLIBC_TUNABLES",
+            "glibc.cpu.x86_rep_movsb_threshold=2147483647",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let output = command.output().context("running valgrind")?;
+    if !output.status.success() {
+        bail!(
+            "callgrind {op} {size} {n}: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = fs::read_to_string(&out)?;
+    let _ = fs::remove_file(&out);
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no `summary:` line in callgrind's output")
+}
+
+/// Median time of one iteration of a criterion benchmark, in nanoseconds.
+fn median_ns(criterion: &Path, id: &str) -> Result<f64> {
+    let path = criterion.join(id).join("new/estimates.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)?;
+    v["median"]["point_estimate"]
+        .as_f64()
+        .with_context(|| format!("{}: no median", path.display()))
+}
+
+/// What the report is made of.
+struct Results {
+    /// Nanoseconds per iteration, by criterion id (`cycle/iqdio/64`, ...).
+    ns: BTreeMap<String, f64>,
+    /// Instructions per operation (see [`count_instructions`]).
+    instructions: Value,
+    /// The bench's side results (`iqdio-extra.json`).
+    extra: Value,
+}
+
+impl Results {
+    fn read(criterion: &Path, instructions: Value) -> Result<Self> {
+        let mut ids: Vec<String> = Vec::new();
+        for size in SIZES {
+            for (t, _) in TRANSPORTS {
+                ids.push(format!("cycle/{t}/{size}"));
+            }
+        }
+        for size in [64, 1500] {
+            ids.push(format!("scaling/1pair/{size}"));
+            ids.push(format!("scaling/2pairs/{size}"));
+        }
+        ids.extend(["lookup/send_64/16", "lookup/send_64/4096"].map(String::from));
+        ids.extend(["receiver/polling/64", "receiver/sleeping/64"].map(String::from));
+        let mut ns = BTreeMap::new();
+        for id in ids {
+            let t = median_ns(criterion, &id)?;
+            ns.insert(id, t);
+        }
+        let extra = fs::read_to_string(criterion.join("iqdio-extra.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(json!({}));
+        Ok(Self {
+            ns,
+            instructions,
+            extra,
+        })
+    }
+
+    fn t(&self, id: &str) -> f64 {
+        self.ns[id]
+    }
+
+    /// Bytes per second of transport `t` at `size`.
+    fn throughput(&self, t: &str, size: u64) -> f64 {
+        size as f64 / (self.t(&format!("cycle/{t}/{size}")) * 1e-9)
+    }
+
+    fn instr(&self, key: &str) -> Option<f64> {
+        self.instructions.get(key).and_then(Value::as_f64)
+    }
+
+    fn ratios(&self) -> Value {
+        json!({
+            // Throughput is bytes over time: the ratio of throughputs is the inverse
+            // ratio of times.
+            "memcpy_56k": self.t(&format!("cycle/memcpy/{K56}")) / self.t(&format!("cycle/iqdio/{K56}")),
+            "spsc_64": self.t("cycle/iqdio/64") / self.t("cycle/spsc/64"),
+            "udp_1500": self.t("cycle/udp/1500") / self.t("cycle/iqdio/1500"),
+            "scaling_2pairs": self.scaling(1500),
+            "lookup_4096_vs_16": self.t("lookup/send_64/4096") / self.t("lookup/send_64/16"),
+        })
+    }
+
+    /// Frames per second of two pairs over one pair (each 2-pair iteration moves 2).
+    fn scaling(&self, size: u64) -> f64 {
+        2.0 * self.t(&format!("scaling/1pair/{size}")) / self.t(&format!("scaling/2pairs/{size}"))
+    }
+
+    fn beyond_copy(&self, size: &str) -> Option<f64> {
+        // A send copies the frame twice: into the output buffer (prime), and from it
+        // into the receiver's input buffer (the fabric).
+        Some(self.instr(&format!("send_{size}"))? - 2.0 * self.instr(&format!("memcpy_{size}"))?)
+    }
+
+    fn json(&self, machine: Value, mode: &str, root: &Path) -> Value {
+        let ratios = self.ratios();
+        let send_64_beyond = self.beyond_copy("64");
+        let mut targets = serde_json::Map::new();
+        for (key, cmp, bound) in TARGETS {
+            let value = if key == "send_64_beyond_copy" {
+                send_64_beyond
+            } else {
+                ratios[key].as_f64()
+            };
+            targets.insert(
+                key.to_string(),
+                json!({
+                    "target": format!("{} {bound}", cmp.sign()),
+                    "value": value,
+                    "met": value.map(|v| cmp.met(v, bound)),
+                }),
+            );
+        }
+        let mut throughput = serde_json::Map::new();
+        for (t, _) in TRANSPORTS {
+            let per_size: serde_json::Map<String, Value> = SIZES
+                .iter()
+                .map(|&s| (s.to_string(), json!(self.throughput(t, s))))
+                .collect();
+            throughput.insert(t.to_string(), Value::Object(per_size));
+        }
+        let round = |v: Option<f64>| v.map(|x| x.round() as u64);
+        json!({
+            "machine": machine,
+            "mode": mode,
+            "measured": utc_now(),
+            "commit": command_line_in("git", &["describe", "--always", "--dirty"], root),
+            "ratios": ratios,
+            "instructions": {
+                "send_64": round(self.instr("send_64")),
+                "send_56k": round(self.instr("send_56k")),
+            },
+            "targets": targets,
+            "details": {
+                "throughput_bytes_per_s": throughput,
+                "ns_per_iteration_median": self.ns,
+                "instructions_per_operation": self.instructions,
+                "send_64_beyond_copy": send_64_beyond,
+                "send_56k_beyond_copy": self.beyond_copy("56k"),
+                "scaling_2pairs_64": self.scaling(64),
+                "frames_per_s_1500": {
+                    "iqdio": 1e9 / self.t("cycle/iqdio/1500"),
+                    "udp": 1e9 / self.t("cycle/udp/1500"),
+                },
+                "receiver_frames_per_s": {
+                    "polling": 1e9 / self.t("receiver/polling/64"),
+                    "sleeping": 1e9 / self.t("receiver/sleeping/64"),
+                },
+                "bench_extra": self.extra,
+            },
+        })
+    }
+
+    fn markdown(&self, doc: &Value) -> String {
+        let m = &doc["machine"];
+        let f2 = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
+        let f0 = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.0}"));
+        let mut s = String::new();
+        s += "# iqdio benchmarks\n\n";
+        s += &format!(
+            "Measured by `cargo xtask bench{}` on **{}, {} cores** ({}; {}), load average {} before and {} after, commit `{}`, {}. \
+             Times are criterion medians; the machine is shared and noisy, so read ratios to one significant figure.\n\n",
+            if doc["mode"] == "quick" {
+                " --quick"
+            } else {
+                ""
+            },
+            m["cpu"].as_str().unwrap_or("?"),
+            m["cores"],
+            m["os"].as_str().unwrap_or("?"),
+            m["rustc"].as_str().unwrap_or("?"),
+            m["load_average_before"].as_str().unwrap_or("?"),
+            m["load_average_after"].as_str().unwrap_or("?"),
+            doc["commit"].as_str().unwrap_or("?"),
+            doc["measured"].as_str().unwrap_or("?"),
+        );
+        s += "## Against the targets of issue 5\n\n";
+        s += "| key | what | value | target | |\n|---|---|---:|---|---|\n";
+        let what = [
+            (
+                "memcpy_56k",
+                "iqdio throughput / memcpy throughput, 56 KiB frames",
+            ),
+            ("spsc_64", "iqdio time / spsc ring time per 64 B frame"),
+            ("udp_1500", "iqdio frames/s / UDP loopback frames/s, 1500 B"),
+            (
+                "scaling_2pairs",
+                "two disjoint pairs on two threads / one pair (frames/s, 1500 B)",
+            ),
+            (
+                "lookup_4096_vs_16",
+                "64 B send time with 4096 / with 16 registered addresses",
+            ),
+            (
+                "send_64_beyond_copy",
+                "instructions per 64 B send beyond its two frame copies",
+            ),
+        ];
+        for (key, text) in what {
+            let t = &doc["targets"][key];
+            let value = if key == "send_64_beyond_copy" {
+                f0(t["value"].as_f64())
+            } else {
+                f2(&t["value"])
+            };
+            let met = match t["met"].as_bool() {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "n/a",
+            };
+            s += &format!(
+                "| `{key}` | {text} | {value} | {} | {met} |\n",
+                t["target"].as_str().unwrap_or("")
+            );
+        }
+        s += "\n## Instructions (callgrind, deterministic)\n\n";
+        s += "Per operation, `(total(N2) − total(N1)) / (N2 − N1)` with N1 = 256, N2 = 1280, counted \
+              only inside the operation (`--toggle-collect`), `examples/send_cost.rs` built in release. \
+              glibc's copies use their vector loop here (`rep movsb` would count one instruction per byte under valgrind).\n\n";
+        s += "| operation | 64 B | 56 KiB |\n|---|---:|---:|\n";
+        for (label, key) in [
+            (
+                "`QueueDriver::send`: prime + SIGA (lookup, copy, signal)",
+                "send",
+            ),
+            (
+                "receiver: poll indicators + take + copy out + refill",
+                "receive",
+            ),
+            ("memcpy of the frame", "memcpy"),
+        ] {
+            s += &format!(
+                "| {label} | {} | {} |\n",
+                f0(self.instr(&format!("{key}_64"))),
+                f0(self.instr(&format!("{key}_56k")))
+            );
+        }
+        s += &format!(
+            "| send beyond its two frame copies | {} | {} |\n",
+            f0(self.beyond_copy("64")),
+            f0(self.beyond_copy("56k"))
+        );
+        s += &format!(
+            "\n64 B send to one of 8 addresses with 16 registered addresses: {} instructions; with 4096: {}.\n",
+            f0(self.instr("send_64_16_addresses")),
+            f0(self.instr("send_64_4096_addresses"))
+        );
+        s += "\n## Throughput against frame size\n\n![throughput against frame size](throughput.png)\n\n";
+        s += "iqdio: the whole cycle on one thread (sender's `send`: prime + SIGA, the fabric's copy \
+              into the receiver's buffer; receiver's poll + take + copy out + refill). memcpy: one copy \
+              of the frame. spsc: a `heapless::spsc::Queue` of lengths over 16 frame slots, copy in + \
+              copy out. UDP: one datagram over 127.0.0.1 from this thread to a receiving thread. GB/s = 10⁹ bytes/s.\n\n";
+        s += "| frame | iqdio | memcpy | spsc | UDP | iqdio ns/frame |\n|---:|---:|---:|---:|---:|---:|\n";
+        for size in SIZES {
+            s += &format!("| {} |", size_label(size));
+            for (t, _) in TRANSPORTS {
+                s += &format!(" {:.2} GB/s |", self.throughput(t, size) / 1e9);
+            }
+            s += &format!(" {:.0} |\n", self.t(&format!("cycle/iqdio/{size}")));
+        }
+        s += "\n## Scaling, lookup, receivers\n\n| benchmark | ns per iteration | |\n|---|---:|---|\n";
+        for (id, note) in [
+            ("scaling/1pair/64", "one frame"),
+            ("scaling/2pairs/64", "one frame per pair, two threads"),
+            ("scaling/1pair/1500", "one frame"),
+            ("scaling/2pairs/1500", "one frame per pair, two threads"),
+            ("lookup/send_64/16", "16 addresses registered"),
+            (
+                "lookup/send_64/4096",
+                "4096 addresses registered (the table's capacity)",
+            ),
+            ("receiver/polling/64", "streaming, receiver polls"),
+            (
+                "receiver/sleeping/64",
+                "streaming, receiver sleeps until its interrupt",
+            ),
+        ] {
+            s += &format!("| `{id}` | {:.0} | {note} |\n", self.t(id));
+        }
+        s += &format!(
+            "\nScaling at 64 B: {:.2}. Interrupts per frame: polling receiver {}, sleeping receiver {}.\n",
+            self.scaling(64),
+            self.extra["interrupts_per_frame_polling"]
+                .as_f64()
+                .map_or("n/a".into(), |v| format!("{v:.4}")),
+            self.extra["interrupts_per_frame_sleeping"]
+                .as_f64()
+                .map_or("n/a".into(), |v| format!("{v:.3}")),
+        );
+        s
+    }
+
+    fn summary(&self, doc: &Value) {
+        eprintln!(
+            "xtask: bench: machine {} ({} cores)",
+            doc["machine"]["cpu"], doc["machine"]["cores"]
+        );
+        for (key, _, _) in TARGETS {
+            let t = &doc["targets"][key];
+            eprintln!(
+                "xtask: bench:   {key:22} {:>10} target {:8} {}",
+                t["value"]
+                    .as_f64()
+                    .map_or("n/a".into(), |v| format!("{v:.2}")),
+                t["target"].as_str().unwrap_or(""),
+                match t["met"].as_bool() {
+                    Some(true) => "met",
+                    Some(false) => "MISSED",
+                    None => "n/a",
+                }
+            );
+        }
+        eprintln!(
+            "xtask: bench:   instructions send_64 {} send_56k {}",
+            doc["instructions"]["send_64"], doc["instructions"]["send_56k"]
+        );
+    }
+}
+
+fn size_label(size: u64) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// Throughput against frame size, log-log, one line per transport.
+fn plot(results: &Results, doc: &Value, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+
+    // The font is embedded (the `dejavu` crate), never looked up on the system.
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| anyhow::anyhow!("DejaVu Sans does not parse"))?;
+    let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let series: Vec<(&str, Vec<(f64, f64)>)> = TRANSPORTS
+        .iter()
+        .map(|&(t, label)| {
+            let points = SIZES
+                .iter()
+                .map(|&s| (s as f64, results.throughput(t, s) / 1e9))
+                .collect();
+            (label, points)
+        })
+        .collect();
+    let all = series.iter().flat_map(|(_, p)| p.iter().map(|&(_, y)| y));
+    let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let caption = format!(
+        "Throughput against frame size — {}, {} cores",
+        doc["machine"]["cpu"].as_str().unwrap_or("?"),
+        doc["machine"]["cores"]
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (48f64..80_000f64)
+                .log_scale()
+                .with_key_points(SIZES.map(|s| s as f64).to_vec()),
+            ((lo / 2.0)..(hi * 2.0)).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("frame size")
+        .y_desc("throughput (GB/s, 10⁹ bytes/s)")
+        .x_label_formatter(&|x| size_label(x.round() as u64))
+        .y_label_formatter(&|y| {
+            if *y >= 1.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.2}")
+            }
+        })
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
+        .draw()?;
+    let colors = [
+        RGBColor(31, 119, 180),
+        BLACK,
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+    ];
+    for ((label, points), color) in series.into_iter().zip(colors) {
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 5, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn cores() -> usize {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .map(|t| t.lines().filter(|l| l.starts_with("processor")).count())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn os_name() -> String {
+    fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_string())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    command_line_in(program, args, Path::new("."))
+}
+
+fn command_line_in(program: &str, args: &[&str], dir: &Path) -> String {
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Now, as `YYYY-MM-DD HH:MM UTC`.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
