@@ -7,6 +7,7 @@
 //! cargo xtask selftest --smp 8    # boot the on-target self-test alone
 //! ```
 
+mod bench;
 mod boots;
 mod cargo;
 mod decode;
@@ -65,6 +66,9 @@ enum Command {
         #[arg(long)]
         boots_only: bool,
     },
+    /// Run the transport benchmarks (criterion, callgrind) and write docs/bench/:
+    /// results.json, results.md and the throughput plot throughput.png.
+    Bench(bench::BenchArgs),
     /// Build and boot the on-target self-test image alone; print each case's result.
     Selftest {
         /// Cores (QEMU `-smp`), 2 to 8.
@@ -126,6 +130,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::from(run.outcome.exit_status()))
         }
         Command::Test { boots_only } => test::run_all(boots_only),
+        Command::Bench(args) => bench::run(args),
         Command::Selftest {
             smp,
             fail,
