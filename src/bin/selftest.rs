@@ -26,6 +26,7 @@
 
 /// Declares the case modules (files in `src/bin/selftest/`) and `MODULES`, the list the
 /// harness runs, in this order.
+#[cfg(target_os = "none")]
 macro_rules! case_modules {
     ($($module:ident),* $(,)?) => {
         $(pub mod $module;)*
