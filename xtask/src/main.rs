@@ -104,6 +104,10 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(command: Command) -> Result<ExitCode> {
+    // Booting needs QEMU: find (or install) it before spending time on a build.
+    if matches!(command, Command::Run { .. } | Command::Selftest { .. }) {
+        qemu::ensure_installed()?;
+    }
     match command {
         Command::Run {
             smp,
