@@ -90,14 +90,19 @@ impl Cmp {
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let root = workspace_root();
     let criterion = target_dir(&root).join("criterion");
-    let counts_file = criterion.join("iqdio-instructions.json");
+    // What a report needs besides criterion's files: the run's circumstances and the
+    // instruction counts, kept for `--report-only`.
+    let run_file = criterion.join("iqdio-run.json");
     let start = Instant::now();
-    let load_before = load_average();
-    let instructions = if args.report_only {
-        serde_json::from_str(&fs::read_to_string(&counts_file).with_context(|| {
-            format!("{}: run `cargo xtask bench` first", counts_file.display())
-        })?)?
+    let run: Value = if args.report_only {
+        serde_json::from_str(
+            &fs::read_to_string(&run_file).with_context(|| {
+                format!("{}: run `cargo xtask bench` first", run_file.display())
+            })?,
+        )?
     } else {
+        let load_before = load_average();
+        let commit = command_line_in("git", &["describe", "--always", "--dirty"], &root);
         for group in GROUPS {
             let dir = criterion.join(group);
             if dir.exists() {
@@ -105,22 +110,30 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         }
         run_criterion(&root, &criterion, args.quick)?;
-        let counts = count_instructions(&root)?;
+        let instructions = count_instructions(&root)?;
+        let run = json!({
+            "mode": if args.quick { "quick" } else { "full" },
+            "measured": utc_now(),
+            "commit": commit,
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "instructions": instructions,
+        });
         fs::create_dir_all(&criterion)?;
-        fs::write(&counts_file, serde_json::to_string_pretty(&counts)?)?;
-        counts
+        fs::write(&run_file, serde_json::to_string_pretty(&run)?)?;
+        run
     };
-    let results = Results::read(&criterion, instructions)?;
+    let results = Results::read(&criterion, run["instructions"].clone())?;
     let machine = json!({
         "cpu": cpu_model(),
         "cores": cores(),
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
+        "load_average_before": run["load_average_before"],
+        "load_average_after": run["load_average_after"],
         "os": os_name(),
         "rustc": command_line("rustc", &["--version"]),
     });
-    let mode = if args.quick { "quick" } else { "full" };
-    let doc = results.json(machine, mode, &root);
+    let mode = run["mode"].as_str().unwrap_or("?");
+    let doc = results.json(machine, &run);
     let out = root.join("docs/bench");
     fs::create_dir_all(&out)?;
     fs::write(
@@ -348,7 +361,7 @@ impl Results {
         Some(self.instr(&format!("send_{size}"))? - 2.0 * self.instr(&format!("memcpy_{size}"))?)
     }
 
-    fn json(&self, machine: Value, mode: &str, root: &Path) -> Value {
+    fn json(&self, machine: Value, run: &Value) -> Value {
         let ratios = self.ratios();
         let send_64_beyond = self.beyond_copy("64");
         let mut targets = serde_json::Map::new();
@@ -378,9 +391,9 @@ impl Results {
         let round = |v: Option<f64>| v.map(|x| x.round() as u64);
         json!({
             "machine": machine,
-            "mode": mode,
-            "measured": utc_now(),
-            "commit": command_line_in("git", &["describe", "--always", "--dirty"], root),
+            "mode": run["mode"],
+            "measured": run["measured"],
+            "commit": run["commit"],
             "ratios": ratios,
             "instructions": {
                 "send_64": round(self.instr("send_64")),
@@ -430,6 +443,25 @@ impl Results {
             doc["commit"].as_str().unwrap_or("?"),
             doc["measured"].as_str().unwrap_or("?"),
         );
+        let cores = m["cores"].as_f64().unwrap_or(1.0);
+        let busiest = ["load_average_before", "load_average_after"]
+            .iter()
+            .filter_map(|k| {
+                m[*k]
+                    .as_str()?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .fold(0.0, f64::max);
+        if busiest > cores {
+            s += &format!(
+                "> **The machine was busy** (1-minute load average up to {busiest:.1} on {cores} cores, from \
+                 other work): the timings, and the scaling ratio above all, are not trustworthy. The \
+                 instruction counts are.\n\n"
+            );
+        }
         s += "## Against the targets of issue 5\n\n";
         s += "| key | what | value | target | |\n|---|---|---:|---|---|\n";
         let what = [
