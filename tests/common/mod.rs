@@ -24,9 +24,18 @@ pub struct Page(pub [u8; PAGE]);
 
 /// A partition's RAM: `[guard page][window][guard page]`.
 pub struct GuestRam {
-    pages: Vec<Page>,
+    /// Owns the pages; never touched after `new` (all access goes through `base`, so
+    /// one raw pointer with write permission covers the whole allocation).
+    _pages: Vec<Page>,
+    base: NonNull<Page>,
     window_pages: usize,
 }
+
+// SAFETY: the RAM is plain memory owned by this value; the pointer is into `_pages`.
+unsafe impl Send for GuestRam {}
+// SAFETY: shared use only reads through raw pointers (as a partition's own memory,
+// which the fabric also reads and writes through raw pointers and atomics).
+unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
     pub fn new(bytes: usize) -> Self {
@@ -34,14 +43,17 @@ impl GuestRam {
         let mut pages = vec![Page([0; PAGE]); window_pages + 2];
         pages[0].0.fill(GUARD);
         pages[window_pages + 1].0.fill(GUARD);
+        let base = NonNull::new(pages.as_mut_ptr()).unwrap();
         Self {
-            pages,
+            _pages: pages,
+            base,
             window_pages,
         }
     }
 
     pub fn host(&self) -> NonNull<u8> {
-        NonNull::from(&self.pages[1]).cast()
+        // SAFETY: page 1 of window_pages + 2 pages.
+        unsafe { self.base.add(1) }.cast()
     }
 
     pub fn len(&self) -> usize {
@@ -92,8 +104,8 @@ impl GuestRam {
         // SAFETY: reading our own pages; nothing writes the guards legitimately.
         let (a, b) = unsafe {
             (
-                std::ptr::read_volatile(&self.pages[0]),
-                std::ptr::read_volatile(&self.pages[last]),
+                std::ptr::read_volatile(self.base.as_ptr()),
+                std::ptr::read_volatile(self.base.as_ptr().add(last)),
             )
         };
         a.0.iter().chain(b.0.iter()).all(|&x| x == GUARD)
