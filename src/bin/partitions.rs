@@ -55,7 +55,7 @@ mod image {
     /// the MTU, so both small and multi-element frames flow.
     fn size(core: usize, i: u32) -> usize {
         let h = (i.wrapping_mul(2_654_435_761) ^ (core as u32).wrapping_mul(40_503)) as usize;
-        if i % 16 == 0 {
+        if i.is_multiple_of(16) {
             16 + h % (MFS.mtu() - 16)
         } else {
             16 + h % 1500
@@ -108,7 +108,7 @@ mod image {
         let Some(node) = guard.as_mut() else { return };
         let n = board::cores();
         let deadline = board::now_ns() + PHASE_NS;
-        if core % 2 == 0 && core + 1 < n {
+        if core.is_multiple_of(2) && core + 1 < n {
             let peer = core + 1;
             for r in 0..ROUNDS {
                 let t0 = board::now_ns();
@@ -137,8 +137,8 @@ mod image {
     /// Interrupts raised, suppressed, and frames received, over all partitions.
     fn interrupt_totals() -> (u64, u64, u64) {
         let mut t = (0, 0, 0);
-        for core in 0..board::cores() {
-            if let Some(node) = NODES[core].lock().as_ref() {
+        for slot in NODES.iter().take(board::cores()) {
+            if let Some(node) = slot.lock().as_ref() {
                 let c = node.counters(&FABRIC);
                 t.0 += c.interrupts_raised;
                 t.1 += c.interrupts_suppressed;
@@ -163,7 +163,7 @@ mod image {
 
     fn report_partition(core: usize, node: &Node, c: &CounterSnapshot) {
         let s = &node.stats;
-        defmt::info!(
+        defmt::println!(
             "partition {} | sent {} frames {} B | received {} frames {} B | refused: full {} unreachable {} other {} | fabric errors: full {} unreachable {} malformed {} too-large {} | interrupts raised {} suppressed {} | re-registrations {}",
             core,
             s.sent,
@@ -201,15 +201,15 @@ mod image {
         let after = interrupt_totals();
 
         let mut refused_other = 0;
-        for core in 0..n {
-            if let Some(node) = NODES[core].lock().as_ref() {
+        for (core, slot) in NODES.iter().enumerate().take(n) {
+            if let Some(node) = slot.lock().as_ref() {
                 let c = node.counters(&FABRIC);
                 report_partition(core, node, &c);
                 refused_other += node.stats.refused_other;
             }
         }
         let frames = streamed.2 - before.2;
-        defmt::info!(
+        defmt::println!(
             "streaming (all-to-all, receivers polling): {} frames, interrupts raised {} suppressed {}: {} raised per 1000 frames",
             frames,
             streamed.0 - before.0,
@@ -218,7 +218,7 @@ mod image {
         );
         let pp_frames = after.2 - streamed.2;
         let trips = ROUND_TRIPS.load(Ordering::Relaxed);
-        defmt::info!(
+        defmt::println!(
             "ping-pong (receivers asleep in WFI): {} round trips, mean {} us, interrupts raised {} suppressed {}: {} raised per 1000 frames",
             trips,
             RTT_NS
@@ -234,7 +234,7 @@ mod image {
         let delivered = RECEIVED.load(Ordering::SeqCst);
         let corrupted = CORRUPTED.load(Ordering::SeqCst);
         let lost = sent.saturating_sub(delivered);
-        defmt::info!(
+        defmt::println!(
             "partitions {}, frames sent {}, delivered {}, lost {}, corrupted {}",
             n,
             sent,
