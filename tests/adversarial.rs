@@ -1756,3 +1756,36 @@ fn self_send_with_overlapping_source_and_target() {
     }
     w.finish();
 }
+
+// ---------------------------------------------------------------------------------
+// Bugs found while writing the catalogue and the stress test (fixed in src/ by the
+// library's owner; the test then loses its `ignore`).
+// ---------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "BUG: QueueDriver::prime_frames splits a frame header across a page boundary; the fabric refuses the buffer with 0x28"]
+fn driver_packs_a_frame_whose_header_crosses_a_page() {
+    // Two frames for one next hop in one buffer: the first takes 4050 + 32 bytes, so
+    // the second starts 14 bytes before a page boundary. The driver cuts its elements
+    // at page boundaries, so the second frame's first element holds 14 bytes of its
+    // 32-byte header, and the fabric refuses the whole buffer (0x28, element 1): both
+    // frames, non-retryable, although the caller handed it two well-formed packets.
+    let fab = fabric(TestPlatform::new(), FabricConfig::DEFAULT);
+    let mut a = Partition::new(&fab, 1, 1, config(Mfs::K16));
+    let mut b = Partition::new(&fab, 2, 1, config(Mfs::K16));
+    let p1 = payload((1, 0), 1, 4050);
+    let p2 = payload((1, 0), 2, 100);
+    a.queues[0].prime_frames(v4(2, 0), &[&p1, &p2]).unwrap();
+    let r = a.queues[0].flush(&fab.port(1)).unwrap();
+    assert_eq!(r.refused.as_slice(), &[], "refused: {:?}", r.refused);
+    let mut got = Vec::new();
+    while b.queues[0]
+        .receive(|f| {
+            let mut v = vec![0; f.len()];
+            f.copy_to(&mut v);
+            got.push(v);
+        })
+        .is_some()
+    {}
+    assert_eq!(got, vec![p1, p2]);
+}
