@@ -96,9 +96,7 @@ impl Region {
     /// The whole region as a fabric window (for `Fabric::add_partition`).
     pub fn window(&self) -> Window {
         // SAFETY: the region's memory satisfies Window::new's contract by Region::new's.
-        unsafe {
-            Window::new(self.guest_base, self.mem.host_ptr(), self.mem.len())
-        }
+        unsafe { Window::new(self.guest_base, self.mem.host_ptr(), self.mem.len()) }
     }
 
     /// Bytes not yet handed out.
@@ -634,7 +632,12 @@ impl QueueDriver {
         initiative::stop_polling(
             || {
                 if let Some(a) = acked {
-                    Self::set_state(&self.in_slsb, a, SlsbState::INPUT_NOT_INIT, Ordering::Relaxed);
+                    Self::set_state(
+                        &self.in_slsb,
+                        a,
+                        SlsbState::INPUT_NOT_INIT,
+                        Ordering::Relaxed,
+                    );
                 }
             },
             || self.queue_ind.mem.is_set() || self.has_input(),

@@ -72,7 +72,11 @@ fn part(fab: &LoomFabric, lpar: u8) -> Part {
     fab.add_partition(lpar, &[ram.window()]).unwrap();
     fab.establish(lpar, 0, &q.params()).unwrap();
     fab.register_address(lpar, 0, v4(lpar, 0)).unwrap();
-    Part { _ram: ram, _ind: ind, q }
+    Part {
+        _ram: ram,
+        _ind: ind,
+        q,
+    }
 }
 
 fn new_fabric() -> Arc<LoomFabric> {
@@ -104,13 +108,19 @@ fn deregistration_against_a_concurrent_send() {
             // counters it got back say so.
             Ok(()) => assert!(got && last.frames_received == 1),
             // After it: unreachable, nothing delivered, nothing left behind.
-            Err(SendError::Refused(Reason::Unreachable)) => assert!(!got && last.frames_received == 0),
+            Err(SendError::Refused(Reason::Unreachable)) => {
+                assert!(!got && last.frames_received == 0)
+            }
             Err(e) => panic!("unexpected {e:?}"),
         }
         // Every primed buffer ends 0xA1 or 0xAF.
         let s = a.q.output_state(0).0;
         assert!(s == 0xA1 || s == 0xAF);
-        assert_eq!(fab.address_count(), 1, "only the sender's own address remains");
+        assert_eq!(
+            fab.address_count(),
+            1,
+            "only the sender's own address remains"
+        );
     });
 }
 
@@ -243,6 +253,9 @@ fn stopping_polling_never_loses_initiative() {
             || v.queue.is_set() || v.slsb.load(Ordering::Acquire) == 0x82,
         );
         let raised = fabric.join().unwrap();
-        assert!(work || raised, "a send that saw 0x81 left the receiver asleep");
+        assert!(
+            work || raised,
+            "a send that saw 0x81 left the receiver asleep"
+        );
     });
 }

@@ -57,14 +57,55 @@ pub const TEST_BOOTS: &[TestBoot] = &[
         check: check_selftest,
     },
     TestBoot {
+        name: "partitions -smp 2",
+        bin: "partitions",
+        smp: 2,
+        env: &[("IQDIO_FRAMES", "1000")],
+        timeout_s: 300,
+        check: check_partitions,
+    },
+    TestBoot {
         name: "partitions -smp 4",
         bin: "partitions",
         smp: 4,
         env: &[],
         timeout_s: 300,
-        check: check_exit_pass,
+        check: check_partitions,
+    },
+    TestBoot {
+        name: "partitions -smp 8 mfs 16",
+        bin: "partitions",
+        smp: 8,
+        env: &[("IQDIO_FRAMES", "500"), ("IQDIO_MFS", "16")],
+        timeout_s: 300,
+        check: check_partitions,
     },
 ];
+
+/// The partitions demo: a clean exit, and a last line
+/// `partitions P, frames sent S, delivered S, lost 0, corrupted 0` with P = `-smp`.
+pub fn check_partitions(run: &BootRun, smp: u32) -> Vec<TestResult> {
+    let mut results = check_exit_pass(run, smp);
+    let last = run
+        .lines
+        .iter()
+        .rev()
+        .find(|l| !l.emergency)
+        .map(|l| l.message.as_str());
+    let verdict = match last.and_then(parse::partitions_line) {
+        None => TestResult::fail("result line", format!("last line is {last:?}")),
+        Some(r) if r.partitions != smp => TestResult::fail(
+            "result line",
+            format!("{} partitions, expected {smp}", r.partitions),
+        ),
+        Some(r) if r.sent == 0 || r.delivered != r.sent || r.lost != 0 || r.corrupted != 0 => {
+            TestResult::fail("result line", format!("{r:?}"))
+        }
+        Some(_) => TestResult::pass("result line"),
+    };
+    results.push(verdict);
+    results
+}
 
 /// One counted test.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 mod bench;
 mod boots;
 mod cargo;
+mod checks;
 mod decode;
 mod parse;
 mod qemu;
@@ -69,6 +70,16 @@ enum Command {
     /// Run the transport benchmarks (criterion, callgrind) and write docs/bench/:
     /// results.json, results.md and the throughput plot throughput.png.
     Bench(bench::BenchArgs),
+    /// Model-check the locks and the completion-vector protocol with loom
+    /// (`--cfg loom`, release, its own target directory). Also a step of `test`.
+    Loom,
+    /// Run the library's unit tests and the malformed-descriptor tests under Miri
+    /// (nightly; installs the `miri` component when missing). About 5 minutes.
+    Miri {
+        /// Only the unit tests (about 1 minute).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build and boot the on-target self-test image alone; print each case's result.
     Selftest {
         /// Cores (QEMU `-smp`), 2 to 8.
@@ -134,6 +145,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::from(run.outcome.exit_status()))
         }
         Command::Test { boots_only } => test::run_all(boots_only),
+        Command::Loom => checks::subcommand("loom", checks::loom),
+        Command::Miri { quick } => checks::subcommand("miri", || checks::miri(quick)),
         Command::Bench(args) => bench::run(args),
         Command::Selftest {
             smp,

@@ -121,6 +121,37 @@ pub fn selftest_line(message: &str) -> Option<SelftestLine> {
     }
 }
 
+/// The partitions demo's result line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionsLine {
+    /// Partitions (cores).
+    pub partitions: u32,
+    /// Frames counted as sent.
+    pub sent: u64,
+    /// Frames delivered intact.
+    pub delivered: u64,
+    /// Frames lost.
+    pub lost: u64,
+    /// Frames corrupted.
+    pub corrupted: u64,
+}
+
+/// Parses `partitions P, frames sent S, delivered D, lost L, corrupted C` (exactly).
+pub fn partitions_line(line: &str) -> Option<PartitionsLine> {
+    let rest = line.trim_end().strip_prefix("partitions ")?;
+    let (p, rest) = rest.split_once(", frames sent ")?;
+    let (s, rest) = rest.split_once(", delivered ")?;
+    let (d, rest) = rest.split_once(", lost ")?;
+    let (l, c) = rest.split_once(", corrupted ")?;
+    Some(PartitionsLine {
+        partitions: p.parse().ok()?,
+        sent: s.parse().ok()?,
+        delivered: d.parse().ok()?,
+        lost: l.parse().ok()?,
+        corrupted: c.parse().ok()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +228,33 @@ some line mentioning 5 passed; 1 failed
         assert_eq!(
             selftest_line("selftest: done passed=7 failed=1"),
             Some(SelftestLine::Done(7, 1))
+        );
+    }
+
+    #[test]
+    fn partitions_result_line() {
+        let line = "partitions 4, frames sent 8800, delivered 8800, lost 0, corrupted 0";
+        assert_eq!(
+            partitions_line(line),
+            Some(PartitionsLine {
+                partitions: 4,
+                sent: 8800,
+                delivered: 8800,
+                lost: 0,
+                corrupted: 0
+            })
+        );
+        assert_eq!(
+            partitions_line("partitions 4, frames sent 1, delivered 1, lost 0"),
+            None
+        );
+        assert_eq!(
+            partitions_line("xpartitions 4, frames sent 1, delivered 1, lost 0, corrupted 0"),
+            None
+        );
+        assert_eq!(
+            partitions_line("partitions 4, frames sent x, delivered 1, lost 0, corrupted 0"),
+            None
         );
     }
 }

@@ -10,8 +10,11 @@ use anyhow::Result;
 use crate::{
     boots::{TEST_BOOTS, TestResult},
     cargo::{self, TARGET},
-    parse, qemu,
+    checks, parse, qemu,
 };
+
+/// Features of the host test and clippy runs: every optional part of the library.
+pub const HOST_FEATURES: &str = "smoltcp";
 
 /// Lints both clippy runs deny.
 const CLIPPY_LINTS: &[&str] = &[
@@ -60,7 +63,13 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
     let start = Instant::now();
     if !boots_only {
         host_tests(&mut tally)?;
-        let mut host_clippy = vec!["clippy", "--workspace", "--all-targets"];
+        let mut host_clippy = vec![
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            HOST_FEATURES,
+        ];
         host_clippy.extend_from_slice(CLIPPY_LINTS);
         must_succeed(&mut tally, "clippy (host)", &host_clippy)?;
         let mut target_clippy = vec![
@@ -79,6 +88,7 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
             "library build (target)",
             &["build", "--lib", "--target", TARGET],
         )?;
+        loom(&mut tally)?;
     }
     test_boots(&mut tally)?;
 
@@ -101,12 +111,18 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
     })
 }
 
-/// `cargo test --workspace`: counts every test from the `test result:` lines.
+/// `cargo test --workspace --features smoltcp`: counts every test from the
+/// `test result:` lines.
 fn host_tests(tally: &mut Tally) -> Result<()> {
     let name = "host tests";
-    eprintln!("xtask: == {name}: cargo test --workspace");
+    eprintln!("xtask: == {name}: cargo test --workspace --features {HOST_FEATURES}");
     let start = Instant::now();
-    let (success, output) = cargo::run_tee(cargo::command(&["test", "--workspace"]))?;
+    let (success, output) = cargo::run_tee(cargo::command(&[
+        "test",
+        "--workspace",
+        "--features",
+        HOST_FEATURES,
+    ]))?;
     let (passed, failed, binaries) = parse::test_results(&output);
     tally.passed += passed;
     tally.failed += failed;
@@ -123,6 +139,29 @@ fn host_tests(tally: &mut Tally) -> Result<()> {
             .failures
             .push(format!("{name}: cargo test failed without a failing test"));
         summary.push_str("; cargo test FAILED");
+    }
+    tally.step(name, start.elapsed(), summary);
+    Ok(())
+}
+
+/// The loom model checks, each test counted.
+fn loom(tally: &mut Tally) -> Result<()> {
+    let name = "loom";
+    eprintln!("xtask: == {name}: RUSTFLAGS=\"--cfg loom\" cargo test --release --test loom");
+    let start = Instant::now();
+    let run = checks::loom()?;
+    tally.passed += run.passed;
+    tally.failed += run.failed;
+    let mut summary = format!("{} passed, {} failed", run.passed, run.failed);
+    if run.failed > 0 {
+        tally
+            .failures
+            .push(format!("{name}: {} test(s) failed", run.failed));
+    }
+    if !run.success && run.failed == 0 {
+        tally.failed += 1;
+        tally.failures.push(format!("{name}: did not build or run"));
+        summary.push_str("; FAILED");
     }
     tally.step(name, start.elapsed(), summary);
     Ok(())

@@ -238,7 +238,11 @@ impl Node {
     ) -> bool {
         let len = len.clamp(HEAD, MFS.mtu());
         let port = fabric.port(self.core as u8);
-        let dest = if seq.is_multiple_of(2) { v4(dst) } else { v6(dst) };
+        let dest = if seq.is_multiple_of(2) {
+            v4(dst)
+        } else {
+            v6(dst)
+        };
         let mut scratch = SCRATCH[self.core].lock();
         build(&mut scratch[..len], self.core, dst, kind, seq);
         loop {
