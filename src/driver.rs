@@ -415,24 +415,29 @@ impl QueueDriver {
         if packets.is_empty() || packets.iter().any(|p| p.len() > usize::from(u16::MAX)) {
             return Err(DriverError::InvalidFrame);
         }
-        let total: usize = packets.iter().map(|p| p.len() + HEADER_SIZE).sum();
-        if total > self.cfg.mfs.bytes() {
-            return Err(DriverError::TooLarge);
-        }
         let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
+        let slot_end = slot + self.cfg.mfs.bytes();
+        // Lay the frames out first: each starts where the last ended, except that a
+        // header never straddles a page (the fabric needs it whole in the frame's first
+        // element), and each is cut into elements at page boundaries.
         let mut elements = heapless::Vec::<Sbale, SBALES_PER_SBAL>::new();
+        let mut starts = heapless::Vec::<usize, SBALES_PER_SBAL>::new();
         let mut off = slot;
+        let mut total = 0usize;
         for p in packets {
-            let header = L3Header::unicast(dest, p.len() as u16).encode();
-            self.tx_data.mem.write(off, &header);
-            self.tx_data.mem.write(off + HEADER_SIZE, p);
-            let frame_start = off;
+            if off % PAGE + HEADER_SIZE > PAGE {
+                off = off.next_multiple_of(PAGE);
+            }
             let frame_end = off + HEADER_SIZE + p.len();
+            total += HEADER_SIZE + p.len();
+            if frame_end > slot_end || total > self.cfg.mfs.bytes() {
+                return Err(DriverError::TooLarge);
+            }
+            starts.push(off).map_err(|_| DriverError::TooLarge)?;
             let first_el = elements.len();
-            let mut at = frame_start;
+            let mut at = off;
             while at < frame_end {
-                let page_end = (at / PAGE + 1) * PAGE;
-                let end = page_end.min(frame_end);
+                let end = ((at / PAGE + 1) * PAGE).min(frame_end);
                 elements
                     .push(Sbale {
                         addr: self.tx_data.guest + at as u64,
@@ -447,6 +452,11 @@ impl QueueDriver {
                 e.eflags = Fragment::for_element(i, count).bits();
             }
             off = frame_end;
+        }
+        for (p, &at) in packets.iter().zip(starts.iter()) {
+            let header = L3Header::unicast(dest, p.len() as u16).encode();
+            self.tx_data.mem.write(at, &header);
+            self.tx_data.mem.write(at + HEADER_SIZE, p);
         }
         if let Some(last) = elements.last_mut() {
             last.eflags |= Eflags::LAST_ENTRY.bits();

@@ -1763,7 +1763,6 @@ fn self_send_with_overlapping_source_and_target() {
 // ---------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: QueueDriver::prime_frames splits a frame header across a page boundary; the fabric refuses the buffer with 0x28"]
 fn driver_packs_a_frame_whose_header_crosses_a_page() {
     // Two frames for one next hop in one buffer: the first takes 4050 + 32 bytes, so
     // the second starts 14 bytes before a page boundary. The driver cuts its elements
