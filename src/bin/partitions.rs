@@ -7,7 +7,9 @@
 //! `partitions P, frames sent S, delivered D, lost L, corrupted C`.
 //!
 //! Build-time options (the xtask sets them): `IQDIO_FRAMES` (data frames each partition
-//! sends, default 2000), `IQDIO_MFS` (16, 24, 40 or 64 KiB, default 64).
+//! sends, default 2000), `IQDIO_MFS` (16, 24, 40 or 64 KiB, default 64),
+//! `IQDIO_SCENARIO` (`partitions`, the default, or `tcp`: smoltcp over the queues, see
+//! `tcp/mod.rs`).
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -16,6 +18,10 @@
 #[cfg(target_os = "none")]
 #[path = "node/mod.rs"]
 mod node;
+
+#[cfg(target_os = "none")]
+#[path = "tcp/mod.rs"]
+mod tcp;
 
 #[cfg(target_os = "none")]
 mod image {
@@ -183,7 +189,40 @@ mod image {
         );
     }
 
+    fn tcp_job(core: usize) {
+        let mut guard = NODES[core].lock();
+        let Some(node) = guard.as_mut() else { return };
+        if let Err(e) = super::tcp::partition(&FABRIC, node) {
+            fail(core, e);
+        }
+    }
+
+    fn tcp_scenario() -> ! {
+        defmt::info!(
+            "tcp scenario: partition 0 serves, {} partitions each move {} bytes (smoltcp over iqdio, MTU {} B)",
+            board::cores() - 1,
+            super::tcp::BYTES,
+            MFS.mtu()
+        );
+        phase("setup", setup);
+        phase("tcp", tcp_job);
+        let ok = super::tcp::report() && !FAILED.load(Ordering::SeqCst);
+        board::exit(if ok {
+            ExitCode::Pass
+        } else {
+            ExitCode::Failure
+        })
+    }
+
     fn main() -> ! {
+        match option_env!("IQDIO_SCENARIO") {
+            None | Some("") | Some("partitions") => {}
+            Some("tcp") => tcp_scenario(),
+            Some(other) => {
+                defmt::error!("unknown scenario {=str}: use partitions or tcp", other);
+                board::exit(ExitCode::Failure)
+            }
+        }
         let n = board::cores();
         defmt::info!(
             "partitions demo: {} partitions, {} data frames each, MFS {} KiB (MTU {} B)",

@@ -80,7 +80,36 @@ pub const TEST_BOOTS: &[TestBoot] = &[
         timeout_s: 300,
         check: check_partitions,
     },
+    TestBoot {
+        name: "tcp -smp 4",
+        bin: "partitions",
+        smp: 4,
+        env: &[("IQDIO_SCENARIO", "tcp")],
+        timeout_s: 300,
+        check: check_tcp,
+    },
 ];
+
+/// The TCP scenario: a clean exit, and a last line
+/// `tcp: connections C, bytes moved B, failed 0` with C = `-smp` − 1 clients of 1 MiB.
+pub fn check_tcp(run: &BootRun, smp: u32) -> Vec<TestResult> {
+    let mut results = check_exit_pass(run, smp);
+    let last = run
+        .lines
+        .iter()
+        .rev()
+        .find(|l| !l.emergency)
+        .map(|l| l.message.as_str());
+    let clients = u64::from(smp) - 1;
+    let verdict = match last.and_then(parse::tcp_line) {
+        Some((c, bytes, 0)) if c == clients && bytes == clients << 20 => {
+            TestResult::pass("tcp result line")
+        }
+        other => TestResult::fail("tcp result line", format!("{other:?} from {last:?}")),
+    };
+    results.push(verdict);
+    results
+}
 
 /// The partitions demo: a clean exit, and a last line
 /// `partitions P, frames sent S, delivered S, lost 0, corrupted 0` with P = `-smp`.

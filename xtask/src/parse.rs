@@ -136,6 +136,15 @@ pub struct PartitionsLine {
     pub corrupted: u64,
 }
 
+/// Parses the TCP scenario's `tcp: connections C, bytes moved B, failed F` into
+/// (C, B, F).
+pub fn tcp_line(line: &str) -> Option<(u64, u64, u64)> {
+    let rest = line.trim_end().strip_prefix("tcp: connections ")?;
+    let (c, rest) = rest.split_once(", bytes moved ")?;
+    let (b, f) = rest.split_once(", failed ")?;
+    Some((c.parse().ok()?, b.parse().ok()?, f.parse().ok()?))
+}
+
 /// Parses `partitions P, frames sent S, delivered D, lost L, corrupted C` (exactly).
 pub fn partitions_line(line: &str) -> Option<PartitionsLine> {
     let rest = line.trim_end().strip_prefix("partitions ")?;
@@ -256,5 +265,14 @@ some line mentioning 5 passed; 1 failed
             partitions_line("partitions 4, frames sent x, delivered 1, lost 0, corrupted 0"),
             None
         );
+    }
+
+    #[test]
+    fn tcp_result_line() {
+        assert_eq!(
+            tcp_line("tcp: connections 3, bytes moved 3145728, failed 0"),
+            Some((3, 3145728, 0))
+        );
+        assert_eq!(tcp_line("tcp: connections 3, bytes moved 3145728"), None);
     }
 }
