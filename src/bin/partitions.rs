@@ -31,7 +31,8 @@ mod image {
     use iqdio::{CounterSnapshot, Fabric, Reason};
 
     use super::node::{
-        BoardFabric, BoardPlatform, CONFIG, CORRUPTED, MFS, Node, PING, RECEIVED, SENT, parse,
+        BoardFabric, BoardPlatform, CONFIG, CORRUPTED, DUPLICATED, MFS, Node, PING, RECEIVED, SENT,
+        parse,
     };
 
     static FABRIC: BoardFabric = Fabric::new(BoardPlatform, CONFIG);
@@ -240,11 +241,13 @@ mod image {
         let after = interrupt_totals();
 
         let mut refused_other = 0;
+        let mut resent = 0;
         for (core, slot) in NODES.iter().enumerate().take(n) {
             if let Some(node) = slot.lock().as_ref() {
                 let c = node.counters(&FABRIC);
                 report_partition(core, node, &c);
                 refused_other += node.stats.refused_other;
+                resent += node.stats.refused_full + node.stats.refused_unreachable;
             }
         }
         let frames = streamed.2 - before.2;
@@ -273,6 +276,17 @@ mod image {
         let delivered = RECEIVED.load(Ordering::SeqCst);
         let corrupted = CORRUPTED.load(Ordering::SeqCst);
         let lost = sent.saturating_sub(delivered);
+        let duplicated = DUPLICATED.load(Ordering::SeqCst);
+        // The stress form (`cargo xtask stress` reads it): refusals were sent again.
+        defmt::println!(
+            "stress: frames {}, delivered {}, resent {}, lost {}, duplicated {}, corrupted {}",
+            sent,
+            delivered,
+            resent,
+            lost,
+            duplicated,
+            corrupted
+        );
         defmt::println!(
             "partitions {}, frames sent {}, delivered {}, lost {}, corrupted {}",
             n,
@@ -284,6 +298,7 @@ mod image {
         let ok = !FAILED.load(Ordering::SeqCst)
             && lost == 0
             && corrupted == 0
+            && duplicated == 0
             && delivered == sent
             && refused_other == 0;
         board::exit(if ok {

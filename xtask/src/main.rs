@@ -14,6 +14,7 @@ mod checks;
 mod decode;
 mod parse;
 mod qemu;
+mod stress;
 mod test;
 
 use std::process::ExitCode;
@@ -70,6 +71,18 @@ enum Command {
     /// Run the transport benchmarks (criterion, callgrind) and write docs/bench/:
     /// results.json, results.md and the throughput plot throughput.png.
     Bench(bench::BenchArgs),
+    /// The zero-loss stress runs: the host (4 partitions x 100 000 frames of mixed sizes
+    /// to random peers, receivers slower than senders) and the image (4 cores x 10 000
+    /// frames each). Ends with `frames F, delivered F, resent R, lost 0, duplicated 0,
+    /// corrupted 0`, the two summed.
+    Stress {
+        /// Data frames each core sends in the image.
+        #[arg(long, default_value_t = 10_000)]
+        frames: u64,
+        /// Cores (partitions) of the image.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=8))]
+        smp: u32,
+    },
     /// Model-check the locks and the completion-vector protocol with loom
     /// (`--cfg loom`, release, its own target directory). Also a step of `test`.
     Loom,
@@ -145,6 +158,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::from(run.outcome.exit_status()))
         }
         Command::Test { boots_only } => test::run_all(boots_only),
+        Command::Stress { frames, smp } => stress::run(frames, smp),
         Command::Loom => checks::subcommand("loom", checks::loom),
         Command::Miri { quick } => checks::subcommand("miri", || checks::miri(quick)),
         Command::Bench(args) => bench::run(args),

@@ -84,6 +84,8 @@ pub static SENT: AtomicU64 = AtomicU64::new(0);
 pub static RECEIVED: AtomicU64 = AtomicU64::new(0);
 /// Frames received with a bad checksum, length, address or sequence number.
 pub static CORRUPTED: AtomicU64 = AtomicU64::new(0);
+/// Frames received intact a second time (a sequence number already seen).
+pub static DUPLICATED: AtomicU64 = AtomicU64::new(0);
 
 /// What one partition counted end to end.
 #[derive(Clone, Copy, Default)]
@@ -104,6 +106,8 @@ pub struct Stats {
     pub received_bytes: u64,
     /// Frames received damaged or out of sequence.
     pub corrupted: u64,
+    /// Frames received a second time.
+    pub duplicated: u64,
     /// Times the queue set was deregistered and established again.
     pub reregistrations: u64,
     /// Pongs received for our pings.
@@ -323,7 +327,12 @@ impl Node {
                             stats.received += 1;
                             stats.received_bytes += n as u64;
                             RECEIVED.fetch_add(1, Ordering::SeqCst);
+                        } else if seq < rx_seq[src] {
+                            // A sequence number seen before: delivered twice.
+                            stats.duplicated += 1;
+                            DUPLICATED.fetch_add(1, Ordering::SeqCst);
                         } else {
+                            // One skipped: out of order (a loss shows as sent - delivered).
                             stats.corrupted += 1;
                             CORRUPTED.fetch_add(1, Ordering::SeqCst);
                         }

@@ -1,0 +1,150 @@
+//! `cargo xtask stress`: the zero-loss stress runs, on the host (threads: 4 partitions x
+//! 100 000 frames of mixed sizes to random peers, slow receivers) and in the image
+//! (4 cores x 10 000 frames each), summed into one line
+//! `frames F, delivered F, resent R, lost 0, duplicated 0, corrupted 0`.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::{cargo, qemu};
+
+/// One run's counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Frames counted as sent.
+    pub frames: u64,
+    /// Frames delivered intact.
+    pub delivered: u64,
+    /// Refusals sent again.
+    pub resent: u64,
+    /// Frames lost.
+    pub lost: u64,
+    /// Frames delivered twice.
+    pub duplicated: u64,
+    /// Frames damaged or out of order.
+    pub corrupted: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.frames += o.frames;
+        self.delivered += o.delivered;
+        self.resent += o.resent;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.corrupted += o.corrupted;
+    }
+
+    fn clean(&self) -> bool {
+        self.frames > 0
+            && self.delivered == self.frames
+            && self.lost == 0
+            && self.duplicated == 0
+            && self.corrupted == 0
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "frames {}, delivered {}, resent {}, lost {}, duplicated {}, corrupted {}",
+            self.frames, self.delivered, self.resent, self.lost, self.duplicated, self.corrupted
+        )
+    }
+}
+
+/// Finds `frames F, delivered D, resent R, lost L, duplicated U, corrupted C` anywhere
+/// in `text` (the last such line wins).
+pub fn parse(text: &str) -> Option<Counts> {
+    text.lines().rev().find_map(|line| {
+        let at = line.find("frames ")?;
+        let mut fields = line[at..].split(", ");
+        let mut next =
+            |name: &str| -> Option<u64> { fields.next()?.strip_prefix(name)?.trim().parse().ok() };
+        Some(Counts {
+            frames: next("frames ")?,
+            delivered: next("delivered ")?,
+            resent: next("resent ")?,
+            lost: next("lost ")?,
+            duplicated: next("duplicated ")?,
+            corrupted: next("corrupted ")?,
+        })
+    })
+}
+
+/// Runs both stress runs (`host_frames` is informational: the host test's size is
+/// fixed at 4 x 100 000) and prints the summed line last.
+pub fn run(image_frames: u64, smp: u32) -> Result<ExitCode> {
+    let mut total = Counts::default();
+
+    let start = Instant::now();
+    eprintln!("xtask: == host stress: cargo test --release --test stress -- --ignored --nocapture");
+    let mut command = cargo::command(&[
+        "test",
+        "--release",
+        "--test",
+        "stress",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]);
+    command.env("RUST_TEST_THREADS", "1");
+    let (ok, output) = cargo::run_tee(command)?;
+    let Some(host) = parse(&output) else {
+        bail!("the host stress test printed no result line");
+    };
+    eprintln!(
+        "xtask: host stress: {} ({:.1} s){}",
+        host.line(),
+        start.elapsed().as_secs_f64(),
+        if ok { "" } else { ", FAILED" }
+    );
+    total.add(&host);
+
+    let start = Instant::now();
+    let frames = image_frames.to_string();
+    let env = [("IQDIO_FRAMES", frames.as_str())];
+    let elf = cargo::build_image("partitions", &env, None)?;
+    qemu::ensure_installed()?;
+    let boot = qemu::boot(&elf, smp, 1200, true)?;
+    let text: String = boot
+        .lines
+        .iter()
+        .filter(|l| l.message.starts_with("stress: "))
+        .map(|l| format!("{}\n", l.message))
+        .collect();
+    let Some(image) = parse(&text) else {
+        bail!("the image printed no stress line ({})", boot.outcome);
+    };
+    eprintln!(
+        "xtask: image stress ({smp} cores x {image_frames} frames): {} ({:.1} s, {})",
+        image.line(),
+        start.elapsed().as_secs_f64(),
+        boot.outcome
+    );
+    total.add(&image);
+
+    let pass = ok && boot.outcome == qemu::Outcome::Pass && host.clean() && image.clean();
+    println!("{}", total.line());
+    Ok(if pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_host_and_image_lines() {
+        let host = "frames 400000, delivered 400000, resent 12, lost 0, duplicated 0, corrupted 0";
+        let c = parse(host).unwrap();
+        assert_eq!((c.frames, c.resent, c.lost), (400000, 12, 0));
+        let image = "stress: frames 8, delivered 7, resent 1, lost 1, duplicated 0, corrupted 0";
+        let c = parse(image).unwrap();
+        assert!(!c.clean());
+        assert_eq!(parse("frames 1, delivered 1"), None);
+    }
+}
