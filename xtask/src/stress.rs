@@ -45,7 +45,8 @@ impl Counts {
             && self.corrupted == 0
     }
 
-    fn line(&self) -> String {
+    /// The result line.
+    pub fn line(&self) -> String {
         format!(
             "frames {}, delivered {}, resent {}, lost {}, duplicated {}, corrupted {}",
             self.frames, self.delivered, self.resent, self.lost, self.duplicated, self.corrupted
@@ -72,11 +73,16 @@ pub fn parse(text: &str) -> Option<Counts> {
     })
 }
 
-/// Runs both stress runs (`host_frames` is informational: the host test's size is
-/// fixed at 4 x 100 000) and prints the summed line last.
-pub fn run(image_frames: u64, smp: u32) -> Result<ExitCode> {
-    let mut total = Counts::default();
+/// Result of one stress run.
+pub struct StressRun {
+    /// Its counts.
+    pub counts: Counts,
+    /// The run ended well (test passed / image exited 0) and its counts are clean.
+    pub passed: bool,
+}
 
+/// The host stress test (4 x 100 000 frames, release).
+pub fn host() -> Result<StressRun> {
     let start = Instant::now();
     eprintln!("xtask: == host stress: cargo test --release --test stress -- --ignored --nocapture");
     let mut command = cargo::command(&[
@@ -90,20 +96,26 @@ pub fn run(image_frames: u64, smp: u32) -> Result<ExitCode> {
     ]);
     command.env("RUST_TEST_THREADS", "1");
     let (ok, output) = cargo::run_tee(command)?;
-    let Some(host) = parse(&output) else {
+    let Some(counts) = parse(&output) else {
         bail!("the host stress test printed no result line");
     };
     eprintln!(
         "xtask: host stress: {} ({:.1} s){}",
-        host.line(),
+        counts.line(),
         start.elapsed().as_secs_f64(),
         if ok { "" } else { ", FAILED" }
     );
-    total.add(&host);
+    Ok(StressRun {
+        passed: ok && counts.clean(),
+        counts,
+    })
+}
 
+/// The image stress run: the partitions demo with `frames` data frames per core.
+pub fn image(frames: u64, smp: u32) -> Result<StressRun> {
     let start = Instant::now();
-    let frames = image_frames.to_string();
-    let env = [("IQDIO_FRAMES", frames.as_str())];
+    let frames_s = frames.to_string();
+    let env = [("IQDIO_FRAMES", frames_s.as_str())];
     let elf = cargo::build_image("partitions", &env, None)?;
     qemu::ensure_installed()?;
     let boot = qemu::boot(&elf, smp, 1200, true)?;
@@ -113,20 +125,30 @@ pub fn run(image_frames: u64, smp: u32) -> Result<ExitCode> {
         .filter(|l| l.message.starts_with("stress: "))
         .map(|l| format!("{}\n", l.message))
         .collect();
-    let Some(image) = parse(&text) else {
+    let Some(counts) = parse(&text) else {
         bail!("the image printed no stress line ({})", boot.outcome);
     };
     eprintln!(
-        "xtask: image stress ({smp} cores x {image_frames} frames): {} ({:.1} s, {})",
-        image.line(),
+        "xtask: image stress ({smp} cores x {frames} frames): {} ({:.1} s, {})",
+        counts.line(),
         start.elapsed().as_secs_f64(),
         boot.outcome
     );
-    total.add(&image);
+    Ok(StressRun {
+        passed: boot.outcome == qemu::Outcome::Pass && counts.clean(),
+        counts,
+    })
+}
 
-    let pass = ok && boot.outcome == qemu::Outcome::Pass && host.clean() && image.clean();
+/// Runs both stress runs and prints the summed line last.
+pub fn run(image_frames: u64, smp: u32) -> Result<ExitCode> {
+    let host = host()?;
+    let image = image(image_frames, smp)?;
+    let mut total = Counts::default();
+    total.add(&host.counts);
+    total.add(&image.counts);
     println!("{}", total.line());
-    Ok(if pass {
+    Ok(if host.passed && image.passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::{
     boots::{TEST_BOOTS, TestResult},
     cargo::{self, TARGET},
-    checks, parse, qemu,
+    checks, parse, qemu, stress,
 };
 
 /// Features of the host test and clippy runs: every optional part of the library.
@@ -89,8 +89,12 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
             &["build", "--lib", "--target", TARGET],
         )?;
         loom(&mut tally)?;
+        stress_host(&mut tally);
     }
     test_boots(&mut tally)?;
+    if !boots_only {
+        stress_image(&mut tally);
+    }
 
     eprintln!();
     eprintln!("xtask: summary ({:.1} s)", start.elapsed().as_secs_f64());
@@ -142,6 +146,40 @@ fn host_tests(tally: &mut Tally) -> Result<()> {
     }
     tally.step(name, start.elapsed(), summary);
     Ok(())
+}
+
+/// Counts a stress run as one test.
+fn count_stress(tally: &mut Tally, name: &str, start: Instant, run: Result<stress::StressRun>) {
+    let summary = match run {
+        Ok(r) if r.passed => {
+            tally.passed += 1;
+            r.counts.line()
+        }
+        Ok(r) => {
+            tally.failed += 1;
+            tally.failures.push(format!("{name}: {}", r.counts.line()));
+            format!("FAILED: {}", r.counts.line())
+        }
+        Err(e) => {
+            tally.failed += 1;
+            tally.failures.push(format!("{name}: {e:#}"));
+            format!("FAILED: {e:#}")
+        }
+    };
+    tally.step(name, start.elapsed(), summary);
+}
+
+/// The host stress run (4 partitions x 100 000 frames, release).
+fn stress_host(tally: &mut Tally) {
+    let start = Instant::now();
+    count_stress(tally, "stress (host)", start, stress::host());
+}
+
+/// The image stress run (4 cores x 10 000 frames).
+fn stress_image(tally: &mut Tally) {
+    let start = Instant::now();
+    let run = qemu::ensure_installed().and_then(|()| stress::image(10_000, 4));
+    count_stress(tally, "stress (image)", start, run);
 }
 
 /// The loom model checks, each test counted.
