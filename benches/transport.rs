@@ -38,6 +38,23 @@ fn record(key: &str, value: f64) {
     EXTRA.lock().unwrap().insert(key.to_string(), value);
 }
 
+/// Sums and counts of the averages written with [`EXTRA`].
+static AVERAGES: Mutex<BTreeMap<String, (f64, f64)>> = Mutex::new(BTreeMap::new());
+
+fn accumulate(key: String, total: f64, count: f64) {
+    let mut averages = AVERAGES.lock().unwrap();
+    let e = averages.entry(key).or_default();
+    e.0 += total;
+    e.1 += count;
+}
+
+/// This thread's time on a CPU and time waiting for one, in ns (Linux's schedstat).
+fn sched_ns() -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some((fields.next()??, fields.next()??))
+}
+
 /// Frame sizes against throughput: iqdio's whole cycle, memcpy, spsc ring, UDP.
 fn cycle(c: &mut Criterion) {
     let mut g = c.benchmark_group("cycle");
@@ -205,7 +222,8 @@ fn scaling(c: &mut Criterion) {
             g.throughput(Throughput::Elements(n as u64));
             let name = if n == 1 { "1pair" } else { "2pairs" };
             g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
-                b.iter_custom(|iters| run_pairs(&fab, &mut pairs[..n], iters))
+                let key = format!("{name}_{size}");
+                b.iter_custom(|iters| run_pairs(&fab, &mut pairs[..n], iters, &key))
             });
         }
     }
@@ -213,16 +231,30 @@ fn scaling(c: &mut Criterion) {
 }
 
 /// Runs `iters` cycles on each pair, each pair on its own thread, all starting
-/// together; returns the time until the last pair is done.
-fn run_pairs<P: Platform>(fab: &BenchFabric<P>, pairs: &mut [Pair], iters: u64) -> Duration {
+/// together; returns the time until the last pair is done. Also records each thread's
+/// CPU time per cycle, and its time waiting for a CPU (`scaling_cpu_ns_<key>`,
+/// `scaling_wait_ns_<key>`): on a machine whose cores are not all free, wall time
+/// cannot show scaling, but CPU time per cycle still shows what sharing a fabric costs.
+fn run_pairs<P: Platform>(
+    fab: &BenchFabric<P>,
+    pairs: &mut [Pair],
+    iters: u64,
+    key: &str,
+) -> Duration {
     let go = Barrier::new(pairs.len() + 1);
     let start = std::thread::scope(|s| {
         for pair in pairs.iter_mut() {
             let go = &go;
             s.spawn(move || {
                 go.wait();
+                let before = sched_ns();
                 for _ in 0..iters {
                     black_box(pair.cycle(fab));
+                }
+                if let (Some(a), Some(b)) = (before, sched_ns()) {
+                    let n = iters as f64;
+                    accumulate(format!("scaling_cpu_ns_{key}"), b.0 - a.0, n);
+                    accumulate(format!("scaling_wait_ns_{key}"), b.1 - a.1, n);
                 }
             });
         }
@@ -363,7 +395,10 @@ fn write_extra(_: &mut Criterion) {
                 .map(|t| std::path::PathBuf::from(t).join("criterion"))
         })
         .unwrap_or_else(|| "target/criterion".into());
-    let extra = EXTRA.lock().unwrap();
+    let mut extra = EXTRA.lock().unwrap().clone();
+    for (k, (total, count)) in AVERAGES.lock().unwrap().iter() {
+        extra.insert(k.clone(), total / count);
+    }
     let body: Vec<String> = extra
         .iter()
         .map(|(k, v)| format!("  \"{k}\": {v}"))

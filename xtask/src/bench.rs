@@ -355,6 +355,14 @@ impl Results {
         2.0 * self.t(&format!("scaling/1pair/{size}")) / self.t(&format!("scaling/2pairs/{size}"))
     }
 
+    /// Two pairs over one pair from each thread's CPU time per cycle: what two pairs
+    /// would reach with two free cores (wall time cannot show it when the machine's
+    /// other work takes a core).
+    fn scaling_cpu(&self, size: u64) -> Option<f64> {
+        let cpu = |n: &str| self.extra[format!("scaling_cpu_ns_{n}_{size}")].as_f64();
+        Some(2.0 * cpu("1pair")? / cpu("2pairs")?)
+    }
+
     fn beyond_copy(&self, size: &str) -> Option<f64> {
         // A send copies the frame twice: into the output buffer (prime), and from it
         // into the receiver's input buffer (the fabric).
@@ -407,6 +415,10 @@ impl Results {
                 "send_64_beyond_copy": send_64_beyond,
                 "send_56k_beyond_copy": self.beyond_copy("56k"),
                 "scaling_2pairs_64": self.scaling(64),
+                "scaling_2pairs_if_cores_free": {
+                    "1500": self.scaling_cpu(1500),
+                    "64": self.scaling_cpu(64),
+                },
                 "frames_per_s_1500": {
                     "iqdio": 1e9 / self.t("cycle/iqdio/1500"),
                     "udp": 1e9 / self.t("cycle/udp/1500"),
@@ -565,9 +577,29 @@ impl Results {
         ] {
             s += &format!("| `{id}` | {:.0} | {note} |\n", self.t(id));
         }
+        for size in [64u64, 1500] {
+            let e = |k: &str| {
+                self.extra[format!("scaling_{k}_{size}")]
+                    .as_f64()
+                    .map_or("n/a".into(), |v| format!("{v:.0}"))
+            };
+            s += &format!(
+                "\nScaling at {size} B, per thread and cycle: CPU time {} ns (one pair) and {} ns (two \
+                 pairs), waiting for a CPU {} ns and {} ns. With two free cores two pairs would reach \
+                 2 × {} / {} = **{}** (wall time: {:.2}).\n",
+                e("cpu_ns_1pair"),
+                e("cpu_ns_2pairs"),
+                e("wait_ns_1pair"),
+                e("wait_ns_2pairs"),
+                e("cpu_ns_1pair"),
+                e("cpu_ns_2pairs"),
+                self.scaling_cpu(size)
+                    .map_or("n/a".into(), |v| format!("{v:.2}")),
+                self.scaling(size),
+            );
+        }
         s += &format!(
-            "\nScaling at 64 B: {:.2}. Interrupts per frame: polling receiver {}, sleeping receiver {}.\n",
-            self.scaling(64),
+            "\nInterrupts per frame: polling receiver {}, sleeping receiver {}.\n",
             self.extra["interrupts_per_frame_polling"]
                 .as_f64()
                 .map_or("n/a".into(), |v| format!("{v:.4}")),
