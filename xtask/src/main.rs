@@ -12,6 +12,7 @@ mod boots;
 mod cargo;
 mod checks;
 mod decode;
+mod fuzz;
 mod parse;
 mod qemu;
 mod stress;
@@ -82,6 +83,15 @@ enum Command {
         /// Cores (partitions) of the image.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=8))]
         smp: u32,
+    },
+    /// Fuzz every cargo-fuzz target in `fuzz/` (decoding, transfer, whole SIGA calls over
+    /// arbitrary guest memory) for an equal share of the time. Nightly; installs the
+    /// toolchain and cargo-fuzz when missing. Ends with `fuzz: T targets, E execs, K
+    /// crashes`.
+    Fuzz {
+        /// Total seconds, shared by the targets.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Model-check the locks and the completion-vector protocol with loom
     /// (`--cfg loom`, release, its own target directory). Also a step of `test`.
@@ -159,6 +169,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Test { boots_only } => test::run_all(boots_only),
         Command::Stress { frames, smp } => stress::run(frames, smp),
+        Command::Fuzz { seconds } => {
+            // `fuzz::run` prints the result line last.
+            let summary = fuzz::run(seconds).map_err(anyhow::Error::msg)?;
+            Ok(if summary.crashes() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Loom => checks::subcommand("loom", checks::loom),
         Command::Miri { quick } => checks::subcommand("miri", || checks::miri(quick)),
         Command::Bench(args) => bench::run(args),
