@@ -1,6 +1,10 @@
 //! Malformed descriptors and headers: each gets its own sbalf15 code in the sender's
 //! own SBAL (and the failing element's index in element 14), nothing is delivered,
 //! no byte outside the windows changes, and other traffic goes on.
+//!
+//! `tests/adversarial.rs` repeats these cases inside its wider catalogue; this file is
+//! the small, single-threaded set that `cargo xtask miri` runs (every unsafe path of a
+//! send, in minutes rather than hours under Miri).
 
 mod common;
 
