@@ -90,16 +90,20 @@ pub const TEST_BOOTS: &[TestBoot] = &[
     },
 ];
 
+/// The image's last line (emergency prints aside).
+fn last_line(run: &BootRun) -> Option<&str> {
+    run.lines
+        .iter()
+        .rev()
+        .find(|l| !l.emergency)
+        .map(|l| l.message.as_str())
+}
+
 /// The TCP scenario: a clean exit, and a last line
 /// `tcp: connections C, bytes moved B, failed 0` with C = `-smp` − 1 clients of 1 MiB.
 pub fn check_tcp(run: &BootRun, smp: u32) -> Vec<TestResult> {
     let mut results = check_exit_pass(run, smp);
-    let last = run
-        .lines
-        .iter()
-        .rev()
-        .find(|l| !l.emergency)
-        .map(|l| l.message.as_str());
+    let last = last_line(run);
     let clients = u64::from(smp) - 1;
     let verdict = match last.and_then(parse::tcp_line) {
         Some((c, bytes, 0)) if c == clients && bytes == clients << 20 => {
@@ -115,12 +119,7 @@ pub fn check_tcp(run: &BootRun, smp: u32) -> Vec<TestResult> {
 /// `partitions P, frames sent S, delivered S, lost 0, corrupted 0` with P = `-smp`.
 pub fn check_partitions(run: &BootRun, smp: u32) -> Vec<TestResult> {
     let mut results = check_exit_pass(run, smp);
-    let last = run
-        .lines
-        .iter()
-        .rev()
-        .find(|l| !l.emergency)
-        .map(|l| l.message.as_str());
+    let last = last_line(run);
     let verdict = match last.and_then(parse::partitions_line) {
         None => TestResult::fail("result line", format!("last line is {last:?}")),
         Some(r) if r.partitions != smp => TestResult::fail(
