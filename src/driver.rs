@@ -374,8 +374,11 @@ impl QueueDriver {
         let sbal = self.in_sbal(n);
         let slot = usize::from(n % self.cfg.rx_buffers);
         let base = self.rx_data.guest + (slot * self.cfg.mfs.bytes()) as u64;
-        for i in 0..SBALES_PER_SBAL {
-            let e = if i < self.cfg.mfs.rx_elements() {
+        // The MFS's elements, then (if room) an empty one that ends the list: the
+        // fabric reads no further.
+        let k = self.cfg.mfs.rx_elements();
+        for i in 0..(k + 1).min(SBALES_PER_SBAL) {
+            let e = if i < k {
                 Sbale {
                     addr: base + (i * RX_ELEMENT_SIZE) as u64,
                     length: RX_ELEMENT_SIZE as u32,
@@ -461,9 +464,10 @@ impl QueueDriver {
         if let Some(last) = elements.last_mut() {
             last.eflags |= Eflags::LAST_ENTRY.bits();
         }
+        // Only the elements in use: the fabric reads up to the first LAST_ENTRY.
         let sbal = self.out_sbal(n);
-        for i in 0..SBALES_PER_SBAL {
-            sbal.store(i, elements.get(i).unwrap_or(&Sbale::default()));
+        for (i, e) in elements.iter().enumerate() {
+            sbal.store(i, e);
         }
         // Release pairs with the fabric's Acquire load of 0x62.
         Self::set_state(
@@ -566,9 +570,9 @@ impl QueueDriver {
         let mut frames = 0;
         if state == SlsbState::INPUT_PRIMED {
             let sbal = self.in_sbal(n);
-            let sbales = sbal.load_all();
             let mut pieces = heapless::Vec::<(GuestSlice, usize), SBALES_PER_SBAL>::new();
-            for e in sbales.iter() {
+            for i in 0..SBALES_PER_SBAL {
+                let e = &sbal.load(i);
                 let off = e.addr.wrapping_sub(self.rx_data.guest) as usize;
                 let Some(piece) = self.rx_data.mem.sub(off, e.length as usize) else {
                     break;

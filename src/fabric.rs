@@ -8,7 +8,9 @@ use crate::guest::{GuestSlice, Memory, Sbal, SbalError, Window};
 use crate::initiative::{self, DecisionInput, decide};
 use crate::platform::{InterruptTarget, Platform};
 use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SLSB_LEN, Sbale, SlsbState};
-use crate::queue::{CounterSnapshot, Inbound, IndicatorBytes, QueueControl, QueueRing, next, prev};
+use crate::queue::{
+    CounterSnapshot, Inbound, IndicatorBytes, Outbound, QueueControl, QueueRing, next, prev,
+};
 use crate::sync::TableLock;
 use crate::table::{LparId, QueueTable, SlotRef, SourceKey};
 use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing};
@@ -548,7 +550,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             qc.counters.busy();
             return Err(SigaError::Busy);
         };
-        let Some(ring) = out.ring else {
+        // Borrow the ring in place (it is 1 KiB: no copy on the send path).
+        let Outbound { ring, cursor } = &mut *out;
+        let Some(ring) = ring.as_ref() else {
             return Err(SigaError::QueuesNotActive);
         };
         let limit = match function {
@@ -557,7 +561,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         };
         let mut report = SigaReport::default();
         for _ in 0..limit {
-            let n = out.cursor;
+            let n = *cursor;
             // Acquire pairs with the program's Release store of 0x62: its SBAL and
             // data writes are visible.
             if ring.state(n, Ordering::Acquire) != SlsbState::OUTPUT_PRIMED.0 {
@@ -597,7 +601,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                     report.refused += 1;
                 }
             }
-            out.cursor = next(n);
+            *cursor = next(n);
         }
         Ok(report)
     }
@@ -640,8 +644,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
 
     /// Fills the receiver's next input buffer (under its inbound lock).
     fn fill(&self, inb: &mut Inbound, out: &Outgoing, rx_memory: &Memory) -> Result<(), Reason> {
-        let ring = inb.ring.ok_or(Reason::TargetNotActive)?;
-        let n = inb.cursor;
+        let Inbound { ring, cursor, .. } = inb;
+        let ring = ring.as_ref().ok_or(Reason::TargetNotActive)?;
+        let n = *cursor;
         // Acquire pairs with the receiver's Release store of 0x41: its SBALE writes
         // (addresses, capacities) are visible.
         if ring.state(n, Ordering::Acquire) != SlsbState::INPUT_EMPTY.0 {
@@ -653,7 +658,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 // Release: the data and SBALEs are visible before the receiver can
                 // see 0x82 (it loads the SLSB with Acquire).
                 ring.set_state(n, SlsbState::INPUT_PRIMED.0, Ordering::Release);
-                inb.cursor = next(n);
+                *cursor = next(n);
                 Ok(())
             }
             Err(RxFault::TooLarge) => Err(Reason::TooLarge),
@@ -667,7 +672,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                     Reason::AddressOutsideMemory.code(),
                 );
                 ring.set_state(n, SlsbState::INPUT_ERROR.0, Ordering::Release);
-                inb.cursor = next(n);
+                *cursor = next(n);
                 Err(Reason::TargetBufferInvalid)
             }
         }
@@ -676,11 +681,11 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// Sets the receiver's completion vector low → high and makes the interrupt
     /// decision; returns the interrupt to raise, if any.
     fn signal(&self, inb: &mut Inbound, tqc: &QueueControl) -> Option<InterruptTarget> {
-        let ind = inb.indicators?;
-        let ring = inb.ring?;
+        let ind = inb.indicators.as_ref()?;
+        let ring = inb.ring.as_ref()?;
         let cursor = inb.cursor;
         let seen = initiative::signal(&ind.queue, &ind.middle, &ind.global, || {
-            receiver_polling(&ring, cursor)
+            receiver_polling(ring, cursor)
         });
         let now = self.platform.now_ns();
         let input = DecisionInput {

@@ -65,11 +65,17 @@ impl Outgoing {
 /// each frame's header well-formed with a length that matches its elements, one next
 /// hop for all frames, and the whole within the maximum frame size.
 pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing, Fault> {
-    let sbales: [Sbale; SBALES_PER_SBAL] = sbal.load_all();
-    let last = sbales
-        .iter()
-        .position(Sbale::is_last_entry)
-        .ok_or(Fault::at(Reason::NoLastEntry, SBALES_PER_SBAL - 1))?;
+    // Read each element once, up to the first LAST_ENTRY.
+    let mut sbales = [Sbale::default(); SBALES_PER_SBAL];
+    let mut last = None;
+    for (i, e) in sbales.iter_mut().enumerate() {
+        *e = sbal.load(i);
+        if e.is_last_entry() {
+            last = Some(i);
+            break;
+        }
+    }
+    let last = last.ok_or(Fault::at(Reason::NoLastEntry, SBALES_PER_SBAL - 1))?;
 
     let mut elements = [None; SBALES_PER_SBAL];
     for (i, e) in sbales[..=last].iter().enumerate() {
@@ -195,8 +201,10 @@ struct RxUse {
 /// and capacities (leading elements of non-zero length). Nothing is written unless
 /// every frame fits and every element used lies in the receiver's memory.
 pub fn deliver(out: &Outgoing, rx: &Sbal, rx_memory: &Memory) -> Result<u8, RxFault> {
-    let armed: [Sbale; SBALES_PER_SBAL] = rx.load_all();
-    let capacity = armed.iter().take_while(|e| e.length != 0).count();
+    // The armed elements, read once each and only as far as the plan needs them.
+    let mut armed = [Sbale::default(); SBALES_PER_SBAL];
+    let mut loaded = 0usize;
+    let mut capacity = SBALES_PER_SBAL;
 
     // Plan: which receive element carries what.
     let mut plan = [RxUse::default(); SBALES_PER_SBAL];
@@ -205,7 +213,15 @@ pub fn deliver(out: &Outgoing, rx: &Sbal, rx_memory: &Memory) -> Result<u8, RxFa
         let start = used;
         let mut remaining = f.bytes;
         while remaining > 0 {
-            if used >= capacity {
+            if used == loaded && loaded < capacity {
+                armed[loaded] = rx.load(loaded);
+                if armed[loaded].length == 0 {
+                    capacity = loaded;
+                } else {
+                    loaded += 1;
+                }
+            }
+            if used >= capacity.min(loaded) {
                 return Err(RxFault::TooLarge);
             }
             let n = remaining.min(armed[used].length as usize);
