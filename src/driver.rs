@@ -609,6 +609,9 @@ impl QueueDriver {
     /// buffer then goes to 0x80), and arms the buffer `rx_buffers` further on.
     fn consume(&mut self, n: u8) {
         if self.polling {
+            // The new mark first, then the old one goes: a send that looks between the
+            // two still finds a 0x81 and knows the receiver polls.
+            Self::set_state(&self.in_slsb, n, SlsbState::INPUT_ACKED, Ordering::Release);
             if let Some(a) = self.acked.replace(n) {
                 Self::set_state(
                     &self.in_slsb,
@@ -617,7 +620,6 @@ impl QueueDriver {
                     Ordering::Relaxed,
                 );
             }
-            Self::set_state(&self.in_slsb, n, SlsbState::INPUT_ACKED, Ordering::Release);
         } else {
             Self::set_state(
                 &self.in_slsb,

@@ -469,12 +469,12 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                     continue;
                 }
                 inb.pending_since_ns = now;
+                qc.counters.interrupt(true);
                 InterruptTarget {
                     lpar: inb.owner.lpar,
                     subchannel: inb.owner.subchannel,
                 }
             };
-            qc.counters.interrupt(true);
             self.platform.raise_interrupt(target);
             raised += 1;
         }
@@ -715,7 +715,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
 /// it consumed. The walk is bounded by the ring and, for a polling receiver that keeps
 /// up, ends at the first step.
 fn receiver_polling(ring: &QueueRing, cursor: u8) -> bool {
-    let mut n = prev(cursor);
+    // Start at the buffer just filled: a receiver polling on another core may have
+    // taken it already (0x81 on it, 0x80 on the one before).
+    let mut n = cursor;
     for _ in 0..QUEUE_BUFFERS {
         n = prev(n);
         match ring.state(n, Ordering::Relaxed) {

@@ -79,16 +79,19 @@ pub(crate) struct Inbound {
     pub(crate) owner: SourceKey,
 }
 
-/// One queue control per established queue set [patent]. Both the source-table entry
+/// One queue control per established queue set [patent]. Its two locks and its two
+/// groups of counters each sit on cache lines of their own: the sender's core takes the
+/// outbound lock while the receiver's (or another sender's) takes the inbound one. Both the source-table entry
 /// and every target-table entry of the queue set resolve to it.
+#[repr(C, align(128))]
 pub(crate) struct QueueControl {
     /// Bumped whenever the slot is freed, so a stale [`SlotRef`](crate::table::SlotRef)
     /// never reaches a new owner. Written under the exclusive table lock only.
     pub(crate) generation: AtomicU32,
     /// The outbound lock and what it guards.
-    pub(crate) outbound: Mutex<Outbound>,
+    pub(crate) outbound: Aligned<Mutex<Outbound>>,
     /// The inbound lock and what it guards.
-    pub(crate) inbound: Mutex<Inbound>,
+    pub(crate) inbound: Aligned<Mutex<Inbound>>,
     /// Counters; atomics, so reading them takes no queue lock.
     pub(crate) counters: Counters,
 }
@@ -98,11 +101,11 @@ impl QueueControl {
     pub(crate) fn new() -> Self {
         Self {
             generation: AtomicU32::new(0),
-            outbound: Mutex::new(Outbound {
+            outbound: Aligned(Mutex::new(Outbound {
                 ring: None,
                 cursor: 0,
-            }),
-            inbound: Mutex::new(Inbound {
+            })),
+            inbound: Aligned(Mutex::new(Inbound {
                 ring: None,
                 cursor: 0,
                 indicators: None,
@@ -112,7 +115,7 @@ impl QueueControl {
                     lpar: 0,
                     subchannel: 0,
                 },
-            }),
+            })),
             counters: Counters::new(),
         }
     }
@@ -122,93 +125,137 @@ impl QueueControl {
 /// Number of distinct [`Reason`]s, the size of the per-reason error counters.
 const REASONS: usize = Reason::ALL.len();
 
-/// Counters of one queue control. Relaxed atomics: each is a statistic on its own,
-/// no other access is ordered by them.
-pub(crate) struct Counters {
+/// A value alone on its own cache lines (128 bytes: two 64-byte lines, as adjacent-line
+/// prefetchers pull pairs), so that what one core writes does not slow another.
+#[repr(C, align(128))]
+pub(crate) struct Aligned<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for Aligned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// The sender's counters: written under the queue control's outbound lock.
+#[repr(C, align(128))]
+struct TxCounters {
     frames_sent: AtomicU64,
     bytes_sent: AtomicU64,
     sbals_sent: AtomicU64,
+    errors: [AtomicU64; REASONS],
+    /// Written without the lock (a SIGA that did not get it).
+    busy: AtomicU64,
+}
+
+/// The receiver's counters: written under the queue control's inbound lock.
+#[repr(C, align(128))]
+struct RxCounters {
     frames_received: AtomicU64,
     bytes_received: AtomicU64,
     sbals_received: AtomicU64,
-    errors: [AtomicU64; REASONS],
     refused_full: AtomicU64,
-    busy: AtomicU64,
     interrupts_raised: AtomicU64,
     interrupts_suppressed: AtomicU64,
 }
 
-fn bump(c: &AtomicU64, by: u64) {
-    c.fetch_add(by, Ordering::Relaxed);
+/// Counters of one queue control. Relaxed atomics: each is a statistic on its own,
+/// no other access is ordered by them. Each is written under the lock of its side
+/// (outbound for the sender's, inbound for the receiver's), so a relaxed load and store
+/// suffices there and costs no locked instruction; readers need no lock. The sender's
+/// and the receiver's counters sit on cache lines of their own, as partitions on two
+/// cores write them at once.
+pub(crate) struct Counters {
+    tx: TxCounters,
+    rx: RxCounters,
+}
+
+/// Adds `by` to a counter whose writers are serialised by a lock the caller holds.
+fn add_locked(c: &AtomicU64, by: u64) {
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 impl Counters {
     const fn new() -> Self {
         Self {
-            frames_sent: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
-            sbals_sent: AtomicU64::new(0),
-            frames_received: AtomicU64::new(0),
-            bytes_received: AtomicU64::new(0),
-            sbals_received: AtomicU64::new(0),
-            errors: [const { AtomicU64::new(0) }; REASONS],
-            refused_full: AtomicU64::new(0),
-            busy: AtomicU64::new(0),
-            interrupts_raised: AtomicU64::new(0),
-            interrupts_suppressed: AtomicU64::new(0),
+            tx: TxCounters {
+                frames_sent: AtomicU64::new(0),
+                bytes_sent: AtomicU64::new(0),
+                sbals_sent: AtomicU64::new(0),
+                errors: [const { AtomicU64::new(0) }; REASONS],
+                busy: AtomicU64::new(0),
+            },
+            rx: RxCounters {
+                frames_received: AtomicU64::new(0),
+                bytes_received: AtomicU64::new(0),
+                sbals_received: AtomicU64::new(0),
+                refused_full: AtomicU64::new(0),
+                interrupts_raised: AtomicU64::new(0),
+                interrupts_suppressed: AtomicU64::new(0),
+            },
         }
     }
 
+    /// Zeroes every counter (under the exclusive table lock: no send is running).
     pub(crate) fn reset(&self) {
         let all = [
-            &self.frames_sent,
-            &self.bytes_sent,
-            &self.sbals_sent,
-            &self.frames_received,
-            &self.bytes_received,
-            &self.sbals_received,
-            &self.refused_full,
-            &self.busy,
-            &self.interrupts_raised,
-            &self.interrupts_suppressed,
+            &self.tx.frames_sent,
+            &self.tx.bytes_sent,
+            &self.tx.sbals_sent,
+            &self.tx.busy,
+            &self.rx.frames_received,
+            &self.rx.bytes_received,
+            &self.rx.sbals_received,
+            &self.rx.refused_full,
+            &self.rx.interrupts_raised,
+            &self.rx.interrupts_suppressed,
         ];
-        for c in all.into_iter().chain(self.errors.iter()) {
+        for c in all.into_iter().chain(self.tx.errors.iter()) {
             c.store(0, Ordering::Relaxed);
         }
     }
 
+    /// A buffer sent (outbound lock held).
     pub(crate) fn sent(&self, frames: u64, bytes: u64) {
-        bump(&self.sbals_sent, 1);
-        bump(&self.frames_sent, frames);
-        bump(&self.bytes_sent, bytes);
+        add_locked(&self.tx.sbals_sent, 1);
+        add_locked(&self.tx.frames_sent, frames);
+        add_locked(&self.tx.bytes_sent, bytes);
     }
 
+    /// A buffer received (inbound lock held).
     pub(crate) fn received(&self, frames: u64, bytes: u64) {
-        bump(&self.sbals_received, 1);
-        bump(&self.frames_received, frames);
-        bump(&self.bytes_received, bytes);
+        add_locked(&self.rx.sbals_received, 1);
+        add_locked(&self.rx.frames_received, frames);
+        add_locked(&self.rx.bytes_received, bytes);
     }
 
+    /// A buffer refused (outbound lock held).
     pub(crate) fn error(&self, reason: Reason) {
         if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
-            bump(&self.errors[i], 1);
+            add_locked(&self.tx.errors[i], 1);
         }
     }
 
+    /// A send to this queue refused because it was full (inbound lock held).
     pub(crate) fn refused_full(&self) {
-        bump(&self.refused_full, 1);
+        add_locked(&self.rx.refused_full, 1);
     }
 
+    /// A SIGA answered busy: it holds no lock of this queue control.
     pub(crate) fn busy(&self) {
-        bump(&self.busy, 1);
+        self.tx.busy.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An interrupt decision for this queue (inbound lock held).
     pub(crate) fn interrupt(&self, raised: bool) {
-        bump(
+        add_locked(
             if raised {
-                &self.interrupts_raised
+                &self.rx.interrupts_raised
             } else {
-                &self.interrupts_suppressed
+                &self.rx.interrupts_suppressed
             },
             1,
         );
@@ -217,17 +264,17 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CounterSnapshot {
-            frames_sent: get(&self.frames_sent),
-            bytes_sent: get(&self.bytes_sent),
-            sbals_sent: get(&self.sbals_sent),
-            frames_received: get(&self.frames_received),
-            bytes_received: get(&self.bytes_received),
-            sbals_received: get(&self.sbals_received),
-            errors: core::array::from_fn(|i| get(&self.errors[i])),
-            refused_full: get(&self.refused_full),
-            busy: get(&self.busy),
-            interrupts_raised: get(&self.interrupts_raised),
-            interrupts_suppressed: get(&self.interrupts_suppressed),
+            frames_sent: get(&self.tx.frames_sent),
+            bytes_sent: get(&self.tx.bytes_sent),
+            sbals_sent: get(&self.tx.sbals_sent),
+            frames_received: get(&self.rx.frames_received),
+            bytes_received: get(&self.rx.bytes_received),
+            sbals_received: get(&self.rx.sbals_received),
+            errors: core::array::from_fn(|i| get(&self.tx.errors[i])),
+            refused_full: get(&self.rx.refused_full),
+            busy: get(&self.tx.busy),
+            interrupts_raised: get(&self.rx.interrupts_raised),
+            interrupts_suppressed: get(&self.rx.interrupts_suppressed),
         }
     }
 }
