@@ -13,7 +13,7 @@ use crate::queue::{
 };
 use crate::sync::TableLock;
 use crate::table::{LparId, QueueTable, SlotRef, SourceKey};
-use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing};
+use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing_into};
 
 /// Partitions (LPAR ids) a fabric can know: every `u8`.
 pub const MAX_PARTITIONS: usize = 256;
@@ -608,10 +608,10 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
 
     /// One output buffer: parse, look up, deliver, signal.
     fn send_buffer(&self, st: &State<Q, A>, issuer: &Memory, sbal: &Sbal) -> BufferOutcome {
-        let outgoing = match parse_outgoing(sbal, issuer, self.config.mfs) {
-            Ok(o) => o,
-            Err(f) => return BufferOutcome::Refused(f),
-        };
+        let mut outgoing = Outgoing::empty();
+        if let Err(f) = parse_outgoing_into(sbal, issuer, self.config.mfs, &mut outgoing) {
+            return BufferOutcome::Refused(f);
+        }
         let Some(entry) = st.table.target(&outgoing.dest) else {
             return refuse(Reason::Unreachable);
         };

@@ -58,6 +58,17 @@ impl Outgoing {
     fn element(&self, i: u8) -> Option<GuestSlice> {
         self.elements.get(usize::from(i)).copied().flatten()
     }
+
+    /// An empty descriptor, to parse into with [`parse_outgoing_into`].
+    pub const fn empty() -> Self {
+        Self {
+            elements: [None; SBALES_PER_SBAL],
+            frames: heapless::Vec::new(),
+            dest: IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED),
+            total: 0,
+            payload: 0,
+        }
+    }
 }
 
 /// Reads the sender's SBAL once and checks it: `LAST_ENTRY` within 16 elements, no
@@ -65,6 +76,19 @@ impl Outgoing {
 /// each frame's header well-formed with a length that matches its elements, one next
 /// hop for all frames, and the whole within the maximum frame size.
 pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing, Fault> {
+    let mut out = Outgoing::empty();
+    parse_outgoing_into(sbal, memory, mfs, &mut out)?;
+    Ok(out)
+}
+
+/// [`parse_outgoing`] into a caller's descriptor, which the send path keeps in place
+/// rather than moving a half-KiB value around. On an error `out` is unspecified.
+pub fn parse_outgoing_into(
+    sbal: &Sbal,
+    memory: &Memory,
+    mfs: Mfs,
+    out: &mut Outgoing,
+) -> Result<(), Fault> {
     // Read each element once, up to the first LAST_ENTRY.
     let mut sbales = [Sbale::default(); SBALES_PER_SBAL];
     let mut last = None;
@@ -77,7 +101,8 @@ pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing
     }
     let last = last.ok_or(Fault::at(Reason::NoLastEntry, SBALES_PER_SBAL - 1))?;
 
-    let mut elements = [None; SBALES_PER_SBAL];
+    out.frames.clear();
+    let elements = &mut out.elements;
     for (i, e) in sbales[..=last].iter().enumerate() {
         if e.length == 0 {
             return Err(Fault::at(Reason::ZeroLength, i));
@@ -89,7 +114,7 @@ pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing
         );
     }
 
-    let mut frames = heapless::Vec::<FrameSpan, SBALES_PER_SBAL>::new();
+    let frames = &mut out.frames;
     let mut open: Option<FrameSpan> = None;
     for (i, e) in sbales[..=last].iter().enumerate() {
         let len = e.length as usize;
@@ -133,7 +158,7 @@ pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing
     let mut dest = None;
     let mut total = 0usize;
     let mut payload = 0u64;
-    for f in &frames {
+    for f in frames.iter() {
         let first = usize::from(f.first);
         let head = match elements[first] {
             Some(s) if s.len() >= HEADER_SIZE => s,
@@ -168,14 +193,10 @@ pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing
     if total > mfs.bytes() {
         return Err(Fault::at(Reason::TooLarge, last));
     }
-    let dest = dest.ok_or(Fault::at(Reason::FragmentOrder, last))?;
-    Ok(Outgoing {
-        elements,
-        frames,
-        dest,
-        total,
-        payload,
-    })
+    out.dest = dest.ok_or(Fault::at(Reason::FragmentOrder, last))?;
+    out.total = total;
+    out.payload = payload;
+    Ok(())
 }
 
 /// Why a delivery into a receive buffer failed.
