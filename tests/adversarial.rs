@@ -1468,18 +1468,6 @@ fn siga_with_no_primed_buffer() {
 // Races the program starts: it rewrites what it handed to the fabric.
 // ---------------------------------------------------------------------------------
 
-/// A tiny PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 /// Host memory of a window, written with atomics from a thread that races the
 /// fabric (the fabric's SBALE and SLSB accesses are atomics too).
 #[derive(Clone, Copy)]

@@ -32,22 +32,6 @@ const MFS: Mfs = Mfs::K16;
 const TX: u16 = 0;
 const RX: u16 = 1;
 
-/// xorshift64*: deterministic per seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A packet size: mostly small, some large, up to the largest one frame can carry.
 fn size(rng: &mut Rng) -> usize {
     let max = MFS.bytes() - HEADER_SIZE;
