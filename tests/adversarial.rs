@@ -146,14 +146,7 @@ impl World {
 /// Every frame waiting on `p`'s queue `q`, in order.
 fn take_all(p: &mut Partition, q: usize) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
-    while p.queues[q]
-        .receive(|f| {
-            let mut v = vec![0; f.len()];
-            assert_eq!(f.copy_to(&mut v), f.len());
-            got.push(v);
-        })
-        .is_some()
-    {}
+    drain(&mut p.queues[q], &mut got);
     got
 }
 
@@ -1776,14 +1769,5 @@ fn driver_packs_a_frame_whose_header_crosses_a_page() {
     a.queues[0].prime_frames(v4(2, 0), &[&p1, &p2]).unwrap();
     let r = a.queues[0].flush(&fab.port(1)).unwrap();
     assert_eq!(r.refused.as_slice(), &[], "refused: {:?}", r.refused);
-    let mut got = Vec::new();
-    while b.queues[0]
-        .receive(|f| {
-            let mut v = vec![0; f.len()];
-            f.copy_to(&mut v);
-            got.push(v);
-        })
-        .is_some()
-    {}
-    assert_eq!(got, vec![p1, p2]);
+    assert_eq!(take_all(&mut b, 0), vec![p1, p2]);
 }

@@ -12,18 +12,6 @@ use iqdio::driver::{DriverConfig, DriverError, QueueDriver, SendError};
 use iqdio::qdio::{Fragment, HEADER_SIZE, Sbale, SlsbState};
 use iqdio::{FabricConfig, Mfs, Reason, RegistrationError, SigaError};
 
-fn drain(q: &mut QueueDriver, out: &mut Vec<Vec<u8>>) -> usize {
-    let mut n = 0;
-    while let Some(k) = q.receive(|f| {
-        let mut buf = vec![0u8; f.len()];
-        assert_eq!(f.copy_to(&mut buf), f.len());
-        out.push(buf);
-    }) {
-        n += k;
-    }
-    n
-}
-
 /// Frame sizes from 1 byte up to the largest packet one 64 KiB frame carries.
 fn sizes(mfs: Mfs) -> Vec<usize> {
     let max = mfs.bytes() - HEADER_SIZE;

@@ -323,3 +323,17 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// Takes every frame waiting on `q` into `out` (each copied out whole); returns how
+/// many.
+pub fn drain(q: &mut QueueDriver, out: &mut Vec<Vec<u8>>) -> usize {
+    let mut n = 0;
+    while let Some(k) = q.receive(|f| {
+        let mut buf = vec![0u8; f.len()];
+        assert_eq!(f.copy_to(&mut buf), f.len());
+        out.push(buf);
+    }) {
+        n += k;
+    }
+    n
+}
