@@ -533,7 +533,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         function: SigaFunction,
         queue_mask: u32,
     ) -> Result<SigaReport, SigaError> {
-        let st = self.state.read();
+        let st = self.state.read_in(usize::from(lpar));
         let issuer = st.partitions[usize::from(lpar)]
             .as_ref()
             .ok_or(SigaError::NotIqdio)?;

@@ -10,13 +10,13 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::Ordering;
 
 #[cfg(not(loom))]
-use core::sync::atomic::AtomicU32;
-#[cfg(not(loom))]
 pub(crate) use core::sync::atomic::fence;
-#[cfg(loom)]
-use loom::sync::atomic::AtomicU32;
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicBool, AtomicU32};
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::fence;
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicBool, AtomicU32};
 
 /// Defines a function that is `const` except under loom, whose primitives have no
 /// `const` constructors.
@@ -61,18 +61,35 @@ impl<T> Mutex<T> {
     }
 }
 
-/// Bit of [`TableLock::state`] that a writer holds, or waits with.
-const WRITER: u32 = 1 << 31;
+/// Reader slots of the table lock: a send counts itself in the slot of its partition,
+/// so sends of partitions on different cores write different cache lines.
+pub(crate) const READER_SLOTS: usize = 8;
 
-/// A reader-writer spin lock that prefers writers.
+/// A reader count alone on its cache lines.
+#[repr(C, align(128))]
+struct ReaderSlot(AtomicU32);
+
+/// A reader-writer spin lock that prefers writers, with distributed reader counts.
 ///
-/// Sends take it shared for their whole duration; registration takes it exclusive.
-/// A plain reader-writer spin lock would starve registration while partitions keep
-/// sending (some reader always holds it); here a writer first raises [`WRITER`], after
-/// which new readers wait, so the writer gets in as soon as the sends in flight end.
+/// Sends take it shared for their whole duration; registration takes it exclusive
+/// [patent]. A single reader count would be one cache line that every send on every
+/// core writes twice; here a reader counts itself in one of [`READER_SLOTS`] slots
+/// (chosen by its partition), and the rare writer checks them all. A plain
+/// reader-writer spin lock would also starve registration while partitions keep
+/// sending; here a writer first raises `writer`, after which new readers back off, so
+/// it gets in as soon as the sends in flight end.
+///
+/// The handshake is the store-then-load pattern on both sides, with a SeqCst fence
+/// between the store and the load: a reader increments its slot, fences, then reads
+/// `writer`; a writer sets `writer`, fences, then reads every slot. The two fences are
+/// ordered one before the other, so either the reader sees the writer (and backs off)
+/// or the writer sees the reader (and waits for it). (Fences rather than SeqCst
+/// accesses: loom models the fences exactly.)
 pub(crate) struct TableLock<T> {
-    /// Bit 31: a writer holds or awaits the lock; bits 0-30: readers inside.
-    state: AtomicU32,
+    /// A writer holds or awaits the lock.
+    writer: AtomicBool,
+    /// Readers inside, per slot.
+    readers: [ReaderSlot; READER_SLOTS],
     data: UnsafeCell<T>,
 }
 
@@ -86,70 +103,91 @@ impl<T> TableLock<T> {
     const_unless_loom! {
         pub(crate) fn new(data: T) -> Self {
             Self {
-                state: AtomicU32::new(0),
+                writer: AtomicBool::new(false),
+                readers: new_slots(),
                 data: UnsafeCell::new(data),
             }
         }
     }
 
-    /// Takes the lock shared, waiting while a writer holds or awaits it.
+    /// Takes the lock shared (reader slot 0), waiting while a writer holds or awaits it.
     pub(crate) fn read(&self) -> ReadGuard<'_, T> {
+        self.read_in(0)
+    }
+
+    /// Takes the lock shared, counted in reader slot `hint % READER_SLOTS` (a send
+    /// passes its partition, so partitions on different cores touch different lines).
+    pub(crate) fn read_in(&self, hint: usize) -> ReadGuard<'_, T> {
+        let slot = &self.readers[hint % READER_SLOTS].0;
         loop {
-            let s = self.state.load(Ordering::Relaxed);
-            // Acquire pairs with the writer's Release in WriteGuard::drop.
-            if s & WRITER == 0
-                && self
-                    .state
-                    .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return ReadGuard { lock: self };
+            while self.writer.load(Ordering::Relaxed) {
+                spin_hint();
             }
-            spin_hint();
+            // Count in, SeqCst fence, then look for a writer: see the type's docs.
+            // The Acquire load also pairs with the last writer's Release in
+            // WriteGuard::drop.
+            slot.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if !self.writer.load(Ordering::Acquire) {
+                return ReadGuard { lock: self, slot };
+            }
+            // A writer came: step back out of its way and wait.
+            slot.fetch_sub(1, Ordering::Release);
         }
     }
 
     /// Takes the lock exclusive: first bars new readers, then waits for the ones inside.
     pub(crate) fn write(&self) -> WriteGuard<'_, T> {
-        loop {
-            let s = self.state.load(Ordering::Relaxed);
-            if s & WRITER == 0
-                && self
-                    .state
-                    .compare_exchange_weak(s, s | WRITER, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                break;
-            }
+        while self
+            .writer
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             spin_hint();
         }
-        // Acquire pairs with each reader's Release in ReadGuard::drop: their reads of
-        // the tables happen before our writes.
-        while self.state.load(Ordering::Acquire) != WRITER {
-            spin_hint();
+        // SeqCst fence, then look for readers (see the type's docs); the Acquire
+        // loads pair with each reader's Release in ReadGuard::drop: their reads of the
+        // tables happen before our writes.
+        fence(Ordering::SeqCst);
+        for slot in &self.readers {
+            while slot.0.load(Ordering::Acquire) != 0 {
+                spin_hint();
+            }
         }
         WriteGuard { lock: self }
     }
 }
 
+#[cfg(not(loom))]
+const fn new_slots() -> [ReaderSlot; READER_SLOTS] {
+    [const { ReaderSlot(AtomicU32::new(0)) }; READER_SLOTS]
+}
+
+#[cfg(loom)]
+fn new_slots() -> [ReaderSlot; READER_SLOTS] {
+    core::array::from_fn(|_| ReaderSlot(AtomicU32::new(0)))
+}
+
 /// Shared access to a [`TableLock`]'s data.
 pub(crate) struct ReadGuard<'a, T> {
     lock: &'a TableLock<T>,
+    slot: &'a AtomicU32,
 }
 
 impl<T> Deref for ReadGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: readers are inside only while no writer is (WRITER is set before a
-        // writer waits for the count to drain, and readers never enter with it set).
+        // SAFETY: readers are inside only while no writer is (a writer raises `writer`
+        // before it waits for every slot to drain, and a reader that counted itself
+        // then sees `writer` steps back out).
         unsafe { &*self.lock.data.get() }
     }
 }
 
 impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
-        // Release pairs with the writer's Acquire wait for the count to reach zero.
-        self.lock.state.fetch_sub(1, Ordering::Release);
+        // Release pairs with the writer's SeqCst (acquiring) wait for the slot to drain.
+        self.slot.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -175,9 +213,9 @@ impl<T> DerefMut for WriteGuard<'_, T> {
 
 impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
-        // No reader entered while WRITER was set, so the count is zero. Release pairs
-        // with the Acquire of the next reader's or writer's compare_exchange.
-        self.lock.state.store(0, Ordering::Release);
+        // Release pairs with the next reader's SeqCst load of `writer` and the next
+        // writer's compare_exchange.
+        self.lock.writer.store(false, Ordering::Release);
     }
 }
 
@@ -191,14 +229,16 @@ mod tests {
     fn readers_share_and_writers_exclude() {
         let lock = Arc::new(TableLock::new((0u64, 0u64)));
         let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<_> = (0..3)
-            .map(|_| {
+        // Readers in the same slot and in different ones.
+        let readers: Vec<_> = [0usize, 0, 1, 5]
+            .into_iter()
+            .map(|slot| {
                 let lock = lock.clone();
                 let stop = stop.clone();
                 std::thread::spawn(move || {
                     let mut seen = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        let g = lock.read();
+                        let g = lock.read_in(slot);
                         assert_eq!(g.0, g.1, "a reader saw a half-done update");
                         seen += 1;
                     }
