@@ -166,7 +166,7 @@ impl Decision {
     }
 }
 
-/// The interrupt decision (step p) [sister patents][linux]:
+/// The interrupt decision (step p) \[sister patents\]\[linux\]:
 ///
 /// 1. the override "interrupt immediately" raises at once;
 /// 2. a summary pending for longer than the delay raises (the fallback), even while

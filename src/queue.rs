@@ -1,6 +1,6 @@
 //! Queue sets and queue controls: the state the fabric keeps per established
 //! subchannel, behind an outbound lock (sender side) and an inbound lock (receiver
-//! side) [patent], and its counters.
+//! side) \[patent\], and its counters.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -79,7 +79,7 @@ pub(crate) struct Inbound {
     pub(crate) owner: SourceKey,
 }
 
-/// One queue control per established queue set [patent]. Its two locks and its two
+/// One queue control per established queue set \[patent\]. Its two locks and its two
 /// groups of counters each sit on cache lines of their own: the sender's core takes the
 /// outbound lock while the receiver's (or another sender's) takes the inbound one. Both the source-table entry
 /// and every target-table entry of the queue set resolve to it.

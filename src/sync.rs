@@ -72,7 +72,7 @@ struct ReaderSlot(AtomicU32);
 /// A reader-writer spin lock that prefers writers, with distributed reader counts.
 ///
 /// Sends take it shared for their whole duration; registration takes it exclusive
-/// [patent]. A single reader count would be one cache line that every send on every
+/// \[patent\]. A single reader count would be one cache line that every send on every
 /// core writes twice; here a reader counts itself in one of [`READER_SLOTS`] slots
 /// (chosen by its partition), and the rare writer checks them all. A plain
 /// reader-writer spin lock would also starve registration while partitions keep

@@ -1,5 +1,5 @@
 //! The queue lookup table: a source table keyed by `LPAR-ID.SUBCHANNEL#` and a target
-//! table keyed by IP address, both hash tables of fixed capacity [patent].
+//! table keyed by IP address, both hash tables of fixed capacity \[patent\].
 //!
 //! Both resolve to a queue control slot ([`SlotRef`]). The table holds no lock of its
 //! own: the fabric's table lock guards it (exclusive for updates, shared for sends).

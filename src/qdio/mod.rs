@@ -18,7 +18,7 @@ pub use slsb::{QUEUE_BUFFERS, SLSB_LEN, SlsbFlags, SlsbState};
 /// Maximum frame size of a fabric: the largest SBAL's worth of data one send moves.
 ///
 /// HiperSockets offers four sizes; the MTU is the MFS less 8 KiB and a receive SBAL is
-/// made of MFS / 4 KiB elements of 4 KiB each [ibm][linux].
+/// made of MFS / 4 KiB elements of 4 KiB each \[ibm\]\[linux\].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mfs {
     /// 16 KiB frames, MTU 8 KiB, 4 receive elements.
@@ -61,7 +61,7 @@ impl Mfs {
         }
     }
 
-    /// The MTU this MFS allows: MFS less 8 KiB [ibm].
+    /// The MTU this MFS allows: MFS less 8 KiB \[ibm\].
     pub const fn mtu(self) -> usize {
         self.bytes() - 8 * 1024
     }
