@@ -43,9 +43,21 @@ impl Tally {
 
 /// A step that must succeed: counts one failure if it does not (and nothing if it does).
 fn must_succeed(tally: &mut Tally, name: &str, args: &[&str]) -> Result<()> {
+    must_succeed_with(tally, name, args, &[])
+}
+
+/// [`must_succeed`] with extra environment variables for cargo.
+fn must_succeed_with(
+    tally: &mut Tally,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<()> {
     eprintln!("xtask: == {name}: cargo {}", args.join(" "));
     let start = Instant::now();
-    let status = cargo::command(args).status()?;
+    let mut command = cargo::command(args);
+    command.envs(env.iter().copied());
+    let status = command.status()?;
     let summary = if status.success() {
         "ok".to_string()
     } else {
@@ -87,6 +99,19 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
             &mut tally,
             "library build (target)",
             &["build", "--lib", "--target", TARGET],
+        )?;
+        must_succeed_with(
+            &mut tally,
+            "rustdoc (-D warnings)",
+            &[
+                "doc",
+                "--no-deps",
+                "-p",
+                "iqdio",
+                "--features",
+                HOST_FEATURES,
+            ],
+            &[("RUSTDOCFLAGS", "-D warnings")],
         )?;
         loom(&mut tally)?;
         stress_host(&mut tally);
