@@ -408,11 +408,6 @@ impl Sbal {
         Sbale::decode(&b)
     }
 
-    /// Reads all 16 elements once.
-    pub fn load_all(&self) -> [Sbale; crate::qdio::SBALES_PER_SBAL] {
-        core::array::from_fn(|i| self.load(i))
-    }
-
     /// Writes element `element` (two relaxed 8-byte stores; the SLSB store that hands
     /// the buffer over publishes them).
     pub fn store(&self, element: usize, sbale: &Sbale) {
