@@ -12,6 +12,94 @@ use anyhow::{Context, Result, bail};
 /// The bare-metal target every image is built for.
 pub const TARGET: &str = "aarch64-unknown-none";
 
+/// Components of the pinned toolchain the xtask's steps use: clippy (the lint steps of
+/// `cargo xtask test`) and rustfmt (the formatting check developers run).
+pub const COMPONENTS: &[&str] = &["clippy", "rustfmt"];
+
+/// Makes sure the toolchain that runs this xtask has the bare-metal target and the
+/// components the steps need, once per xtask run.
+///
+/// `rust-toolchain.toml` names them, but rustup honours that list only when it installs
+/// a toolchain, not when the pinned toolchain already exists without them (as on a
+/// machine image that ships it). `rustup target add` and `rustup component add` are
+/// idempotent and answer at once when everything is there. Without rustup, the error
+/// names the command to run.
+pub fn ensure_toolchain() -> Result<()> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| install_toolchain_parts().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The rustup calls behind [`ensure_toolchain`].
+fn install_toolchain_parts() -> Result<()> {
+    if sysroot_has_target()? {
+        return Ok(());
+    }
+    // `RUSTUP_TOOLCHAIN` is set by rustup's cargo proxy to the toolchain it chose
+    // (the pinned one); without it rustup reads rust-toolchain.toml in the workspace.
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    let mut calls: Vec<Vec<String>> = vec![vec!["target".into(), "add".into(), TARGET.into()]];
+    let mut components = vec!["component".to_string(), "add".to_string()];
+    components.extend(COMPONENTS.iter().map(|c| c.to_string()));
+    calls.push(components);
+    for mut args in calls {
+        if let Some(toolchain) = &toolchain {
+            args.push("--toolchain".into());
+            args.push(toolchain.clone());
+        }
+        eprintln!("xtask: rustup {}", args.join(" "));
+        let status = Command::new("rustup")
+            .args(&args)
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => {}
+            Ok(status) => bail!(
+                "`rustup {}` failed ({status}); the images need the `{TARGET}` target: \
+                 run `rustup target add {TARGET}` in {}",
+                args.join(" "),
+                workspace_root().display()
+            ),
+            Err(e) => bail!(
+                "rustup not found ({e}): the images need the `{TARGET}` target of the pinned \
+                 toolchain; install rustup, or add the target to your toolchain by hand \
+                 (`rustup target add {TARGET}`)"
+            ),
+        }
+    }
+    if !sysroot_has_target()? {
+        bail!("`rustup target add {TARGET}` ran but rustc still lacks `{TARGET}`");
+    }
+    Ok(())
+}
+
+/// Whether the sysroot of the rustc that cargo uses has the bare-metal target's `core`.
+fn sysroot_has_target() -> Result<bool> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(workspace_root())
+        .output()
+        .with_context(|| format!("running {rustc:?} --print sysroot"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let lib = sysroot.join("lib/rustlib").join(TARGET).join("lib");
+    let has_core = std::fs::read_dir(&lib).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+    });
+    let has_clippy = Command::new(cargo())
+        .args(["clippy", "--version"])
+        .current_dir(workspace_root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    Ok(has_core && has_clippy)
+}
+
 /// The cargo that runs this xtask (`CARGO`), or `cargo` from `PATH`.
 pub fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
@@ -58,6 +146,7 @@ pub const IMAGE_ENV: &[&str] = &[
 /// [`IMAGE_ENV`] are removed). `target_dir` builds elsewhere than the shared build
 /// directory.
 pub fn build_image(bin: &str, env: &[(&str, &str)], target_dir: Option<&Path>) -> Result<PathBuf> {
+    ensure_toolchain()?;
     let mut command = command(&[
         "build",
         "--release",

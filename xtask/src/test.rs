@@ -73,6 +73,7 @@ fn must_succeed_with(
 pub fn run_all(boots_only: bool) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let start = Instant::now();
+    cargo::ensure_toolchain()?;
     if !boots_only {
         host_tests(&mut tally)?;
         let mut host_clippy = vec![
