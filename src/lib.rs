@@ -120,9 +120,6 @@ mod sync;
 pub mod table;
 pub mod transfer;
 
-#[cfg(all(feature = "qemu-virt", target_os = "none"))]
-pub mod board;
-
 pub use error::{ConditionCode, QueueField, RegistrationError, SIGA_BUSY_BIT, SigaError};
 pub use fabric::{
     Fabric, FabricConfig, Port, QueueSetHandle, QueueSetParams, Siga, SigaFunction, SigaReport,

@@ -1,7 +1,7 @@
 //! The test boots of `cargo xtask test`, and how each one is counted.
 //!
-//! To add a boot, append a [`TestBoot`] to [`TEST_BOOTS`]: the image (a `[[bin]]` with
-//! `required-features = ["qemu-virt"]`), the cores, the build-time environment, a
+//! To add a boot, append a [`TestBoot`] to [`TEST_BOOTS`]: the image (a `[[bin]]` of
+//! the `iqdio-hyp` package), the cores, the build-time environment, a
 //! timeout, and a check that turns the run into test results. [`check_selftest`] counts
 //! each self-test case; [`check_exit_pass`] counts a boot as one test that passes on
 //! exit 0. A check of your own (say, a demo's last line) is a `fn(&BootRun, u32) ->

@@ -139,7 +139,10 @@ pub const IMAGE_ENV: &[&str] = &[
     "IQDIO_SCENARIO",
 ];
 
-/// Builds image `bin` for the bare-metal target (release profile, feature `qemu-virt`)
+/// The workspace package that holds the board and the bare-metal images.
+pub const IMAGE_PACKAGE: &str = "iqdio-hyp";
+
+/// Builds image `bin` of [`IMAGE_PACKAGE`] for the bare-metal target (release profile)
 /// and returns its ELF.
 ///
 /// `env` sets build-time variables the image reads with `option_env!` (all others of
@@ -152,8 +155,8 @@ pub fn build_image(bin: &str, env: &[(&str, &str)], target_dir: Option<&Path>) -
         "--release",
         "--target",
         TARGET,
-        "--features",
-        "qemu-virt",
+        "-p",
+        IMAGE_PACKAGE,
         "--bin",
         bin,
         "--message-format=json-render-diagnostics",
@@ -169,7 +172,7 @@ pub fn build_image(bin: &str, env: &[(&str, &str)], target_dir: Option<&Path>) -
     }
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
     eprintln!(
-        "xtask: building `{bin}`: {}cargo build --release --target {TARGET} --features qemu-virt --bin {bin}",
+        "xtask: building `{bin}`: {}cargo build --release --target {TARGET} -p {IMAGE_PACKAGE} --bin {bin}",
         shown.concat()
     );
     let output = command

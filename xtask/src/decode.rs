@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use defmt_decoder::{DecodeError, Locations, StreamDecoder, Table};
 
 /// Marker after the zero byte that starts an emergency message; the same bytes as
-/// `EMERGENCY_MARKER` in `src/board/uart.rs`.
+/// `EMERGENCY_MARKER` in `hyp/src/board/uart.rs`.
 pub const EMERGENCY_MARKER: &[u8] = b"!iqdio! ";
 
 /// One decoded line of the image's output.
@@ -218,11 +218,11 @@ mod tests {
 
     #[test]
     fn marker_matches_the_board() {
-        let uart = include_str!("../../src/board/uart.rs");
+        let uart = include_str!("../../hyp/src/board/uart.rs");
         let marker = std::str::from_utf8(EMERGENCY_MARKER).unwrap();
         assert!(
             uart.contains(&format!("EMERGENCY_MARKER: &[u8] = b\"{marker}\"")),
-            "src/board/uart.rs and the xtask disagree on the emergency marker"
+            "hyp/src/board/uart.rs and the xtask disagree on the emergency marker"
         );
     }
 

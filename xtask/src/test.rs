@@ -87,19 +87,19 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
         must_succeed(&mut tally, "clippy (host)", &host_clippy)?;
         let mut target_clippy = vec![
             "clippy",
+            "-p",
+            cargo::IMAGE_PACKAGE,
             "--lib",
             "--bins",
             "--target",
             TARGET,
-            "--features",
-            "qemu-virt",
         ];
         target_clippy.extend_from_slice(CLIPPY_LINTS);
         must_succeed(&mut tally, "clippy (target)", &target_clippy)?;
         must_succeed(
             &mut tally,
             "library build (target)",
-            &["build", "--lib", "--target", TARGET],
+            &["build", "-p", "iqdio", "--lib", "--target", TARGET],
         )?;
         must_succeed_with(
             &mut tally,

@@ -62,7 +62,7 @@ fn a_case_failed_on_purpose_fails_the_run_and_is_named() {
 fn a_panic_on_a_secondary_core_is_a_panic() {
     let (code, out) = selftest(&["--smp", "2", "--inject", "panic"]);
     assert_eq!(code, Some(2), "exit status");
-    assert!(out.contains("panic on core 1: panicked at src/bin/selftest/inject.rs"));
+    assert!(out.contains("panic on core 1: panicked at hyp/src/bin/selftest/inject.rs"));
     assert!(out.contains("PANIC (exit 2)"));
 }
 

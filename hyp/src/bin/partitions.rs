@@ -27,8 +27,8 @@ mod tcp;
 mod image {
     use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-    use iqdio::board::{self, ExitCode, MAX_CORES};
     use iqdio::{CounterSnapshot, Fabric, Reason};
+    use iqdio_hyp::board::{self, ExitCode, MAX_CORES};
 
     use super::node::{
         BoardFabric, BoardPlatform, CONFIG, CORRUPTED, DUPLICATED, MFS, Node, PING, RECEIVED, SENT,
@@ -51,7 +51,7 @@ mod image {
     static RTT_NS: AtomicU64 = AtomicU64::new(0);
     static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
 
-    iqdio::board_main!(main);
+    iqdio_hyp::board_main!(main);
 
     fn fail(core: usize, what: &str) {
         defmt::error!("partition {}: {}", core, what);

@@ -6,9 +6,9 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use iqdio::board::{self, MAX_CORES};
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
 use iqdio::{CounterSnapshot, Fabric, FabricConfig, InterruptTarget, Mfs, Platform, Reason};
+use iqdio_hyp::board::{self, MAX_CORES};
 
 /// The board as the fabric's platform: an interrupt is a GICv3 SGI to the partition's
 /// core (LPAR id = core number), the clock is the generic timer.

@@ -1,7 +1,7 @@
 //! Board support for QEMU `virt` (`-M virt,gic-version=3 -cpu cortex-a72 -smp N -m 1G`):
 //! every core plays one partition.
 //!
-//! Compiled only with feature `qemu-virt` on `aarch64-unknown-none`. Everything that
+//! Compiled only for `aarch64-unknown-none`. Everything that
 //! defines a global item (entry point, exception vectors, panic handler, defmt logger,
 //! critical-section implementation) lives here, never in the library code a hypervisor
 //! embeds.
@@ -19,10 +19,10 @@
 //! ```ignore
 //! #![no_std]
 //! #![no_main]
-//! iqdio::board_main!(main);
+//! iqdio_hyp::board_main!(main);
 //! fn main() -> ! {
-//!     iqdio::board::run_on_all(|core| defmt::info!("partition {} up", core)).unwrap();
-//!     iqdio::board::exit(iqdio::board::ExitCode::Pass)
+//!     iqdio_hyp::board::run_on_all(|core| defmt::info!("partition {} up", core)).unwrap();
+//!     iqdio_hyp::board::exit(iqdio_hyp::board::ExitCode::Pass)
 //! }
 //! ```
 //!
@@ -55,10 +55,6 @@
 //! physical timer) wakes [`wait_until`], PPI 27 (virtual timer) is the alarm. The IRQ
 //! entry saves x0-x18, x29, x30 (aarch64-rt) and q0-q31, FPCR, FPSR (here) before any
 //! Rust code runs; handlers run on the core's exception stack with IRQs masked.
-
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
-#![warn(missing_docs)]
 
 mod cpu;
 mod exceptions;

@@ -6,8 +6,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use iqdio::board::{self, MAX_CORES};
 use iqdio::phy::{IqdioDevice, rx_buffer_len, tx_buffer_len};
+use iqdio_hyp::board::{self, MAX_CORES};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;

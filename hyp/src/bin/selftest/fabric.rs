@@ -3,7 +3,7 @@
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use iqdio::board::{self, MAX_CORES};
+use iqdio_hyp::board::{self, MAX_CORES};
 use iqdio::driver::SendError;
 use iqdio::{Fabric, Reason, RegistrationError};
 

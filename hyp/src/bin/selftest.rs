@@ -47,7 +47,7 @@ mod suite {
 }
 
 #[cfg(target_os = "none")]
-iqdio::board_main!(main);
+iqdio_hyp::board_main!(main);
 
 #[cfg(target_os = "none")]
 fn main() -> ! {

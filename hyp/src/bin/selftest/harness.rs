@@ -10,7 +10,7 @@ use core::{
     sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering},
 };
 
-use iqdio::board::{self, ExitCode, JobError, MAX_CORES};
+use iqdio_hyp::board::{self, ExitCode, JobError, MAX_CORES};
 
 /// One self-test case.
 pub struct Case {

@@ -8,7 +8,7 @@ use core::{
 };
 
 use embedded_hal::delay::DelayNs;
-use iqdio::board::{self, Delay, MAX_CORES};
+use iqdio_hyp::board::{self, Delay, MAX_CORES};
 
 use super::harness::{self, Case, check};
 
