@@ -192,9 +192,31 @@ pub struct FlushReport {
     pub refused: heapless::Vec<(u8, Reason), QUEUE_BUFFERS>,
 }
 
-/// One frame in a received buffer.
+/// What a queue driver's receive side saw since it was made. Every frame the fabric
+/// put into an input buffer is in exactly one of `frames` and `bad_frames`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxCounters {
+    /// Frames handed to the program ([`QueueDriver::receive`]'s callback).
+    pub frames: u64,
+    /// Frames received but not handed over because their buffer no longer describes
+    /// them: an element outside the driver's receive data or of length zero, fragment
+    /// flags out of order, a frame not ended by the last element, a first element
+    /// shorter than the header, a header that does not decode, or a header length
+    /// other than the bytes the elements hold. (The input buffers are the program's
+    /// own memory once the fabric hands them over; whatever wrote there, a frame is
+    /// counted here rather than skipped.)
+    pub bad_frames: u64,
+    /// Input buffers the fabric marked in error (0x8F) because their own elements were
+    /// bad; they hold no frame (the sender was refused, sbalf15 0x13).
+    pub error_buffers: u64,
+}
+
+/// One frame in a received buffer, its header checked against its elements.
 pub struct RxFrame<'a> {
     header: L3Header,
+    /// Packet bytes: what the elements hold after the header, which the header's
+    /// length was checked to equal.
+    len: usize,
     pieces: &'a [(GuestSlice, usize)],
 }
 
@@ -204,9 +226,10 @@ impl RxFrame<'_> {
         &self.header
     }
 
-    /// Packet bytes (header excluded).
+    /// Packet bytes (header excluded): the bytes the frame's elements hold after the
+    /// header, which the header's length field matches.
     pub fn len(&self) -> usize {
-        usize::from(self.header.length)
+        self.len
     }
 
     /// Whether the packet is empty.
@@ -257,6 +280,7 @@ pub struct QueueDriver {
     rx_next: u8,
     polling: bool,
     acked: Option<u8>,
+    rx: RxCounters,
 }
 
 impl QueueDriver {
@@ -294,6 +318,7 @@ impl QueueDriver {
             rx_next: 0,
             polling: false,
             acked: None,
+            rx: RxCounters::default(),
         };
         d.out_slsb
             .mem
@@ -561,48 +586,111 @@ impl QueueDriver {
 
     /// Takes the next received buffer, if any: calls `f` for each frame in it, then
     /// acknowledges it and arms the buffer `rx_buffers` further on. Returns the frames
-    /// seen, or `None` when no buffer was ready. A buffer the fabric marked 0x8F (its
-    /// own elements were bad) is skipped and re-armed.
+    /// handed to `f`, or `None` when no buffer was ready. A frame the buffer no longer
+    /// describes soundly is not handed over but counted ([`RxCounters::bad_frames`]);
+    /// a buffer the fabric marked 0x8F (its own elements were bad) holds no frame and
+    /// is counted ([`RxCounters::error_buffers`]) and re-armed.
     pub fn receive(&mut self, mut f: impl FnMut(&RxFrame<'_>)) -> Option<usize> {
         let n = self.rx_next;
         // Acquire pairs with the fabric's Release store of 0x82: data visible.
         let state = self.input_state(n);
         let mut frames = 0;
         if state == SlsbState::INPUT_PRIMED {
+            let mut bad = 0u64;
             let sbal = self.in_sbal(n);
+            // The frame being gathered: its pieces, its bytes, whether an element of
+            // it was unusable. Frames are delimited by the fragment flags alone, so a
+            // bad element costs its own frame and no other.
             let mut pieces = heapless::Vec::<(GuestSlice, usize), SBALES_PER_SBAL>::new();
+            let mut bytes = 0usize;
+            let mut broken = false;
+            let mut open = false;
             for i in 0..SBALES_PER_SBAL {
-                let e = &sbal.load(i);
-                let off = e.addr.wrapping_sub(self.rx_data.guest) as usize;
-                let Some(piece) = self.rx_data.mem.sub(off, e.length as usize) else {
-                    break;
-                };
-                let _ = pieces.push((piece, e.length as usize));
-                let ends_frame = matches!(e.fragment(), Fragment::None | Fragment::Last);
-                if ends_frame {
-                    let mut raw = [0u8; HEADER_SIZE];
-                    let start = pieces.first().map_or(0, |p| p.1);
-                    if start >= HEADER_SIZE {
-                        pieces[0].0.read(0, &mut raw);
-                        if let Ok(header) = L3Header::decode(&raw) {
-                            f(&RxFrame {
-                                header,
-                                pieces: &pieces,
-                            });
+                // Each element read once; only this copy is used.
+                let e = sbal.load(i);
+                let frag = e.fragment();
+                let starts = matches!(frag, Fragment::None | Fragment::First);
+                if starts && open {
+                    // The open frame never got its last element.
+                    bad += 1;
+                    pieces.clear();
+                    (bytes, broken) = (0, false);
+                }
+                // A middle or last element with no frame open is a piece of a frame
+                // whose start is lost: gather it as a broken frame, counted once.
+                broken |= !starts && !open;
+                open = true;
+                let len = e.length as usize;
+                let piece = e
+                    .addr
+                    .checked_sub(self.rx_data.guest)
+                    .and_then(|off| usize::try_from(off).ok())
+                    .and_then(|off| self.rx_data.mem.sub(off, len))
+                    .filter(|_| len > 0);
+                match piece {
+                    // At most 16 elements, so the push cannot fail.
+                    Some(p) if !broken => {
+                        let _ = pieces.push((p, len));
+                        bytes += len;
+                    }
+                    _ => broken = true,
+                }
+                if matches!(frag, Fragment::None | Fragment::Last) {
+                    match Self::check_frame(&pieces, bytes, broken) {
+                        Some(frame) => {
+                            f(&frame);
                             frames += 1;
                         }
+                        None => bad += 1,
                     }
                     pieces.clear();
+                    (bytes, broken, open) = (0, false, false);
                 }
                 if e.is_last_entry() {
                     break;
                 }
             }
-        } else if state != SlsbState::INPUT_ERROR {
+            if open {
+                // LAST_ENTRY on a first or middle element, or none in 16 elements.
+                bad += 1;
+            }
+            self.rx.frames += frames as u64;
+            self.rx.bad_frames += bad;
+        } else if state == SlsbState::INPUT_ERROR {
+            self.rx.error_buffers += 1;
+        } else {
             return None;
         }
         self.consume(n);
         Some(frames)
+    }
+
+    /// A gathered frame, if it is one: unbroken, its header whole in its first
+    /// element, decoding, and with a length that matches the bytes after it.
+    fn check_frame<'p>(
+        pieces: &'p [(GuestSlice, usize)],
+        bytes: usize,
+        broken: bool,
+    ) -> Option<RxFrame<'p>> {
+        let (first, first_len) = pieces.first()?;
+        if broken || *first_len < HEADER_SIZE {
+            return None;
+        }
+        let mut raw = [0u8; HEADER_SIZE];
+        first.read(0, &mut raw);
+        let header = L3Header::decode(&raw).ok()?;
+        let len = bytes - HEADER_SIZE;
+        (usize::from(header.length) == len).then_some(RxFrame {
+            header,
+            len,
+            pieces,
+        })
+    }
+
+    /// What the receive side saw: frames handed over, frames counted bad, input
+    /// buffers the fabric marked in error.
+    pub fn rx_counters(&self) -> RxCounters {
+        self.rx
     }
 
     /// Hands buffer `n` back: 0x80, or 0x81 while polling (the previous acknowledged

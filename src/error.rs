@@ -101,8 +101,6 @@ pub enum RegistrationError {
     InvalidAddress,
     /// A handle refers to a queue set that has been deregistered since.
     StaleHandle,
-    /// The partition still has queue sets; deregister them first.
-    Busy,
 }
 
 impl RegistrationError {
@@ -122,7 +120,6 @@ impl RegistrationError {
             Self::Misaligned(_) => 0xF006,
             Self::InvalidAddress => 0xF007,
             Self::StaleHandle => 0xF008,
-            Self::Busy => 0xF009,
         }
     }
 }
@@ -158,7 +155,6 @@ mod tests {
             RegistrationError::Misaligned(QueueField::InputSbal(0)),
             RegistrationError::InvalidAddress,
             RegistrationError::StaleHandle,
-            RegistrationError::Busy,
         ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {

@@ -14,10 +14,15 @@
 //! with `ptr::copy` between raw pointers; the SLSB protocol gives the fabric the buffer
 //! it copies (0x62 output, 0x41 input) and the acquire/release pairs on the SLSB bytes
 //! order the copy against the owner's own accesses. A program that writes a buffer it
-//! has handed to the fabric breaks that protocol: the bytes the receiver gets are then
-//! unspecified, but only they are, because the fabric never interprets copied data, it
-//! reads every descriptor and header once into a local before checking it. (Under
-//! Miri, which checks the Rust model to the letter, copies use relaxed atomic bytes.)
+//! has handed to the fabric breaks that protocol: the packet bytes the receiver gets
+//! are then unspecified, but only they are, because the fabric never interprets copied
+//! data: it reads every descriptor and header once into a local before checking it,
+//! and delivers that checked header, not a second copy. (Under Miri, which checks the
+//! Rust model to the letter, copies use relaxed atomic bytes.)
+//!
+//! The module is crate-private (public, hidden, only with feature `fuzzing`): its
+//! handles are `Copy` and carry no lifetime, so only the fabric, which drops them when
+//! a partition is removed, and the driver, on its own partition's memory, hold them.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -139,11 +144,6 @@ impl Memory {
         Ok(memory)
     }
 
-    /// The windows.
-    pub fn windows(&self) -> &[Window] {
-        &self.windows
-    }
-
     /// Whether any window of `self` shares host memory with any window of `other`.
     pub fn overlaps(&self, other: &Memory) -> bool {
         self.windows
@@ -217,7 +217,9 @@ impl GuestSlice {
         self.len
     }
 
-    /// Whether the slice is empty.
+    /// Whether the slice is empty (for clippy's `len_without_is_empty` when the type
+    /// is public, with `fuzzing`).
+    #[cfg(feature = "fuzzing")]
     pub const fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -423,14 +425,30 @@ impl Sbal {
         w1.store(u64::from_ne_bytes(hi), Ordering::Relaxed);
     }
 
-    /// Sets element `element`'s `sflags`, leaving the rest of it as it is.
+    /// Sets element `element`'s `sflags`, the one byte of it the fabric owns on a
+    /// refusal, and no other: the rest of the element (its reserved byte included) is
+    /// the program's, and may be changing under us.
+    ///
+    /// Two read-modify-writes on the element's first word (clear the byte, then set
+    /// it), so a program store to the word's other bytes between them is kept, which a
+    /// load-and-store of the element would lose, and nothing loops.
     pub fn set_sflags(&self, element: usize, sflags: u8) {
-        let mut e = self.load(element);
-        e.sflags = sflags;
-        self.store(element, &e);
+        let Some([w0, _]) = self.words(element) else {
+            return;
+        };
+        // The word is the element's bytes 0-7 in memory order (`load` and `store` use
+        // native-endian words), so sflags, byte 3, sits where `from_ne_bytes` puts it.
+        let mut mask = [0u8; 8];
+        mask[Sbale::SFLAGS_OFFSET] = 0xFF;
+        let mut value = [0u8; 8];
+        value[Sbale::SFLAGS_OFFSET] = sflags;
+        // Relaxed, as `store`: the SLSB store that hands the buffer back publishes it.
+        w0.fetch_and(!u64::from_ne_bytes(mask), Ordering::Relaxed);
+        w0.fetch_or(u64::from_ne_bytes(value), Ordering::Relaxed);
     }
 
     /// The SBAL's memory.
+    #[cfg(test)]
     pub fn slice(&self) -> GuestSlice {
         GuestSlice {
             ptr: self.ptr,
@@ -513,6 +531,29 @@ mod tests {
         assert_eq!(raw[0], 0x40);
         assert_eq!(&raw[4..8], &[0, 0, 0, 0x20]);
         assert_eq!(&raw[8..16], &[0, 0, 0, 0, 0, 0, 0x40, 0]);
+    }
+
+    #[test]
+    fn set_sflags_writes_only_the_sflags_byte() {
+        // Element 15 as a program left it: every byte set, the reserved byte (0x1)
+        // included, which `Sbale` does not carry.
+        let mut p = Page([0; 4096]);
+        let m = Memory::new(&[page_window(&mut p, 0)]).unwrap();
+        let s = m.sbal(0x200).unwrap();
+        let element: [u8; 16] = core::array::from_fn(|i| 0xA0 + i as u8);
+        s.slice().write(15 * 16, &element);
+        s.set_sflags(15, 0x10);
+        let mut raw = [0u8; 16];
+        s.slice().read(15 * 16, &mut raw);
+        let mut want = element;
+        want[Sbale::SFLAGS_OFFSET] = 0x10;
+        assert_eq!(raw, want);
+        // Element 14 too, and the neighbours stay as they were.
+        s.set_sflags(14, 0x03);
+        s.slice().read(14 * 16, &mut raw);
+        assert_eq!(raw, [0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        s.slice().read(15 * 16, &mut raw);
+        assert_eq!(raw, want);
     }
 
     #[test]

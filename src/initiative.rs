@@ -24,8 +24,8 @@ use crate::sync::fence;
 pub const INDICATOR_SET: u8 = 0x01;
 
 /// One byte of the completion vector, as the protocol touches it. Guest memory
-/// implements it (byte 0 of a [`GuestSlice`]); the loom tests implement it with
-/// loom's atomics to check the orderings below.
+/// implements it (byte 0 of a crate-private `GuestSlice`); the loom tests implement it
+/// with loom's atomics to check the orderings below.
 pub trait IndicatorByte {
     /// Sets the byte (Release: what was stored before is visible to whoever sees it).
     fn set(&self);

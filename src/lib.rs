@@ -33,7 +33,8 @@
 //! whether the receiver needs an interrupt ([`initiative::decide`]). Every bad input
 //! ends in a precise reason in the sender's own SBAL ([`qdio::Reason`]) or a condition
 //! code ([`SigaError`]); nothing panics, no frame is silently lost, and no byte
-//! outside the partitions' own windows is touched ([`guest`]).
+//! outside the partitions' own windows is touched (every guest address is checked
+//! against the partition's [`Window`]s in one crate-private module, `guest`).
 //!
 //! Lock order: table lock → outbound lock of the source → inbound lock of the target.
 //! No inbound lock is ever held while an outbound lock is awaited, so partitions that
@@ -43,7 +44,9 @@
 //!
 //! - [`qdio`]: the guest-visible formats, byte-exact (SLSB, SBAL/SBALE, frame header,
 //!   reason codes).
-//! - [`guest`]: partition memory windows; the only module that touches guest memory.
+//! - [`Window`]: one range of a partition's memory, as the embedding declares it; the
+//!   crate-private `guest` module checks every guest address against them and is the
+//!   only one that touches guest memory.
 //! - [`initiative`]: the completion vector protocol and the interrupt decision.
 //! - [`fabric`]: registration, deregistration, SIGA.
 //! - [`driver`]: the program side a partition runs.
@@ -109,7 +112,6 @@
 pub mod driver;
 pub mod error;
 pub mod fabric;
-pub mod guest;
 pub mod initiative;
 #[cfg(feature = "smoltcp")]
 pub mod phy;
@@ -118,7 +120,22 @@ pub mod qdio;
 mod queue;
 mod sync;
 pub mod table;
+
+// Partition memory and the data movement of a send are the fabric's internals: their
+// types are `Copy` handles on partition memory with no lifetime, which must not
+// outlive the partition's registration, so only the fabric and the driver hold them.
+// The fuzz targets drive them directly, through feature `fuzzing` (never for an
+// embedding).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod guest;
+#[cfg(not(feature = "fuzzing"))]
+mod guest;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod transfer;
+#[cfg(not(feature = "fuzzing"))]
+mod transfer;
 
 pub use error::{ConditionCode, QueueField, RegistrationError, SIGA_BUSY_BIT, SigaError};
 pub use fabric::{

@@ -69,12 +69,12 @@
 //! #[derive(Clone, Copy)]
 //! struct Page([u8; 4096]);
 //! let ram: &'static mut [Page] = Vec::leak(vec![Page([0; 4096]); 512]);
+//! // A pointer to the whole slice: it may reach all 512 pages (one made from
+//! // `&mut ram[0]` would reach the first page only).
+//! let host = NonNull::from(ram).cast::<u8>();
 //! // SAFETY: the memory is leaked, so it outlives the fabric's use, and no Rust
 //! // reference to it is used from here on.
-//! let mut region = unsafe {
-//!     Region::new(NonNull::from(&mut ram[0]).cast(), 0x4000_0000, 512 * 4096)
-//! }
-//! .unwrap();
+//! let mut region = unsafe { Region::new(host, 0x4000_0000, 512 * 4096) }.unwrap();
 //! let indicators = Indicators::new(&mut region).unwrap();
 //! let mut driver =
 //!     QueueDriver::new(&mut region, &indicators, DriverConfig::new(0, Mfs::K64)).unwrap();
@@ -174,9 +174,10 @@ pub struct DeviceCounters {
     pub rx_packets: u64,
     /// Bytes of those packets.
     pub rx_bytes: u64,
-    /// Input buffers that held no usable frame (the fabric marked the buffer in
-    /// error, 0x8F) and frames that could not be staged (empty, or more frames than
-    /// the receive buffer holds).
+    /// Received frames not handed to the stack: frames the driver counted bad
+    /// ([`RxCounters::bad_frames`](crate::driver::RxCounters::bad_frames)), input
+    /// buffers the fabric marked in error (0x8F, no frame in them), and frames that
+    /// could not be staged (empty, or more frames than the receive buffer holds).
     pub rx_errors: u64,
 }
 
@@ -338,6 +339,7 @@ impl<'d, S: Siga> IqdioDevice<'d, S> {
             let packets = &mut self.rx.packets;
             let mut used = 0;
             let mut bad = 0u64;
+            let before = self.tx.driver.rx_counters();
             let taken = self.tx.driver.receive(|frame| {
                 let len = frame.len();
                 let fits = len > 0 && used + len <= buf.len() && !packets.is_full();
@@ -349,13 +351,14 @@ impl<'d, S: Siga> IqdioDevice<'d, S> {
                 let _ = packets.push((used, len));
                 used += len;
             });
-            let counters = &mut self.tx.counters;
-            counters.rx_errors += bad;
-            match taken {
-                None => return false,
-                Some(0) if bad == 0 => counters.rx_errors += 1,
-                Some(_) => {}
+            if taken.is_none() {
+                return false;
             }
+            // What the driver could not hand over: bad frames, error buffers.
+            let after = self.tx.driver.rx_counters();
+            self.tx.counters.rx_errors += bad
+                + (after.bad_frames - before.bad_frames)
+                + (after.error_buffers - before.error_buffers);
             if !self.rx.packets.is_empty() {
                 return true;
             }

@@ -27,12 +27,18 @@ impl Fault {
     }
 }
 
-/// One frame of an outgoing SBAL: elements `first..=last`.
+/// One frame of an outgoing SBAL: elements `first..=last`, and the header as it was
+/// read and checked.
 #[derive(Clone, Copy, Debug)]
 struct FrameSpan {
     first: u8,
     last: u8,
     bytes: usize,
+    /// The frame's 32 header bytes, read once from the sender's memory and checked
+    /// (next hop, length, cast). [`deliver`] writes these, never the sender's bytes
+    /// again: the sender may rewrite its header while SIGA runs, and the receiver must
+    /// get the header its frame was routed by.
+    header: [u8; HEADER_SIZE],
 }
 
 /// A checked outgoing SBAL: its elements translated, its frames delimited, its
@@ -75,6 +81,7 @@ impl Outgoing {
 /// empty element, every element inside the issuer's memory, fragment flags in order,
 /// each frame's header well-formed with a length that matches its elements, one next
 /// hop for all frames, and the whole within the maximum frame size.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing, Fault> {
     let mut out = Outgoing::empty();
     parse_outgoing_into(sbal, memory, mfs, &mut out)?;
@@ -124,12 +131,14 @@ pub fn parse_outgoing_into(
                 first: idx,
                 last: idx,
                 bytes: len,
+                header: [0; HEADER_SIZE],
             }),
             (Fragment::First, None) => {
                 open = Some(FrameSpan {
                     first: idx,
                     last: idx,
                     bytes: len,
+                    header: [0; HEADER_SIZE],
                 });
                 None
             }
@@ -158,7 +167,7 @@ pub fn parse_outgoing_into(
     let mut dest = None;
     let mut total = 0usize;
     let mut payload = 0u64;
-    for f in frames.iter() {
+    for f in frames.iter_mut() {
         let first = usize::from(f.first);
         let head = match elements[first] {
             Some(s) if s.len() >= HEADER_SIZE => s,
@@ -187,6 +196,7 @@ pub fn parse_outgoing_into(
             }
             Some(_) => {}
         }
+        f.header = raw;
         total += f.bytes;
         payload += u64::from(header.length);
     }
@@ -218,7 +228,8 @@ struct RxUse {
 
 /// Copies the frames of `out` into the receive SBAL `rx`, each frame starting in a
 /// fresh element, and rewrites the used elements (lengths, fragment flags,
-/// `LAST_ENTRY` on the last). The receiver armed the elements with their addresses
+/// `LAST_ENTRY` on the last). Each frame's header is the one `parse_outgoing` checked
+/// and routed by; only the packet bytes after it are copied from the sender's memory. The receiver armed the elements with their addresses
 /// and capacities (leading elements of non-zero length). Nothing is written unless
 /// every frame fits and every element used lies in the receiver's memory.
 pub fn deliver(out: &Outgoing, rx: &Sbal, rx_memory: &Memory) -> Result<u8, RxFault> {
@@ -270,30 +281,42 @@ pub fn deliver(out: &Outgoing, rx: &Sbal, rx_memory: &Memory) -> Result<u8, RxFa
         );
     }
 
-    // Copy, frame by frame, from the source elements' bytes into the planned ones; the
-    // plan was made in the same order, so `rx_i` walks it in step.
+    // Copy, frame by frame, into the planned elements; the plan was made in the same
+    // order, so `rx_i` walks it in step. A frame's first 32 bytes come from the header
+    // checked in `parse_outgoing_into`, the rest from the sender's elements, starting
+    // after the header in its first element (which holds it whole: checked there too).
     let mut rx_i = 0usize;
     for f in &out.frames {
+        let mut pos = 0usize; // bytes of the frame written so far
         let mut src = f.first;
-        let mut src_off = 0usize;
-        let mut remaining = f.bytes;
-        while remaining > 0 && rx_i < used {
+        let mut src_off = HEADER_SIZE;
+        while pos < f.bytes && rx_i < used {
             let (Some(dst), want) = (targets[rx_i], plan[rx_i].bytes) else {
                 break;
             };
             let mut dst_off = 0usize;
             while dst_off < want {
-                let Some(s) = out.element(src) else { break };
-                let n = (want - dst_off).min(s.len() - src_off);
-                GuestSlice::copy(&s, src_off, &dst, dst_off, n);
+                let n = if pos < HEADER_SIZE {
+                    let n = (want - dst_off).min(HEADER_SIZE - pos);
+                    dst.write(dst_off, &f.header[pos..pos + n]);
+                    n
+                } else {
+                    let Some(s) = out.element(src) else { break };
+                    if src_off >= s.len() {
+                        // Only a first element of exactly the header's size ends here
+                        // (parse refuses empty elements): the payload starts in the next.
+                        src += 1;
+                        src_off = 0;
+                        continue;
+                    }
+                    let n = (want - dst_off).min(s.len() - src_off);
+                    GuestSlice::copy(&s, src_off, &dst, dst_off, n);
+                    src_off += n;
+                    n
+                };
                 dst_off += n;
-                src_off += n;
-                if src_off == s.len() {
-                    src += 1;
-                    src_off = 0;
-                }
+                pos += n;
             }
-            remaining -= want;
             rx_i += 1;
         }
     }
@@ -315,4 +338,128 @@ pub fn deliver(out: &Outgoing, rx: &Sbal, rx_memory: &Memory) -> Result<u8, RxFa
         );
     }
     Ok(used as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use core::net::Ipv4Addr;
+    use core::ptr::NonNull;
+
+    use super::*;
+    use crate::guest::Window;
+    use crate::qdio::CastType;
+
+    /// Three pages of one partition's memory, at guest address 0.
+    #[repr(C, align(4096))]
+    struct Ram([u8; 3 * 4096]);
+
+    fn memory(ram: &mut Ram) -> Memory {
+        // SAFETY: the RAM outlives the test's uses of the memory, and is reached only
+        // through it from here on.
+        let w = unsafe { Window::new(0, NonNull::from(&mut ram.0).cast(), ram.0.len()) };
+        Memory::new(&[w]).unwrap()
+    }
+
+    fn set(sbal: &Sbal, i: usize, eflags: u8, addr: u64, length: u32) {
+        sbal.store(
+            i,
+            &Sbale {
+                eflags,
+                addr,
+                length,
+                ..Sbale::default()
+            },
+        );
+    }
+
+    fn read(m: &Memory, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        m.slice(addr, len as u64).unwrap().read(0, &mut v);
+        v
+    }
+
+    /// A sender rewrites its frame's header after the fabric checked it (as another
+    /// core may while SIGA runs): the receiver gets the header that was checked and
+    /// routed by, with the packet bytes from the sender's memory. The header here
+    /// sits alone in a 32-byte first element, and the receiver armed elements smaller
+    /// than the header, so it is delivered in pieces.
+    #[test]
+    fn delivers_the_checked_header_not_a_second_copy() {
+        let (mut tx_ram, mut rx_ram) = (Box::new(Ram([0; 3 * 4096])), Box::new(Ram([0; 3 * 4096])));
+        let (tx, rx) = (memory(&mut tx_ram), memory(&mut rx_ram));
+        let routed = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1));
+        let checked = L3Header::unicast(routed, 100).encode();
+        let packet: Vec<u8> = (0..100u8).collect();
+        tx.slice(0x1000, 32).unwrap().write(0, &checked);
+        tx.slice(0x1800, 100).unwrap().write(0, &packet);
+        let out_sbal = tx.sbal(0).unwrap();
+        set(&out_sbal, 0, Fragment::First.bits(), 0x1000, 32);
+        set(&out_sbal, 1, Fragment::Last.bits() | 0x40, 0x1800, 100);
+        let out = parse_outgoing(&out_sbal, &tx, Mfs::K16).unwrap();
+        assert_eq!(out.dest, routed);
+
+        // Now the sender changes next hop, length and cast in its header.
+        let mut forged = L3Header {
+            cast: CastType::Multicast,
+            length: 7,
+            vlan: Some(5),
+            next_hop: IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)),
+        }
+        .encode();
+        forged[2] = 0xEE;
+        tx.slice(0x1000, 32).unwrap().write(0, &forged);
+
+        let rx_sbal = rx.sbal(0).unwrap();
+        set(&rx_sbal, 0, 0, 0x1000, 20);
+        set(&rx_sbal, 1, 0, 0x1100, 20);
+        set(&rx_sbal, 2, 0, 0x2000, 4096);
+        assert_eq!(deliver(&out, &rx_sbal, &rx), Ok(3));
+        let mut got = read(&rx, 0x1000, 20);
+        got.extend(read(&rx, 0x1100, 20));
+        got.extend(read(&rx, 0x2000, 92));
+        assert_eq!(&got[..HEADER_SIZE], &checked, "the header that was routed");
+        assert_eq!(&got[HEADER_SIZE..], &packet, "the packet from the sender");
+        let lengths: Vec<u32> = (0..3).map(|i| rx_sbal.load(i).length).collect();
+        assert_eq!(lengths, [20, 20, 92]);
+        assert!(rx_sbal.load(2).is_last_entry());
+    }
+
+    /// Several frames, each header in the first element with packet bytes after it:
+    /// each receiver frame starts with its own checked header, whatever the sender
+    /// wrote over the headers after the check.
+    #[test]
+    fn each_frame_keeps_its_own_checked_header() {
+        let (mut tx_ram, mut rx_ram) = (Box::new(Ram([0; 3 * 4096])), Box::new(Ram([0; 3 * 4096])));
+        let (tx, rx) = (memory(&mut tx_ram), memory(&mut rx_ram));
+        let hop = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1));
+        let out_sbal = tx.sbal(0).unwrap();
+        let lens = [40usize, 300, 1];
+        let mut want = Vec::new();
+        for (i, len) in lens.iter().enumerate() {
+            let at = 0x1000 + (i as u64) * 0x400;
+            let mut frame = L3Header::unicast(hop, *len as u16).encode().to_vec();
+            frame.extend((0..*len).map(|b| (b as u8) ^ (i as u8 * 0x55)));
+            tx.slice(at, frame.len() as u64).unwrap().write(0, &frame);
+            let last = if i + 1 == lens.len() { 0x40 } else { 0 };
+            set(&out_sbal, i, last, at, frame.len() as u32);
+            want.push(frame);
+        }
+        let out = parse_outgoing(&out_sbal, &tx, Mfs::K16).unwrap();
+        for i in 0..lens.len() {
+            let at = 0x1000 + (i as u64) * 0x400;
+            tx.slice(at, HEADER_SIZE as u64)
+                .unwrap()
+                .fill(0, HEADER_SIZE, 0xFF);
+        }
+        let rx_sbal = rx.sbal(0).unwrap();
+        for i in 0..4 {
+            set(&rx_sbal, i, 0, 0x1000 + (i as u64) * 0x800, 0x800);
+        }
+        assert_eq!(deliver(&out, &rx_sbal, &rx), Ok(3));
+        for (i, frame) in want.iter().enumerate() {
+            let e = rx_sbal.load(i);
+            assert_eq!(e.length as usize, frame.len());
+            assert_eq!(&read(&rx, e.addr, frame.len()), frame, "frame {i}");
+        }
+    }
 }

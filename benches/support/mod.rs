@@ -43,7 +43,9 @@ impl GuestRam {
     }
 
     fn host(&mut self) -> std::ptr::NonNull<u8> {
-        std::ptr::NonNull::from(&mut self.pages[0]).cast()
+        // From the whole slice, so the pointer may reach every page (one from
+        // `&mut self.pages[0]` would reach the first page only).
+        std::ptr::NonNull::from(self.pages.as_mut_slice()).cast()
     }
 
     fn region(&mut self) -> Region {
