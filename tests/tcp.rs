@@ -15,7 +15,7 @@ use iqdio::driver::DriverConfig;
 use iqdio::phy::{DeviceCounters, IqdioDevice, rx_buffer_len, tx_buffer_len};
 use iqdio::{FabricConfig, Port};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
-use smoltcp::phy::{ChecksumCapabilities, Device};
+use smoltcp::phy::{ChecksumCapabilities, Device, RxToken};
 use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
@@ -730,4 +730,37 @@ fn a_full_target_and_an_unknown_next_hop_are_counted_not_silently_dropped() {
     }
     assert_eq!(seen, (0..rx_buffers).collect::<Vec<_>>());
     assert_eq!(fab.counters_of(2, 0).unwrap().frames_received, rx_buffers);
+}
+
+/// A frame the receiver's driver cannot hand over (its header overwritten in the
+/// receiver's memory after the fabric delivered it) is counted in the device's
+/// `rx_errors`, and the frame beside it in the same buffer and the next buffer's still
+/// reach the stack.
+#[test]
+fn a_received_frame_the_driver_cannot_hand_over_is_counted_in_rx_errors() {
+    let fab = fabric(TestPlatform::new(), FabricConfig::DEFAULT);
+    let cfg = DriverConfig::new(0, Mfs::K64);
+    let mut a = Partition::new(&fab, 1, 1, cfg);
+    let mut b = Partition::new(&fab, 2, 1, cfg);
+    let port = fab.port(1);
+    a.queues[0]
+        .prime_frames(v4(2, 0), &[&[0; 60], &[1; 60]])
+        .unwrap();
+    assert_eq!(a.queues[0].flush(&port).unwrap().delivered, 1);
+    a.queues[0].send(&port, v4(2, 0), &[2; 60]).unwrap();
+    // B's first buffer: the first frame's header id overwritten in B's own memory.
+    let sbal = b.queues[0].params().input_sbals[0];
+    let mut raw = [0u8; 16];
+    b.ram.read(sbal, &mut raw);
+    b.ram.write(iqdio::qdio::Sbale::decode(&raw).addr, &[0x02]);
+    let mut rx = vec![0u8; rx_buffer_len(Mfs::K64)];
+    let mut tx = vec![0u8; tx_buffer_len(Mfs::K64)];
+    let mut dev = IqdioDevice::new(&mut b.queues[0], fab.port(2), &mut rx, &mut tx).unwrap();
+    let mut got = Vec::new();
+    while let Some((token, _)) = dev.receive(Instant::ZERO) {
+        token.consume(|p| got.push(p.to_vec()));
+    }
+    assert_eq!(got, vec![vec![1; 60], vec![2; 60]]);
+    let c = dev.counters();
+    assert_eq!((c.rx_packets, c.rx_errors), (2, 1), "{c:?}");
 }
