@@ -235,18 +235,21 @@ fn take(p: &mut Partition, q: usize) -> Vec<(L3Header, Vec<u8>)> {
 // Defect 4: every frame a receiver gets is handed over or counted as bad.
 // ---------------------------------------------------------------------------------
 
+/// A change to a partition's memory, given the guest address of an input SBAL.
+type Corruption = Box<dyn Fn(&GuestRam, u64)>;
+
 /// Ways a received buffer holding two frames (elements 0 and 1) can stop describing
 /// its first frame: applied to B's memory after the fabric filled the buffer, before
 /// B's driver takes it.
-fn corruptions() -> Vec<(&'static str, Box<dyn Fn(&GuestRam, u64)>)> {
-    fn header_byte(at: usize, f: fn(u8) -> u8) -> Box<dyn Fn(&GuestRam, u64)> {
+fn corruptions() -> Vec<(&'static str, Corruption)> {
+    fn header_byte(at: usize, f: fn(u8) -> u8) -> Corruption {
         Box::new(move |ram, sbal| {
             let head = el_addr(ram, sbal) + at as u64;
             let b = ram.read_vec(head, 1)[0];
             ram.write(head, &[f(b)]);
         })
     }
-    fn element(f: fn(Sbale) -> Sbale) -> Box<dyn Fn(&GuestRam, u64)> {
+    fn element(f: fn(Sbale) -> Sbale) -> Corruption {
         Box::new(move |ram, sbal| {
             let e = Sbale::decode(&raw_el(ram, sbal, 0));
             ram.write(sbal, &f(e).encode());
