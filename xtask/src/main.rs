@@ -13,6 +13,7 @@ mod cargo;
 mod checks;
 mod decode;
 mod fuzz;
+mod linux;
 mod parse;
 mod qemu;
 mod stress;
@@ -103,6 +104,12 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Boot a Linux guest's pieces without the hypervisor (issue 15 groundwork): fetch
+    /// Debian's arm64 cloud kernel and busybox on first use (cached in
+    /// target/linux-guest/), build the initramfs and the guest's device tree, load them
+    /// at the partition layout's addresses under QEMU, and check the init's report and
+    /// its clean poweroff. Ends with `N passed, M failed`.
+    LinuxBare(linux::BareArgs),
     /// Build and boot the on-target self-test image alone; print each case's result.
     Selftest {
         /// Cores (QEMU `-smp`), 2 to 8.
@@ -181,6 +188,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Loom => checks::subcommand("loom", checks::loom),
         Command::Miri { quick } => checks::subcommand("miri", || checks::miri(quick)),
         Command::Bench(args) => bench::run(args),
+        Command::LinuxBare(args) => linux::bare(args),
         Command::Selftest {
             smp,
             fail,

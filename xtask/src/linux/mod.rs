@@ -1,0 +1,958 @@
+//! Linux guests (issue 15 groundwork): Debian's arm64 kernel and busybox fetched and
+//! cached ([`fetch`]), the initramfs built here ([`cpio`], [`initramfs`]), each guest's
+//! own device tree ([`dtb`]) and where everything sits in its window ([`layout`]).
+//!
+//! `cargo xtask linux-bare` proves the pieces without the hypervisor: it boots the
+//! kernel directly under QEMU with exactly the blobs and addresses a partition will get
+//! (QEMU's generic loader writes them into RAM at the layout's places, the tree is ours,
+//! not QEMU's) and checks what the init reports.
+//!
+//! The hypervisor's side: [`guest_boot`] gives, for partition `index` with its physical
+//! window, the QEMU loader arguments and the device tree file, plus the entry point and
+//! x0 it enters the kernel with.
+
+pub mod cpio;
+pub mod dtb;
+pub mod fetch;
+pub mod layout;
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use self::{
+    dtb::{GuestTree, VirtioMmio},
+    fetch::Fetched,
+    layout::{Layout, MIB, Placement, qemu_escape},
+};
+use crate::{cargo, qemu};
+
+/// Every line the init prints starts with this, so a check can tell them from the
+/// kernel's.
+pub const MARK: &str = "iqdio-guest:";
+
+/// `cargo xtask linux-bare`'s options.
+#[derive(clap::Args, Debug)]
+pub struct BareArgs {
+    /// Boot this arm64 kernel Image instead of Debian's cloud kernel (which is fetched
+    /// with apt on first use and cached under target/linux-guest/).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Use this initramfs (gzip newc cpio with its own /init) instead of building one;
+    /// with --kernel too, nothing is fetched. Its init must print the `iqdio-guest:`
+    /// lines the check reads, or the check fails.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Run this shell script in the guest instead of the workload, after the init has
+    /// mounted /proc, /sys, /dev and loaded the virtio modules; the guest powers off
+    /// when it returns.
+    #[arg(long, value_name = "FILE", conflicts_with = "initrd")]
+    pub guest_init: Option<PathBuf>,
+    /// Give the guest a virtio-net device (QEMU user networking, restricted to the
+    /// guest and QEMU) through the tree's optional virtio-mmio node; the check then
+    /// wants eth0.
+    #[arg(long)]
+    pub net: bool,
+    /// Words added to the kernel command line.
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    pub append: String,
+    /// Stop QEMU after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub timeout: u64,
+}
+
+/// The output directory for built blobs (initramfs, device trees, the bare boot stub).
+fn out_dir() -> PathBuf {
+    cargo::target_dir().join("linux-guest").join("out")
+}
+
+/// The init's set-up, the same in every guest: busybox's applets, the pseudo
+/// filesystems, the virtio modules, loopback, and a report of what the guest sees.
+const INIT_HEAD: &str = r#"#!/bin/busybox sh
+# iqdio Linux guest init, written by `cargo xtask`: set up, run the workload, power off.
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+loaded=0
+for m in virtio virtio_ring virtio_mmio failover net_failover virtio_net; do
+    if insmod /lib/modules/$m.ko; then
+        loaded=$((loaded + 1))
+    else
+        echo "iqdio-guest: insmod $m failed"
+    fi
+done
+echo "iqdio-guest: modules loaded $loaded of 6"
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up
+    echo "iqdio-guest: eth0 $(cat /sys/class/net/eth0/address)"
+fi
+echo "iqdio-guest: uname -r $(uname -r)"
+echo "iqdio-guest: cpus $(grep -c ^processor /proc/cpuinfo)"
+echo "iqdio-guest: memory $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) kB"
+echo "iqdio-guest: uptime $(cut -d ' ' -f 1 /proc/uptime) s"
+echo "iqdio-guest: timer interrupts $(awk '/arch_timer/ {print $2}' /proc/interrupts)"
+"#;
+
+/// The init's end: the tick count again (it must have grown while the workload ran)
+/// and a power-off that cannot be skipped (a panic or a hung init would otherwise keep
+/// the guest, and QEMU, alive).
+const INIT_TAIL: &str = r#"echo "iqdio-guest: timer interrupts $(awk '/arch_timer/ {print $2}' /proc/interrupts)"
+echo "iqdio-guest: powering off"
+poweroff -f
+"#;
+
+/// The bare boot's workload: one second of idle, which a periodic 250 Hz tick
+/// (Debian's HZ=250, LINUX-GUESTS.md) turns into about 250 timer interrupts.
+pub const BARE_WORKLOAD: &str = "sleep 1\n";
+
+/// The workload that runs a `--guest-init` script (kept in the image as /guest-init).
+pub const GUEST_INIT_WORKLOAD: &str =
+    "sh /guest-init\necho \"iqdio-guest: guest-init exited $?\"\n";
+
+/// The `/init` script around a workload (shell lines).
+pub fn init_script(workload: &str) -> String {
+    format!("{INIT_HEAD}{workload}{INIT_TAIL}")
+}
+
+/// The initramfs (gzip newc): busybox, the virtio modules, `/init` around `workload`,
+/// and `/guest-init` when given.
+pub fn initramfs(fetched: &Fetched, workload: &str, guest_init: Option<&[u8]>) -> Result<Vec<u8>> {
+    let mut archive = cpio::Archive::new();
+    for dir in [
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "proc",
+        "root",
+        "sys",
+        "tmp",
+    ] {
+        archive.dir(dir, 0o755)?;
+    }
+    archive.char_dev("dev/console", 0o600, 5, 1)?;
+    let busybox = fs::read(&fetched.busybox)
+        .with_context(|| format!("reading {}", fetched.busybox.display()))?;
+    archive.file("bin/busybox", 0o755, &busybox)?;
+    for module in &fetched.modules {
+        let name = module
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("module file name")?;
+        let data = fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+        archive.file(&format!("lib/modules/{name}"), 0o644, &data)?;
+    }
+    archive.file("init", 0o755, init_script(workload).as_bytes())?;
+    if let Some(script) = guest_init {
+        archive.file("guest-init", 0o755, script)?;
+    }
+    cpio::gzip(&archive.finish()?)
+}
+
+/// The blobs one Linux guest boots from, and what the hypervisor needs to enter it.
+#[derive(Clone, Debug)]
+pub struct GuestBoot {
+    /// Its window, physical and guest-physical.
+    pub placement: Placement,
+    /// The device tree written for it.
+    pub dtb: PathBuf,
+    /// QEMU's `-device loader` arguments that write the Image, initrd and tree into the
+    /// physical window.
+    pub loader: Vec<String>,
+    /// Where the kernel is entered (IPA), with the MMU off at EL1.
+    pub entry: u64,
+    /// x0 at entry: the device tree's IPA (x1-x3 = 0).
+    pub x0: u64,
+}
+
+/// The files every Linux guest shares.
+#[derive(Clone, Debug)]
+pub struct GuestFiles {
+    /// The raw arm64 Image.
+    pub image: PathBuf,
+    /// The memory the Image claims (its header's image_size).
+    pub image_size: u64,
+    /// The gzip initramfs.
+    pub initrd: PathBuf,
+    /// Its length.
+    pub initrd_len: u64,
+    /// Words added to the kernel command line.
+    pub extra_bootargs: String,
+    /// An optional virtio-mmio slot in the tree.
+    pub virtio: Option<VirtioMmio>,
+}
+
+/// Partition `index`'s device tree (written as `guest<index>.dtb` in `out`) and the
+/// loader arguments for its window at physical `phys_base`.
+pub fn guest_boot(
+    index: usize,
+    phys_base: u64,
+    files: &GuestFiles,
+    out: &Path,
+) -> Result<GuestBoot> {
+    let placement = Placement::new(phys_base);
+    if !phys_base.is_multiple_of(layout::WINDOW_ALIGN) {
+        bail!("partition {index}: physical window {phys_base:#x} is not 2 MiB aligned");
+    }
+    let layout = placement.layout;
+    let tree = GuestTree {
+        layout,
+        initrd_len: files.initrd_len,
+        extra_bootargs: files.extra_bootargs.clone(),
+        virtio: files.virtio,
+    };
+    let blob = tree.build()?;
+    layout
+        .check(files.image_size, files.initrd_len, blob.len() as u64)
+        .with_context(|| format!("partition {index}"))?;
+    fs::create_dir_all(out)?;
+    let dtb = out.join(format!("guest{index}.dtb"));
+    fs::write(&dtb, &blob)?;
+    let loader = placement.loader_arguments(&files.image, &files.initrd, &dtb);
+    Ok(GuestBoot {
+        placement,
+        dtb,
+        loader,
+        entry: layout.image(),
+        x0: layout.dtb(),
+    })
+}
+
+/// A few instructions that enter the kernel as booting.rst asks (x0 = the tree, x1-x3 =
+/// 0), for the bare boot only: with no `-kernel`, QEMU starts the CPU at EL1 with the
+/// MMU off at the address the loader names, and this does the rest. The hypervisor
+/// does the same with its ERET.
+pub fn boot_stub(dtb: u64, entry: u64) -> Vec<u8> {
+    // A64 encodings (Arm ARM C6.2): LDR (literal) 0x58000000 | imm19 << 5 | Rt, the
+    // offset counted in words from the instruction; MOV Xd, XZR = ORR Xd, XZR, XZR
+    // 0xAA1F03E0 | Rd; BR Xn = 0xD61F0000 | Rn << 5.
+    let code: [u32; 6] = [
+        0x5800_0000 | (6 << 5),     // 0x00: ldr x0, 0x18 (dtb)
+        0xAA1F_03E1,                // 0x04: mov x1, xzr
+        0xAA1F_03E2,                // 0x08: mov x2, xzr
+        0xAA1F_03E3,                // 0x0c: mov x3, xzr
+        0x5800_0000 | (4 << 5) | 4, // 0x10: ldr x4, 0x20 (entry)
+        0xD61F_0000 | (4 << 5),     // 0x14: br x4
+    ];
+    let mut bytes: Vec<u8> = code.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.extend_from_slice(&dtb.to_le_bytes());
+    bytes.extend_from_slice(&entry.to_le_bytes());
+    bytes
+}
+
+/// Where the bare boot puts its stub: the window's last 4 KiB, inside the tree's 2 MiB
+/// region and far past the tree itself (Linux may reuse it once booted).
+fn stub_address(layout: &Layout) -> u64 {
+    layout.end() - 4096
+}
+
+/// The virtio-mmio slot QEMU's `virt` gives the first `-device virtio-net-device`: the
+/// highest of its 32 transports (hw/arm/virt.c: devices plug in from the last-created
+/// transport down), 0x0a00_3e00, SPI 16 + 31.
+pub const QEMU_FIRST_VIRTIO: VirtioMmio = VirtioMmio {
+    base: 0x0a00_0000 + 31 * 0x200,
+    spi: 16 + 31,
+};
+
+/// QEMU's arguments for the bare boot of one guest.
+pub fn bare_arguments(boot: &GuestBoot, stub: &Path, net: bool) -> Vec<String> {
+    let memory_mib = boot
+        .placement
+        .layout
+        .end()
+        .saturating_sub(layout::WINDOW_IPA_BASE)
+        / MIB;
+    let mut args: Vec<String> = [
+        "-M",
+        "virt,gic-version=3",
+        "-nodefaults",
+        "-nic",
+        "none",
+        // pauth-impdef: QEMU's own pointer-authentication algorithm, 3.7 times faster
+        // than the architected one for a kernel that signs every return.
+        "-cpu",
+        "max,pauth-impdef=on",
+        "-smp",
+        "1",
+        "-m",
+        &format!("{memory_mib}M"),
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        // A panic=-1 reboot ends QEMU instead of looping.
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(boot.loader.iter().cloned());
+    args.push("-device".into());
+    args.push(format!(
+        "loader,file={},addr={:#x},cpu-num=0,force-raw=on",
+        qemu_escape(&stub.display().to_string()),
+        stub_address(&boot.placement.layout)
+    ));
+    if net {
+        args.extend(
+            [
+                "-netdev",
+                "user,id=n0,restrict=on",
+                "-device",
+                "virtio-net-device,netdev=n0",
+            ]
+            .map(String::from),
+        );
+    }
+    args
+}
+
+/// What the bare boot expects of the guest.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    /// The kernel version `uname -r` must print, when known.
+    pub version: Option<String>,
+    /// The window size.
+    pub window: u64,
+    /// Whether eth0 must be there.
+    pub net: bool,
+}
+
+/// One check of the bare boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// What was checked.
+    pub name: &'static str,
+    /// `None` when it passed, or why it failed.
+    pub failure: Option<String>,
+}
+
+/// The values after `iqdio-guest: <key> ` on every such line.
+fn reported<'a>(lines: &'a [String], key: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let rest = line[line.find(MARK)? + MARK.len()..].trim_start();
+            Some(rest.strip_prefix(key)?.strip_prefix(' ')?.trim())
+        })
+        .collect()
+}
+
+/// Checks the console of a bare boot and QEMU's exit status.
+pub fn check_console(lines: &[String], exit: Option<i32>, expect: &Expect) -> Vec<Verdict> {
+    let mut verdicts = Vec::new();
+    let mut verdict = |name, failure: Option<String>| verdicts.push(Verdict { name, failure });
+    let one = |key: &str| reported(lines, key).first().map(|s| s.to_string());
+
+    verdict(
+        "kernel version",
+        match (one("uname -r"), &expect.version) {
+            (None, _) => Some("no `uname -r` line".into()),
+            (Some(got), Some(want)) if &got != want => Some(format!("{got}, expected {want}")),
+            _ => None,
+        },
+    );
+    verdict(
+        "one CPU",
+        match one("cpus").as_deref() {
+            Some("1") => None,
+            other => Some(format!("cpus {other:?}")),
+        },
+    );
+    let memory = one("memory").and_then(|m| m.strip_suffix(" kB")?.parse::<u64>().ok());
+    verdict(
+        "memory is the window",
+        match memory {
+            // MemTotal leaves out the kernel's image and reservations, never more than
+            // the window, and far more than half of it.
+            Some(kb) if kb * 1024 <= expect.window && kb * 1024 > expect.window / 2 => None,
+            other => Some(format!(
+                "MemTotal {other:?} kB for a window of {} kB",
+                expect.window / 1024
+            )),
+        },
+    );
+    verdict(
+        "virtio modules",
+        match one("modules loaded").as_deref() {
+            Some("6 of 6") => None,
+            other => Some(format!("loaded {other:?}; {:?}", reported(lines, "insmod"))),
+        },
+    );
+    let ticks: Vec<Option<u64>> = reported(lines, "timer interrupts")
+        .iter()
+        .map(|t| t.parse().ok())
+        .collect();
+    verdict(
+        "timer ticks",
+        match ticks[..] {
+            // One second of `sleep` at HZ=250; TCG may run late, never without ticks.
+            [Some(before), Some(after)] if after >= before + 100 => None,
+            _ => Some(format!("timer interrupt counts {ticks:?}")),
+        },
+    );
+    if expect.net {
+        verdict(
+            "eth0",
+            one("eth0")
+                .is_none()
+                .then(|| "no eth0 (virtio-net)".to_string()),
+        );
+    }
+    let panicked = lines.iter().find(|l| l.contains("Kernel panic"));
+    let powered_off = lines.iter().any(|l| l.contains("reboot: Power down"));
+    verdict(
+        "clean poweroff",
+        match (panicked, powered_off, exit) {
+            (Some(panic), _, _) => Some(panic.trim().to_string()),
+            (None, true, Some(0)) => None,
+            (None, powered_off, exit) => Some(format!(
+                "power down seen: {powered_off}, QEMU exit {exit:?}"
+            )),
+        },
+    );
+    verdicts
+}
+
+/// A running QEMU, killed when dropped (a timeout, an error, Ctrl-C unwinding).
+struct QemuGuard(Child);
+
+impl Drop for QemuGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A finished bare boot.
+struct Console {
+    lines: Vec<String>,
+    /// QEMU's exit code; `None` if killed at the timeout.
+    exit: Option<i32>,
+    /// From QEMU's start to the init's first line.
+    to_init: Option<Duration>,
+    elapsed: Duration,
+}
+
+/// Runs QEMU, echoing the console, until it exits or `timeout` passes.
+fn run_qemu(args: &[String], timeout: Duration) -> Result<Console> {
+    let qemu = qemu::qemu_binary();
+    eprintln!("xtask: {qemu} {}", args.join(" "));
+    let start = Instant::now();
+    let child = Command::new(&qemu)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {qemu}"))?;
+    let mut guard = QemuGuard(child);
+    let stdout = guard.0.stdout.take().context("QEMU's stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut stdout = BufReader::new(stdout);
+        let mut line = Vec::new();
+        // Lines as bytes: a console may carry stray non-UTF-8 bytes.
+        while stdout.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            line.clear();
+            if tx.send(text).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = start + timeout;
+    let mut lines = Vec::new();
+    let mut to_init = None;
+    let mut exit = None;
+    let mut take = |line: String, lines: &mut Vec<String>| {
+        if to_init.is_none() && line.contains(MARK) {
+            to_init = Some(start.elapsed());
+        }
+        println!("{line}");
+        lines.push(line);
+    };
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            eprintln!(
+                "xtask: QEMU did not stop within {} s: killed",
+                timeout.as_secs()
+            );
+            break;
+        }
+        match rx.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
+            Ok(line) => take(line, &mut lines),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                exit = Some(
+                    guard
+                        .0
+                        .wait()
+                        .context("waiting for QEMU")?
+                        .code()
+                        .unwrap_or(-1),
+                );
+                break;
+            }
+        }
+        if let Some(status) = guard.0.try_wait().context("polling QEMU")? {
+            while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                take(line, &mut lines);
+            }
+            exit = Some(status.code().unwrap_or(-1));
+            break;
+        }
+    }
+    drop(guard);
+    let _ = reader.join();
+    Ok(Console {
+        lines,
+        exit,
+        to_init,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// `cargo xtask linux-bare`: fetch (or take) the kernel, build the initramfs and the
+/// guest's tree, boot it under QEMU with no hypervisor, check the init's report.
+pub fn bare(args: BareArgs) -> Result<ExitCode> {
+    let total = Instant::now();
+    qemu::ensure_installed()?;
+    let out = out_dir();
+    fs::create_dir_all(&out)?;
+
+    // The kernel and the initramfs's parts: fetched only when something needs them.
+    let fetch_start = Instant::now();
+    let needs_fetch = args.kernel.is_none() || args.initrd.is_none();
+    let cache = fetch::Cache::new(cargo::target_dir().join("linux-guest"));
+    let was_cached = cache.cached().is_some();
+    let fetched = if needs_fetch {
+        Some(cache.get()?)
+    } else {
+        None
+    };
+    let fetch_time = fetch_start.elapsed();
+
+    let (image_path, version) = match (&args.kernel, &fetched) {
+        (Some(path), _) => {
+            let image = fetch::read_image(path)?;
+            // A compressed kernel is unpacked once: QEMU's loader takes raw bytes.
+            let raw = out.join("Image");
+            fs::write(&raw, &image)?;
+            (raw, fetch::banner_version(&image))
+        }
+        (None, Some(fetched)) => (fetched.image.clone(), Some(fetched.version.clone())),
+        (None, None) => bail!("no kernel: neither --kernel nor a fetched one"),
+    };
+    let header = fetch::image_header(&fs::read(&image_path)?)?;
+    if header.text_offset != 0 {
+        bail!(
+            "kernel text_offset is {:#x}; the layout puts the Image at the window's base \
+             and wants 0 (kernels since 3.17 built with RANDOMIZE_TEXT_OFFSET off)",
+            header.text_offset
+        );
+    }
+    let source = match (&args.kernel, was_cached) {
+        (Some(_), _) => "--kernel",
+        (None, true) => "cached",
+        (None, false) => "fetched",
+    };
+    eprintln!(
+        "xtask: linux: kernel {} ({source}, {})",
+        version.as_deref().unwrap_or("of unknown version"),
+        image_path.display()
+    );
+    if let (Some(_), Some(fetched), Some(version)) = (&args.kernel, &fetched, &version)
+        && fetched.version != *version
+    {
+        eprintln!(
+            "xtask: linux: warning: the initramfs carries modules of {}, the kernel is {version}: \
+             insmod will fail",
+            fetched.version
+        );
+    }
+
+    let initrd_start = Instant::now();
+    let initrd_path = match (&args.initrd, &fetched) {
+        (Some(path), _) => path.clone(),
+        (None, Some(fetched)) => {
+            let script = match &args.guest_init {
+                Some(file) => {
+                    Some(fs::read(file).with_context(|| format!("reading {}", file.display()))?)
+                }
+                None => None,
+            };
+            let workload = if script.is_some() {
+                GUEST_INIT_WORKLOAD
+            } else {
+                BARE_WORKLOAD
+            };
+            let bytes = initramfs(fetched, workload, script.as_deref())?;
+            let path = out.join("initrd.gz");
+            fs::write(&path, bytes)?;
+            path
+        }
+        (None, None) => bail!("no initramfs: neither --initrd nor fetched parts"),
+    };
+    let initrd_time = initrd_start.elapsed();
+    let initrd_len = fs::metadata(&initrd_path)
+        .with_context(|| format!("reading {}", initrd_path.display()))?
+        .len();
+    eprintln!(
+        "xtask: linux: initramfs {} ({} KiB) in {:.2} s",
+        initrd_path.display(),
+        initrd_len / 1024,
+        initrd_time.as_secs_f64()
+    );
+
+    let files = GuestFiles {
+        image: image_path,
+        image_size: header.image_size,
+        initrd: initrd_path,
+        initrd_len,
+        // A panic reboots at once (and -no-reboot ends QEMU) instead of hanging.
+        extra_bootargs: format!("panic=-1 {}", args.append).trim().to_string(),
+        virtio: args.net.then_some(QEMU_FIRST_VIRTIO),
+    };
+    // No hypervisor: the window is QEMU's RAM itself, physical = guest-physical.
+    let boot = guest_boot(0, layout::WINDOW_IPA_BASE, &files, &out)?;
+    eprintln!(
+        "xtask: linux: device tree {} ({} bytes), window {:#x}+{} MiB",
+        boot.dtb.display(),
+        fs::metadata(&boot.dtb)?.len(),
+        boot.placement.layout.base,
+        boot.placement.layout.size / MIB
+    );
+    let stub = out.join("boot-stub.bin");
+    fs::write(&stub, boot_stub(boot.x0, boot.entry))?;
+    let qemu_args = bare_arguments(&boot, &stub, args.net);
+    let console = run_qemu(&qemu_args, Duration::from_secs(args.timeout))?;
+
+    let expect = Expect {
+        version,
+        window: boot.placement.layout.size,
+        net: args.net,
+    };
+    let verdicts = check_console(&console.lines, console.exit, &expect);
+    let failed: Vec<_> = verdicts.iter().filter(|v| v.failure.is_some()).collect();
+    for verdict in &failed {
+        eprintln!(
+            "xtask: linux-bare: FAILED {}: {}",
+            verdict.name,
+            verdict.failure.as_deref().unwrap_or_default()
+        );
+    }
+    let fetch_note = if needs_fetch {
+        format!("fetch {:.2} s", fetch_time.as_secs_f64())
+    } else {
+        "nothing fetched".to_string()
+    };
+    eprintln!(
+        "xtask: linux-bare: {fetch_note}, initramfs {:.2} s, boot to init {}, QEMU {:.2} s, total {:.2} s",
+        initrd_time.as_secs_f64(),
+        console
+            .to_init
+            .map_or("never".to_string(), |t| format!("{:.2} s", t.as_secs_f64())),
+        console.elapsed.as_secs_f64(),
+        total.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "xtask: linux-bare: {} passed, {} failed",
+        verdicts.len() - failed.len(),
+        failed.len()
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stub_loads_its_literals_and_branches() {
+        let stub = boot_stub(0x5fe0_0000, 0x4000_0000);
+        assert_eq!(stub.len(), 40);
+        let word = |at: usize| u32::from_le_bytes(stub[at..at + 4].try_into().unwrap());
+        let dword = |at: usize| u64::from_le_bytes(stub[at..at + 8].try_into().unwrap());
+        // Decode each LDR (literal): the literal it names holds the right value.
+        for (at, rt, value) in [(0, 0, 0x5fe0_0000), (0x10, 4, 0x4000_0000)] {
+            let insn = word(at);
+            assert_eq!(insn & 0xff00_0000, 0x5800_0000, "LDR (literal, 64-bit)");
+            assert_eq!(insn & 0x1f, rt);
+            let target = at + 4 * ((insn >> 5) & 0x7_ffff) as usize;
+            assert_eq!(dword(target), value);
+        }
+        // x1-x3 cleared, then a branch through x4.
+        for (at, rd) in [(4, 1), (8, 2), (12, 3)] {
+            assert_eq!(word(at), 0xAA1F_03E0 | rd);
+        }
+        assert_eq!(word(0x14), 0xD61F_0080);
+    }
+
+    #[test]
+    fn the_init_sets_up_runs_the_workload_and_always_powers_off() {
+        let init = init_script("my-workload --now\n");
+        assert!(init.starts_with("#!/bin/busybox sh\n"));
+        let at = |needle: &str| {
+            init.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing"))
+        };
+        assert!(at("mount -t proc") < at("insmod"));
+        assert!(at("insmod") < at("my-workload --now"));
+        assert!(at("my-workload --now") < at("poweroff -f"));
+        assert!(init.trim_end().ends_with("poweroff -f"));
+        // The module order of fetch::MODULES, by base name.
+        let names: Vec<&str> = fetch::MODULES
+            .iter()
+            .map(|m| m.rsplit('/').next().unwrap().trim_end_matches(".ko"))
+            .collect();
+        assert!(init.contains(&format!("for m in {}; do", names.join(" "))));
+        assert!(GUEST_INIT_WORKLOAD.starts_with("sh /guest-init\n"));
+    }
+
+    fn fake_fetched(dir: &Path) -> Fetched {
+        fs::create_dir_all(dir).unwrap();
+        let busybox = dir.join("busybox");
+        fs::write(&busybox, b"\x7fELF busybox").unwrap();
+        let modules = fetch::MODULES
+            .iter()
+            .map(|m| {
+                let path = dir.join(m.rsplit('/').next().unwrap());
+                fs::write(&path, m.as_bytes()).unwrap();
+                path
+            })
+            .collect();
+        Fetched {
+            version: "6.1.0-1-test".into(),
+            image: dir.join("Image"),
+            modules,
+            busybox,
+        }
+    }
+
+    #[test]
+    fn the_initramfs_holds_busybox_modules_and_init() {
+        let dir =
+            std::env::temp_dir().join(format!("iqdio-xtask-initramfs-{}", std::process::id()));
+        let fetched = fake_fetched(&dir);
+        let packed = initramfs(&fetched, GUEST_INIT_WORKLOAD, Some(b"echo hi\n")).unwrap();
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut raw)
+            .unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        for name in [
+            "bin/busybox\0",
+            "dev/console\0",
+            "lib/modules/virtio_net.ko\0",
+            "lib/modules/virtio_mmio.ko\0",
+            "init\0",
+            "guest-init\0",
+            "proc\0",
+            "sys\0",
+            "TRAILER!!!\0",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+        assert!(text.contains("\x7fELF busybox"));
+        assert!(text.contains("sh /guest-init"));
+        assert!(text.contains("echo hi\n"));
+        // A directory comes before what it holds.
+        assert!(text.find("lib/modules\0").unwrap() < text.find("lib/modules/virtio.ko").unwrap());
+        let without = initramfs(&fetched, BARE_WORKLOAD, None).unwrap();
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&without[..]), &mut raw)
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("guest-init\0"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn guest_boot_writes_the_tree_and_places_the_blobs() {
+        let dir = std::env::temp_dir().join(format!("iqdio-xtask-guest-{}", std::process::id()));
+        let files = GuestFiles {
+            image: PathBuf::from("/k/Image"),
+            image_size: 27_918_336,
+            initrd: PathBuf::from("/k/initrd.gz"),
+            initrd_len: 3 << 20,
+            extra_bootargs: "quiet".into(),
+            virtio: None,
+        };
+        let boot = guest_boot(3, 0xc000_0000, &files, &dir).unwrap();
+        assert_eq!(boot.dtb, dir.join("guest3.dtb"));
+        assert_eq!(boot.entry, 0x4000_0000);
+        assert_eq!(boot.x0, 0x5fe0_0000);
+        assert!(boot.loader[1].contains("file=/k/Image,addr=0xc0000000"));
+        assert!(boot.loader[3].contains("file=/k/initrd.gz,addr=0xc8000000"));
+        assert!(boot.loader[5].ends_with(",addr=0xdfe00000,force-raw=on"));
+        let blob = fs::read(&boot.dtb).unwrap();
+        let tree = fdt::Fdt::new(&blob).unwrap();
+        // The guest sees its IPA window, not the physical one.
+        let region = tree.memory().regions().next().unwrap();
+        assert_eq!(region.starting_address as u64, 0x4000_0000);
+        assert!(tree.chosen().bootargs().unwrap().ends_with(" quiet"));
+        // A misaligned window and a kernel too big for the layout are refused.
+        assert!(guest_boot(3, 0xc000_1000, &files, &dir).is_err());
+        let huge = GuestFiles {
+            image_size: 200 << 20,
+            ..files
+        };
+        assert!(guest_boot(3, 0xc000_0000, &huge, &dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bare_command_line_covers_the_window_and_starts_at_the_stub() {
+        let files = GuestFiles {
+            image: PathBuf::from("/k/Image"),
+            image_size: 1 << 20,
+            initrd: PathBuf::from("/k/initrd.gz"),
+            initrd_len: 1 << 20,
+            extra_bootargs: String::new(),
+            virtio: None,
+        };
+        let dir = std::env::temp_dir().join(format!("iqdio-xtask-bare-{}", std::process::id()));
+        let boot = guest_boot(0, layout::WINDOW_IPA_BASE, &files, &dir).unwrap();
+        let args = bare_arguments(&boot, Path::new("/o/stub.bin"), false).join(" ");
+        assert!(args.starts_with(
+            "-M virt,gic-version=3 -nodefaults -nic none -cpu max,pauth-impdef=on -smp 1 -m 512M "
+        ));
+        assert!(args.contains("-device loader,file=/k/Image,addr=0x40000000,force-raw=on"));
+        assert!(
+            args.ends_with(
+                "-device loader,file=/o/stub.bin,addr=0x5ffff000,cpu-num=0,force-raw=on"
+            )
+        );
+        assert!(
+            !args.contains("-kernel"),
+            "QEMU must not place or patch anything itself"
+        );
+        let with_net = bare_arguments(&boot, Path::new("/o/stub.bin"), true).join(" ");
+        assert!(with_net.ends_with("-device virtio-net-device,netdev=n0"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn console(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    const GOOD: &str = "\
+[    0.000000] Linux version 6.1.0-57-cloud-arm64 (debian-kernel@lists.debian.org)
+iqdio-guest: modules loaded 6 of 6
+iqdio-guest: uname -r 6.1.0-57-cloud-arm64
+iqdio-guest: cpus 1
+iqdio-guest: memory 486000 kB
+iqdio-guest: uptime 1.52 s
+iqdio-guest: timer interrupts 380
+iqdio-guest: timer interrupts 631
+iqdio-guest: powering off
+[    2.600000] reboot: Power down";
+
+    fn expect() -> Expect {
+        Expect {
+            version: Some("6.1.0-57-cloud-arm64".into()),
+            window: 512 << 20,
+            net: false,
+        }
+    }
+
+    fn failures(lines: &[String], exit: Option<i32>, expect: &Expect) -> Vec<&'static str> {
+        check_console(lines, exit, expect)
+            .into_iter()
+            .filter(|v| v.failure.is_some())
+            .map(|v| v.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_good_console_passes_every_check() {
+        let verdicts = check_console(&console(GOOD), Some(0), &expect());
+        assert_eq!(verdicts.len(), 6);
+        assert!(verdicts.iter().all(|v| v.failure.is_none()), "{verdicts:?}");
+    }
+
+    #[test]
+    fn each_fault_fails_its_own_check() {
+        let good = console(GOOD);
+        let swap = |from: &str, to: &str| console(&GOOD.replace(from, to));
+        assert_eq!(failures(&good, None, &expect()), ["clean poweroff"]);
+        assert_eq!(failures(&good, Some(1), &expect()), ["clean poweroff"]);
+        assert_eq!(
+            failures(
+                &swap("reboot: Power down", "Kernel panic - not syncing"),
+                Some(0),
+                &expect()
+            ),
+            ["clean poweroff"]
+        );
+        assert_eq!(
+            failures(&swap("-r 6.1.0-57", "-r 6.1.0-50"), Some(0), &expect()),
+            ["kernel version"]
+        );
+        assert_eq!(
+            failures(&swap("cpus 1", "cpus 2"), Some(0), &expect()),
+            ["one CPU"]
+        );
+        assert_eq!(
+            failures(&swap("memory 486000", "memory 999000"), Some(0), &expect()),
+            ["memory is the window"]
+        );
+        assert_eq!(
+            failures(&swap("6 of 6", "5 of 6"), Some(0), &expect()),
+            ["virtio modules"]
+        );
+        assert_eq!(
+            failures(
+                &swap("interrupts 631", "interrupts 390"),
+                Some(0),
+                &expect()
+            ),
+            ["timer ticks"]
+        );
+        let mut want_net = expect();
+        want_net.net = true;
+        assert_eq!(failures(&good, Some(0), &want_net), ["eth0"]);
+        let with_eth0 = swap(
+            "iqdio-guest: cpus",
+            "iqdio-guest: eth0 52:54:00:12:34:56\niqdio-guest: cpus",
+        );
+        assert!(failures(&with_eth0, Some(0), &want_net).is_empty());
+        // Unknown version (a --kernel without a banner): any uname -r is accepted.
+        let mut any = expect();
+        any.version = None;
+        assert!(failures(&swap("-r 6.1.0-57", "-r 5.10.0-1"), Some(0), &any).is_empty());
+        // Nothing from the init at all.
+        let silent = console("[ 0.0] Linux version x\n[ 9.0] reboot: Power down");
+        assert_eq!(
+            failures(&silent, Some(0), &expect()),
+            [
+                "kernel version",
+                "one CPU",
+                "memory is the window",
+                "virtio modules",
+                "timer ticks"
+            ]
+        );
+    }
+}
