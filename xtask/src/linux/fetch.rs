@@ -30,11 +30,13 @@ pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// The keyring apt checks the archive's signatures with (package debian-archive-keyring).
 pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-/// The virtio modules the initramfs carries, in `insmod` order (each needs the ones
-/// before it; paths under `lib/modules/<version>/kernel/`, LINUX-GUESTS.md).
+/// The virtio modules the initramfs carries, in `insmod` order: every module's
+/// dependencies come before it, as the kernel package's `modules.dep` says (checked at
+/// fetch time by [`check_module_order`]; in 6.1 `virtio` needs `virtio_ring`'s
+/// `virtio_break_device`). Paths under `lib/modules/<version>/kernel/`.
 pub const MODULES: [&str; 6] = [
-    "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_mmio.ko",
     "net/core/failover.ko",
     "drivers/net/net_failover.ko",
@@ -200,10 +202,14 @@ impl Cache {
         let image = read_image(&vmlinuz)?;
         fs::write(&fetched.image, image)?;
         let modules = extract.join(format!("lib/modules/{version}/kernel"));
+        let mut order = Vec::new();
         for (module, kept) in MODULES.iter().zip(&fetched.modules) {
-            fs::copy(modules.join(module), kept)
+            let bytes = fs::read(modules.join(module))
                 .with_context(|| format!("{module} is not in {package}"))?;
+            order.push((module_name(module), module_depends(&bytes)));
+            fs::write(kept, bytes)?;
         }
+        check_module_order(&order)?;
         fs::copy(extract.join("bin/busybox"), &fetched.busybox)
             .with_context(|| format!("bin/busybox is not in {BUSYBOX_PACKAGE}"))?;
         fs::write(self.version_file(), format!("{version}\n"))?;
@@ -224,6 +230,44 @@ pub fn by_hand_hint() -> String {
          `poweroff -f` (busybox from {BUSYBOX_PACKAGE} as bin/busybox). With both \
          overrides nothing is fetched."
     )
+}
+
+/// The `depends=` field of a module's `.modinfo` section: the modules it needs, by
+/// name. (The package has no `modules.dep`: depmod writes that at install time.)
+pub fn module_depends(module: &[u8]) -> Vec<String> {
+    const FIELD: &[u8] = b"\0depends=";
+    let Some(at) = module.windows(FIELD.len()).position(|w| w == FIELD) else {
+        return Vec::new();
+    };
+    let value = &module[at + FIELD.len()..];
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A module's name as `depends=` and `lsmod` write it: the file's base name without
+/// `.ko`, dashes as underscores.
+pub fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.trim_end_matches(".ko").replace('-', "_")
+}
+
+/// Checks that modules can be loaded in the given order with `insmod`, which resolves
+/// no dependencies: each module (name, its `depends=`) needs only modules listed
+/// before it.
+pub fn check_module_order(modules: &[(String, Vec<String>)]) -> Result<()> {
+    for (i, (name, depends)) in modules.iter().enumerate() {
+        for dep in depends {
+            let dep = dep.replace('-', "_");
+            if !modules[..i].iter().any(|(earlier, _)| *earlier == dep) {
+                bail!("module {name} needs {dep}, which the initramfs does not load before it");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The file name a module is kept under (its base name).
@@ -621,6 +665,50 @@ deb http://third.party.example/apt bookworm-backportsish main
         );
         assert_eq!(kernel_version("linux-image-cloud-arm64"), None);
         assert_eq!(kernel_version("busybox-static"), None);
+    }
+
+    #[test]
+    fn module_order_follows_each_modules_depends() {
+        // .modinfo strings as in 6.1.0-57-cloud-arm64's modules.
+        let modinfo = |fields: &str| format!("\x7fELF...\0license=GPL\0{fields}\0vermagic=6.1\0");
+        assert_eq!(
+            module_depends(modinfo("depends=virtio_ring").as_bytes()),
+            ["virtio_ring"]
+        );
+        assert_eq!(
+            module_depends(modinfo("depends=net_failover,virtio,virtio_ring").as_bytes()),
+            ["net_failover", "virtio", "virtio_ring"]
+        );
+        assert!(module_depends(modinfo("depends=").as_bytes()).is_empty());
+        assert!(module_depends(b"no modinfo at all").is_empty());
+        assert_eq!(module_name("drivers/net/virtio_net.ko"), "virtio_net");
+        assert_eq!(module_name("x/some-mod.ko"), "some_mod");
+
+        let deps = |name: &str, d: &[&str]| {
+            (
+                name.to_string(),
+                d.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let good = [
+            deps("virtio_ring", &[]),
+            deps("virtio", &["virtio_ring"]),
+            deps("virtio_mmio", &["virtio", "virtio_ring"]),
+            deps("failover", &[]),
+            deps("net_failover", &["failover"]),
+            deps("virtio_net", &["net_failover", "virtio", "virtio_ring"]),
+        ];
+        check_module_order(&good).unwrap();
+        let names: Vec<String> = MODULES.iter().map(|m| module_name(m)).collect();
+        let good_names: Vec<&String> = good.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names.iter().collect::<Vec<_>>(),
+            good_names,
+            "MODULES in this order"
+        );
+        let swapped = [good[1].clone(), good[0].clone()];
+        let error = check_module_order(&swapped).unwrap_err().to_string();
+        assert!(error.contains("virtio needs virtio_ring"), "{error}");
     }
 
     fn fake_image(image_size: u64) -> Vec<u8> {
