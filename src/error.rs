@@ -101,18 +101,45 @@ pub enum RegistrationError {
     InvalidAddress,
     /// A handle refers to a queue set that has been deregistered since.
     StaleHandle,
+    /// Two of a queue set's structures (SBALs, SLSBs, indicator bytes) share bytes, or
+    /// one of them shares bytes with a structure of another of the partition's queue
+    /// sets. `field` is the new queue set's, `with` the one it meets (in the same set
+    /// or another). Only the middle and the global indicator byte may be shared, and
+    /// only as the same byte in the same role in each set.
+    OverlappingQueues {
+        /// The new queue set's structure.
+        field: QueueField,
+        /// The structure it overlaps.
+        with: QueueField,
+    },
+    /// The partition has as many queue sets as it may: its quota
+    /// ([`FabricConfig::queue_sets_per_partition`](crate::FabricConfig::queue_sets_per_partition)),
+    /// at most [`MAX_SUBCHANNELS`](crate::fabric::MAX_SUBCHANNELS). Other partitions
+    /// may still establish; the table itself may have room.
+    SubchannelLimit,
+    /// The partition has as many addresses as it may
+    /// ([`FabricConfig::addresses_per_partition`](crate::FabricConfig::addresses_per_partition)).
+    /// Other partitions may still register; the table itself may have room.
+    AddressQuota,
 }
 
 impl RegistrationError {
-    /// The IPA-style return code. 0xE005 and 0xE006 are Linux's codes for a duplicate
-    /// address and a full address table; 0xE00E is its "address not defined"; the rest
-    /// are iqdio's own (0xF0xx).
+    /// The IPA-style return code.
+    ///
+    /// Where Linux qeth gives a code the meaning, that code (`qeth_core_mpc.h`, enum
+    /// `qeth_ipa_return_codes`, Linux 6.12): 0xE005 `IPA_RC_DUPLICATE_IP_ADDRESS`,
+    /// 0xE006 `IPA_RC_IP_ADDR_TABLE_FULL` (the table itself, never a quota), 0xE00B
+    /// `IPA_RC_MC_ADDR_NOT_FOUND` (qeth_l3 reads it as -ENOENT on delete).
+    ///
+    /// The rest are iqdio's own, in 0xF002..=0xF00D: codes no Linux qeth return code
+    /// uses (its 0xFxxx codes are 0xF001 `IPA_RC_INVALID_IP_VERSION2` and 0xFFFF
+    /// `IPA_RC_FFFF`), so a Linux-minded embedder never misreads one.
+    /// 0xE00E (`IPA_RC_UNSUPPORTED_SUBCMD`) and 0xF001 are therefore not used.
     pub const fn code(self) -> u16 {
         match self {
             Self::DuplicateFound => 0xE005,
             Self::TableFull => 0xE006,
-            Self::NotFound => 0xE00E,
-            Self::SourceNotRegistered => 0xF001,
+            Self::NotFound => 0xE00B,
             Self::UnknownPartition => 0xF002,
             Self::InvalidWindow => 0xF003,
             Self::OverlappingWindows => 0xF004,
@@ -120,6 +147,10 @@ impl RegistrationError {
             Self::Misaligned(_) => 0xF006,
             Self::InvalidAddress => 0xF007,
             Self::StaleHandle => 0xF008,
+            Self::SourceNotRegistered => 0xF00A,
+            Self::OverlappingQueues { .. } => 0xF00B,
+            Self::SubchannelLimit => 0xF00C,
+            Self::AddressQuota => 0xF00D,
         }
     }
 }
@@ -143,6 +174,12 @@ mod tests {
     fn registration_codes_are_linux_where_linux_has_one_and_unique() {
         assert_eq!(RegistrationError::DuplicateFound.code(), 0xE005);
         assert_eq!(RegistrationError::TableFull.code(), 0xE006);
+        assert_eq!(RegistrationError::NotFound.code(), 0xE00B);
+        // Codes Linux qeth gives another meaning (qeth_core_mpc.h, Linux 6.12).
+        let linux_other = [
+            0xE001, 0xE002, 0xE003, 0xE004, 0xE007, 0xE008, 0xE009, 0xE00A, 0xE00D, 0xE00E, 0xE00F,
+            0xE010, 0xE011, 0xE012, 0xE013, 0xE080, 0xE090, 0xF001, 0xFFFF,
+        ];
         let all = [
             RegistrationError::DuplicateFound,
             RegistrationError::TableFull,
@@ -155,8 +192,15 @@ mod tests {
             RegistrationError::Misaligned(QueueField::InputSbal(0)),
             RegistrationError::InvalidAddress,
             RegistrationError::StaleHandle,
+            RegistrationError::OverlappingQueues {
+                field: QueueField::InputSlsb,
+                with: QueueField::OutputSbal(3),
+            },
+            RegistrationError::SubchannelLimit,
+            RegistrationError::AddressQuota,
         ];
         for (i, a) in all.iter().enumerate() {
+            assert!(!linux_other.contains(&a.code()), "{a:?} takes a Linux code");
             for b in &all[i + 1..] {
                 assert_ne!(a.code(), b.code(), "{a:?} {b:?}");
             }

@@ -12,12 +12,14 @@ use crate::queue::{
     CounterSnapshot, Inbound, IndicatorBytes, Outbound, QueueControl, QueueRing, next, prev,
 };
 use crate::sync::TableLock;
-use crate::table::{LparId, QueueTable, SlotRef, SourceKey};
+use crate::table::{HashSeed, LparId, QueueTable, SlotRef, SourceKey};
 use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing_into};
 
 /// Partitions (LPAR ids) a fabric can know: every `u8`.
 pub const MAX_PARTITIONS: usize = 256;
-/// IQDIO subchannels one partition may establish.
+/// IQDIO subchannels one partition may have established at once (the size of its
+/// subchannel record; [`FabricConfig::queue_sets_per_partition`] may lower it).
+/// Deregistered subchannels do not count: their record entries are reused.
 pub const MAX_SUBCHANNELS: usize = 16;
 /// The only output queue mask a unicast queue set accepts: queue 0 (`1 << 31`).
 pub const QUEUE_0_MASK: u32 = 1 << 31;
@@ -29,14 +31,56 @@ pub struct FabricConfig {
     pub mfs: Mfs,
     /// The interrupt fallback: a summary left pending this long raises an interrupt.
     pub interrupt_delay_ns: u64,
+    /// The key of the source and target tables' hash (SipHash-1-3, see `table.rs`).
+    /// Give each fabric its own, from a source the partitions can neither read nor
+    /// guess: with a known seed a partition can choose addresses that collide and
+    /// lengthen every lookup that probes through them.
+    pub hash_seed: HashSeed,
+    /// Queue sets one partition may have established at once; more is refused with
+    /// [`RegistrationError::SubchannelLimit`] (0xF00C). Values above
+    /// [`MAX_SUBCHANNELS`] mean [`MAX_SUBCHANNELS`].
+    pub queue_sets_per_partition: u8,
+    /// Target addresses one partition may have registered at once, over all its queue
+    /// sets; more is refused with [`RegistrationError::AddressQuota`] (0xF00D), so one
+    /// partition cannot fill the target table for the others.
+    pub addresses_per_partition: u16,
 }
 
 impl FabricConfig {
-    /// 64 KiB frames, 1 ms fallback delay.
+    /// 64 KiB frames, 1 ms fallback delay, 16 queue sets and 256 addresses per
+    /// partition (16 partitions at their quota fill the default 4096-entry target
+    /// table), and the seed [`FabricConfig::DEFAULT_SEED`].
     pub const DEFAULT: Self = Self {
         mfs: Mfs::K64,
         interrupt_delay_ns: 1_000_000,
+        hash_seed: Self::DEFAULT_SEED,
+        queue_sets_per_partition: MAX_SUBCHANNELS as u8,
+        addresses_per_partition: 256,
     };
+
+    /// The seed of [`FabricConfig::DEFAULT`]: public, so only for tests and images
+    /// whose partitions are trusted not to attack the hash. (The first 128 bits of
+    /// pi's fraction, a nothing-up-my-sleeve number.)
+    pub const DEFAULT_SEED: HashSeed = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+
+    /// The default settings with the embedder's own hash seed. `const`, for a fabric
+    /// in a `static`.
+    pub const fn new(hash_seed: HashSeed) -> Self {
+        Self {
+            hash_seed,
+            ..Self::DEFAULT
+        }
+    }
+
+    /// The queue-set quota, bounded by the subchannel record.
+    const fn queue_set_limit(&self) -> usize {
+        let q = self.queue_sets_per_partition as usize;
+        if q < MAX_SUBCHANNELS {
+            q
+        } else {
+            MAX_SUBCHANNELS
+        }
+    }
 }
 
 impl Default for FabricConfig {
@@ -132,7 +176,11 @@ enum Subchannel {
 
 struct PartitionRecord {
     memory: Memory,
+    /// Subchannels with the IQDIO indicator: the active ones and, while there is room,
+    /// deregistered ones (so a SIGA on those answers cc1, not cc3).
     subchannels: heapless::Vec<(u16, Subchannel), MAX_SUBCHANNELS>,
+    /// Target addresses registered over all the partition's queue sets (its quota).
+    addresses: usize,
 }
 
 impl PartitionRecord {
@@ -143,14 +191,36 @@ impl PartitionRecord {
             .map(|(_, st)| *st)
     }
 
+    fn active(&self) -> impl Iterator<Item = SlotRef> + '_ {
+        self.subchannels.iter().filter_map(|(_, st)| match st {
+            Subchannel::Active(slot) => Some(*slot),
+            Subchannel::Inactive => None,
+        })
+    }
+
+    /// Records `sch` as `st`. A new number takes a free entry or, when there is none,
+    /// the entry of a deregistered subchannel (which from then on answers cc3 as never
+    /// established): deregistration frees the number's place, so a partition can go
+    /// on establishing new numbers for ever \[issue 9 defect 6\].
     fn set_subchannel(&mut self, sch: u16, st: Subchannel) -> Result<(), RegistrationError> {
         if let Some(e) = self.subchannels.iter_mut().find(|(s, _)| *s == sch) {
             e.1 = st;
             return Ok(());
         }
-        self.subchannels
-            .push((sch, st))
-            .map_err(|_| RegistrationError::TableFull)
+        let Err(entry) = self.subchannels.push((sch, st)) else {
+            return Ok(());
+        };
+        match self
+            .subchannels
+            .iter_mut()
+            .find(|(_, s)| *s == Subchannel::Inactive)
+        {
+            Some(e) => {
+                *e = entry;
+                Ok(())
+            }
+            None => Err(RegistrationError::SubchannelLimit),
+        }
     }
 }
 
@@ -161,10 +231,10 @@ struct State<const Q: usize, const A: usize> {
 }
 
 impl<const Q: usize, const A: usize> State<Q, A> {
-    const fn new() -> Self {
+    const fn new(seed: HashSeed) -> Self {
         Self {
             partitions: [const { None }; MAX_PARTITIONS],
-            table: QueueTable::new(),
+            table: QueueTable::new(seed),
             in_use: [false; Q],
         }
     }
@@ -200,7 +270,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         Self {
             platform,
             config,
-            state: TableLock::new(State::new()),
+            state: TableLock::new(State::new(config.hash_seed)),
             controls: [const { QueueControl::new() }; Q],
         }
     }
@@ -212,7 +282,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         Self {
             platform,
             config,
-            state: TableLock::new(State::new()),
+            state: TableLock::new(State::new(config.hash_seed)),
             controls: core::array::from_fn(|_| QueueControl::new()),
         }
     }
@@ -246,6 +316,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         st.partitions[usize::from(lpar)] = Some(PartitionRecord {
             memory,
             subchannels: heapless::Vec::new(),
+            addresses: 0,
         });
         Ok(())
     }
@@ -276,8 +347,14 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     }
 
     /// Establishes a queue set for `lpar`'s `subchannel`: checks every address against
-    /// the partition's memory, registers `LPAR-ID.SUBCHANNEL#` in the source table and
-    /// gives the subchannel the IQDIO indicator.
+    /// the partition's memory, checks that its structures overlap neither one another
+    /// nor those of the partition's other queue sets, registers `LPAR-ID.SUBCHANNEL#`
+    /// in the source table and gives the subchannel the IQDIO indicator.
+    ///
+    /// In this order: unknown partition (0xF002), an address outside memory or
+    /// misaligned (0xF005, 0xF006), the subchannel active already (0xE005), the
+    /// partition at its queue-set quota (0xF00C), overlapping structures (0xF00B),
+    /// no queue control left in the fabric (0xE006).
     pub fn establish(
         &self,
         lpar: LparId,
@@ -293,6 +370,10 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         if matches!(p.subchannel(subchannel), Some(Subchannel::Active(_))) {
             return Err(RegistrationError::DuplicateFound);
         }
+        if p.active().count() >= self.config.queue_set_limit() {
+            return Err(RegistrationError::SubchannelLimit);
+        }
+        self.check_overlaps(p, &out_ring, &in_ring, &indicators)?;
         let index = st
             .in_use
             .iter()
@@ -335,7 +416,8 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
 
     /// Registers `ip` as a target address of `lpar`'s queue set on `subchannel`.
     /// An address is unique in the fabric: another queue set's address, or this one's
-    /// again, is Duplicate Found (0xE005).
+    /// again, is Duplicate Found (0xE005). Then: no such queue set (0xF00A), the
+    /// partition at its address quota (0xF00D), the target table full (0xE006).
     pub fn register_address(
         &self,
         lpar: LparId,
@@ -345,10 +427,25 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         if !is_unicast(&ip) {
             return Err(RegistrationError::InvalidAddress);
         }
+        let key = SourceKey { lpar, subchannel };
         let mut st = self.state.write();
-        st.table
-            .add_target(ip, SourceKey { lpar, subchannel })
-            .map(|_| ())
+        let st = &mut *st;
+        if st.table.has_target(&ip) {
+            return Err(RegistrationError::DuplicateFound);
+        }
+        // A queue set in the source table has its partition's record.
+        let (Some(_), Some(p)) = (
+            st.table.source(&key),
+            st.partitions[usize::from(lpar)].as_mut(),
+        ) else {
+            return Err(RegistrationError::SourceNotRegistered);
+        };
+        if p.addresses >= usize::from(self.config.addresses_per_partition) {
+            return Err(RegistrationError::AddressQuota);
+        }
+        st.table.add_target(ip, key)?;
+        p.addresses += 1;
+        Ok(())
     }
 
     /// Removes one address of `lpar`'s queue set on `subchannel`.
@@ -359,7 +456,13 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         ip: IpAddr,
     ) -> Result<(), RegistrationError> {
         let mut st = self.state.write();
-        st.table.remove_target(&ip, SourceKey { lpar, subchannel })
+        let st = &mut *st;
+        st.table
+            .remove_target(&ip, SourceKey { lpar, subchannel })?;
+        if let Some(p) = st.partitions[usize::from(lpar)].as_mut() {
+            p.addresses = p.addresses.saturating_sub(1);
+        }
+        Ok(())
     }
 
     /// Deregisters `lpar`'s queue set on `subchannel`: removes its addresses from the
@@ -381,13 +484,14 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         st: &mut State<Q, A>,
         key: SourceKey,
     ) -> Result<CounterSnapshot, RegistrationError> {
-        let slot = st
+        let (slot, addresses) = st
             .table
             .remove_queue_set(key)
             .ok_or(RegistrationError::NotFound)?;
         if let Some(p) = st.partitions[usize::from(key.lpar)].as_mut() {
             // The entry exists (it was Active), so this replaces it and cannot fail.
             let _ = p.set_subchannel(key.subchannel, Subchannel::Inactive);
+            p.addresses = p.addresses.saturating_sub(addresses);
         }
         let index = usize::from(slot.index);
         let qc = &self.controls[index];
@@ -401,6 +505,86 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         qc.generation.fetch_add(1, Ordering::Relaxed);
         st.in_use[index] = false;
         Ok(qc.counters.snapshot())
+    }
+
+    /// Refuses a new queue set whose structures overlap one another or those of
+    /// `p`'s established queue sets \[issue 9 defect 5\]: the fabric writes SBALs
+    /// (8-byte atomics), SLSBs and indicator bytes (1-byte atomics) that the program
+    /// reads and writes too, and frame data into buffers the SBALs name; two
+    /// structures on the same bytes would have the fabric overwrite one with the
+    /// other and mix atomic sizes on the same bytes. Other partitions' memory cannot
+    /// overlap (their windows never do). Only a middle or global indicator byte may be
+    /// shared, by queue sets that each use it in that role (Linux shares the summary
+    /// indicator among all its devices).
+    fn check_overlaps(
+        &self,
+        p: &PartitionRecord,
+        out: &QueueRing,
+        inp: &QueueRing,
+        ind: &IndicatorBytes,
+    ) -> Result<(), RegistrationError> {
+        let mut new = [Extent::EMPTY; EXTENTS];
+        let mut n = 0;
+        extents(out, inp, ind, |e| {
+            if let Some(slot) = new.get_mut(n) {
+                *slot = e;
+                n += 1;
+            }
+        });
+        let new = &mut new[..n];
+        // Sorted by start, two of them overlap if and only if two neighbours do.
+        new.sort_unstable_by_key(|e| e.start);
+        for w in new.windows(2) {
+            if w[0].end() > w[1].start {
+                return Err(RegistrationError::OverlappingQueues {
+                    field: w[1].field,
+                    with: w[0].field,
+                });
+            }
+        }
+        let new = &*new;
+        let mut found = None;
+        for slot in p.active() {
+            let qc = &self.controls[usize::from(slot.index)];
+            // No send holds these: sends hold the table lock shared, and we hold it
+            // exclusive.
+            let outbound = qc.outbound.lock();
+            let inbound = qc.inbound.lock();
+            let (Some(o), Some(i), Some(d)) = (
+                outbound.ring.as_ref(),
+                inbound.ring.as_ref(),
+                inbound.indicators.as_ref(),
+            ) else {
+                continue;
+            };
+            extents(o, i, d, |old| {
+                if found.is_some() {
+                    return;
+                }
+                // The new extents are disjoint and sorted, so only the last one that
+                // starts before `old` ends can reach into it.
+                let k = new.partition_point(|e| e.start < old.end());
+                let Some(e) = k.checked_sub(1).and_then(|k| new.get(k)) else {
+                    return;
+                };
+                let shared = e.start == old.start
+                    && e.field == old.field
+                    && matches!(
+                        e.field,
+                        QueueField::MiddleIndicator | QueueField::GlobalIndicator
+                    );
+                if e.end() > old.start && !shared {
+                    found = Some(RegistrationError::OverlappingQueues {
+                        field: e.field,
+                        with: old.field,
+                    });
+                }
+            });
+            if let Some(err) = found {
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     /// Addresses registered in the target table, across all partitions.
@@ -739,6 +923,51 @@ fn is_unicast(ip: &IpAddr) -> bool {
             !(v6.is_unspecified() || v6.is_multicast() || v6.to_ipv4_mapped().is_some())
         }
     }
+}
+
+/// One structure of a queue set in host memory (`start`, `len`) and its role.
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    start: usize,
+    len: usize,
+    field: QueueField,
+}
+
+impl Extent {
+    const EMPTY: Self = Self {
+        start: 0,
+        len: 0,
+        field: QueueField::OutputSlsb,
+    };
+
+    fn end(&self) -> usize {
+        // A GuestSlice lies in one window, which does not wrap.
+        self.start.saturating_add(self.len)
+    }
+
+    fn of(slice: &GuestSlice, field: QueueField) -> Self {
+        Self {
+            start: slice.host_addr(),
+            len: slice.len(),
+            field,
+        }
+    }
+}
+
+/// Structures of one queue set: 128 SBALs each way, 2 SLSBs, 3 indicator bytes.
+const EXTENTS: usize = 2 * QUEUE_BUFFERS + 5;
+
+/// Calls `f` with each structure of a queue set.
+fn extents(out: &QueueRing, inp: &QueueRing, ind: &IndicatorBytes, mut f: impl FnMut(Extent)) {
+    for (i, (o, n)) in out.sbals.iter().zip(inp.sbals.iter()).enumerate() {
+        f(Extent::of(&o.slice(), QueueField::OutputSbal(i as u8)));
+        f(Extent::of(&n.slice(), QueueField::InputSbal(i as u8)));
+    }
+    f(Extent::of(&out.slsb, QueueField::OutputSlsb));
+    f(Extent::of(&inp.slsb, QueueField::InputSlsb));
+    f(Extent::of(&ind.queue, QueueField::QueueIndicator));
+    f(Extent::of(&ind.middle, QueueField::MiddleIndicator));
+    f(Extent::of(&ind.global, QueueField::GlobalIndicator));
 }
 
 /// Checks a queue set's addresses against the partition's memory.
