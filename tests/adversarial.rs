@@ -76,6 +76,7 @@ impl World {
             FabricConfig {
                 mfs: Mfs::K64,
                 interrupt_delay_ns: DELAY,
+                ..FabricConfig::DEFAULT
             },
         )
     }
@@ -1116,56 +1117,82 @@ fn duplicate_keys() {
     w.finish();
 }
 
+/// Bytes one queue set's structures take in [`layout`]: 256 SBALs, then a page for the
+/// SLSBs and the indicator bytes.
+const SET_BYTES: usize = 2 * 128 * SBAL_SIZE + PAGE;
+
+/// The structures (no buffers) of queue set `i` in a window from [`bare_partition`]:
+/// disjoint from every other `i`.
+fn layout(i: usize) -> iqdio::QueueSetParams {
+    let base = GUEST_BASE + (i * SET_BYTES) as u64;
+    let ctl = base + (256 * SBAL_SIZE) as u64;
+    iqdio::QueueSetParams {
+        output_sbals: std::array::from_fn(|n| base + (n * SBAL_SIZE) as u64),
+        input_sbals: std::array::from_fn(|n| base + ((128 + n) * SBAL_SIZE) as u64),
+        output_slsb: ctl,
+        input_slsb: ctl + 128,
+        queue_indicator: ctl + 256,
+        middle_indicator: ctl + 257,
+        global_indicator: ctl + 258,
+        interrupt_immediately: false,
+    }
+}
+
+/// Registers partition `lpar` with room for `sets` queue sets laid out by [`layout`],
+/// none established.
+fn bare_partition(w: &mut World, lpar: u8, sets: usize) {
+    let ram = GuestRam::new(sets * SET_BYTES);
+    w.fab.add_partition(lpar, &[ram.window()]).unwrap();
+    w.extra.push(ram);
+}
+
 #[test]
 fn full_source_table() {
-    // 64 queue controls: A and three more partitions establish subchannels (aliasing
-    // their own first queue set's memory) until the table is full: 0xE006.
+    // 64 queue controls: four more partitions establish queue sets, each within its
+    // quota of 16, until the fabric has none left: 0xE006, the table's own code.
     let mut w = World::new();
-    let params = w.a.queues[0].params();
     let mut active = 5; // A 1, B 2, C 1, D 1
     let mut refused = None;
-    'fill: for sch in 1..16 {
-        match w.fab.establish(1, sch, &params) {
-            Ok(_) => active += 1,
-            Err(e) => {
-                refused = Some(e);
-                break 'fill;
-            }
-        }
-    }
     for lpar in 5..=8u8 {
-        if refused.is_some() {
-            break;
-        }
-        let p = Partition::new(&w.fab, lpar, 1, small());
-        active += 1;
-        let pp = p.queues[0].params();
-        w.more.push(p);
-        for sch in 1..16 {
-            match w.fab.establish(lpar, sch, &pp) {
+        bare_partition(&mut w, lpar, 16);
+    }
+    'fill: for lpar in 5..=8u8 {
+        for i in 0..16 {
+            match w.fab.establish(lpar, i as u16, &layout(i)) {
                 Ok(_) => active += 1,
                 Err(e) => {
-                    refused = Some(e);
-                    break;
+                    refused = Some((lpar, i, e));
+                    break 'fill;
                 }
             }
         }
     }
-    let e = refused.expect("the table filled");
+    let (lpar, i, e) = refused.expect("the table filled");
     assert_eq!(
-        (e, e.code(), active),
-        (RegistrationError::TableFull, 0xE006, 64)
+        (lpar, i, e, e.code(), active),
+        (8, 11, RegistrationError::TableFull, 0xE006, 64)
     );
     // Established queue sets go on; the table takes one again once one leaves.
-    w.fab.deregister_queue_set(1, 3).unwrap();
-    w.fab.establish(1, 3, &params).unwrap();
+    w.fab.deregister_queue_set(5, 3).unwrap();
+    w.fab.establish(8, 11, &layout(11)).unwrap();
+    assert_eq!(
+        w.fab.establish(5, 3, &layout(3)),
+        Err(RegistrationError::TableFull)
+    );
     w.a_to_b_passes();
     w.finish();
 }
 
 #[test]
 fn full_target_table() {
-    let mut w = World::new();
+    // With the address quota out of the way, one partition fills the table.
+    let mut w = World::with(
+        TestPlatform::new(),
+        FabricConfig {
+            addresses_per_partition: u16::MAX,
+            ..FabricConfig::DEFAULT
+        },
+    );
     let mut n = w.fab.address_count();
     let err = loop {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 200, (n >> 8) as u8, n as u8));
@@ -1193,15 +1220,126 @@ fn full_target_table() {
 }
 
 #[test]
-fn full_subchannel_list_of_one_partition() {
-    let w = World::new();
+fn a_partition_at_its_address_quota() {
+    // A registers addresses until its quota (256 by default, its two included):
+    // 0xF00D, not 0xE006, while the table has room and others still register.
+    let mut w = World::new();
+    let quota = usize::from(FabricConfig::DEFAULT.addresses_per_partition);
+    let others = w.fab.address_count() - 2;
+    let ip = |n: usize| IpAddr::V4(Ipv4Addr::new(10, 200, (n >> 8) as u8, n as u8));
+    let mut n = 0;
+    let err = loop {
+        match w.fab.register_address(1, 0, ip(n)) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        (err, err.code(), n + 2),
+        (RegistrationError::AddressQuota, 0xF00D, quota)
+    );
+    assert_eq!(w.fab.address_count(), others + quota);
+    w.fab.register_address(2, 1, v4(2, 9)).unwrap();
+    w.fab.register_address(3, 0, v6(3, 9)).unwrap();
+    // A's addresses all work; giving one back makes room for another.
+    w.c.queues[0]
+        .send(&w.fab.port(3), ip(n - 1), &[7; 40])
+        .unwrap();
+    assert_eq!(take_all(&mut w.a, 0), vec![vec![7; 40]]);
+    w.fab.deregister_address(1, 0, ip(0)).unwrap();
+    w.fab.register_address(1, 0, ip(n)).unwrap();
+    assert_eq!(
+        w.fab.register_address(1, 0, ip(n + 1)),
+        Err(RegistrationError::AddressQuota)
+    );
+    // Deregistering the queue set gives all of them back.
     let params = w.a.queues[0].params();
-    for sch in 1..16 {
-        w.fab.establish(1, sch, &params).unwrap();
+    w.fab.deregister_queue_set(1, 0).unwrap();
+    w.fab.establish(1, 0, &params).unwrap();
+    for k in 0..quota {
+        w.fab.register_address(1, 0, ip(1000 + k)).unwrap();
     }
-    let e = w.fab.establish(1, 16, &params).unwrap_err();
-    assert_eq!((e, e.code()), (RegistrationError::TableFull, 0xE006));
-    assert_eq!(w.fab.siga_write(1, 16, Q0), Err(SigaError::NotIqdio));
+    assert_eq!(
+        w.fab.register_address(1, 0, v4(1, 0)),
+        Err(RegistrationError::AddressQuota)
+    );
+    w.finish();
+}
+
+#[test]
+fn full_subchannel_list_of_one_partition() {
+    // 16 queue sets at once (MAX_SUBCHANNELS, the default quota): the 17th is 0xF00C,
+    // told apart from a full table (0xE006), and another partition still establishes.
+    let mut w = World::new();
+    bare_partition(&mut w, 5, 17);
+    bare_partition(&mut w, 6, 1);
+    for i in 0..16 {
+        w.fab.establish(5, i as u16, &layout(i)).unwrap();
+    }
+    let e = w.fab.establish(5, 16, &layout(16)).unwrap_err();
+    assert_eq!((e, e.code()), (RegistrationError::SubchannelLimit, 0xF00C));
+    assert_eq!(w.fab.siga_write(5, 16, Q0), Err(SigaError::NotIqdio));
+    w.fab.establish(6, 0, &layout(0)).unwrap();
+    // One leaves: a new number takes its place.
+    w.fab.deregister_queue_set(5, 2).unwrap();
+    w.fab.establish(5, 16, &layout(2)).unwrap();
+    assert_eq!(w.fab.siga_write(5, 16, Q0).unwrap().buffers, 0);
+    w.finish();
+}
+
+#[test]
+fn a_partition_at_its_queue_set_quota() {
+    let mut w = World::with(
+        TestPlatform::new(),
+        FabricConfig {
+            queue_sets_per_partition: 2,
+            ..FabricConfig::DEFAULT
+        },
+    );
+    bare_partition(&mut w, 5, 3);
+    bare_partition(&mut w, 6, 2);
+    w.fab.establish(5, 0, &layout(0)).unwrap();
+    w.fab.establish(5, 1, &layout(1)).unwrap();
+    let e = w.fab.establish(5, 2, &layout(2)).unwrap_err();
+    assert_eq!((e, e.code()), (RegistrationError::SubchannelLimit, 0xF00C));
+    // B is at the quota too (two queue sets); LPAR 6 still establishes both of its.
+    assert_eq!(
+        w.fab.establish(2, 7, &layout(0)),
+        Err(RegistrationError::SubchannelLimit)
+    );
+    w.fab.establish(6, 0, &layout(0)).unwrap();
+    w.fab.establish(6, 1, &layout(1)).unwrap();
+    w.a_to_b_passes();
+    w.finish();
+}
+
+#[test]
+fn establish_and_deregister_on_ever_new_subchannel_numbers() {
+    // Deregistration frees the subchannel's place: 10 000 numbers in turn, with one
+    // other queue set active all along, never run into a limit (0xE006 at the 16th
+    // number before).
+    let mut w = World::new();
+    bare_partition(&mut w, 5, 2);
+    w.fab.establish(5, 0xFFFF, &layout(0)).unwrap();
+    let before = w.fab.address_count();
+    for sch in 0..10_000u16 {
+        w.fab
+            .establish(5, sch, &layout(1))
+            .unwrap_or_else(|e| panic!("subchannel {sch}: {e:?}"));
+        w.fab
+            .register_address(5, sch, IpAddr::V4(Ipv4Addr::new(10, 5, 0, 1)))
+            .unwrap();
+        w.fab.deregister_queue_set(5, sch).unwrap();
+        // Just deregistered: queues not active (cc1), as before.
+        assert_eq!(
+            w.fab.siga_write(5, sch, Q0),
+            Err(SigaError::QueuesNotActive)
+        );
+    }
+    assert_eq!(w.fab.address_count(), before);
+    // A long-gone number's place was reused: it reads as never established (cc3).
+    assert_eq!(w.fab.siga_write(5, 0, Q0), Err(SigaError::NotIqdio));
+    assert_eq!(w.fab.siga_write(5, 0xFFFF, Q0).unwrap().buffers, 0);
     w.finish();
 }
 
@@ -1238,7 +1376,7 @@ fn registering_for_a_queue_set_not_established() {
         let e = w.fab.register_address(1, sch, v4(1, 50)).unwrap_err();
         assert_eq!(
             (e, e.code()),
-            (RegistrationError::SourceNotRegistered, 0xF001)
+            (RegistrationError::SourceNotRegistered, 0xF00A)
         );
     }
     w.finish();
@@ -1250,30 +1388,50 @@ fn deregistering_another_partitions_address_or_queue_set() {
     let nf = RegistrationError::NotFound;
     assert_eq!(w.fab.deregister_address(1, 0, v4(2, 0)), Err(nf));
     assert_eq!(w.fab.deregister_queue_set(1, 1), Err(nf));
-    assert_eq!(nf.code(), 0xE00E);
+    assert_eq!(nf.code(), 0xE00B);
     w.a_to_b_passes();
     w.finish();
 }
 
 #[test]
 fn stale_handle_after_reregistration() {
-    let w = World::new();
-    let params = w.a.queues[0].params();
-    let h = w.fab.establish(1, 2, &params).unwrap();
-    w.fab.deregister_queue_set(1, 2).unwrap();
-    let h2 = w.fab.establish(1, 2, &params).unwrap();
+    let mut w = World::new();
+    bare_partition(&mut w, 5, 1);
+    let h = w.fab.establish(5, 2, &layout(0)).unwrap();
+    w.fab.deregister_queue_set(5, 2).unwrap();
+    let h2 = w.fab.establish(5, 2, &layout(0)).unwrap();
     let e = w.fab.counters(&h).unwrap_err();
     assert_eq!((e, e.code()), (RegistrationError::StaleHandle, 0xF008));
     assert!(w.fab.counters(&h2).is_ok());
     w.finish();
 }
 
+/// Expects `p` refused as overlapping, naming `fields` (in either order), with nothing
+/// established.
+fn expect_overlap(
+    w: &World,
+    lpar: u8,
+    sch: u16,
+    p: &iqdio::QueueSetParams,
+    fields: [QueueField; 2],
+) {
+    let e = w.fab.establish(lpar, sch, p).unwrap_err();
+    let RegistrationError::OverlappingQueues { field, with } = e else {
+        panic!("{fields:?}: {e:?}");
+    };
+    assert!(
+        [field, with] == fields || [with, field] == fields,
+        "{fields:?}: {e:?}"
+    );
+    assert_eq!(e.code(), 0xF00B);
+    assert_eq!(w.fab.siga_write(lpar, sch, Q0), Err(SigaError::NotIqdio));
+}
+
 #[test]
 fn queue_structures_aliased_onto_each_other() {
     // A establishes subchannel 1 with every SBAL at one address, both SLSBs on one
-    // 128-byte block and the indicator bytes inside it. All of that is A's own
-    // memory, so the fabric takes it; its sends to itself find its own input buffer
-    // primed for output (0x62, not 0x41): 0x10. Nothing outside A's window changes.
+    // 128-byte block and the indicator bytes inside it: the fabric would write frame
+    // data and states over descriptors it and A read atomically. Refused, 0xF00B.
     let mut w = World::new();
     let good = w.a.queues[0].params();
     let x = good.output_sbals[100];
@@ -1288,56 +1446,191 @@ fn queue_structures_aliased_onto_each_other() {
         global_indicator: s + 6,
         interrupt_immediately: false,
     };
-    // Subchannel 0's output SLSB is reused: put it aside (A has nothing primed).
+    // Over A's own queue set 0 (its SBAL 100 and its SLSB)...
+    let e = w.fab.establish(1, 1, &p).unwrap_err();
+    assert_eq!(e.code(), 0xF00B, "{e:?}");
+    // ... and with subchannel 0 out of the way, over each other.
     w.fab.deregister_queue_set(1, 0).unwrap();
-    w.fab.establish(1, 1, &p).unwrap();
-    w.fab.register_address(1, 1, v4(1, 1)).unwrap();
-    let mut frame = L3Header::unicast(v4(1, 1), 20).encode().to_vec();
-    frame.extend([0xEE; 20]);
-    let data = GUEST_BASE + 0x4_0000;
-    w.a.ram.write(data, &frame);
-    set_el(
-        &w.a.ram,
-        x,
-        0,
-        Sbale {
-            eflags: 0x40,
-            length: frame.len() as u32,
-            addr: data,
-            ..Sbale::default()
-        },
+    let e = w.fab.establish(1, 1, &p).unwrap_err();
+    assert!(
+        matches!(e, RegistrationError::OverlappingQueues { .. }),
+        "{e:?}"
     );
-    for i in 1..16 {
-        set_el(&w.a.ram, x, i, Sbale::default());
+    assert_eq!(w.fab.siga_write(1, 1, Q0), Err(SigaError::NotIqdio));
+    // A's own queue set comes back and works.
+    w.fab.establish(1, 0, &good).unwrap();
+    w.fab.register_address(1, 0, v4(1, 0)).unwrap();
+    w.fab.register_address(1, 0, v6(1, 0)).unwrap();
+    w.a_to_b_passes();
+    w.finish();
+}
+
+#[test]
+fn overlapping_structures_within_one_queue_set() {
+    use QueueField::*;
+    let mut w = World::new();
+    bare_partition(&mut w, 5, 1);
+    let g = layout(0);
+    let cases: Vec<(iqdio::QueueSetParams, [QueueField; 2])> = vec![
+        // Two output SBALs on one address.
+        (
+            iqdio::QueueSetParams {
+                output_sbals: std::array::from_fn(|i| g.output_sbals[if i == 9 { 4 } else { i }]),
+                ..g.clone()
+            },
+            [OutputSbal(4), OutputSbal(9)],
+        ),
+        // An input SBAL on an output SBAL.
+        (
+            iqdio::QueueSetParams {
+                input_sbals: std::array::from_fn(|i| {
+                    if i == 0 {
+                        g.output_sbals[127]
+                    } else {
+                        g.input_sbals[i]
+                    }
+                }),
+                ..g.clone()
+            },
+            [OutputSbal(127), InputSbal(0)],
+        ),
+        // The output SLSB inside an SBAL.
+        (
+            iqdio::QueueSetParams {
+                output_slsb: g.input_sbals[5] + 128,
+                ..g.clone()
+            },
+            [InputSbal(5), OutputSlsb],
+        ),
+        // The input SLSB half over the output SLSB.
+        (
+            iqdio::QueueSetParams {
+                input_slsb: g.output_slsb + 64,
+                ..g.clone()
+            },
+            [OutputSlsb, InputSlsb],
+        ),
+        // An indicator byte inside an SLSB.
+        (
+            iqdio::QueueSetParams {
+                queue_indicator: g.input_slsb + 127,
+                ..g.clone()
+            },
+            [InputSlsb, QueueIndicator],
+        ),
+        // An indicator byte inside an SBAL (mixed-size atomics on the same bytes).
+        (
+            iqdio::QueueSetParams {
+                global_indicator: g.output_sbals[7] + 8,
+                ..g.clone()
+            },
+            [OutputSbal(7), GlobalIndicator],
+        ),
+        // Two tiers on one byte.
+        (
+            iqdio::QueueSetParams {
+                middle_indicator: g.global_indicator,
+                ..g.clone()
+            },
+            [MiddleIndicator, GlobalIndicator],
+        ),
+        (
+            iqdio::QueueSetParams {
+                queue_indicator: g.middle_indicator,
+                ..g.clone()
+            },
+            [QueueIndicator, MiddleIndicator],
+        ),
+    ];
+    for (p, fields) in &cases {
+        expect_overlap(&w, 5, 0, p, *fields);
     }
-    w.a.ram.write(s, &[0x62]);
-    let r = w.fab.siga_write(1, 1, Q0).unwrap();
-    assert_eq!((r.buffers, r.refused), (1, 1));
-    assert_eq!(w.a.ram.read_vec(s, 1), vec![0xAF]);
-    assert_eq!(el(&w.a.ram, x, 15).sflags, 0x10);
-    // C's frame to A lands in the aliased buffer once A hands buffer 0 over (0x41).
-    w.a.ram.write(s, &[0x41]);
-    set_el(
-        &w.a.ram,
-        x,
-        0,
-        Sbale {
-            length: 4096,
-            addr: data + 0x1000,
-            ..Sbale::default()
-        },
-    );
-    w.c.queues[0]
-        .send(&w.fab.port(3), v4(1, 1), &[0x5A; 30])
+    // The same addresses without the overlap are taken.
+    w.fab.establish(5, 0, &g).unwrap();
+    w.finish();
+}
+
+#[test]
+fn overlapping_structures_across_a_partitions_queue_sets() {
+    use QueueField::*;
+    let mut w = World::new();
+    bare_partition(&mut w, 5, 2);
+    let (s0, s1) = (layout(0), layout(1));
+    w.fab.establish(5, 0, &s0).unwrap();
+    let cases: Vec<(iqdio::QueueSetParams, [QueueField; 2])> = vec![
+        // An SBAL of the new set on one of the established set.
+        (
+            iqdio::QueueSetParams {
+                output_sbals: std::array::from_fn(|i| {
+                    if i == 3 {
+                        s0.input_sbals[3]
+                    } else {
+                        s1.output_sbals[i]
+                    }
+                }),
+                ..s1.clone()
+            },
+            [OutputSbal(3), InputSbal(3)],
+        ),
+        // The new set's SLSB inside the established set's SBAL.
+        (
+            iqdio::QueueSetParams {
+                input_slsb: s0.output_sbals[0],
+                ..s1.clone()
+            },
+            [InputSlsb, OutputSbal(0)],
+        ),
+        // The new set's SLSB over the established set's indicator bytes.
+        (
+            iqdio::QueueSetParams {
+                output_slsb: s0.queue_indicator,
+                ..s1.clone()
+            },
+            [OutputSlsb, QueueIndicator],
+        ),
+        // A queue indicator is the queue's own: not shared.
+        (
+            iqdio::QueueSetParams {
+                queue_indicator: s0.queue_indicator,
+                ..s1.clone()
+            },
+            [QueueIndicator, QueueIndicator],
+        ),
+        // A byte shared in two roles.
+        (
+            iqdio::QueueSetParams {
+                middle_indicator: s0.global_indicator,
+                ..s1.clone()
+            },
+            [MiddleIndicator, GlobalIndicator],
+        ),
+        // The new set's indicator inside the established set's SLSB.
+        (
+            iqdio::QueueSetParams {
+                global_indicator: s0.output_slsb + 1,
+                ..s1.clone()
+            },
+            [GlobalIndicator, OutputSlsb],
+        ),
+    ];
+    for (p, fields) in &cases {
+        expect_overlap(&w, 5, 1, p, *fields);
+    }
+    // The middle and the global byte are shared as such (as B's two queue sets and
+    // Linux's devices share the summary indicator).
+    w.fab
+        .establish(
+            5,
+            1,
+            &iqdio::QueueSetParams {
+                middle_indicator: s0.middle_indicator,
+                global_indicator: s0.global_indicator,
+                ..s1.clone()
+            },
+        )
         .unwrap();
-    assert_eq!(w.a.ram.read_vec(s, 1), vec![0x82]);
-    assert_eq!(
-        w.a.ram.read_vec(data + 0x1000 + HEADER_SIZE as u64, 30),
-        vec![0x5A; 30]
-    );
-    // The indicator bytes inside the SLSB were set; A's next SIGA finds no 0x62.
-    assert_eq!(w.a.ram.read_vec(s + 5, 2), vec![0x01, 0x01]);
-    assert_eq!(w.fab.siga_write(1, 1, Q0).unwrap().buffers, 0);
+    // Other partitions' structures never meet these: A's queue set keeps its own.
+    w.a_to_b_passes();
     w.finish();
 }
 

@@ -20,6 +20,7 @@ fn setup() -> (TestPlatform, Arc<TestFabric>, Partition, Partition) {
         FabricConfig {
             mfs: Mfs::K16,
             interrupt_delay_ns: DELAY,
+            ..FabricConfig::DEFAULT
         },
     );
     let cfg = DriverConfig {

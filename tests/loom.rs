@@ -85,6 +85,7 @@ fn new_fabric() -> Arc<LoomFabric> {
         FabricConfig {
             mfs: Mfs::K16,
             interrupt_delay_ns: u64::MAX,
+            ..FabricConfig::DEFAULT
         },
     ))
 }

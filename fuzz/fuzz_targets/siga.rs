@@ -110,6 +110,7 @@ impl World {
             FabricConfig {
                 mfs,
                 interrupt_delay_ns: 1_000_000,
+                ..FabricConfig::DEFAULT
             },
         ));
         let a = GuardedMem::new(A_BASE, RAW_LEN);

@@ -57,6 +57,7 @@ pub const MFS: Mfs = match Mfs::from_kib(parse(option_env!("IQDIO_MFS"), 64)) {
 pub const CONFIG: FabricConfig = FabricConfig {
     mfs: MFS,
     interrupt_delay_ns: 5_000_000,
+    ..FabricConfig::DEFAULT
 };
 
 /// IPv4 address of partition `core`.
