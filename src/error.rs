@@ -101,6 +101,10 @@ pub enum RegistrationError {
     InvalidAddress,
     /// A handle refers to a queue set that has been deregistered since.
     StaleHandle,
+    /// The fabric has queue sets established: its hash seed can change only before
+    /// the first ([`Fabric::set_hash_seed`](crate::Fabric::set_hash_seed)). Never a
+    /// partition's doing.
+    SeedInUse,
     /// Two of a queue set's structures (SBALs, SLSBs, indicator bytes) share bytes, or
     /// one of them shares bytes with a structure of another of the partition's queue
     /// sets. `field` is the new queue set's, `with` the one it meets (in the same set
@@ -131,7 +135,8 @@ impl RegistrationError {
     /// 0xE006 `IPA_RC_IP_ADDR_TABLE_FULL` (the table itself, never a quota), 0xE00B
     /// `IPA_RC_MC_ADDR_NOT_FOUND` (qeth_l3 reads it as -ENOENT on delete).
     ///
-    /// The rest are iqdio's own, in 0xF002..=0xF00D: codes no Linux qeth return code
+    /// The rest are iqdio's own, in 0xF002..=0xF00E (0xF009 retired with the variant
+    /// it named, not reused): codes no Linux qeth return code
     /// uses (its 0xFxxx codes are 0xF001 `IPA_RC_INVALID_IP_VERSION2` and 0xFFFF
     /// `IPA_RC_FFFF`), so a Linux-minded embedder never misreads one.
     /// 0xE00E (`IPA_RC_UNSUPPORTED_SUBCMD`) and 0xF001 are therefore not used.
@@ -151,6 +156,7 @@ impl RegistrationError {
             Self::OverlappingQueues { .. } => 0xF00B,
             Self::SubchannelLimit => 0xF00C,
             Self::AddressQuota => 0xF00D,
+            Self::SeedInUse => 0xF00E,
         }
     }
 }
@@ -198,6 +204,7 @@ mod tests {
             },
             RegistrationError::SubchannelLimit,
             RegistrationError::AddressQuota,
+            RegistrationError::SeedInUse,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(!linux_other.contains(&a.code()), "{a:?} takes a Linux code");

@@ -287,9 +287,22 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         }
     }
 
-    /// The fabric's settings.
+    /// The fabric's settings, as given to [`Fabric::new`] (the hash seed in use may
+    /// have been replaced since by [`Fabric::set_hash_seed`]).
     pub const fn config(&self) -> &FabricConfig {
         &self.config
+    }
+
+    /// Replaces the tables' hash seed, for a fabric in a `static` whose embedder learns
+    /// a secret seed only at boot (a hardware random number, say). Only while no queue
+    /// set is established: the entries would be in the wrong places under the new
+    /// seed. Otherwise [`RegistrationError::SeedInUse`] (0xF00E).
+    pub fn set_hash_seed(&self, seed: HashSeed) -> Result<(), RegistrationError> {
+        let mut st = self.state.write();
+        if st.in_use.iter().any(|u| *u) {
+            return Err(RegistrationError::SeedInUse);
+        }
+        st.table.reseed(seed)
     }
 
     /// The embedding platform.

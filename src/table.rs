@@ -300,6 +300,15 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         }
     }
 
+    /// Replaces the seed of empty tables (`SeedInUse` if they are not).
+    pub(crate) fn reseed(&mut self, seed: HashSeed) -> Result<(), RegistrationError> {
+        if self.source.len != 0 || self.target.len != 0 {
+            return Err(RegistrationError::SeedInUse);
+        }
+        self.seed = seed;
+        Ok(())
+    }
+
     /// Adds a source entry: Duplicate Found when the key exists, table-full when the
     /// table is.
     pub(crate) fn add_source(

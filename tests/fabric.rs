@@ -889,3 +889,36 @@ fn frame_payload_is_copied_exactly_at_every_offset_of_the_element_boundaries() {
         assert_eq!(g, vec![d], "len {len}");
     }
 }
+
+/// A configuration for a `static` fabric: `FabricConfig::new` is `const`.
+const SEEDED: FabricConfig = FabricConfig::new([0x5eed, 0xf00d]);
+
+#[test]
+fn the_hash_seed_is_replaced_only_while_no_queue_set_exists() {
+    let fab = fabric(TestPlatform::new(), SEEDED);
+    assert_eq!(fab.config().hash_seed, [0x5eed, 0xf00d]);
+    assert_eq!(
+        fab.config().addresses_per_partition,
+        FabricConfig::DEFAULT.addresses_per_partition
+    );
+    fab.set_hash_seed([7, 8]).unwrap();
+    let mut a = Partition::new(&fab, 1, 1, config(Mfs::K16));
+    let mut b = Partition::new(&fab, 2, 1, config(Mfs::K16));
+    let e = fab.set_hash_seed([9, 10]).unwrap_err();
+    assert_eq!((e, e.code()), (RegistrationError::SeedInUse, 0xF00E));
+    // Lookups under the new seed find every address.
+    a.queues[0].send(&fab.port(1), v6(2, 0), &[1; 50]).unwrap();
+    b.queues[0].send(&fab.port(2), v4(1, 0), &[2; 60]).unwrap();
+    let mut got = Vec::new();
+    drain(&mut b.queues[0], &mut got);
+    drain(&mut a.queues[0], &mut got);
+    assert_eq!(got, vec![vec![1; 50], vec![2; 60]]);
+    // Once every queue set is gone, the seed may change again.
+    fab.remove_partition(1).unwrap();
+    assert_eq!(
+        fab.set_hash_seed([9, 10]),
+        Err(RegistrationError::SeedInUse)
+    );
+    fab.remove_partition(2).unwrap();
+    fab.set_hash_seed([9, 10]).unwrap();
+}
