@@ -145,4 +145,4 @@ pub use guest::Window;
 pub use platform::{InterruptTarget, Platform};
 pub use qdio::{Mfs, Reason};
 pub use queue::CounterSnapshot;
-pub use table::{LparId, SourceKey};
+pub use table::{HashSeed, LparId, SourceKey};
