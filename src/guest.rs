@@ -447,8 +447,7 @@ impl Sbal {
         w0.fetch_or(u64::from_ne_bytes(value), Ordering::Relaxed);
     }
 
-    /// The SBAL's memory.
-    #[cfg(test)]
+    /// The SBAL's memory (for establish's overlap check and for tests).
     pub fn slice(&self) -> GuestSlice {
         GuestSlice {
             ptr: self.ptr,
