@@ -88,8 +88,9 @@ pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing
     Ok(out)
 }
 
-/// [`parse_outgoing`] into a caller's descriptor, which the send path keeps in place
-/// rather than moving a half-KiB value around. On an error `out` is unspecified.
+/// The checks of `parse_outgoing`, into a caller's descriptor, which the send path
+/// keeps in place rather than moving a 1 KiB value around (16 frame spans with their
+/// checked headers). On an error `out` is unspecified.
 pub fn parse_outgoing_into(
     sbal: &Sbal,
     memory: &Memory,
