@@ -34,6 +34,11 @@ pub enum SigaError {
     InvalidFunction,
     /// Another SIGA holds this queue: retry.
     Busy,
+    /// The embedding issued the SIGA where an interrupt could re-enter the fabric
+    /// (its [`Platform::context`](crate::Platform::context) said so), against the
+    /// [execution contract](crate#execution-contract); nothing was done. The
+    /// embedding's error, not the partition's: cc2 without the busy bit.
+    InterruptContext,
 }
 
 impl SigaError {
@@ -44,7 +49,7 @@ impl SigaError {
             Self::QueuesNotActive | Self::InvalidQueueMask | Self::InvalidFunction => {
                 ConditionCode::Cc1
             }
-            Self::Busy => ConditionCode::Cc2,
+            Self::Busy | Self::InterruptContext => ConditionCode::Cc2,
         }
     }
 
@@ -125,6 +130,10 @@ pub enum RegistrationError {
     /// ([`FabricConfig::addresses_per_partition`](crate::FabricConfig::addresses_per_partition)).
     /// Other partitions may still register; the table itself may have room.
     AddressQuota,
+    /// Called where an interrupt could re-enter the fabric (the platform's
+    /// [`context`](crate::Platform::context) said so), against the
+    /// [execution contract](crate#execution-contract); nothing was done.
+    InterruptContext,
 }
 
 impl RegistrationError {
@@ -157,6 +166,7 @@ impl RegistrationError {
             Self::SubchannelLimit => 0xF00C,
             Self::AddressQuota => 0xF00D,
             Self::SeedInUse => 0xF00E,
+            Self::InterruptContext => 0xF010,
         }
     }
 }
@@ -174,6 +184,8 @@ mod tests {
         assert_eq!(SigaError::Busy.condition_code() as u8, 2);
         assert_eq!(SigaError::Busy.busy_bit(), SIGA_BUSY_BIT);
         assert_eq!(SigaError::NotIqdio.busy_bit(), 0);
+        assert_eq!(SigaError::InterruptContext.condition_code() as u8, 2);
+        assert_eq!(SigaError::InterruptContext.busy_bit(), 0);
     }
 
     #[test]
@@ -205,6 +217,7 @@ mod tests {
             RegistrationError::SubchannelLimit,
             RegistrationError::AddressQuota,
             RegistrationError::SeedInUse,
+            RegistrationError::InterruptContext,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(!linux_other.contains(&a.code()), "{a:?} takes a Linux code");

@@ -1,17 +1,17 @@
 //! The fabric: partitions, queue-set registration and deregistration, and SIGA.
 
 use core::net::IpAddr;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{QueueField, RegistrationError, SigaError};
 use crate::guest::{GuestSlice, Memory, Sbal, SbalError, Window};
-use crate::initiative::{self, DecisionInput, decide};
-use crate::platform::{InterruptTarget, Platform};
+use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
+use crate::platform::{CallContext, InterruptTarget, Platform};
 use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SLSB_LEN, Sbale, SlsbState};
 use crate::queue::{
     CounterSnapshot, Inbound, IndicatorBytes, Outbound, QueueControl, QueueRing, next, prev,
 };
-use crate::sync::TableLock;
+use crate::sync::{ReadGuard, TableLock, WriteGuard};
 use crate::table::{HashSeed, LparId, QueueTable, SlotRef, SourceKey};
 use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing_into};
 
@@ -118,6 +118,18 @@ impl SigaFunction {
     }
 }
 
+/// What one run of the delay fallback did ([`Fabric::try_expire_delays`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DelayReport {
+    /// Interrupts raised.
+    pub raised: usize,
+    /// Queue sets not looked at because their inbound lock was held; the next run
+    /// looks at them again.
+    pub skipped: usize,
+    /// Nothing was looked at: an update held or awaited the table lock.
+    pub table_busy: bool,
+}
+
 /// What one SIGA did (condition code 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SigaReport {
@@ -174,6 +186,46 @@ enum Subchannel {
     Inactive,
 }
 
+/// Calls the test hook [`Platform::lock_point`] (feature `test-hooks`; nothing
+/// otherwise).
+macro_rules! lock_point {
+    ($fabric:expr, $point:ident) => {
+        #[cfg(feature = "test-hooks")]
+        $fabric
+            .platform
+            .lock_point($crate::platform::LockPoint::$point);
+    };
+}
+
+/// The interrupt fallback's time stamp of one summary byte (the global indicator the
+/// partition's queue sets name). It lives with the byte's owner, the partition, so
+/// every queue set that names the byte sees the same stamp and the fallback counts
+/// from when the *summary* went pending, not from when one queue set last saw it.
+struct SummaryStamp {
+    /// Host address of the byte; meaningful while `users > 0`.
+    byte: usize,
+    /// Active queue sets that name the byte (changed under the exclusive table lock).
+    users: u8,
+    /// When the byte last went idle → pending, or the fallback last fired (ns).
+    /// Sends write it under the shared table lock and their own queue's inbound lock,
+    /// so two queue sets of one receiver may race on it: a compare-exchange lets one
+    /// of them fire the fallback per delay. Relaxed: no other access is ordered by
+    /// it. A send that finds the summary pending may read the stamp just before the
+    /// send that set the byte wrote its own; that costs at most one early fallback,
+    /// never a lost interrupt.
+    since_ns: AtomicU64,
+}
+
+impl SummaryStamp {
+    const fn new() -> Self {
+        Self {
+            byte: 0,
+            users: 0,
+            since_ns: AtomicU64::new(0),
+        }
+    }
+}
+
 struct PartitionRecord {
     memory: Memory,
     /// Subchannels with the IQDIO indicator: the active ones and, while there is room,
@@ -181,9 +233,41 @@ struct PartitionRecord {
     subchannels: heapless::Vec<(u16, Subchannel), MAX_SUBCHANNELS>,
     /// Target addresses registered over all the partition's queue sets (its quota).
     addresses: usize,
+    /// One stamp per summary byte in use: at most one per active queue set.
+    summaries: [SummaryStamp; MAX_SUBCHANNELS],
 }
 
 impl PartitionRecord {
+    /// The stamp of the summary byte at host address `byte`, shared with the other
+    /// queue sets that name it (or a free one). Under the exclusive table lock.
+    fn attach_summary(&mut self, byte: usize) -> Option<u8> {
+        let i = self
+            .summaries
+            .iter()
+            .position(|s| s.users > 0 && s.byte == byte)
+            .or_else(|| self.summaries.iter().position(|s| s.users == 0))?;
+        let s = &mut self.summaries[i];
+        if s.users == 0 {
+            s.byte = byte;
+            s.since_ns.store(0, Ordering::Relaxed);
+        }
+        s.users += 1;
+        Some(i as u8)
+    }
+
+    /// A queue set stops naming summary `i`. Under the exclusive table lock.
+    fn detach_summary(&mut self, i: u8) {
+        if let Some(s) = self.summaries.get_mut(usize::from(i)) {
+            s.users = s.users.saturating_sub(1);
+        }
+    }
+
+    /// The time stamp of summary `i` (the index is reduced to the array, so no bounds
+    /// check can fail).
+    fn summary_since(&self, i: u8) -> &AtomicU64 {
+        &self.summaries[usize::from(i) % MAX_SUBCHANNELS].since_ns
+    }
+
     fn subchannel(&self, sch: u16) -> Option<Subchannel> {
         self.subchannels
             .iter()
@@ -264,7 +348,7 @@ enum BufferOutcome {
 
 impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// A fabric with no partitions. `const`, so an image can keep it in a static.
-    #[cfg(not(loom))]
+    #[cfg(not(iqdio_loom))]
     pub const fn new(platform: P, config: FabricConfig) -> Self {
         assert!(Q.is_power_of_two() && A.is_power_of_two() && Q <= u16::MAX as usize);
         Self {
@@ -276,7 +360,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     }
 
     /// A fabric with no partitions (under loom, whose locks cannot be `const`).
-    #[cfg(loom)]
+    #[cfg(iqdio_loom)]
     pub fn new(platform: P, config: FabricConfig) -> Self {
         assert!(Q.is_power_of_two() && A.is_power_of_two() && Q <= u16::MAX as usize);
         Self {
@@ -298,7 +382,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// set is established: the entries would be in the wrong places under the new
     /// seed. Otherwise [`RegistrationError::SeedInUse`] (0xF00E).
     pub fn set_hash_seed(&self, seed: HashSeed) -> Result<(), RegistrationError> {
-        let mut st = self.state.write();
+        let mut st = self.update()?;
         if st.in_use.iter().any(|u| *u) {
             return Err(RegistrationError::SeedInUse);
         }
@@ -314,7 +398,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// another nor any other partition's (in host memory).
     pub fn add_partition(&self, lpar: LparId, windows: &[Window]) -> Result<(), RegistrationError> {
         let memory = Memory::new(windows)?;
-        let mut st = self.state.write();
+        let mut st = self.update()?;
         if st.partitions[usize::from(lpar)].is_some() {
             return Err(RegistrationError::DuplicateFound);
         }
@@ -330,13 +414,14 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             memory,
             subchannels: heapless::Vec::new(),
             addresses: 0,
+            summaries: [const { SummaryStamp::new() }; MAX_SUBCHANNELS],
         });
         Ok(())
     }
 
     /// Forgets a partition, deregistering its queue sets first.
     pub fn remove_partition(&self, lpar: LparId) -> Result<(), RegistrationError> {
-        let mut st = self.state.write();
+        let mut st = self.update()?;
         let Some(p) = st.partitions[usize::from(lpar)].as_ref() else {
             return Err(RegistrationError::UnknownPartition);
         };
@@ -375,7 +460,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         params: &QueueSetParams,
     ) -> Result<QueueSetHandle, RegistrationError> {
         let key = SourceKey { lpar, subchannel };
-        let mut st = self.state.write();
+        let mut st = self.update()?;
         let p = st.partitions[usize::from(lpar)]
             .as_ref()
             .ok_or(RegistrationError::UnknownPartition)?;
@@ -398,10 +483,18 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             generation: qc.generation.load(Ordering::Relaxed),
         };
         st.table.add_source(key, slot)?;
-        let p = st.partitions[usize::from(lpar)]
-            .as_mut()
-            .ok_or(RegistrationError::UnknownPartition)?;
+        let Some(p) = st.partitions[usize::from(lpar)].as_mut() else {
+            st.table.remove_queue_set(key);
+            return Err(RegistrationError::UnknownPartition);
+        };
+        // At most one summary per active queue set, and this subchannel is not
+        // active: a stamp is always free. Checked all the same.
+        let Some(summary) = p.attach_summary(indicators.global.host_addr()) else {
+            st.table.remove_queue_set(key);
+            return Err(RegistrationError::TableFull);
+        };
         if let Err(e) = p.set_subchannel(subchannel, Subchannel::Active(slot)) {
+            p.detach_summary(summary);
             st.table.remove_queue_set(key);
             return Err(e);
         }
@@ -409,16 +502,18 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         // No send can hold these locks: sends hold the table lock shared.
         {
             let mut out = qc.outbound.lock();
+            lock_point!(self, Outbound);
             out.ring = Some(out_ring);
             out.cursor = 0;
         }
         {
             let mut inb = qc.inbound.lock();
+            lock_point!(self, Inbound);
             *inb = Inbound {
                 ring: Some(in_ring),
                 cursor: 0,
                 indicators: Some(indicators),
-                pending_since_ns: 0,
+                summary,
                 interrupt_immediately: params.interrupt_immediately,
                 owner: key,
             };
@@ -441,7 +536,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             return Err(RegistrationError::InvalidAddress);
         }
         let key = SourceKey { lpar, subchannel };
-        let mut st = self.state.write();
+        let mut st = self.update()?;
         let st = &mut *st;
         if st.table.has_target(&ip) {
             return Err(RegistrationError::DuplicateFound);
@@ -468,7 +563,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         subchannel: u16,
         ip: IpAddr,
     ) -> Result<(), RegistrationError> {
-        let mut st = self.state.write();
+        let mut st = self.update()?;
         let st = &mut *st;
         st.table
             .remove_target(&ip, SourceKey { lpar, subchannel })?;
@@ -488,7 +583,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         lpar: LparId,
         subchannel: u16,
     ) -> Result<CounterSnapshot, RegistrationError> {
-        let mut st = self.state.write();
+        let mut st = self.update()?;
         self.deregister_locked(&mut st, SourceKey { lpar, subchannel })
     }
 
@@ -501,18 +596,25 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             .table
             .remove_queue_set(key)
             .ok_or(RegistrationError::NotFound)?;
+        let index = usize::from(slot.index);
+        let qc = &self.controls[index];
+        {
+            let mut out = qc.outbound.lock();
+            lock_point!(self, Outbound);
+            out.ring = None;
+        }
+        let summary = {
+            let mut inb = qc.inbound.lock();
+            lock_point!(self, Inbound);
+            inb.ring = None;
+            inb.indicators = None;
+            inb.summary
+        };
         if let Some(p) = st.partitions[usize::from(key.lpar)].as_mut() {
             // The entry exists (it was Active), so this replaces it and cannot fail.
             let _ = p.set_subchannel(key.subchannel, Subchannel::Inactive);
             p.addresses = p.addresses.saturating_sub(addresses);
-        }
-        let index = usize::from(slot.index);
-        let qc = &self.controls[index];
-        qc.outbound.lock().ring = None;
-        {
-            let mut inb = qc.inbound.lock();
-            inb.ring = None;
-            inb.indicators = None;
+            p.detach_summary(summary);
         }
         // Written under the exclusive lock; readers of generations hold it shared.
         qc.generation.fetch_add(1, Ordering::Relaxed);
@@ -562,7 +664,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             // No send holds these: sends hold the table lock shared, and we hold it
             // exclusive.
             let outbound = qc.outbound.lock();
+            lock_point!(self, Outbound);
             let inbound = qc.inbound.lock();
+            lock_point!(self, Inbound);
             let (Some(o), Some(i), Some(d)) = (
                 outbound.ring.as_ref(),
                 inbound.ring.as_ref(),
@@ -600,14 +704,28 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         Ok(())
     }
 
-    /// Addresses registered in the target table, across all partitions.
+    /// Addresses registered in the target table, across all partitions. Waits for the
+    /// table lock: thread context only (see the [execution contract](crate#execution-contract)).
     pub fn address_count(&self) -> usize {
+        debug_assert!(self.may_wait(), "address_count from interrupt context");
         self.state.read().table.target_len()
     }
 
+    /// The table lock shared, for a read-only look: waiting for it where the context
+    /// allows, else only if it is free at once.
+    fn view(&self) -> Option<ReadGuard<'_, State<Q, A>>> {
+        if self.may_wait() {
+            Some(self.state.read())
+        } else {
+            self.state.try_read()
+        }
+    }
+
     /// The counters of a queue set, or `StaleHandle` once it has been deregistered.
+    /// From interrupt context it does not wait: `InterruptContext` if an update holds
+    /// the table lock.
     pub fn counters(&self, handle: &QueueSetHandle) -> Result<CounterSnapshot, RegistrationError> {
-        let st = self.state.read();
+        let st = self.view().ok_or(RegistrationError::InterruptContext)?;
         let live = st.table.source(&handle.key) == Some(handle.slot);
         if !live {
             return Err(RegistrationError::StaleHandle);
@@ -618,8 +736,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     }
 
     /// The counters of `lpar`'s queue set on `subchannel`, if it is established.
+    /// From interrupt context it does not wait: `None` if an update holds the lock.
     pub fn counters_of(&self, lpar: LparId, subchannel: u16) -> Option<CounterSnapshot> {
-        let st = self.state.read();
+        let st = self.view()?;
         let slot = st.table.source(&SourceKey { lpar, subchannel })?;
         Some(self.controls[usize::from(slot.index)].counters.snapshot())
     }
@@ -631,25 +750,57 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         subchannel: u16,
         on: bool,
     ) -> Result<(), RegistrationError> {
+        if !self.may_wait() {
+            return Err(RegistrationError::InterruptContext);
+        }
         let st = self.state.read();
+        lock_point!(self, TableShared);
         let slot = st
             .table
             .source(&SourceKey { lpar, subchannel })
             .ok_or(RegistrationError::NotFound)?;
-        self.controls[usize::from(slot.index)]
-            .inbound
-            .lock()
-            .interrupt_immediately = on;
+        let mut inb = self.controls[usize::from(slot.index)].inbound.lock();
+        lock_point!(self, Inbound);
+        inb.interrupt_immediately = on;
         Ok(())
     }
 
-    /// The delay fallback without a send: raises an interrupt for every queue set
-    /// whose global summary has stayed pending longer than the delay. An embedding
-    /// calls this from a periodic timer. Returns the interrupts raised.
+    /// The delay fallback without a send: raises an interrupt for every summary byte
+    /// that has stayed pending longer than the delay. An embedding calls this from a
+    /// periodic timer. Returns the interrupts raised.
+    ///
+    /// It waits for the fabric's locks, so it follows the execution contract of the
+    /// [crate docs](crate#execution-contract): where the platform says the call may
+    /// interrupt a fabric entry ([`CallContext::Interruptible`] or
+    /// [`CallContext::Interrupt`]) it waits for nothing and behaves as
+    /// [`try_expire_delays`](Self::try_expire_delays). From an interrupt handler, call
+    /// that one.
     pub fn expire_delays(&self) -> usize {
-        let st = self.state.read();
+        self.expire(self.may_wait()).raised
+    }
+
+    /// The delay fallback for interrupt context: as [`expire_delays`](Self::expire_delays),
+    /// but it never waits for a lock. A queue set whose lock is held (by a send, a
+    /// registration, or the very fabric entry this call interrupted on the same core)
+    /// is skipped and counted; the next call looks at it again, so a skipped fallback
+    /// fires one timer period late, never not at all. Safe from any context.
+    pub fn try_expire_delays(&self) -> DelayReport {
+        self.expire(false)
+    }
+
+    fn expire(&self, wait: bool) -> DelayReport {
+        let mut report = DelayReport::default();
+        let st = if wait {
+            self.state.read()
+        } else {
+            let Some(st) = self.state.try_read() else {
+                report.table_busy = true;
+                return report;
+            };
+            st
+        };
+        lock_point!(self, TableShared);
         let now = self.platform.now_ns();
-        let mut raised = 0;
         for (qc, _) in self
             .controls
             .iter()
@@ -657,15 +808,34 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             .filter(|(_, u)| **u)
         {
             let target = {
-                let mut inb = qc.inbound.lock();
+                let inb = if wait {
+                    qc.inbound.lock()
+                } else {
+                    let Some(inb) = qc.inbound.try_lock() else {
+                        report.skipped += 1;
+                        continue;
+                    };
+                    inb
+                };
+                lock_point!(self, Inbound);
                 let Some(ind) = inb.indicators else { continue };
+                let Some(owner) = st.partitions[usize::from(inb.owner.lpar)].as_ref() else {
+                    continue;
+                };
                 let pending = ind.global.load(0, Ordering::Acquire) != 0;
-                if !pending
-                    || now.saturating_sub(inb.pending_since_ns) < self.config.interrupt_delay_ns
+                let stamp = owner.summary_since(inb.summary);
+                let since = stamp.load(Ordering::Relaxed);
+                if !pending || now.saturating_sub(since) < self.config.interrupt_delay_ns {
+                    continue;
+                }
+                // One fallback per summary and delay: a queue set sharing the summary
+                // (here or in a send) that restamped first wins.
+                if stamp
+                    .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
                 {
                     continue;
                 }
-                inb.pending_since_ns = now;
                 qc.counters.interrupt(true);
                 InterruptTarget {
                     lpar: inb.owner.lpar,
@@ -673,9 +843,30 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 }
             };
             self.platform.raise_interrupt(target);
-            raised += 1;
+            report.raised += 1;
         }
-        raised
+        report
+    }
+
+    /// Whether this call may wait for the fabric's locks: not where the platform says
+    /// it could have interrupted a fabric entry on its own core.
+    fn may_wait(&self) -> bool {
+        matches!(
+            self.platform.context(),
+            CallContext::Unknown | CallContext::Masked
+        )
+    }
+
+    /// Takes the table lock exclusive for an update, after checking the context.
+    fn update(&self) -> Result<WriteGuard<'_, State<Q, A>>, RegistrationError> {
+        if !self.may_wait() {
+            return Err(RegistrationError::InterruptContext);
+        }
+        let st = self.state.write_then(|| {
+            lock_point!(self, TableExclusiveWaiting);
+        });
+        lock_point!(self, TableExclusive);
+        Ok(st)
     }
 
     /// A port through which partition `lpar` issues SIGA (the partition's identity
@@ -723,6 +914,13 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// take its inbound lock, fill an empty receive buffer, set the receive SLSB 0x82
     /// and then the send SLSB 0xA1, set the completion vector low → high, and decide
     /// on the interrupt. Synchronous: every buffer handled reads 0xA1 or 0xAF on return.
+    ///
+    /// A write-multiple holds the table lock for one buffer at a time while an update
+    /// waits for it: between buffers it steps out (table lock and outbound lock) when
+    /// a registration is waiting, lets it in, then re-takes both and checks that its
+    /// queue set is still the one it started on (same slot and generation); if not, it
+    /// ends with the buffers it has handled. So an update waits for at most one buffer
+    /// copy of each send in flight, not for a whole write-multiple of 128 buffers.
     pub fn siga_function(
         &self,
         lpar: LparId,
@@ -730,15 +928,12 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         function: SigaFunction,
         queue_mask: u32,
     ) -> Result<SigaReport, SigaError> {
-        let st = self.state.read_in(usize::from(lpar));
-        let issuer = st.partitions[usize::from(lpar)]
-            .as_ref()
-            .ok_or(SigaError::NotIqdio)?;
-        let slot = match issuer.subchannel(subchannel) {
-            None => return Err(SigaError::NotIqdio),
-            Some(Subchannel::Inactive) => return Err(SigaError::QueuesNotActive),
-            Some(Subchannel::Active(slot)) => slot,
-        };
+        if !self.may_wait() {
+            return Err(SigaError::InterruptContext);
+        }
+        let mut st = self.state.read_in(usize::from(lpar));
+        lock_point!(self, TableShared);
+        let slot = issuer_slot(&st, lpar, subchannel)?;
         if queue_mask != QUEUE_0_MASK {
             return Err(SigaError::InvalidQueueMask);
         }
@@ -747,60 +942,95 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             qc.counters.busy();
             return Err(SigaError::Busy);
         };
-        // Borrow the ring in place (it is 1 KiB: no copy on the send path).
-        let Outbound { ring, cursor } = &mut *out;
-        let Some(ring) = ring.as_ref() else {
-            return Err(SigaError::QueuesNotActive);
-        };
+        lock_point!(self, Outbound);
         let limit = match function {
             SigaFunction::Write => 1,
             SigaFunction::WriteMultiple => QUEUE_BUFFERS,
         };
         let mut report = SigaReport::default();
-        for _ in 0..limit {
-            let n = *cursor;
-            // Acquire pairs with the program's Release store of 0x62: its SBAL and
-            // data writes are visible.
-            if ring.state(n, Ordering::Acquire) != SlsbState::OUTPUT_PRIMED.0 {
+        for k in 0..limit {
+            if k > 0 && st.writer_waiting() {
+                // Step out of a waiting update's way (outbound first: lock order), and
+                // come back once it is done.
+                drop(out);
+                drop(st);
+                st = self.state.read_in(usize::from(lpar));
+                lock_point!(self, TableShared);
+                if issuer_slot(&st, lpar, subchannel) != Ok(slot) {
+                    // Deregistered (and perhaps re-established) meanwhile.
+                    break;
+                }
+                // Another SIGA on this queue may hold it now: it ends or steps out too.
+                out = qc.outbound.lock();
+                lock_point!(self, Outbound);
+            }
+            let Some(issuer) = st.partitions[usize::from(lpar)].as_ref() else {
+                break;
+            };
+            if !self.send_next(&st, &issuer.memory, &mut out, qc, &mut report) {
                 break;
             }
-            let sbal = ring.sbal(n);
-            let outcome = self.send_buffer(&st, &issuer.memory, &sbal);
-            report.buffers += 1;
-            match outcome {
-                BufferOutcome::Delivered {
-                    frames,
-                    bytes,
-                    interrupt,
-                } => {
-                    // Release: our reads of the buffer happen before the program
-                    // reuses it.
-                    ring.set_state(n, SlsbState::OUTPUT_EMPTY.0, Ordering::Release);
-                    qc.counters.sent(u64::from(frames), bytes);
-                    report.delivered += 1;
-                    report.frames += frames;
-                    report.bytes += bytes;
-                    if let Some(t) = interrupt {
-                        self.platform.raise_interrupt(t);
-                        report.interrupts += 1;
-                    }
-                }
-                BufferOutcome::Refused(fault) => {
-                    let e14 = sbal.load(Sbale::ERROR_INDEX_ELEMENT).sflags;
-                    sbal.set_sflags(
-                        Sbale::ERROR_INDEX_ELEMENT,
-                        (e14 & 0xF0) | (fault.element & 0x0F),
-                    );
-                    sbal.set_sflags(Sbale::ERROR_REASON_ELEMENT, fault.reason.code());
-                    // Release publishes the reason with the error state.
-                    ring.set_state(n, SlsbState::OUTPUT_ERROR.0, Ordering::Release);
-                    qc.counters.error(fault.reason);
-                    report.refused += 1;
-                }
-            }
-            *cursor = next(n);
         }
         Ok(report)
+    }
+
+    /// Sends the output buffer at the cursor if it is primed; false if it is not (or
+    /// the queue is gone).
+    fn send_next(
+        &self,
+        st: &State<Q, A>,
+        issuer: &Memory,
+        out: &mut Outbound,
+        qc: &QueueControl,
+        report: &mut SigaReport,
+    ) -> bool {
+        // Borrow the ring in place (it is 1 KiB: no copy on the send path).
+        let Outbound { ring, cursor } = out;
+        let Some(ring) = ring.as_ref() else {
+            return false;
+        };
+        let n = *cursor;
+        // Acquire pairs with the program's Release store of 0x62: its SBAL and
+        // data writes are visible.
+        if ring.state(n, Ordering::Acquire) != SlsbState::OUTPUT_PRIMED.0 {
+            return false;
+        }
+        let sbal = ring.sbal(n);
+        let outcome = self.send_buffer(st, issuer, &sbal);
+        report.buffers += 1;
+        match outcome {
+            BufferOutcome::Delivered {
+                frames,
+                bytes,
+                interrupt,
+            } => {
+                // Release: our reads of the buffer happen before the program
+                // reuses it.
+                ring.set_state(n, SlsbState::OUTPUT_EMPTY.0, Ordering::Release);
+                qc.counters.sent(u64::from(frames), bytes);
+                report.delivered += 1;
+                report.frames += frames;
+                report.bytes += bytes;
+                if let Some(t) = interrupt {
+                    self.platform.raise_interrupt(t);
+                    report.interrupts += 1;
+                }
+            }
+            BufferOutcome::Refused(fault) => {
+                let e14 = sbal.load(Sbale::ERROR_INDEX_ELEMENT).sflags;
+                sbal.set_sflags(
+                    Sbale::ERROR_INDEX_ELEMENT,
+                    (e14 & 0xF0) | (fault.element & 0x0F),
+                );
+                sbal.set_sflags(Sbale::ERROR_REASON_ELEMENT, fault.reason.code());
+                // Release publishes the reason with the error state.
+                ring.set_state(n, SlsbState::OUTPUT_ERROR.0, Ordering::Release);
+                qc.counters.error(fault.reason);
+                report.refused += 1;
+            }
+        }
+        *cursor = next(n);
+        true
     }
 
     /// One output buffer: parse, look up, deliver, signal.
@@ -820,6 +1050,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             return refuse(Reason::TargetNotActive);
         }
         let mut inb = tqc.inbound.lock();
+        lock_point!(self, Inbound);
         match self.fill(&mut inb, &outgoing, &receiver.memory) {
             Ok(()) => {}
             Err(reason) => {
@@ -831,7 +1062,8 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         }
         tqc.counters
             .received(outgoing.frames() as u64, outgoing.payload);
-        let interrupt = self.signal(&mut inb, tqc);
+        let stamp = receiver.summary_since(inb.summary);
+        let interrupt = self.signal(&mut inb, tqc, stamp);
         BufferOutcome::Delivered {
             frames: outgoing.frames() as u16,
             bytes: outgoing.payload,
@@ -876,8 +1108,14 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     }
 
     /// Sets the receiver's completion vector low → high and makes the interrupt
-    /// decision; returns the interrupt to raise, if any.
-    fn signal(&self, inb: &mut Inbound, tqc: &QueueControl) -> Option<InterruptTarget> {
+    /// decision; returns the interrupt to raise, if any. `stamp` is the fallback's time
+    /// stamp of the receiver's summary byte, shared by every queue set naming it.
+    fn signal(
+        &self,
+        inb: &mut Inbound,
+        tqc: &QueueControl,
+        stamp: &AtomicU64,
+    ) -> Option<InterruptTarget> {
         let ind = inb.indicators.as_ref()?;
         let ring = inb.ring.as_ref()?;
         let cursor = inb.cursor;
@@ -885,23 +1123,52 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             receiver_polling(ring, cursor)
         });
         let now = self.platform.now_ns();
+        let since = stamp.load(Ordering::Relaxed);
         let input = DecisionInput {
             interrupt_immediately: inb.interrupt_immediately,
             summary_was_pending: seen.summary_was_pending,
-            pending_since_ns: inb.pending_since_ns,
+            pending_since_ns: since,
             now_ns: now,
             delay_ns: self.config.interrupt_delay_ns,
             receiver_polling: seen.receiver_polling,
         };
-        let decision = decide(&input);
+        let mut decision = decide(&input);
         if decision.restamps(&input) {
-            inb.pending_since_ns = now;
+            if seen.summary_was_pending {
+                // The fallback: one per summary and delay. Another queue set of the
+                // same summary (or the timer) that restamped first has fired it.
+                if stamp
+                    .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+                {
+                    decision = Decision::Suppress(SuppressReason::Pending);
+                }
+            } else {
+                // This delivery moved the summary idle → pending: the delay runs from now.
+                stamp.store(now, Ordering::Relaxed);
+            }
         }
         tqc.counters.interrupt(decision.raises());
         decision.raises().then_some(InterruptTarget {
             lpar: inb.owner.lpar,
             subchannel: inb.owner.subchannel,
         })
+    }
+}
+
+/// The slot of `lpar`'s active queue set on `subchannel`, or why a SIGA on it fails.
+fn issuer_slot<const Q: usize, const A: usize>(
+    st: &State<Q, A>,
+    lpar: LparId,
+    subchannel: u16,
+) -> Result<SlotRef, SigaError> {
+    let issuer = st.partitions[usize::from(lpar)]
+        .as_ref()
+        .ok_or(SigaError::NotIqdio)?;
+    match issuer.subchannel(subchannel) {
+        None => Err(SigaError::NotIqdio),
+        Some(Subchannel::Inactive) => Err(SigaError::QueuesNotActive),
+        Some(Subchannel::Active(slot)) => Ok(slot),
     }
 }
 

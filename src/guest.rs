@@ -25,10 +25,11 @@
 //! a partition is removed, and the driver, on its own partition's memory, hold them.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use crate::error::RegistrationError;
 use crate::qdio::{SBAL_SIZE, SBALE_SIZE, Sbale};
+use crate::sync::{GuestU8, GuestU64, check_plain_write, guest_u8, guest_u64};
 
 /// Most windows one partition may have.
 pub const MAX_WINDOWS: usize = 4;
@@ -253,13 +254,15 @@ impl GuestSlice {
         ok
     }
 
-    fn atomic_u8(&self, offset: usize) -> Option<&AtomicU8> {
+    /// The byte at `offset` as an atomic, through the `sync` shim (so that the loom
+    /// models see the SLSB and indicator orderings of the real code).
+    fn atomic_u8(&self, offset: usize) -> Option<&GuestU8> {
         if !self.in_range(offset, 1) {
             return None;
         }
-        // SAFETY: in range; AtomicU8 has alignment 1; the memory is valid for the
-        // slice's lifetime and only accessed atomically at control-byte offsets.
-        Some(unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(offset)) })
+        // SAFETY: in range; the memory is valid for the slice's lifetime and only
+        // accessed atomically at control-byte offsets.
+        Some(unsafe { guest_u8(self.ptr.as_ptr().add(offset)) })
     }
 
     /// Atomically loads the byte at `offset`.
@@ -305,6 +308,7 @@ impl GuestSlice {
         if !self.in_range(offset, src.len()) {
             return;
         }
+        check_plain_write(self.host_addr() + offset, src.len());
         #[cfg(miri)]
         for (i, s) in src.iter().enumerate() {
             self.store(offset + i, *s, Ordering::Relaxed);
@@ -321,6 +325,7 @@ impl GuestSlice {
         if !self.in_range(offset, n) {
             return;
         }
+        check_plain_write(self.host_addr() + offset, n);
         // SAFETY: in range (checked above).
         unsafe { core::ptr::write_bytes(self.ptr.as_ptr().add(offset), value, n) };
     }
@@ -338,6 +343,7 @@ impl GuestSlice {
         if !src.in_range(src_offset, n) || !dst.in_range(dst_offset, n) {
             return;
         }
+        check_plain_write(dst.host_addr() + dst_offset, n);
         #[cfg(miri)]
         for i in 0..n {
             dst.store(
@@ -382,7 +388,8 @@ impl Sbal {
             .then_some(Self { ptr: s.ptr })
     }
 
-    fn words(&self, element: usize) -> Option<[&AtomicU64; 2]> {
+    /// Element `element`'s two words as atomics, through the `sync` shim.
+    fn words(&self, element: usize) -> Option<[&GuestU64; 2]> {
         if element >= crate::qdio::SBALES_PER_SBAL {
             return None;
         }
@@ -393,8 +400,8 @@ impl Sbal {
         unsafe {
             let p = self.ptr.as_ptr().add(base);
             Some([
-                AtomicU64::from_ptr(p.cast::<u64>()),
-                AtomicU64::from_ptr(p.add(8).cast::<u64>()),
+                guest_u64(p.cast::<u64>()),
+                guest_u64(p.add(8).cast::<u64>()),
             ])
         }
     }

@@ -40,6 +40,45 @@
 //! No inbound lock is ever held while an outbound lock is awaited, so partitions that
 //! send to each other at the same moment cannot deadlock.
 //!
+//! ## Locks and how long they are held
+//!
+//! - The **table lock** (one per fabric) is a spin lock that prefers writers: updates
+//!   (partitions, queue sets, addresses) take it exclusive; a send takes it shared, and
+//!   a write-multiple holds it for one buffer at a time while an update waits (it steps
+//!   out between buffers, then re-checks that its queue set is still the same), so an
+//!   update waits for at most one buffer copy (up to the MFS, 64 KiB) of each send in
+//!   flight, and every send behind that update waits for the update only.
+//! - The **outbound lock** of a queue set is held by the SIGA on it; a second SIGA on
+//!   the same queue meanwhile gets cc2 busy rather than waiting.
+//! - The **inbound lock** of the receiving queue set is held while one buffer is copied
+//!   into it and its completion vector is set; [`Platform::now_ns`] is called under it.
+//! - [`Platform::raise_interrupt`] is called with the table lock (shared) and the
+//!   sender's outbound lock held; [`Platform::now_ns`] with the table lock shared and,
+//!   in a send, the receiver's inbound lock. An embedding may, in these calls: post an
+//!   interrupt (an SGI, a virtual IRQ list register, a flag), read a clock. It may not:
+//!   call into the fabric (a SIGA there answers busy, an update would wait for ever for
+//!   the shared hold it is inside), wait for another core that may itself be in a
+//!   fabric entry, or take a lock that any code holds while calling the fabric.
+//!
+//! ## Execution contract
+//!
+//! Every entry except [`Fabric::try_expire_delays`] may wait for the fabric's spin
+//! locks. A core that waits for a lock which the code it interrupted holds never
+//! returns, so these entries must run where no fabric entry can be interrupted by
+//! another on the same core: **with interrupts masked on that core**, as an EL2 trap
+//! handler for a partition's SIGA or HVC naturally runs, and never from an interrupt
+//! handler that may have interrupted one. [`Fabric::try_expire_delays`], the delay
+//! fallback for a periodic timer, never waits: it skips (and reports in a
+//! [`DelayReport`]) what is held and is safe from any context, including a timer
+//! interrupt taken in the middle of a SIGA on the same core.
+//!
+//! Where the platform can tell, the fabric checks: [`Platform::context`] answering
+//! [`CallContext::Interruptible`] or [`CallContext::Interrupt`] makes SIGA and every
+//! update refuse (`InterruptContext`, nothing done), makes
+//! [`Fabric::expire_delays`] behave as [`Fabric::try_expire_delays`], and makes the
+//! counters lookups look only if the table lock is free. Entries are not re-entrant
+//! on one core in any other way either: [`Platform`] calls must not call back.
+//!
 //! ## Modules
 //!
 //! - [`qdio`]: the guest-visible formats, byte-exact (SLSB, SBAL/SBALE, frame header,
@@ -55,7 +94,7 @@
 //! ## Embedding in a hypervisor
 //!
 //! The hypervisor provides a [`Platform`] (raise an adapter interrupt for a
-//! partition, read a monotonic clock), tells the fabric each partition's memory
+//! partition, read a monotonic clock, optionally say where a call runs), tells the fabric each partition's memory
 //! windows, and forwards the partition's requests: establishing queues and
 //! registering addresses (its QDIO/IPA command path) and SIGA (its instruction trap,
 //! with the issuing LPAR taken from the trapping vCPU, never from guest input).
@@ -139,10 +178,13 @@ mod transfer;
 
 pub use error::{ConditionCode, QueueField, RegistrationError, SIGA_BUSY_BIT, SigaError};
 pub use fabric::{
-    Fabric, FabricConfig, Port, QueueSetHandle, QueueSetParams, Siga, SigaFunction, SigaReport,
+    DelayReport, Fabric, FabricConfig, Port, QueueSetHandle, QueueSetParams, Siga, SigaFunction,
+    SigaReport,
 };
 pub use guest::Window;
-pub use platform::{InterruptTarget, Platform};
+#[cfg(feature = "test-hooks")]
+pub use platform::LockPoint;
+pub use platform::{CallContext, InterruptTarget, Platform};
 pub use qdio::{Mfs, Reason};
 pub use queue::CounterSnapshot;
 pub use table::{HashSeed, LparId, SourceKey};

@@ -71,8 +71,9 @@ pub(crate) struct Inbound {
     pub(crate) cursor: u8,
     /// The receiver's completion-vector bytes.
     pub(crate) indicators: Option<IndicatorBytes>,
-    /// When the summary last went idle → pending (or the fallback last fired).
-    pub(crate) pending_since_ns: u64,
+    /// Which of the owning partition's summary stamps guards `indicators.global`: the
+    /// fallback's time stamp lives with the summary byte, per partition, not here.
+    pub(crate) summary: u8,
     /// The receiver's "interrupt immediately" override.
     pub(crate) interrupt_immediately: bool,
     /// The owner, for the interrupt's target.
@@ -109,7 +110,7 @@ impl QueueControl {
                 ring: None,
                 cursor: 0,
                 indicators: None,
-                pending_since_ns: 0,
+                summary: 0,
                 interrupt_immediately: false,
                 owner: SourceKey {
                     lpar: 0,

@@ -1,52 +1,240 @@
 //! Locks: the table lock (shared for sends, exclusive for updates) and the queue
-//! controls' outbound and inbound locks.
+//! controls' outbound and inbound locks; and the atomics over guest memory.
 //!
-//! Under `cfg(loom)` this module is the shim that swaps the lock's atomic and the queue
-//! locks for loom's, so the loom tests (`tests/loom.rs`) explore every interleaving of
-//! registration, sends and receivers at these points.
+//! Under `cfg(iqdio_loom)` this module is the shim that swaps the lock's atomic, the
+//! queue locks, the fences and the guest-memory atomics (SLSB bytes, indicator bytes,
+//! SBALE words: [`guest_u8`], [`guest_u64`]) for loom's, so the loom tests
+//! (`tests/loom.rs`) explore every interleaving of registration, the real send path and
+//! the real driver at these points, with the orderings the code really uses. The cfg is
+//! named for the crate so that a consumer's own `--cfg loom` leaves iqdio as it is
+//! (`Fabric::new` stays `const`, a `static` fabric keeps compiling).
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::Ordering;
 
-#[cfg(not(loom))]
+#[cfg(not(iqdio_loom))]
 pub(crate) use core::sync::atomic::fence;
-#[cfg(not(loom))]
+#[cfg(not(iqdio_loom))]
 use core::sync::atomic::{AtomicBool, AtomicU32};
-#[cfg(loom)]
+#[cfg(iqdio_loom)]
 pub(crate) use loom::sync::atomic::fence;
-#[cfg(loom)]
+#[cfg(iqdio_loom)]
 use loom::sync::atomic::{AtomicBool, AtomicU32};
 
 /// Defines a function that is `const` except under loom, whose primitives have no
 /// `const` constructors.
 macro_rules! const_unless_loom {
     ($(#[$m:meta])* $vis:vis fn $name:ident $args:tt -> $ret:ty $body:block) => {
-        #[cfg(not(loom))]
+        #[cfg(not(iqdio_loom))]
         $(#[$m])* $vis const fn $name $args -> $ret $body
-        #[cfg(loom)]
+        #[cfg(iqdio_loom)]
         $(#[$m])* $vis fn $name $args -> $ret $body
     };
 }
 pub(crate) use const_unless_loom;
 
+/// An atomic byte of guest memory (an SLSB or indicator byte).
+#[cfg(not(iqdio_loom))]
+pub(crate) type GuestU8 = core::sync::atomic::AtomicU8;
+/// An atomic 8-byte word of guest memory (half an SBALE).
+#[cfg(not(iqdio_loom))]
+pub(crate) type GuestU64 = core::sync::atomic::AtomicU64;
+
+/// The atomic byte at `p`.
+///
+/// # Safety
+///
+/// `p` is valid for reads and writes for `'a`, and the byte is only accessed
+/// atomically meanwhile (as `AtomicU8::from_ptr` requires).
+#[cfg(not(iqdio_loom))]
+pub(crate) unsafe fn guest_u8<'a>(p: *mut u8) -> &'a GuestU8 {
+    // SAFETY: forwarded from this function's contract; AtomicU8 has alignment 1.
+    unsafe { GuestU8::from_ptr(p) }
+}
+
+/// The atomic word at `p`.
+///
+/// # Safety
+///
+/// As [`guest_u8`], and `p` is 8-aligned.
+#[cfg(not(iqdio_loom))]
+pub(crate) unsafe fn guest_u64<'a>(p: *mut u64) -> &'a GuestU64 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { GuestU64::from_ptr(p) }
+}
+
+#[cfg(iqdio_loom)]
+pub(crate) use shadow::{GuestU8, GuestU64, guest_u8, guest_u64};
+
+/// Guest-memory atomics under loom. Loom cannot put its atomics on memory it did not
+/// create, so each guest byte or word that is accessed atomically gets a loom atomic
+/// of its own (a shadow), created on its first atomic access with the memory's value
+/// then, and kept for the model's execution. Every store also writes the guest memory
+/// itself, so plain copies that read those bytes (a test reading an SBAL) see the
+/// newest value; loom runs one model thread at a time, so that write races nothing.
+/// A plain write over a shadowed byte would bypass the model: [`check_plain_write`]
+/// fails the model if the code ever does one.
+#[cfg(iqdio_loom)]
+mod shadow {
+    extern crate std;
+
+    use core::sync::atomic::Ordering;
+    use std::boxed::Box;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use loom::sync::atomic::{AtomicU8, AtomicU64};
+
+    /// Shadows by host address; boxed, so their addresses stay put while the map grows.
+    #[derive(Default)]
+    struct Shadows {
+        bytes: BTreeMap<usize, Box<GuestU8>>,
+        words: BTreeMap<usize, Box<GuestU64>>,
+    }
+
+    loom::lazy_static! {
+        // Per model execution (loom resets its lazy statics between executions). A
+        // std mutex: it guards bookkeeping, not a step of the protocol under test.
+        static ref SHADOWS: Mutex<Shadows> = Mutex::new(Shadows::default());
+    }
+
+    /// A guest byte as loom sees it.
+    pub(crate) struct GuestU8 {
+        atomic: AtomicU8,
+        real: *mut u8,
+    }
+
+    /// A guest word as loom sees it.
+    pub(crate) struct GuestU64 {
+        atomic: AtomicU64,
+        real: *mut u64,
+    }
+
+    // SAFETY: the raw pointer is guest memory valid for the execution (guest_u8's
+    // contract); loom runs one model thread at a time.
+    unsafe impl Send for GuestU8 {}
+    // SAFETY: as for Send.
+    unsafe impl Sync for GuestU8 {}
+    // SAFETY: as for GuestU8.
+    unsafe impl Send for GuestU64 {}
+    // SAFETY: as for GuestU8.
+    unsafe impl Sync for GuestU64 {}
+
+    impl GuestU8 {
+        pub(crate) fn load(&self, order: Ordering) -> u8 {
+            self.atomic.load(order)
+        }
+        pub(crate) fn store(&self, v: u8, order: Ordering) {
+            self.atomic.store(v, order);
+            // SAFETY: valid guest memory (guest_u8's contract), one model thread runs.
+            unsafe { self.real.write_volatile(v) };
+        }
+        pub(crate) fn swap(&self, v: u8, order: Ordering) -> u8 {
+            let old = self.atomic.swap(v, order);
+            // SAFETY: as in store.
+            unsafe { self.real.write_volatile(v) };
+            old
+        }
+    }
+
+    impl GuestU64 {
+        pub(crate) fn load(&self, order: Ordering) -> u64 {
+            self.atomic.load(order)
+        }
+        pub(crate) fn store(&self, v: u64, order: Ordering) {
+            self.atomic.store(v, order);
+            // SAFETY: as in GuestU8::store; 8-aligned by guest_u64's contract.
+            unsafe { self.real.write_volatile(v) };
+        }
+    }
+
+    /// The shadow of the byte at `p`.
+    ///
+    /// # Safety
+    ///
+    /// As the non-loom `guest_u8`, and only called inside a loom model.
+    pub(crate) unsafe fn guest_u8<'a>(p: *mut u8) -> &'a GuestU8 {
+        let mut s = SHADOWS.lock().unwrap_or_else(|e| e.into_inner());
+        let b = s.bytes.entry(p as usize).or_insert_with(|| {
+            Box::new(GuestU8 {
+                // SAFETY: valid guest memory by this function's contract.
+                atomic: AtomicU8::new(unsafe { p.read_volatile() }),
+                real: p,
+            })
+        });
+        let r: *const GuestU8 = &**b;
+        // SAFETY: boxed and never removed during the execution; the reference is used
+        // within the access that asked for it.
+        unsafe { &*r }
+    }
+
+    /// The shadow of the word at `p`.
+    ///
+    /// # Safety
+    ///
+    /// As [`guest_u8`], and `p` is 8-aligned.
+    pub(crate) unsafe fn guest_u64<'a>(p: *mut u64) -> &'a GuestU64 {
+        let mut s = SHADOWS.lock().unwrap_or_else(|e| e.into_inner());
+        let b = s.words.entry(p as usize).or_insert_with(|| {
+            Box::new(GuestU64 {
+                // SAFETY: valid, aligned guest memory by this function's contract.
+                atomic: AtomicU64::new(unsafe { p.read_volatile() }),
+                real: p,
+            })
+        });
+        let r: *const GuestU64 = &**b;
+        // SAFETY: as in guest_u8.
+        unsafe { &*r }
+    }
+
+    /// Fails the model if `[start, start + len)` holds a byte or word that is also
+    /// accessed atomically: the code must never mix the two on one location.
+    pub(crate) fn check_plain_write(start: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let s = SHADOWS.lock().unwrap_or_else(|e| e.into_inner());
+        let end = start + len;
+        let byte = s.bytes.range(start..end).next().map(|(a, _)| *a);
+        let word = s
+            .words
+            .range(start.saturating_sub(7)..end)
+            .next()
+            .map(|(a, _)| *a);
+        assert!(
+            byte.is_none() && word.is_none(),
+            "plain write over atomically accessed guest memory at {:#x}",
+            byte.or(word).unwrap_or(0)
+        );
+    }
+}
+
+#[cfg(iqdio_loom)]
+pub(crate) use shadow::check_plain_write;
+
+/// Checks a plain write to guest memory (nothing to check outside loom).
+#[cfg(not(iqdio_loom))]
+#[inline(always)]
+pub(crate) fn check_plain_write(_start: usize, _len: usize) {}
+
 /// A pause in a spin loop (under loom: a yield, so the model lets others run).
 fn spin_hint() {
-    #[cfg(loom)]
+    #[cfg(iqdio_loom)]
     loom::thread::yield_now();
-    #[cfg(not(loom))]
+    #[cfg(not(iqdio_loom))]
     core::hint::spin_loop();
 }
 
 /// The per-queue-control lock (outbound and inbound): a spin mutex.
-#[cfg(not(loom))]
+#[cfg(not(iqdio_loom))]
 pub(crate) type Mutex<T> = spin::mutex::SpinMutex<T>;
 
 /// The per-queue-control lock under loom: loom's mutex behind the same interface.
-#[cfg(loom)]
+#[cfg(iqdio_loom)]
 pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
 
-#[cfg(loom)]
+#[cfg(iqdio_loom)]
 impl<T> Mutex<T> {
     pub(crate) fn new(v: T) -> Self {
         Self(loom::sync::Mutex::new(v))
@@ -136,8 +324,34 @@ impl<T> TableLock<T> {
         }
     }
 
+    /// Takes the lock shared (reader slot 0) if that needs no waiting: `None` while a
+    /// writer holds or awaits it. For interrupt context, which must never wait for
+    /// the code it interrupted.
+    pub(crate) fn try_read(&self) -> Option<ReadGuard<'_, T>> {
+        let slot = &self.readers[0].0;
+        if self.writer.load(Ordering::Relaxed) {
+            return None;
+        }
+        // As in read_in: count in, SeqCst fence, look for a writer (Acquire pairs
+        // with the last writer's Release in WriteGuard::drop).
+        slot.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !self.writer.load(Ordering::Acquire) {
+            return Some(ReadGuard { lock: self, slot });
+        }
+        slot.fetch_sub(1, Ordering::Release);
+        None
+    }
+
     /// Takes the lock exclusive: first bars new readers, then waits for the ones inside.
+    #[cfg(test)]
     pub(crate) fn write(&self) -> WriteGuard<'_, T> {
+        self.write_then(|| {})
+    }
+
+    /// [`write`](Self::write), calling `waiting` once new readers are barred and
+    /// before it waits for the ones inside (a test hook's "writer waiting" point).
+    pub(crate) fn write_then(&self, waiting: impl FnOnce()) -> WriteGuard<'_, T> {
         while self
             .writer
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -145,6 +359,7 @@ impl<T> TableLock<T> {
         {
             spin_hint();
         }
+        waiting();
         // SeqCst fence, then look for readers (see the type's docs); the Acquire
         // loads pair with each reader's Release in ReadGuard::drop: their reads of the
         // tables happen before our writes.
@@ -158,12 +373,12 @@ impl<T> TableLock<T> {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(iqdio_loom))]
 const fn new_slots() -> [ReaderSlot; READER_SLOTS] {
     [const { ReaderSlot(AtomicU32::new(0)) }; READER_SLOTS]
 }
 
-#[cfg(loom)]
+#[cfg(iqdio_loom)]
 fn new_slots() -> [ReaderSlot; READER_SLOTS] {
     core::array::from_fn(|_| ReaderSlot(AtomicU32::new(0)))
 }
@@ -172,6 +387,14 @@ fn new_slots() -> [ReaderSlot; READER_SLOTS] {
 pub(crate) struct ReadGuard<'a, T> {
     lock: &'a TableLock<T>,
     slot: &'a AtomicU32,
+}
+
+impl<T> ReadGuard<'_, T> {
+    /// Whether a writer awaits the lock: a long reader should step out of its way.
+    /// Relaxed: a hint; the reader's next `read_in` synchronises properly.
+    pub(crate) fn writer_waiting(&self) -> bool {
+        self.lock.writer.load(Ordering::Relaxed)
+    }
 }
 
 impl<T> Deref for ReadGuard<'_, T> {
@@ -186,7 +409,8 @@ impl<T> Deref for ReadGuard<'_, T> {
 
 impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
-        // Release pairs with the writer's SeqCst (acquiring) wait for the slot to drain.
+        // Release pairs with the writer's Acquire loads of the slot (its wait for the
+        // slot to drain, after its SeqCst fence): our reads happen before its writes.
         self.slot.fetch_sub(1, Ordering::Release);
     }
 }
@@ -213,13 +437,14 @@ impl<T> DerefMut for WriteGuard<'_, T> {
 
 impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
-        // Release pairs with the next reader's SeqCst load of `writer` and the next
-        // writer's compare_exchange.
+        // Release pairs with the next reader's Acquire load of `writer` (after its
+        // SeqCst fence) and the next writer's Acquire compare_exchange: our writes to
+        // the tables happen before their reads.
         self.lock.writer.store(false, Ordering::Release);
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(iqdio_loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Model checking with loom (`cargo xtask loom`, i.e. `RUSTFLAGS="--cfg loom" cargo test
-//! --release --test loom`). Under `cfg(loom)` the table lock and the queue locks are
+//! Model checking with loom (`cargo xtask loom`, i.e. `RUSTFLAGS="--cfg iqdio_loom" cargo test
+//! --release --test loom`). Under `cfg(iqdio_loom)` the table lock and the queue locks are
 //! loom's (src/sync.rs), so loom explores every interleaving of them:
 //!
 //! (a) registration and deregistration against a concurrent send;
@@ -7,7 +7,7 @@
 //!     and against a receiver that stops polling: the receiver either sees the frame
 //!     or gets an interrupt;
 //! (c) two partitions sending to each other at once: no deadlock.
-#![cfg(loom)]
+#![cfg(iqdio_loom)]
 
 mod common;
 

@@ -95,7 +95,7 @@ enum Command {
         seconds: u64,
     },
     /// Model-check the locks and the completion-vector protocol with loom
-    /// (`--cfg loom`, release, its own target directory). Also a step of `test`.
+    /// (`--cfg iqdio_loom`, release, its own target directory). Also a step of `test`.
     Loom,
     /// Run the library's unit tests and the malformed-descriptor tests under Miri
     /// (nightly; installs the `miri` component when missing). About 5 minutes.

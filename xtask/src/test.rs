@@ -211,7 +211,7 @@ fn stress_image(tally: &mut Tally) {
 /// The loom model checks, each test counted.
 fn loom(tally: &mut Tally) -> Result<()> {
     let name = "loom";
-    eprintln!("xtask: == {name}: RUSTFLAGS=\"--cfg loom\" cargo test --release --test loom");
+    eprintln!("xtask: == {name}: RUSTFLAGS=\"--cfg iqdio_loom\" cargo test --release --test loom");
     let start = Instant::now();
     let run = checks::loom()?;
     tally.passed += run.passed;
