@@ -218,3 +218,78 @@ fn a_sleeping_receiver_is_woken_for_every_frame_it_must_take() {
         c.sbals_received
     );
 }
+
+/// Issue 9, defect 9: the fallback's stamp belongs to the summary byte, which every
+/// queue set of a partition shares, not to one queue set.
+#[test]
+fn the_fallback_runs_from_when_the_summary_went_pending_across_queue_sets() {
+    let platform = TestPlatform::manual();
+    let fab = fabric(
+        platform.clone(),
+        FabricConfig {
+            mfs: Mfs::K16,
+            interrupt_delay_ns: DELAY,
+        },
+    );
+    let cfg = DriverConfig {
+        rx_buffers: 8,
+        ..config(Mfs::K16)
+    };
+    let mut a = Partition::new(&fab, 1, 1, cfg);
+    // Two queue sets of one receiver: one global summary byte, one middle byte.
+    let b = Partition::new(&fab, 2, 2, cfg);
+    let port = fab.port(1);
+    let mut send = |sch: u16| {
+        a.queues[0]
+            .send(&port, v4(2, sch), &[sch as u8; 16])
+            .unwrap()
+    };
+
+    // Late enough that a stamp of 0 (a queue set that never stamped) looks expired.
+    let t0 = 10 * DELAY;
+    platform.set_clock(t0);
+    send(0);
+    assert_eq!(platform.raised(2), 1, "idle -> pending raises");
+    assert!(b.indicators.pending());
+
+    // The second queue set's first delivery finds the summary pending: no interrupt,
+    // although that queue set has never stamped anything.
+    platform.set_clock(t0 + DELAY / 2);
+    send(1);
+    assert_eq!(
+        platform.raised(2),
+        1,
+        "pending summary: the receiver will poll"
+    );
+    platform.set_clock(t0 + DELAY - 1);
+    send(1);
+    send(0);
+    assert_eq!(
+        platform.raised(2),
+        1,
+        "within the delay since the summary went pending"
+    );
+
+    // The delay since the *summary* went pending is up: the fallback fires once, for
+    // whichever queue set gets there first, and the other one sees it restamped.
+    platform.set_clock(t0 + DELAY);
+    send(1);
+    assert_eq!(platform.raised(2), 2);
+    send(0);
+    assert_eq!(platform.raised(2), 2, "one fallback per summary and delay");
+    let c0 = fab.counters_of(2, 0).unwrap();
+    let c1 = fab.counters_of(2, 1).unwrap();
+    assert_eq!((c0.interrupts_raised, c1.interrupts_raised), (1, 1));
+    assert_eq!(c0.interrupts_suppressed + c1.interrupts_suppressed, 4);
+
+    // The timer's fallback shares the stamp too: nothing until a delay after the last
+    // firing, then one interrupt for the summary, not one per queue set.
+    platform.set_clock(t0 + 2 * DELAY - 1);
+    assert_eq!(fab.expire_delays(), 0);
+    platform.set_clock(t0 + 2 * DELAY);
+    assert_eq!(fab.expire_delays(), 1);
+    assert_eq!(fab.expire_delays(), 0);
+    assert_eq!(platform.raised(2), 3);
+    let r = fab.try_expire_delays();
+    assert_eq!((r.raised, r.skipped, r.table_busy), (0, 0, false));
+}
