@@ -126,10 +126,13 @@ pub struct Indicators {
 impl Indicators {
     /// Allocates the two bytes (each on its own cache line).
     pub fn new(region: &mut Region) -> Result<Self, DriverError> {
-        Ok(Self {
+        let ind = Self {
             global: region.alloc(1, 64)?,
             middle: region.alloc(1, 64)?,
-        })
+        };
+        ind.global.mem.model_atomics();
+        ind.middle.mem.model_atomics();
+        Ok(ind)
     }
 
     /// Resets the global summary byte, then the middle byte, each before the work it
@@ -324,6 +327,9 @@ impl QueueDriver {
             .mem
             .fill(0, SLSB_LEN, SlsbState::OUTPUT_NOT_INIT.0);
         d.in_slsb.mem.fill(0, SLSB_LEN, SlsbState::INPUT_NOT_INIT.0);
+        for c in [&d.out_slsb, &d.in_slsb, &d.queue_ind] {
+            c.mem.model_atomics();
+        }
         for n in 0..cfg.rx_buffers {
             d.arm(n);
         }

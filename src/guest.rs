@@ -265,6 +265,18 @@ impl GuestSlice {
         Some(unsafe { guest_u8(self.ptr.as_ptr().add(offset)) })
     }
 
+    /// Makes every byte of the slice known to the loom model as an atomic now, on this
+    /// thread (under `cfg(iqdio_loom)`; nothing otherwise). The driver calls it for
+    /// its SLSBs and indicator bytes when it sets them up, before other threads touch
+    /// them: a model location first met by two threads at once has no creator that
+    /// both are ordered after.
+    pub(crate) fn model_atomics(&self) {
+        #[cfg(iqdio_loom)]
+        for i in 0..self.len {
+            let _ = self.load(i, Ordering::Relaxed);
+        }
+    }
+
     /// Atomically loads the byte at `offset`.
     pub fn load(&self, offset: usize, order: Ordering) -> u8 {
         self.atomic_u8(offset).map_or(0, |a| a.load(order))

@@ -18,6 +18,9 @@ use iqdio::{
 
 type HookFabric = Fabric<Hooks, 8, 16>;
 
+/// What a test runs at the next interrupt.
+type InterruptHook = Box<dyn FnMut(&Arc<HookFabric>) + Send>;
+
 /// What happened, in the order it happened: each event is logged while the lock it
 /// names is held, so the log's own mutex orders it against the others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +37,7 @@ struct Hooks {
     /// Set once an update has barred new readers and waits for them.
     writer_waiting: AtomicBool,
     /// Called from raise_interrupt (on the sender's thread, table lock shared).
-    on_interrupt: Mutex<Option<Box<dyn FnMut(&Arc<HookFabric>) + Send>>>,
+    on_interrupt: Mutex<Option<InterruptHook>>,
     /// Every lock point runs `interrupt` as an interrupt handler would.
     interrupt_at_every_point: AtomicBool,
     /// What the handler runs saw: (point, its results).
