@@ -7,7 +7,10 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
-use iqdio::{CounterSnapshot, Fabric, FabricConfig, InterruptTarget, Mfs, Platform, Reason};
+use iqdio::{
+    CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptTarget, Mfs, Platform, Port,
+    Reason, Siga, SigaError, SigaFunction, SigaReport,
+};
 use iqdio_hyp::board::{self, MAX_CORES};
 
 /// The board as the fabric's platform: an interrupt is a GICv3 SGI to the partition's
@@ -22,10 +25,47 @@ impl Platform for BoardPlatform {
     fn now_ns(&self) -> u64 {
         board::now_ns()
     }
+
+    /// DAIF.I tells: the fabric refuses an entry made with IRQs on (its execution
+    /// contract), so every call below goes through [`masked`].
+    fn context(&self) -> CallContext {
+        if board::interrupts_enabled() {
+            CallContext::Interruptible
+        } else {
+            CallContext::Masked
+        }
+    }
 }
 
 /// The fabric type of the images: 16 queue sets, 256 addresses.
 pub type BoardFabric = Fabric<BoardPlatform, 16, 256>;
+
+/// Runs a fabric entry with IRQs masked on this core, as the fabric's execution
+/// contract asks: no interrupt may enter the fabric on a core that is inside it. The
+/// partitions of these images call the fabric from their own cores with IRQs on; a
+/// hypervisor's SIGA trap handler would already run masked.
+pub fn masked<R>(f: impl FnOnce() -> R) -> R {
+    critical_section::with(|_| f())
+}
+
+/// A partition's SIGA port whose calls run with IRQs masked ([`masked`]).
+pub struct MaskedPort<'f>(pub Port<'f, BoardPlatform, 16, 256>);
+
+impl Siga for MaskedPort<'_> {
+    fn siga(
+        &self,
+        subchannel: u16,
+        function: SigaFunction,
+        queue_mask: u32,
+    ) -> Result<SigaReport, SigaError> {
+        masked(|| self.0.siga(subchannel, function, queue_mask))
+    }
+}
+
+/// Partition `lpar`'s SIGA port on `fabric`, masked.
+pub fn port(fabric: &BoardFabric, lpar: u8) -> MaskedPort<'_> {
+    MaskedPort(fabric.port(lpar))
+}
 
 /// Parses a decimal build-time option.
 pub const fn parse(s: Option<&str>, default: u32) -> u32 {
@@ -182,12 +222,10 @@ impl Node {
 
     fn register(&mut self, fabric: &BoardFabric) -> Result<(), &'static str> {
         let lpar = self.core as u8;
-        fabric
-            .establish(lpar, 0, &self.queue.params())
+        masked(|| fabric.establish(lpar, 0, &self.queue.params()))
             .map_err(|_| "establish refused")?;
         for ip in [v4(self.core), v6(self.core)] {
-            fabric
-                .register_address(lpar, 0, ip)
+            masked(|| fabric.register_address(lpar, 0, ip))
                 .map_err(|_| "register_address refused")?;
         }
         Ok(())
@@ -197,9 +235,8 @@ impl Node {
     /// with the same addresses: while it is away, senders see "unreachable".
     pub fn reregister(&mut self, fabric: &BoardFabric) -> Result<(), &'static str> {
         let lpar = self.core as u8;
-        let last = fabric
-            .deregister_queue_set(lpar, 0)
-            .map_err(|_| "deregister refused")?;
+        let last =
+            masked(|| fabric.deregister_queue_set(lpar, 0)).map_err(|_| "deregister refused")?;
         add(&mut self.retired, &last);
         self.reestablish(fabric)
     }
@@ -221,7 +258,7 @@ impl Node {
     /// The fabric counters of this partition, over all its registrations.
     pub fn counters(&self, fabric: &BoardFabric) -> CounterSnapshot {
         let mut c = self.retired;
-        if let Some(now) = fabric.counters_of(self.core as u8, 0) {
+        if let Some(now) = masked(|| fabric.counters_of(self.core as u8, 0)) {
             add(&mut c, &now);
         }
         c
@@ -242,7 +279,7 @@ impl Node {
         deadline_ns: u64,
     ) -> bool {
         let len = len.clamp(HEAD, MFS.mtu());
-        let port = fabric.port(self.core as u8);
+        let port = port(fabric, self.core as u8);
         let dest = if seq.is_multiple_of(2) {
             v4(dst)
         } else {

@@ -14,7 +14,9 @@ use super::harness::{self, Case, check, job_failed};
 #[path = "../node/mod.rs"]
 mod node;
 
-use node::{BoardFabric, BoardPlatform, CONFIG, CORRUPTED, Node, PING, RECEIVED, SENT, v4, v6};
+use node::{
+    BoardFabric, BoardPlatform, CONFIG, CORRUPTED, Node, PING, RECEIVED, SENT, masked, v4, v6,
+};
 
 /// The fabric cases, in order: the first attaches every partition, the others use them.
 pub const CASES: &[Case] = &[
@@ -62,7 +64,7 @@ fn with_node(core: usize, f: impl FnOnce(&mut Node)) {
 fn attach() -> Result<(), &'static str> {
     harness::run_on_all(|core| match Node::attach(&FABRIC, core) {
         Ok(node) => {
-            let dup = FABRIC.establish(core as u8, 0, &node.queue.params());
+            let dup = masked(|| FABRIC.establish(core as u8, 0, &node.queue.params()));
             check(
                 core,
                 dup == Err(RegistrationError::DuplicateFound),
@@ -72,7 +74,7 @@ fn attach() -> Result<(), &'static str> {
         }
         Err(e) => job_failed(core, e),
     })?;
-    if FABRIC.address_count() != 2 * board::cores() {
+    if masked(|| FABRIC.address_count()) != 2 * board::cores() {
         return Err("not every partition registered its two addresses");
     }
     Ok(())
@@ -228,14 +230,13 @@ fn polling_suppresses() -> Result<(), &'static str> {
 fn reregister() -> Result<(), &'static str> {
     let n = board::cores();
     let last = n - 1;
-    let port = FABRIC.port(0);
+    let port = node::port(&FABRIC, 0);
     let mut guard0 = NODES[0].lock();
     let node0 = guard0.as_mut().ok_or("partition 0 not attached")?;
     {
         let mut g = NODES[last].lock();
         let node = g.as_mut().ok_or("last partition not attached")?;
-        FABRIC
-            .deregister_queue_set(last as u8, 0)
+        masked(|| FABRIC.deregister_queue_set(last as u8, 0))
             .map_err(|_| "deregistration refused")?;
         for ip in [v4(last), v6(last)] {
             if node0.queue.send(&port, ip, &[0u8; 40])
@@ -244,7 +245,9 @@ fn reregister() -> Result<(), &'static str> {
                 return Err("a deregistered target was reachable");
             }
         }
-        if FABRIC.siga_write(last as u8, 0, 1 << 31) != Err(iqdio::SigaError::QueuesNotActive) {
+        if masked(|| FABRIC.siga_write(last as u8, 0, 1 << 31))
+            != Err(iqdio::SigaError::QueuesNotActive)
+        {
             return Err("SIGA on a deregistered queue set did not answer cc1");
         }
         node.reestablish(&FABRIC)?;

@@ -86,7 +86,7 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
     let b = &mut *guard;
     let mut dev = IqdioDevice::new(
         &mut node.queue,
-        fabric.port(core as u8),
+        super::node::port(fabric, core as u8),
         &mut b.dev_rx,
         &mut b.dev_tx,
     )
