@@ -200,8 +200,7 @@ impl Node {
     /// queue set on subchannel 0 and registers its IPv4 and IPv6 addresses.
     pub fn attach(fabric: &BoardFabric, core: usize) -> Result<Self, &'static str> {
         let mut region = region(core);
-        fabric
-            .add_partition(core as u8, &[region.window()])
+        masked(|| fabric.add_partition(core as u8, &[region.window()]))
             .map_err(|_| "add_partition refused")?;
         let indicators = Indicators::new(&mut region).map_err(|_| "indicators")?;
         let queue =
