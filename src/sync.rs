@@ -147,6 +147,18 @@ mod shadow {
             // SAFETY: as in GuestU8::store; 8-aligned by guest_u64's contract.
             unsafe { self.real.write_volatile(v) };
         }
+        pub(crate) fn fetch_and(&self, v: u64, order: Ordering) -> u64 {
+            let old = self.atomic.fetch_and(v, order);
+            // SAFETY: as in store.
+            unsafe { self.real.write_volatile(old & v) };
+            old
+        }
+        pub(crate) fn fetch_or(&self, v: u64, order: Ordering) -> u64 {
+            let old = self.atomic.fetch_or(v, order);
+            // SAFETY: as in store.
+            unsafe { self.real.write_volatile(old | v) };
+            old
+        }
     }
 
     /// The shadow of the byte at `p`.
