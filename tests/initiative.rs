@@ -229,6 +229,7 @@ fn the_fallback_runs_from_when_the_summary_went_pending_across_queue_sets() {
         FabricConfig {
             mfs: Mfs::K16,
             interrupt_delay_ns: DELAY,
+            ..FabricConfig::DEFAULT
         },
     );
     let cfg = DriverConfig {

@@ -139,6 +139,7 @@ fn new_fabric(delay_ns: u64) -> Arc<HookFabric> {
         FabricConfig {
             mfs: Mfs::K16,
             interrupt_delay_ns: delay_ns,
+            ..FabricConfig::DEFAULT
         },
     ));
     let _ = fab.platform().fabric.set(Arc::downgrade(&fab));
