@@ -743,6 +743,22 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         Some(self.controls[usize::from(slot.index)].counters.snapshot())
     }
 
+    /// Copies `dst.len()` bytes of partition `lpar`'s memory at guest address `addr` into
+    /// `dst`, after the same window check every queue-set address gets (wholly inside
+    /// one of the partition's windows, overflow-safe).
+    ///
+    /// For a hypervisor's own calls that pass a guest address (a parameter block, a
+    /// console line): every byte is read once, and the hypervisor uses only the copy.
+    /// `None` if `lpar` is unknown or the range is not inside its memory; `dst` is then
+    /// left as it was.
+    pub fn copy_from_partition(&self, lpar: LparId, addr: u64, dst: &mut [u8]) -> Option<()> {
+        let st = self.state.read();
+        let p = st.partitions[usize::from(lpar)].as_ref()?;
+        let slice = p.memory.slice(addr, dst.len() as u64)?;
+        slice.read(0, dst);
+        Some(())
+    }
+
     /// Sets or clears the receiver's "interrupt immediately" override.
     pub fn set_interrupt_immediately(
         &self,

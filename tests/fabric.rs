@@ -921,4 +921,33 @@ fn the_hash_seed_is_replaced_only_while_no_queue_set_exists() {
     );
     fab.remove_partition(2).unwrap();
     fab.set_hash_seed([9, 10]).unwrap();
+
+/// `copy_from_partition` (a hypervisor reading a parameter block or a console line)
+/// copies from inside the partition's window only: the whole window, its last byte,
+/// and nothing that straddles an end, wraps, or belongs to an unknown partition.
+#[test]
+fn copy_from_partition_stays_inside_the_window() {
+    let fab = fabric(TestPlatform::new(), FabricConfig::DEFAULT);
+    let ram = GuestRam::new(4 * 4096);
+    let base = ram.window().guest_base();
+    let len = ram.len() as u64;
+    fab.add_partition(1, &[ram.window()]).unwrap();
+    ram.write(base + 100, b"hello");
+    ram.write(base + len - 1, b"z");
+
+    let mut five = [0u8; 5];
+    assert_eq!(fab.copy_from_partition(1, base + 100, &mut five), Some(()));
+    assert_eq!(&five, b"hello");
+    let mut last = [0u8; 1];
+    assert_eq!(fab.copy_from_partition(1, base + len - 1, &mut last), Some(()));
+    assert_eq!(&last, b"z");
+    let mut whole = vec![0u8; ram.len()];
+    assert_eq!(fab.copy_from_partition(1, base, &mut whole), Some(()));
+
+    let mut two = [7u8; 2];
+    for addr in [base + len - 1, base.wrapping_sub(1), u64::MAX, base + len] {
+        assert_eq!(fab.copy_from_partition(1, addr, &mut two), None, "{addr:#x}");
+        assert_eq!(two, [7, 7], "left untouched");
+    }
+    assert_eq!(fab.copy_from_partition(2, base, &mut two), None, "unknown partition");
 }
