@@ -15,3 +15,5 @@
 
 #[cfg(target_os = "none")]
 pub mod board;
+#[cfg(target_os = "none")]
+pub mod vm;

@@ -32,7 +32,7 @@ pub const MEMORY: &str = "1G";
 pub fn arguments(elf: &Path, smp: u32) -> Vec<String> {
     [
         "-M",
-        "virt,gic-version=3",
+        "virt,virtualization=on,gic-version=3",
         // No default devices: `-M virt` otherwise adds a network card whose option ROM
         // (efi-virtio.rom) lives in `ipxe-qemu`, which a minimal QEMU install lacks;
         // the image drives only the UART, GIC and timer.
@@ -335,7 +335,7 @@ mod tests {
         let args = arguments(Path::new("/x/selftest"), 4).join(" ");
         assert_eq!(
             args,
-            "-M virt,gic-version=3 -nodefaults -nic none -cpu cortex-a72 -smp 4 -m 1G -display none -monitor none \
+            "-M virt,virtualization=on,gic-version=3 -nodefaults -nic none -cpu cortex-a72 -smp 4 -m 1G -display none -monitor none \
              -serial stdio -semihosting -kernel /x/selftest"
         );
     }

@@ -94,14 +94,14 @@ pub fn stack_pointer() -> usize {
 }
 
 /// Keeps running on the current stack, but as SP_EL0, and gives exceptions their own
-/// stack: SP_EL1 = `exception_stack_top`.
+/// stack: SP_EL2 = `exception_stack_top`.
 ///
-/// Exceptions taken at EL1 always switch to SP_EL1, so a fault on the main stack's guard
+/// Exceptions taken to EL2 always switch to SP_EL2, so a fault on the main stack's guard
 /// page (an overflow) is reported from the exception stack instead of faulting again.
 ///
 /// # Safety
 ///
-/// Call once per core, early, with interrupts masked, while SP_EL1 is the current stack
+/// Call once per core, early, with interrupts masked, while SP_EL2 is the current stack
 /// pointer (as aarch64-rt leaves it); `exception_stack_top` must be the 16-byte aligned top
 /// of a mapped stack that nothing else uses.
 pub(crate) unsafe fn use_separate_exception_stack(exception_stack_top: usize) {

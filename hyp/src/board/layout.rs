@@ -56,8 +56,9 @@ pub const STACKS_BASE: usize = 0x4420_0000;
 pub const STACK_SLOT_SIZE: usize = 0x4_0000;
 /// An unmapped guard page.
 pub const STACK_GUARD_SIZE: usize = PAGE_SIZE;
-/// Exception stack (SP_EL1): interrupts and fault reports run here.
-pub const EXCEPTION_STACK_SIZE: usize = 0x4000;
+/// Exception stack (SP_EL2): interrupts, fault reports and a partition's traps (its
+/// HVCs run the fabric here) run on it.
+pub const EXCEPTION_STACK_SIZE: usize = 0x1_0000;
 /// Offset of the main stack (SP_EL0) in a slot: after guard, exception stack, guard.
 pub const MAIN_STACK_OFFSET: usize = 2 * STACK_GUARD_SIZE + EXCEPTION_STACK_SIZE;
 /// Pages of a main stack; `entry!(.., MAIN_STACK_PAGES)` must use the same number.
@@ -71,7 +72,7 @@ pub const WINDOW_STRIDE: usize = 64 << 20;
 pub const WINDOW_SIZE: usize = 48 << 20;
 
 const _: () = {
-    assert!(MAIN_STACK_PAGES == 58);
+    assert!(MAIN_STACK_PAGES == 46);
     assert!(STACKS_BASE.is_multiple_of(2 << 20));
     assert!(STACK_SLOT_SIZE * MAX_CORES == 2 << 20);
     assert!(WINDOWS_BASE + MAX_CORES * WINDOW_STRIDE <= RAM_BASE + RAM_SIZE);
@@ -142,20 +143,21 @@ pub(crate) fn window_guard_owner(addr: usize) -> Option<usize> {
     ((addr - WINDOWS_BASE) % WINDOW_STRIDE >= WINDOW_SIZE).then_some(core)
 }
 
-// Translation table descriptors (Arm ARM D8.3, VMSAv8-64, 4 KiB granule).
+// Translation table descriptors of the EL2 stage-1 regime (Arm ARM D8.3, VMSAv8-64, 4 KiB
+// granule, HCR_EL2.E2H = 0: one privilege level, so AP[1] is RES1 and bit 54 is XN).
 const DESC_TABLE: usize = 0b11; // level 1/2: next-level table
 const DESC_BLOCK: usize = 0b01; // level 1/2: block
 const DESC_PAGE: usize = 0b11; // level 3: page
 const ATTR_INDEX_DEVICE: usize = 0 << 2; // MAIR slot 0: Device-nGnRE (aarch64-rt DEFAULT_MAIR)
 const ATTR_INDEX_NORMAL: usize = 1 << 2; // MAIR slot 1: Normal write-back RW-allocate
+const AP1_RES1: usize = 1 << 6; // AP[1]: RES1 in a one-level regime; AP[2] = 0: writable
 const SH_INNER: usize = 0b11 << 8; // inner shareable: coherent, atomics valid across cores
 const AF: usize = 1 << 10; // access flag: set, so the first access does not fault
-const PXN: usize = 1 << 53;
-const UXN: usize = 1 << 54;
+const XN: usize = 1 << 54; // execute never (EL2 regime)
 
-const DEVICE: usize = ATTR_INDEX_DEVICE | AF | PXN | UXN;
-const NORMAL: usize = ATTR_INDEX_NORMAL | SH_INNER | AF;
-const NORMAL_XN: usize = NORMAL | PXN | UXN;
+const DEVICE: usize = ATTR_INDEX_DEVICE | AP1_RES1 | AF | XN;
+const NORMAL: usize = ATTR_INDEX_NORMAL | AP1_RES1 | SH_INNER | AF;
+const NORMAL_XN: usize = NORMAL | XN;
 
 const BLOCK_2M: usize = 2 << 20;
 

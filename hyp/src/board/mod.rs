@@ -1,27 +1,29 @@
-//! Board support for QEMU `virt` (`-M virt,gic-version=3 -cpu cortex-a72 -smp N -m 1G`):
-//! every core plays one partition.
+//! Board support for QEMU `virt` at EL2 (`-M virt,virtualization=on,gic-version=3 -cpu
+//! cortex-a72 -smp N -m 1G`): the hypervisor's side of every core.
 //!
-//! Compiled only for `aarch64-unknown-none`. Everything that
-//! defines a global item (entry point, exception vectors, panic handler, defmt logger,
-//! critical-section implementation) lives here, never in the library code a hypervisor
-//! embeds.
+//! Compiled only for `aarch64-unknown-none`. Everything that defines a global item
+//! (entry point, exception vectors, panic handler, defmt logger, critical-section
+//! implementation) lives here, never in the library code a hypervisor embeds.
 //!
 //! # Boot
 //!
-//! aarch64-rt's `entry` runs on core 0 at EL1: it enables the MMU with the initial page
-//! table (identity map: GIC and UART as device memory, RAM as normal write-back
-//! inner-shareable memory, so atomics work on real cores; stack guard pages and null
-//! unmapped, see [`layout`]), turns FP/SIMD on, zeroes `.bss` and installs the vectors.
-//! The board then moves each core onto its own exception stack, sets up the GICv3,
-//! counts the cores (one redistributor per core), starts the others with PSCI `CPU_ON`
-//! over HVC, and calls the image's main function on core 0 with IRQs enabled:
+//! QEMU starts every core at EL2 (`virtualization=on`). aarch64-rt's `entry` runs on
+//! core 0: it enables the EL2 MMU with the initial page table (identity map: GIC and
+//! UART as device memory, RAM as normal write-back inner-shareable memory, so atomics
+//! work on real cores; stack guard pages and null unmapped, see [`layout`]), turns
+//! FP/SIMD on, zeroes `.bss`. The board then installs its own vectors (see
+//! `exceptions.rs`: a partition's trap needs every register), moves each core onto its
+//! own exception stack, sets the EL2 controls (HCR_EL2 routes IRQs to EL2, the EL1
+//! physical timer stays the hypervisor's, the virtual GIC interface is on), sets up the
+//! GICv3, counts the cores (one redistributor per core), starts the others with PSCI
+//! `CPU_ON` over SMC, and calls the image's main function on core 0 with IRQs enabled:
 //!
 //! ```ignore
 //! #![no_std]
 //! #![no_main]
 //! iqdio_hyp::board_main!(main);
 //! fn main() -> ! {
-//!     iqdio_hyp::board::run_on_all(|core| defmt::info!("partition {} up", core)).unwrap();
+//!     iqdio_hyp::board::run_on_all(|core| defmt::info!("core {} up", core)).unwrap();
 //!     iqdio_hyp::board::exit(iqdio_hyp::board::ExitCode::Pass)
 //! }
 //! ```
@@ -31,12 +33,13 @@
 //! - Cores: [`cores`] `() -> usize`, [`core_id`] `() -> usize`, [`run_on_all`]
 //!   `(fn(usize)) -> Result<(), JobError>` (and [`run_on_all_until`] with a deadline):
 //!   runs the job on every core, returns on core 0 when all finished; callable again
-//!   and again.
+//!   and again. A job may run a partition ([`crate::vm`]).
 //! - Interrupts: [`send_sgi`] `(core)`; [`take_interrupts`] `() -> u32` (partition SGIs
 //!   received since the last take), [`pending_interrupts`], [`interrupts_received`]
 //!   `(core) -> u64`; [`wait_for_interrupt`] / [`wait_for_interrupt_until`] and the
 //!   general [`wait_until`] `(deadline_ns, condition) -> bool`, which sleep in WFI without
-//!   a lost wake-up; [`set_sgi_hook`] to run code when an SGI arrives.
+//!   a lost wake-up; [`set_sgi_hook`] to run code when an SGI arrives. A partition SGI
+//!   also becomes a virtual interrupt for the partition the core runs.
 //! - Time: [`now_ns`] `() -> u64` (generic timer, same clock on all cores), [`Delay`]
 //!   (`embedded_hal::delay::DelayNs`), [`set_alarm`] `(at_ns, fn(core))` /
 //!   [`cancel_alarm`] (a per-core timer interrupt that calls a hook: a watchdog).
@@ -52,13 +55,13 @@
 //! # Interrupts
 //!
 //! SGI 0 is the partition interrupt, SGI 1 the board's doorbell for jobs, PPI 30 (EL1
-//! physical timer) wakes [`wait_until`], PPI 27 (virtual timer) is the alarm. The IRQ
-//! entry saves x0-x18, x29, x30 (aarch64-rt) and q0-q31, FPCR, FPSR (here) before any
-//! Rust code runs; handlers run on the core's exception stack with IRQs masked.
+//! physical timer) wakes [`wait_until`], PPI 26 (EL2 physical timer) is the alarm. The
+//! IRQ entry saves x0-x18, x29, x30, q0-q31, FPCR, FPSR, ELR and SPSR before any Rust code
+//! runs; handlers run on the core's exception stack with IRQs masked.
 
 mod cpu;
-mod exceptions;
-mod gic;
+pub(crate) mod exceptions;
+pub(crate) mod gic;
 mod interrupts;
 pub mod layout;
 mod log;
@@ -71,6 +74,7 @@ use core::panic::PanicInfo;
 use qemu_exit::QEMUExit;
 
 pub use cpu::{core_id, interrupts_enabled, stack_pointer};
+pub use exceptions::{KIND_FIQ, KIND_IRQ, KIND_SERROR, KIND_SYNC, LEAVE, RESUME, VcpuRegs, run_vcpu};
 pub use interrupts::{
     interrupts_received, pending_interrupts, send_sgi, set_sgi_hook, take_interrupts,
     unexpected_interrupts, wait_for_interrupt, wait_for_interrupt_until, wait_until,
@@ -117,15 +121,58 @@ unsafe extern "Rust" {
     safe fn __iqdio_board_image_main() -> !;
 }
 
-aarch64_rt::initial_pagetable!(aarch64_rt::InitialPagetable(layout::root_table()));
+// Without an `el*` feature aarch64-rt picks the registers of the level it runs at (EL2
+// here), so the partition program can use the same crate for EL1 without a clash.
+use aarch64_rt::initial_pagetable;
+initial_pagetable!(aarch64_rt::InitialPagetable(layout::root_table()));
 
-aarch64_rt::entry!(primary_main, 58);
+aarch64_rt::entry!(primary_main, 46);
 
-/// Rust entry of core 0 (aarch64-rt: MMU, FP, .bss, vectors done; IRQs masked).
+/// HCR_EL2 while no partition runs: EL1 is AArch64 (RW), physical IRQs, FIQs and
+/// SErrors go to EL2 (IMO, FMO, AMO: without IMO an IRQ targets EL1 and is never taken
+/// at EL2), SMC from EL1 traps (TSC). `vm` adds VM (stage 2) for a partition.
+pub const HCR_EL2_HOST: u64 = 1 << 31 | 1 << 19 | 1 << 5 | 1 << 4 | 1 << 3;
+
+/// The EL2 controls of this core: vectors, traps, timers, virtual GIC interface.
+/// Before any other set-up, with IRQs masked.
+fn el2_init_this_core() {
+    exceptions::install_vectors();
+    // CPTR_EL2: RES1 bits 13:12 and 9:0, TFP = 0 (FP/SIMD not trapped at EL2 or below).
+    // CNTHCTL_EL2: EL1PCTEN (the physical counter readable at EL1), not EL1PCEN (the
+    // EL1 physical timer is the hypervisor's wake-up timer). CNTVOFF 0: a partition's
+    // virtual count is the physical one. VPIDR/VMPIDR: the core's own identity.
+    // ICH_HCR_EL2.En: the virtual CPU interface on; ICH_VMCR_EL2: VPMR 0xff, VENG1.
+    // SAFETY: EL2 control registers of this core; nothing runs at EL1 yet.
+    unsafe {
+        core::arch::asm!(
+            "msr cptr_el2, {cptr}",
+            "msr cnthctl_el2, {cnthctl}",
+            "msr cntvoff_el2, xzr",
+            "mrs {t}, midr_el1",
+            "msr vpidr_el2, {t}",
+            "mrs {t}, mpidr_el1",
+            "msr vmpidr_el2, {t}",
+            "msr hcr_el2, {hcr}",
+            "msr ich_hcr_el2, {ich_hcr}",
+            "msr ich_vmcr_el2, {vmcr}",
+            "isb",
+            cptr = in(reg) 0x33ffu64,
+            cnthctl = in(reg) 1u64,
+            hcr = in(reg) HCR_EL2_HOST,
+            ich_hcr = in(reg) 1u64,
+            vmcr = in(reg) 0xffu64 << 24 | 1 << 1,
+            t = out(reg) _,
+            options(nostack, preserves_flags),
+        )
+    };
+}
+
+/// Rust entry of core 0 (aarch64-rt: MMU, FP, .bss done; IRQs masked).
 fn primary_main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
-    // SAFETY: first thing on core 0, IRQs masked, on aarch64-rt's boot stack (SP_EL1);
+    // SAFETY: first thing on core 0, IRQs masked, on aarch64-rt's boot stack (SP_EL2);
     // core 0's exception stack is reserved for it by the linker script.
     unsafe { cpu::use_separate_exception_stack(layout::exception_stack_top(0)) };
+    el2_init_this_core();
     if cpu::core_id() != 0 || cpu::upper_affinity() != 0 {
         smp::boot_failure(cpu::core_id(), "booted on a core other than 0");
     }

@@ -134,7 +134,8 @@ fn job_loop(core: usize) -> ! {
     }
 }
 
-/// Starts cores `1..n` with PSCI `CPU_ON` and waits until each finished its set-up.
+/// Starts cores `1..n` with PSCI `CPU_ON` (SMC: QEMU's PSCI answers SMC when the cores
+/// start at EL2) and waits until each finished its set-up.
 pub(crate) fn start_secondaries(n: usize) -> Result<(), (usize, &'static str)> {
     CORES.store(n, Ordering::Release);
     ONLINE[0].store(true, Ordering::Release);
@@ -146,7 +147,7 @@ pub(crate) fn start_secondaries(n: usize) -> Result<(), (usize, &'static str)> {
         // initial page table (which the new core uses too), reserved by the linker script
         // for this purpose, and used by nothing else while the core runs (forever).
         let started = unsafe {
-            aarch64_rt::start_core::<smccc::Hvc, _, MAIN_STACK_PAGES>(
+            aarch64_rt::start_core::<smccc::Smc, _, MAIN_STACK_PAGES>(
                 core as u64,
                 stack,
                 move || secondary_main(core),
@@ -173,12 +174,13 @@ pub fn online(core: usize) -> bool {
     core < MAX_CORES && ONLINE[core].load(Ordering::Acquire)
 }
 
-/// Rust entry of a secondary core, on its main stack with SP_EL1, MMU, FP and vectors
-/// set up by aarch64-rt; IRQs masked.
+/// Rust entry of a secondary core at EL2, on its main stack with SP_EL2, MMU and FP set
+/// up by aarch64-rt; IRQs masked.
 fn secondary_main(core: usize) -> ! {
-    // SAFETY: first thing on this core, IRQs masked, running on SP_EL1; the slot's
+    // SAFETY: first thing on this core, IRQs masked, running on SP_EL2; the slot's
     // exception stack is reserved for this core.
     unsafe { cpu::use_separate_exception_stack(layout::exception_stack_top(core)) };
+    super::el2_init_this_core();
     if cpu::core_id() != core || cpu::upper_affinity() != 0 {
         boot_failure(core, "MPIDR does not match the core number PSCI started");
     }

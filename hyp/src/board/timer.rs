@@ -2,8 +2,9 @@
 //! sleeping with a deadline, and a per-core alarm that calls a hook.
 //!
 //! The system counter (CNTPCT_EL0) is shared by all cores, so times read on different
-//! cores compare. The EL1 physical timer (PPI 30) wakes [`super::wait_until`]; the
-//! virtual timer (PPI 27, same count: CNTVOFF is 0 without EL2) is the alarm.
+//! cores compare. The EL1 physical timer (PPI 30) wakes [`super::wait_until`] (the
+//! hypervisor keeps it: CNTHCTL_EL2.EL1PCEN = 0 denies it to partitions); the EL2
+//! physical timer (PPI 26) is the alarm. The virtual timer is left to the partitions.
 
 use core::{
     arch::asm,
@@ -14,8 +15,8 @@ use super::{cpu, layout::MAX_CORES};
 
 /// INTID of the EL1 physical timer: the wake-up timer.
 pub(crate) const WAKEUP_INTID: u32 = 30;
-/// INTID of the EL1 virtual timer: the alarm.
-pub(crate) const ALARM_INTID: u32 = 27;
+/// INTID of the EL2 physical timer (CNTHP): the alarm.
+pub(crate) const ALARM_INTID: u32 = 26;
 
 /// CNTx_CTL_EL0.ENABLE (IMASK clear).
 const CTL_ENABLE: u64 = 1;
@@ -130,19 +131,12 @@ pub fn set_alarm(at_ns: u64, hook: fn(core: usize)) {
     let core = cpu::core_id();
     // Release: the hook is stored before the timer can fire (same core; keeps it simple).
     ALARM_HOOKS[core].store(hook as usize, Ordering::Release);
-    // The virtual count equals the physical one plus CNTVOFF; read both to be exact.
-    let (pct, vct): (u64, u64);
-    // SAFETY: reading the counters has no side effects.
-    unsafe {
-        asm!("isb", "mrs {p}, cntpct_el0", "mrs {v}, cntvct_el0",
-             p = out(reg) pct, v = out(reg) vct, options(nomem, nostack, preserves_flags))
-    };
-    let cval = ns_to_ticks(at_ns).wrapping_sub(pct).wrapping_add(vct);
-    // SAFETY: programs this core's EL1 virtual timer, which only the alarm uses.
+    let cval = ns_to_ticks(at_ns);
+    // SAFETY: programs this core's EL2 physical timer, which only the alarm uses.
     unsafe {
         asm!(
-            "msr cntv_cval_el0, {cval}",
-            "msr cntv_ctl_el0, {ctl}",
+            "msr cnthp_cval_el2, {cval}",
+            "msr cnthp_ctl_el2, {ctl}",
             "isb",
             cval = in(reg) cval,
             ctl = in(reg) CTL_ENABLE,
@@ -153,10 +147,10 @@ pub fn set_alarm(at_ns: u64, hook: fn(core: usize)) {
 
 /// Cancels this core's alarm, if armed.
 pub fn cancel_alarm() {
-    // SAFETY: disables this core's EL1 virtual timer, which only the alarm uses.
+    // SAFETY: disables this core's EL2 physical timer, which only the alarm uses.
     unsafe {
         asm!(
-            "msr cntv_ctl_el0, xzr",
+            "msr cnthp_ctl_el2, xzr",
             "isb",
             options(nomem, nostack, preserves_flags)
         )
@@ -169,7 +163,7 @@ pub(crate) fn alarm_fired(core: usize) {
     // SAFETY: as in `cancel_alarm`.
     unsafe {
         asm!(
-            "msr cntv_ctl_el0, xzr",
+            "msr cnthp_ctl_el2, xzr",
             "isb",
             options(nomem, nostack, preserves_flags)
         )

@@ -1,0 +1,300 @@
+//! Partitions as EL1 guests: core N runs partition N (LPAR id N) in its own stage-2
+//! address space (VMID N + 1), and the fabric is the hypervisor's, reached only through
+//! HVC.
+//!
+//! Every partition sees the same guest-physical (IPA) layout: its 48 MiB window at
+//! [`GUEST_BASE`], nothing else. Stage 2 maps that range to the core's own physical
+//! window ([`crate::board::partition_window`]) and nothing more: not the hypervisor,
+//! not another partition, not the GIC distributor or redistributors, not the UART. The
+//! partition program (an ELF linked at [`GUEST_BASE`], embedded at build time) is
+//! copied into the window; its stage-1 tables, stack and vectors are its own, inside
+//! the window. The fabric knows the window at the same IPA, so every guest address the
+//! partition gives (SBALs, SLSBs, indicators, the establish block, console text) goes
+//! through the fabric's window checks.
+//!
+//! ```text
+//! IPA (every partition)                    PA (partition N)
+//! 0x8000_0000  program image, stacks,      0x5000_0000 + N * 64 MiB
+//!              stage-1 tables, then its
+//!              queues and buffers
+//! 0x8300_0000  end of the window (48 MiB)  (16 MiB unmapped guard follows)
+//! anything else: stage-2 fault -> the partition is stopped
+//! ```
+
+pub mod elf;
+pub mod stage2;
+pub mod trap;
+pub mod vgic;
+
+use core::cell::UnsafeCell;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use iqdio::{Fabric, FabricConfig, InterruptTarget, LparId, Mfs, Platform, Window};
+
+use crate::board::{self, MAX_CORES, VcpuRegs};
+
+/// Where every partition's window starts in its own guest-physical address space:
+/// above all of the machine's RAM (which ends at 0x8000_0000 with `-m 1G`), so no
+/// hypervisor or partition physical address is also a valid IPA of a partition.
+pub const GUEST_BASE: u64 = 0x8000_0000;
+/// Size of a partition's window.
+pub const GUEST_WINDOW: usize = board::WINDOW_SIZE;
+
+/// The fabric type of the hypervisor: 16 queue sets, 256 addresses.
+pub type HypFabric = Fabric<HypPlatform, 16, 256>;
+
+/// Parses a decimal build-time option.
+pub const fn parse(s: Option<&str>, default: u32) -> u32 {
+    let Some(s) = s else { return default };
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return default;
+    }
+    let mut v: u32 = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            return default;
+        }
+        v = v * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    v
+}
+
+/// The fabric's MFS from `IQDIO_MFS` (16, 24, 40 or 64; default 64); the partition
+/// program is built with the same value.
+pub const MFS: Mfs = match Mfs::from_kib(parse(option_env!("IQDIO_MFS"), 64)) {
+    Some(m) => m,
+    None => Mfs::K64,
+};
+
+/// The hypervisor's fabric configuration: the MFS above, a 5 ms fallback delay (vCPUs
+/// on a loaded host are descheduled for milliseconds at a time under TCG).
+pub const CONFIG: FabricConfig = FabricConfig {
+    mfs: MFS,
+    interrupt_delay_ns: 5_000_000,
+};
+
+/// The hypervisor as the fabric's platform: an interrupt is a GICv3 SGI to the
+/// receiver's core, which injects a virtual IRQ into its partition
+/// ([`vgic::partition_interrupt`]); the clock is the generic timer.
+pub struct HypPlatform;
+
+impl Platform for HypPlatform {
+    fn raise_interrupt(&self, target: InterruptTarget) {
+        let core = usize::from(target.lpar);
+        // LPAR ids are core numbers; an id without a core has nobody to interrupt.
+        if core < board::cores() {
+            board::send_sgi(core);
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        board::now_ns()
+    }
+}
+
+/// The fabric: a static of the hypervisor, reached by partitions only through HVC.
+pub static FABRIC: HypFabric = Fabric::new(HypPlatform, CONFIG);
+
+/// The partition program, embedded at build time (`IQDIO_GUEST_ELF`, see build.rs).
+pub static GUEST_IMAGE: &[u8] = include_bytes!(env!("IQDIO_GUEST_IMAGE"));
+
+/// How a partition ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It called exit: its status (see `iqdio_hvc::ExitStatus`) and four results.
+    Exited {
+        /// x1 of the exit call.
+        status: u64,
+        /// x2-x5 of the exit call.
+        results: [u64; 4],
+    },
+    /// The hypervisor stopped it (a fault, an unknown HVC, an SMC, ...).
+    Stopped,
+}
+
+/// Why a partition could not be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// The embedded program is not a loadable ELF for the window.
+    BadImage(&'static str),
+    /// The fabric refused the partition's window.
+    Fabric(u16),
+    /// The core has no partition window.
+    NoWindow,
+}
+
+/// Per-core state of the partition the core runs.
+struct CoreVm {
+    regs: UnsafeCell<VcpuRegs>,
+    outcome: UnsafeCell<Outcome>,
+}
+
+/// Per-core slots.
+struct CoreVms([CoreVm; MAX_CORES]);
+
+// SAFETY: slot N is only touched on core N: by `run_partition` before and after
+// `run_vcpu`, and by the trap handler while the partition runs (never both at once,
+// since the trap handler runs on the same core inside `run_vcpu`).
+unsafe impl Sync for CoreVms {}
+
+static VMS: CoreVms = CoreVms(
+    [const {
+        CoreVm {
+            regs: UnsafeCell::new(VcpuRegs::new()),
+            outcome: UnsafeCell::new(Outcome::Stopped),
+        }
+    }; MAX_CORES],
+);
+
+/// The LPAR id of the partition each core runs, `NONE` when it runs none.
+static RUNNING_LPAR: [AtomicU8; MAX_CORES] = [const { AtomicU8::new(NONE) }; MAX_CORES];
+const NONE: u8 = u8::MAX;
+
+/// The partition `core` runs, if any.
+pub fn running_lpar(core: usize) -> Option<LparId> {
+    let lpar = RUNNING_LPAR.get(core)?.load(Ordering::Acquire);
+    (lpar != NONE).then_some(lpar)
+}
+
+/// Records how the partition on this core ended (trap handler, before [`board::LEAVE`]).
+pub(crate) fn set_outcome(core: usize, outcome: Outcome) {
+    // SAFETY: this core's slot, see `CoreVms`.
+    unsafe { *VMS.0[core].outcome.get() = outcome };
+}
+
+/// The partition's VMID: its LPAR id + 1 (VMID 0 is left unused).
+pub const fn vmid(lpar: LparId) -> u16 {
+    lpar as u16 + 1
+}
+
+/// SPSR for the first entry: EL1h, DAIF masked (the program unmasks what it handles).
+const SPSR_EL1H_MASKED: u64 = 0x3c5;
+/// SCTLR_EL1 for the first entry: MMU and caches off, RES1 bits only (Arm ARM
+/// D17.2.118: bits 29, 28, 23, 22, 20, 11); the program turns its own MMU on.
+const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+
+/// Runs the partition program on this core as partition `core` (LPAR id = core) until
+/// it exits or is stopped, with `args` in x0-x3 at its entry. Call from a job on each
+/// core (core N runs partition N); the core's own stage-2 tables, VMID and window
+/// are used, and the partition is removed from the fabric when it ends.
+pub fn run_partition(image: &[u8], args: [u64; 4]) -> Result<Outcome, StartError> {
+    let core = board::core_id();
+    if core >= MAX_CORES {
+        return Err(StartError::NoWindow);
+    }
+    let lpar = core as LparId;
+    let (host, len) = board::partition_window(core);
+    let host = NonNull::new(host).ok_or(StartError::NoWindow)?;
+    // SAFETY: the window is this core's own: mapped normal memory, disjoint from the
+    // hypervisor and from every other window, and nothing else uses it while the
+    // partition is not running.
+    unsafe { core::ptr::write_bytes(host.as_ptr(), 0, len) };
+    // SAFETY: as above; `load` writes only inside `len` bytes.
+    let entry = unsafe { elf::load(image, host, len, GUEST_BASE) }.map_err(StartError::BadImage)?;
+    // SAFETY: the window outlives the partition's registration (it is removed below,
+    // before the window is used again), and Rust code does not reference it otherwise.
+    let window = unsafe { Window::new(GUEST_BASE, host, len) };
+    FABRIC
+        .add_partition(lpar, &[window])
+        .map_err(|e| StartError::Fabric(e.code()))?;
+    let root = stage2::build(core, host.as_ptr().addr() as u64, len);
+    // SAFETY: this core's slot (see `CoreVms`); the partition is not running.
+    let regs = unsafe { &mut *VMS.0[core].regs.get() };
+    *regs = VcpuRegs::new();
+    regs.x[..4].copy_from_slice(&args);
+    regs.elr = entry;
+    regs.spsr = SPSR_EL1H_MASKED;
+    set_outcome(core, Outcome::Stopped);
+    defmt::info!(
+        "partition {} at EL1, VMID {}: window IPA {=u64:#x}..{=u64:#x} -> PA {=u64:#x}, entry {=u64:#x}",
+        lpar,
+        vmid(lpar),
+        GUEST_BASE,
+        GUEST_BASE + len as u64,
+        host.as_ptr().addr() as u64,
+        entry
+    );
+    vgic::clear();
+    RUNNING_LPAR[core].store(lpar, Ordering::Release);
+    stage2::activate(vmid(lpar), root);
+    // SAFETY: the stage-2 tables, VMID, HCR_EL2 and EL1 reset state are set for this
+    // partition; called from a job (SP_EL0, not in an exception handler); `regs` is
+    // this core's slot, used by nothing else while the partition runs.
+    unsafe {
+        set_sctlr_el1(SCTLR_EL1_RESET);
+        board::run_vcpu(regs);
+    }
+    stage2::deactivate();
+    RUNNING_LPAR[core].store(NONE, Ordering::Release);
+    vgic::clear();
+    // A partition that exited or was stopped already left the fabric; this catches
+    // nothing else, but makes sure its window is free for the next run.
+    let _ = FABRIC.remove_partition(lpar);
+    // SAFETY: this core's slot; the partition is not running any more.
+    Ok(unsafe { *VMS.0[core].outcome.get() })
+}
+
+/// # Safety
+///
+/// Only while no partition runs on this core.
+unsafe fn set_sctlr_el1(value: u64) {
+    // SAFETY: the caller guarantees EL1 is not running; EL2 does not use SCTLR_EL1.
+    unsafe {
+        core::arch::asm!("msr sctlr_el1, {}", "isb", in(reg) value, options(nostack, preserves_flags))
+    };
+}
+
+/// The phases of a demo: a barrier across every partition that is running.
+pub mod barrier {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// (arrived, running, generation)
+    static STATE: spin::Mutex<(u64, u64, u64)> = spin::Mutex::new((0, 0, 0));
+    /// The generation, published on release for the waiters.
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+    /// Starts a run of `partitions` partitions.
+    pub fn start(partitions: u64) {
+        let mut st = STATE.lock();
+        st.0 = 0;
+        st.1 = partitions;
+    }
+
+    fn release(st: &mut (u64, u64, u64)) {
+        st.0 = 0;
+        st.2 += 1;
+        // Release pairs with the Acquire loads of the waiters.
+        GENERATION.store(st.2, Ordering::Release);
+    }
+
+    /// A partition arrives; returns, once every running partition arrived, how many
+    /// are running.
+    pub fn arrive() -> u64 {
+        let mine = {
+            let mut st = STATE.lock();
+            let mine = st.2;
+            st.0 += 1;
+            if st.0 >= st.1 {
+                release(&mut st);
+            }
+            mine
+        };
+        while GENERATION.load(Ordering::Acquire) == mine {
+            core::hint::spin_loop();
+        }
+        STATE.lock().1
+    }
+
+    /// A partition stopped or exited: the others no longer wait for it.
+    pub fn leave() {
+        let mut st = STATE.lock();
+        st.1 = st.1.saturating_sub(1);
+        if st.0 > 0 && st.0 >= st.1 {
+            release(&mut st);
+        }
+    }
+}
