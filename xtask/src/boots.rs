@@ -58,7 +58,7 @@ pub const TEST_BOOTS: &[TestBoot] = &[
     },
     TestBoot {
         name: "partitions -smp 2",
-        bin: "partitions",
+        bin: "hyp",
         smp: 2,
         env: &[("IQDIO_FRAMES", "1000")],
         timeout_s: 300,
@@ -66,7 +66,7 @@ pub const TEST_BOOTS: &[TestBoot] = &[
     },
     TestBoot {
         name: "partitions -smp 4",
-        bin: "partitions",
+        bin: "hyp",
         smp: 4,
         env: &[],
         timeout_s: 300,
@@ -74,7 +74,7 @@ pub const TEST_BOOTS: &[TestBoot] = &[
     },
     TestBoot {
         name: "partitions -smp 8 mfs 16",
-        bin: "partitions",
+        bin: "hyp",
         smp: 8,
         env: &[("IQDIO_FRAMES", "500"), ("IQDIO_MFS", "16")],
         timeout_s: 300,
@@ -82,7 +82,7 @@ pub const TEST_BOOTS: &[TestBoot] = &[
     },
     TestBoot {
         name: "tcp -smp 4",
-        bin: "partitions",
+        bin: "hyp",
         smp: 4,
         env: &[("IQDIO_SCENARIO", "tcp")],
         timeout_s: 300,

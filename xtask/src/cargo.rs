@@ -139,24 +139,54 @@ pub const IMAGE_ENV: &[&str] = &[
     "IQDIO_SCENARIO",
 ];
 
-/// The workspace package that holds the board and the bare-metal images.
+/// The workspace package that holds the hypervisor, the board and the bare-metal images.
 pub const IMAGE_PACKAGE: &str = "iqdio-hyp";
+
+/// The package of the partition program every image embeds, and its binary.
+pub const GUEST_PACKAGE: &str = "iqdio-guest";
+/// The partition program's binary.
+pub const GUEST_BIN: &str = "guest";
 
 /// Builds image `bin` of [`IMAGE_PACKAGE`] for the bare-metal target (release profile)
 /// and returns its ELF.
 ///
-/// `env` sets build-time variables the image reads with `option_env!` (all others of
+/// The partition program ([`GUEST_PACKAGE`]) is built first, with the same variables, in
+/// its own cargo invocation (so the two never share a feature resolution: it runs at
+/// EL1, the hypervisor at EL2), and its path reaches the image's build as
+/// `IQDIO_GUEST_ELF`, which embeds it.
+///
+/// `env` sets build-time variables the images read with `option_env!` (all others of
 /// [`IMAGE_ENV`] are removed). `target_dir` builds elsewhere than the shared build
 /// directory.
 pub fn build_image(bin: &str, env: &[(&str, &str)], target_dir: Option<&Path>) -> Result<PathBuf> {
     ensure_toolchain()?;
+    let guest = build_bin(GUEST_PACKAGE, GUEST_BIN, env, &[], target_dir)?;
+    let guest = guest.display().to_string();
+    build_bin(
+        IMAGE_PACKAGE,
+        bin,
+        env,
+        &[("IQDIO_GUEST_ELF", guest.as_str())],
+        target_dir,
+    )
+}
+
+/// Builds `bin` of `package` for the bare-metal target (release) with the image
+/// variables `env` (the others of [`IMAGE_ENV`] removed) and `extra`.
+fn build_bin(
+    package: &str,
+    bin: &str,
+    env: &[(&str, &str)],
+    extra: &[(&str, &str)],
+    target_dir: Option<&Path>,
+) -> Result<PathBuf> {
     let mut command = command(&[
         "build",
         "--release",
         "--target",
         TARGET,
         "-p",
-        IMAGE_PACKAGE,
+        package,
         "--bin",
         bin,
         "--message-format=json-render-diagnostics",
@@ -164,7 +194,8 @@ pub fn build_image(bin: &str, env: &[(&str, &str)], target_dir: Option<&Path>) -
     for key in IMAGE_ENV {
         command.env_remove(key);
     }
-    for (key, value) in env {
+    command.env_remove("IQDIO_GUEST_ELF");
+    for (key, value) in env.iter().chain(extra) {
         command.env(key, value);
     }
     if let Some(dir) = target_dir {
@@ -172,7 +203,7 @@ pub fn build_image(bin: &str, env: &[(&str, &str)], target_dir: Option<&Path>) -
     }
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
     eprintln!(
-        "xtask: building `{bin}`: {}cargo build --release --target {TARGET} -p {IMAGE_PACKAGE} --bin {bin}",
+        "xtask: building `{bin}`: {}cargo build --release --target {TARGET} -p {package} --bin {bin}",
         shown.concat()
     );
     let output = command

@@ -166,11 +166,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             .into_iter()
             .filter_map(|(key, value)| Some((key, value?)))
             .collect();
-            let elf = cargo::build_image("partitions", &env, None)?;
+            let elf = cargo::build_image("hyp", &env, None)?;
             let run = qemu::boot(&elf, smp, timeout, true)?;
             // On a pass, the image's own last line stays the last line.
             if run.outcome != Outcome::Pass {
-                eprintln!("xtask: partitions: {}", run.outcome);
+                eprintln!("xtask: hyp: {}", run.outcome);
             }
             Ok(ExitCode::from(run.outcome.exit_status()))
         }

@@ -116,7 +116,7 @@ pub fn image(frames: u64, smp: u32) -> Result<StressRun> {
     let start = Instant::now();
     let frames_s = frames.to_string();
     let env = [("IQDIO_FRAMES", frames_s.as_str())];
-    let elf = cargo::build_image("partitions", &env, None)?;
+    let elf = cargo::build_image("hyp", &env, None)?;
     qemu::ensure_installed()?;
     let boot = qemu::boot(&elf, smp, 1200, true)?;
     let text: String = boot

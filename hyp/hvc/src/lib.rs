@@ -400,3 +400,40 @@ mod tests {
         assert_eq!(Call::from_id(0x8400_0000), None, "PSCI is not ours");
     }
 }
+
+/// The cost of a 64-byte SIGA, counted the same way wherever SIGA is issued (a direct
+/// call into the fabric, or an HVC from a partition): timer ticks over `rounds` sends
+/// of one 64-byte frame from `queue` to `dest` (the queue's own address: the frame comes
+/// back into the same partition, taken after each send, outside the count).
+pub mod measure {
+    use core::net::IpAddr;
+
+    use iqdio::Siga;
+    use iqdio::driver::{QueueDriver, SendError};
+
+    /// Bytes of the frame.
+    pub const FRAME: usize = 64;
+
+    /// Ticks (of `ticks`) spent in `rounds` calls of `QueueDriver::send` (prime, SIGA,
+    /// result), the sum; after as many calls uncounted, so that neither side pays for
+    /// first-time costs (cold caches, QEMU translating the code) the other does not.
+    pub fn siga_cost<S: Siga + ?Sized>(
+        queue: &mut QueueDriver,
+        siga: &S,
+        dest: IpAddr,
+        rounds: u32,
+        ticks: impl Fn() -> u64,
+    ) -> Result<u64, SendError> {
+        let frame = [0x5au8; FRAME];
+        let mut total = 0;
+        for round in 0..2 * rounds {
+            let t0 = ticks();
+            queue.send(siga, dest, &frame)?;
+            if round >= rounds {
+                total += ticks() - t0;
+            }
+            while queue.receive(|_| {}).is_some() {}
+        }
+        Ok(total)
+    }
+}

@@ -7,13 +7,14 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use iqdio::phy::{IqdioDevice, rx_buffer_len, tx_buffer_len};
-use iqdio_hyp::board::{self, MAX_CORES};
+use crate::node::MAX_PARTITIONS as MAX_CORES;
+use crate::rt::{self, HvcSiga};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
-use super::node::{BoardFabric, MFS, Node, v4, v6};
+use crate::node::{MFS, Node, v4, v6};
 
 /// The server's TCP port.
 const PORT: u16 = 5000;
@@ -29,7 +30,7 @@ const SMALL_BUF: usize = 4 * 1024;
 const RX_LEN: usize = rx_buffer_len(MFS);
 const TX_LEN: usize = tx_buffer_len(MFS);
 
-/// Per-core memory of the stack: the device's staging buffers and the socket buffers
+/// The memory of the stack: the device's staging buffers and the socket buffers
 /// (off the stacks; the server needs one big buffer per client).
 struct Buffers {
     dev_rx: [u8; RX_LEN],
@@ -38,14 +39,12 @@ struct Buffers {
     small: [[u8; SMALL_BUF]; MAX_CORES - 1],
 }
 
-static BUFFERS: [spin::Mutex<Buffers>; MAX_CORES] = [const {
-    spin::Mutex::new(Buffers {
-        dev_rx: [0; RX_LEN],
-        dev_tx: [0; TX_LEN],
-        big: [[0; SOCKET_BUF]; MAX_CORES - 1],
-        small: [[0; SMALL_BUF]; MAX_CORES - 1],
-    })
-}; MAX_CORES];
+static BUFFERS: spin::Mutex<Buffers> = spin::Mutex::new(Buffers {
+    dev_rx: [0; RX_LEN],
+    dev_tx: [0; TX_LEN],
+    big: [[0; SOCKET_BUF]; MAX_CORES - 1],
+    small: [[0; SMALL_BUF]; MAX_CORES - 1],
+});
 
 /// Bytes the server received intact, per client core.
 static RECEIVED: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
@@ -53,8 +52,6 @@ static RECEIVED: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORE
 static DAMAGED: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
 /// Microseconds from the connection's first byte to its last, per client core.
 static MICROS: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
-/// Clients that finished sending and closing.
-static CLIENTS_DONE: AtomicU64 = AtomicU64::new(0);
 
 /// Byte `offset` of client `core`'s stream.
 fn pattern(core: usize, offset: usize) -> u8 {
@@ -62,7 +59,7 @@ fn pattern(core: usize, offset: usize) -> u8 {
 }
 
 fn now() -> Instant {
-    Instant::from_micros(board::now_us() as i64)
+    Instant::from_micros((rt::now_ns() / 1000) as i64)
 }
 
 fn ipv4(core: usize) -> IpAddress {
@@ -80,13 +77,13 @@ fn ipv6(core: usize) -> IpAddress {
 }
 
 /// Runs partition `core`'s side of the scenario on its own core.
-pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'static str> {
+pub fn partition(node: &mut Node) -> Result<(), &'static str> {
     let core = node.core;
-    let mut guard = BUFFERS[core].lock();
+    let mut guard = BUFFERS.lock();
     let b = &mut *guard;
     let mut dev = IqdioDevice::new(
         &mut node.queue,
-        super::node::port(fabric, core as u8),
+        HvcSiga,
         &mut b.dev_rx,
         &mut b.dev_tx,
     )
@@ -100,8 +97,8 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
     });
     let mut storage = [SocketStorage::EMPTY; MAX_CORES];
     let mut sockets = SocketSet::new(&mut storage[..]);
-    let deadline = board::now_ns() + LIMIT_NS;
-    let n = board::cores();
+    let deadline = rt::now_ns() + LIMIT_NS;
+    let n = node.partitions;
     let (big, small) = (&mut b.big, &mut b.small);
     if core == 0 {
         // One listening socket per client.
@@ -121,7 +118,7 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
         let mut done = [false; MAX_CORES];
         let mut finished = 0;
         while finished < n - 1 {
-            if board::now_ns() > deadline {
+            if rt::now_ns() > deadline {
                 return Err("server: connections unfinished at the deadline");
             }
             iface.poll(now(), &mut dev, &mut sockets);
@@ -151,7 +148,7 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
                         })
                         .unwrap_or((0, 0));
                     if got[i] == 0 && taken.0 > 0 {
-                        first[i] = board::now_us();
+                        first[i] = rt::now_ns() / 1000;
                     }
                     got[i] += taken.0;
                     DAMAGED[c].fetch_add(taken.1 as u64, Ordering::Relaxed);
@@ -161,7 +158,7 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
                 }
                 if !done[i] && got[i] > 0 && !s.may_recv() {
                     done[i] = true;
-                    MICROS[c].store(board::now_us() - first[i], Ordering::Relaxed);
+                    MICROS[c].store((rt::now_ns() / 1000) - first[i], Ordering::Relaxed);
                     RECEIVED[c].store(got[i] as u64, Ordering::Relaxed);
                     s.close();
                     finished += 1;
@@ -169,8 +166,8 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
             }
         }
         // Let the FINs and ACKs of the close go out.
-        let until = board::now_ns() + 50_000_000;
-        while board::now_ns() < until {
+        let until = rt::now_ns() + 50_000_000;
+        while rt::now_ns() < until {
             iface.poll(now(), &mut dev, &mut sockets);
         }
     } else {
@@ -189,7 +186,7 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
         let mut chunk = [0u8; 4096];
         let mut closed = false;
         loop {
-            if board::now_ns() > deadline {
+            if rt::now_ns() > deadline {
                 return Err("client: transfer unfinished at the deadline");
             }
             iface.poll(now(), &mut dev, &mut sockets);
@@ -213,11 +210,10 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
                 break;
             }
         }
-        CLIENTS_DONE.fetch_add(1, Ordering::SeqCst);
     }
     let c = dev.counters();
     if c.tx_dropped() > 0 {
-        defmt::info!(
+        crate::say!(
             "tcp: partition {}: {} packets not sent (target full {}, unreachable {}, errors {}); TCP retransmitted them",
             core,
             c.tx_dropped(),
@@ -229,10 +225,9 @@ pub fn partition(fabric: &'static BoardFabric, node: &mut Node) -> Result<(), &'
     Ok(())
 }
 
-/// Prints one line per connection and the result line; returns whether every
-/// connection moved all its bytes intact.
-pub fn report() -> bool {
-    let n = board::cores();
+/// Prints one line per connection (the server); returns (connections, bytes moved,
+/// failed connections) for the hypervisor's result line.
+pub fn report(n: usize) -> (u64, u64, u64) {
     let mut total = 0u64;
     let mut failed = 0;
     for c in 1..n {
@@ -240,9 +235,9 @@ pub fn report() -> bool {
         let damaged = DAMAGED[c].load(Ordering::Relaxed);
         let us = MICROS[c].load(Ordering::Relaxed).max(1);
         let ok = bytes == BYTES as u64 && damaged == 0;
-        failed += u32::from(!ok);
+        failed += u64::from(!ok);
         total += bytes;
-        defmt::println!(
+        crate::say!(
             "tcp: partition {} -> partition 0 ({}): {} bytes in {} ms, {} KiB/s, {} damaged{}",
             c,
             if c % 2 == 1 { "IPv4" } else { "IPv6" },
@@ -253,11 +248,5 @@ pub fn report() -> bool {
             if ok { "" } else { " FAILED" }
         );
     }
-    defmt::println!(
-        "tcp: connections {}, bytes moved {}, failed {}",
-        n - 1,
-        total,
-        failed
-    );
-    failed == 0 && CLIENTS_DONE.load(Ordering::SeqCst) == (n - 1) as u64
+    ((n - 1) as u64, total, failed)
 }

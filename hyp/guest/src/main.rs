@@ -1,0 +1,69 @@
+//! The partition program: what each partition runs at EL1 under the iqdio hypervisor
+//! (`iqdio-hyp`). It reaches the fabric only through HVC (`iqdio-hvc`): its queue
+//! driver, the demo traffic, smoltcp in the TCP scenario, and the hostile partition of
+//! the hostile scenario are all here.
+//!
+//! The hypervisor starts it at its ELF entry with x0 = its LPAR id, x1 = the partitions
+//! running, x2 = the scenario ([`scenario`]), x3 = an argument of the scenario.
+//! Build-time options: `IQDIO_FRAMES` (data frames each partition sends, default 2000)
+//! and `IQDIO_MFS` (the fabric's maximum frame size; the hypervisor uses the same).
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(target_os = "none")]
+mod demo;
+#[cfg(target_os = "none")]
+mod node;
+#[cfg(target_os = "none")]
+mod rt;
+#[cfg(target_os = "none")]
+mod tcp;
+
+/// The scenarios (x2 at entry), as the hypervisor names them.
+pub mod scenario {
+    /// The partitions demo: all-to-all, then ping-pong.
+    pub const PARTITIONS: u64 = 0;
+    /// smoltcp TCP: partition 0 serves, the others each move 1 MiB.
+    pub const TCP: u64 = 1;
+    /// The hostile scenario: partition 1 attacks, the others run the demo.
+    pub const HOSTILE: u64 = 2;
+}
+
+#[cfg(target_os = "none")]
+aarch64_rt::entry!(main, 64);
+
+#[cfg(target_os = "none")]
+fn main(lpar: u64, partitions: u64, scenario: u64, arg: u64) -> ! {
+    use iqdio_hvc::ExitStatus;
+    say!(
+        "partition {} up: running at EL{}, {} partitions, scenario {}",
+        lpar,
+        rt::current_el(),
+        partitions,
+        scenario
+    );
+    rt::enable_interrupts();
+    let (lpar, n) = (lpar as usize, partitions as usize);
+    if n < 2 || n > node::MAX_PARTITIONS || lpar >= n {
+        say!("bad start arguments");
+        rt::exit(ExitStatus::Failure, [0; 4]);
+    }
+    match scenario {
+        scenario::PARTITIONS => demo::partitions(lpar, n),
+        scenario::TCP => demo::tcp(lpar, n),
+        _ => {
+            let _ = arg;
+            say!("unknown scenario {}", scenario);
+            rt::exit(ExitStatus::Failure, [0; 4])
+        }
+    }
+}
+
+/// On the host this program has nothing to do: it exists for `aarch64-unknown-none`.
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("the partition program runs under the iqdio hypervisor: `cargo xtask run`");
+    std::process::exit(2);
+}

@@ -1,0 +1,190 @@
+//! The hypervisor image (`cargo xtask run`): every core boots at EL2, and core N runs
+//! partition N at EL1 in its own stage-2 address space (VMID N + 1), with the fabric
+//! beneath them as a static of the hypervisor. Each partition runs the partition
+//! program (`iqdio-guest`, embedded at build time) and reaches the fabric only through
+//! HVC; its interrupt is a virtual IRQ.
+//!
+//! Before the partitions start, the hypervisor counts the cost of a 64-byte SIGA as a
+//! direct call (`siga cost: direct ...`); partition 0 counts the same through HVC.
+//! The run ends with the partitions' results summed:
+//! `partitions P, frames sent S, delivered D, lost L, corrupted C` (or, for
+//! `IQDIO_SCENARIO=tcp`, `tcp: connections C, bytes moved B, failed F`).
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(target_os = "none")]
+mod image {
+    use core::net::{IpAddr, Ipv4Addr};
+    use core::ptr::NonNull;
+
+    use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region};
+    use iqdio_hvc::{ExitStatus, measure};
+    use iqdio_hyp::board::{self, ExitCode, MAX_CORES};
+    use iqdio_hyp::vm::{self, FABRIC, GUEST_IMAGE, MFS, Outcome, StartError};
+
+    /// The scenario the partitions play (x2 at their entry; see the partition program).
+    const SCENARIO: Option<&str> = option_env!("IQDIO_SCENARIO");
+    /// Scenario codes of the partition program.
+    const PARTITIONS: u64 = 0;
+    const TCP: u64 = 1;
+    /// Time limit of a whole run.
+    const LIMIT_NS: u64 = 400_000_000_000;
+    /// Sends counted for the direct-call figure (as the partition counts through HVC).
+    const COST_ROUNDS: u32 = 200;
+    /// The LPAR id of the hypervisor's own measuring queue (no core has it).
+    const MEASURE_LPAR: u8 = 200;
+
+    static OUTCOMES: [spin::Mutex<Option<Result<Outcome, StartError>>>; MAX_CORES] =
+        [const { spin::Mutex::new(None) }; MAX_CORES];
+
+    iqdio_hyp::board_main!(main);
+
+    fn scenario() -> Option<u64> {
+        match SCENARIO {
+            None | Some("") | Some("partitions") => Some(PARTITIONS),
+            Some("tcp") => Some(TCP),
+            Some(_) => None,
+        }
+    }
+
+    fn job(core: usize) {
+        let args = [
+            core as u64,
+            board::cores() as u64,
+            scenario().unwrap_or(PARTITIONS),
+            0,
+        ];
+        let result = vm::run_partition(GUEST_IMAGE, args);
+        *OUTCOMES[core].lock() = Some(result);
+    }
+
+    /// The cost of a 64-byte SIGA as a direct call into the fabric, counted as the
+    /// partition counts it through HVC (`iqdio_hvc::measure`), on a queue set of the
+    /// hypervisor's own in core 0's window before partition 0 runs.
+    fn direct_siga_cost() {
+        let (base, len) = board::partition_window(0);
+        let Some(host) = NonNull::new(base) else {
+            return;
+        };
+        // SAFETY: core 0's window: mapped normal memory that nothing uses until
+        // partition 0 starts (after this measurement has removed its partition).
+        let region = unsafe { Region::new(host, vm::GUEST_BASE, len) };
+        let Ok(mut region) = region else { return };
+        if FABRIC.add_partition(MEASURE_LPAR, &[region.window()]).is_err() {
+            return;
+        }
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 99, 1));
+        let config = DriverConfig {
+            rx_buffers: 4,
+            tx_buffers: 2,
+            ..DriverConfig::new(0, MFS)
+        };
+        let measured = Indicators::new(&mut region).ok().and_then(|ind| {
+            let mut queue = QueueDriver::new(&mut region, &ind, config).ok()?;
+            FABRIC.establish(MEASURE_LPAR, 0, &queue.params()).ok()?;
+            FABRIC.register_address(MEASURE_LPAR, 0, ip).ok()?;
+            let port = FABRIC.port(MEASURE_LPAR);
+            measure::siga_cost(&mut queue, &port, ip, COST_ROUNDS, board::ticks).ok()
+        });
+        let _ = FABRIC.remove_partition(MEASURE_LPAR);
+        match measured {
+            Some(ticks) => defmt::println!(
+                "siga cost: direct {} sends of {} B, {} ticks, {} ns per send",
+                COST_ROUNDS,
+                measure::FRAME,
+                ticks,
+                ticks * 1_000_000_000 / board::frequency().max(1) / u64::from(COST_ROUNDS)
+            ),
+            None => defmt::error!("siga cost: the direct measurement failed"),
+        }
+    }
+
+    fn main() -> ! {
+        let n = board::cores();
+        let Some(code) = scenario() else {
+            defmt::error!("unknown scenario {=str}: use partitions or tcp", SCENARIO.unwrap_or(""));
+            board::exit(ExitCode::Failure)
+        };
+        if GUEST_IMAGE.is_empty() {
+            defmt::error!("no partition program embedded (IQDIO_GUEST_ELF): build with `cargo xtask run`");
+            board::exit(ExitCode::Failure)
+        }
+        defmt::info!(
+            "hypervisor at EL2: {} partitions, scenario {=str}, MFS {} KiB, partition program {} bytes",
+            n,
+            SCENARIO.unwrap_or("partitions"),
+            MFS.kib(),
+            GUEST_IMAGE.len()
+        );
+        direct_siga_cost();
+        vm::barrier::start(n as u64);
+        if let Err(e) = board::run_on_all_until(job, board::now_ns() + LIMIT_NS) {
+            defmt::error!("partitions did not all end: {}", e);
+            board::exit(ExitCode::Failure)
+        }
+        let mut ok = true;
+        let mut totals = [0u64; 4];
+        let mut server = [0u64; 4];
+        for (core, slot) in OUTCOMES.iter().enumerate().take(n) {
+            match *slot.lock() {
+                Some(Ok(Outcome::Exited { status, results })) => {
+                    let status = ExitStatus::from_raw(status);
+                    if status != Some(ExitStatus::Pass) {
+                        ok = false;
+                    }
+                    defmt::info!("partition {} exited: {}", core, defmt::Debug2Format(&status));
+                    for (t, r) in totals.iter_mut().zip(results) {
+                        *t += r;
+                    }
+                    if core == 0 {
+                        server = results;
+                    }
+                }
+                Some(Ok(Outcome::Stopped)) => {
+                    ok = false;
+                    defmt::info!("partition {} was stopped", core);
+                }
+                Some(Err(e)) => {
+                    ok = false;
+                    defmt::error!("partition {} did not start: {}", core, defmt::Debug2Format(&e));
+                }
+                None => {
+                    ok = false;
+                    defmt::error!("partition {} did not run", core);
+                }
+            }
+        }
+        if code == TCP {
+            let [connections, bytes, failed, _] = server;
+            defmt::println!(
+                "tcp: connections {}, bytes moved {}, failed {}",
+                connections,
+                bytes,
+                failed
+            );
+            ok &= failed == 0 && connections == n as u64 - 1;
+        } else {
+            let [sent, delivered, corrupted, duplicated] = totals;
+            let lost = sent.saturating_sub(delivered);
+            defmt::println!(
+                "partitions {}, frames sent {}, delivered {}, lost {}, corrupted {}",
+                n,
+                sent,
+                delivered,
+                lost,
+                corrupted
+            );
+            ok &= sent > 0 && lost == 0 && corrupted == 0 && duplicated == 0 && delivered == sent;
+        }
+        board::exit(if ok { ExitCode::Pass } else { ExitCode::Failure })
+    }
+}
+
+/// On the host this image has nothing to do: it exists for `aarch64-unknown-none`.
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("the hypervisor image runs on aarch64-unknown-none under QEMU: `cargo xtask run`");
+    std::process::exit(2);
+}
