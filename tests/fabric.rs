@@ -939,15 +939,26 @@ fn copy_from_partition_stays_inside_the_window() {
     assert_eq!(fab.copy_from_partition(1, base + 100, &mut five), Some(()));
     assert_eq!(&five, b"hello");
     let mut last = [0u8; 1];
-    assert_eq!(fab.copy_from_partition(1, base + len - 1, &mut last), Some(()));
+    assert_eq!(
+        fab.copy_from_partition(1, base + len - 1, &mut last),
+        Some(())
+    );
     assert_eq!(&last, b"z");
     let mut whole = vec![0u8; ram.len()];
     assert_eq!(fab.copy_from_partition(1, base, &mut whole), Some(()));
 
     let mut two = [7u8; 2];
     for addr in [base + len - 1, base.wrapping_sub(1), u64::MAX, base + len] {
-        assert_eq!(fab.copy_from_partition(1, addr, &mut two), None, "{addr:#x}");
+        assert_eq!(
+            fab.copy_from_partition(1, addr, &mut two),
+            None,
+            "{addr:#x}"
+        );
         assert_eq!(two, [7, 7], "left untouched");
     }
-    assert_eq!(fab.copy_from_partition(2, base, &mut two), None, "unknown partition");
+    assert_eq!(
+        fab.copy_from_partition(2, base, &mut two),
+        None,
+        "unknown partition"
+    );
 }

@@ -96,6 +96,18 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
         ];
         target_clippy.extend_from_slice(CLIPPY_LINTS);
         must_succeed(&mut tally, "clippy (target)", &target_clippy)?;
+        // The partition program in its own invocation: it and the hypervisor must never
+        // share one feature resolution (see `cargo::build_image`).
+        let mut guest_clippy = vec![
+            "clippy",
+            "-p",
+            cargo::GUEST_PACKAGE,
+            "--bins",
+            "--target",
+            TARGET,
+        ];
+        guest_clippy.extend_from_slice(CLIPPY_LINTS);
+        must_succeed(&mut tally, "clippy (partition program)", &guest_clippy)?;
         must_succeed(
             &mut tally,
             "library build (target)",

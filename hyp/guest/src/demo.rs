@@ -55,7 +55,13 @@ fn attach(lpar: usize, n: usize) -> Node {
 /// The cost of a 64-byte SIGA through HVC, counted as the hypervisor counts its direct
 /// call (`iqdio_hvc::measure`): printed as `siga cost: hvc ...` for the README figure.
 fn siga_cost(node: &mut Node) {
-    match measure::siga_cost(&mut node.queue, &rt::HvcSiga, v4(node.core), COST_ROUNDS, rt::ticks) {
+    match measure::siga_cost(
+        &mut node.queue,
+        &rt::HvcSiga,
+        v4(node.core),
+        COST_ROUNDS,
+        rt::ticks,
+    ) {
         Ok(ticks) => say!(
             "siga cost: hvc {} sends of {} B, {} ticks, {} ns per send",
             COST_ROUNDS,

@@ -46,7 +46,7 @@ fn main(lpar: u64, partitions: u64, scenario: u64, arg: u64) -> ! {
     );
     rt::enable_interrupts();
     let (lpar, n) = (lpar as usize, partitions as usize);
-    if n < 2 || n > node::MAX_PARTITIONS || lpar >= n {
+    if !(2..=node::MAX_PARTITIONS).contains(&n) || lpar >= n {
         say!("bad start arguments");
         rt::exit(ExitStatus::Failure, [0; 4]);
     }

@@ -9,8 +9,8 @@ use core::ptr::NonNull;
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
 use iqdio::{Mfs, Reason};
 use iqdio_hvc::{
-    EstablishBlock, HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, HVC_REGISTER_ADDRESS, RC_OK,
-    SL_LEN, encode_sl, ip_to_registers,
+    EstablishBlock, HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, HVC_REGISTER_ADDRESS, RC_OK, SL_LEN,
+    encode_sl, ip_to_registers,
 };
 
 use crate::rt::{self, HvcSiga, hvc};
@@ -357,7 +357,9 @@ impl Node {
                 return true;
             }
             let q = &self.queue;
-            if !rt::wait_until(deadline_ns, || rt::pending_interrupts() > 0 || q.has_input()) {
+            if !rt::wait_until(deadline_ns, || {
+                rt::pending_interrupts() > 0 || q.has_input()
+            }) {
                 return self.queue.has_input();
             }
         }

@@ -11,9 +11,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use aarch64_rt::{ExceptionHandlers, InitialPagetable, RegisterStateRef, initial_pagetable};
 use iqdio::{SigaError, SigaFunction, SigaReport};
-use iqdio_hvc::{
-    CONSOLE_MAX, ExitStatus, HVC_BARRIER, HVC_CONSOLE_WRITE, HVC_EXIT, HVC_SIGA,
-};
+use iqdio_hvc::{CONSOLE_MAX, ExitStatus, HVC_BARRIER, HVC_CONSOLE_WRITE, HVC_EXIT, HVC_SIGA};
 
 /// Where the partition's window starts (its IPA; the same for every partition).
 pub const WINDOW_BASE: u64 = 0x8000_0000;
@@ -173,7 +171,9 @@ pub fn current_el() -> u64 {
 pub fn ticks() -> u64 {
     let t: u64;
     // SAFETY: reading the counter has no side effects; ISB keeps it in program order.
-    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) t, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("isb", "mrs {}, cntvct_el0", out(reg) t, options(nomem, nostack, preserves_flags))
+    };
     t
 }
 
@@ -327,7 +327,9 @@ extern "C" fn handle_irq() {
     loop {
         let iar: u64;
         // SAFETY: acknowledging at the virtual interface; ended below.
-        unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) iar, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("mrs {}, icc_iar1_el1", out(reg) iar, options(nomem, nostack, preserves_flags))
+        };
         let intid = iar & 0xff_ffff;
         if intid >= 1020 {
             break;
@@ -336,7 +338,9 @@ extern "C" fn handle_irq() {
         // Release pairs with the Acquire in `take_interrupts`.
         PENDING.fetch_add(1, Ordering::Release);
         // SAFETY: ends the interrupt just acknowledged.
-        unsafe { asm!("msr icc_eoir1_el1, {}", in(reg) iar, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("msr icc_eoir1_el1, {}", in(reg) iar, options(nomem, nostack, preserves_flags))
+        };
     }
 }
 

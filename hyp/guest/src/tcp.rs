@@ -6,9 +6,9 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use iqdio::phy::{IqdioDevice, rx_buffer_len, tx_buffer_len};
 use crate::node::MAX_PARTITIONS as MAX_CORES;
 use crate::rt::{self, HvcSiga};
+use iqdio::phy::{IqdioDevice, rx_buffer_len, tx_buffer_len};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
@@ -81,13 +81,8 @@ pub fn partition(node: &mut Node) -> Result<(), &'static str> {
     let core = node.core;
     let mut guard = BUFFERS.lock();
     let b = &mut *guard;
-    let mut dev = IqdioDevice::new(
-        &mut node.queue,
-        HvcSiga,
-        &mut b.dev_rx,
-        &mut b.dev_tx,
-    )
-    .map_err(|_| "device buffers too small")?;
+    let mut dev = IqdioDevice::new(&mut node.queue, HvcSiga, &mut b.dev_rx, &mut b.dev_tx)
+        .map_err(|_| "device buffers too small")?;
     let mut config = Config::new(HardwareAddress::Ip);
     config.random_seed = 0x1d10 + core as u64;
     let mut iface = Interface::new(config, &mut dev, now());

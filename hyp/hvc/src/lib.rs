@@ -344,10 +344,22 @@ mod tests {
     #[test]
     fn malformed_blocks_are_refused() {
         let good = block().encode();
-        for (at, value) in [(0, 1), (1, 0x02), (2, 2), (3, 0), (5, 1), (0x20, 1), (0x5f, 1)] {
+        for (at, value) in [
+            (0, 1),
+            (1, 0x02),
+            (2, 2),
+            (3, 0),
+            (5, 1),
+            (0x20, 1),
+            (0x5f, 1),
+        ] {
             let mut b = good;
             b[at] = value;
-            assert_eq!(EstablishBlock::decode(&b), None, "byte {at:#x} = {value:#x}");
+            assert_eq!(
+                EstablishBlock::decode(&b),
+                None,
+                "byte {at:#x} = {value:#x}"
+            );
         }
     }
 

@@ -72,7 +72,10 @@ mod image {
         // partition 0 starts (after this measurement has removed its partition).
         let region = unsafe { Region::new(host, vm::GUEST_BASE, len) };
         let Ok(mut region) = region else { return };
-        if FABRIC.add_partition(MEASURE_LPAR, &[region.window()]).is_err() {
+        if FABRIC
+            .add_partition(MEASURE_LPAR, &[region.window()])
+            .is_err()
+        {
             return;
         }
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 99, 1));
@@ -104,11 +107,16 @@ mod image {
     fn main() -> ! {
         let n = board::cores();
         let Some(code) = scenario() else {
-            defmt::error!("unknown scenario {=str}: use partitions or tcp", SCENARIO.unwrap_or(""));
+            defmt::error!(
+                "unknown scenario {=str}: use partitions or tcp",
+                SCENARIO.unwrap_or("")
+            );
             board::exit(ExitCode::Failure)
         };
         if GUEST_IMAGE.is_empty() {
-            defmt::error!("no partition program embedded (IQDIO_GUEST_ELF): build with `cargo xtask run`");
+            defmt::error!(
+                "no partition program embedded (IQDIO_GUEST_ELF): build with `cargo xtask run`"
+            );
             board::exit(ExitCode::Failure)
         }
         defmt::info!(
@@ -134,7 +142,11 @@ mod image {
                     if status != Some(ExitStatus::Pass) {
                         ok = false;
                     }
-                    defmt::info!("partition {} exited: {}", core, defmt::Debug2Format(&status));
+                    defmt::info!(
+                        "partition {} exited: {}",
+                        core,
+                        defmt::Debug2Format(&status)
+                    );
                     for (t, r) in totals.iter_mut().zip(results) {
                         *t += r;
                     }
@@ -148,7 +160,11 @@ mod image {
                 }
                 Some(Err(e)) => {
                     ok = false;
-                    defmt::error!("partition {} did not start: {}", core, defmt::Debug2Format(&e));
+                    defmt::error!(
+                        "partition {} did not start: {}",
+                        core,
+                        defmt::Debug2Format(&e)
+                    );
                 }
                 None => {
                     ok = false;
@@ -178,7 +194,11 @@ mod image {
             );
             ok &= sent > 0 && lost == 0 && corrupted == 0 && duplicated == 0 && delivered == sent;
         }
-        board::exit(if ok { ExitCode::Pass } else { ExitCode::Failure })
+        board::exit(if ok {
+            ExitCode::Pass
+        } else {
+            ExitCode::Failure
+        })
     }
 }
 

@@ -74,7 +74,9 @@ use core::panic::PanicInfo;
 use qemu_exit::QEMUExit;
 
 pub use cpu::{core_id, interrupts_enabled, stack_pointer};
-pub use exceptions::{KIND_FIQ, KIND_IRQ, KIND_SERROR, KIND_SYNC, LEAVE, RESUME, VcpuRegs, run_vcpu};
+pub use exceptions::{
+    KIND_FIQ, KIND_IRQ, KIND_SERROR, KIND_SYNC, LEAVE, RESUME, VcpuRegs, run_vcpu,
+};
 pub use interrupts::{
     interrupts_received, pending_interrupts, send_sgi, set_sgi_hook, take_interrupts,
     unexpected_interrupts, wait_for_interrupt, wait_for_interrupt_until, wait_until,

@@ -43,7 +43,10 @@ pub fn parse(
     base: u64,
     mut each: impl FnMut(Segment),
 ) -> Result<u64, &'static str> {
-    if image.get(..4) != Some(b"\x7fELF".as_slice()) || image.get(4) != Some(&2) || image.get(5) != Some(&1) {
+    if image.get(..4) != Some(b"\x7fELF".as_slice())
+        || image.get(4) != Some(&2)
+        || image.get(5) != Some(&1)
+    {
         return Err("not a little-endian ELF64 (was the partition program embedded?)");
     }
     if u16_at(image, 18) != Some(EM_AARCH64) {
@@ -68,7 +71,9 @@ pub fn parse(
         let paddr = u64_at(image, ph + 24).ok_or("truncated program header")?;
         let file_len = u64_at(image, ph + 32).ok_or("truncated program header")?;
         let mem_len = u64_at(image, ph + 40).ok_or("truncated program header")?;
-        let file_end = file_offset.checked_add(file_len).ok_or("segment overflows")?;
+        let file_end = file_offset
+            .checked_add(file_len)
+            .ok_or("segment overflows")?;
         let mem_end = paddr.checked_add(mem_len).ok_or("segment overflows")?;
         if file_end > image.len() as u64 || file_len > mem_len {
             return Err("segment outside the file");
@@ -92,7 +97,12 @@ pub fn parse(
 /// # Safety
 ///
 /// `host` must be valid for writes of `len` bytes, and nothing else may use that memory.
-pub unsafe fn load(image: &[u8], host: NonNull<u8>, len: usize, base: u64) -> Result<u64, &'static str> {
+pub unsafe fn load(
+    image: &[u8],
+    host: NonNull<u8>,
+    len: usize,
+    base: u64,
+) -> Result<u64, &'static str> {
     parse(image, len, base, |s| {
         // SAFETY: `parse` checked the segment lies inside the file and the window (and
         // file_len <= mem_len); the caller vouches for the window.

@@ -69,7 +69,12 @@ fn sync(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
     let ipa = (hpfar >> 4 << 12) | (far & 0xfff);
     match ec {
         EC_HVC64 if esr & 0xffff == 0 => hvc(core, lpar, regs),
-        EC_HVC64 => stop(core, lpar, "HVC with an immediate other than 0", regs.elr - 4),
+        EC_HVC64 => stop(
+            core,
+            lpar,
+            "HVC with an immediate other than 0",
+            regs.elr - 4,
+        ),
         // ELR is the SMC itself (TSC trap).
         EC_SMC64 => stop(core, lpar, "SMC", regs.elr),
         EC_DABT_LOWER => {
@@ -107,7 +112,9 @@ fn subchannel(x: u64) -> Option<u16> {
 }
 
 fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
-    let [x0, x1, x2, x3, x4, x5] = [regs.x[0], regs.x[1], regs.x[2], regs.x[3], regs.x[4], regs.x[5]];
+    let [x0, x1, x2, x3, x4, x5] = [
+        regs.x[0], regs.x[1], regs.x[2], regs.x[3], regs.x[4], regs.x[5],
+    ];
     let Some(call) = Call::from_id(x0) else {
         return stop(core, lpar, "unknown HVC function", regs.elr - 4);
     };
@@ -158,7 +165,11 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
 
 /// SIGA: the condition code and the busy bit, exactly what crosses the trap.
 fn siga(lpar: LparId, function: u64, sch: u64, mask: u64) -> (u64, u64) {
-    let result = match (u32::try_from(function), subchannel(sch), u32::try_from(mask)) {
+    let result = match (
+        u32::try_from(function),
+        subchannel(sch),
+        u32::try_from(mask),
+    ) {
         (Ok(f), Some(sch), Ok(mask)) => FABRIC.siga(lpar, sch, f, mask).map(|_| ()),
         // A subchannel number no subchannel has is not IQDIO; the rest names nothing.
         (_, None, _) => Err(SigaError::NotIqdio),
@@ -178,15 +189,22 @@ fn establish(lpar: LparId, sch: u64, block_addr: u64) -> u64 {
         return RC_BAD_ARGUMENT;
     };
     let mut raw = [0u8; BLOCK_LEN];
-    if FABRIC.copy_from_partition(lpar, block_addr, &mut raw).is_none() {
+    if FABRIC
+        .copy_from_partition(lpar, block_addr, &mut raw)
+        .is_none()
+    {
         return RC_OUTSIDE_MEMORY;
     }
     let Some(block) = EstablishBlock::decode(&raw) else {
         return RC_BAD_BLOCK;
     };
     let (mut input, mut output) = ([0u8; SL_LEN], [0u8; SL_LEN]);
-    if FABRIC.copy_from_partition(lpar, block.input_sl, &mut input).is_none()
-        || FABRIC.copy_from_partition(lpar, block.output_sl, &mut output).is_none()
+    if FABRIC
+        .copy_from_partition(lpar, block.input_sl, &mut input)
+        .is_none()
+        || FABRIC
+            .copy_from_partition(lpar, block.output_sl, &mut output)
+            .is_none()
     {
         return RC_OUTSIDE_MEMORY;
     }

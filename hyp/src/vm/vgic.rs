@@ -67,9 +67,9 @@ fn empty_list_registers() -> u64 {
 /// which cannot happen with one vINTID). Pure, for reading and testing.
 pub fn choose(lrs: [u64; LIST_REGISTERS], empty: u64, vintid: u64) -> Option<usize> {
     let busy = |n: usize| empty & (1 << n) == 0;
-    if (0..LIST_REGISTERS)
-        .any(|n| busy(n) && lrs[n] & LR_VINTID_MASK == vintid && lrs[n] & LR_STATE_MASK == LR_STATE_PENDING)
-    {
+    if (0..LIST_REGISTERS).any(|n| {
+        busy(n) && lrs[n] & LR_VINTID_MASK == vintid && lrs[n] & LR_STATE_MASK == LR_STATE_PENDING
+    }) {
         return None;
     }
     (0..LIST_REGISTERS).find(|&n| !busy(n))
@@ -83,7 +83,10 @@ pub fn partition_interrupt(core: usize) {
     }
     let lrs = core::array::from_fn(read_lr);
     if let Some(n) = choose(lrs, empty_list_registers(), ADAPTER_VINTID) {
-        write_lr(n, LR_STATE_PENDING | LR_GROUP1 | LR_PRIORITY | ADAPTER_VINTID);
+        write_lr(
+            n,
+            LR_STATE_PENDING | LR_GROUP1 | LR_PRIORITY | ADAPTER_VINTID,
+        );
     }
 }
 

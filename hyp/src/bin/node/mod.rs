@@ -1,6 +1,8 @@
 //! A partition as the images run it: one core, its memory window, a queue driver, and
 //! the end-to-end checks (sequence numbers and checksums) of every frame it receives.
-//! Shared by the partitions demo and the self-test's fabric cases.
+//! The self-test's direct-call fabric cases use it: the hypervisor calling its fabric
+//! as a Rust function on each core, no partition program involved (the partition
+//! program has its own, HVC-based node in `hyp/guest/src/node.rs`).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ptr::NonNull;
