@@ -921,6 +921,7 @@ fn the_hash_seed_is_replaced_only_while_no_queue_set_exists() {
     );
     fab.remove_partition(2).unwrap();
     fab.set_hash_seed([9, 10]).unwrap();
+}
 
 /// `copy_from_partition` (a hypervisor reading a parameter block or a console line)
 /// copies from inside the partition's window only: the whole window, its last byte,
