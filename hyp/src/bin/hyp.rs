@@ -126,6 +126,7 @@ mod image {
             MFS.kib(),
             GUEST_IMAGE.len()
         );
+        vm::seed_fabric();
         direct_siga_cost();
         vm::barrier::start(n as u64);
         if let Err(e) = board::run_on_all_until(job, board::now_ns() + LIMIT_NS) {

@@ -75,7 +75,24 @@ pub const MFS: Mfs = match Mfs::from_kib(parse(option_env!("IQDIO_MFS"), 64)) {
 pub const CONFIG: FabricConfig = FabricConfig {
     mfs: MFS,
     interrupt_delay_ns: 5_000_000,
+    ..FabricConfig::DEFAULT
 };
+
+/// Seeds the fabric's table hash before any partition runs. QEMU's cortex-a72 has no
+/// random-number instruction (RNDR), so the seed mixes the counter at the moment of the
+/// call with its frequency: unknown to the partitions, which start later and cannot
+/// read the hypervisor's memory, though not strong. A hypervisor on real hardware takes
+/// its entropy source instead.
+pub fn seed_fabric() {
+    let t = board::ticks();
+    let seed = [
+        t.rotate_left(17) ^ 0x6a09_e667_f3bc_c908,
+        t.wrapping_mul(board::frequency() | 1) ^ 0xbb67_ae85_84ca_a73b,
+    ];
+    if let Err(e) = FABRIC.set_hash_seed(seed) {
+        defmt::error!("fabric: hash seed refused: {}", defmt::Debug2Format(&e));
+    }
+}
 
 /// The hypervisor as the fabric's platform: an interrupt is a GICv3 SGI to the
 /// receiver's core, which injects a virtual IRQ into its partition
