@@ -72,26 +72,28 @@ mod image {
         // partition 0 starts (after this measurement has removed its partition).
         let region = unsafe { Region::new(host, vm::GUEST_BASE, len) };
         let Ok(mut region) = region else { return };
-        if FABRIC
-            .add_partition(MEASURE_LPAR, &[region.window()])
-            .is_err()
-        {
-            return;
-        }
-        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 99, 1));
-        let config = DriverConfig {
-            rx_buffers: 4,
-            tx_buffers: 2,
-            ..DriverConfig::new(0, MFS)
-        };
-        let measured = Indicators::new(&mut region).ok().and_then(|ind| {
-            let mut queue = QueueDriver::new(&mut region, &ind, config).ok()?;
-            FABRIC.establish(MEASURE_LPAR, 0, &queue.params()).ok()?;
-            FABRIC.register_address(MEASURE_LPAR, 0, ip).ok()?;
-            let port = FABRIC.port(MEASURE_LPAR);
-            measure::siga_cost(&mut queue, &port, ip, COST_ROUNDS, board::ticks).ok()
+        // The hypervisor's own fabric calls run with IRQs masked (the execution
+        // contract); a partition's SIGA arrives masked by its trap.
+        let measured = vm::masked(|| {
+            FABRIC
+                .add_partition(MEASURE_LPAR, &[region.window()])
+                .ok()?;
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 99, 1));
+            let config = DriverConfig {
+                rx_buffers: 4,
+                tx_buffers: 2,
+                ..DriverConfig::new(0, MFS)
+            };
+            let result = Indicators::new(&mut region).ok().and_then(|ind| {
+                let mut queue = QueueDriver::new(&mut region, &ind, config).ok()?;
+                FABRIC.establish(MEASURE_LPAR, 0, &queue.params()).ok()?;
+                FABRIC.register_address(MEASURE_LPAR, 0, ip).ok()?;
+                let port = FABRIC.port(MEASURE_LPAR);
+                measure::siga_cost(&mut queue, &port, ip, COST_ROUNDS, board::ticks).ok()
+            });
+            let _ = FABRIC.remove_partition(MEASURE_LPAR);
+            result
         });
-        let _ = FABRIC.remove_partition(MEASURE_LPAR);
         match measured {
             Some(ticks) => defmt::println!(
                 "siga cost: direct {} sends of {} B, {} ticks, {} ns per send",

@@ -30,7 +30,7 @@ use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use iqdio::{Fabric, FabricConfig, InterruptTarget, LparId, Mfs, Platform, Window};
+use iqdio::{CallContext, Fabric, FabricConfig, InterruptTarget, LparId, Mfs, Platform, Window};
 
 use crate::board::{self, MAX_CORES, VcpuRegs};
 
@@ -89,7 +89,7 @@ pub fn seed_fabric() {
         t.rotate_left(17) ^ 0x6a09_e667_f3bc_c908,
         t.wrapping_mul(board::frequency() | 1) ^ 0xbb67_ae85_84ca_a73b,
     ];
-    if let Err(e) = FABRIC.set_hash_seed(seed) {
+    if let Err(e) = masked(|| FABRIC.set_hash_seed(seed)) {
         defmt::error!("fabric: hash seed refused: {}", defmt::Debug2Format(&e));
     }
 }
@@ -111,6 +111,22 @@ impl Platform for HypPlatform {
     fn now_ns(&self) -> u64 {
         board::now_ns()
     }
+
+    /// DAIF.I tells. A partition's trap enters the fabric with IRQs masked (as every
+    /// exception to EL2 does); the hypervisor's own calls go through [`masked`].
+    fn context(&self) -> CallContext {
+        if board::interrupts_enabled() {
+            CallContext::Interruptible
+        } else {
+            CallContext::Masked
+        }
+    }
+}
+
+/// Runs a fabric entry of the hypervisor's own code with IRQs masked on this core, as
+/// the fabric's execution contract asks (a trap from a partition is masked already).
+pub fn masked<R>(f: impl FnOnce() -> R) -> R {
+    critical_section::with(|_| f())
 }
 
 /// The fabric: a static of the hypervisor, reached by partitions only through HVC.
@@ -215,9 +231,7 @@ pub fn run_partition(image: &[u8], args: [u64; 4]) -> Result<Outcome, StartError
     // SAFETY: the window outlives the partition's registration (it is removed below,
     // before the window is used again), and Rust code does not reference it otherwise.
     let window = unsafe { Window::new(GUEST_BASE, host, len) };
-    FABRIC
-        .add_partition(lpar, &[window])
-        .map_err(|e| StartError::Fabric(e.code()))?;
+    masked(|| FABRIC.add_partition(lpar, &[window])).map_err(|e| StartError::Fabric(e.code()))?;
     let root = stage2::build(core, host.as_ptr().addr() as u64, len);
     // SAFETY: this core's slot (see `CoreVms`); the partition is not running.
     let regs = unsafe { &mut *VMS.0[core].regs.get() };
@@ -250,7 +264,7 @@ pub fn run_partition(image: &[u8], args: [u64; 4]) -> Result<Outcome, StartError
     vgic::clear();
     // A partition that exited or was stopped already left the fabric; this catches
     // nothing else, but makes sure its window is free for the next run.
-    let _ = FABRIC.remove_partition(lpar);
+    let _ = masked(|| FABRIC.remove_partition(lpar));
     // SAFETY: this core's slot; the partition is not running any more.
     Ok(unsafe { *VMS.0[core].outcome.get() })
 }
