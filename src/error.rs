@@ -144,7 +144,7 @@ impl RegistrationError {
     /// 0xE006 `IPA_RC_IP_ADDR_TABLE_FULL` (the table itself, never a quota), 0xE00B
     /// `IPA_RC_MC_ADDR_NOT_FOUND` (qeth_l3 reads it as -ENOENT on delete).
     ///
-    /// The rest are iqdio's own, in 0xF002..=0xF00E (0xF009 retired with the variant
+    /// The rest are iqdio's own, in 0xF002..=0xF00F (0xF009 retired with the variant
     /// it named, not reused): codes no Linux qeth return code
     /// uses (its 0xFxxx codes are 0xF001 `IPA_RC_INVALID_IP_VERSION2` and 0xFFFF
     /// `IPA_RC_FFFF`), so a Linux-minded embedder never misreads one.
@@ -166,7 +166,7 @@ impl RegistrationError {
             Self::SubchannelLimit => 0xF00C,
             Self::AddressQuota => 0xF00D,
             Self::SeedInUse => 0xF00E,
-            Self::InterruptContext => 0xF010,
+            Self::InterruptContext => 0xF00F,
         }
     }
 }
