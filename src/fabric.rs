@@ -953,7 +953,10 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         if queue_mask != QUEUE_0_MASK {
             return Err(SigaError::InvalidQueueMask);
         }
-        let qc = &self.controls[usize::from(slot.index)];
+        // A slot's index is below Q by construction; `get` keeps a panic path out of SIGA.
+        let Some(qc) = self.controls.get(usize::from(slot.index)) else {
+            return Err(SigaError::QueuesNotActive);
+        };
         let Some(mut out) = qc.outbound.try_lock() else {
             qc.counters.busy();
             return Err(SigaError::Busy);
@@ -1058,7 +1061,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         let Some(entry) = st.table.target(&outgoing.dest) else {
             return refuse(Reason::Unreachable);
         };
-        let tqc = &self.controls[usize::from(entry.slot.index)];
+        let Some(tqc) = self.controls.get(usize::from(entry.slot.index)) else {
+            return refuse(Reason::TargetNotActive);
+        };
         let Some(receiver) = st.partitions[usize::from(entry.owner.lpar)].as_ref() else {
             return refuse(Reason::TargetNotActive);
         };

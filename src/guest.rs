@@ -256,6 +256,7 @@ impl GuestSlice {
 
     /// The byte at `offset` as an atomic, through the `sync` shim (so that the loom
     /// models see the SLSB and indicator orderings of the real code).
+    #[inline(always)]
     fn atomic_u8(&self, offset: usize) -> Option<&GuestU8> {
         if !self.in_range(offset, 1) {
             return None;
@@ -277,19 +278,25 @@ impl GuestSlice {
         }
     }
 
-    /// Atomically loads the byte at `offset`.
+    /// Atomically loads the byte at `offset`. Always inlined: the caller's constant
+    /// ordering then folds, leaving no invalid-ordering panic path.
+    #[inline(always)]
     pub fn load(&self, offset: usize, order: Ordering) -> u8 {
         self.atomic_u8(offset).map_or(0, |a| a.load(order))
     }
 
-    /// Atomically stores `value` at `offset`.
+    /// Atomically stores `value` at `offset`. Always inlined: the caller's constant
+    /// ordering then folds, leaving no invalid-ordering panic path.
+    #[inline(always)]
     pub fn store(&self, offset: usize, value: u8, order: Ordering) {
         if let Some(a) = self.atomic_u8(offset) {
             a.store(value, order);
         }
     }
 
-    /// Atomically swaps the byte at `offset`, returning the old value.
+    /// Atomically swaps the byte at `offset`, returning the old value. Always inlined:
+    /// the caller's constant ordering then folds, leaving no invalid-ordering panic path.
+    #[inline(always)]
     pub fn swap(&self, offset: usize, value: u8, order: Ordering) -> u8 {
         self.atomic_u8(offset).map_or(0, |a| a.swap(value, order))
     }

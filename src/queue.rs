@@ -18,12 +18,16 @@ pub(crate) struct QueueRing {
 }
 
 impl QueueRing {
-    /// The state byte of buffer `n` (wrapping).
+    /// The state byte of buffer `n` (wrapping). Always inlined, as are the guest
+    /// accessors under it, so that each caller's constant ordering folds and no
+    /// invalid-ordering panic path is left in the send path.
+    #[inline(always)]
     pub(crate) fn state(&self, n: u8, order: Ordering) -> u8 {
         self.slsb.load(usize::from(n) % QUEUE_BUFFERS, order)
     }
 
-    /// Sets the state byte of buffer `n` (wrapping).
+    /// Sets the state byte of buffer `n` (wrapping); always inlined, as `state`.
+    #[inline(always)]
     pub(crate) fn set_state(&self, n: u8, state: u8, order: Ordering) {
         self.slsb
             .store(usize::from(n) % QUEUE_BUFFERS, state, order);
