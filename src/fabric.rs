@@ -726,6 +726,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// the table lock.
     pub fn counters(&self, handle: &QueueSetHandle) -> Result<CounterSnapshot, RegistrationError> {
         let st = self.view().ok_or(RegistrationError::InterruptContext)?;
+        lock_point!(self, TableShared);
         let live = st.table.source(&handle.key) == Some(handle.slot);
         if !live {
             return Err(RegistrationError::StaleHandle);
@@ -739,6 +740,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// From interrupt context it does not wait: `None` if an update holds the lock.
     pub fn counters_of(&self, lpar: LparId, subchannel: u16) -> Option<CounterSnapshot> {
         let st = self.view()?;
+        lock_point!(self, TableShared);
         let slot = st.table.source(&SourceKey { lpar, subchannel })?;
         Some(self.controls[usize::from(slot.index)].counters.snapshot())
     }
@@ -750,9 +752,12 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// For a hypervisor's own calls that pass a guest address (a parameter block, a
     /// console line): every byte is read once, and the hypervisor uses only the copy.
     /// `None` if `lpar` is unknown or the range is not inside its memory; `dst` is then
-    /// left as it was.
+    /// left as it was. From interrupt context it does not wait for the table lock
+    /// (the [execution contract](crate#execution-contract)): `None` too if an update
+    /// holds it.
     pub fn copy_from_partition(&self, lpar: LparId, addr: u64, dst: &mut [u8]) -> Option<()> {
-        let st = self.state.read();
+        let st = self.view()?;
+        lock_point!(self, TableShared);
         let p = st.partitions[usize::from(lpar)].as_ref()?;
         let slice = p.memory.slice(addr, dst.len() as u64)?;
         slice.read(0, dst);

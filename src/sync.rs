@@ -496,4 +496,36 @@ mod tests {
         }
         assert_eq!(*lock.read(), (1000, 1000));
     }
+
+    #[test]
+    fn try_read_never_waits_and_never_gets_in_beside_a_writer() {
+        let lock = TableLock::new(7u32);
+        {
+            let r = lock.read_in(3);
+            // Readers share: a try beside a reader gets in at once.
+            let t = lock.try_read().expect("free for readers");
+            assert_eq!((*r, *t), (7, 7));
+        }
+        {
+            let mut w = lock.write();
+            *w = 8;
+            // A writer inside: the try fails rather than waits.
+            assert!(lock.try_read().is_none());
+        }
+        // A writer waiting (barred new readers, a reader still inside): fails too.
+        let r = lock.read();
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let _w = lock.write_then(|| waited.store(true, Ordering::SeqCst));
+            });
+            while !waited.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            assert!(lock.try_read().is_none());
+            drop(r);
+            writer.join().unwrap();
+        });
+        assert_eq!(lock.try_read().map(|g| *g), Some(8));
+    }
 }
