@@ -14,6 +14,11 @@
 //! 12.9: "GICD_ISENABLER0 ... RAZ/WI when affinity routing is enabled"): those live in the
 //! redistributor's SGI frame. Unknown or reserved offsets and accesses of a width the
 //! architecture does not allow there read as zero, ignore writes and are counted.
+//!
+//! Once an interrupt is in a list register its state there belongs to the hardware: a
+//! guest write to ICPENDR/ICACTIVER does not reach into the LR (the guest acknowledges
+//! and deactivates through its virtual CPU interface), and ISACTIVER does not reflect an
+//! LR's active state.
 
 use arm_gic::gicv3::registers::{Gicd, GicdCtlr, Gicr, GicrSgi, Waker};
 use core::mem::offset_of;
@@ -899,6 +904,26 @@ mod tests {
         assert_eq!(gic.next_lr(), None);
         gic.dist_write(0, 4, 0x13);
         assert_eq!(lr_vintid(gic.next_lr().unwrap()), VTIMER_PPI);
+    }
+
+    #[test]
+    fn uart_spi_setup_as_linux_does_it_when_init_opens_the_console() {
+        let mut gic = Vgic::new(MPIDR0);
+        linux_boot(&mut gic);
+        // ICFGR2 (SPIs 32-47): bit 3 is SPI 33's edge bit; Linux configures the UART's
+        // interrupt as level (the pair 0b00), as the device tree says.
+        gic.dist_write(0xC08, 4, 0x8);
+        assert_eq!(gic.dist_read(0xC08, 4), 0x8);
+        gic.dist_write(0xC08, 4, 0);
+        assert_eq!(gic.dist_read(0xC08, 4), 0);
+        // IROUTER33 <- the boot CPU's affinity, then enable, disable, enable.
+        gic.dist_write(0x6000 + 8 * 33, 8, MPIDR0 & 0xFF_00FF_FFFF);
+        assert_eq!(gic.dist_write(0x104, 4, 1 << 1).enabled, 1 << 1);
+        assert_eq!(gic.dist_write(0x184, 4, 1 << 1).disabled, 1 << 1);
+        assert_eq!(gic.dist_write(0x104, 4, 1 << 1).enabled, 1 << 1);
+        assert!(gic.raise(33).unwrap().deliverable);
+        assert_eq!(gic.next_lr(), Some(lr_pending(33, 0xA0, true, None)));
+        assert_eq!(gic.ignored(), Ignored::default());
     }
 
     #[test]
