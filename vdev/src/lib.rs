@@ -62,8 +62,9 @@
 //! 0.10's register structs (`Gicd`, `Gicr`, `Sgi`) are MMIO views for a driver, not
 //! state an emulator can hold, but their `#[repr(C)]` layout gives every offset through
 //! `offset_of!`, and its bitflags give GICD_CTLR and GICR_WAKER bits. `smccc` gives the
-//! PSCI/SMCCC function IDs and return codes. The PL011 has no kept model: its offsets
-//! are constants from its TRM.
+//! PSCI/SMCCC function IDs and return codes, and `iqdio-hvc` the hypervisor's own range
+//! that [`psci`] passes on. The PL011 has no kept model: its offsets are constants from
+//! its TRM.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -23,11 +23,11 @@ pub const TRNG_VERSION: u32 = 0x8400_0050;
 /// VENDOR_HYP_CALL_UID (owner 6, function 0xFF01): KVM's UID query.
 pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_FF01;
 /// The start of the SMC64 vendor-specific hypervisor service range (SMCCC owner 6, DEN
-/// 0028 table 6-4), 0xC600_0000-0xC600_FFFF: iqdio's own hypercalls. No `iqdio-hvc` crate
-/// exists on main yet to take the range from; it belongs to the hypervisor, not to PSCI.
-pub const IQDIO_HVC_BASE: u32 = 0xC600_0000;
-/// The last function ID of that range.
-pub const IQDIO_HVC_LAST: u32 = 0xC600_FFFF;
+/// 0028 table 6-4), `iqdio-hvc`'s base: iqdio's own hypercalls, for the hypervisor's
+/// dispatcher (which refuses the IDs it does not define).
+pub const IQDIO_HVC_BASE: u32 = iqdio_hvc::VENDOR_HYP_BASE as u32;
+/// The last function ID of that range (SMCCC function numbers are 16 bits).
+pub const IQDIO_HVC_LAST: u32 = IQDIO_HVC_BASE | 0xFFFF;
 
 // Return codes (PSCI 5.2.2, SMCCC 7.1), as x0 values.
 const SUCCESS: u64 = smccc::error::SUCCESS as i64 as u64;
@@ -280,6 +280,24 @@ mod tests {
             Outcome::Return(INVALID_PARAMETERS)
         );
         assert_eq!(call(&psci, PSCI_CPU_OFF, 0), Outcome::Return(DENIED));
+    }
+
+    #[test]
+    fn every_iqdio_hvc_call_passes_on() {
+        let psci = Psci::new(MPIDR0);
+        let ids = [
+            iqdio_hvc::HVC_SIGA,
+            iqdio_hvc::HVC_ESTABLISH,
+            iqdio_hvc::HVC_REGISTER_ADDRESS,
+            iqdio_hvc::HVC_DEREGISTER_ADDRESS,
+            iqdio_hvc::HVC_DEREGISTER_QUEUE_SET,
+            iqdio_hvc::HVC_CONSOLE_WRITE,
+            iqdio_hvc::HVC_EXIT,
+            iqdio_hvc::HVC_BARRIER,
+        ];
+        for id in ids {
+            assert_eq!(psci.call(0, [id, 1, 2, 3]), Outcome::PassOn, "{id:#x}");
+        }
     }
 
     #[test]
