@@ -121,6 +121,9 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
                 "--no-deps",
                 "-p",
                 "iqdio",
+                // The guest device models: their docs are the hypervisor's manual.
+                "-p",
+                "iqdio-vdev",
                 "--features",
                 HOST_FEATURES,
             ],
