@@ -431,7 +431,8 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             .filter(|(_, s)| matches!(s, Subchannel::Active(_)))
             .map(|(sch, _)| *sch)
             .collect();
-        for sch in active {
+        // By reference: a heapless Vec's by-value iterator keeps a slicing panic path.
+        for &sch in active.iter() {
             self.deregister_locked(
                 &mut st,
                 SourceKey {
@@ -596,7 +597,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             .table
             .remove_queue_set(key)
             .ok_or(RegistrationError::NotFound)?;
-        let index = usize::from(slot.index);
+        // A slot's index is below Q by construction; `% Q` (a mask: Q is a power of two)
+        // says so to the compiler, so no bounds-check panic path is left.
+        let index = usize::from(slot.index) % Q;
         let qc = &self.controls[index];
         {
             let mut out = qc.outbound.lock();
@@ -646,7 +649,8 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 n += 1;
             }
         });
-        let new = &mut new[..n];
+        // `get_mut`: n <= EXTENTS by the closure above, without a slicing panic path.
+        let new = new.get_mut(..n).unwrap_or(&mut []);
         // Sorted by start, two of them overlap if and only if two neighbours do.
         new.sort_unstable_by_key(|e| e.start);
         for w in new.windows(2) {
@@ -660,7 +664,8 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         let new = &*new;
         let mut found = None;
         for slot in p.active() {
-            let qc = &self.controls[usize::from(slot.index)];
+            // Below Q by construction; `% Q` leaves no bounds-check panic path.
+            let qc = &self.controls[usize::from(slot.index) % Q];
             // No send holds these: sends hold the table lock shared, and we hold it
             // exclusive.
             let outbound = qc.outbound.lock();
