@@ -15,6 +15,8 @@
 #[cfg(target_os = "none")]
 mod demo;
 #[cfg(target_os = "none")]
+mod hostile;
+#[cfg(target_os = "none")]
 mod node;
 #[cfg(target_os = "none")]
 mod rt;
@@ -27,7 +29,8 @@ pub mod scenario {
     pub const PARTITIONS: u64 = 0;
     /// smoltcp TCP: partition 0 serves, the others each move 1 MiB.
     pub const TCP: u64 = 1;
-    /// The hostile scenario: partition 1 attacks, the others run the demo.
+    /// The hostile partition (the others run [`PARTITIONS`]): x3 = 0 for the refusal
+    /// attempts, k > 0 for stop attempt k.
     pub const HOSTILE: u64 = 2;
 }
 
@@ -53,8 +56,9 @@ fn main(lpar: u64, partitions: u64, scenario: u64, arg: u64) -> ! {
     match scenario {
         scenario::PARTITIONS => demo::partitions(lpar, n),
         scenario::TCP => demo::tcp(lpar, n),
+        scenario::HOSTILE if arg == 0 => hostile::refusals(lpar),
+        scenario::HOSTILE => hostile::stop_attempt(arg),
         _ => {
-            let _ = arg;
             say!("unknown scenario {}", scenario);
             rt::exit(ExitStatus::Failure, [0; 4])
         }

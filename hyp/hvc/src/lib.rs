@@ -449,3 +449,24 @@ pub mod measure {
         Ok(total)
     }
 }
+
+/// What the hostile scenario's two sides agree on: the partition program attacks, the
+/// hypervisor counts. Physical addresses of the QEMU `virt` map the hypervisor uses.
+pub mod hostile {
+    /// Partition 0's window.
+    pub const OTHER_WINDOW: u64 = 0x5000_0000;
+    /// A page of partition 0's program code (stable once loaded): the target of the
+    /// store into another window; the hypervisor compares it before and after.
+    pub const OTHER_WINDOW_TARGET: u64 = OTHER_WINDOW + 0x1000;
+    /// The hypervisor's image.
+    pub const HYPERVISOR: u64 = 0x4008_0000;
+    /// Inside the hypervisor's image (its code): the target of the store into the
+    /// hypervisor; compared before and after.
+    pub const HYPERVISOR_TARGET: u64 = 0x4010_0000;
+    /// The GIC distributor.
+    pub const GICD: u64 = 0x0800_0000;
+    /// The PL011 UART.
+    pub const UART: u64 = 0x0900_0000;
+    /// Stop attempts: runs 1..=STOP_ATTEMPTS of the hostile partition.
+    pub const STOP_ATTEMPTS: u64 = 9;
+}

@@ -29,6 +29,7 @@ mod image {
     /// Scenario codes of the partition program.
     const PARTITIONS: u64 = 0;
     const TCP: u64 = 1;
+    const HOSTILE: u64 = 2;
     /// Time limit of a whole run.
     const LIMIT_NS: u64 = 400_000_000_000;
     /// Sends counted for the direct-call figure (as the partition counts through HVC).
@@ -45,19 +46,85 @@ mod image {
         match SCENARIO {
             None | Some("") | Some("partitions") => Some(PARTITIONS),
             Some("tcp") => Some(TCP),
+            Some("hostile") => Some(HOSTILE),
             Some(_) => None,
         }
     }
 
+    /// The hostile scenario's tally: attempts, stopped, refused, escaped.
+    static HOSTILE_TALLY: spin::Mutex<[u64; 4]> = spin::Mutex::new([0; 4]);
+
     fn job(core: usize) {
-        let args = [
-            core as u64,
-            board::cores() as u64,
-            scenario().unwrap_or(PARTITIONS),
-            0,
-        ];
+        let n = board::cores();
+        let code = scenario().unwrap_or(PARTITIONS);
+        if code == HOSTILE && core == n - 1 {
+            return hostile_job(core);
+        }
+        // In the hostile scenario the others play the demo among themselves.
+        let partitions = if code == HOSTILE { n - 1 } else { n };
+        let code = if code == HOSTILE { PARTITIONS } else { code };
+        let args = [core as u64, partitions as u64, code, 0];
         let result = vm::run_partition(GUEST_IMAGE, args);
         *OUTCOMES[core].lock() = Some(result);
+    }
+
+    fn read_phys(addr: u64) -> u64 {
+        // SAFETY: both targets are mapped normal memory in the hypervisor's own map
+        // (partition 0's window, the hypervisor's image); a read has no effect.
+        unsafe { core::ptr::with_exposed_provenance::<u64>(addr as usize).read_volatile() }
+    }
+
+    /// The hostile partition's core: run 0 (the refusals), then one run per stop
+    /// attempt; a store that got through shows as a changed target word.
+    fn hostile_job(core: usize) {
+        use iqdio_hvc::hostile::{HYPERVISOR_TARGET, OTHER_WINDOW_TARGET, STOP_ATTEMPTS};
+        // Attack only once the others have attached (their first barrier): an address
+        // taken before its owner registers would not be an attack on it.
+        let deadline = board::now_ns() + 60_000_000_000;
+        while vm::barrier::generation() < 1 && board::now_ns() < deadline {
+            core::hint::spin_loop();
+        }
+        let before = [read_phys(OTHER_WINDOW_TARGET), read_phys(HYPERVISOR_TARGET)];
+        let n = board::cores() as u64;
+        let mut tally = [0u64; 4];
+        match vm::run_partition(GUEST_IMAGE, [core as u64, n, HOSTILE, 0]) {
+            Ok(Outcome::Exited { results, .. }) => {
+                tally[0] += results[0];
+                tally[2] += results[1];
+                tally[3] += results[2];
+            }
+            other => {
+                defmt::error!(
+                    "hostile: the refusal run ended {}",
+                    defmt::Debug2Format(&other)
+                );
+                tally[3] += 1;
+            }
+        }
+        for k in 1..=STOP_ATTEMPTS {
+            tally[0] += 1;
+            match vm::run_partition(GUEST_IMAGE, [core as u64, n, HOSTILE, k]) {
+                Ok(Outcome::Stopped) => tally[1] += 1,
+                // An undefined instruction is the partition's own exception (EL1): its
+                // handler ends it with a panic exit.
+                Ok(Outcome::Exited { status, .. })
+                    if ExitStatus::from_raw(status) == Some(ExitStatus::Panic) =>
+                {
+                    tally[1] += 1
+                }
+                other => {
+                    defmt::error!(
+                        "hostile: attempt {} ended {}",
+                        k,
+                        defmt::Debug2Format(&other)
+                    );
+                    tally[3] += 1;
+                }
+            }
+        }
+        let after = [read_phys(OTHER_WINDOW_TARGET), read_phys(HYPERVISOR_TARGET)];
+        tally[3] += before.iter().zip(after).filter(|(b, a)| **b != *a).count() as u64;
+        *HOSTILE_TALLY.lock() = tally;
     }
 
     /// The cost of a 64-byte SIGA as a direct call into the fabric, counted as the
@@ -110,7 +177,7 @@ mod image {
         let n = board::cores();
         let Some(code) = scenario() else {
             defmt::error!(
-                "unknown scenario {=str}: use partitions or tcp",
+                "unknown scenario {=str}: use partitions, tcp or hostile",
                 SCENARIO.unwrap_or("")
             );
             board::exit(ExitCode::Failure)
@@ -130,7 +197,13 @@ mod image {
         );
         vm::seed_fabric();
         direct_siga_cost();
-        vm::barrier::start(n as u64);
+        // Every partition takes part in the demo's barriers but the hostile one.
+        let members = if code == HOSTILE {
+            (1u32 << (n - 1)) - 1
+        } else {
+            (1u32 << n) - 1
+        };
+        vm::barrier::start(members);
         if let Err(e) = board::run_on_all_until(job, board::now_ns() + LIMIT_NS) {
             defmt::error!("partitions did not all end: {}", e);
             board::exit(ExitCode::Failure)
@@ -138,7 +211,8 @@ mod image {
         let mut ok = true;
         let mut totals = [0u64; 4];
         let mut server = [0u64; 4];
-        for (core, slot) in OUTCOMES.iter().enumerate().take(n) {
+        let players = if code == HOSTILE { n - 1 } else { n };
+        for (core, slot) in OUTCOMES.iter().enumerate().take(players) {
             match *slot.lock() {
                 Some(Ok(Outcome::Exited { status, results })) => {
                     let status = ExitStatus::from_raw(status);
@@ -187,14 +261,31 @@ mod image {
         } else {
             let [sent, delivered, corrupted, duplicated] = totals;
             let lost = sent.saturating_sub(delivered);
-            defmt::println!(
-                "partitions {}, frames sent {}, delivered {}, lost {}, corrupted {}",
-                n,
-                sent,
-                delivered,
-                lost,
-                corrupted
-            );
+            if code == HOSTILE {
+                let [attempts, stopped, refused, escaped] = *HOSTILE_TALLY.lock();
+                defmt::println!(
+                    "hostile: attempts {}, stopped {}, refused {}, escaped {}; partitions {}, frames sent {}, delivered {}, lost {}, corrupted {}",
+                    attempts,
+                    stopped,
+                    refused,
+                    escaped,
+                    players,
+                    sent,
+                    delivered,
+                    lost,
+                    corrupted
+                );
+                ok &= escaped == 0 && attempts > 0 && stopped + refused == attempts;
+            } else {
+                defmt::println!(
+                    "partitions {}, frames sent {}, delivered {}, lost {}, corrupted {}",
+                    n,
+                    sent,
+                    delivered,
+                    lost,
+                    corrupted
+                );
+            }
             ok &= sent > 0 && lost == 0 && corrupted == 0 && duplicated == 0 && delivered == sent;
         }
         board::exit(if ok {

@@ -279,20 +279,34 @@ unsafe fn set_sctlr_el1(value: u64) {
     };
 }
 
-/// The phases of a demo: a barrier across every partition that is running.
+/// The phases of a demo: a barrier across the partitions that take part in it.
 pub mod barrier {
-    use core::sync::atomic::{AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    /// (arrived, running, generation)
+    use crate::board::MAX_CORES;
+
+    /// (arrived, members still running, generation)
     static STATE: spin::Mutex<(u64, u64, u64)> = spin::Mutex::new((0, 0, 0));
     /// The generation, published on release for the waiters.
     static GENERATION: AtomicU64 = AtomicU64::new(0);
+    /// Which cores' partitions take part.
+    static MEMBERS: [AtomicBool; MAX_CORES] = [const { AtomicBool::new(false) }; MAX_CORES];
 
-    /// Starts a run of `partitions` partitions.
-    pub fn start(partitions: u64) {
+    /// Starts a run in which the partitions of `members` (bit N = core N) take part.
+    pub fn start(members: u32) {
         let mut st = STATE.lock();
         st.0 = 0;
-        st.1 = partitions;
+        st.1 = 0;
+        for (core, m) in MEMBERS.iter().enumerate() {
+            let member = members & (1 << core) != 0;
+            m.store(member, Ordering::Relaxed);
+            st.1 += u64::from(member);
+        }
+    }
+
+    /// Barriers passed so far.
+    pub fn generation() -> u64 {
+        GENERATION.load(Ordering::Acquire)
     }
 
     fn release(st: &mut (u64, u64, u64)) {
@@ -302,9 +316,12 @@ pub mod barrier {
         GENERATION.store(st.2, Ordering::Release);
     }
 
-    /// A partition arrives; returns, once every running partition arrived, how many
-    /// are running.
-    pub fn arrive() -> u64 {
+    /// The partition on `core` arrives; returns, once every member still running
+    /// arrived, how many are running. A partition that is not a member passes at once.
+    pub fn arrive(core: usize) -> u64 {
+        if !MEMBERS.get(core).is_some_and(|m| m.load(Ordering::Relaxed)) {
+            return STATE.lock().1;
+        }
         let mine = {
             let mut st = STATE.lock();
             let mine = st.2;
@@ -320,8 +337,14 @@ pub mod barrier {
         STATE.lock().1
     }
 
-    /// A partition stopped or exited: the others no longer wait for it.
-    pub fn leave() {
+    /// The partition on `core` stopped or exited: the others no longer wait for it.
+    pub fn leave(core: usize) {
+        if !MEMBERS
+            .get(core)
+            .is_some_and(|m| m.swap(false, Ordering::Relaxed))
+        {
+            return;
+        }
         let mut st = STATE.lock();
         st.1 = st.1.saturating_sub(1);
         if st.0 > 0 && st.0 >= st.1 {

@@ -101,7 +101,7 @@ fn stop(core: usize, lpar: LparId, what: &str, address: u64) -> u64 {
         address
     );
     let _ = FABRIC.remove_partition(lpar);
-    barrier::leave();
+    barrier::leave(core);
     set_outcome(core, Outcome::Stopped);
     LEAVE
 }
@@ -147,7 +147,7 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
         Call::ConsoleWrite => console(lpar, x1, x2),
         Call::Exit => {
             let _ = FABRIC.remove_partition(lpar);
-            barrier::leave();
+            barrier::leave(core);
             set_outcome(
                 core,
                 Outcome::Exited {
@@ -157,7 +157,7 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
             );
             return LEAVE;
         }
-        Call::Barrier => barrier::arrive(),
+        Call::Barrier => barrier::arrive(core),
     };
     regs.x[0] = rc;
     RESUME

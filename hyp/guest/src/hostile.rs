@@ -1,0 +1,289 @@
+//! The hostile partition (`cargo xtask run --scenario hostile`): it tries to read and
+//! write another partition's window and the hypervisor's memory by plain loads and
+//! stores, through SBALEs, through the establish block and through the console call.
+//!
+//! The hypervisor runs it several times: run 0 makes every attempt that must end in a
+//! refusal code and reports (attempts, refused, escaped); run k > 0 makes stop attempt k,
+//! which must end the partition: the hypervisor stops it (stage-2 fault, SMC, unknown
+//! HVC), or, for an undefined instruction (taken at EL1 by the partition's own vectors),
+//! its own handler ends it with a panic exit. Execution that goes on after a stop
+//! attempt is an escape, reported as such. Addresses of other memory are the machine's
+//! physical ones (the QEMU `virt` map the hypervisor uses): as guest addresses they must
+//! lead nowhere.
+
+use core::net::IpAddr;
+
+use iqdio::driver::{DriverConfig, Indicators, QueueDriver};
+use iqdio::qdio::SlsbState;
+use iqdio::{QueueField, Reason, RegistrationError, Siga, SigaError, SigaFunction};
+use iqdio_hvc::{
+    EstablishBlock, ExitStatus, HVC_CONSOLE_WRITE, HVC_DEREGISTER_ADDRESS,
+    HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, RC_OK, RC_OUTSIDE_MEMORY, encode_sl, ip_to_registers,
+};
+
+use crate::node::{self, MFS, v4};
+use crate::rt::{self, HvcSiga, hvc};
+use crate::say;
+
+use iqdio_hvc::hostile::{
+    GICD, HYPERVISOR, HYPERVISOR_TARGET, OTHER_WINDOW, OTHER_WINDOW_TARGET, UART,
+};
+
+/// One past this partition's window (IPA).
+const WINDOW_END: u64 = rt::WINDOW_BASE + (48 << 20);
+
+struct Tally {
+    attempts: u64,
+    refused: u64,
+    escaped: u64,
+}
+
+impl Tally {
+    fn expect(&mut self, what: &str, refused: bool) {
+        self.attempts += 1;
+        if refused {
+            self.refused += 1;
+        } else {
+            self.escaped += 1;
+            say!("hostile: NOT refused: {}", what);
+        }
+    }
+}
+
+fn rc_is(rc: u64, code: u64) -> bool {
+    rc == code
+}
+
+fn outside(field: QueueField) -> u64 {
+    u64::from(RegistrationError::OutsideMemory(field).code())
+}
+
+/// Run 0: every attempt that must be refused, with the exact code.
+pub fn refusals(lpar: usize) -> ! {
+    let mut t = Tally {
+        attempts: 0,
+        refused: 0,
+        escaped: 0,
+    };
+    // The console call with text elsewhere.
+    for (what, addr, len) in [
+        (
+            "console text in another partition's window",
+            OTHER_WINDOW,
+            16,
+        ),
+        ("console text in the hypervisor's memory", HYPERVISOR, 16),
+        (
+            "console text straddling the window's end",
+            WINDOW_END - 8,
+            16,
+        ),
+        ("console text wrapping the address space", u64::MAX - 4, 16),
+    ] {
+        let rc = hvc(HVC_CONSOLE_WRITE, addr, len, 0, 0, 0).0;
+        t.expect(what, rc_is(rc, RC_OUTSIDE_MEMORY));
+    }
+    // The establish block elsewhere.
+    for (what, addr) in [
+        ("establish block in the hypervisor's memory", HYPERVISOR),
+        (
+            "establish block in another partition's window",
+            OTHER_WINDOW,
+        ),
+    ] {
+        let rc = hvc(HVC_ESTABLISH, 0, addr, 0, 0, 0).0;
+        t.expect(what, rc_is(rc, RC_OUTSIDE_MEMORY));
+    }
+    // A block of its own whose storage list, SBALs, SLSB or indicator lie elsewhere.
+    let mut region = node::region();
+    let Ok(indicators) = Indicators::new(&mut region) else {
+        rt::exit(ExitStatus::Failure, [0; 4])
+    };
+    let config = DriverConfig {
+        rx_buffers: 4,
+        tx_buffers: 4,
+        ..DriverConfig::new(0, MFS)
+    };
+    let Ok(mut queue) = QueueDriver::new(&mut region, &indicators, config) else {
+        rt::exit(ExitStatus::Failure, [0; 4])
+    };
+    let p = queue.params();
+    let block = |p: &iqdio::QueueSetParams, sl: (u64, u64)| EstablishBlock {
+        interrupt_immediately: false,
+        global_indicator: p.global_indicator,
+        middle_indicator: p.middle_indicator,
+        queue_indicator: p.queue_indicator,
+        input_sl: sl.0,
+        input_slsb: p.input_slsb,
+        output_sl: sl.1,
+        output_slsb: p.output_slsb,
+    };
+    static AREA: spin::Mutex<([u8; iqdio_hvc::BLOCK_LEN], [u8; 1024], [u8; 1024])> =
+        spin::Mutex::new(([0; iqdio_hvc::BLOCK_LEN], [0; 1024], [0; 1024]));
+    let establish = |p: &iqdio::QueueSetParams, foreign_sl: Option<u64>| {
+        let mut a = AREA.lock();
+        a.1 = encode_sl(&p.input_sbals);
+        a.2 = encode_sl(&p.output_sbals);
+        let sl = (
+            a.1.as_ptr() as u64,
+            foreign_sl.unwrap_or(a.2.as_ptr() as u64),
+        );
+        a.0 = block(p, sl).encode();
+        hvc(HVC_ESTABLISH, 0, a.0.as_ptr() as u64, 0, 0, 0).0
+    };
+    let rc = establish(&p, Some(OTHER_WINDOW));
+    t.expect(
+        "storage list in another partition's window",
+        rc_is(rc, RC_OUTSIDE_MEMORY),
+    );
+    let mut bad = p.clone();
+    bad.output_sbals[3] = OTHER_WINDOW;
+    let rc = establish(&bad, None);
+    t.expect(
+        "SBAL in another partition's window",
+        rc_is(rc, outside(QueueField::OutputSbal(3))),
+    );
+    let mut bad = p.clone();
+    bad.input_slsb = HYPERVISOR;
+    let rc = establish(&bad, None);
+    t.expect(
+        "SLSB in the hypervisor's memory",
+        rc_is(rc, outside(QueueField::InputSlsb)),
+    );
+    let mut bad = p.clone();
+    bad.global_indicator = GICD;
+    let rc = establish(&bad, None);
+    t.expect(
+        "indicator on the GIC distributor",
+        rc_is(rc, outside(QueueField::GlobalIndicator)),
+    );
+    // Now a queue set of its own, to send from.
+    if establish(&p, None) != RC_OK || node::register_address(0, v4(lpar)) != RC_OK {
+        say!("hostile: could not establish its own queue set");
+        rt::exit(ExitStatus::Failure, [t.attempts, t.refused, t.escaped, 0]);
+    }
+    // SBALEs naming memory elsewhere: the buffer ends 0xAF, reason 0x22.
+    for (what, addr) in [
+        ("SBALE into another partition's window", OTHER_WINDOW),
+        ("SBALE into the hypervisor's memory", HYPERVISOR),
+        ("SBALE onto the UART", UART),
+    ] {
+        let refused = match queue.prime(v4(0), &[0x66; 64]) {
+            Ok(n) => {
+                point_first_element(&p.output_sbals, n, addr);
+                let report = queue.flush(&HvcSiga);
+                report.is_ok_and(|r| {
+                    r.refused
+                        .iter()
+                        .any(|&(_, reason)| reason == Reason::AddressOutsideMemory)
+                }) && queue.output_state(n) == SlsbState::OUTPUT_ERROR
+            }
+            Err(_) => false,
+        };
+        t.expect(what, refused);
+    }
+    // SIGA on a subchannel it never established (another partition's number 0 is its
+    // own here: the LPAR comes from the trap, never from a register).
+    let r = HvcSiga.siga(1, SigaFunction::Write, 1 << 31);
+    t.expect(
+        "SIGA on a subchannel that is not its own",
+        r == Err(SigaError::NotIqdio),
+    );
+    // Another partition's address: taking it, removing it.
+    let rc = node::register_address(0, v4(0));
+    t.expect(
+        "registering another partition's address",
+        rc_is(rc, u64::from(RegistrationError::DuplicateFound.code())),
+    );
+    let (family, hi, lo) = ip_to_registers(v4(0));
+    let rc = hvc(HVC_DEREGISTER_ADDRESS, 0, family, hi, lo, 0).0;
+    t.expect(
+        "deregistering another partition's address",
+        rc_is(rc, u64::from(RegistrationError::NotFound.code())),
+    );
+    let rc = hvc(HVC_DEREGISTER_QUEUE_SET, 7, 0, 0, 0, 0).0;
+    t.expect("deregistering a queue set it does not have", rc != RC_OK);
+    let _: IpAddr = v4(lpar);
+    say!(
+        "hostile: {} attempts, {} refused, {} escaped",
+        t.attempts,
+        t.refused,
+        t.escaped
+    );
+    let status = if t.escaped == 0 {
+        ExitStatus::Pass
+    } else {
+        ExitStatus::Failure
+    };
+    rt::exit(status, [t.attempts, t.refused, t.escaped, 0])
+}
+
+/// Rewrites the address of element 0 of output SBAL `n` (after the driver primed it).
+fn point_first_element(sbals: &[u64; 128], n: u8, addr: u64) {
+    let element = sbals[usize::from(n)] as usize;
+    let field = core::ptr::with_exposed_provenance_mut::<u64>(element + 8);
+    // SAFETY: the SBAL is this partition's own memory (the driver's output ring, primed
+    // and not yet sent), identity-mapped; the fabric reads it only during the SIGA that
+    // follows. Element addresses are big-endian (QDIO format).
+    unsafe { field.write_volatile(addr.to_be()) };
+}
+
+/// Run k > 0: stop attempt k. Returns only if the attempt did not stop the partition.
+pub fn stop_attempt(k: u64) -> ! {
+    let what = match k {
+        1 => "load from another partition's window",
+        2 => "store to another partition's window",
+        3 => "load from the hypervisor's memory",
+        4 => "store to the hypervisor's memory",
+        5 => "load from the GIC distributor",
+        6 => "load from the UART",
+        7 => "SMC",
+        8 => "unknown HVC",
+        _ => "undefined instruction",
+    };
+    say!("hostile: attempt {}: {}", k, what);
+    let load = |addr: u64| {
+        // SAFETY: not sound on purpose: the address is outside this partition's window,
+        // so stage 2 faults and the hypervisor stops the partition before the value is
+        // used; if it did not, the value is only reported.
+        unsafe { core::ptr::with_exposed_provenance::<u64>(addr as usize).read_volatile() }
+    };
+    let store = |addr: u64| {
+        // SAFETY: as for the load: the store must fault at stage 2.
+        unsafe {
+            core::ptr::with_exposed_provenance_mut::<u64>(addr as usize)
+                .write_volatile(0xdead_beef_dead_beef)
+        }
+    };
+    match k {
+        1 => {
+            let _ = load(OTHER_WINDOW);
+        }
+        2 => store(OTHER_WINDOW_TARGET),
+        3 => {
+            let _ = load(HYPERVISOR);
+        }
+        4 => store(HYPERVISOR_TARGET),
+        5 => {
+            let _ = load(GICD);
+        }
+        6 => {
+            let _ = load(UART);
+        }
+        7 => {
+            // SAFETY: SMC traps to the hypervisor (HCR_EL2.TSC), which stops us.
+            unsafe { core::arch::asm!("smc #0", options(nomem, nostack)) };
+        }
+        8 => {
+            let _ = hvc(0xC600_00FF, 0, 0, 0, 0, 0);
+        }
+        _ => {
+            // SAFETY: an undefined instruction is taken at EL1, by this program's own
+            // vectors (the architecture has no trap of it to EL2): the handler panics,
+            // and the panic handler ends the partition through the exit call.
+            unsafe { core::arch::asm!("udf #0", options(nomem, nostack)) };
+        }
+    }
+    say!("hostile: attempt {} ({}) was NOT stopped", k, what);
+    rt::exit(ExitStatus::Failure, [1, 0, 1, 0])
+}
