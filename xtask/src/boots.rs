@@ -81,6 +81,14 @@ pub const TEST_BOOTS: &[TestBoot] = &[
         check: check_partitions,
     },
     TestBoot {
+        name: "hostile -smp 4",
+        bin: "hyp",
+        smp: 4,
+        env: &[("IQDIO_SCENARIO", "hostile"), ("IQDIO_FRAMES", "500")],
+        timeout_s: 300,
+        check: check_hostile,
+    },
+    TestBoot {
         name: "tcp -smp 4",
         bin: "hyp",
         smp: 4,
@@ -110,6 +118,34 @@ pub fn check_tcp(run: &BootRun, smp: u32) -> Vec<TestResult> {
             TestResult::pass("tcp result line")
         }
         other => TestResult::fail("tcp result line", format!("{other:?} from {last:?}")),
+    };
+    results.push(verdict);
+    results
+}
+
+/// The hostile scenario: a clean exit, and a last line
+/// `hostile: attempts A, stopped P, refused R, escaped 0; partitions P, frames sent S,
+/// delivered S, lost 0, corrupted 0` in which every attempt was stopped or refused and
+/// the other `-smp` − 1 partitions' traffic all arrived.
+pub fn check_hostile(run: &BootRun, smp: u32) -> Vec<TestResult> {
+    let mut results = check_exit_pass(run, smp);
+    let last = last_line(run);
+    let verdict = match last.and_then(parse::hostile_line) {
+        Some((h, p))
+            if h.escaped == 0
+                && h.attempts > 0
+                && h.stopped > 0
+                && h.refused > 0
+                && h.stopped + h.refused == h.attempts
+                && p.partitions + 1 == smp
+                && p.sent > 0
+                && p.delivered == p.sent
+                && p.lost == 0
+                && p.corrupted == 0 =>
+        {
+            TestResult::pass("hostile result line")
+        }
+        other => TestResult::fail("hostile result line", format!("{other:?} from {last:?}")),
     };
     results.push(verdict);
     results

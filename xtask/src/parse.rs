@@ -161,9 +161,61 @@ pub fn partitions_line(line: &str) -> Option<PartitionsLine> {
     })
 }
 
+/// The hostile scenario's tally: `hostile: attempts A, stopped P, refused R, escaped E`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostileLine {
+    /// Attempts made.
+    pub attempts: u64,
+    /// Attempts that ended in the partition being stopped.
+    pub stopped: u64,
+    /// Attempts refused with a code.
+    pub refused: u64,
+    /// Attempts that got through.
+    pub escaped: u64,
+}
+
+/// Parses `hostile: attempts A, stopped P, refused R, escaped E; ` followed by a
+/// partitions line (exactly).
+pub fn hostile_line(line: &str) -> Option<(HostileLine, PartitionsLine)> {
+    let rest = line.trim_end().strip_prefix("hostile: attempts ")?;
+    let (a, rest) = rest.split_once(", stopped ")?;
+    let (s, rest) = rest.split_once(", refused ")?;
+    let (r, rest) = rest.split_once(", escaped ")?;
+    let (e, rest) = rest.split_once("; ")?;
+    let tally = HostileLine {
+        attempts: a.parse().ok()?,
+        stopped: s.parse().ok()?,
+        refused: r.parse().ok()?,
+        escaped: e.parse().ok()?,
+    };
+    Some((tally, partitions_line(rest)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_hostile_line() {
+        let (h, p) = hostile_line(
+            "hostile: attempts 26, stopped 9, refused 17, escaped 0; partitions 3, frames sent 6400, delivered 6400, lost 0, corrupted 0",
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            HostileLine {
+                attempts: 26,
+                stopped: 9,
+                refused: 17,
+                escaped: 0
+            }
+        );
+        assert_eq!((p.partitions, p.sent, p.delivered), (3, 6400, 6400));
+        assert_eq!(
+            hostile_line("hostile: attempts 1, stopped 1, refused 0, escaped 0"),
+            None
+        );
+    }
 
     #[test]
     fn sums_every_test_result_line() {
