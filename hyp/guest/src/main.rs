@@ -4,7 +4,7 @@
 //! the hostile scenario are all here.
 //!
 //! The hypervisor starts it at its ELF entry with x0 = its LPAR id, x1 = the partitions
-//! running, x2 = the scenario ([`scenario`]), x3 = an argument of the scenario.
+//! running, x2 = the scenario (`iqdio_hvc::scenario`), x3 = an argument of the scenario.
 //! Build-time options: `IQDIO_FRAMES` (data frames each partition sends, default 2000)
 //! and `IQDIO_MFS` (the fabric's maximum frame size; the hypervisor uses the same).
 #![cfg_attr(target_os = "none", no_std)]
@@ -19,20 +19,14 @@ mod hostile;
 #[cfg(target_os = "none")]
 mod node;
 #[cfg(target_os = "none")]
+mod probe;
+#[cfg(target_os = "none")]
 mod rt;
 #[cfg(target_os = "none")]
 mod tcp;
 
-/// The scenarios (x2 at entry), as the hypervisor names them.
-pub mod scenario {
-    /// The partitions demo: all-to-all, then ping-pong.
-    pub const PARTITIONS: u64 = 0;
-    /// smoltcp TCP: partition 0 serves, the others each move 1 MiB.
-    pub const TCP: u64 = 1;
-    /// The hostile partition (the others run [`PARTITIONS`]): x3 = 0 for the refusal
-    /// attempts, k > 0 for stop attempt k.
-    pub const HOSTILE: u64 = 2;
-}
+#[cfg(target_os = "none")]
+use iqdio_hvc::scenario;
 
 #[cfg(target_os = "none")]
 aarch64_rt::entry!(main, 64);
@@ -58,6 +52,11 @@ fn main(lpar: u64, partitions: u64, scenario: u64, arg: u64) -> ! {
         scenario::TCP => demo::tcp(lpar, n),
         scenario::HOSTILE if arg == 0 => hostile::refusals(lpar),
         scenario::HOSTILE => hostile::stop_attempt(arg),
+        scenario::PROBE_TRAP => probe::trap_round_trip(),
+        scenario::PROBE_WAIT => probe::wait_for_frame(lpar, n),
+        scenario::PROBE_SEND => probe::send_frame(lpar, n, arg as usize),
+        scenario::PROBE_PEEK => probe::peek(arg),
+        scenario::PROBE_FAULT => probe::fault_after_establish(lpar, n),
         _ => {
             say!("unknown scenario {}", scenario);
             rt::exit(ExitStatus::Failure, [0; 4])

@@ -194,6 +194,8 @@ pub fn now_ns() -> u64 {
 static PENDING: AtomicU32 = AtomicU32::new(0);
 /// Virtual interrupts taken since boot.
 pub static RECEIVED: AtomicU64 = AtomicU64::new(0);
+/// Times [`wait_until`] slept in WFI.
+pub static WFI_SLEEPS: AtomicU64 = AtomicU64::new(0);
 
 /// Takes the interrupts received since the last call: their number.
 pub fn take_interrupts() -> u32 {
@@ -239,6 +241,7 @@ pub fn wait_until(deadline_ns: u64, mut condition: impl FnMut() -> bool) -> bool
         // SAFETY: masking IRQs on this vCPU; a compiler barrier (no `nomem`).
         unsafe { asm!("msr daifset, #2", options(nostack, preserves_flags)) };
         if !condition() {
+            WFI_SLEEPS.fetch_add(1, Ordering::Relaxed);
             // SAFETY: WFI only suspends this vCPU until an interrupt.
             unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
         }

@@ -470,3 +470,30 @@ pub mod hostile {
     /// Stop attempts: runs 1..=STOP_ATTEMPTS of the hostile partition.
     pub const STOP_ATTEMPTS: u64 = 9;
 }
+
+/// The scenarios of the partition program (x2 at its entry), as the hypervisor images
+/// start them; x3 is the scenario's argument.
+pub mod scenario {
+    /// The partitions demo: all-to-all, then ping-pong.
+    pub const PARTITIONS: u64 = 0;
+    /// smoltcp TCP: partition 0 serves, the others each move 1 MiB.
+    pub const TCP: u64 = 1;
+    /// The hostile partition (the others run [`PARTITIONS`]): x3 = 0 for the refusal
+    /// attempts, k > 0 for stop attempt k.
+    pub const HOSTILE: u64 = 2;
+    /// Self-test probe: HVC round trips keep the registers.
+    pub const PROBE_TRAP: u64 = 16;
+    /// Self-test probe: sleep in WFI until a frame arrives.
+    pub const PROBE_WAIT: u64 = 17;
+    /// Self-test probe: send one frame to partition x3.
+    pub const PROBE_SEND: u64 = 18;
+    /// Self-test probe: write [`MARKER`] at [`MARKER_OFFSET`] of its own window, then
+    /// store into physical address x3 (another window's marker).
+    pub const PROBE_PEEK: u64 = 19;
+    /// Self-test probe: establish and register, then fault.
+    pub const PROBE_FAULT: u64 = 20;
+    /// What [`PROBE_PEEK`] writes into its own window.
+    pub const MARKER: u64 = 0xa5a5_5a5a_0123_4567;
+    /// Where, from the window's start (the partition program's queue area).
+    pub const MARKER_OFFSET: u64 = 0x80_0000;
+}

@@ -26,10 +26,7 @@ mod image {
 
     /// The scenario the partitions play (x2 at their entry; see the partition program).
     const SCENARIO: Option<&str> = option_env!("IQDIO_SCENARIO");
-    /// Scenario codes of the partition program.
-    const PARTITIONS: u64 = 0;
-    const TCP: u64 = 1;
-    const HOSTILE: u64 = 2;
+    use iqdio_hvc::scenario::{HOSTILE, PARTITIONS, TCP};
     /// Time limit of a whole run.
     const LIMIT_NS: u64 = 400_000_000_000;
     /// Sends counted for the direct-call figure (as the partition counts through HVC).

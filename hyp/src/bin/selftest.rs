@@ -43,7 +43,7 @@ mod suite {
     pub mod inject;
 
     // One line per module of cases: add yours here.
-    case_modules!(board, fabric);
+    case_modules!(board, fabric, vm);
 }
 
 #[cfg(target_os = "none")]
