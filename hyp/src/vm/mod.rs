@@ -289,10 +289,15 @@ pub mod barrier {
     static STATE: spin::Mutex<(u64, u64, u64)> = spin::Mutex::new((0, 0, 0));
     /// The generation, published on release for the waiters.
     static GENERATION: AtomicU64 = AtomicU64::new(0);
-    /// Which cores' partitions take part.
-    static MEMBERS: [AtomicBool; MAX_CORES] = [const { AtomicBool::new(false) }; MAX_CORES];
+    /// Which cores' partitions take part, and the hypervisor itself ([`HYPERVISOR`]).
+    static MEMBERS: [AtomicBool; MAX_CORES + 1] = [const { AtomicBool::new(false) }; MAX_CORES + 1];
 
-    /// Starts a run in which the partitions of `members` (bit N = core N) take part.
+    /// The member number of the hypervisor's own code (a job that must pass the same
+    /// barriers as the partitions, e.g. to act between two phases).
+    pub const HYPERVISOR: usize = MAX_CORES;
+
+    /// Starts a run in which the partitions of `members` (bit N = core N) take part,
+    /// and the hypervisor's code if bit [`HYPERVISOR`] is set.
     pub fn start(members: u32) {
         let mut st = STATE.lock();
         st.0 = 0;
@@ -316,8 +321,8 @@ pub mod barrier {
         GENERATION.store(st.2, Ordering::Release);
     }
 
-    /// The partition on `core` arrives; returns, once every member still running
-    /// arrived, how many are running. A partition that is not a member passes at once.
+    /// The partition on `core` (or [`HYPERVISOR`]) arrives; returns, once every member
+    /// still running arrived, how many are running. A non-member passes at once.
     pub fn arrive(core: usize) -> u64 {
         if !MEMBERS.get(core).is_some_and(|m| m.load(Ordering::Relaxed)) {
             return STATE.lock().1;
