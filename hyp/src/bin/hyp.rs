@@ -181,6 +181,12 @@ mod image {
             );
             board::exit(ExitCode::Failure)
         };
+        if code == HOSTILE && n < 3 {
+            defmt::error!(
+                "the hostile scenario needs 3 cores or more (a demo pair and the attacker)"
+            );
+            board::exit(ExitCode::Failure)
+        }
         if GUEST_IMAGE.is_empty() {
             defmt::error!(
                 "no partition program embedded (IQDIO_GUEST_ELF): build with `cargo xtask run`"
