@@ -721,8 +721,9 @@ fn deregistration_while_others_send_loses_nothing_and_leaves_no_reference() {
     let mut received: u64 = 0;
     let mut cycles = 0;
     let mut old_handle = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while cycles < 50 && std::time::Instant::now() < deadline {
+    // A fixed number of cycles, not a deadline: on a loaded machine a cycle takes
+    // longer, but every one completes (updates are preferred over sends).
+    while cycles < 20 {
         for _ in 0..200 {
             while let Some(n) = q[0].receive(|f| assert!(check_payload(&vec_of(f)).is_some())) {
                 received += n as u64;
@@ -756,7 +757,7 @@ fn deregistration_while_others_send_loses_nothing_and_leaves_no_reference() {
     while let Some(n) = q[0].receive(|_| {}) {
         received += n as u64;
     }
-    assert!(cycles >= 5, "only {cycles} cycles");
+    assert!(received > 0, "no frame arrived in {cycles} cycles");
     assert_eq!(
         received,
         delivered.load(Ordering::SeqCst),

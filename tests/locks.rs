@@ -273,19 +273,21 @@ fn registrations_complete_while_a_partition_streams_write_multiples() {
     let mut b = part(&fab, 2, cfg(false));
     fab.platform().log.lock().unwrap().clear();
     let stop = Arc::new(AtomicBool::new(false));
+    // Flushes so far: the updates start only once the sender streams, so they really
+    // meet it however the threads are scheduled.
+    let flushed = Arc::new(AtomicU64::new(0));
     let streamer = {
         let f = fab.clone();
         let stop = stop.clone();
+        let flushed = flushed.clone();
         std::thread::spawn(move || {
-            let mut flushes = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 while a.q.free_tx() > 0 {
                     a.q.prime(v4(2, 0), &[7; 8000]).unwrap();
                 }
                 a.q.flush(&f.port(1)).unwrap();
-                flushes += 1;
+                flushed.fetch_add(1, Ordering::SeqCst);
             }
-            flushes
         })
     };
     let receiver = {
@@ -298,7 +300,11 @@ fn registrations_complete_while_a_partition_streams_write_multiples() {
         })
     };
     let f = fab.clone();
+    let started = flushed.clone();
     within(Duration::from_secs(120), move || {
+        while started.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
         for i in 0..200u16 {
             let ip = v4(3, i % 200 + 1);
             if i == 0 {
@@ -310,9 +316,9 @@ fn registrations_complete_while_a_partition_streams_write_multiples() {
         }
     });
     stop.store(true, Ordering::SeqCst);
-    let flushes = streamer.join().unwrap();
+    streamer.join().unwrap();
     receiver.join().unwrap();
-    assert!(flushes > 0);
+    assert!(flushed.load(Ordering::SeqCst) > 0);
     // Between an update barring readers and getting the lock, the one sender moved at
     // most the buffer it was in (each buffer takes B's inbound lock once).
     let log = fab.platform().log.lock().unwrap().clone();
