@@ -44,7 +44,9 @@ pub fn frequency() -> u64 {
 
 /// Converts counter ticks to nanoseconds (rounding down).
 pub fn ticks_to_ns(ticks: u64) -> u64 {
-    (u128::from(ticks) * 1_000_000_000 / u128::from(frequency())) as u64
+    // `max(1)`: CNTFRQ is never 0 once firmware set it, and this leaves no panic path in
+    // the SIGA that reads the clock.
+    (u128::from(ticks) * 1_000_000_000 / u128::from(frequency().max(1))) as u64
 }
 
 /// Converts nanoseconds to counter ticks, rounding up (so a wait is never short).

@@ -102,9 +102,10 @@ pub struct HypPlatform;
 impl Platform for HypPlatform {
     fn raise_interrupt(&self, target: InterruptTarget) {
         let core = usize::from(target.lpar);
-        // LPAR ids are core numbers; an id without a core has nobody to interrupt.
+        // LPAR ids are core numbers; an id without a core has nobody to interrupt (and
+        // no panic path: this runs inside a partition's SIGA).
         if core < board::cores() {
-            board::send_sgi(core);
+            board::gic::send_sgi_raw(core, board::gic::PARTITION_SGI);
         }
     }
 
@@ -319,6 +320,12 @@ pub mod barrier {
         st.2 += 1;
         // Release pairs with the Acquire loads of the waiters.
         GENERATION.store(st.2, Ordering::Release);
+        // The waiters sleep in WFI (a spinning vCPU would take host time from the ones
+        // still working): ring every other core's doorbell.
+        let me = crate::board::core_id();
+        for core in (0..crate::board::cores()).filter(|&c| c != me) {
+            crate::board::gic::send_sgi_raw(core, crate::board::gic::DOORBELL_SGI);
+        }
     }
 
     /// The partition on `core` (or [`HYPERVISOR`]) arrives; returns, once every member
@@ -336,8 +343,11 @@ pub mod barrier {
             }
             mine
         };
+        // No lost wake-up: a doorbell rung between the check and WFI stays pending,
+        // and WFI returns at once for a pending interrupt, masked or not.
         while GENERATION.load(Ordering::Acquire) == mine {
-            core::hint::spin_loop();
+            // SAFETY: WFI only suspends this core until an interrupt.
+            unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
         }
         STATE.lock().1
     }
