@@ -133,16 +133,24 @@
 //! let window = unsafe { Window::new(0x0, guest_ram, 1 << 16) };
 //! FABRIC.add_partition(1, &[window]).unwrap();
 //!
-//! // On the partition's SIGA trap (function code in r0, subchannel in r1, mask in r2):
-//! let cc = match FABRIC.siga(1, 0x0100, 0, 1 << 31) {
-//!     Ok(_) => 0,
-//!     Err(e) => e.condition_code() as u8,
+//! // On the partition's SIGA trap (function code, subchannel and queue mask from its
+//! // registers; the LPAR from the vCPU that trapped): what crosses back is the
+//! // condition code and the busy bit.
+//! let (cc, busy) = match FABRIC.siga(1, 0x0100, 0, 1 << 31) {
+//!     Ok(_) => (0, 0),
+//!     Err(e) => (e.condition_code() as u64, u64::from(e.busy_bit())),
 //! };
-//! assert_eq!(cc, 3, "subchannel 0x0100 was never established: not IQDIO");
+//! assert_eq!((cc, busy), (3, 0), "subchannel 0x0100 was never established: not IQDIO");
 //! ```
 //!
+//! This is what the repository's hypervisor image does (`hyp/`, crate `iqdio-hyp`): its
+//! fabric is a static, each core's partition runs at EL1 in its own stage-2 space, the
+//! window registered at the partition's guest-physical address, and its HVC trap
+//! handler (`hyp/src/vm/trap.rs`) makes exactly this call for SIGA, `establish` from a
+//! byte-exact block it reads with [`Fabric::copy_from_partition`], and
+//! `raise_interrupt` becomes an SGI that the receiver's core turns into a virtual IRQ.
 //! The program side, for a partition's own driver, is in [`driver`]; the crate's
-//! integration tests and the bare-metal image show whole partitions.
+//! integration tests and the hypervisor's partition program show whole partitions.
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

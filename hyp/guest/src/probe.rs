@@ -13,7 +13,7 @@ use crate::say;
 use iqdio_hvc::scenario::{MARKER, MARKER_OFFSET};
 
 /// Trap round trip: HVCs come back with the right answers, and every register the
-/// calling convention leaves alone (x2-x17, the SIMD registers) unchanged. Each round
+/// calling convention leaves alone (x2-x15, d0, d8, d16, d31 here) unchanged. Each round
 /// is a SIGA on a subchannel never established (condition code 3, busy bit clear)
 /// with patterns in the registers, then a SIGA through the driver's trait. Results:
 /// (round trips, registers found changed, wrong answers).

@@ -85,8 +85,9 @@ fn passed(core: usize) -> Option<[u64; 4]> {
     }
 }
 
-/// 100 HVC round trips (console writes, a SIGA on a subchannel never established):
-/// each answer right (cc3 for the SIGA), and x6-x17, d0, d8, d16 and d31 unchanged
+/// 100 HVC round trips (SIGAs on a subchannel never established, by hand and through
+/// the driver's trait):
+/// each answer right (cc3 for the SIGA), and x2-x15, d0, d8, d16 and d31 unchanged
 /// across every trap.
 fn trap_round_trip() -> Result<(), &'static str> {
     run_plan(&[(1, PROBE_TRAP, 0)])?;
