@@ -47,7 +47,7 @@ fn attach(lpar: usize, n: usize) -> Node {
         Ok(node) => node,
         Err(e) => {
             say!("attach failed: {}", e);
-            rt::exit(ExitStatus::Failure, [0; 4])
+            rt::exit(ExitStatus::Failure, [0; 5])
         }
     }
 }
@@ -144,7 +144,7 @@ fn ping_pong(node: &mut Node) -> bool {
 }
 
 /// The partitions demo; ends with the exit call carrying (sent, delivered to us,
-/// corrupted, duplicated).
+/// corrupted, duplicated, sent again after a refusal).
 pub fn partitions(lpar: usize, n: usize) -> ! {
     let mut node = attach(lpar, n);
     if lpar == 0 {
@@ -173,7 +173,16 @@ pub fn partitions(lpar: usize, n: usize) -> ! {
     } else {
         ExitStatus::Failure
     };
-    rt::exit(status, [s.sent, s.received, s.corrupted, s.duplicated])
+    rt::exit(
+        status,
+        [
+            s.sent,
+            s.received,
+            s.corrupted,
+            s.duplicated,
+            s.refused_full + s.refused_unreachable,
+        ],
+    )
 }
 
 /// The TCP scenario; the server's exit call carries (connections, bytes moved, failed).
@@ -191,12 +200,12 @@ pub fn tcp(lpar: usize, n: usize) -> ! {
         } else {
             ExitStatus::Failure
         };
-        rt::exit(status, [connections, bytes, failed, 0])
+        rt::exit(status, [connections, bytes, failed, 0, 0])
     }
     let status = if result.is_ok() {
         ExitStatus::Pass
     } else {
         ExitStatus::Failure
     };
-    rt::exit(status, [0; 4])
+    rt::exit(status, [0; 5])
 }

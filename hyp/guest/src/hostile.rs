@@ -97,7 +97,7 @@ pub fn refusals(lpar: usize) -> ! {
     // A block of its own whose storage list, SBALs, SLSB or indicator lie elsewhere.
     let mut region = node::region();
     let Ok(indicators) = Indicators::new(&mut region) else {
-        rt::exit(ExitStatus::Failure, [0; 4])
+        rt::exit(ExitStatus::Failure, [0; 5])
     };
     let config = DriverConfig {
         rx_buffers: 4,
@@ -105,7 +105,7 @@ pub fn refusals(lpar: usize) -> ! {
         ..DriverConfig::new(0, MFS)
     };
     let Ok(mut queue) = QueueDriver::new(&mut region, &indicators, config) else {
-        rt::exit(ExitStatus::Failure, [0; 4])
+        rt::exit(ExitStatus::Failure, [0; 5])
     };
     let p = queue.params();
     let block = |p: &iqdio::QueueSetParams, sl: (u64, u64)| EstablishBlock {
@@ -160,7 +160,10 @@ pub fn refusals(lpar: usize) -> ! {
     // Now a queue set of its own, to send from.
     if establish(&p, None) != RC_OK || node::register_address(0, v4(lpar)) != RC_OK {
         say!("hostile: could not establish its own queue set");
-        rt::exit(ExitStatus::Failure, [t.attempts, t.refused, t.escaped, 0]);
+        rt::exit(
+            ExitStatus::Failure,
+            [t.attempts, t.refused, t.escaped, 0, 0],
+        );
     }
     // SBALEs naming memory elsewhere: the buffer ends 0xAF, reason 0x22.
     for (what, addr) in [
@@ -215,7 +218,7 @@ pub fn refusals(lpar: usize) -> ! {
     } else {
         ExitStatus::Failure
     };
-    rt::exit(status, [t.attempts, t.refused, t.escaped, 0])
+    rt::exit(status, [t.attempts, t.refused, t.escaped, 0, 0])
 }
 
 /// Rewrites the address of element 0 of output SBAL `n` (after the driver primed it).
@@ -285,5 +288,5 @@ pub fn stop_attempt(k: u64) -> ! {
         }
     }
     say!("hostile: attempt {} ({}) was NOT stopped", k, what);
-    rt::exit(ExitStatus::Failure, [1, 0, 1, 0])
+    rt::exit(ExitStatus::Failure, [1, 0, 1, 0, 0])
 }

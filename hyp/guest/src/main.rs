@@ -45,7 +45,7 @@ fn main(lpar: u64, partitions: u64, scenario: u64, arg: u64) -> ! {
     let (lpar, n) = (lpar as usize, partitions as usize);
     if !(2..=node::MAX_PARTITIONS).contains(&n) || lpar >= n {
         say!("bad start arguments");
-        rt::exit(ExitStatus::Failure, [0; 4]);
+        rt::exit(ExitStatus::Failure, [0; 5]);
     }
     match scenario {
         scenario::PARTITIONS => demo::partitions(lpar, n),
@@ -59,7 +59,7 @@ fn main(lpar: u64, partitions: u64, scenario: u64, arg: u64) -> ! {
         scenario::PROBE_FAULT => probe::fault_after_establish(lpar, n),
         _ => {
             say!("unknown scenario {}", scenario);
-            rt::exit(ExitStatus::Failure, [0; 4])
+            rt::exit(ExitStatus::Failure, [0; 5])
         }
     }
 }

@@ -84,7 +84,7 @@ pub fn trap_round_trip() -> ! {
     } else {
         ExitStatus::Failure
     };
-    rt::exit(status, [ROUNDS, changed, wrong, 0])
+    rt::exit(status, [ROUNDS, changed, wrong, 0, 0])
 }
 
 fn attach(lpar: usize, n: usize) -> Node {
@@ -92,7 +92,7 @@ fn attach(lpar: usize, n: usize) -> Node {
         Ok(node) => node,
         Err(e) => {
             say!("probe: attach failed: {}", e);
-            rt::exit(ExitStatus::Failure, [0; 4])
+            rt::exit(ExitStatus::Failure, [0; 5])
         }
     }
 }
@@ -117,6 +117,7 @@ pub fn wait_for_frame(lpar: usize, n: usize) -> ! {
             node.stats.received,
             rt::WFI_SLEEPS.load(Ordering::Relaxed),
             0,
+            0,
         ],
     )
 }
@@ -136,7 +137,7 @@ pub fn send_frame(lpar: usize, n: usize, peer: usize) -> ! {
     } else {
         ExitStatus::Failure
     };
-    rt::exit(status, [node.stats.sent, 0, 0, 0])
+    rt::exit(status, [node.stats.sent, 0, 0, 0, 0])
 }
 
 /// Stage-2 isolation: writes `MARKER` into its own queue area, waits for the other
@@ -153,7 +154,7 @@ pub fn peek(target: u64) -> ! {
     // stage 2 faults and the hypervisor stops the partition.
     unsafe { other.write_volatile(0xdead) };
     say!("probe: a store to {:#x} got through", target);
-    rt::exit(ExitStatus::Failure, [1, 0, 0, 0])
+    rt::exit(ExitStatus::Failure, [1, 0, 0, 0, 0])
 }
 
 /// Establishes its queue set and registers its address, then faults (a load from the
@@ -165,5 +166,5 @@ pub fn fault_after_establish(lpar: usize, n: usize) -> ! {
     // SAFETY: not sound on purpose: the address is outside the window; stage 2 faults.
     let v = unsafe { p.read_volatile() };
     say!("probe: the load got through ({:#x})", v);
-    rt::exit(ExitStatus::Failure, [1, 0, 0, 0])
+    rt::exit(ExitStatus::Failure, [1, 0, 0, 0, 0])
 }

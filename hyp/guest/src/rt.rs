@@ -41,6 +41,11 @@ initial_pagetable!(InitialPagetable(pagetable()));
 
 /// A hypervisor call: x0 the function id, x1-x5 its arguments; returns x0 and x1.
 pub fn hvc(x0: u64, x1: u64, x2: u64, x3: u64, x4: u64, x5: u64) -> (u64, u64) {
+    hvc6(x0, x1, x2, x3, x4, x5, 0)
+}
+
+/// [`hvc`] with x6 too (the exit call's fifth result).
+pub fn hvc6(x0: u64, x1: u64, x2: u64, x3: u64, x4: u64, x5: u64, x6: u64) -> (u64, u64) {
     let (r0, r1);
     // SAFETY: the iqdio hypervisor's calls (iqdio-hvc) read the argument registers and
     // write x0 and x1; every other register comes back unchanged. Memory is a clobber:
@@ -54,6 +59,7 @@ pub fn hvc(x0: u64, x1: u64, x2: u64, x3: u64, x4: u64, x5: u64) -> (u64, u64) {
             in("x3") x3,
             in("x4") x4,
             in("x5") x5,
+            in("x6") x6,
             options(nostack),
         )
     };
@@ -96,14 +102,15 @@ pub fn barrier() -> u64 {
 }
 
 /// Ends the partition with `status` and four results for the hypervisor's report.
-pub fn exit(status: ExitStatus, results: [u64; 4]) -> ! {
-    hvc(
+pub fn exit(status: ExitStatus, results: [u64; 5]) -> ! {
+    hvc6(
         HVC_EXIT,
         status as u64,
         results[0],
         results[1],
         results[2],
         results[3],
+        results[4],
     );
     // The hypervisor never resumes a partition after exit.
     loop {
@@ -352,5 +359,5 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     let mut line = Line::new();
     let _ = write!(line, "panic: {}", info);
     line.send();
-    exit(ExitStatus::Panic, [0; 4])
+    exit(ExitStatus::Panic, [0; 5])
 }

@@ -5,11 +5,11 @@
 //!
 //! Function ids follow the Arm SMC Calling Convention (DEN 0028, section 6): fast calls
 //! (bit 31), 64-bit convention (bit 30), owning entity 6 "vendor-specific hypervisor
-//! service" (bits 29:24), so every id is `0xC600_0000 | n`. Arguments go in x1-x5, the
+//! service" (bits 29:24), so every id is `0xC600_0000 | n`. Arguments go in x1-x6, the
 //! results come back in x0 (and x1). The issuing partition is always the vCPU that
 //! trapped, never a register.
 //!
-//! | call | x0 | x1 | x2 | x3 | x4 | x5 | returns |
+//! | call | x0 | x1 | x2 | x3 | x4 | x5-x6 | returns |
 //! |---|---|---|---|---|---|---|---|
 //! | SIGA | `0xC600_0001` | function code (0 write, 3 write-multiple) | subchannel | queue mask | | | x0 condition code, x1 busy bit `0x8000_0000` with cc2 |
 //! | establish | `0xC600_0002` | subchannel | guest address of the [establish block](EstablishBlock) | | | | x0 return code |
@@ -17,7 +17,7 @@
 //! | deregister address | `0xC600_0004` | as register | | | | | x0 return code |
 //! | deregister queue set | `0xC600_0005` | subchannel | | | | | x0 return code |
 //! | console write | `0xC600_0006` | guest address of the text | length, at most [`CONSOLE_MAX`] | | | | x0 return code |
-//! | exit | `0xC600_0007` | status ([`ExitStatus`]) | result 0 | result 1 | result 2 | result 3 | does not return |
+//! | exit | `0xC600_0007` | status ([`ExitStatus`]) | result 0 | result 1 | result 2 | results 3, 4 | does not return |
 //! | barrier | `0xC600_0008` | | | | | | x0 partitions still running, once all of them called it |
 //!
 //! Return codes: 0 done; the fabric's registration codes (`0xE005` duplicate, `0xE006`
@@ -51,7 +51,7 @@ pub const HVC_DEREGISTER_ADDRESS: u64 = VENDOR_HYP_BASE | 4;
 pub const HVC_DEREGISTER_QUEUE_SET: u64 = VENDOR_HYP_BASE | 5;
 /// Write a line of text to the console: x1 guest address, x2 length.
 pub const HVC_CONSOLE_WRITE: u64 = VENDOR_HYP_BASE | 6;
-/// Stop this partition: x1 status, x2-x5 four results for the hypervisor's report.
+/// Stop this partition: x1 status, x2-x6 five results for the hypervisor's report.
 pub const HVC_EXIT: u64 = VENDOR_HYP_BASE | 7;
 /// Wait until every running partition called it too (phases of a demo).
 pub const HVC_BARRIER: u64 = VENDOR_HYP_BASE | 8;

@@ -214,8 +214,8 @@ mod image {
             board::exit(ExitCode::Failure)
         }
         let mut ok = true;
-        let mut totals = [0u64; 4];
-        let mut server = [0u64; 4];
+        let mut totals = [0u64; 5];
+        let mut server = [0u64; 5];
         let players = if code == HOSTILE { n - 1 } else { n };
         for (core, slot) in OUTCOMES.iter().enumerate().take(players) {
             match *slot.lock() {
@@ -255,7 +255,7 @@ mod image {
             }
         }
         if code == TCP {
-            let [connections, bytes, failed, _] = server;
+            let [connections, bytes, failed, ..] = server;
             defmt::println!(
                 "tcp: connections {}, bytes moved {}, failed {}",
                 connections,
@@ -264,8 +264,18 @@ mod image {
             );
             ok &= failed == 0 && connections == n as u64 - 1;
         } else {
-            let [sent, delivered, corrupted, duplicated] = totals;
+            let [sent, delivered, corrupted, duplicated, resent] = totals;
             let lost = sent.saturating_sub(delivered);
+            // The stress form (`cargo xtask stress` reads it): refusals were sent again.
+            defmt::println!(
+                "stress: frames {}, delivered {}, resent {}, lost {}, duplicated {}, corrupted {}",
+                sent,
+                delivered,
+                resent,
+                lost,
+                duplicated,
+                corrupted
+            );
             if code == HOSTILE {
                 let [attempts, stopped, refused, escaped] = *HOSTILE_TALLY.lock();
                 defmt::println!(

@@ -143,8 +143,8 @@ pub enum Outcome {
     Exited {
         /// x1 of the exit call.
         status: u64,
-        /// x2-x5 of the exit call.
-        results: [u64; 4],
+        /// x2-x6 of the exit call.
+        results: [u64; 5],
     },
     /// The hypervisor stopped it (a fault, an unknown HVC, an SMC, ...).
     Stopped,

@@ -112,8 +112,8 @@ fn subchannel(x: u64) -> Option<u16> {
 }
 
 fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
-    let [x0, x1, x2, x3, x4, x5] = [
-        regs.x[0], regs.x[1], regs.x[2], regs.x[3], regs.x[4], regs.x[5],
+    let [x0, x1, x2, x3, x4, x5, x6] = [
+        regs.x[0], regs.x[1], regs.x[2], regs.x[3], regs.x[4], regs.x[5], regs.x[6],
     ];
     let Some(call) = Call::from_id(x0) else {
         return stop(core, lpar, "unknown HVC function", regs.elr - 4);
@@ -152,7 +152,7 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
                 core,
                 Outcome::Exited {
                     status: x1,
-                    results: [x2, x3, x4, x5],
+                    results: [x2, x3, x4, x5, x6],
                 },
             );
             return LEAVE;

@@ -74,7 +74,7 @@ fn outcome(core: usize) -> Option<Outcome> {
     *OUTCOMES[core].lock()
 }
 
-fn passed(core: usize) -> Option<[u64; 4]> {
+fn passed(core: usize) -> Option<[u64; 5]> {
     match outcome(core)? {
         Outcome::Exited { status, results }
             if ExitStatus::from_raw(status) == Some(ExitStatus::Pass) =>
@@ -92,7 +92,7 @@ fn passed(core: usize) -> Option<[u64; 4]> {
 fn trap_round_trip() -> Result<(), &'static str> {
     run_plan(&[(1, PROBE_TRAP, 0)])?;
     match passed(1) {
-        Some([100, 0, 0, _]) => Ok(()),
+        Some([100, 0, 0, ..]) => Ok(()),
         _ => Err("the trap probe saw changed registers or wrong answers"),
     }
 }
@@ -106,7 +106,7 @@ fn virtual_interrupt_wakes_wfi() -> Result<(), &'static str> {
         return Err("the sender did not send");
     }
     match passed(1) {
-        Some([virqs, 1, sleeps, _]) if virqs >= 1 && sleeps >= 1 => Ok(()),
+        Some([virqs, 1, sleeps, ..]) if virqs >= 1 && sleeps >= 1 => Ok(()),
         Some(_) => Err("the frame arrived without a virtual interrupt or without WFI"),
         None => Err("the sleeping partition did not get its frame"),
     }
