@@ -17,7 +17,7 @@ use core::net::IpAddr;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
-use crate::error::SigaError;
+use crate::error::SigaStatus;
 use crate::fabric::{QUEUE_0_MASK, QueueSetParams, Siga, SigaFunction};
 use crate::guest::{GuestSlice, Sbal, Window};
 use crate::initiative::{self, IndicatorByte};
@@ -52,8 +52,8 @@ pub enum SendError {
     /// The fabric refused the buffer (0xAF) with this reason; the frame is intact and,
     /// if the reason is retryable, may be sent again.
     Refused(Reason),
-    /// SIGA itself failed (condition code 1, 2 or 3).
-    Siga(SigaError),
+    /// SIGA itself failed (condition code 1, 2 or 3): what it returned.
+    Siga(SigaStatus),
     /// The driver could not prime the frame.
     Driver(DriverError),
 }
@@ -525,7 +525,8 @@ impl QueueDriver {
             self.flush(siga).map_err(SendError::Siga)?;
         }
         let n = self.prime(dest, packet).map_err(SendError::Driver)?;
-        self.issue(siga, SigaFunction::Write)?;
+        self.issue(siga, SigaFunction::Write)
+            .map_err(SendError::Siga)?;
         self.tx_primed = 0;
         match self.output_state(n) {
             SlsbState::OUTPUT_EMPTY => Ok(()),
@@ -533,17 +534,19 @@ impl QueueDriver {
         }
     }
 
-    fn issue<S: Siga + ?Sized>(&self, siga: &S, f: SigaFunction) -> Result<(), SendError> {
+    /// SIGA until it is not busy (bounded): `Err` with what it returned otherwise.
+    fn issue<S: Siga + ?Sized>(&self, siga: &S, f: SigaFunction) -> Result<(), SigaStatus> {
         let mut tries = 0;
         loop {
-            match siga.siga(self.cfg.subchannel, f, QUEUE_0_MASK) {
-                Ok(_) => return Ok(()),
-                Err(SigaError::Busy) if tries < 1000 => {
-                    tries += 1;
-                    core::hint::spin_loop();
-                }
-                Err(e) => return Err(SendError::Siga(e)),
+            let status = siga.siga(self.cfg.subchannel, f, QUEUE_0_MASK);
+            if status.is_done() {
+                return Ok(());
             }
+            if !status.is_busy() || tries >= 1000 {
+                return Err(status);
+            }
+            tries += 1;
+            core::hint::spin_loop();
         }
     }
 
@@ -554,16 +557,12 @@ impl QueueDriver {
     }
 
     /// Sends every buffer primed since the last SIGA with one SIGA write-multiple.
-    pub fn flush<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<FlushReport, SigaError> {
+    pub fn flush<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<FlushReport, SigaStatus> {
         let mut report = FlushReport::default();
         if self.tx_primed == 0 {
             return Ok(report);
         }
-        match self.issue(siga, SigaFunction::WriteMultiple) {
-            Ok(()) => {}
-            Err(SendError::Siga(e)) => return Err(e),
-            Err(_) => return Err(SigaError::Busy),
-        }
+        self.issue(siga, SigaFunction::WriteMultiple)?;
         let first = (self.tx_next + QUEUE_BUFFERS as u8 - self.tx_primed) % QUEUE_BUFFERS as u8;
         for k in 0..self.tx_primed {
             let n = (first + k) % QUEUE_BUFFERS as u8;

@@ -21,6 +21,65 @@ pub enum ConditionCode {
 /// as Linux `do_siga_output` reads it).
 pub const SIGA_BUSY_BIT: u32 = 0x8000_0000;
 
+impl ConditionCode {
+    /// The condition code for its number (0-3).
+    pub const fn from_raw(cc: u64) -> Option<Self> {
+        match cc {
+            0 => Some(Self::Cc0),
+            1 => Some(Self::Cc1),
+            2 => Some(Self::Cc2),
+            3 => Some(Self::Cc3),
+            _ => None,
+        }
+    }
+}
+
+/// What a SIGA returns to the program that issued it: the condition code and, with
+/// cc2, the busy bit; exactly what crosses a hypervisor's trap. How each buffer went is
+/// in its own SLSB byte and SBAL, not here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigaStatus {
+    /// The condition code.
+    pub condition_code: ConditionCode,
+    /// [`SIGA_BUSY_BIT`] with a transient cc2 (retry), else 0.
+    pub busy: u32,
+}
+
+impl SigaStatus {
+    /// cc0: the function was done.
+    pub const DONE: Self = Self {
+        condition_code: ConditionCode::Cc0,
+        busy: 0,
+    };
+
+    /// The status of a SIGA that ended with `error`.
+    pub const fn of_error(error: SigaError) -> Self {
+        Self {
+            condition_code: error.condition_code(),
+            busy: error.busy_bit(),
+        }
+    }
+
+    /// Whether the function was done (cc0).
+    pub const fn is_done(self) -> bool {
+        matches!(self.condition_code, ConditionCode::Cc0)
+    }
+
+    /// Whether another SIGA held the queue (cc2 with the busy bit): retry.
+    pub const fn is_busy(self) -> bool {
+        matches!(self.condition_code, ConditionCode::Cc2) && self.busy & SIGA_BUSY_BIT != 0
+    }
+}
+
+impl<T> From<&Result<T, SigaError>> for SigaStatus {
+    fn from(result: &Result<T, SigaError>) -> Self {
+        match result {
+            Ok(_) => Self::DONE,
+            Err(e) => Self::of_error(*e),
+        }
+    }
+}
+
 /// Why a SIGA did nothing at all (per-buffer errors go into the SBALs instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SigaError {

@@ -3,7 +3,7 @@
 use core::net::IpAddr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{QueueField, RegistrationError, SigaError};
+use crate::error::{QueueField, RegistrationError, SigaError, SigaStatus};
 use crate::guest::{GuestSlice, Memory, Sbal, SbalError, Window};
 use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
 use crate::platform::{CallContext, InterruptTarget, Platform};
@@ -1335,26 +1335,22 @@ impl<P: Platform, const Q: usize, const A: usize> Port<'_, P, Q, A> {
     }
 }
 
-/// The SIGA instruction as a partition sees it. The fabric's [`Port`] implements it;
-/// a hypervisor's trap handler or a test may implement it too.
+/// The SIGA instruction as a partition sees it: it returns what the instruction returns
+/// to the program, which is what crosses a hypervisor's trap (the condition code and
+/// the busy bit; each buffer's outcome is in its SLSB byte and SBAL). The fabric's
+/// [`Port`] implements it as a direct call; a partition under a hypervisor implements
+/// it with its trap (the repository's partition program with HVC), a test with a fake.
 pub trait Siga {
     /// Issues SIGA `function` for `subchannel` with output-queue mask `queue_mask`.
-    fn siga(
-        &self,
-        subchannel: u16,
-        function: SigaFunction,
-        queue_mask: u32,
-    ) -> Result<SigaReport, SigaError>;
+    fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus;
 }
 
 impl<P: Platform, const Q: usize, const A: usize> Siga for Port<'_, P, Q, A> {
-    fn siga(
-        &self,
-        subchannel: u16,
-        function: SigaFunction,
-        queue_mask: u32,
-    ) -> Result<SigaReport, SigaError> {
-        self.fabric
-            .siga_function(self.lpar, subchannel, function, queue_mask)
+    fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus {
+        SigaStatus::from(
+            &self
+                .fabric
+                .siga_function(self.lpar, subchannel, function, queue_mask),
+        )
     }
 }

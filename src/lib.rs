@@ -184,7 +184,9 @@ pub mod transfer;
 #[cfg(not(feature = "fuzzing"))]
 mod transfer;
 
-pub use error::{ConditionCode, QueueField, RegistrationError, SIGA_BUSY_BIT, SigaError};
+pub use error::{
+    ConditionCode, QueueField, RegistrationError, SIGA_BUSY_BIT, SigaError, SigaStatus,
+};
 pub use fabric::{
     DelayReport, Fabric, FabricConfig, Port, QueueSetHandle, QueueSetParams, Siga, SigaFunction,
     SigaReport,

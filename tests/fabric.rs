@@ -964,3 +964,63 @@ fn copy_from_partition_stays_inside_the_window() {
         "unknown partition"
     );
 }
+
+/// `Siga` returns what crosses a trap (condition code, busy bit): the driver retries a
+/// busy SIGA a bounded number of times and then hands back exactly what it got; any
+/// other condition code comes back at once. A fake SIGA (as a partition's trap to a
+/// hypervisor would be) shows it.
+#[test]
+fn the_driver_acts_on_the_condition_code_and_busy_bit_alone() {
+    use iqdio::driver::{Indicators, QueueDriver, SendError};
+    use iqdio::{ConditionCode, SIGA_BUSY_BIT, Siga, SigaFunction, SigaStatus};
+    use std::cell::Cell;
+
+    struct Fake {
+        answer: SigaStatus,
+        calls: Cell<u32>,
+    }
+    impl Siga for Fake {
+        fn siga(&self, _sch: u16, _f: SigaFunction, _mask: u32) -> SigaStatus {
+            self.calls.set(self.calls.get() + 1);
+            self.answer
+        }
+    }
+    let ram = GuestRam::new(2 << 20);
+    let mut region = ram.region();
+    let ind = Indicators::new(&mut region).unwrap();
+    let mut q = QueueDriver::new(&mut region, &ind, config(Mfs::K16)).unwrap();
+
+    let busy = Fake {
+        answer: SigaStatus {
+            condition_code: ConditionCode::Cc2,
+            busy: SIGA_BUSY_BIT,
+        },
+        calls: Cell::new(0),
+    };
+    assert_eq!(
+        q.send(&busy, v4(2, 0), &[1; 40]),
+        Err(SendError::Siga(busy.answer))
+    );
+    assert_eq!(busy.calls.get(), 1001, "the first try and 1000 retries");
+
+    let not_active = Fake {
+        answer: SigaStatus::of_error(SigaError::QueuesNotActive),
+        calls: Cell::new(0),
+    };
+    q.prime(v4(2, 0), &[2; 40]).unwrap();
+    assert_eq!(
+        q.flush(&not_active).unwrap_err().condition_code,
+        ConditionCode::Cc1
+    );
+    assert_eq!(not_active.calls.get(), 1, "cc1 is not retried");
+
+    assert_eq!(
+        SigaStatus::from(&Err::<(), _>(SigaError::Busy)),
+        SigaStatus {
+            condition_code: ConditionCode::Cc2,
+            busy: SIGA_BUSY_BIT
+        }
+    );
+    assert!(SigaStatus::from(&Ok::<_, SigaError>(())).is_done());
+    assert!(!SigaStatus::of_error(SigaError::NotIqdio).is_busy());
+}

@@ -15,7 +15,7 @@ use core::net::IpAddr;
 
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver};
 use iqdio::qdio::SlsbState;
-use iqdio::{QueueField, Reason, RegistrationError, Siga, SigaError, SigaFunction};
+use iqdio::{QueueField, Reason, RegistrationError, Siga, SigaError, SigaFunction, SigaStatus};
 use iqdio_hvc::{
     EstablishBlock, ExitStatus, HVC_CONSOLE_WRITE, HVC_DEREGISTER_ADDRESS,
     HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, RC_OK, RC_OUTSIDE_MEMORY, encode_sl, ip_to_registers,
@@ -190,7 +190,7 @@ pub fn refusals(lpar: usize) -> ! {
     let r = HvcSiga.siga(1, SigaFunction::Write, 1 << 31);
     t.expect(
         "SIGA on a subchannel that is not its own",
-        r == Err(SigaError::NotIqdio),
+        r == SigaStatus::of_error(SigaError::NotIqdio),
     );
     // Another partition's address: taking it, removing it.
     let rc = node::register_address(0, v4(0));

@@ -3,7 +3,7 @@
 
 use core::sync::atomic::Ordering;
 
-use iqdio::{Siga, SigaError, SigaFunction};
+use iqdio::{Siga, SigaError, SigaFunction, SigaStatus};
 use iqdio_hvc::{ExitStatus, HVC_SIGA};
 
 use crate::node::{Node, PONG};
@@ -70,8 +70,10 @@ pub fn trap_round_trip() -> ! {
             .zip(v)
             .filter(|(k, r)| *r != p + **k)
             .count() as u64;
-        wrong +=
-            u64::from(HvcSiga.siga(9, SigaFunction::Write, 1 << 31) != Err(SigaError::NotIqdio));
+        wrong += u64::from(
+            HvcSiga.siga(9, SigaFunction::Write, 1 << 31)
+                != SigaStatus::of_error(SigaError::NotIqdio),
+        );
     }
     say!(
         "probe: {} trap round trips, {} registers changed, {} wrong answers",

@@ -10,7 +10,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use aarch64_rt::{ExceptionHandlers, InitialPagetable, RegisterStateRef, initial_pagetable};
-use iqdio::{SigaError, SigaFunction, SigaReport};
+use iqdio::{ConditionCode, SigaFunction, SigaStatus};
 use iqdio_hvc::{CONSOLE_MAX, ExitStatus, HVC_BARRIER, HVC_CONSOLE_WRITE, HVC_EXIT, HVC_SIGA};
 
 /// Where the partition's window starts (its IPA; the same for every partition).
@@ -67,18 +67,12 @@ pub fn hvc6(x0: u64, x1: u64, x2: u64, x3: u64, x4: u64, x5: u64, x6: u64) -> (u
 }
 
 /// SIGA as this partition issues it: an HVC whose answer is the condition code and the
-/// busy bit, what crosses the trap. Condition code 1 covers every "names nothing that
-/// is active" case of the fabric.
+/// busy bit, what crosses the trap (`iqdio::Siga` returns exactly that).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HvcSiga;
 
 impl iqdio::Siga for HvcSiga {
-    fn siga(
-        &self,
-        subchannel: u16,
-        function: SigaFunction,
-        queue_mask: u32,
-    ) -> Result<SigaReport, SigaError> {
+    fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus {
         let (cc, busy) = hvc(
             HVC_SIGA,
             u64::from(function.code()),
@@ -87,11 +81,11 @@ impl iqdio::Siga for HvcSiga {
             0,
             0,
         );
-        match cc {
-            0 => Ok(SigaReport::default()),
-            2 if busy != 0 => Err(SigaError::Busy),
-            1 | 2 => Err(SigaError::QueuesNotActive),
-            _ => Err(SigaError::NotIqdio),
+        SigaStatus {
+            // The hypervisor answers 0-3; anything else would be its bug, read as
+            // "not operational".
+            condition_code: ConditionCode::from_raw(cc).unwrap_or(ConditionCode::Cc3),
+            busy: u32::try_from(busy).unwrap_or(0),
         }
     }
 }

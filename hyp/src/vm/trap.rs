@@ -13,7 +13,7 @@
 //! queue sets are deregistered, so its senders get 0x11 from then on), and its core
 //! returns to the hypervisor, which parks it. The other partitions run on.
 
-use iqdio::{LparId, SigaError};
+use iqdio::{LparId, SigaError, SigaStatus};
 use iqdio_hvc::{
     BLOCK_LEN, CONSOLE_MAX, Call, EstablishBlock, RC_BAD_ARGUMENT, RC_BAD_BLOCK, RC_OK,
     RC_OUTSIDE_MEMORY, SL_LEN, ip_from_registers,
@@ -176,10 +176,8 @@ fn siga(lpar: LparId, function: u64, sch: u64, mask: u64) -> (u64, u64) {
         (Err(_), _, _) => Err(SigaError::InvalidFunction),
         (_, _, Err(_)) => Err(SigaError::InvalidQueueMask),
     };
-    match result {
-        Ok(()) => (0, 0),
-        Err(e) => (e.condition_code() as u64, u64::from(e.busy_bit())),
-    }
+    let status = SigaStatus::from(&result);
+    (status.condition_code as u64, u64::from(status.busy))
 }
 
 /// Establish: read the block and its two storage lists once, decode, and hand the

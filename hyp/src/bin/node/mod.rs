@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
 use iqdio::{
     CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptTarget, Mfs, Platform, Port,
-    Reason, Siga, SigaError, SigaFunction, SigaReport,
+    Reason, Siga, SigaFunction, SigaStatus,
 };
 use iqdio_hyp::board::{self, MAX_CORES};
 
@@ -54,12 +54,7 @@ pub fn masked<R>(f: impl FnOnce() -> R) -> R {
 pub struct MaskedPort<'f>(pub Port<'f, BoardPlatform, 16, 256>);
 
 impl Siga for MaskedPort<'_> {
-    fn siga(
-        &self,
-        subchannel: u16,
-        function: SigaFunction,
-        queue_mask: u32,
-    ) -> Result<SigaReport, SigaError> {
+    fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus {
         masked(|| self.0.siga(subchannel, function, queue_mask))
     }
 }
