@@ -58,6 +58,42 @@ pub enum SendError {
     Driver(DriverError),
 }
 
+impl core::fmt::Display for DriverError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::OutOfMemory => "region has no room left for the queue structures",
+            Self::Misaligned => "region base not 4 KiB-aligned",
+            Self::InvalidConfig => "driver configuration out of range",
+            Self::NoFreeBuffer => "no free output buffer: issue SIGA first",
+            Self::TooLarge => "frames larger than the MFS or 16 elements",
+            Self::InvalidFrame => "no frame, or a frame too long for the header",
+        })
+    }
+}
+
+impl core::error::Error for DriverError {}
+
+impl core::fmt::Display for SendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Refused(r) => write!(f, "send refused: {r}"),
+            Self::Siga(e) => write!(f, "send failed: {e}"),
+            Self::Driver(e) => write!(f, "send not primed: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for SendError {
+    /// The refusal reason, the SIGA error or the driver error behind the send's.
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(match self {
+            Self::Refused(r) => r,
+            Self::Siga(e) => e,
+            Self::Driver(e) => e,
+        })
+    }
+}
+
 /// A bump allocator over a partition's own memory.
 pub struct Region {
     mem: GuestSlice,

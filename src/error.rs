@@ -230,6 +230,70 @@ impl RegistrationError {
     }
 }
 
+impl core::fmt::Display for SigaError {
+    /// The meaning, then the condition code (and the busy bit) a partition sees.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let what = match self {
+            Self::NotIqdio => "not an IQDIO subchannel",
+            Self::QueuesNotActive => "queues not active",
+            Self::InvalidQueueMask => "queue mask names no queue of this subchannel",
+            Self::InvalidFunction => "function code not performed",
+            Self::Busy => "queue busy, retry",
+            Self::InterruptContext => "called from interrupt context (execution contract)",
+        };
+        write!(f, "SIGA: {what} (cc{}", self.condition_code() as u8)?;
+        if self.busy_bit() != 0 {
+            f.write_str(", busy")?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl core::error::Error for SigaError {}
+
+impl core::fmt::Display for QueueField {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::OutputSbal(n) => write!(f, "output SBAL {n}"),
+            Self::InputSbal(n) => write!(f, "input SBAL {n}"),
+            Self::OutputSlsb => f.write_str("output SLSB"),
+            Self::InputSlsb => f.write_str("input SLSB"),
+            Self::QueueIndicator => f.write_str("queue indicator byte"),
+            Self::MiddleIndicator => f.write_str("middle indicator byte"),
+            Self::GlobalIndicator => f.write_str("global summary byte"),
+        }
+    }
+}
+
+impl core::fmt::Display for RegistrationError {
+    /// The meaning, then the IPA-style return code ([`RegistrationError::code`]).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::DuplicateFound => f.write_str("duplicate found")?,
+            Self::TableFull => f.write_str("table full")?,
+            Self::NotFound => f.write_str("not found")?,
+            Self::SourceNotRegistered => f.write_str("queue set not in the source table")?,
+            Self::UnknownPartition => f.write_str("unknown partition")?,
+            Self::InvalidWindow => f.write_str("invalid memory window")?,
+            Self::OverlappingWindows => f.write_str("memory windows overlap")?,
+            Self::OutsideMemory(field) => write!(f, "{field} outside the partition's memory")?,
+            Self::Misaligned(field) => write!(f, "{field} misaligned")?,
+            Self::InvalidAddress => f.write_str("not a unicast address")?,
+            Self::StaleHandle => f.write_str("stale queue-set handle")?,
+            Self::SeedInUse => f.write_str("hash seed in use by established queue sets")?,
+            Self::OverlappingQueues { field, with } => write!(f, "{field} overlaps {with}")?,
+            Self::SubchannelLimit => f.write_str("partition at its queue-set limit")?,
+            Self::AddressQuota => f.write_str("partition at its address quota")?,
+            Self::InterruptContext => {
+                f.write_str("called from interrupt context (execution contract)")?
+            }
+        }
+        write!(f, " ({:#06X})", self.code())
+    }
+}
+
+impl core::error::Error for RegistrationError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +309,38 @@ mod tests {
         assert_eq!(SigaError::NotIqdio.busy_bit(), 0);
         assert_eq!(SigaError::InterruptContext.condition_code() as u8, 2);
         assert_eq!(SigaError::InterruptContext.busy_bit(), 0);
+    }
+
+    /// Each message names the wire code a partition sees, so a log line and a trace of
+    /// the guest agree; every error is a `core::error::Error`.
+    #[test]
+    fn messages_carry_the_wire_codes() {
+        fn error(e: &dyn core::error::Error) -> std::string::String {
+            std::format!("{e}")
+        }
+        assert_eq!(
+            error(&SigaError::Busy),
+            "SIGA: queue busy, retry (cc2, busy)"
+        );
+        assert_eq!(
+            error(&SigaError::NotIqdio),
+            "SIGA: not an IQDIO subchannel (cc3)"
+        );
+        assert_eq!(
+            error(&RegistrationError::DuplicateFound),
+            "duplicate found (0xE005)"
+        );
+        assert_eq!(
+            error(&RegistrationError::OverlappingQueues {
+                field: QueueField::InputSlsb,
+                with: QueueField::OutputSbal(3),
+            }),
+            "input SLSB overlaps output SBAL 3 (0xF00B)"
+        );
+        assert_eq!(
+            error(&crate::Reason::TargetFull),
+            "target receive queue full (sbalf15 0x10)"
+        );
     }
 
     #[test]

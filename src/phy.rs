@@ -151,6 +151,21 @@ pub enum DeviceError {
     },
 }
 
+impl core::fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::RxBufferTooSmall { needed } => {
+                write!(f, "receive buffer too small: {needed} bytes needed")
+            }
+            Self::TxBufferTooSmall { needed } => {
+                write!(f, "transmit buffer too small: {needed} bytes needed")
+            }
+        }
+    }
+}
+
+impl core::error::Error for DeviceError {}
+
 /// What a device did since it was made. Every packet the stack transmitted is in
 /// exactly one of `tx_packets`, `tx_dropped_full`, `tx_unreachable`, `tx_errors`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -51,6 +51,18 @@ pub enum HeaderError {
     AddressFamily,
 }
 
+impl core::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "frame header id {id:#04x} is not layer 3 (0x01)"),
+            Self::CastType(c) => write!(f, "frame header cast bits {c:#04x} name no cast type"),
+            Self::AddressFamily => f.write_str("frame header IPv6 flag and next hop disagree"),
+        }
+    }
+}
+
+impl core::error::Error for HeaderError {}
+
 /// A decoded layer-3 frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L3Header {

@@ -103,6 +103,15 @@ impl Reason {
     }
 }
 
+impl core::fmt::Display for Reason {
+    /// The description ([`Reason::describe`]) and the sbalf15 byte.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} (sbalf15 {:#04x})", self.describe(), self.code())
+    }
+}
+
+impl core::error::Error for Reason {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
