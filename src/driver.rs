@@ -382,7 +382,9 @@ impl QueueDriver {
         self.cfg.subchannel
     }
 
-    /// The addresses to establish this queue set with.
+    /// The addresses to establish this queue set with. The interrupt cookie is 0: it
+    /// is the hypervisor's routing data, which the program side does not know; a
+    /// hypervisor sets its own before it establishes.
     pub fn params(&self) -> QueueSetParams {
         let sbals = |c: &Chunk| core::array::from_fn(|i| c.guest + (i * SBAL_SIZE) as u64);
         QueueSetParams {
@@ -394,6 +396,7 @@ impl QueueDriver {
             middle_indicator: self.middle_guest,
             global_indicator: self.global_guest,
             interrupt_immediately: self.cfg.interrupt_immediately,
+            interrupt_cookie: 0,
         }
     }
 

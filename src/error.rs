@@ -93,6 +93,10 @@ pub enum SigaError {
     InvalidFunction,
     /// Another SIGA holds this queue: retry.
     Busy,
+    /// The issuing partition is suspended ([`Fabric::suspend`](crate::Fabric::suspend)):
+    /// nothing was done, its primed buffers stay primed. cc2 with the busy bit, so a
+    /// program that does get to run retries, and succeeds once it is resumed.
+    Suspended,
     /// The embedding issued the SIGA where an interrupt could re-enter the fabric
     /// (its [`Platform::context`](crate::Platform::context) said so), against the
     /// [execution contract](crate#execution-contract); nothing was done. The
@@ -108,14 +112,14 @@ impl SigaError {
             Self::QueuesNotActive | Self::InvalidQueueMask | Self::InvalidFunction => {
                 ConditionCode::Cc1
             }
-            Self::Busy | Self::InterruptContext => ConditionCode::Cc2,
+            Self::Busy | Self::Suspended | Self::InterruptContext => ConditionCode::Cc2,
         }
     }
 
     /// The busy bit returned with the condition code.
     pub const fn busy_bit(self) -> u32 {
         match self {
-            Self::Busy => SIGA_BUSY_BIT,
+            Self::Busy | Self::Suspended => SIGA_BUSY_BIT,
             _ => 0,
         }
     }
@@ -239,6 +243,7 @@ impl core::fmt::Display for SigaError {
             Self::InvalidQueueMask => "queue mask names no queue of this subchannel",
             Self::InvalidFunction => "function code not performed",
             Self::Busy => "queue busy, retry",
+            Self::Suspended => "partition suspended, retry",
             Self::InterruptContext => "called from interrupt context (execution contract)",
         };
         write!(f, "SIGA: {what} (cc{}", self.condition_code() as u8)?;
@@ -309,6 +314,8 @@ mod tests {
         assert_eq!(SigaError::NotIqdio.busy_bit(), 0);
         assert_eq!(SigaError::InterruptContext.condition_code() as u8, 2);
         assert_eq!(SigaError::InterruptContext.busy_bit(), 0);
+        assert_eq!(SigaError::Suspended.condition_code() as u8, 2);
+        assert_eq!(SigaError::Suspended.busy_bit(), SIGA_BUSY_BIT);
     }
 
     /// Each message names the wire code a partition sees, so a log line and a trace of

@@ -121,8 +121,11 @@ impl SigaFunction {
 /// What one run of the delay fallback did ([`Fabric::try_expire_delays`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DelayReport {
-    /// Interrupts raised.
+    /// Interrupts raised and posted by the platform.
     pub raised: usize,
+    /// Interrupts raised that the platform dropped ([`InterruptDelivery::Dropped`](crate::InterruptDelivery::Dropped)):
+    /// the summary stays pending, so a later run raises them again.
+    pub dropped: usize,
     /// Queue sets not looked at because their inbound lock was held; the next run
     /// looks at them again.
     pub skipped: usize,
@@ -143,8 +146,11 @@ pub struct SigaReport {
     pub frames: u16,
     /// Packet bytes delivered.
     pub bytes: u64,
-    /// Interrupts raised for receivers.
+    /// Interrupts raised for receivers and posted by the platform.
     pub interrupts: u8,
+    /// Interrupts raised for receivers that the platform dropped
+    /// ([`InterruptDelivery::Dropped`](crate::InterruptDelivery::Dropped)).
+    pub interrupts_dropped: u8,
 }
 
 /// The addresses a partition gives when it establishes a queue set for a subchannel
@@ -167,6 +173,11 @@ pub struct QueueSetParams {
     pub global_indicator: u64,
     /// Interrupt at once for every delivery (the override).
     pub interrupt_immediately: bool,
+    /// The hypervisor's routing data for this queue set's interrupts (say, the vCPU
+    /// and the virtual INTID), handed back unchanged in every [`InterruptTarget`] the
+    /// fabric raises for it. Set by the hypervisor, never taken from partition input:
+    /// the fabric does not interpret it, the platform trusts it.
+    pub interrupt_cookie: u64,
 }
 
 /// A handle on an established queue set. It stays tied to that registration: once
@@ -235,6 +246,9 @@ struct PartitionRecord {
     addresses: usize,
     /// One stamp per summary byte in use: at most one per active queue set.
     summaries: [SummaryStamp; MAX_SUBCHANNELS],
+    /// Stopped by the hypervisor ([`Fabric::suspend`]): the fabric neither reads its
+    /// output queues nor writes anything into its memory until it is resumed.
+    suspended: bool,
 }
 
 impl PartitionRecord {
@@ -341,7 +355,9 @@ enum BufferOutcome {
     Delivered {
         frames: u16,
         bytes: u64,
-        interrupt: Option<InterruptTarget>,
+        /// The interrupt to raise, and the index of the receiver's queue control
+        /// (whose counters learn whether it was posted).
+        interrupt: Option<(InterruptTarget, u16)>,
     },
     Refused(Fault),
 }
@@ -415,7 +431,56 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             subchannels: heapless::Vec::new(),
             addresses: 0,
             summaries: [const { SummaryStamp::new() }; MAX_SUBCHANNELS],
+            suspended: false,
         });
+        Ok(())
+    }
+
+    /// Suspends a partition, as a hypervisor stops its vCPUs (to migrate or snapshot
+    /// it, or to pause it): every registration stays, and from the moment this returns
+    /// the fabric touches none of the partition's memory. Suspending a suspended
+    /// partition changes nothing.
+    ///
+    /// While it is suspended:
+    /// - a SIGA on its behalf does nothing and answers cc2 with the busy bit
+    ///   ([`SigaError::Suspended`]): its primed output buffers stay primed (0x62) and
+    ///   its output cursor stays where it was, so nothing it queued is lost or sent;
+    /// - a send to one of its addresses is refused with sbalf15 0x10, target full
+    ///   ([`Reason::TargetFull`]), whatever room its input queue has: what a real
+    ///   machine shows for a stopped LPAR whose input queue nobody empties. Linux reads
+    ///   0x10 as retryable (qdio counts it as `target_full`; for AF_IUCV it is one of
+    ///   the UNREACHABLE codes 4, 16, 17, 18, `qeth_core_main.c`:399-413, Linux 6.12),
+    ///   and after [`resume`](Self::resume) the same frame goes through. The receiving
+    ///   queue set counts these in
+    ///   [`CounterSnapshot::refused_suspended`], not in `refused_full`;
+    /// - the frames already in its input buffers stay there (0x82), as do its indicator
+    ///   bytes; the delay fallback raises no interrupt for it. A summary left pending
+    ///   gets its fallback interrupt at the first [`expire_delays`](Self::expire_delays)
+    ///   after the resume (its delay has long run).
+    ///
+    /// Takes the table lock exclusive, so when it returns no send from or to the
+    /// partition is in flight (a write-multiple steps out between buffers and ends).
+    /// The hypervisor's own updates (establish, addresses, deregistration,
+    /// [`remove_partition`](Self::remove_partition)) still work on a suspended
+    /// partition. Errors: [`RegistrationError::UnknownPartition`].
+    pub fn suspend(&self, lpar: LparId) -> Result<(), RegistrationError> {
+        self.set_suspended(lpar, true)
+    }
+
+    /// Resumes a suspended partition: its queue sets, addresses, cursors and buffers
+    /// are as they were, and its SIGAs and the sends to it work again. Resuming a
+    /// running partition changes nothing. Errors: [`RegistrationError::UnknownPartition`].
+    pub fn resume(&self, lpar: LparId) -> Result<(), RegistrationError> {
+        self.set_suspended(lpar, false)
+    }
+
+    fn set_suspended(&self, lpar: LparId, suspended: bool) -> Result<(), RegistrationError> {
+        let mut st = self.update()?;
+        let p = st.partitions[usize::from(lpar)]
+            .as_mut()
+            .ok_or(RegistrationError::UnknownPartition)?;
+        // Under the exclusive lock: sends read it under the shared one.
+        p.suspended = suspended;
         Ok(())
     }
 
@@ -516,6 +581,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 indicators: Some(indicators),
                 summary,
                 interrupt_immediately: params.interrupt_immediately,
+                cookie: params.interrupt_cookie,
                 owner: key,
             };
         }
@@ -848,6 +914,11 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 let Some(owner) = st.partitions[usize::from(inb.owner.lpar)].as_ref() else {
                     continue;
                 };
+                if owner.suspended {
+                    // No interrupt into a stopped partition; after its resume the
+                    // stamp is old, so the first run then fires.
+                    continue;
+                }
                 let pending = ind.global.load(0, Ordering::Acquire) != 0;
                 let stamp = owner.summary_since(inb.summary);
                 let since = stamp.load(Ordering::Relaxed);
@@ -862,14 +933,19 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 {
                     continue;
                 }
-                qc.counters.interrupt(true);
                 InterruptTarget {
                     lpar: inb.owner.lpar,
                     subchannel: inb.owner.subchannel,
+                    cookie: inb.cookie,
                 }
             };
-            self.platform.raise_interrupt(target);
-            report.raised += 1;
+            let delivered = self.platform.raise_interrupt(target).delivered();
+            qc.counters.raised(delivered);
+            if delivered {
+                report.raised += 1;
+            } else {
+                report.dropped += 1;
+            }
         }
         report
     }
@@ -1040,9 +1116,16 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 report.delivered += 1;
                 report.frames += frames;
                 report.bytes += bytes;
-                if let Some(t) = interrupt {
-                    self.platform.raise_interrupt(t);
-                    report.interrupts += 1;
+                if let Some((t, index)) = interrupt {
+                    let delivered = self.platform.raise_interrupt(t).delivered();
+                    if let Some(tqc) = self.controls.get(usize::from(index)) {
+                        tqc.counters.raised(delivered);
+                    }
+                    if delivered {
+                        report.interrupts += 1;
+                    } else {
+                        report.interrupts_dropped += 1;
+                    }
                 }
             }
             BufferOutcome::Refused(fault) => {
@@ -1080,6 +1163,11 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         if tqc.generation.load(Ordering::Relaxed) != entry.slot.generation {
             return refuse(Reason::TargetNotActive);
         }
+        if receiver.suspended {
+            // Its memory is not to be touched (see `suspend`): target full, retryable.
+            tqc.counters.refused_suspended();
+            return refuse(Reason::TargetFull);
+        }
         let mut inb = tqc.inbound.lock();
         lock_point!(self, Inbound);
         match self.fill(&mut inb, &outgoing, &receiver.memory) {
@@ -1094,7 +1182,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         tqc.counters
             .received(outgoing.frames() as u64, outgoing.payload);
         let stamp = receiver.summary_since(inb.summary);
-        let interrupt = self.signal(&mut inb, tqc, stamp);
+        let interrupt = self
+            .signal(&mut inb, tqc, stamp)
+            .map(|t| (t, entry.slot.index));
         BufferOutcome::Delivered {
             frames: outgoing.frames() as u16,
             bytes: outgoing.payload,
@@ -1179,10 +1269,13 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 stamp.store(now, Ordering::Relaxed);
             }
         }
-        tqc.counters.interrupt(decision.raises());
+        if !decision.raises() {
+            tqc.counters.suppressed();
+        }
         decision.raises().then_some(InterruptTarget {
             lpar: inb.owner.lpar,
             subchannel: inb.owner.subchannel,
+            cookie: inb.cookie,
         })
     }
 }
@@ -1199,6 +1292,7 @@ fn issuer_slot<const Q: usize, const A: usize>(
     match issuer.subchannel(subchannel) {
         None => Err(SigaError::NotIqdio),
         Some(Subchannel::Inactive) => Err(SigaError::QueuesNotActive),
+        Some(Subchannel::Active(_)) if issuer.suspended => Err(SigaError::Suspended),
         Some(Subchannel::Active(slot)) => Ok(slot),
     }
 }

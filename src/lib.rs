@@ -94,25 +94,39 @@
 //! ## Embedding in a hypervisor
 //!
 //! The hypervisor provides a [`Platform`] (raise an adapter interrupt for a
-//! partition, read a monotonic clock, optionally say where a call runs), tells the fabric each partition's memory
-//! windows, and forwards the partition's requests: establishing queues and
-//! registering addresses (its QDIO/IPA command path) and SIGA (its instruction trap,
-//! with the issuing LPAR taken from the trapping vCPU, never from guest input).
+//! partition and say whether it was posted, read a monotonic clock, optionally say
+//! where a call runs), tells the fabric each partition's memory windows, and forwards
+//! the partition's requests: establishing queues and registering addresses (its
+//! QDIO/IPA command path) and SIGA (its instruction trap, with the issuing LPAR taken
+//! from the trapping vCPU, never from guest input). At establish it gives each queue
+//! set an interrupt cookie of its own choosing (here the vCPU to interrupt), which the
+//! fabric hands back in every [`InterruptTarget`] for that queue set. It may
+//! [`suspend`](Fabric::suspend) a partition and [`resume`](Fabric::resume) it
+//! without losing its registrations or its frames.
+//!
+//! The whole path below, from outside the crate and with nothing but raw guest bytes:
+//! two partitions, a queue set each, one address, one frame sent by SIGA and found in
+//! the receiver's input buffer.
 //!
 //! ```
 //! use core::ptr::NonNull;
-//! use core::sync::atomic::{AtomicU32, Ordering};
-//! use iqdio::{Fabric, FabricConfig, InterruptTarget, Platform, Window};
+//! use core::sync::atomic::{AtomicU64, Ordering};
+//! use iqdio::{
+//!     Fabric, FabricConfig, InterruptDelivery, InterruptTarget, Platform, QueueSetParams,
+//!     Window,
+//! };
 //!
 //! /// The hypervisor's side: how it interrupts a partition and tells the time.
 //! struct Hypervisor {
-//!     interrupts: AtomicU32,
+//!     /// The cookie of the last interrupt raised (here: the vCPU to interrupt).
+//!     last_cookie: AtomicU64,
 //! }
 //!
 //! impl Platform for Hypervisor {
-//!     fn raise_interrupt(&self, target: InterruptTarget) {
-//!         // Inject an adapter interrupt into `target.lpar`'s vCPU.
-//!         self.interrupts.fetch_add(1, Ordering::Relaxed);
+//!     fn raise_interrupt(&self, target: InterruptTarget) -> InterruptDelivery {
+//!         // Inject an adapter interrupt into the vCPU the cookie names.
+//!         self.last_cookie.store(target.cookie, Ordering::Relaxed);
+//!         InterruptDelivery::Delivered
 //!     }
 //!     fn now_ns(&self) -> u64 {
 //!         0 // the hypervisor's monotonic clock
@@ -120,37 +134,131 @@
 //! }
 //!
 //! static FABRIC: Fabric<Hypervisor, 16, 256> = Fabric::new(
-//!     Hypervisor { interrupts: AtomicU32::new(0) },
+//!     Hypervisor { last_cookie: AtomicU64::new(u64::MAX) },
 //!     FabricConfig::DEFAULT,
 //! );
 //!
-//! # #[repr(C, align(4096))] struct Ram([u8; 1 << 16]);
-//! # let ram: &'static mut Ram = Box::leak(Box::new(Ram([0; 1 << 16])));
-//! # let guest_ram = NonNull::from(&mut ram.0).cast::<u8>();
-//! // When partition 1 is created: its guest-physical RAM and where it lives.
-//! // SAFETY: the partition's RAM outlives its registration and is not otherwise
-//! // referenced by Rust code.
-//! let window = unsafe { Window::new(0x0, guest_ram, 1 << 16) };
-//! FABRIC.add_partition(1, &[window]).unwrap();
+//! // Each partition's guest-physical layout (the partition chose it; 128 KiB of RAM).
+//! const OUT_SBALS: u64 = 0x0000; // 128 SBALs of 256 bytes
+//! const IN_SBALS: u64 = 0x8000; // 128 SBALs of 256 bytes
+//! const OUT_SLSB: u64 = 0x1_0000; // 128 state bytes
+//! const IN_SLSB: u64 = 0x1_0100;
+//! const INDICATORS: u64 = 0x1_0200; // queue, middle, global byte
+//! const DATA: u64 = 0x1_1000; // one 4 KiB data buffer
+//! const RAM: usize = 0x2_0000;
 //!
-//! // On the partition's SIGA trap (function code, subchannel and queue mask from its
-//! // registers; the LPAR from the vCPU that trapped): what crosses back is the
-//! // condition code and the busy bit.
-//! let (cc, busy) = match FABRIC.siga(1, 0x0100, 0, 1 << 31) {
+//! /// A partition's RAM as the hypervisor holds it: a host pointer, never a reference.
+//! struct Guest(NonNull<u8>);
+//! impl Guest {
+//!     fn new() -> Self {
+//!         #[repr(C, align(4096))]
+//!         struct Ram([u8; RAM]);
+//!         let ram = Box::into_raw(Box::new(Ram([0; RAM])));
+//!         Guest(NonNull::new(ram).unwrap().cast())
+//!     }
+//!     // The partition's own stores and loads (in a real system: the guest's code).
+//!     fn write(&self, addr: u64, bytes: &[u8]) {
+//!         assert!(addr as usize + bytes.len() <= RAM);
+//!         // SAFETY: inside the RAM; single-threaded here, no SIGA runs meanwhile.
+//!         unsafe { self.0.as_ptr().add(addr as usize).copy_from(bytes.as_ptr(), bytes.len()) }
+//!     }
+//!     fn read<const N: usize>(&self, addr: u64) -> [u8; N] {
+//!         assert!(addr as usize + N <= RAM);
+//!         let mut out = [0; N];
+//!         // SAFETY: as for `write`.
+//!         unsafe { self.0.as_ptr().add(addr as usize).copy_to(out.as_mut_ptr(), N) }
+//!         out
+//!     }
+//!     /// SBALE `e` of the SBAL at `sbal`: 16 bytes, big-endian fields:
+//!     /// eflags | reserved | scount | sflags | length u32 | address u64.
+//!     fn set_sbale(&self, sbal: u64, e: u64, eflags: u8, length: u32, addr: u64) {
+//!         let mut b = [0u8; 16];
+//!         b[0] = eflags;
+//!         b[4..8].copy_from_slice(&length.to_be_bytes());
+//!         b[8..16].copy_from_slice(&addr.to_be_bytes());
+//!         self.write(sbal + 16 * e, &b);
+//!     }
+//! }
+//!
+//! /// The addresses of one queue set, and the hypervisor's cookie for its interrupts.
+//! fn params(cookie: u64) -> QueueSetParams {
+//!     QueueSetParams {
+//!         output_sbals: core::array::from_fn(|i| OUT_SBALS + 256 * i as u64),
+//!         input_sbals: core::array::from_fn(|i| IN_SBALS + 256 * i as u64),
+//!         output_slsb: OUT_SLSB,
+//!         input_slsb: IN_SLSB,
+//!         queue_indicator: INDICATORS,
+//!         middle_indicator: INDICATORS + 1,
+//!         global_indicator: INDICATORS + 2,
+//!         interrupt_immediately: false,
+//!         interrupt_cookie: cookie, // set by the hypervisor, never by the partition
+//!     }
+//! }
+//!
+//! // When partitions 1 and 2 are created: their guest-physical RAM and where it lives.
+//! let (a, b) = (Guest::new(), Guest::new());
+//! // SAFETY: each RAM outlives its partition's registration (leaked here) and Rust
+//! // code reaches it only through raw pointers.
+//! let (wa, wb) = unsafe { (Window::new(0, a.0, RAM), Window::new(0, b.0, RAM)) };
+//! FABRIC.add_partition(1, &[wa]).unwrap();
+//! FABRIC.add_partition(2, &[wb]).unwrap();
+//!
+//! // Their establish and IPA commands; the cookie is the hypervisor's (vCPU 7 runs B).
+//! FABRIC.establish(1, 0x0100, &params(5)).unwrap();
+//! FABRIC.establish(2, 0x0200, &params(7)).unwrap();
+//! let to_b = "10.0.0.2".parse().unwrap();
+//! FABRIC.register_address(2, 0x0200, to_b).unwrap();
+//!
+//! // B arms input buffer 0: one 4 KiB element, handed to the fabric (SLSB 0x41).
+//! b.set_sbale(IN_SBALS, 0, 0, 4096, DATA);
+//! b.write(IN_SLSB, &[0x41]);
+//!
+//! // A primes output buffer 0: a 32-byte layer-3 header (id 0x01, cast unicast 0x06,
+//! // packet length at 8, IPv4 next hop at 0x1C), the packet after it, one element
+//! // with LAST_ENTRY (0x40), SLSB 0x62.
+//! let packet = b"hello, partition 2";
+//! let mut frame = [0u8; 32 + 18];
+//! frame[0] = 0x01;
+//! frame[1] = 0x06;
+//! frame[8..10].copy_from_slice(&(packet.len() as u16).to_be_bytes());
+//! frame[0x1C..0x20].copy_from_slice(&[10, 0, 0, 2]);
+//! frame[32..].copy_from_slice(packet);
+//! a.write(DATA, &frame);
+//! a.set_sbale(OUT_SBALS, 0, 0x40, frame.len() as u32, DATA);
+//! a.write(OUT_SLSB, &[0x62]);
+//!
+//! // A's SIGA trap (function code in r0, subchannel in r1, mask in r2): cc0.
+//! let report = FABRIC.siga(1, 0x0100, 0, 1 << 31).map_err(|e| e.condition_code());
+//! assert_eq!(report.map(|r| (r.delivered, r.interrupts)), Ok((1, 1)));
+//!
+//! // Synchronous: A's buffer is back (0xA1), B's is primed (0x82) with the frame, its
+//! // global summary byte is set, and B's vCPU got the interrupt through its cookie.
+//! assert_eq!(a.read::<1>(OUT_SLSB), [0xA1]);
+//! assert_eq!(b.read::<1>(IN_SLSB), [0x82]);
+//! assert_eq!(b.read::<16>(IN_SBALS)[4..8], (frame.len() as u32).to_be_bytes());
+//! assert_eq!(b.read::<50>(DATA), frame);
+//! assert_ne!(b.read::<1>(INDICATORS + 2), [0]);
+//! assert_eq!(FABRIC.platform().last_cookie.load(Ordering::Relaxed), 7);
+//!
+//! // A SIGA on a subchannel that was never established: what crosses back to the
+//! // partition is the condition code and the busy bit, cc3 here, nothing done.
+//! let (cc, busy) = match FABRIC.siga(1, 0x0300, 0, 1 << 31) {
 //!     Ok(_) => (0, 0),
 //!     Err(e) => (e.condition_code() as u64, u64::from(e.busy_bit())),
 //! };
-//! assert_eq!((cc, busy), (3, 0), "subchannel 0x0100 was never established: not IQDIO");
+//! assert_eq!((cc, busy), (3, 0), "subchannel 0x0300 was never established: not IQDIO");
 //! ```
 //!
 //! This is what the repository's hypervisor image does (`hyp/`, crate `iqdio-hyp`): its
 //! fabric is a static, each core's partition runs at EL1 in its own stage-2 space, the
 //! window registered at the partition's guest-physical address, and its HVC trap
 //! handler (`hyp/src/vm/trap.rs`) makes exactly this call for SIGA, `establish` from a
-//! byte-exact block it reads with [`Fabric::copy_from_partition`], and
-//! `raise_interrupt` becomes an SGI that the receiver's core turns into a virtual IRQ.
+//! byte-exact block it reads with [`Fabric::copy_from_partition`] (the cookie its own:
+//! the partition's core), and `raise_interrupt` becomes an SGI to the core the cookie
+//! names, which that core turns into a virtual IRQ.
 //! The program side, for a partition's own driver, is in [`driver`]; the crate's
-//! integration tests and the hypervisor's partition program show whole partitions.
+//! integration tests (`tests/embedding.rs` embeds the crate as a hypervisor would) and
+//! the hypervisor's partition program show whole partitions.
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -194,7 +302,7 @@ pub use fabric::{
 pub use guest::Window;
 #[cfg(feature = "test-hooks")]
 pub use platform::LockPoint;
-pub use platform::{CallContext, InterruptTarget, Platform};
+pub use platform::{CallContext, InterruptDelivery, InterruptTarget, Platform};
 pub use qdio::{Mfs, Reason};
 pub use queue::CounterSnapshot;
 pub use table::{HashSeed, LparId, SourceKey};

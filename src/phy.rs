@@ -51,7 +51,7 @@
 //! use core::ptr::NonNull;
 //! use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region};
 //! use iqdio::phy::{IqdioDevice, rx_buffer_len, tx_buffer_len};
-//! use iqdio::{Fabric, FabricConfig, InterruptTarget, Mfs, Platform};
+//! use iqdio::{Fabric, FabricConfig, InterruptDelivery, InterruptTarget, Mfs, Platform};
 //! use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 //! use smoltcp::socket::udp;
 //! use smoltcp::time::Instant;
@@ -59,7 +59,9 @@
 //!
 //! struct Host;
 //! impl Platform for Host {
-//!     fn raise_interrupt(&self, _: InterruptTarget) {}
+//!     fn raise_interrupt(&self, _: InterruptTarget) -> InterruptDelivery {
+//!         InterruptDelivery::Delivered
+//!     }
 //!     fn now_ns(&self) -> u64 { 0 }
 //! }
 //! static FABRIC: Fabric<Host, 4, 16> = Fabric::new(Host, FabricConfig::DEFAULT);

@@ -2,13 +2,41 @@
 
 use crate::table::LparId;
 
-/// Where an interrupt goes: the receiving partition and its subchannel.
+/// Where an interrupt goes: the receiving partition, its subchannel, and the
+/// hypervisor's own routing data for that queue set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InterruptTarget {
     /// The partition to interrupt.
     pub lpar: LparId,
     /// The subchannel whose queue got work.
     pub subchannel: u16,
+    /// The queue set's interrupt cookie, as the hypervisor gave it at establish
+    /// ([`QueueSetParams::interrupt_cookie`](crate::QueueSetParams::interrupt_cookie)):
+    /// e.g. the receiving vCPU and the virtual INTID, so that raising needs no lookup.
+    /// The fabric never interprets it.
+    pub cookie: u64,
+}
+
+/// What became of an interrupt the fabric asked for ([`Platform::raise_interrupt`]).
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptDelivery {
+    /// Posted: the partition will take it (an SGI sent, a list register written).
+    Delivered,
+    /// Not posted (no vCPU to take it, no free list register, the partition is being
+    /// torn down). The fabric counts it apart from the raised ones
+    /// ([`CounterSnapshot::interrupts_dropped`](crate::CounterSnapshot::interrupts_dropped)),
+    /// and since the receiver's summary byte stays pending, the delay fallback
+    /// ([`Fabric::expire_delays`](crate::Fabric::expire_delays)) raises it again once
+    /// the delay has passed.
+    Dropped,
+}
+
+impl InterruptDelivery {
+    /// Whether the interrupt was posted.
+    pub const fn delivered(self) -> bool {
+        matches!(self, Self::Delivered)
+    }
 }
 
 /// Where a fabric entry runs, as the platform tells it ([`Platform::context`]); see
@@ -55,9 +83,10 @@ pub enum LockPoint {
 /// wait for anything a fabric entry on another core may hold, and should be quick
 /// (post an interrupt, read a counter).
 pub trait Platform: Sync {
-    /// Raises an I/O interrupt (adapter interrupt) for `target`. The fabric calls this
-    /// exactly when its interrupt decision says so.
-    fn raise_interrupt(&self, target: InterruptTarget);
+    /// Raises an I/O interrupt (adapter interrupt) for `target`, and says whether it
+    /// was posted. The fabric calls this exactly when its interrupt decision says so;
+    /// `target.cookie` is the hypervisor's own routing data for the queue set.
+    fn raise_interrupt(&self, target: InterruptTarget) -> InterruptDelivery;
 
     /// A monotonic clock in nanoseconds, for the interrupt decision's time stamps.
     fn now_ns(&self) -> u64;
@@ -80,8 +109,8 @@ pub trait Platform: Sync {
 }
 
 impl<P: Platform + ?Sized> Platform for &P {
-    fn raise_interrupt(&self, target: InterruptTarget) {
-        (**self).raise_interrupt(target);
+    fn raise_interrupt(&self, target: InterruptTarget) -> InterruptDelivery {
+        (**self).raise_interrupt(target)
     }
 
     fn now_ns(&self) -> u64 {

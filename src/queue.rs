@@ -80,6 +80,8 @@ pub(crate) struct Inbound {
     pub(crate) summary: u8,
     /// The receiver's "interrupt immediately" override.
     pub(crate) interrupt_immediately: bool,
+    /// The hypervisor's interrupt cookie, handed back in every interrupt's target.
+    pub(crate) cookie: u64,
     /// The owner, for the interrupt's target.
     pub(crate) owner: SourceKey,
 }
@@ -116,6 +118,7 @@ impl QueueControl {
                 indicators: None,
                 summary: 0,
                 interrupt_immediately: false,
+                cookie: 0,
                 owner: SourceKey {
                     lpar: 0,
                     subchannel: 0,
@@ -160,7 +163,13 @@ struct RxCounters {
     bytes_received: AtomicU64,
     sbals_received: AtomicU64,
     refused_full: AtomicU64,
+    /// Written without the inbound lock (sends to a suspended partition take none).
+    refused_suspended: AtomicU64,
+    /// Written after the platform answered, without the inbound lock (the interrupt is
+    /// raised once it is released): several senders may add at once.
     interrupts_raised: AtomicU64,
+    /// As `interrupts_raised`.
+    interrupts_dropped: AtomicU64,
     interrupts_suppressed: AtomicU64,
 }
 
@@ -198,7 +207,9 @@ impl Counters {
                 bytes_received: AtomicU64::new(0),
                 sbals_received: AtomicU64::new(0),
                 refused_full: AtomicU64::new(0),
+                refused_suspended: AtomicU64::new(0),
                 interrupts_raised: AtomicU64::new(0),
+                interrupts_dropped: AtomicU64::new(0),
                 interrupts_suppressed: AtomicU64::new(0),
             },
         }
@@ -215,7 +226,9 @@ impl Counters {
             &self.rx.bytes_received,
             &self.rx.sbals_received,
             &self.rx.refused_full,
+            &self.rx.refused_suspended,
             &self.rx.interrupts_raised,
+            &self.rx.interrupts_dropped,
             &self.rx.interrupts_suppressed,
         ];
         for c in all.into_iter().chain(self.tx.errors.iter()) {
@@ -254,16 +267,26 @@ impl Counters {
         self.tx.busy.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An interrupt decision for this queue (inbound lock held).
-    pub(crate) fn interrupt(&self, raised: bool) {
-        add_locked(
-            if raised {
-                &self.rx.interrupts_raised
-            } else {
-                &self.rx.interrupts_suppressed
-            },
-            1,
-        );
+    /// A send to this queue refused because its partition is suspended: no lock of
+    /// this queue control held.
+    pub(crate) fn refused_suspended(&self) {
+        self.rx.refused_suspended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery to this queue that raised no interrupt (inbound lock held).
+    pub(crate) fn suppressed(&self) {
+        add_locked(&self.rx.interrupts_suppressed, 1);
+    }
+
+    /// An interrupt raised for this queue, as the platform answered: posted or
+    /// dropped. The inbound lock is released by then, so senders may race here.
+    pub(crate) fn raised(&self, delivered: bool) {
+        let c = if delivered {
+            &self.rx.interrupts_raised
+        } else {
+            &self.rx.interrupts_dropped
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
@@ -277,8 +300,10 @@ impl Counters {
             sbals_received: get(&self.rx.sbals_received),
             errors: core::array::from_fn(|i| get(&self.tx.errors[i])),
             refused_full: get(&self.rx.refused_full),
+            refused_suspended: get(&self.rx.refused_suspended),
             busy: get(&self.tx.busy),
             interrupts_raised: get(&self.rx.interrupts_raised),
+            interrupts_dropped: get(&self.rx.interrupts_dropped),
             interrupts_suppressed: get(&self.rx.interrupts_suppressed),
         }
     }
@@ -303,10 +328,18 @@ pub struct CounterSnapshot {
     pub errors: [u64; REASONS],
     /// Sends to this queue set refused because its input queue was full.
     pub refused_full: u64,
+    /// Sends to this queue set refused because its partition was suspended
+    /// ([`Fabric::suspend`](crate::Fabric::suspend)); the senders read 0x10 (target
+    /// full), but these are not in `refused_full`.
+    pub refused_suspended: u64,
     /// SIGAs on this queue set answered cc2 busy.
     pub busy: u64,
-    /// Interrupts raised for this queue set.
+    /// Interrupts raised for this queue set that the platform posted
+    /// ([`InterruptDelivery::Delivered`](crate::InterruptDelivery::Delivered)).
     pub interrupts_raised: u64,
+    /// Interrupts the fabric asked for that the platform did not post
+    /// ([`InterruptDelivery::Dropped`](crate::InterruptDelivery::Dropped)).
+    pub interrupts_dropped: u64,
     /// Deliveries to this queue set that raised no interrupt.
     pub interrupts_suppressed: u64,
 }
@@ -357,11 +390,15 @@ mod tests {
         c.error(Reason::TargetFull);
         c.error(Reason::ZeroLength);
         c.error(Reason::HeaderId);
-        c.interrupt(true);
-        c.interrupt(false);
-        c.interrupt(false);
+        c.raised(true);
+        c.raised(false);
+        c.raised(false);
+        c.raised(false);
+        c.suppressed();
+        c.suppressed();
         c.busy();
         c.refused_full();
+        c.refused_suspended();
         let s = c.snapshot();
         assert_eq!((s.frames_sent, s.bytes_sent, s.sbals_sent), (3, 300, 1));
         assert_eq!(
@@ -371,8 +408,15 @@ mod tests {
         assert_eq!(s.errors_for(Reason::TargetFull), 2);
         assert_eq!(s.malformed(), 2);
         assert_eq!(s.errors_total(), 4);
-        assert_eq!((s.interrupts_raised, s.interrupts_suppressed), (1, 2));
-        assert_eq!((s.busy, s.refused_full), (1, 1));
+        assert_eq!(
+            (
+                s.interrupts_raised,
+                s.interrupts_dropped,
+                s.interrupts_suppressed
+            ),
+            (1, 3, 2)
+        );
+        assert_eq!((s.busy, s.refused_full, s.refused_suspended), (1, 1, 1));
         c.reset();
         assert_eq!(c.snapshot(), CounterSnapshot::default());
     }

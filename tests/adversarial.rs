@@ -1135,6 +1135,7 @@ fn layout(i: usize) -> iqdio::QueueSetParams {
         middle_indicator: ctl + 257,
         global_indicator: ctl + 258,
         interrupt_immediately: false,
+        interrupt_cookie: 0,
     }
 }
 
@@ -1445,6 +1446,7 @@ fn queue_structures_aliased_onto_each_other() {
         middle_indicator: s + 5,
         global_indicator: s + 6,
         interrupt_immediately: false,
+        interrupt_cookie: 0,
     };
     // Over A's own queue set 0 (its SBAL 100 and its SLSB)...
     let e = w.fab.establish(1, 1, &p).unwrap_err();

@@ -477,7 +477,7 @@ fn siga_condition_codes() {
 
 #[test]
 fn a_siga_on_a_queue_another_siga_holds_is_busy_cc2() {
-    use iqdio::{InterruptTarget, Platform};
+    use iqdio::{InterruptDelivery, InterruptTarget, Platform};
     // A platform that, when asked to interrupt, issues SIGA on the sending queue:
     // the sender's outbound lock is held at that moment, so that SIGA must be busy.
     struct Reenter {
@@ -485,9 +485,10 @@ fn a_siga_on_a_queue_another_siga_holds_is_busy_cc2() {
         seen: std::sync::Mutex<Vec<Result<iqdio::SigaReport, SigaError>>>,
     }
     impl Platform for Reenter {
-        fn raise_interrupt(&self, _t: InterruptTarget) {
+        fn raise_interrupt(&self, _t: InterruptTarget) -> InterruptDelivery {
             let f = self.fabric.get().unwrap();
             self.seen.lock().unwrap().push(f.siga_write(1, 0, 1 << 31));
+            InterruptDelivery::Delivered
         }
         fn now_ns(&self) -> u64 {
             0

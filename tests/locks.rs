@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::{GuestRam, PAGE, v4, within};
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver};
 use iqdio::{
-    CallContext, Fabric, FabricConfig, InterruptTarget, LockPoint, Mfs, Platform,
-    RegistrationError, SigaError,
+    CallContext, Fabric, FabricConfig, InterruptDelivery, InterruptTarget, LockPoint, Mfs,
+    Platform, RegistrationError, SigaError,
 };
 
 type HookFabric = Fabric<Hooks, 8, 16>;
@@ -93,12 +93,13 @@ impl Hooks {
 }
 
 impl Platform for Hooks {
-    fn raise_interrupt(&self, t: InterruptTarget) {
+    fn raise_interrupt(&self, t: InterruptTarget) -> InterruptDelivery {
         self.log(Event::Interrupt(t.lpar));
         let hook = self.on_interrupt.lock().unwrap().take();
         if let Some(mut f) = hook {
             f(&self.fabric());
         }
+        InterruptDelivery::Delivered
     }
 
     fn now_ns(&self) -> u64 {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use common::{GuestRam, PAGE, v4};
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, SendError};
-use iqdio::{Fabric, FabricConfig, InterruptTarget, Mfs, Platform, Reason};
+use iqdio::{Fabric, FabricConfig, InterruptDelivery, InterruptTarget, Mfs, Platform, Reason};
 use loom::sync::atomic::{AtomicU32, Ordering};
 
 #[derive(Default)]
@@ -32,8 +32,9 @@ struct LoomPlatform {
 }
 
 impl Platform for LoomPlatform {
-    fn raise_interrupt(&self, t: InterruptTarget) {
+    fn raise_interrupt(&self, t: InterruptTarget) -> InterruptDelivery {
         self.raised[usize::from(t.lpar)].fetch_add(1, Ordering::SeqCst);
+        InterruptDelivery::Delivered
     }
     fn now_ns(&self) -> u64 {
         0

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region};
-use iqdio::{Fabric, FabricConfig, InterruptTarget, Mfs, Platform, Window};
+use iqdio::{Fabric, FabricConfig, InterruptDelivery, InterruptTarget, Mfs, Platform, Window};
 
 pub const PAGE: usize = 4096;
 /// Guest-physical base of every partition's window (each has its own address space).
@@ -94,10 +94,11 @@ impl WakePlatform {
 }
 
 impl Platform for WakePlatform {
-    fn raise_interrupt(&self, target: InterruptTarget) {
+    fn raise_interrupt(&self, target: InterruptTarget) -> InterruptDelivery {
         let (m, c) = &self.0.wake[usize::from(target.lpar)];
         *m.lock().unwrap() += 1;
         c.notify_all();
+        InterruptDelivery::Delivered
     }
 
     fn now_ns(&self) -> u64 {
@@ -114,8 +115,9 @@ pub struct QuietPlatform {
 }
 
 impl Platform for QuietPlatform {
-    fn raise_interrupt(&self, _target: InterruptTarget) {
+    fn raise_interrupt(&self, _target: InterruptTarget) -> InterruptDelivery {
         self.interrupts.fetch_add(1, Ordering::Relaxed);
+        InterruptDelivery::Delivered
     }
 
     fn now_ns(&self) -> u64 {

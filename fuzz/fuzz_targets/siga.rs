@@ -65,6 +65,7 @@ fn raw_params(base: u64) -> QueueSetParams {
         middle_indicator: base + IND + 0x40,
         global_indicator: base + IND + 0x80,
         interrupt_immediately: false,
+        interrupt_cookie: 0,
     }
 }
 

@@ -11,7 +11,7 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use iqdio::{InterruptTarget, Platform, Window};
+use iqdio::{InterruptDelivery, InterruptTarget, Platform, Window};
 
 /// Page size: windows and guards are whole pages.
 pub const PAGE: usize = 4096;
@@ -216,10 +216,11 @@ pub struct FuzzPlatform {
 }
 
 impl Platform for FuzzPlatform {
-    fn raise_interrupt(&self, target: InterruptTarget) {
+    fn raise_interrupt(&self, target: InterruptTarget) -> InterruptDelivery {
         if let Some(c) = self.raised.get(usize::from(target.lpar)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        InterruptDelivery::Delivered
     }
 
     fn now_ns(&self) -> u64 {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region};
-use iqdio::{Fabric, FabricConfig, InterruptTarget, Mfs, Platform, Window};
+use iqdio::{Fabric, FabricConfig, InterruptDelivery, InterruptTarget, Mfs, Platform, Window};
 
 pub const PAGE: usize = 4096;
 /// Guest-physical base of every partition's window: each partition has its own
@@ -163,12 +163,13 @@ impl TestPlatform {
 }
 
 impl Platform for TestPlatform {
-    fn raise_interrupt(&self, target: InterruptTarget) {
+    fn raise_interrupt(&self, target: InterruptTarget) -> InterruptDelivery {
         let i = usize::from(target.lpar);
         self.0.raised[i].fetch_add(1, Ordering::SeqCst);
         let (m, c) = &self.0.wake[i];
         *m.lock().unwrap() += 1;
         c.notify_all();
+        InterruptDelivery::Delivered
     }
 
     fn now_ns(&self) -> u64 {

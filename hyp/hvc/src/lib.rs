@@ -282,7 +282,8 @@ impl EstablishBlock {
     }
 
     /// The fabric's parameters from this block and the two storage lists read at
-    /// `input_sl` and `output_sl`.
+    /// `input_sl` and `output_sl`. The interrupt cookie is 0: it is not the
+    /// partition's to give; the hypervisor sets its own before it establishes.
     pub fn params(&self, input_sl: &[u8; SL_LEN], output_sl: &[u8; SL_LEN]) -> QueueSetParams {
         QueueSetParams {
             output_sbals: decode_sl(output_sl),
@@ -293,6 +294,7 @@ impl EstablishBlock {
             middle_indicator: self.middle_indicator,
             global_indicator: self.global_indicator,
             interrupt_immediately: self.interrupt_immediately,
+            interrupt_cookie: 0,
         }
     }
 }

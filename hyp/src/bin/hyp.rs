@@ -152,7 +152,9 @@ mod image {
             };
             let result = Indicators::new(&mut region).ok().and_then(|ind| {
                 let mut queue = QueueDriver::new(&mut region, &ind, config).ok()?;
-                FABRIC.establish(MEASURE_LPAR, 0, &queue.params()).ok()?;
+                let mut params = queue.params();
+                params.interrupt_cookie = vm::interrupt_cookie(MEASURE_LPAR);
+                FABRIC.establish(MEASURE_LPAR, 0, &params).ok()?;
                 FABRIC.register_address(MEASURE_LPAR, 0, ip).ok()?;
                 let port = FABRIC.port(MEASURE_LPAR);
                 measure::siga_cost(&mut queue, &port, ip, COST_ROUNDS, board::ticks).ok()

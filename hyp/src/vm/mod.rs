@@ -30,7 +30,10 @@ use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use iqdio::{CallContext, Fabric, FabricConfig, InterruptTarget, LparId, Mfs, Platform, Window};
+use iqdio::{
+    CallContext, Fabric, FabricConfig, InterruptDelivery, InterruptTarget, LparId, Mfs, Platform,
+    Window,
+};
 
 use crate::board::{self, MAX_CORES, VcpuRegs};
 
@@ -94,18 +97,31 @@ pub fn seed_fabric() {
     }
 }
 
+/// The interrupt cookie the hypervisor gives each of `lpar`'s queue sets at establish:
+/// the core that runs the partition (LPAR ids are core numbers here), where the SGI
+/// goes; that core injects [`vgic::ADAPTER_VINTID`]. The fabric hands it back in every
+/// interrupt target, so raising needs no lookup.
+pub const fn interrupt_cookie(lpar: LparId) -> u64 {
+    lpar as u64
+}
+
 /// The hypervisor as the fabric's platform: an interrupt is a GICv3 SGI to the
-/// receiver's core, which injects a virtual IRQ into its partition
-/// ([`vgic::partition_interrupt`]); the clock is the generic timer.
+/// receiver's core (the queue set's cookie, [`interrupt_cookie`]), which injects a
+/// virtual IRQ into its partition ([`vgic::partition_interrupt`]); the clock is the
+/// generic timer.
 pub struct HypPlatform;
 
 impl Platform for HypPlatform {
-    fn raise_interrupt(&self, target: InterruptTarget) {
-        let core = usize::from(target.lpar);
-        // LPAR ids are core numbers; an id without a core has nobody to interrupt (and
-        // no panic path: this runs inside a partition's SIGA).
-        if core < board::cores() {
-            board::gic::send_sgi_raw(core, board::gic::PARTITION_SGI);
+    fn raise_interrupt(&self, target: InterruptTarget) -> InterruptDelivery {
+        // The cookie names the core; one without a core (a partition of the
+        // hypervisor's own, such as the SIGA measurement's) has nobody to interrupt:
+        // dropped, and counted so. No panic path: this runs inside a partition's SIGA.
+        match usize::try_from(target.cookie) {
+            Ok(core) if core < board::cores() => {
+                board::gic::send_sgi_raw(core, board::gic::PARTITION_SGI);
+                InterruptDelivery::Delivered
+            }
+            _ => InterruptDelivery::Dropped,
         }
     }
 

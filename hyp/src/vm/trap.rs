@@ -206,7 +206,8 @@ fn establish(lpar: LparId, sch: u64, block_addr: u64) -> u64 {
     {
         return RC_OUTSIDE_MEMORY;
     }
-    let params = block.params(&input, &output);
+    let mut params = block.params(&input, &output);
+    params.interrupt_cookie = super::interrupt_cookie(lpar);
     FABRIC
         .establish(lpar, sch, &params)
         .map_or_else(|e| u64::from(e.code()), |_| RC_OK)

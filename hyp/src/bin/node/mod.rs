@@ -10,18 +10,25 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
 use iqdio::{
-    CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptTarget, Mfs, Platform, Port,
-    Reason, Siga, SigaFunction, SigaStatus,
+    CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptDelivery, InterruptTarget, Mfs,
+    Platform, Port, Reason, Siga, SigaFunction, SigaStatus,
 };
 use iqdio_hyp::board::{self, MAX_CORES};
 
 /// The board as the fabric's platform: an interrupt is a GICv3 SGI to the partition's
-/// core (LPAR id = core number), the clock is the generic timer.
+/// core, which each queue set names in its interrupt cookie (set in `Node::register`),
+/// the clock is the generic timer.
 pub struct BoardPlatform;
 
 impl Platform for BoardPlatform {
-    fn raise_interrupt(&self, target: InterruptTarget) {
-        board::send_sgi(usize::from(target.lpar));
+    fn raise_interrupt(&self, target: InterruptTarget) -> InterruptDelivery {
+        match usize::try_from(target.cookie) {
+            Ok(core) if core < board::cores() => {
+                board::send_sgi(core);
+                InterruptDelivery::Delivered
+            }
+            _ => InterruptDelivery::Dropped,
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -218,8 +225,10 @@ impl Node {
 
     fn register(&mut self, fabric: &BoardFabric) -> Result<(), &'static str> {
         let lpar = self.core as u8;
-        masked(|| fabric.establish(lpar, 0, &self.queue.params()))
-            .map_err(|_| "establish refused")?;
+        let mut params = self.queue.params();
+        // The core to interrupt: this partition's own.
+        params.interrupt_cookie = self.core as u64;
+        masked(|| fabric.establish(lpar, 0, &params)).map_err(|_| "establish refused")?;
         for ip in [v4(self.core), v6(self.core)] {
             masked(|| fabric.register_address(lpar, 0, ip))
                 .map_err(|_| "register_address refused")?;
