@@ -227,11 +227,14 @@ test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
      Running tests/fabric.rs
 test result: FAILED. 10 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.20s
    Doc-tests iqdio
-test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+
+all doctests ran in 1.18s; merged doctests compilation took 1.16s
 test result: garbage
 some line mentioning 5 passed; 1 failed
 ";
-        assert_eq!(test_results(output), (13, 2, 3));
+        // The doc-tests (the crate docs' embedding example among them) count too.
+        assert_eq!(test_results(output), (15, 2, 3));
     }
 
     #[test]
