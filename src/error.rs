@@ -80,6 +80,21 @@ impl<T> From<&Result<T, SigaError>> for SigaStatus {
     }
 }
 
+impl core::fmt::Display for SigaStatus {
+    /// As the program sees it: the condition code, and the busy bit when set.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "SIGA cc{}", self.condition_code as u8)?;
+        if self.busy & SIGA_BUSY_BIT != 0 {
+            f.write_str(", busy")?;
+        }
+        Ok(())
+    }
+}
+
+/// A status other than cc0 is the program's view of a failed SIGA
+/// ([`SendError::Siga`](crate::driver::SendError::Siga)).
+impl core::error::Error for SigaStatus {}
+
 /// Why a SIGA did nothing at all (per-buffer errors go into the SBALs instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SigaError {
@@ -343,6 +358,14 @@ mod tests {
                 with: QueueField::OutputSbal(3),
             }),
             "input SLSB overlaps output SBAL 3 (0xF00B)"
+        );
+        assert_eq!(
+            error(&SigaStatus::of_error(SigaError::Busy)),
+            "SIGA cc2, busy"
+        );
+        assert_eq!(
+            error(&SigaStatus::of_error(SigaError::QueuesNotActive)),
+            "SIGA cc1"
         );
         assert_eq!(
             error(&crate::Reason::TargetFull),
