@@ -14,6 +14,7 @@ mod checks;
 mod decode;
 mod fuzz;
 mod linux;
+mod panics;
 mod parse;
 mod qemu;
 mod stress;
@@ -94,6 +95,12 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Check that no panic path is reachable from the library's fabric entries (SIGA,
+    /// registration, the delay fallback) in the release hypervisor image: disassemble
+    /// it (llvm-objdump), walk the static call graph, print every chain to a panic
+    /// entry. Ends with `panics: R roots, F functions reached, P panic paths`; fails
+    /// if P > 0. Also a step of `test`.
+    Panics,
     /// Model-check the locks and the completion-vector protocol with loom
     /// (`--cfg iqdio_loom`, release, its own target directory). Also a step of `test`.
     Loom,
@@ -186,6 +193,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Loom => checks::subcommand("loom", checks::loom),
+        Command::Panics => panics::run(),
         Command::Miri { quick } => checks::subcommand("miri", || checks::miri(quick)),
         Command::Bench(args) => bench::run(args),
         Command::LinuxBare(args) => linux::bare(args),

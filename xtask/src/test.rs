@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::{
     boots::{TEST_BOOTS, TestResult},
     cargo::{self, TARGET},
-    checks, parse, qemu, stress,
+    checks, panics, parse, qemu, stress,
 };
 
 /// Features of the host test and clippy runs: every optional part of the library.
@@ -130,6 +130,7 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         )?;
         loom(&mut tally)?;
+        no_panic_paths(&mut tally);
         stress_host(&mut tally);
     }
     test_boots(&mut tally)?;
@@ -187,6 +188,33 @@ fn host_tests(tally: &mut Tally) -> Result<()> {
     }
     tally.step(name, start.elapsed(), summary);
     Ok(())
+}
+
+/// `cargo xtask panics`, counted as one test: no panic path reachable from the fabric
+/// in the release hypervisor image.
+fn no_panic_paths(tally: &mut Tally) {
+    let name = "no panic paths (image)";
+    eprintln!("xtask: == {name}: cargo xtask panics");
+    let start = Instant::now();
+    let summary = match panics::check() {
+        Ok(true) => {
+            tally.passed += 1;
+            "ok".to_string()
+        }
+        Ok(false) => {
+            tally.failed += 1;
+            tally.failures.push(format!(
+                "{name}: a panic path is reachable (see `panics:` above)"
+            ));
+            "FAILED".to_string()
+        }
+        Err(e) => {
+            tally.failed += 1;
+            tally.failures.push(format!("{name}: {e:#}"));
+            format!("FAILED: {e:#}")
+        }
+    };
+    tally.step(name, start.elapsed(), summary);
 }
 
 /// Counts a stress run as one test.
