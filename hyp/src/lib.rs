@@ -1,5 +1,14 @@
-//! The QEMU `virt` side of iqdio: board support (boot, PSCI, GICv3, PL011, defmt logger,
-//! critical section, generic timer) and the bare-metal images that run the library.
+//! The iqdio hypervisor for QEMU `virt`: every core at EL2, core N running partition N at
+//! EL1 in its own stage-2 address space, the fabric beneath them as a static.
+//!
+//! - [`board`]: the EL2 side of each core: boot, PSCI, GICv3, PL011, defmt logger,
+//!   critical section, generic timer, and the vectors (a partition's trap saves every
+//!   register and may return to the hypervisor instead of the partition).
+//! - [`vm`]: the partitions: stage-2 tables, virtual interrupts through list registers,
+//!   the HVC interface (`iqdio-hvc`) in front of the fabric, the stop of a partition
+//!   that misbehaves, the ELF loader of the partition program (`iqdio-guest`).
+//! - The images (`src/bin/`): `hyp`, what `cargo xtask run` boots (the demo, `tcp`,
+//!   `hostile`), and `selftest`.
 //!
 //! This crate holds every global item (entry point, exception vectors, panic handler,
 //! defmt logger, critical-section implementation), so the `iqdio` library stays free
