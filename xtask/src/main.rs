@@ -2,7 +2,7 @@
 //! `qemu-system-aarch64`, decodes their defmt logs, and runs the whole test suite.
 //!
 //! ```text
-//! cargo xtask run                 # boot the partitions demo (4 cores)
+//! cargo xtask run                 # boot the hypervisor: 4 partitions at EL1, the demo
 //! cargo xtask test                # host tests, clippy, target build, test boots
 //! cargo xtask selftest --smp 8    # boot the on-target self-test alone
 //! ```
@@ -38,7 +38,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build the `partitions` image and boot it: every core is one partition.
+    /// Build the hypervisor image `hyp` (with the partition program it embeds) and boot
+    /// it: every core at EL2 runs one partition at EL1.
     ///
     /// The options reach the image as build-time environment variables (IQDIO_FRAMES,
     /// IQDIO_MFS, IQDIO_SCENARIO), so changing one rebuilds only the image. The exit
@@ -53,7 +54,8 @@ enum Command {
         /// Maximum frame size in KiB (IQDIO_MFS).
         #[arg(long, value_parser = ["16", "24", "40", "64"])]
         mfs: Option<String>,
-        /// Scenario to run (IQDIO_SCENARIO); the image's default if omitted.
+        /// Scenario to run (IQDIO_SCENARIO): `partitions` (the default), `tcp`, or
+        /// `hostile` (3 cores or more).
         #[arg(long, value_name = "NAME")]
         scenario: Option<String>,
         /// Stop QEMU after this many seconds.
