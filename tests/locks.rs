@@ -265,6 +265,67 @@ fn a_waiting_registration_gets_the_table_lock_between_buffers() {
     drop((a, b.ind));
 }
 
+/// Issue 17 item 4: suspending a partition in the middle of its write-multiple. The
+/// suspension waits for one buffer only (the send steps out between buffers); the
+/// send then ends with what it handled, the rest stays primed in the partition's
+/// queue, and after the resume its next SIGA sends the rest, in order: nothing lost.
+#[test]
+fn a_suspension_gets_in_between_buffers_and_the_rest_waits_for_the_resume() {
+    let fab = new_fabric(u64::MAX);
+    let mut a = part(&fab, 1, cfg(false));
+    let mut b = part(&fab, 2, cfg(true));
+    const N: usize = 8;
+    for i in 0..N {
+        a.q.prime(v4(2, 0), &[i as u8; 64]).unwrap();
+    }
+    // At the first buffer's interrupt (the send holds the table lock shared): suspend
+    // the sender from another core, and wait until the suspension waits.
+    let suspension: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
+    {
+        let suspension = suspension.clone();
+        *fab.platform().on_interrupt.lock().unwrap() = Some(Box::new(move |fab| {
+            let f = fab.clone();
+            *suspension.lock().unwrap() = Some(std::thread::spawn(move || {
+                f.suspend(1).unwrap();
+            }));
+            wait_for("the suspension waits", || {
+                fab.platform().writer_waiting.load(Ordering::SeqCst)
+            });
+        }));
+    }
+    fab.platform().writer_waiting.store(false, Ordering::SeqCst);
+    let f = fab.clone();
+    let first = within(Duration::from_secs(60), move || {
+        f.siga_write_multiple(1, 0, 1 << 31).unwrap()
+    });
+    suspension.lock().unwrap().take().unwrap().join().unwrap();
+    assert_eq!((first.buffers, first.delivered), (1, 1));
+    let states: Vec<u8> = (0..N as u8).map(|n| a.q.output_state(n).0).collect();
+    let mut want = vec![0x62; N];
+    want[0] = 0xA1;
+    assert_eq!(states, want, "the rest still primed");
+    assert_eq!(
+        fab.siga_write_multiple(1, 0, 1 << 31),
+        Err(SigaError::Suspended)
+    );
+
+    fab.resume(1).unwrap();
+    let rest = fab.siga_write_multiple(1, 0, 1 << 31).unwrap();
+    assert_eq!(usize::from(rest.delivered), N - 1);
+    let mut got = Vec::new();
+    while b
+        .q
+        .receive(|fr| {
+            let mut p = [0u8; 64];
+            fr.copy_to(&mut p);
+            got.push(p[0]);
+        })
+        .is_some()
+    {}
+    assert_eq!(got, (0..N as u8).collect::<Vec<_>>());
+    drop((a, b.ind));
+}
+
 /// Issue 9, defect 8, under load: registrations keep completing while another
 /// partition streams write-multiples, and none waits for more than one buffer of it.
 #[test]
