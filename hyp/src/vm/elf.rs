@@ -103,7 +103,7 @@ pub unsafe fn load(
     len: usize,
     base: u64,
 ) -> Result<u64, &'static str> {
-    parse(image, len, base, |s| {
+    let entry = parse(image, len, base, |s| {
         // SAFETY: `parse` checked the segment lies inside the file and the window (and
         // file_len <= mem_len); the caller vouches for the window.
         unsafe {
@@ -111,5 +111,37 @@ pub unsafe fn load(
             core::ptr::copy_nonoverlapping(image.as_ptr().add(s.file_offset), dst, s.file_len);
             core::ptr::write_bytes(dst.add(s.file_len), 0, s.mem_len - s.file_len);
         }
-    })
+        clean_to_pou(host.as_ptr().addr() + s.offset, s.file_len);
+    })?;
+    // The partition fetches as instructions what was just written as data: with the data
+    // cleaned to the point of unification, drop stale instructions (Arm ARM D7.5.9,
+    // instruction cache coherency). QEMU needs none of it; real cores do.
+    // SAFETY: cache maintenance and barriers have no effect besides coherency.
+    unsafe {
+        core::arch::asm!(
+            "dsb ish",
+            "ic ialluis",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+    Ok(entry)
+}
+
+/// Cleans `len` bytes from `addr` to the point of unification, line by line (the
+/// smallest data-cache line, from CTR_EL0.DminLine).
+fn clean_to_pou(addr: usize, len: usize) {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe {
+        core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags))
+    };
+    let line = 4usize << (ctr >> 16 & 0xf);
+    let mut a = addr & !(line - 1);
+    while a < addr + len {
+        // SAFETY: DC CVAU on mapped memory (the window) only cleans a cache line.
+        unsafe { core::arch::asm!("dc cvau, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += line;
+    }
 }
