@@ -212,6 +212,13 @@ pub enum RegistrationError {
     /// [`context`](crate::Platform::context) said so), against the
     /// [execution contract](crate#execution-contract); nothing was done.
     InterruptContext,
+    /// The hypervisor's error, never a partition's: a [`Window`](crate::Window)'s host
+    /// address is not congruent to its guest address modulo 256
+    /// ([`HOST_ALIGN`](crate::HOST_ALIGN)), refused when the partition is added;
+    /// or a [`GuestMemory`](crate::GuestMemory) translated a partition's 256-aligned
+    /// SBAL to a host address that is not (at establish, or when the memory is
+    /// replaced).
+    MisalignedWindow,
 }
 
 impl RegistrationError {
@@ -222,7 +229,7 @@ impl RegistrationError {
     /// 0xE006 `IPA_RC_IP_ADDR_TABLE_FULL` (the table itself, never a quota), 0xE00B
     /// `IPA_RC_MC_ADDR_NOT_FOUND` (qeth_l3 reads it as -ENOENT on delete).
     ///
-    /// The rest are iqdio's own, in 0xF002..=0xF00F (0xF009 retired with the variant
+    /// The rest are iqdio's own, in 0xF002..=0xF010 (0xF009 retired with the variant
     /// it named, not reused): codes no Linux qeth return code
     /// uses (its 0xFxxx codes are 0xF001 `IPA_RC_INVALID_IP_VERSION2` and 0xFFFF
     /// `IPA_RC_FFFF`), so a Linux-minded embedder never misreads one.
@@ -245,6 +252,7 @@ impl RegistrationError {
             Self::AddressQuota => 0xF00D,
             Self::SeedInUse => 0xF00E,
             Self::InterruptContext => 0xF00F,
+            Self::MisalignedWindow => 0xF010,
         }
     }
 }
@@ -306,6 +314,9 @@ impl core::fmt::Display for RegistrationError {
             Self::AddressQuota => f.write_str("partition at its address quota")?,
             Self::InterruptContext => {
                 f.write_str("called from interrupt context (execution contract)")?
+            }
+            Self::MisalignedWindow => {
+                f.write_str("host memory not congruent to guest memory modulo 256")?
             }
         }
         write!(f, " ({:#06X})", self.code())
@@ -403,6 +414,7 @@ mod tests {
             RegistrationError::AddressQuota,
             RegistrationError::SeedInUse,
             RegistrationError::InterruptContext,
+            RegistrationError::MisalignedWindow,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(!linux_other.contains(&a.code()), "{a:?} takes a Linux code");

@@ -4,22 +4,28 @@ use core::net::IpAddr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{QueueField, RegistrationError, SigaError, SigaStatus};
-use crate::guest::{GuestSlice, Memory, Sbal, SbalError, Window};
+use crate::guest::{GuestMemory, MemoryExt, Sbal, SbalError, Window, Windows};
 use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
 use crate::platform::{CallContext, InterruptTarget, Platform};
-use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SLSB_LEN, Sbale, SlsbState};
+use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SBAL_SIZE, SLSB_LEN, Sbale, SlsbState};
 use crate::queue::{
-    CounterSnapshot, Inbound, IndicatorBytes, Outbound, QueueControl, QueueRing, next, prev,
+    CounterSnapshot, Inbound, IndicatorBytes, LiveRing, Outbound, QueueControl, QueueRing, next,
+    prev,
 };
 use crate::sync::{ReadGuard, TableLock, WriteGuard};
 use crate::table::{HashSeed, LparId, QueueTable, SlotRef, SourceKey};
 use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing_into};
 
-/// Partitions (LPAR ids) a fabric can know: every `u8`.
-pub const MAX_PARTITIONS: usize = 256;
-/// IQDIO subchannels one partition may have established at once (the size of its
-/// subchannel record; [`FabricConfig::queue_sets_per_partition`] may lower it).
-/// Deregistered subchannels do not count: their record entries are reused.
+/// LPAR ids there are: every `u8`.
+pub const LPAR_IDS: usize = 256;
+/// The default of the fabric's `L`, the partitions it can know at once: one per LPAR
+/// id. A fabric for fewer partitions names its own `L`; LPAR ids map to its `L`
+/// partition slots sparsely (any id may take any free slot).
+pub const MAX_PARTITIONS: usize = LPAR_IDS;
+/// The default of the fabric's `S`: IQDIO subchannels one partition may have
+/// established at once (the size of its subchannel record;
+/// [`FabricConfig::queue_sets_per_partition`] may lower it). Deregistered subchannels
+/// do not count: their record entries are reused.
 pub const MAX_SUBCHANNELS: usize = 16;
 /// The only output queue mask a unicast queue set accepts: queue 0 (`1 << 31`).
 pub const QUEUE_0_MASK: u32 = 1 << 31;
@@ -37,8 +43,8 @@ pub struct FabricConfig {
     /// lengthen every lookup that probes through them.
     pub hash_seed: HashSeed,
     /// Queue sets one partition may have established at once; more is refused with
-    /// [`RegistrationError::SubchannelLimit`] (0xF00C). Values above
-    /// [`MAX_SUBCHANNELS`] mean [`MAX_SUBCHANNELS`].
+    /// [`RegistrationError::SubchannelLimit`] (0xF00C). Values above the fabric's
+    /// `S` (default [`MAX_SUBCHANNELS`]) mean `S`.
     pub queue_sets_per_partition: u8,
     /// Target addresses one partition may have registered at once, over all its queue
     /// sets; more is refused with [`RegistrationError::AddressQuota`] (0xF00D), so one
@@ -71,14 +77,60 @@ impl FabricConfig {
             ..Self::DEFAULT
         }
     }
+}
 
-    /// The queue-set quota, bounded by the subchannel record.
-    const fn queue_set_limit(&self) -> usize {
-        let q = self.queue_sets_per_partition as usize;
-        if q < MAX_SUBCHANNELS {
-            q
-        } else {
-            MAX_SUBCHANNELS
+/// A [`FabricConfig`] as the fabric keeps it (the seed apart, which the tables keep):
+/// each field XOR its value in [`FabricConfig::DEFAULT`], so that the default
+/// settings are all-zero bytes. With them, and a platform that is zero-sized or
+/// all-zero, a whole fabric is zero bytes and a `static` of it starts in `.bss` rather
+/// than taking its size in the image file; the embedder then gives its own settings
+/// at boot ([`Fabric::set_config`]). One XOR per field read.
+#[derive(Clone, Copy, Debug)]
+struct StoredConfig {
+    mfs_kib: u32,
+    interrupt_delay_ns: u64,
+    queue_sets_per_partition: u8,
+    addresses_per_partition: u16,
+}
+
+impl StoredConfig {
+    const D: FabricConfig = FabricConfig::DEFAULT;
+
+    const fn new(c: &FabricConfig) -> Self {
+        Self {
+            mfs_kib: c.mfs.kib() ^ Self::D.mfs.kib(),
+            interrupt_delay_ns: c.interrupt_delay_ns ^ Self::D.interrupt_delay_ns,
+            queue_sets_per_partition: c.queue_sets_per_partition ^ Self::D.queue_sets_per_partition,
+            addresses_per_partition: c.addresses_per_partition ^ Self::D.addresses_per_partition,
+        }
+    }
+
+    fn mfs(&self) -> Mfs {
+        // Every stored value came from an `Mfs`: the fallback is never taken.
+        Mfs::from_kib(self.mfs_kib ^ Self::D.mfs.kib()).unwrap_or(Self::D.mfs)
+    }
+
+    fn interrupt_delay_ns(&self) -> u64 {
+        self.interrupt_delay_ns ^ Self::D.interrupt_delay_ns
+    }
+
+    fn addresses_per_partition(&self) -> u16 {
+        self.addresses_per_partition ^ Self::D.addresses_per_partition
+    }
+
+    /// The queue-set quota, bounded by the subchannel record of `S` entries.
+    fn queue_set_limit<const S: usize>(&self) -> usize {
+        usize::from(self.queue_sets_per_partition ^ Self::D.queue_sets_per_partition).min(S)
+    }
+
+    fn config(&self, hash_seed: HashSeed) -> FabricConfig {
+        FabricConfig {
+            mfs: self.mfs(),
+            interrupt_delay_ns: self.interrupt_delay_ns(),
+            hash_seed,
+            queue_sets_per_partition: self.queue_sets_per_partition
+                ^ Self::D.queue_sets_per_partition,
+            addresses_per_partition: self.addresses_per_partition(),
         }
     }
 }
@@ -197,6 +249,58 @@ enum Subchannel {
     Inactive,
 }
 
+/// What one entry of a partition's subchannel record holds (zero: free).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum SubchannelState {
+    Free = 0,
+    Active = 1,
+    Inactive = 2,
+}
+
+/// One entry of a partition's subchannel record.
+#[derive(Clone, Copy, Debug)]
+struct SubchannelEntry {
+    state: SubchannelState,
+    number: u16,
+    /// The queue control, while `Active`.
+    slot: SlotRef,
+}
+
+impl SubchannelEntry {
+    const FREE: Self = Self {
+        state: SubchannelState::Free,
+        number: 0,
+        slot: SlotRef {
+            index: 0,
+            generation: 0,
+        },
+    };
+
+    fn get(&self) -> Option<Subchannel> {
+        match self.state {
+            SubchannelState::Free => None,
+            SubchannelState::Active => Some(Subchannel::Active(self.slot)),
+            SubchannelState::Inactive => Some(Subchannel::Inactive),
+        }
+    }
+
+    fn set(&mut self, number: u16, st: Subchannel) {
+        *self = match st {
+            Subchannel::Active(slot) => Self {
+                state: SubchannelState::Active,
+                number,
+                slot,
+            },
+            Subchannel::Inactive => Self {
+                state: SubchannelState::Inactive,
+                number,
+                slot: Self::FREE.slot,
+            },
+        };
+    }
+}
+
 /// Calls the test hook [`Platform::lock_point`] (feature `test-hooks`; nothing
 /// otherwise).
 macro_rules! lock_point {
@@ -213,8 +317,8 @@ macro_rules! lock_point {
 /// every queue set that names the byte sees the same stamp and the fallback counts
 /// from when the *summary* went pending, not from when one queue set last saw it.
 struct SummaryStamp {
-    /// Host address of the byte; meaningful while `users > 0`.
-    byte: usize,
+    /// Guest address of the byte; meaningful while `users > 0`.
+    byte: u64,
     /// Active queue sets that name the byte (changed under the exclusive table lock).
     users: u8,
     /// When the byte last went idle → pending, or the fallback last fired (ns).
@@ -228,33 +332,45 @@ struct SummaryStamp {
 }
 
 impl SummaryStamp {
-    const fn new() -> Self {
-        Self {
-            byte: 0,
-            users: 0,
-            since_ns: AtomicU64::new(0),
-        }
-    }
+    const NEW: Self = Self {
+        byte: 0,
+        users: 0,
+        since_ns: AtomicU64::new(0),
+    };
 }
 
-struct PartitionRecord {
-    memory: Memory,
+/// One partition slot. All-zero but for `memory` (`M::EMPTY`) while free.
+struct PartitionRecord<M, const S: usize> {
+    /// The slot is taken (by `lpar`).
+    used: bool,
+    lpar: LparId,
+    memory: M,
     /// Subchannels with the IQDIO indicator: the active ones and, while there is room,
     /// deregistered ones (so a SIGA on those answers cc1, not cc3).
-    subchannels: heapless::Vec<(u16, Subchannel), MAX_SUBCHANNELS>,
+    subchannels: [SubchannelEntry; S],
     /// Target addresses registered over all the partition's queue sets (its quota).
     addresses: usize,
     /// One stamp per summary byte in use: at most one per active queue set.
-    summaries: [SummaryStamp; MAX_SUBCHANNELS],
+    summaries: [SummaryStamp; S],
     /// Stopped by the hypervisor ([`Fabric::suspend`]): the fabric neither reads its
     /// output queues nor writes anything into its memory until it is resumed.
     suspended: bool,
 }
 
-impl PartitionRecord {
-    /// The stamp of the summary byte at host address `byte`, shared with the other
+impl<M: GuestMemory, const S: usize> PartitionRecord<M, S> {
+    const FREE: Self = Self {
+        used: false,
+        lpar: 0,
+        memory: M::EMPTY,
+        subchannels: [SubchannelEntry::FREE; S],
+        addresses: 0,
+        summaries: [SummaryStamp::NEW; S],
+        suspended: false,
+    };
+
+    /// The stamp of the summary byte at guest address `byte`, shared with the other
     /// queue sets that name it (or a free one). Under the exclusive table lock.
-    fn attach_summary(&mut self, byte: usize) -> Option<u8> {
+    fn attach_summary(&mut self, byte: u64) -> Option<u8> {
         let i = self
             .summaries
             .iter()
@@ -279,20 +395,21 @@ impl PartitionRecord {
     /// The time stamp of summary `i` (the index is reduced to the array, so no bounds
     /// check can fail).
     fn summary_since(&self, i: u8) -> &AtomicU64 {
-        &self.summaries[usize::from(i) % MAX_SUBCHANNELS].since_ns
+        // S > 0 (checked in `Fabric::new`).
+        &self.summaries[usize::from(i) % S].since_ns
     }
 
     fn subchannel(&self, sch: u16) -> Option<Subchannel> {
         self.subchannels
             .iter()
-            .find(|(s, _)| *s == sch)
-            .map(|(_, st)| *st)
+            .filter(|e| e.number == sch)
+            .find_map(SubchannelEntry::get)
     }
 
-    fn active(&self) -> impl Iterator<Item = SlotRef> + '_ {
-        self.subchannels.iter().filter_map(|(_, st)| match st {
-            Subchannel::Active(slot) => Some(*slot),
-            Subchannel::Inactive => None,
+    fn active(&self) -> impl Iterator<Item = (u16, SlotRef)> + '_ {
+        self.subchannels.iter().filter_map(|e| match e.get() {
+            Some(Subchannel::Active(slot)) => Some((e.number, slot)),
+            _ => None,
         })
     }
 
@@ -301,20 +418,23 @@ impl PartitionRecord {
     /// established): deregistration frees the number's place, so a partition can go
     /// on establishing new numbers for ever \[issue 9 defect 6\].
     fn set_subchannel(&mut self, sch: u16, st: Subchannel) -> Result<(), RegistrationError> {
-        if let Some(e) = self.subchannels.iter_mut().find(|(s, _)| *s == sch) {
-            e.1 = st;
-            return Ok(());
-        }
-        let Err(entry) = self.subchannels.push((sch, st)) else {
-            return Ok(());
-        };
-        match self
+        let found = self
             .subchannels
-            .iter_mut()
-            .find(|(_, s)| *s == Subchannel::Inactive)
-        {
+            .iter()
+            .position(|e| e.state != SubchannelState::Free && e.number == sch)
+            .or_else(|| {
+                self.subchannels
+                    .iter()
+                    .position(|e| e.state == SubchannelState::Free)
+            })
+            .or_else(|| {
+                self.subchannels
+                    .iter()
+                    .position(|e| e.state == SubchannelState::Inactive)
+            });
+        match found.and_then(|i| self.subchannels.get_mut(i)) {
             Some(e) => {
-                *e = entry;
+                e.set(sch, st);
                 Ok(())
             }
             None => Err(RegistrationError::SubchannelLimit),
@@ -322,31 +442,76 @@ impl PartitionRecord {
     }
 }
 
-struct State<const Q: usize, const A: usize> {
-    partitions: [Option<PartitionRecord>; MAX_PARTITIONS],
+/// What the table lock guards. All-zero bytes (but for the partition slots'
+/// `M::EMPTY`) with the default settings: see [`Fabric::init_in_place`].
+struct State<const Q: usize, const A: usize, const L: usize, const S: usize, M> {
+    config: StoredConfig,
+    /// Partition slot of each LPAR id, plus one (0: unknown). 512 bytes whatever `L`,
+    /// for a lookup in one step: a send finds its issuer and its receiver here.
+    slot_of: [u16; LPAR_IDS],
+    partitions: [PartitionRecord<M, S>; L],
     table: QueueTable<Q, A>,
     in_use: [bool; Q],
 }
 
-impl<const Q: usize, const A: usize> State<Q, A> {
-    const fn new(seed: HashSeed) -> Self {
+impl<const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>
+    State<Q, A, L, S, M>
+{
+    const fn new(config: &FabricConfig) -> Self {
         Self {
-            partitions: [const { None }; MAX_PARTITIONS],
-            table: QueueTable::new(seed),
+            config: StoredConfig::new(config),
+            slot_of: [0; LPAR_IDS],
+            partitions: [PartitionRecord::FREE; L],
+            table: QueueTable::new(config.hash_seed),
             in_use: [false; Q],
         }
+    }
+
+    /// The record of partition `lpar`, if it is known.
+    #[inline]
+    fn partition(&self, lpar: LparId) -> Option<&PartitionRecord<M, S>> {
+        let i = usize::from(self.slot_of[usize::from(lpar)]).checked_sub(1)?;
+        self.partitions.get(i).filter(|p| p.used)
+    }
+
+    #[inline]
+    fn partition_mut(&mut self, lpar: LparId) -> Option<&mut PartitionRecord<M, S>> {
+        let i = usize::from(self.slot_of[usize::from(lpar)]).checked_sub(1)?;
+        self.partitions.get_mut(i).filter(|p| p.used)
+    }
+
+    fn known(&self) -> impl Iterator<Item = &PartitionRecord<M, S>> + '_ {
+        self.partitions.iter().filter(|p| p.used)
     }
 }
 
 /// The fabric: the firmware side of internal queued direct I/O.
 ///
-/// `Q` is the number of queue sets (queue controls, and the source table's capacity);
-/// `A` the number of IP addresses (the target table's capacity). Both must be powers
-/// of two. See the [crate docs](crate) for the architecture.
-pub struct Fabric<P: Platform, const Q: usize = 64, const A: usize = 4096> {
+/// Its capacities are const parameters, so that its size follows what is configured
+/// (the README has a table of sizes):
+///
+/// - `Q`: queue sets (queue controls, and the source table's capacity), a power of
+///   two;
+/// - `A`: IP addresses (the target table's capacity), a power of two;
+/// - `L`: partitions known at once (LPAR ids map to these slots sparsely), at most
+///   256;
+/// - `S`: queue sets (subchannels) per partition, at least 1;
+/// - `M`: how the fabric reaches a partition's memory ([`GuestMemory`]), by default
+///   [`Windows`] of at most [`MAX_WINDOWS`](crate::MAX_WINDOWS) windows.
+///
+/// A fabric for 8 partitions with one queue set each is
+/// `Fabric<P, 8, 16, 8, 1, Windows<1>>`. See the [crate docs](crate) for the
+/// architecture.
+pub struct Fabric<
+    P: Platform,
+    const Q: usize = 64,
+    const A: usize = 4096,
+    const L: usize = MAX_PARTITIONS,
+    const S: usize = MAX_SUBCHANNELS,
+    M: GuestMemory = Windows,
+> {
     platform: P,
-    config: FabricConfig,
-    state: TableLock<State<Q, A>>,
+    state: TableLock<State<Q, A, L, S, M>>,
     controls: [QueueControl; Q],
 }
 
@@ -362,15 +527,33 @@ enum BufferOutcome {
     Refused(Fault),
 }
 
-impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
+impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>
+    Fabric<P, Q, A, L, S, M>
+{
+    /// The capacities must be as the type's docs say.
+    const CHECK: () = assert!(
+        Q.is_power_of_two()
+            && A.is_power_of_two()
+            && Q <= u16::MAX as usize
+            && L >= 1
+            && L <= LPAR_IDS
+            && S >= 1
+            && S <= u8::MAX as usize
+    );
+
     /// A fabric with no partitions. `const`, so an image can keep it in a static.
+    ///
+    /// With [`FabricConfig::DEFAULT`] and a platform that is zero-sized (or all-zero
+    /// bytes), and `M::EMPTY` all-zero (as [`Windows`]'s is), the fabric is all-zero
+    /// bytes, so a `static` of it lands in `.bss`, not in the image file; give the
+    /// real settings at boot with [`set_config`](Self::set_config). Built at run time,
+    /// use [`init_in_place`](Self::init_in_place), which needs no stack for it.
     #[cfg(not(iqdio_loom))]
     pub const fn new(platform: P, config: FabricConfig) -> Self {
-        assert!(Q.is_power_of_two() && A.is_power_of_two() && Q <= u16::MAX as usize);
+        let () = Self::CHECK;
         Self {
             platform,
-            config,
-            state: TableLock::new(State::new(config.hash_seed)),
+            state: TableLock::new(State::new(&config)),
             controls: [const { QueueControl::new() }; Q],
         }
     }
@@ -378,19 +561,83 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// A fabric with no partitions (under loom, whose locks cannot be `const`).
     #[cfg(iqdio_loom)]
     pub fn new(platform: P, config: FabricConfig) -> Self {
-        assert!(Q.is_power_of_two() && A.is_power_of_two() && Q <= u16::MAX as usize);
+        let () = Self::CHECK;
         Self {
             platform,
-            config,
-            state: TableLock::new(State::new(config.hash_seed)),
+            state: TableLock::new(State::new(&config)),
             controls: core::array::from_fn(|_| QueueControl::new()),
         }
     }
 
-    /// The fabric's settings, as given to [`Fabric::new`] (the hash seed in use may
-    /// have been replaced since by [`Fabric::set_hash_seed`]).
-    pub const fn config(&self) -> &FabricConfig {
-        &self.config
+    /// Builds a fabric in `slot` without building it on the stack first (a default
+    /// fabric is over 400 KB; [`Fabric::new`]'s value may be built on the stack and
+    /// then copied), and returns it. For a fabric made at run time, in memory the
+    /// embedder gives (a page it allocated, a `MaybeUninit` static).
+    ///
+    /// It zero-fills the slot, then writes the platform, the settings and each free
+    /// partition slot's `M::EMPTY` in place: every other part of a fabric with no
+    /// partitions is all-zero bytes by construction (locks free, counters and
+    /// generations 0, flags instead of `Option`s, table keys as plain bytes, the
+    /// settings stored as their difference from the default), which the crate's
+    /// tests check against [`Fabric::new`] byte for byte.
+    #[cfg(not(iqdio_loom))]
+    pub fn init_in_place(
+        slot: &mut core::mem::MaybeUninit<Self>,
+        platform: P,
+        config: FabricConfig,
+    ) -> &mut Self {
+        let () = Self::CHECK;
+        let p = slot.as_mut_ptr();
+        // SAFETY: `p` is valid for writes of one `Self` (it comes from `slot`); the
+        // writes below go to fields of it through raw pointers, no reference to the
+        // uninitialised parts is made. All-zero is a valid value of every field not
+        // written afterwards: `TableLock` and the queue `Mutex`es (free: zero flags
+        // and reader counts), `QueueControl` (atomics, `active: false`, plain
+        // integers), `State`'s `slot_of`, `in_use`, `QueueTable` (free slots are
+        // `used: false` with zero keys and values, all plain integers; the seed as
+        // its XOR with the default) and `PartitionRecord` but for `memory`
+        // (`used: false`, free subchannel entries are `SubchannelState::Free` = 0,
+        // atomics). The platform, the settings and each `memory` are then written
+        // whole. So once this block ends the slot holds a valid `Self`, the one
+        // `Fabric::new(platform, config)` gives.
+        unsafe {
+            p.write_bytes(0, 1);
+            core::ptr::addr_of_mut!((*p).platform).write(platform);
+            let st = TableLock::data_ptr(core::ptr::addr_of_mut!((*p).state));
+            core::ptr::addr_of_mut!((*st).config).write(StoredConfig::new(&config));
+            core::ptr::addr_of_mut!((*st).table).write(QueueTable::new(config.hash_seed));
+            let parts = core::ptr::addr_of_mut!((*st).partitions).cast::<PartitionRecord<M, S>>();
+            for i in 0..L {
+                core::ptr::addr_of_mut!((*parts.add(i)).memory).write(M::EMPTY);
+            }
+            slot.assume_init_mut()
+        }
+    }
+
+    /// The fabric's settings: as given to [`Fabric::new`] or [`Fabric::set_config`],
+    /// with the hash seed in use. Waits for the table lock (thread context).
+    pub fn config(&self) -> FabricConfig {
+        let st = self.state.read();
+        st.config.config(st.table.seed())
+    }
+
+    /// Replaces the fabric's settings, for a fabric in a `static` that starts with the
+    /// defaults (so that it lands in `.bss`) and learns its settings, its secret hash
+    /// seed among them, at boot. A new seed only while no queue set is established
+    /// (the entries would be in the wrong places under it): otherwise
+    /// [`RegistrationError::SeedInUse`] (0xF00E) and nothing changes. The other
+    /// settings apply from the next call on; a lower quota refuses new queue sets
+    /// and addresses only, it does not remove any.
+    pub fn set_config(&self, config: FabricConfig) -> Result<(), RegistrationError> {
+        let mut st = self.update()?;
+        if config.hash_seed != st.table.seed() {
+            if st.in_use.iter().any(|u| *u) {
+                return Err(RegistrationError::SeedInUse);
+            }
+            st.table.reseed(config.hash_seed)?;
+        }
+        st.config = StoredConfig::new(&config);
+        Ok(())
     }
 
     /// Replaces the tables' hash seed, for a fabric in a `static` whose embedder learns
@@ -410,30 +657,75 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         &self.platform
     }
 
-    /// Makes a partition known with its memory windows. Windows may not overlap one
-    /// another nor any other partition's (in host memory).
-    pub fn add_partition(&self, lpar: LparId, windows: &[Window]) -> Result<(), RegistrationError> {
-        let memory = Memory::new(windows)?;
+    /// Makes a partition known with the memory the hypervisor backs it with (see
+    /// [`GuestMemory`]). Refused: an LPAR id known already (0xE005), no free partition
+    /// slot (`L` of them: 0xE006), a memory that [`GuestMemory::overlaps`] another
+    /// partition's (0xF004).
+    pub fn add_partition_memory(&self, lpar: LparId, memory: M) -> Result<(), RegistrationError> {
         let mut st = self.update()?;
-        if st.partitions[usize::from(lpar)].is_some() {
+        let st = &mut *st;
+        if st.partition(lpar).is_some() {
             return Err(RegistrationError::DuplicateFound);
         }
+        if st.known().any(|p| p.memory.overlaps(&memory)) {
+            return Err(RegistrationError::OverlappingWindows);
+        }
+        let Some(i) = st.partitions.iter().position(|p| !p.used) else {
+            return Err(RegistrationError::TableFull);
+        };
+        let Some(rec) = st.partitions.get_mut(i) else {
+            return Err(RegistrationError::TableFull);
+        };
+        *rec = PartitionRecord {
+            used: true,
+            lpar,
+            memory,
+            ..PartitionRecord::FREE
+        };
+        // i < L <= 256, so i + 1 fits.
+        st.slot_of[usize::from(lpar)] = (i + 1) as u16;
+        Ok(())
+    }
+
+    /// Replaces partition `lpar`'s memory (the hypervisor remapped it), and returns the
+    /// old one, which the fabric no longer uses from then on: it holds the table lock
+    /// exclusive meanwhile, so no call of the fabric is using a translation of the old
+    /// memory, and the next ones translate through the new.
+    ///
+    /// Every structure of the partition's established queue sets must translate in the
+    /// new memory as at establish, or nothing changes: 0xF005 naming the first that
+    /// does not, 0xF010 if an SBAL translates misaligned. 0xF002 for an unknown
+    /// partition, 0xF004 if the new memory overlaps another partition's.
+    pub fn replace_memory(&self, lpar: LparId, memory: M) -> Result<M, RegistrationError> {
+        let mut st = self.update()?;
+        let st = &mut *st;
+        let p = st
+            .partition(lpar)
+            .ok_or(RegistrationError::UnknownPartition)?;
         if st
-            .partitions
-            .iter()
-            .flatten()
-            .any(|p| p.memory.overlaps(&memory))
+            .known()
+            .any(|o| o.lpar != lpar && o.memory.overlaps(&memory))
         {
             return Err(RegistrationError::OverlappingWindows);
         }
-        st.partitions[usize::from(lpar)] = Some(PartitionRecord {
-            memory,
-            subchannels: heapless::Vec::new(),
-            addresses: 0,
-            summaries: [const { SummaryStamp::new() }; MAX_SUBCHANNELS],
-            suspended: false,
-        });
-        Ok(())
+        for (_, slot) in p.active() {
+            let Some(qc) = self.controls.get(usize::from(slot.index)) else {
+                continue;
+            };
+            // No send holds these: sends hold the table lock shared, we hold it
+            // exclusive.
+            let out = qc.outbound.lock();
+            lock_point!(self, Outbound);
+            let inb = qc.inbound.lock();
+            lock_point!(self, Inbound);
+            if let (Some(o), Some((i, d))) = (out.ring(), inb.ring()) {
+                check_structures(&memory, o, i, d)?;
+            }
+        }
+        let p = st
+            .partition_mut(lpar)
+            .ok_or(RegistrationError::UnknownPartition)?;
+        Ok(core::mem::replace(&mut p.memory, memory))
     }
 
     /// Suspends a partition, as a hypervisor stops its vCPUs (to migrate or snapshot
@@ -476,8 +768,8 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
 
     fn set_suspended(&self, lpar: LparId, suspended: bool) -> Result<(), RegistrationError> {
         let mut st = self.update()?;
-        let p = st.partitions[usize::from(lpar)]
-            .as_mut()
+        let p = st
+            .partition_mut(lpar)
             .ok_or(RegistrationError::UnknownPartition)?;
         // Under the exclusive lock: sends read it under the shared one.
         p.suspended = suspended;
@@ -487,28 +779,31 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// Forgets a partition, deregistering its queue sets first.
     pub fn remove_partition(&self, lpar: LparId) -> Result<(), RegistrationError> {
         let mut st = self.update()?;
-        let Some(p) = st.partitions[usize::from(lpar)].as_ref() else {
+        let Some(p) = st.partition(lpar) else {
             return Err(RegistrationError::UnknownPartition);
         };
-        // Pushed, not collected: `collect` into a heapless Vec keeps an overflow panic
-        // path (it cannot overflow: both hold MAX_SUBCHANNELS).
-        let mut active = heapless::Vec::<u16, MAX_SUBCHANNELS>::new();
-        for (sch, s) in p.subchannels.iter() {
-            if matches!(s, Subchannel::Active(_)) {
-                let _ = active.push(*sch);
-            }
+        // Into an array of S by zip: no collect, no slicing, no panic path.
+        let mut active = [0u16; S];
+        let mut n = 0;
+        for ((sch, _), a) in p.active().zip(active.iter_mut()) {
+            *a = sch;
+            n += 1;
         }
-        // By reference: a heapless Vec's by-value iterator keeps a slicing panic path.
-        for &sch in active.iter() {
+        for sch in active.iter().take(n) {
             self.deregister_locked(
                 &mut st,
                 SourceKey {
                     lpar,
-                    subchannel: sch,
+                    subchannel: *sch,
                 },
             )?;
         }
-        st.partitions[usize::from(lpar)] = None;
+        if let Some(i) = usize::from(st.slot_of[usize::from(lpar)]).checked_sub(1)
+            && let Some(p) = st.partitions.get_mut(i)
+        {
+            *p = PartitionRecord::FREE;
+        }
+        st.slot_of[usize::from(lpar)] = 0;
         Ok(())
     }
 
@@ -518,7 +813,10 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// in the source table and gives the subchannel the IQDIO indicator.
     ///
     /// In this order: unknown partition (0xF002), an address outside memory or
-    /// misaligned (0xF005, 0xF006), the subchannel active already (0xE005), the
+    /// misaligned (0xF005, 0xF006), an SBAL that the partition's memory translates to
+    /// a host address not 256-aligned (0xF010, the hypervisor's error: it cannot
+    /// happen with [`Windows`], which refuse such a window when the partition is
+    /// added), the subchannel active already (0xE005), the
     /// partition at its queue-set quota (0xF00C), overlapping structures (0xF00B),
     /// no queue control left in the fabric (0xE006).
     pub fn establish(
@@ -529,14 +827,15 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     ) -> Result<QueueSetHandle, RegistrationError> {
         let key = SourceKey { lpar, subchannel };
         let mut st = self.update()?;
-        let p = st.partitions[usize::from(lpar)]
-            .as_ref()
+        let p = st
+            .partition(lpar)
             .ok_or(RegistrationError::UnknownPartition)?;
-        let (out_ring, in_ring, indicators) = check_queue_set(&p.memory, params)?;
+        let (out_ring, in_ring, indicators) = queue_set(params);
+        check_structures(&p.memory, &out_ring, &in_ring, &indicators)?;
         if matches!(p.subchannel(subchannel), Some(Subchannel::Active(_))) {
             return Err(RegistrationError::DuplicateFound);
         }
-        if p.active().count() >= self.config.queue_set_limit() {
+        if p.active().count() >= st.config.queue_set_limit::<S>() {
             return Err(RegistrationError::SubchannelLimit);
         }
         self.check_overlaps(p, &out_ring, &in_ring, &indicators)?;
@@ -551,13 +850,13 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             generation: qc.generation.load(Ordering::Relaxed),
         };
         st.table.add_source(key, slot)?;
-        let Some(p) = st.partitions[usize::from(lpar)].as_mut() else {
+        let Some(p) = st.partition_mut(lpar) else {
             st.table.remove_queue_set(key);
             return Err(RegistrationError::UnknownPartition);
         };
         // At most one summary per active queue set, and this subchannel is not
         // active: a stamp is always free. Checked all the same.
-        let Some(summary) = p.attach_summary(indicators.global.host_addr()) else {
+        let Some(summary) = p.attach_summary(indicators.global) else {
             st.table.remove_queue_set(key);
             return Err(RegistrationError::TableFull);
         };
@@ -571,16 +870,18 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         {
             let mut out = qc.outbound.lock();
             lock_point!(self, Outbound);
-            out.ring = Some(out_ring);
+            out.ring = out_ring;
+            out.active = true;
             out.cursor = 0;
         }
         {
             let mut inb = qc.inbound.lock();
             lock_point!(self, Inbound);
             *inb = Inbound {
-                ring: Some(in_ring),
+                active: true,
+                ring: in_ring,
                 cursor: 0,
-                indicators: Some(indicators),
+                indicators,
                 summary,
                 interrupt_immediately: params.interrupt_immediately,
                 cookie: params.interrupt_cookie,
@@ -611,17 +912,17 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             return Err(RegistrationError::DuplicateFound);
         }
         // A queue set in the source table has its partition's record.
-        let (Some(_), Some(p)) = (
-            st.table.source(&key),
-            st.partitions[usize::from(lpar)].as_mut(),
-        ) else {
+        let quota = usize::from(st.config.addresses_per_partition());
+        let (Some(_), Some(p)) = (st.table.source(&key), st.partition(lpar)) else {
             return Err(RegistrationError::SourceNotRegistered);
         };
-        if p.addresses >= usize::from(self.config.addresses_per_partition) {
+        if p.addresses >= quota {
             return Err(RegistrationError::AddressQuota);
         }
         st.table.add_target(ip, key)?;
-        p.addresses += 1;
+        if let Some(p) = st.partition_mut(lpar) {
+            p.addresses += 1;
+        }
         Ok(())
     }
 
@@ -636,7 +937,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         let st = &mut *st;
         st.table
             .remove_target(&ip, SourceKey { lpar, subchannel })?;
-        if let Some(p) = st.partitions[usize::from(lpar)].as_mut() {
+        if let Some(p) = st.partition_mut(lpar) {
             p.addresses = p.addresses.saturating_sub(1);
         }
         Ok(())
@@ -658,7 +959,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
 
     fn deregister_locked(
         &self,
-        st: &mut State<Q, A>,
+        st: &mut State<Q, A, L, S, M>,
         key: SourceKey,
     ) -> Result<CounterSnapshot, RegistrationError> {
         let (slot, addresses) = st
@@ -672,16 +973,15 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         {
             let mut out = qc.outbound.lock();
             lock_point!(self, Outbound);
-            out.ring = None;
+            out.active = false;
         }
         let summary = {
             let mut inb = qc.inbound.lock();
             lock_point!(self, Inbound);
-            inb.ring = None;
-            inb.indicators = None;
+            inb.active = false;
             inb.summary
         };
-        if let Some(p) = st.partitions[usize::from(key.lpar)].as_mut() {
+        if let Some(p) = st.partition_mut(key.lpar) {
             // The entry exists (it was Active), so this replaces it and cannot fail.
             let _ = p.set_subchannel(key.subchannel, Subchannel::Inactive);
             p.addresses = p.addresses.saturating_sub(addresses);
@@ -702,9 +1002,13 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// overlap (their windows never do). Only a middle or global indicator byte may be
     /// shared, by queue sets that each use it in that role (Linux shares the summary
     /// indicator among all its devices).
+    ///
+    /// In guest addresses: a [`GuestMemory`] maps distinct guest bytes to distinct
+    /// host bytes, so two ranges share host bytes exactly when they share guest
+    /// bytes, and the answer stays true when the hypervisor remaps the memory.
     fn check_overlaps(
         &self,
-        p: &PartitionRecord,
+        p: &PartitionRecord<M, S>,
         out: &QueueRing,
         inp: &QueueRing,
         ind: &IndicatorBytes,
@@ -731,20 +1035,17 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         }
         let new = &*new;
         let mut found = None;
-        for slot in p.active() {
-            // Below Q by construction; `% Q` leaves no bounds-check panic path.
-            let qc = &self.controls[usize::from(slot.index) % Q];
+        for (_, slot) in p.active() {
+            let Some(qc) = self.controls.get(usize::from(slot.index)) else {
+                continue;
+            };
             // No send holds these: sends hold the table lock shared, and we hold it
             // exclusive.
             let outbound = qc.outbound.lock();
             lock_point!(self, Outbound);
             let inbound = qc.inbound.lock();
             lock_point!(self, Inbound);
-            let (Some(o), Some(i), Some(d)) = (
-                outbound.ring.as_ref(),
-                inbound.ring.as_ref(),
-                inbound.indicators.as_ref(),
-            ) else {
+            let (Some(o), Some((i, d))) = (outbound.ring(), inbound.ring()) else {
                 continue;
             };
             extents(o, i, d, |old| {
@@ -786,7 +1087,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
 
     /// The table lock shared, for a read-only look: waiting for it where the context
     /// allows, else only if it is free at once.
-    fn view(&self) -> Option<ReadGuard<'_, State<Q, A>>> {
+    fn view(&self) -> Option<ReadGuard<'_, State<Q, A, L, S, M>>> {
         if self.may_wait() {
             Some(self.state.read())
         } else {
@@ -831,7 +1132,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     pub fn copy_from_partition(&self, lpar: LparId, addr: u64, dst: &mut [u8]) -> Option<()> {
         let st = self.view()?;
         lock_point!(self, TableShared);
-        let p = st.partitions[usize::from(lpar)].as_ref()?;
+        let p = st.partition(lpar)?;
         let slice = p.memory.slice(addr, dst.len() as u64)?;
         slice.read(0, dst);
         Some(())
@@ -912,8 +1213,8 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                     inb
                 };
                 lock_point!(self, Inbound);
-                let Some(ind) = inb.indicators else { continue };
-                let Some(owner) = st.partitions[usize::from(inb.owner.lpar)].as_ref() else {
+                let Some((_, ind)) = inb.ring() else { continue };
+                let Some(owner) = st.partition(inb.owner.lpar) else {
                     continue;
                 };
                 if owner.suspended {
@@ -921,10 +1222,14 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                     // stamp is old, so the first run then fires.
                     continue;
                 }
-                let pending = ind.global.load(0, Ordering::Acquire) != 0;
+                // A summary byte the hypervisor unmapped since cannot be pending.
+                let Some(global) = owner.memory.slice(ind.global, 1) else {
+                    continue;
+                };
+                let pending = global.load(0, Ordering::Acquire) != 0;
                 let stamp = owner.summary_since(inb.summary);
                 let since = stamp.load(Ordering::Relaxed);
-                if !pending || now.saturating_sub(since) < self.config.interrupt_delay_ns {
+                if !pending || now.saturating_sub(since) < st.config.interrupt_delay_ns() {
                     continue;
                 }
                 // One fallback per summary and delay: a queue set sharing the summary
@@ -962,7 +1267,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     }
 
     /// Takes the table lock exclusive for an update, after checking the context.
-    fn update(&self) -> Result<WriteGuard<'_, State<Q, A>>, RegistrationError> {
+    fn update(&self) -> Result<WriteGuard<'_, State<Q, A, L, S, M>>, RegistrationError> {
         if !self.may_wait() {
             return Err(RegistrationError::InterruptContext);
         }
@@ -975,7 +1280,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
 
     /// A port through which partition `lpar` issues SIGA (the partition's identity
     /// comes from the embedding, never from the partition's own input).
-    pub const fn port(&self, lpar: LparId) -> Port<'_, P, Q, A> {
+    pub const fn port(&self, lpar: LparId) -> Port<'_, P, Q, A, L, S, M> {
         Port { fabric: self, lpar }
     }
 
@@ -1071,7 +1376,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
                 out = qc.outbound.lock();
                 lock_point!(self, Outbound);
             }
-            let Some(issuer) = st.partitions[usize::from(lpar)].as_ref() else {
+            let Some(issuer) = st.partition(lpar) else {
                 break;
             };
             if !self.send_next(&st, &issuer.memory, &mut out, qc, &mut report) {
@@ -1085,15 +1390,25 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     /// the queue is gone).
     fn send_next(
         &self,
-        st: &State<Q, A>,
-        issuer: &Memory,
+        st: &State<Q, A, L, S, M>,
+        issuer: &M,
         out: &mut Outbound,
         qc: &QueueControl,
         report: &mut SigaReport,
     ) -> bool {
         // Borrow the ring in place (it is 1 KiB: no copy on the send path).
-        let Outbound { ring, cursor } = out;
-        let Some(ring) = ring.as_ref() else {
+        let Outbound {
+            active,
+            ring,
+            cursor,
+        } = out;
+        if !*active {
+            return false;
+        }
+        // Translated once per buffer: the hypervisor may have remapped the memory
+        // since the last call (never during one: it waits for the table lock). An
+        // SLSB it unmapped leaves nothing to send.
+        let Some(ring) = ring.live(issuer) else {
             return false;
         };
         let n = *cursor;
@@ -1102,7 +1417,16 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         if ring.state(n, Ordering::Acquire) != SlsbState::OUTPUT_PRIMED.0 {
             return false;
         }
-        let sbal = ring.sbal(n);
+        let Ok(sbal) = ring.sbal(n, issuer) else {
+            // The SBAL no longer translates (or does misaligned): no element to write
+            // the reason into; the error state alone tells the program.
+            ring.set_state(n, SlsbState::OUTPUT_ERROR.0, Ordering::Release);
+            qc.counters.error(Reason::AddressOutsideMemory);
+            report.buffers += 1;
+            report.refused += 1;
+            *cursor = next(n);
+            return true;
+        };
         let outcome = self.send_buffer(st, issuer, &sbal);
         report.buffers += 1;
         match outcome {
@@ -1148,9 +1472,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     }
 
     /// One output buffer: parse, look up, deliver, signal.
-    fn send_buffer(&self, st: &State<Q, A>, issuer: &Memory, sbal: &Sbal) -> BufferOutcome {
+    fn send_buffer(&self, st: &State<Q, A, L, S, M>, issuer: &M, sbal: &Sbal) -> BufferOutcome {
         let mut outgoing = Outgoing::empty();
-        if let Err(f) = parse_outgoing_into(sbal, issuer, self.config.mfs, &mut outgoing) {
+        if let Err(f) = parse_outgoing_into(sbal, issuer, st.config.mfs(), &mut outgoing) {
             return BufferOutcome::Refused(f);
         }
         let Some(entry) = st.table.target(&outgoing.dest) else {
@@ -1159,7 +1483,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         let Some(tqc) = self.controls.get(usize::from(entry.slot.index)) else {
             return refuse(Reason::TargetNotActive);
         };
-        let Some(receiver) = st.partitions[usize::from(entry.owner.lpar)].as_ref() else {
+        let Some(receiver) = st.partition(entry.owner.lpar) else {
             return refuse(Reason::TargetNotActive);
         };
         if tqc.generation.load(Ordering::Relaxed) != entry.slot.generation {
@@ -1184,8 +1508,9 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         tqc.counters
             .received(outgoing.frames() as u64, outgoing.payload);
         let stamp = receiver.summary_since(inb.summary);
+        let delay_ns = st.config.interrupt_delay_ns();
         let interrupt = self
-            .signal(&mut inb, tqc, stamp)
+            .signal(&mut inb, tqc, stamp, &receiver.memory, delay_ns)
             .map(|t| (t, entry.slot.index));
         BufferOutcome::Delivered {
             frames: outgoing.frames() as u16,
@@ -1195,16 +1520,31 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
     }
 
     /// Fills the receiver's next input buffer (under its inbound lock).
-    fn fill(&self, inb: &mut Inbound, out: &Outgoing, rx_memory: &Memory) -> Result<(), Reason> {
-        let Inbound { ring, cursor, .. } = inb;
-        let ring = ring.as_ref().ok_or(Reason::TargetNotActive)?;
+    fn fill(&self, inb: &mut Inbound, out: &Outgoing, rx_memory: &M) -> Result<(), Reason> {
+        let Inbound {
+            active,
+            ring,
+            cursor,
+            ..
+        } = inb;
+        if !*active {
+            return Err(Reason::TargetNotActive);
+        }
+        // Translated per buffer, as the sender's (see `send_next`).
+        let ring = ring.live(rx_memory).ok_or(Reason::TargetBufferInvalid)?;
         let n = *cursor;
         // Acquire pairs with the receiver's Release store of 0x41: its SBALE writes
         // (addresses, capacities) are visible.
         if ring.state(n, Ordering::Acquire) != SlsbState::INPUT_EMPTY.0 {
             return Err(Reason::TargetFull);
         }
-        let rx = ring.sbal(n);
+        let Ok(rx) = ring.sbal(n, rx_memory) else {
+            // The receiver's SBAL no longer translates: its buffer is unusable, as in
+            // the `BufferInvalid` case below, without an element to say so in.
+            ring.set_state(n, SlsbState::INPUT_ERROR.0, Ordering::Release);
+            *cursor = next(n);
+            return Err(Reason::TargetBufferInvalid);
+        };
         match deliver(out, &rx, rx_memory) {
             Ok(_) => {
                 // Release: the data and SBALEs are visible before the receiver can
@@ -1238,12 +1578,23 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         inb: &mut Inbound,
         tqc: &QueueControl,
         stamp: &AtomicU64,
+        rx_memory: &M,
+        delay_ns: u64,
     ) -> Option<InterruptTarget> {
-        let ind = inb.indicators.as_ref()?;
-        let ring = inb.ring.as_ref()?;
+        let (ring, ind) = inb.ring()?;
+        let target = InterruptTarget {
+            lpar: inb.owner.lpar,
+            subchannel: inb.owner.subchannel,
+            cookie: inb.cookie,
+        };
+        // Both were translated in `fill` a moment ago, under the same locks; should
+        // either fail now, interrupt rather than leave the delivery unannounced.
+        let (Some(ring), Some(ind)) = (ring.live(rx_memory), ind.live(rx_memory)) else {
+            return Some(target);
+        };
         let cursor = inb.cursor;
         let seen = initiative::signal(&ind.queue, &ind.middle, &ind.global, || {
-            receiver_polling(ring, cursor)
+            receiver_polling(&ring, cursor)
         });
         let now = self.platform.now_ns();
         let since = stamp.load(Ordering::Relaxed);
@@ -1252,7 +1603,7 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
             summary_was_pending: seen.summary_was_pending,
             pending_since_ns: since,
             now_ns: now,
-            delay_ns: self.config.interrupt_delay_ns,
+            delay_ns,
             receiver_polling: seen.receiver_polling,
         };
         let mut decision = decide(&input);
@@ -1274,23 +1625,17 @@ impl<P: Platform, const Q: usize, const A: usize> Fabric<P, Q, A> {
         if !decision.raises() {
             tqc.counters.suppressed();
         }
-        decision.raises().then_some(InterruptTarget {
-            lpar: inb.owner.lpar,
-            subchannel: inb.owner.subchannel,
-            cookie: inb.cookie,
-        })
+        decision.raises().then_some(target)
     }
 }
 
 /// The slot of `lpar`'s active queue set on `subchannel`, or why a SIGA on it fails.
-fn issuer_slot<const Q: usize, const A: usize>(
-    st: &State<Q, A>,
+fn issuer_slot<const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>(
+    st: &State<Q, A, L, S, M>,
     lpar: LparId,
     subchannel: u16,
 ) -> Result<SlotRef, SigaError> {
-    let issuer = st.partitions[usize::from(lpar)]
-        .as_ref()
-        .ok_or(SigaError::NotIqdio)?;
+    let issuer = st.partition(lpar).ok_or(SigaError::NotIqdio)?;
     match issuer.subchannel(subchannel) {
         None => Err(SigaError::NotIqdio),
         Some(Subchannel::Inactive) => Err(SigaError::QueuesNotActive),
@@ -1305,7 +1650,7 @@ fn issuer_slot<const Q: usize, const A: usize>(
 /// still read 0x82 are the receiver's backlog; the first one behind those is the newest
 /// it consumed. The walk is bounded by the ring and, for a polling receiver that keeps
 /// up, ends at the first step.
-fn receiver_polling(ring: &QueueRing, cursor: u8) -> bool {
+fn receiver_polling(ring: &LiveRing<'_>, cursor: u8) -> bool {
     // Start at the buffer just filled: a receiver polling on another core may have
     // taken it already (0x81 on it, 0x80 on the one before).
     let mut n = cursor;
@@ -1332,11 +1677,11 @@ fn is_unicast(ip: &IpAddr) -> bool {
     }
 }
 
-/// One structure of a queue set in host memory (`start`, `len`) and its role.
+/// One structure of a queue set in guest memory (`start`, `len`) and its role.
 #[derive(Clone, Copy, Debug)]
 struct Extent {
-    start: usize,
-    len: usize,
+    start: u64,
+    len: u64,
     field: QueueField,
 }
 
@@ -1347,17 +1692,9 @@ impl Extent {
         field: QueueField::OutputSlsb,
     };
 
-    fn end(&self) -> usize {
-        // A GuestSlice lies in one window, which does not wrap.
+    fn end(&self) -> u64 {
+        // Each structure translated, so it does not wrap (`MemoryExt::slice`).
         self.start.saturating_add(self.len)
-    }
-
-    fn of(slice: &GuestSlice, field: QueueField) -> Self {
-        Self {
-            start: slice.host_addr(),
-            len: slice.len(),
-            field,
-        }
     }
 }
 
@@ -1387,65 +1724,107 @@ const EXTENTS: usize = 2 * QUEUE_BUFFERS + 5;
 
 /// Calls `f` with each structure of a queue set.
 fn extents(out: &QueueRing, inp: &QueueRing, ind: &IndicatorBytes, mut f: impl FnMut(Extent)) {
+    let e = |start: u64, len: usize, field: QueueField| Extent {
+        start,
+        len: len as u64,
+        field,
+    };
     for (i, (o, n)) in out.sbals.iter().zip(inp.sbals.iter()).enumerate() {
-        f(Extent::of(&o.slice(), QueueField::OutputSbal(i as u8)));
-        f(Extent::of(&n.slice(), QueueField::InputSbal(i as u8)));
+        f(e(*o, SBAL_SIZE, QueueField::OutputSbal(i as u8)));
+        f(e(*n, SBAL_SIZE, QueueField::InputSbal(i as u8)));
     }
-    f(Extent::of(&out.slsb, QueueField::OutputSlsb));
-    f(Extent::of(&inp.slsb, QueueField::InputSlsb));
-    f(Extent::of(&ind.queue, QueueField::QueueIndicator));
-    f(Extent::of(&ind.middle, QueueField::MiddleIndicator));
-    f(Extent::of(&ind.global, QueueField::GlobalIndicator));
+    f(e(out.slsb, SLSB_LEN, QueueField::OutputSlsb));
+    f(e(inp.slsb, SLSB_LEN, QueueField::InputSlsb));
+    f(e(ind.queue, 1, QueueField::QueueIndicator));
+    f(e(ind.middle, 1, QueueField::MiddleIndicator));
+    f(e(ind.global, 1, QueueField::GlobalIndicator));
 }
 
-/// Checks a queue set's addresses against the partition's memory.
-fn check_queue_set(
-    memory: &Memory,
-    params: &QueueSetParams,
-) -> Result<(QueueRing, QueueRing, IndicatorBytes), RegistrationError> {
+/// A queue set's guest addresses as the fabric keeps them.
+fn queue_set(params: &QueueSetParams) -> (QueueRing, QueueRing, IndicatorBytes) {
+    (
+        QueueRing {
+            sbals: params.output_sbals,
+            slsb: params.output_slsb,
+        },
+        QueueRing {
+            sbals: params.input_sbals,
+            slsb: params.input_slsb,
+        },
+        IndicatorBytes {
+            queue: params.queue_indicator,
+            middle: params.middle_indicator,
+            global: params.global_indicator,
+        },
+    )
+}
+
+/// Checks that every structure of a queue set translates in `memory`: wholly inside
+/// it (0xF005), SBALs 256-aligned in guest memory (0xF006, the partition's error) and
+/// in host memory (0xF010, the hypervisor's).
+fn check_structures<M: GuestMemory>(
+    memory: &M,
+    out: &QueueRing,
+    inp: &QueueRing,
+    ind: &IndicatorBytes,
+) -> Result<(), RegistrationError> {
     let sbals = |addrs: &[u64; QUEUE_BUFFERS], field: fn(u8) -> QueueField| {
-        let mut out = heapless::Vec::<Sbal, QUEUE_BUFFERS>::new();
         for (i, a) in addrs.iter().enumerate() {
-            let sbal = memory.sbal(*a).map_err(|e| match e {
+            memory.sbal(*a).map_err(|e| match e {
                 SbalError::Misaligned => RegistrationError::Misaligned(field(i as u8)),
                 SbalError::OutsideMemory => RegistrationError::OutsideMemory(field(i as u8)),
+                SbalError::HostMisaligned => RegistrationError::MisalignedWindow,
             })?;
-            // 128 addresses into a Vec of 128: cannot overflow.
-            let _ = out.push(sbal);
         }
-        out.into_array()
-            .map_err(|_| RegistrationError::OutsideMemory(field(0)))
+        Ok(())
     };
-    let bytes =
-        |addr: u64, len: usize, field: QueueField| -> Result<GuestSlice, RegistrationError> {
-            memory
-                .slice(addr, len as u64)
-                .ok_or(RegistrationError::OutsideMemory(field))
-        };
-    let out = QueueRing {
-        sbals: sbals(&params.output_sbals, QueueField::OutputSbal)?,
-        slsb: bytes(params.output_slsb, SLSB_LEN, QueueField::OutputSlsb)?,
+    let bytes = |addr: u64, len: usize, field: QueueField| {
+        memory
+            .slice(addr, len as u64)
+            .map(|_| ())
+            .ok_or(RegistrationError::OutsideMemory(field))
     };
-    let inp = QueueRing {
-        sbals: sbals(&params.input_sbals, QueueField::InputSbal)?,
-        slsb: bytes(params.input_slsb, SLSB_LEN, QueueField::InputSlsb)?,
-    };
-    let ind = IndicatorBytes {
-        queue: bytes(params.queue_indicator, 1, QueueField::QueueIndicator)?,
-        middle: bytes(params.middle_indicator, 1, QueueField::MiddleIndicator)?,
-        global: bytes(params.global_indicator, 1, QueueField::GlobalIndicator)?,
-    };
-    Ok((out, inp, ind))
+    sbals(&out.sbals, QueueField::OutputSbal)?;
+    bytes(out.slsb, SLSB_LEN, QueueField::OutputSlsb)?;
+    sbals(&inp.sbals, QueueField::InputSbal)?;
+    bytes(inp.slsb, SLSB_LEN, QueueField::InputSlsb)?;
+    bytes(ind.queue, 1, QueueField::QueueIndicator)?;
+    bytes(ind.middle, 1, QueueField::MiddleIndicator)?;
+    bytes(ind.global, 1, QueueField::GlobalIndicator)
+}
+
+impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize, const W: usize>
+    Fabric<P, Q, A, L, S, Windows<W>>
+{
+    /// Makes a partition known with its memory windows (at most `W`), the default
+    /// [`GuestMemory`]. Refused, as the embedder's errors: a window empty, wrapping,
+    /// or more than `W` (0xF003); windows overlapping one another or another
+    /// partition's, in host memory (0xF004); a window whose host address is not
+    /// congruent to its guest address modulo 256 (0xF010, [`Window::new`]). Then as
+    /// [`add_partition_memory`](Self::add_partition_memory).
+    pub fn add_partition(&self, lpar: LparId, windows: &[Window]) -> Result<(), RegistrationError> {
+        self.add_partition_memory(lpar, Windows::new(windows)?)
+    }
 }
 
 /// A partition's SIGA entry: the fabric bound to the issuing LPAR.
 #[derive(Clone, Copy)]
-pub struct Port<'f, P: Platform, const Q: usize, const A: usize> {
-    fabric: &'f Fabric<P, Q, A>,
+pub struct Port<
+    'f,
+    P: Platform,
+    const Q: usize,
+    const A: usize,
+    const L: usize = MAX_PARTITIONS,
+    const S: usize = MAX_SUBCHANNELS,
+    M: GuestMemory = Windows,
+> {
+    fabric: &'f Fabric<P, Q, A, L, S, M>,
     lpar: LparId,
 }
 
-impl<P: Platform, const Q: usize, const A: usize> Port<'_, P, Q, A> {
+impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>
+    Port<'_, P, Q, A, L, S, M>
+{
     /// The issuing partition.
     pub const fn lpar(&self) -> LparId {
         self.lpar
@@ -1462,7 +1841,9 @@ pub trait Siga {
     fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus;
 }
 
-impl<P: Platform, const Q: usize, const A: usize> Siga for Port<'_, P, Q, A> {
+impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>
+    Siga for Port<'_, P, Q, A, L, S, M>
+{
     fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus {
         SigaStatus::from(
             &self
@@ -1485,13 +1866,13 @@ mod tests {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            (seed % 4096) as usize
+            seed % 4096
         };
-        let inputs: [Vec<usize>; 4] = [
+        let inputs: [Vec<u64>; 4] = [
             (0..EXTENTS)
-                .map(|i| (i % 2) * 0x8000 + (i / 2) * 256)
+                .map(|i| (i as u64 % 2) * 0x8000 + (i as u64 / 2) * 256)
                 .collect(),
-            (0..EXTENTS).rev().collect(),
+            (0..EXTENTS as u64).rev().collect(),
             vec![7, 3, 7, 0, 3, 7],
             (0..EXTENTS).map(|_| random()).collect(),
         ];
@@ -1508,7 +1889,7 @@ mod tests {
             sort_by_start(&mut v);
             let mut want = starts.clone();
             want.sort_unstable();
-            let got: Vec<usize> = v.iter().map(|e| e.start).collect();
+            let got: Vec<u64> = v.iter().map(|e| e.start).collect();
             assert_eq!(got, want);
         }
         sort_by_start(&mut []);

@@ -31,8 +31,94 @@ use crate::error::RegistrationError;
 use crate::qdio::{SBAL_SIZE, SBALE_SIZE, Sbale};
 use crate::sync::{GuestU8, GuestU64, check_plain_write, guest_u8, guest_u64};
 
-/// Most windows one partition may have.
+/// Most windows one partition may have with the default [`Windows`] memory.
 pub const MAX_WINDOWS: usize = 4;
+
+/// What the fabric needs of a host address that backs an SBAL: the same address
+/// modulo 256 as the guest address (SBALs are 256-aligned in guest memory, and their
+/// 8-byte words are accessed as 8-byte atomics, which need 8-aligned host addresses).
+/// A page-granular stage-2 map keeps every address modulo its page size, so this
+/// holds for any such map.
+pub const HOST_ALIGN: u64 = SBAL_SIZE as u64;
+
+/// How the fabric reaches one partition's memory: the hypervisor's translation of a
+/// guest range to host memory.
+///
+/// The fabric stores only guest addresses (of SBALs, SLSBs, indicator bytes), never
+/// host pointers, and translates each range when it uses it, once per buffer, under
+/// its locks: so a hypervisor with its own stage-2 map can back a partition with
+/// pages that are not contiguous in host memory, and move them
+/// ([`Fabric::replace_memory`](crate::Fabric::replace_memory)). The default
+/// implementation, [`Windows`], is a list of contiguous [`Window`]s.
+///
+/// `EMPTY` is the value of a partition slot nobody uses: it translates nothing (and,
+/// for a fabric in a `static` to start in `.bss`, is best all-zero bytes).
+///
+/// # Safety
+///
+/// For every `Some(host)` that [`translate`](Self::translate)`(guest, len)` returns:
+///
+/// - `host .. host + len` is valid for reads and writes until this value is next
+///   changed through `&mut` or dropped (the fabric does either only under its
+///   exclusive table lock, when none of its calls is using a translation), and no
+///   Rust reference to that memory exists meanwhile: others may touch it only as
+///   [`Window::new`] describes;
+/// - distinct guest bytes translate to distinct host bytes, and no host byte belongs
+///   to two partitions' memories: the fabric refuses a partition's memory that
+///   [`overlaps`](Self::overlaps) another's, so an implementation whose `overlaps`
+///   cannot tell (the default, `false`) must keep them apart itself;
+/// - `host .. host + len` does not wrap the address space.
+///
+/// It need not keep `host ≡ guest (mod` [`HOST_ALIGN`]`)`: the fabric checks that
+/// wherever it matters and refuses, with
+/// [`RegistrationError::MisalignedWindow`], a queue set whose SBAL translates
+/// otherwise.
+pub unsafe trait GuestMemory: Send + Sync {
+    /// A memory that translates nothing (a free partition slot).
+    const EMPTY: Self;
+
+    /// The host address of guest range `guest .. guest + len` (`len > 0`) if the
+    /// whole range is the partition's and contiguous in host memory, or `None`.
+    fn translate(&self, guest: u64, len: u64) -> Option<NonNull<u8>>;
+
+    /// Whether this memory and `other` (another partition's) share host bytes. The
+    /// fabric asks when a partition is added or its memory replaced, and refuses an
+    /// overlap ([`RegistrationError::OverlappingWindows`]). The default cannot tell.
+    fn overlaps(&self, other: &Self) -> bool {
+        let _ = other;
+        false
+    }
+}
+
+/// The fabric's checked accessors over any [`GuestMemory`].
+pub trait MemoryExt: GuestMemory {
+    /// The checked slice `[addr, addr + len)`: `None` unless `len > 0` and the whole
+    /// range translates.
+    #[inline]
+    fn slice(&self, addr: u64, len: u64) -> Option<GuestSlice> {
+        let n = usize::try_from(len).ok().filter(|n| *n > 0)?;
+        addr.checked_add(len)?;
+        let ptr = self.translate(addr, len)?;
+        Some(GuestSlice { ptr, len: n })
+    }
+
+    /// The checked, 256-aligned SBAL at `addr`.
+    #[inline]
+    fn sbal(&self, addr: u64) -> Result<Sbal, SbalError> {
+        if !addr.is_multiple_of(SBAL_SIZE as u64) {
+            return Err(SbalError::Misaligned);
+        }
+        let s = self
+            .slice(addr, SBAL_SIZE as u64)
+            .ok_or(SbalError::OutsideMemory)?;
+        // A translation that does not keep the address modulo 256 would give a
+        // misaligned host SBAL: refuse it rather than access it (the hypervisor's
+        // doing, not the partition's).
+        Sbal::new(s).ok_or(SbalError::HostMisaligned)
+    }
+}
+
+impl<M: GuestMemory> MemoryExt for M {}
 
 /// One contiguous range of a partition's memory: guest addresses
 /// `guest_base .. guest_base + len`, backed by host memory at `host`.
@@ -40,7 +126,9 @@ pub const MAX_WINDOWS: usize = 4;
 pub struct Window {
     guest_base: u64,
     len: u64,
-    host: NonNull<u8>,
+    /// Null only in the unused entries of [`Windows`] (all-zero, so a fabric in a
+    /// `static` can start in `.bss`).
+    host: *mut u8,
 }
 
 // SAFETY: a Window is an address range; the memory behind it is only touched through
@@ -51,20 +139,37 @@ unsafe impl Send for Window {}
 unsafe impl Sync for Window {}
 
 impl Window {
+    const UNUSED: Self = Self {
+        guest_base: 0,
+        len: 0,
+        host: core::ptr::null_mut(),
+    };
+
     /// A window of `len` bytes at guest address `guest_base`, backed by `host`.
+    ///
+    /// `host` must be congruent to `guest_base` modulo [`HOST_ALIGN`] (256), or
+    /// [`Fabric::add_partition`](crate::Fabric::add_partition) refuses the window
+    /// with [`RegistrationError::MisalignedWindow`].
     ///
     /// # Safety
     ///
     /// `host .. host + len` must be valid for reads and writes for as long as any
     /// fabric or driver holding this window may use it (for a fabric: until the
-    /// partition is removed), and no Rust reference to that memory may exist while
-    /// they do: the memory belongs to the partition and is reached through this
-    /// module only.
+    /// partition is removed or its memory replaced), and no Rust reference (`&`,
+    /// `&mut`, a slice) to that memory may exist while they do.
+    ///
+    /// What else may touch the memory meanwhile: the partition itself (its vCPUs, on
+    /// any core, at any time: that is the point), a device model or DMA of the
+    /// hypervisor, and the hypervisor's own code, all through raw pointers, volatile
+    /// or atomic accesses, or from outside Rust (assembly, another address space),
+    /// never through references. The fabric copies frame data that the partition
+    /// may be changing and reads every control word once (see the module docs), so
+    /// such accesses can garble only the partition's own frames, never the fabric.
     pub const unsafe fn new(guest_base: u64, host: NonNull<u8>, len: usize) -> Self {
         Self {
             guest_base,
             len: len as u64,
-            host,
+            host: host.as_ptr(),
         }
     }
 
@@ -84,44 +189,84 @@ impl Window {
     }
 
     fn host_range(&self) -> (usize, usize) {
-        let start = self.host.as_ptr() as usize;
+        let start = self.host as usize;
         (start, start.saturating_add(self.len as usize))
     }
 
-    /// The slice for `[addr, addr + len)` if it lies wholly inside this window.
-    fn slice(&self, addr: u64, len: u64) -> Option<GuestSlice> {
+    /// The host address of `[addr, addr + len)` if it lies wholly inside this window.
+    #[inline]
+    fn translate(&self, addr: u64, len: u64) -> Option<NonNull<u8>> {
         let offset = addr.checked_sub(self.guest_base)?;
         let end = offset.checked_add(len)?;
         if len == 0 || end > self.len {
             return None;
         }
-        Some(GuestSlice {
-            // SAFETY: offset + len <= self.len, so the pointer stays inside the
-            // allocation `new`'s contract describes.
-            ptr: unsafe { self.host.add(offset as usize) },
-            len: len as usize,
-        })
+        // `wrapping_add` keeps this free of unsafe: the offset is inside the window
+        // (checked above), which `new`'s contract makes one valid allocation, and an
+        // unused entry (null, length 0) never gets here.
+        NonNull::new(self.host.wrapping_add(offset as usize))
     }
 }
 
-/// The memory of one partition: up to [`MAX_WINDOWS`] disjoint windows.
-#[derive(Clone, Debug, Default)]
-pub struct Memory {
-    windows: heapless::Vec<Window, MAX_WINDOWS>,
+/// The default [`GuestMemory`]: up to `W` disjoint [`Window`]s, each contiguous in
+/// host memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Windows<const W: usize = MAX_WINDOWS> {
+    windows: [Window; W],
+    count: usize,
 }
 
-impl Memory {
-    /// Memory made of `windows`: each non-empty, not wrapping the guest or host
-    /// address space, and not overlapping another (neither in guest nor in host
-    /// addresses).
+/// The memory of one partition as the default fabric keeps it (for the unit tests and
+/// the fuzz targets).
+#[cfg(any(test, feature = "fuzzing"))]
+pub type Memory = Windows<MAX_WINDOWS>;
+
+impl<const W: usize> Default for Windows<W> {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+// SAFETY: `translate` returns only addresses inside a window, and each window's
+// validity is `Window::new`'s contract; `Windows::new` refuses windows that overlap
+// in guest or host memory or wrap; the fabric checks host overlap between partitions
+// (`Fabric::add_partition`).
+unsafe impl<const W: usize> GuestMemory for Windows<W> {
+    const EMPTY: Self = Self {
+        windows: [Window::UNUSED; W],
+        count: 0,
+    };
+
+    #[inline]
+    fn translate(&self, guest: u64, len: u64) -> Option<NonNull<u8>> {
+        self.windows
+            .iter()
+            .take(self.count)
+            .find_map(|w| w.translate(guest, len))
+    }
+
+    fn overlaps(&self, other: &Self) -> bool {
+        self.windows()
+            .iter()
+            .any(|a| other.windows().iter().any(|b| host_overlap(a, b)))
+    }
+}
+
+impl<const W: usize> Windows<W> {
+    /// Memory made of `windows`: at most `W`, each non-empty, not wrapping the guest
+    /// or host address space, not overlapping another (neither in guest nor in host
+    /// addresses), and with its host address congruent to its guest address modulo
+    /// [`HOST_ALIGN`] (else [`RegistrationError::MisalignedWindow`]: the embedder's
+    /// error, before any partition could be blamed for it).
     pub fn new(windows: &[Window]) -> Result<Self, RegistrationError> {
-        if windows.is_empty() {
+        if windows.is_empty() || windows.len() > W {
             return Err(RegistrationError::InvalidWindow);
         }
-        let mut memory = Self::default();
+        let mut memory = Self::EMPTY;
         for w in windows {
-            let host_start = w.host.as_ptr() as usize;
+            let host_start = w.host as usize;
             if w.len == 0
+                || w.host.is_null()
                 || w.guest_base.checked_add(w.len).is_none()
                 || usize::try_from(w.len)
                     .ok()
@@ -130,45 +275,28 @@ impl Memory {
             {
                 return Err(RegistrationError::InvalidWindow);
             }
-            for o in &memory.windows {
+            if (host_start as u64) % HOST_ALIGN != w.guest_base % HOST_ALIGN {
+                return Err(RegistrationError::MisalignedWindow);
+            }
+            for o in memory.windows() {
                 let guest_overlap =
                     w.guest_base < o.guest_base + o.len && o.guest_base < w.guest_base + w.len;
                 if guest_overlap || host_overlap(w, o) {
                     return Err(RegistrationError::OverlappingWindows);
                 }
             }
-            memory
-                .windows
-                .push(*w)
-                .map_err(|_| RegistrationError::InvalidWindow)?;
+            let Some(slot) = memory.windows.get_mut(memory.count) else {
+                return Err(RegistrationError::InvalidWindow);
+            };
+            *slot = *w;
+            memory.count += 1;
         }
         Ok(memory)
     }
 
-    /// Whether any window of `self` shares host memory with any window of `other`.
-    pub fn overlaps(&self, other: &Memory) -> bool {
-        self.windows
-            .iter()
-            .any(|a| other.windows.iter().any(|b| host_overlap(a, b)))
-    }
-
-    /// The checked slice `[addr, addr + len)`: `None` unless `len > 0` and the whole
-    /// range lies inside one window.
-    pub fn slice(&self, addr: u64, len: u64) -> Option<GuestSlice> {
-        self.windows.iter().find_map(|w| w.slice(addr, len))
-    }
-
-    /// The checked, 256-aligned SBAL at `addr`.
-    pub fn sbal(&self, addr: u64) -> Result<Sbal, SbalError> {
-        if !addr.is_multiple_of(SBAL_SIZE as u64) {
-            return Err(SbalError::Misaligned);
-        }
-        let s = self
-            .slice(addr, SBAL_SIZE as u64)
-            .ok_or(SbalError::OutsideMemory)?;
-        // A window whose host address is not congruent to its guest address mod 256
-        // would give a misaligned host SBAL: refuse it rather than access it.
-        Sbal::new(s).ok_or(SbalError::Misaligned)
+    /// The windows.
+    pub fn windows(&self) -> &[Window] {
+        self.windows.get(..self.count).unwrap_or(&[])
     }
 }
 
@@ -181,10 +309,13 @@ fn host_overlap(a: &Window, b: &Window) -> bool {
 /// Why an SBAL address was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SbalError {
-    /// Not 256-aligned.
+    /// Not 256-aligned (the partition's error).
     Misaligned,
     /// Not wholly inside the partition's memory.
     OutsideMemory,
+    /// 256-aligned in guest memory but not in host memory: the translation does not
+    /// keep addresses modulo [`HOST_ALIGN`] (the hypervisor's error).
+    HostMisaligned,
 }
 
 /// A checked range of guest memory. Its accessors never leave the range: an offset
@@ -473,7 +604,8 @@ impl Sbal {
         w0.fetch_or(u64::from_ne_bytes(value), Ordering::Relaxed);
     }
 
-    /// The SBAL's memory (for establish's overlap check and for tests).
+    /// The SBAL's memory (for tests).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn slice(&self) -> GuestSlice {
         GuestSlice {
             ptr: self.ptr,
@@ -517,7 +649,7 @@ mod tests {
             RegistrationError::OverlappingWindows
         );
         // SAFETY: never accessed: Memory::new refuses it.
-        let wrap = unsafe { Window::new(u64::MAX - 10, NonNull::from(&mut p.0).cast(), 4096) };
+        let wrap = unsafe { Window::new(u64::MAX - 0xFF, NonNull::from(&mut p.0).cast(), 4096) };
         assert_eq!(
             Memory::new(&[wrap]).unwrap_err(),
             RegistrationError::InvalidWindow

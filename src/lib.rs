@@ -299,7 +299,7 @@ pub use fabric::{
     DelayReport, Fabric, FabricConfig, Port, QueueSetHandle, QueueSetParams, Siga, SigaFunction,
     SigaReport,
 };
-pub use guest::Window;
+pub use guest::{GuestMemory, HOST_ALIGN, MAX_WINDOWS, Window, Windows};
 #[cfg(feature = "test-hooks")]
 pub use platform::LockPoint;
 pub use platform::{CallContext, InterruptDelivery, InterruptTarget, Platform};

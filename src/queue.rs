@@ -4,20 +4,49 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::guest::{GuestSlice, Sbal};
-use crate::qdio::{QUEUE_BUFFERS, Reason};
+use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError};
+use crate::qdio::{QUEUE_BUFFERS, Reason, SLSB_LEN};
 use crate::sync::Mutex;
 use crate::table::SourceKey;
 
-/// One queue in guest memory: 128 SBALs and the SLSB of their 128 state bytes,
-/// checked once, when the queue set is established.
+/// One queue in guest memory: the guest addresses of its 128 SBALs and of the SLSB of
+/// their 128 state bytes, checked when the queue set is established.
+///
+/// Guest addresses, not host pointers: the fabric translates them through the
+/// partition's [`GuestMemory`] when it uses them (once per buffer), so the hypervisor
+/// may remap the partition's memory while the queue set stays established.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct QueueRing {
-    pub(crate) sbals: [Sbal; QUEUE_BUFFERS],
-    pub(crate) slsb: GuestSlice,
+    pub(crate) sbals: [u64; QUEUE_BUFFERS],
+    pub(crate) slsb: u64,
 }
 
 impl QueueRing {
+    /// All-zero: a free queue control's (never used while its control is inactive).
+    pub(crate) const ZERO: Self = Self {
+        sbals: [0; QUEUE_BUFFERS],
+        slsb: 0,
+    };
+
+    /// The ring with its SLSB translated through `memory`, for one use under the
+    /// queue's lock; `None` if the SLSB no longer translates (the hypervisor unmapped
+    /// it).
+    #[inline(always)]
+    pub(crate) fn live<M: GuestMemory>(&self, memory: &M) -> Option<LiveRing<'_>> {
+        Some(LiveRing {
+            slsb: memory.slice(self.slsb, SLSB_LEN as u64)?,
+            sbals: &self.sbals,
+        })
+    }
+}
+
+/// A [`QueueRing`] whose SLSB is translated, for the duration of one fabric call.
+pub(crate) struct LiveRing<'a> {
+    slsb: GuestSlice,
+    sbals: &'a [u64; QUEUE_BUFFERS],
+}
+
+impl LiveRing<'_> {
     /// The state byte of buffer `n` (wrapping). Always inlined, as are the guest
     /// accessors under it, so that each caller's constant ordering folds and no
     /// invalid-ordering panic path is left in the send path.
@@ -33,9 +62,10 @@ impl QueueRing {
             .store(usize::from(n) % QUEUE_BUFFERS, state, order);
     }
 
-    /// The SBAL of buffer `n` (wrapping).
-    pub(crate) fn sbal(&self, n: u8) -> Sbal {
-        self.sbals[usize::from(n) % QUEUE_BUFFERS]
+    /// The SBAL of buffer `n` (wrapping), translated through `memory`.
+    #[inline]
+    pub(crate) fn sbal<M: GuestMemory>(&self, n: u8, memory: &M) -> Result<Sbal, SbalError> {
+        memory.sbal(self.sbals[usize::from(n) % QUEUE_BUFFERS])
     }
 }
 
@@ -51,30 +81,68 @@ pub(crate) const fn prev(n: u8) -> u8 {
 
 /// The sender side of a queue control: the output queue and its cursor.
 pub(crate) struct Outbound {
-    /// The output queue; `None` while the slot is free.
-    pub(crate) ring: Option<QueueRing>,
+    /// The queue control is in use (`ring` meaningful). Flags rather than `Option`s
+    /// throughout: a free control is then all-zero bytes by definition.
+    pub(crate) active: bool,
+    /// The output queue.
+    pub(crate) ring: QueueRing,
     /// The next output buffer to look at: SIGA handles primed buffers from here, in
     /// ring order, so finding the next one is O(1).
     pub(crate) cursor: u8,
 }
 
-/// The receiver's three indicator bytes.
+impl Outbound {
+    /// The output queue while the control is in use.
+    #[inline(always)]
+    pub(crate) fn ring(&self) -> Option<&QueueRing> {
+        self.active.then_some(&self.ring)
+    }
+}
+
+/// The guest addresses of the receiver's three indicator bytes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IndicatorBytes {
+    pub(crate) queue: u64,
+    pub(crate) middle: u64,
+    pub(crate) global: u64,
+}
+
+/// The indicator bytes translated, for one use.
+pub(crate) struct LiveIndicators {
     pub(crate) queue: GuestSlice,
     pub(crate) middle: GuestSlice,
     pub(crate) global: GuestSlice,
 }
 
+impl IndicatorBytes {
+    /// All-zero: a free queue control's.
+    pub(crate) const ZERO: Self = Self {
+        queue: 0,
+        middle: 0,
+        global: 0,
+    };
+
+    /// The three bytes translated through `memory`, or `None` if one no longer is.
+    pub(crate) fn live<M: GuestMemory>(&self, memory: &M) -> Option<LiveIndicators> {
+        Some(LiveIndicators {
+            queue: memory.slice(self.queue, 1)?,
+            middle: memory.slice(self.middle, 1)?,
+            global: memory.slice(self.global, 1)?,
+        })
+    }
+}
+
 /// The receiver side of a queue control: the input queue, its cursor, its indicators
 /// and the interrupt decision's state.
 pub(crate) struct Inbound {
-    /// The input queue; `None` while the slot is free.
-    pub(crate) ring: Option<QueueRing>,
+    /// The queue control is in use (`ring` and `indicators` meaningful).
+    pub(crate) active: bool,
+    /// The input queue.
+    pub(crate) ring: QueueRing,
     /// The next input buffer to fill: it must read 0x41, or the queue is full.
     pub(crate) cursor: u8,
     /// The receiver's completion-vector bytes.
-    pub(crate) indicators: Option<IndicatorBytes>,
+    pub(crate) indicators: IndicatorBytes,
     /// Which of the owning partition's summary stamps guards `indicators.global`: the
     /// fallback's time stamp lives with the summary byte, per partition, not here.
     pub(crate) summary: u8,
@@ -84,6 +152,14 @@ pub(crate) struct Inbound {
     pub(crate) cookie: u64,
     /// The owner, for the interrupt's target.
     pub(crate) owner: SourceKey,
+}
+
+impl Inbound {
+    /// The input queue and the indicators while the control is in use.
+    #[inline(always)]
+    pub(crate) fn ring(&self) -> Option<(&QueueRing, &IndicatorBytes)> {
+        self.active.then_some((&self.ring, &self.indicators))
+    }
 }
 
 /// One queue control per established queue set \[patent\]. Its two locks and its two
@@ -109,13 +185,15 @@ impl QueueControl {
         Self {
             generation: AtomicU32::new(0),
             outbound: Aligned(Mutex::new(Outbound {
-                ring: None,
+                active: false,
+                ring: QueueRing::ZERO,
                 cursor: 0,
             })),
             inbound: Aligned(Mutex::new(Inbound {
-                ring: None,
+                active: false,
+                ring: QueueRing::ZERO,
                 cursor: 0,
-                indicators: None,
+                indicators: IndicatorBytes::ZERO,
                 summary: 0,
                 interrupt_immediately: false,
                 cookie: 0,

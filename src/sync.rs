@@ -238,9 +238,93 @@ fn spin_hint() {
     core::hint::spin_loop();
 }
 
-/// The per-queue-control lock (outbound and inbound): a spin mutex.
+/// The per-queue-control lock (outbound and inbound): a test-and-set spin mutex.
+///
+/// The crate's own rather than `spin`'s so that its all-zero bytes are, by this
+/// definition, the unlocked state: a fabric starts all-zero ([`Fabric::init_in_place`]
+/// zero-fills it, and a `static` of it lands in `.bss`), which must not rest on the
+/// private layout of a dependency.
+///
+/// [`Fabric::init_in_place`]: crate::Fabric::init_in_place
 #[cfg(not(iqdio_loom))]
-pub(crate) type Mutex<T> = spin::mutex::SpinMutex<T>;
+pub(crate) struct Mutex<T> {
+    /// Held. `false` (zero) is unlocked.
+    locked: AtomicBool,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out `&mut T` to one thread at a time, as a mutex does.
+#[cfg(not(iqdio_loom))]
+unsafe impl<T: Send> Sync for Mutex<T> {}
+// SAFETY: owning the lock owns the T.
+#[cfg(not(iqdio_loom))]
+unsafe impl<T: Send> Send for Mutex<T> {}
+
+#[cfg(not(iqdio_loom))]
+impl<T> Mutex<T> {
+    pub(crate) const fn new(v: T) -> Self {
+        Self {
+            locked: AtomicBool::new(false),
+            data: UnsafeCell::new(v),
+        }
+    }
+
+    /// Takes the lock, spinning (on a plain load, so the line stays shared while
+    /// held) until it is free.
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            while self.locked.load(Ordering::Relaxed) {
+                spin_hint();
+            }
+        }
+    }
+
+    /// Takes the lock if it is free at once.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        // Acquire pairs with the Release in MutexGuard::drop: the previous holder's
+        // writes to the data are visible.
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| MutexGuard { lock: self })
+    }
+}
+
+/// A held [`Mutex`].
+#[cfg(not(iqdio_loom))]
+pub(crate) struct MutexGuard<'a, T> {
+    lock: &'a Mutex<T>,
+}
+
+#[cfg(not(iqdio_loom))]
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard exists only while this thread holds the lock.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+#[cfg(not(iqdio_loom))]
+impl<T> DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in deref; `&mut self` makes this the only reference.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+#[cfg(not(iqdio_loom))]
+impl<T> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire of the next try_lock.
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
 
 /// The per-queue-control lock under loom: loom's mutex behind the same interface.
 #[cfg(iqdio_loom)]
@@ -308,6 +392,13 @@ impl<T> TableLock<T> {
                 data: UnsafeCell::new(data),
             }
         }
+    }
+
+    /// The data of a lock being built in place (`Fabric::init_in_place`).
+    #[cfg(not(iqdio_loom))]
+    pub(crate) const fn data_ptr(this: *mut Self) -> *mut T {
+        // SAFETY: only a field address is computed; nothing is read or referenced.
+        UnsafeCell::raw_get(unsafe { core::ptr::addr_of_mut!((*this).data) })
     }
 
     /// Takes the lock shared (reader slot 0), waiting while a writer holds or awaits it.

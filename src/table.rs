@@ -52,8 +52,78 @@ pub(crate) struct TargetEntry {
 /// that collide.
 pub type HashSeed = [u64; 2];
 
+/// A value a free table slot holds: for the fabric's own key and value types, all-zero
+/// bytes, so that an empty table is all-zero (a fabric starts all-zero: see
+/// `Fabric::init_in_place`).
+pub(crate) trait Zero: Copy {
+    /// The value of a free slot.
+    const ZERO: Self;
+}
+
+impl Zero for u8 {
+    const ZERO: Self = 0;
+}
+
+impl Zero for u32 {
+    const ZERO: Self = 0;
+}
+
+impl Zero for SlotRef {
+    const ZERO: Self = Self {
+        index: 0,
+        generation: 0,
+    };
+}
+
+impl Zero for SourceKey {
+    const ZERO: Self = Self {
+        lpar: 0,
+        subchannel: 0,
+    };
+}
+
+impl Zero for TargetEntry {
+    const ZERO: Self = Self {
+        slot: SlotRef::ZERO,
+        owner: SourceKey::ZERO,
+    };
+}
+
+impl Zero for IpAddr {
+    // Only the crate's tests keep `IpAddr`s in a table (the fabric keeps `IpKey`s),
+    // so its layout, which Rust does not specify, does not matter.
+    const ZERO: Self = IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED);
+}
+
+/// An IP address as the target table keeps it: its encoding (a version byte, 4 or 6,
+/// then the octets; zero-padded for IPv4). Plain bytes, unlike `IpAddr` whose layout
+/// Rust leaves open, so a free slot is all-zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IpKey([u8; 17]);
+
+impl From<&IpAddr> for IpKey {
+    fn from(ip: &IpAddr) -> Self {
+        let mut b = [0u8; 17];
+        ip.encode(&mut b);
+        Self(b)
+    }
+}
+
+impl Zero for IpKey {
+    const ZERO: Self = Self([0; 17]);
+}
+
+impl TableKey for IpKey {
+    const MAX_LEN: usize = 17;
+    fn encode(&self, out: &mut [u8; 17]) -> usize {
+        *out = self.0;
+        // The same bytes IpAddr's encoding gives, so the hash is the same.
+        if self.0[0] == 4 { 5 } else { 17 }
+    }
+}
+
 /// How a key is hashed: its bytes, fed to [`KeyHash`].
-pub(crate) trait TableKey: Copy + Eq {
+pub(crate) trait TableKey: Zero + Eq {
     /// The longest encoding.
     const MAX_LEN: usize;
     /// Writes the key's encoding into `out` (at least `MAX_LEN` long); returns its length.
@@ -163,6 +233,8 @@ fn sip_round(v: &mut [u64; 4]) {
 
 #[derive(Clone, Copy)]
 struct Entry<K, V> {
+    /// The slot holds an entry (`false`, zero, in a free slot).
+    used: bool,
     /// The key's hash, kept so deletion can move entries without hashing again.
     hash: u32,
     key: K,
@@ -173,18 +245,24 @@ struct Entry<K, V> {
 /// and backward-shift deletion (no tombstones, so a lookup's run never grows with
 /// churn). It may fill completely; a lookup then still ends after `N` probes.
 pub(crate) struct HashTable<K, V, const N: usize, H = SipHash13> {
-    slots: [Option<Entry<K, V>>; N],
+    slots: [Entry<K, V>; N],
     len: usize,
     _hash: core::marker::PhantomData<H>,
 }
 
-impl<K: TableKey, V: Copy, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
+impl<K: TableKey, V: Zero, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
     const MASK: usize = N - 1;
+    const FREE: Entry<K, V> = Entry {
+        used: false,
+        hash: 0,
+        key: K::ZERO,
+        value: V::ZERO,
+    };
 
     const fn new() -> Self {
         assert!(N.is_power_of_two() && N <= 1 << 31);
         Self {
-            slots: [const { None }; N],
+            slots: [Self::FREE; N],
             len: 0,
             _hash: core::marker::PhantomData,
         }
@@ -202,18 +280,21 @@ impl<K: TableKey, V: Copy, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
         let hash = Self::hash(seed, key);
         let mut i = hash as usize & Self::MASK;
         for probes in 1..=N {
-            match &self.slots[i] {
-                None => return (None, probes),
-                Some(e) if e.hash == hash && e.key == *key => return (Some(i), probes),
-                Some(_) => i = (i + 1) & Self::MASK,
+            let e = &self.slots[i];
+            if !e.used {
+                return (None, probes);
             }
+            if e.hash == hash && e.key == *key {
+                return (Some(i), probes);
+            }
+            i = (i + 1) & Self::MASK;
         }
         (None, N)
     }
 
     fn get(&self, seed: &HashSeed, key: &K) -> Option<V> {
         let (i, _) = self.find(seed, key);
-        self.slots[i?].as_ref().map(|e| e.value)
+        self.slots.get(i?).filter(|e| e.used).map(|e| e.value)
     }
 
     fn contains(&self, seed: &HashSeed, key: &K) -> bool {
@@ -229,8 +310,13 @@ impl<K: TableKey, V: Copy, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
         let mut i = hash as usize & Self::MASK;
         // len < N: an empty slot is within N probes.
         for _ in 0..N {
-            if self.slots[i].is_none() {
-                self.slots[i] = Some(Entry { hash, key, value });
+            if !self.slots[i].used {
+                self.slots[i] = Entry {
+                    used: true,
+                    hash,
+                    key,
+                    value,
+                };
                 self.len += 1;
                 return Ok(());
             }
@@ -242,18 +328,24 @@ impl<K: TableKey, V: Copy, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
     /// Empties slot `i` and shifts the rest of its run back, so every entry stays
     /// reachable from its home slot without a gap.
     fn remove_at(&mut self, i: usize) -> Option<V> {
-        let value = self.slots[i].take()?.value;
+        let e = self.slots.get_mut(i).filter(|e| e.used)?;
+        let value = e.value;
+        *e = Self::FREE;
         self.len -= 1;
         let mut hole = i;
         let mut j = i;
         for _ in 0..N {
             j = (j + 1) & Self::MASK;
-            let Some(e) = self.slots[j] else { break };
+            let e = self.slots[j];
+            if !e.used {
+                break;
+            }
             let home = e.hash as usize & Self::MASK;
             // The entry may move back to the hole if the hole lies between its home
             // and where it sits now (cyclically).
             if (j.wrapping_sub(home) & Self::MASK) >= (j.wrapping_sub(hole) & Self::MASK) {
-                self.slots[hole] = self.slots[j].take();
+                self.slots[hole] = e;
+                self.slots[j] = Self::FREE;
                 hole = j;
             }
         }
@@ -273,7 +365,7 @@ impl<K: TableKey, V: Copy, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
         // before moving on; entries shifted across the wrap were visited already.
         while i < N {
             match &self.slots[i] {
-                Some(e) if drop(&e.key, &e.value) => {
+                e if e.used && drop(&e.key, &e.value) => {
                     self.remove_at(i);
                     removed += 1;
                 }
@@ -286,15 +378,25 @@ impl<K: TableKey, V: Copy, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
 
 /// Source and target tables. `Q` and `A` are capacities (powers of two).
 pub(crate) struct QueueTable<const Q: usize, const A: usize, H = SipHash13> {
-    seed: HashSeed,
+    /// The seed XOR [`FabricConfig::DEFAULT_SEED`](crate::FabricConfig::DEFAULT_SEED):
+    /// zero for the default seed, so a fabric built with the default settings is
+    /// all-zero bytes and a `static` of it can start in `.bss` (the embedder then sets
+    /// its secret seed at boot, `Fabric::set_hash_seed`). Two XORs per hash.
+    seed_delta: HashSeed,
     source: HashTable<SourceKey, SlotRef, Q, H>,
-    target: HashTable<IpAddr, TargetEntry, A, H>,
+    target: HashTable<IpKey, TargetEntry, A, H>,
+}
+
+const DEFAULT_SEED: HashSeed = crate::FabricConfig::DEFAULT_SEED;
+
+const fn seed_delta(seed: HashSeed) -> HashSeed {
+    [seed[0] ^ DEFAULT_SEED[0], seed[1] ^ DEFAULT_SEED[1]]
 }
 
 impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
     pub(crate) const fn new(seed: HashSeed) -> Self {
         Self {
-            seed,
+            seed_delta: seed_delta(seed),
             source: HashTable::new(),
             target: HashTable::new(),
         }
@@ -305,8 +407,14 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         if self.source.len != 0 || self.target.len != 0 {
             return Err(RegistrationError::SeedInUse);
         }
-        self.seed = seed;
+        self.seed_delta = seed_delta(seed);
         Ok(())
+    }
+
+    /// The hash seed.
+    pub(crate) const fn seed(&self) -> HashSeed {
+        // XOR is its own inverse.
+        seed_delta(self.seed_delta)
     }
 
     /// Adds a source entry: Duplicate Found when the key exists, table-full when the
@@ -316,11 +424,11 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         key: SourceKey,
         slot: SlotRef,
     ) -> Result<(), RegistrationError> {
-        if self.source.contains(&self.seed, &key) {
+        if self.source.contains(&self.seed(), &key) {
             return Err(RegistrationError::DuplicateFound);
         }
         self.source
-            .insert_new(&self.seed, key, slot)
+            .insert_new(&self.seed(), key, slot)
             .map_err(|()| RegistrationError::TableFull)
     }
 
@@ -331,37 +439,38 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         ip: IpAddr,
         owner: SourceKey,
     ) -> Result<SlotRef, RegistrationError> {
-        if self.target.contains(&self.seed, &ip) {
+        let key = IpKey::from(&ip);
+        if self.target.contains(&self.seed(), &key) {
             return Err(RegistrationError::DuplicateFound);
         }
         let slot = self
             .source(&owner)
             .ok_or(RegistrationError::SourceNotRegistered)?;
         self.target
-            .insert_new(&self.seed, ip, TargetEntry { slot, owner })
+            .insert_new(&self.seed(), key, TargetEntry { slot, owner })
             .map_err(|()| RegistrationError::TableFull)?;
         Ok(slot)
     }
 
     /// The queue control of an issuer.
     pub(crate) fn source(&self, key: &SourceKey) -> Option<SlotRef> {
-        self.source.get(&self.seed, key)
+        self.source.get(&self.seed(), key)
     }
 
     /// The queue control an IP address is delivered to.
     pub(crate) fn target(&self, ip: &IpAddr) -> Option<TargetEntry> {
-        self.target.get(&self.seed, ip)
+        self.target.get(&self.seed(), &IpKey::from(ip))
     }
 
     /// Whether `ip` is registered (by anyone).
     pub(crate) fn has_target(&self, ip: &IpAddr) -> bool {
-        self.target.contains(&self.seed, ip)
+        self.target.contains(&self.seed(), &IpKey::from(ip))
     }
 
     /// Slots a lookup of `ip` reads (the cost of a send to it, hit or miss).
     #[cfg(test)]
     pub(crate) fn target_probes(&self, ip: &IpAddr) -> usize {
-        self.target.find(&self.seed, ip).1
+        self.target.find(&self.seed(), &IpKey::from(ip)).1
     }
 
     /// Removes `ip` if `owner` registered it.
@@ -372,7 +481,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
     ) -> Result<(), RegistrationError> {
         match self.target(ip) {
             Some(e) if e.owner == owner => {
-                self.target.remove(&self.seed, ip);
+                self.target.remove(&self.seed(), &IpKey::from(ip));
                 Ok(())
             }
             _ => Err(RegistrationError::NotFound),
@@ -382,7 +491,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
     /// Removes every target entry of `owner`, then its source entry [choice: mirror of
     /// registration]. Returns the slot it referred to and how many addresses went.
     pub(crate) fn remove_queue_set(&mut self, owner: SourceKey) -> Option<(SlotRef, usize)> {
-        let slot = self.source.remove(&self.seed, &owner)?;
+        let slot = self.source.remove(&self.seed(), &owner)?;
         let addresses = self.target.remove_where(|_, e| e.owner == owner);
         Some((slot, addresses))
     }

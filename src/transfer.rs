@@ -4,7 +4,7 @@
 
 use core::net::IpAddr;
 
-use crate::guest::{GuestSlice, Memory, Sbal};
+use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal};
 use crate::qdio::{
     Eflags, Fragment, HEADER_SIZE, HeaderError, L3Header, Mfs, Reason, SBALES_PER_SBAL, Sbale,
 };
@@ -82,7 +82,11 @@ impl Outgoing {
 /// each frame's header well-formed with a length that matches its elements, one next
 /// hop for all frames, and the whole within the maximum frame size.
 #[cfg(any(test, feature = "fuzzing"))]
-pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing, Fault> {
+pub fn parse_outgoing<M: GuestMemory>(
+    sbal: &Sbal,
+    memory: &M,
+    mfs: Mfs,
+) -> Result<Outgoing, Fault> {
     let mut out = Outgoing::empty();
     parse_outgoing_into(sbal, memory, mfs, &mut out)?;
     Ok(out)
@@ -91,9 +95,9 @@ pub fn parse_outgoing(sbal: &Sbal, memory: &Memory, mfs: Mfs) -> Result<Outgoing
 /// The checks of `parse_outgoing`, into a caller's descriptor, which the send path
 /// keeps in place rather than moving a 1 KiB value around (16 frame spans with their
 /// checked headers). On an error `out` is unspecified.
-pub fn parse_outgoing_into(
+pub fn parse_outgoing_into<M: GuestMemory>(
     sbal: &Sbal,
-    memory: &Memory,
+    memory: &M,
     mfs: Mfs,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
@@ -233,7 +237,7 @@ struct RxUse {
 /// and routed by; only the packet bytes after it are copied from the sender's memory. The receiver armed the elements with their addresses
 /// and capacities (leading elements of non-zero length). Nothing is written unless
 /// every frame fits and every element used lies in the receiver's memory.
-pub fn deliver(out: &Outgoing, rx: &Sbal, rx_memory: &Memory) -> Result<u8, RxFault> {
+pub fn deliver<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -> Result<u8, RxFault> {
     // The armed elements, read once each and only as far as the plan needs them.
     let mut armed = [Sbale::default(); SBALES_PER_SBAL];
     let mut loaded = 0usize;
@@ -348,7 +352,7 @@ mod tests {
     use core::ptr::NonNull;
 
     use super::*;
-    use crate::guest::Window;
+    use crate::guest::{Memory, Window};
     use crate::qdio::CastType;
 
     /// Three pages of one partition's memory, at guest address 0.
