@@ -183,7 +183,7 @@ pub struct TestResult {
 }
 
 impl TestResult {
-    fn pass(name: impl Into<String>) -> Self {
+    pub fn pass(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             passed: true,
@@ -191,7 +191,7 @@ impl TestResult {
         }
     }
 
-    fn fail(name: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn fail(name: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             passed: false,

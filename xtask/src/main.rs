@@ -13,6 +13,7 @@ mod cargo;
 mod checks;
 mod decode;
 mod fuzz;
+mod image;
 mod linux;
 mod panics;
 mod parse;

@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::{
     boots::{TEST_BOOTS, TestResult},
     cargo::{self, TARGET},
-    checks, panics, parse, qemu, stress,
+    checks, image, panics, parse, qemu, stress,
 };
 
 /// Features of the host test and clippy runs: every optional part of the library.
@@ -318,7 +318,11 @@ fn test_boots(tally: &mut Tally) -> Result<()> {
             continue;
         };
         let run = qemu::boot(&elf, boot.smp, boot.timeout_s, true)?;
-        let results = (boot.check)(&run, boot.smp);
+        let mut results = (boot.check)(&run, boot.smp);
+        if boot.bin == "hyp" && boot.env.is_empty() {
+            // The image's own layout (issue 17 item 2), once per default hyp image.
+            results.extend(image::check_hyp_fabric(&elf));
+        }
         let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
         tally.passed += (results.len() - failed.len()) as u64;
         tally.failed += failed.len() as u64;

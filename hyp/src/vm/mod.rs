@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use iqdio::{
     CallContext, Fabric, FabricConfig, InterruptDelivery, InterruptTarget, LparId, Mfs, Platform,
-    Window,
+    Window, Windows,
 };
 
 use crate::board::{self, MAX_CORES, VcpuRegs};
@@ -44,8 +44,12 @@ pub const GUEST_BASE: u64 = 0x8000_0000;
 /// Size of a partition's window.
 pub const GUEST_WINDOW: usize = board::WINDOW_SIZE;
 
-/// The fabric type of the hypervisor: 16 queue sets, 256 addresses.
-pub type HypFabric = Fabric<HypPlatform, 16, 256>;
+/// The fabric type of the hypervisor, sized for what it runs: a partition per core
+/// ([`MAX_CORES`], 8), each with one queue set, two addresses (IPv4 and IPv6) and
+/// one window; 32 target-table slots keep the table at most half full. About 27 KiB,
+/// all-zero at build time, so the static below lands in `.bss` (`cargo xtask test`
+/// checks that in the image).
+pub type HypFabric = Fabric<HypPlatform, 8, 32, MAX_CORES, 1, Windows<1>>;
 
 /// Parses a decimal build-time option.
 pub const fn parse(s: Option<&str>, default: u32) -> u32 {
@@ -81,7 +85,8 @@ pub const CONFIG: FabricConfig = FabricConfig {
     ..FabricConfig::DEFAULT
 };
 
-/// Seeds the fabric's table hash before any partition runs. QEMU's cortex-a72 has no
+/// Gives the fabric its settings ([`CONFIG`]) and seeds its table hash, before any
+/// partition runs. QEMU's cortex-a72 has no
 /// random-number instruction (RNDR), so the seed mixes the counter at the moment of the
 /// call with its frequency: unknown to the partitions, which start later and cannot
 /// read the hypervisor's memory, though not strong. A hypervisor on real hardware takes
@@ -92,8 +97,12 @@ pub fn seed_fabric() {
         t.rotate_left(17) ^ 0x6a09_e667_f3bc_c908,
         t.wrapping_mul(board::frequency() | 1) ^ 0xbb67_ae85_84ca_a73b,
     ];
-    if let Err(e) = masked(|| FABRIC.set_hash_seed(seed)) {
-        defmt::error!("fabric: hash seed refused: {}", defmt::Debug2Format(&e));
+    let config = FabricConfig {
+        hash_seed: seed,
+        ..CONFIG
+    };
+    if let Err(e) = masked(|| FABRIC.set_config(config)) {
+        defmt::error!("fabric: settings refused: {}", defmt::Debug2Format(&e));
     }
 }
 
@@ -147,7 +156,11 @@ pub fn masked<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// The fabric: a static of the hypervisor, reached by partitions only through HVC.
-pub static FABRIC: HypFabric = Fabric::new(HypPlatform, CONFIG);
+///
+/// Built with the default settings, which the fabric stores as zero bytes, so the
+/// static is all-zero and takes no room in the image; [`seed_fabric`] gives it
+/// [`CONFIG`] and a boot-time seed before any partition runs.
+pub static FABRIC: HypFabric = Fabric::new(HypPlatform, FabricConfig::DEFAULT);
 
 /// The partition program, embedded at build time (`IQDIO_GUEST_ELF`, see build.rs).
 pub static GUEST_IMAGE: &[u8] = include_bytes!(env!("IQDIO_GUEST_IMAGE"));
