@@ -332,6 +332,9 @@ struct SummaryStamp {
 }
 
 impl SummaryStamp {
+    // A value to copy into arrays and free slots (each use is a new atomic), never
+    // one shared atomic.
+    #[allow(clippy::declare_interior_mutable_const)]
     const NEW: Self = Self {
         byte: 0,
         users: 0,
@@ -358,6 +361,8 @@ struct PartitionRecord<M, const S: usize> {
 }
 
 impl<M: GuestMemory, const S: usize> PartitionRecord<M, S> {
+    // As `SummaryStamp::NEW`: a value to initialise slots with.
+    #[allow(clippy::declare_interior_mutable_const)]
     const FREE: Self = Self {
         used: false,
         lpar: 0,
@@ -595,7 +600,8 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
         // and reader counts), `QueueControl` (atomics, `active: false`, plain
         // integers), `State`'s `slot_of`, `in_use`, `QueueTable` (free slots are
         // `used: false` with zero keys and values, all plain integers; the seed as
-        // its XOR with the default) and `PartitionRecord` but for `memory`
+        // its XOR with the default, zero for the default, then set in place) and
+        // `PartitionRecord` but for `memory`
         // (`used: false`, free subchannel entries are `SubchannelState::Free` = 0,
         // atomics). The platform, the settings and each `memory` are then written
         // whole. So once this block ends the slot holds a valid `Self`, the one
@@ -605,7 +611,7 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
             core::ptr::addr_of_mut!((*p).platform).write(platform);
             let st = TableLock::data_ptr(core::ptr::addr_of_mut!((*p).state));
             core::ptr::addr_of_mut!((*st).config).write(StoredConfig::new(&config));
-            core::ptr::addr_of_mut!((*st).table).write(QueueTable::new(config.hash_seed));
+            QueueTable::init_seed(core::ptr::addr_of_mut!((*st).table), config.hash_seed);
             let parts = core::ptr::addr_of_mut!((*st).partitions).cast::<PartitionRecord<M, S>>();
             for i in 0..L {
                 core::ptr::addr_of_mut!((*parts.add(i)).memory).write(M::EMPTY);

@@ -33,8 +33,9 @@
 //! whether the receiver needs an interrupt ([`initiative::decide`]). Every bad input
 //! ends in a precise reason in the sender's own SBAL ([`qdio::Reason`]) or a condition
 //! code ([`SigaError`]); nothing panics, no frame is silently lost, and no byte
-//! outside the partitions' own windows is touched (every guest address is checked
-//! against the partition's [`Window`]s in one crate-private module, `guest`).
+//! outside the partitions' own memory is touched (every guest address is translated
+//! and checked through the partition's [`GuestMemory`] in one crate-private module,
+//! `guest`).
 //!
 //! Lock order: table lock → outbound lock of the source → inbound lock of the target.
 //! No inbound lock is ever held while an outbound lock is awaited, so partitions that
@@ -83,9 +84,10 @@
 //!
 //! - [`qdio`]: the guest-visible formats, byte-exact (SLSB, SBAL/SBALE, frame header,
 //!   reason codes).
-//! - [`Window`]: one range of a partition's memory, as the embedding declares it; the
-//!   crate-private `guest` module checks every guest address against them and is the
-//!   only one that touches guest memory.
+//! - [`GuestMemory`]: how the fabric translates a partition's guest range to host
+//!   memory, the hypervisor's to implement (stage-2 maps, remapping); [`Windows`] of
+//!   [`Window`]s is the default. The crate-private `guest` module translates and
+//!   checks every guest address and is the only one that touches guest memory.
 //! - [`initiative`]: the completion vector protocol and the interrupt decision.
 //! - [`fabric`]: registration, deregistration, SIGA.
 //! - [`driver`]: the program side a partition runs.

@@ -402,6 +402,17 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         }
     }
 
+    /// Sets the seed of a table being built in place from zero bytes (an empty table
+    /// with the default seed), without building a table on the stack.
+    ///
+    /// # Safety
+    ///
+    /// `this` is valid for writes and points to a `QueueTable` (all-zero is one).
+    pub(crate) unsafe fn init_seed(this: *mut Self, seed: HashSeed) {
+        // SAFETY: by this function's contract; only the seed field is written.
+        unsafe { core::ptr::addr_of_mut!((*this).seed_delta).write(seed_delta(seed)) };
+    }
+
     /// Replaces the seed of empty tables (`SeedInUse` if they are not).
     pub(crate) fn reseed(&mut self, seed: HashSeed) -> Result<(), RegistrationError> {
         if self.source.len != 0 || self.target.len != 0 {
