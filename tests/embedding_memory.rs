@@ -17,7 +17,8 @@ use iqdio::qdio::{
     Eflags, Fragment, HEADER_SIZE, L3Header, QUEUE_BUFFERS, SBAL_SIZE, SLSB_LEN, Sbale, SlsbState,
 };
 use iqdio::{
-    Fabric, FabricConfig, GuestMemory, InterruptTarget, Platform, RegistrationError, Window,
+    Fabric, FabricConfig, GuestMemory, InterruptDelivery, InterruptTarget, Platform,
+    RegistrationError, Window,
 };
 
 const PAGE: usize = 4096;
@@ -149,6 +150,7 @@ fn params() -> QueueSetParams {
         middle_indicator: guest(0, 2 * SLSB_LEN + 1),
         global_indicator: guest(0, 2 * SLSB_LEN + 2),
         interrupt_immediately: true,
+        interrupt_cookie: 0,
     }
 }
 
@@ -167,8 +169,9 @@ struct Hyp {
 }
 
 impl Platform for Hyp {
-    fn raise_interrupt(&self, _target: InterruptTarget) {
+    fn raise_interrupt(&self, _target: InterruptTarget) -> InterruptDelivery {
         self.interrupts.fetch_add(1, Ordering::Relaxed);
+        InterruptDelivery::Delivered
     }
     fn now_ns(&self) -> u64 {
         0

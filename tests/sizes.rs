@@ -12,13 +12,15 @@ use std::sync::Arc;
 
 use common::{Partition, TestFabric, TestPlatform, config, drain, v4};
 use iqdio::qdio::Mfs;
-use iqdio::{Fabric, FabricConfig, InterruptTarget, Platform, Windows};
+use iqdio::{Fabric, FabricConfig, InterruptDelivery, InterruptTarget, Platform, Windows};
 
 /// A platform of no bytes, as a hypervisor's usually is (its state is elsewhere).
 struct Zst;
 
 impl Platform for Zst {
-    fn raise_interrupt(&self, _target: InterruptTarget) {}
+    fn raise_interrupt(&self, _target: InterruptTarget) -> InterruptDelivery {
+        InterruptDelivery::Delivered
+    }
     fn now_ns(&self) -> u64 {
         0
     }
