@@ -17,7 +17,7 @@ use core::net::IpAddr;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
-use crate::error::SigaStatus;
+use crate::error::{SigaError, SigaStatus};
 use crate::fabric::{QUEUE_0_MASK, QueueSetParams, Siga, SigaFunction};
 use crate::guest::{GuestSlice, Sbal, Window};
 use crate::initiative::{self, IndicatorByte};
@@ -229,6 +229,10 @@ pub struct FlushReport {
     /// Buffers refused: (position among the buffers primed since the last flush,
     /// reason).
     pub refused: heapless::Vec<(u8, Reason), QUEUE_BUFFERS>,
+    /// Buffers the SIGA did not reach: it ended early (the partition was suspended, or
+    /// its queue set changed, while it ran). They are the last ones primed, still
+    /// primed (0x62), and the next flush sends them.
+    pub pending: u8,
 }
 
 /// What a queue driver's receive side saw since it was made. Every frame the fabric
@@ -559,9 +563,15 @@ impl QueueDriver {
         dest: IpAddr,
         packet: &[u8],
     ) -> Result<(), SendError> {
-        if self.tx_primed > 0 {
-            // Earlier primed buffers go first, in ring order.
+        while self.tx_primed > 0 {
+            // Earlier primed buffers go first, in ring order; a flush that ended early
+            // leaves some primed, and another sends them.
+            let before = self.tx_primed;
             self.flush(siga).map_err(SendError::Siga)?;
+            if self.tx_primed == before {
+                // cc0, yet the queue did not move: as busy, for the caller to retry.
+                return Err(SendError::Siga(SigaStatus::of_error(SigaError::Busy)));
+            }
         }
         let n = self.prime(dest, packet).map_err(SendError::Driver)?;
         self.issue(siga, SigaFunction::Write)
@@ -607,12 +617,15 @@ impl QueueDriver {
             let n = (first + k) % QUEUE_BUFFERS as u8;
             match self.output_state(n) {
                 SlsbState::OUTPUT_EMPTY => report.delivered += 1,
+                // Not reached: the fabric handles primed buffers in ring order, so these
+                // are the tail, and stay counted as primed for the next flush.
+                SlsbState::OUTPUT_PRIMED => report.pending += 1,
                 _ => {
                     let _ = report.refused.push((k, self.reason(n)));
                 }
             }
         }
-        self.tx_primed = 0;
+        self.tx_primed = report.pending;
         Ok(report)
     }
 

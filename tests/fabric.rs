@@ -1025,3 +1025,47 @@ fn the_driver_acts_on_the_condition_code_and_busy_bit_alone() {
     assert!(SigaStatus::from(&Ok::<_, SigaError>(())).is_done());
     assert!(!SigaStatus::of_error(SigaError::NotIqdio).is_busy());
 }
+
+/// A SIGA that ends cc0 before reaching the primed buffers (its partition was
+/// suspended while it ran): the driver reports them pending, not refused, keeps them
+/// primed for the next flush, and a send behind them answers busy rather than
+/// pretending the queue moved.
+#[test]
+fn buffers_a_siga_did_not_reach_stay_pending() {
+    use iqdio::driver::{Indicators, QueueDriver, SendError};
+    use iqdio::qdio::SlsbState;
+    use iqdio::{Siga, SigaFunction, SigaStatus};
+    use std::cell::Cell;
+
+    struct EndsEarly(Cell<u32>);
+    impl Siga for EndsEarly {
+        fn siga(&self, _sch: u16, _f: SigaFunction, _mask: u32) -> SigaStatus {
+            self.0.set(self.0.get() + 1);
+            SigaStatus::DONE
+        }
+    }
+    let ram = GuestRam::new(2 << 20);
+    let mut region = ram.region();
+    let ind = Indicators::new(&mut region).unwrap();
+    let mut q = QueueDriver::new(&mut region, &ind, config(Mfs::K16)).unwrap();
+    let siga = EndsEarly(Cell::new(0));
+    let a = q.prime(v4(2, 0), &[1; 40]).unwrap();
+    let b = q.prime(v4(2, 0), &[2; 40]).unwrap();
+    let r = q.flush(&siga).unwrap();
+    assert_eq!((r.delivered, r.pending), (0, 2));
+    assert!(r.refused.is_empty());
+    assert_eq!(
+        (q.output_state(a), q.output_state(b)),
+        (SlsbState::OUTPUT_PRIMED, SlsbState::OUTPUT_PRIMED)
+    );
+    assert_eq!(q.free_tx(), config(Mfs::K16).tx_buffers - 2, "still in use");
+    assert_eq!(
+        q.send(&siga, v4(2, 0), &[3; 40]),
+        Err(SendError::Siga(SigaStatus::of_error(SigaError::Busy)))
+    );
+    assert_eq!(
+        siga.0.get(),
+        2,
+        "one flush each, no spinning on a queue that does not move"
+    );
+}

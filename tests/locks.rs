@@ -268,7 +268,8 @@ fn a_waiting_registration_gets_the_table_lock_between_buffers() {
 /// Issue 17 item 4: suspending a partition in the middle of its write-multiple. The
 /// suspension waits for one buffer only (the send steps out between buffers); the
 /// send then ends with what it handled, the rest stays primed in the partition's
-/// queue, and after the resume its next SIGA sends the rest, in order: nothing lost.
+/// queue (its driver reports them pending, not refused), and after the resume its next
+/// SIGA sends the rest, in order: nothing lost.
 #[test]
 fn a_suspension_gets_in_between_buffers_and_the_rest_waits_for_the_resume() {
     let fab = new_fabric(u64::MAX);
@@ -294,12 +295,15 @@ fn a_suspension_gets_in_between_buffers_and_the_rest_waits_for_the_resume() {
         }));
     }
     fab.platform().writer_waiting.store(false, Ordering::SeqCst);
+    // The partition's own driver flushes: one write-multiple (cc0) that ends early.
     let f = fab.clone();
-    let first = within(Duration::from_secs(60), move || {
-        f.siga_write_multiple(1, 0, 1 << 31).unwrap()
+    let (first, mut a) = within(Duration::from_secs(60), move || {
+        let r = a.q.flush(&f.port(1)).unwrap();
+        (r, a)
     });
     suspension.lock().unwrap().take().unwrap().join().unwrap();
-    assert_eq!((first.buffers, first.delivered), (1, 1));
+    assert_eq!((first.delivered, first.pending), (1, N as u8 - 1));
+    assert!(first.refused.is_empty(), "not reached is not refused");
     let states: Vec<u8> = (0..N as u8).map(|n| a.q.output_state(n).0).collect();
     let mut want = vec![0x62; N];
     want[0] = 0xA1;
@@ -310,8 +314,9 @@ fn a_suspension_gets_in_between_buffers_and_the_rest_waits_for_the_resume() {
     );
 
     fab.resume(1).unwrap();
-    let rest = fab.siga_write_multiple(1, 0, 1 << 31).unwrap();
-    assert_eq!(usize::from(rest.delivered), N - 1);
+    let rest = a.q.flush(&fab.port(1)).unwrap();
+    assert_eq!((usize::from(rest.delivered), rest.pending), (N - 1, 0));
+    assert!(rest.refused.is_empty());
     let mut got = Vec::new();
     while b
         .q
