@@ -100,6 +100,41 @@ fn cycle(c: &mut Criterion) {
     g.finish();
 }
 
+/// Frame sizes of the copy-primitive comparison (issue 12 item 1).
+const COPY_SIZES: [usize; 4] = [64, 1500, 16 << 10, 56 << 10];
+
+/// The fabric's copy primitive (`iqdio::copy`, the one kept: inline assembly) against
+/// the candidates it was chosen over (word-wise relaxed atomics, volatile words) and
+/// against plain memcpy, page-aligned buffers, cache-warm, at the issue's sizes.
+fn copy(c: &mut Criterion) {
+    use iqdio::copy::candidates;
+    type CopyFn = unsafe fn(*mut u8, *const u8, usize);
+    let fns: [(&str, CopyFn); 4] = [
+        ("memcpy", candidates::memcpy),
+        ("asm", candidates::kept),
+        ("atomic_words", candidates::atomic_words),
+        ("volatile_words", candidates::volatile_words),
+    ];
+    let mut g = c.benchmark_group("copy");
+    for size in COPY_SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        let src = frame(size);
+        let mut dst = Buf::zeroed(size);
+        for (name, f) in fns {
+            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, &n| {
+                b.iter(|| {
+                    // SAFETY: two distinct buffers of `n` bytes, no other thread.
+                    unsafe { f(black_box(dst.as_mut_ptr()), black_box(src.as_ptr()), n) };
+                    black_box(&mut dst);
+                })
+            });
+            assert_eq!(&dst[..], &src[..], "{name} copies the frame");
+            dst.fill(0);
+        }
+    }
+    g.finish();
+}
+
 /// Slots of the spsc ring (as iqdio's receive buffers armed at once).
 const RING_SLOTS: usize = 16;
 
@@ -410,5 +445,5 @@ fn write_extra(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, cycle, scaling, lookup, receiver, write_extra);
+criterion_group!(benches, copy, cycle, scaling, lookup, receiver, write_extra);
 criterion_main!(benches);

@@ -11,14 +11,20 @@
 //! core playing it). No Rust reference to it is ever formed except to atomics:
 //! control bytes (SLSB, indicators) and SBALE words are read and written as atomics,
 //! so a program racing the fabric on them is a well-defined race. Frame data is moved
-//! with `ptr::copy` between raw pointers; the SLSB protocol gives the fabric the buffer
-//! it copies (0x62 output, 0x41 input) and the acquire/release pairs on the SLSB bytes
-//! order the copy against the owner's own accesses. A program that writes a buffer it
-//! has handed to the fabric breaks that protocol: the packet bytes the receiver gets
-//! are then unspecified, but only they are, because the fabric never interprets copied
-//! data: it reads every descriptor and header once into a local before checking it,
-//! and delivers that checked header, not a second copy. (Under Miri, which checks the
-//! Rust model to the letter, copies use relaxed atomic bytes.)
+//! (copied, filled) only by the primitive in `copy.rs`: inline assembly on x86_64 and
+//! aarch64 whose every byte access is single-copy atomic, so in Rust's model it is a
+//! sequence of relaxed atomic byte accesses (which is what Miri runs instead), and a
+//! partition writing the bytes during the copy is a defined race, not undefined
+//! behaviour. It was kept against word-wise atomics and volatile words because it
+//! alone copies at memcpy speed (`cargo xtask bench`, group `copy`; numbers in
+//! `docs/bench/`); `copy.rs` has the full argument. The SLSB protocol gives the
+//! fabric the buffer it copies (0x62 output, 0x41 input) and the acquire/release pairs
+//! on the SLSB bytes order the copy against the owner's own accesses. A program that
+//! writes a buffer it has handed to the fabric breaks that protocol: the packet bytes
+//! the receiver gets are then unspecified (each one a value the byte held during the
+//! copy), but only they are, because the fabric never interprets copied data: it reads
+//! every descriptor and header once into a local before checking it, and delivers that
+//! checked header, not a second copy.
 //!
 //! The module is crate-private (public, hidden, only with feature `fuzzing`): its
 //! handles are `Copy` and carry no lifetime, so only the fabric, which drops them when
@@ -437,20 +443,10 @@ impl GuestSlice {
         if !self.in_range(offset, dst.len()) {
             return;
         }
-        #[cfg(miri)]
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = self.load(offset + i, Ordering::Relaxed);
-        }
-        #[cfg(not(miri))]
-        // SAFETY: source in range (checked above), destination is a local slice that
-        // cannot overlap guest memory (no Rust reference to guest memory exists).
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            );
-        }
+        // SAFETY: source in range (checked above), destination a local slice that
+        // cannot overlap guest memory (no Rust reference to guest memory exists); the
+        // copy primitive is sound against a partition writing the source (module docs).
+        unsafe { crate::copy::copy(dst.as_mut_ptr(), self.ptr.as_ptr().add(offset), dst.len()) };
     }
 
     /// Copies `src` from local memory to `offset`.
@@ -459,15 +455,9 @@ impl GuestSlice {
             return;
         }
         check_plain_write(self.host_addr() + offset, src.len());
-        #[cfg(miri)]
-        for (i, s) in src.iter().enumerate() {
-            self.store(offset + i, *s, Ordering::Relaxed);
-        }
-        #[cfg(not(miri))]
-        // SAFETY: destination in range (checked above), source is local memory.
-        unsafe {
-            core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len());
-        }
+        // SAFETY: destination in range (checked above), source is local memory; the
+        // copy primitive is sound against a partition accessing the destination.
+        unsafe { crate::copy::copy(self.ptr.as_ptr().add(offset), src.as_ptr(), src.len()) };
     }
 
     /// Fills `n` bytes at `offset` with `value`.
@@ -476,13 +466,15 @@ impl GuestSlice {
             return;
         }
         check_plain_write(self.host_addr() + offset, n);
-        // SAFETY: in range (checked above).
-        unsafe { core::ptr::write_bytes(self.ptr.as_ptr().add(offset), value, n) };
+        // SAFETY: in range (checked above); the fill primitive is sound against a
+        // partition accessing the bytes.
+        unsafe { crate::copy::fill(self.ptr.as_ptr().add(offset), value, n) };
     }
 
     /// Copies `n` bytes from `src` at `src_offset` to `dst` at `dst_offset`, guest to
-    /// guest. The ranges may overlap (a partition may send to itself); the copy then
-    /// behaves as `memmove`.
+    /// guest: the fabric's one copy of a frame. The ranges may overlap (a partition may
+    /// point an output and an input element at the same bytes); the copy then behaves
+    /// as `memmove`.
     pub fn copy(
         src: &GuestSlice,
         src_offset: usize,
@@ -494,21 +486,12 @@ impl GuestSlice {
             return;
         }
         check_plain_write(dst.host_addr() + dst_offset, n);
-        #[cfg(miri)]
-        for i in 0..n {
-            dst.store(
-                dst_offset + i,
-                src.load(src_offset + i, Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
-        }
-        #[cfg(not(miri))]
-        // SAFETY: both ranges checked; `ptr::copy` allows overlap; the SLSB protocol
-        // gives the fabric both buffers (see the module docs).
+        // SAFETY: both ranges checked; the primitive allows overlap and is sound
+        // against a partition writing either range during the copy (module docs).
         unsafe {
-            core::ptr::copy(
-                src.ptr.as_ptr().add(src_offset),
+            crate::copy::copy(
                 dst.ptr.as_ptr().add(dst_offset),
+                src.ptr.as_ptr().add(src_offset),
                 n,
             );
         }

@@ -283,6 +283,13 @@ pub mod table;
 // outlive the partition's registration, so only the fabric and the driver hold them.
 // The fuzz targets drive them directly, through feature `fuzzing` (never for an
 // embedding).
+// The copy primitive for partition memory (issue 12): its candidates are public,
+// hidden, only with feature `copy-candidates`, for the benchmark that compares them.
+#[cfg(feature = "copy-candidates")]
+#[doc(hidden)]
+pub mod copy;
+#[cfg(not(feature = "copy-candidates"))]
+mod copy;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod guest;

@@ -48,7 +48,16 @@ const TRANSPORTS: [(&str, &str); 4] = [
 ];
 /// Criterion's groups in `benches/transport.rs`; removed before a run, so a result that
 /// was not measured cannot be read from an older run.
-const GROUPS: [&str; 4] = ["cycle", "scaling", "lookup", "receiver"];
+const GROUPS: [&str; 5] = ["copy", "cycle", "scaling", "lookup", "receiver"];
+/// Frame sizes of the copy-primitive comparison (as `COPY_SIZES` in the bench).
+const COPY_SIZES: [u64; 4] = [64, 1500, 16 << 10, K56];
+/// The copy primitives compared (issue 12 item 1): criterion function name, label.
+const COPIES: [(&str, &str); 4] = [
+    ("memcpy", "memcpy (unsound on racing memory; the limit)"),
+    ("asm", "inline assembly (kept)"),
+    ("atomic_words", "relaxed atomic words"),
+    ("volatile_words", "volatile words"),
+];
 /// Iterations of the two callgrind runs whose difference gives the cost of one
 /// (multiples of the 128-buffer ring, and of the 8 lookup destinations).
 const N1: u64 = 256;
@@ -309,6 +318,11 @@ impl Results {
         }
         ids.extend(["lookup/send_64/16", "lookup/send_64/4096"].map(String::from));
         ids.extend(["receiver/polling/64", "receiver/sleeping/64"].map(String::from));
+        for size in COPY_SIZES {
+            for (c, _) in COPIES {
+                ids.push(format!("copy/{c}/{size}"));
+            }
+        }
         let mut ns = BTreeMap::new();
         for id in ids {
             let t = median_ns(criterion, &id)?;
@@ -332,6 +346,11 @@ impl Results {
     /// Bytes per second of transport `t` at `size`.
     fn throughput(&self, t: &str, size: u64) -> f64 {
         size as f64 / (self.t(&format!("cycle/{t}/{size}")) * 1e-9)
+    }
+
+    /// Throughput of copy primitive `c` over memcpy's, at `size` (1 = memcpy's speed).
+    fn copy_vs_memcpy(&self, c: &str, size: u64) -> f64 {
+        self.t(&format!("copy/memcpy/{size}")) / self.t(&format!("copy/{c}/{size}"))
     }
 
     fn instr(&self, key: &str) -> Option<f64> {
@@ -408,6 +427,16 @@ impl Results {
                 "send_56k": round(self.instr("send_56k")),
             },
             "targets": targets,
+            "copy_primitive_vs_memcpy": COPIES
+                .iter()
+                .map(|(c, _)| {
+                    let per_size: serde_json::Map<String, Value> = COPY_SIZES
+                        .iter()
+                        .map(|&s| (s.to_string(), json!(self.copy_vs_memcpy(c, s))))
+                        .collect();
+                    (c.to_string(), Value::Object(per_size))
+                })
+                .collect::<serde_json::Map<String, Value>>(),
             "details": {
                 "throughput_bytes_per_s": throughput,
                 "ns_per_iteration_median": self.ns,
@@ -516,7 +545,9 @@ impl Results {
         s += "\n## Instructions (callgrind, deterministic)\n\n";
         s += "Per operation, `(total(N2) − total(N1)) / (N2 − N1)` with N1 = 256, N2 = 1280, counted \
               only inside the operation (`--toggle-collect`), `examples/send_cost.rs` built in release. \
-              glibc's copies use their vector loop here (`rep movsb` would count one instruction per byte under valgrind).\n\n";
+              The copies are iqdio's copy primitive (`src/copy.rs`), for the send and the memcpy row alike; \
+              valgrind counts each byte of its `rep movsb` (copies of 256 B and more on x86_64) as one instruction, \
+              which inflates the 56 KiB rows but cancels out of \"beyond its two frame copies\".\n\n";
         s += "| operation | 64 B | 56 KiB |\n|---|---:|---:|\n";
         for (label, key) in [
             (
@@ -527,7 +558,7 @@ impl Results {
                 "receiver: poll indicators + take + copy out + refill",
                 "receive",
             ),
-            ("memcpy of the frame", "memcpy"),
+            ("one copy of the frame (the copy primitive)", "memcpy"),
         ] {
             s += &format!(
                 "| {label} | {} | {} |\n",
@@ -558,6 +589,31 @@ impl Results {
             }
             s += &format!(" {:.0} |\n", self.t(&format!("cycle/iqdio/{size}")));
         }
+        s += "\n## The copy primitive (issue 12)\n\n\
+              The fabric's copy of partition memory must be sound while the partition writes it \
+              (see `src/copy.rs`). Each candidate copies a page-aligned, cache-warm frame; the table \
+              gives its throughput over memcpy's (1.00 = memcpy's speed) and memcpy's time.\n\n";
+        s += "| primitive |";
+        for size in COPY_SIZES {
+            s += &format!(" {} |", size_label(size));
+        }
+        s += "\n|---|";
+        for _ in COPY_SIZES {
+            s += "---:|";
+        }
+        s += "\n";
+        for (c, label) in COPIES {
+            s += &format!("| {label} |");
+            for size in COPY_SIZES {
+                s += &format!(" {:.2} |", self.copy_vs_memcpy(c, size));
+            }
+            s += "\n";
+        }
+        s += "| memcpy, ns per copy |";
+        for size in COPY_SIZES {
+            s += &format!(" {:.0} |", self.t(&format!("copy/memcpy/{size}")));
+        }
+        s += "\n";
         s += "\n## Scaling, lookup, receivers\n\n| benchmark | ns per iteration | |\n|---|---:|---|\n";
         for (id, note) in [
             ("scaling/1pair/64", "one frame"),
