@@ -242,7 +242,7 @@ pub struct RxCounters {
     /// Frames handed to the program ([`QueueDriver::receive`]'s callback).
     pub frames: u64,
     /// Frames received but not handed over because their buffer no longer describes
-    /// them: an element outside the driver's receive data or of length zero, fragment
+    /// them: an element outside the buffer's own slot of receive data or of length zero, fragment
     /// flags out of order, a frame not ended by the last element, a first element
     /// shorter than the header, a header that does not decode, or a header length
     /// other than the bytes the elements hold. (The input buffers are the program's
@@ -280,6 +280,46 @@ impl RxFrame<'_> {
         self.len() == 0
     }
 
+    /// The packet in place (zero-copy receive): its bytes in the input buffer, one
+    /// slice per element it spans (header excluded), in order. The slices borrow the
+    /// frame, so they end before [`QueueDriver::receive`] hands the buffer back.
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut skip = HEADER_SIZE;
+        self.pieces.iter().filter_map(move |(piece, len)| {
+            let from = skip.min(*len);
+            skip -= from;
+            (from < *len).then(|| Self::bytes(piece, from, len - from))
+        })
+    }
+
+    /// The packet in place as one slice, when its pieces lie one after the other in
+    /// memory (always so for a frame the fabric put into a buffer this driver armed:
+    /// its elements are consecutive pages of one slot); `None` otherwise, and for an
+    /// empty packet.
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        let (first, _) = self.pieces.first()?;
+        let mut end = first.host_addr();
+        for (piece, len) in self.pieces {
+            if piece.host_addr() != end {
+                return None;
+            }
+            end += len;
+        }
+        (self.len > 0).then(|| Self::bytes(first, HEADER_SIZE, self.len))
+    }
+
+    /// `len` bytes at `offset` of a piece (or of the pieces after it, for
+    /// [`contiguous`](Self::contiguous), which checked they are adjacent), borrowed.
+    fn bytes(piece: &GuestSlice, offset: usize, len: usize) -> &[u8] {
+        let ptr = piece.host_ptr().as_ptr().wrapping_add(offset);
+        // SAFETY: the bytes lie in the slot of the input buffer being received (each
+        // piece was checked to lie inside it by `receive`, and adjacent pieces make
+        // one range of it): a buffer the fabric handed over (0x82) and that is not
+        // armed again before `receive` returns, so nothing writes these bytes while
+        // the frame, and so this borrow, lives.
+        unsafe { core::slice::from_raw_parts(ptr, len) }
+    }
+
     /// Copies the packet into `out`; returns the bytes copied (at most `out.len()`).
     pub fn copy_to(&self, out: &mut [u8]) -> usize {
         let mut skip = HEADER_SIZE;
@@ -299,6 +339,14 @@ impl RxFrame<'_> {
         }
         done.min(self.len())
     }
+}
+
+/// Where the frames of one output buffer go: each frame's first byte (its header) in
+/// the output data, and the buffer's elements.
+#[derive(Default)]
+struct TxLayout {
+    starts: heapless::Vec<usize, SBALES_PER_SBAL>,
+    elements: heapless::Vec<Sbale, SBALES_PER_SBAL>,
 }
 
 /// The driver of one queue set: its output and input queues in partition memory.
@@ -479,8 +527,114 @@ impl QueueDriver {
 
     /// Primes several frames for one next hop into one output buffer (as Linux packs
     /// packets that share a next hop). Each frame is a header and its packet; frames
-    /// are split into elements at page boundaries of the buffer's data.
+    /// are split into elements at page boundaries of the buffer's data. The packets
+    /// are copied in; [`prime_frames_with`](Self::prime_frames_with) lets the program
+    /// write them in place instead.
     pub fn prime_frames(&mut self, dest: IpAddr, packets: &[&[u8]]) -> Result<u8, DriverError> {
+        let mut lens = heapless::Vec::<usize, SBALES_PER_SBAL>::new();
+        for p in packets {
+            lens.push(p.len()).map_err(|_| DriverError::TooLarge)?;
+        }
+        let (n, layout) = self.layout(&lens)?;
+        for (p, &at) in packets.iter().zip(layout.starts.iter()) {
+            self.tx_data.mem.write(at + HEADER_SIZE, p);
+        }
+        self.commit(n, dest, &lens, &layout);
+        Ok(n)
+    }
+
+    /// Primes one frame of `len` packet bytes to `dest`, written in place (zero-copy
+    /// transmit): `write` gets the packet's bytes in the next free output buffer and
+    /// fills them (they hold whatever the buffer held before). The driver then writes
+    /// the frame's header and elements and hands the buffer to the fabric (0x62);
+    /// SIGA sends it. Returns the buffer's number and what `write` returned.
+    pub fn prime_with<R>(
+        &mut self,
+        dest: IpAddr,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<(u8, R), DriverError> {
+        match self.prime_routed(len, write, |_| Some(dest)) {
+            Ok((n, r, _)) => Ok((n, r)),
+            Err((_, e)) => Err(e),
+        }
+    }
+
+    /// As [`prime_with`](Self::prime_with), the next hop read by `route` from the
+    /// packet once written (the smoltcp device's transmit: the IP destination). When
+    /// `route` finds none, the buffer is not handed over (it stays free) and the hop is
+    /// `None`. When no frame of `len` bytes can be primed, `write` is given back
+    /// unused, with the reason.
+    pub(crate) fn prime_routed<F, R>(
+        &mut self,
+        len: usize,
+        write: F,
+        route: impl FnOnce(&[u8]) -> Option<IpAddr>,
+    ) -> Result<(u8, R, Option<IpAddr>), (F, DriverError)>
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let (n, layout) = match self.layout(&[len]) {
+            Ok(l) => l,
+            Err(e) => return Err((write, e)),
+        };
+        // The layout holds one frame here.
+        let at = layout.starts.first().copied().unwrap_or(0);
+        let bytes = self.tx_bytes(at + HEADER_SIZE, len);
+        let r = write(bytes);
+        let dest = route(bytes);
+        if let Some(dest) = dest {
+            self.commit(n, dest, &[len], &layout);
+        }
+        Ok((n, r, dest))
+    }
+
+    /// The output buffer primed last (where [`resend`](Self::resend) put a frame it
+    /// was refused again).
+    pub fn last_primed(&self) -> u8 {
+        (self.tx_next + QUEUE_BUFFERS as u8 - 1) % QUEUE_BUFFERS as u8
+    }
+
+    /// Primes several frames for one next hop into one output buffer, each written in
+    /// place: `write(i, bytes)` fills frame `i`'s `lens[i]` packet bytes, in order.
+    pub fn prime_frames_with(
+        &mut self,
+        dest: IpAddr,
+        lens: &[usize],
+        mut write: impl FnMut(usize, &mut [u8]),
+    ) -> Result<u8, DriverError> {
+        let (n, layout) = self.layout(lens)?;
+        for (i, (&at, &len)) in layout.starts.iter().zip(lens).enumerate() {
+            write(i, self.tx_bytes(at + HEADER_SIZE, len));
+        }
+        self.commit(n, dest, lens, &layout);
+        Ok(n)
+    }
+
+    /// The `len` bytes at `at` of the output buffers' data, borrowed mutably.
+    ///
+    /// Called only on bytes [`layout`](Self::layout) placed in the slot of the next
+    /// output buffer, which the program owns: its state is not 0x62 (checked there), so
+    /// the fabric does not read it, and no other buffer's elements point into it (each
+    /// buffer's frames lie in its own slot). `&mut self` keeps the borrow unique.
+    fn tx_bytes(&mut self, at: usize, len: usize) -> &mut [u8] {
+        match self.tx_data.mem.sub(at, len) {
+            // SAFETY: inside this driver's own output data (checked by `sub`), in the
+            // slot of a buffer the program owns (see above): nothing else reads or
+            // writes these bytes until `commit` hands the buffer over (0x62, Release),
+            // which is after the borrow ends (it is tied to `&mut self`).
+            Some(bytes) if len > 0 => unsafe {
+                core::slice::from_raw_parts_mut(bytes.host_ptr().as_ptr(), len)
+            },
+            _ => &mut [],
+        }
+    }
+
+    /// Lays frames of `lens` packet bytes out in the next free output buffer's slot:
+    /// each starts where the last ended, except that a header never straddles a page
+    /// (the fabric needs it whole in the frame's first element), and each is cut into
+    /// elements at page boundaries.
+    fn layout(&self, lens: &[usize]) -> Result<(u8, TxLayout), DriverError> {
         if self.tx_primed >= self.cfg.tx_buffers {
             return Err(DriverError::NoFreeBuffer);
         }
@@ -489,33 +643,30 @@ impl QueueDriver {
         if state.owned_by_fabric() {
             return Err(DriverError::NoFreeBuffer);
         }
-        if packets.is_empty() || packets.iter().any(|p| p.len() > usize::from(u16::MAX)) {
+        if lens.is_empty() || lens.iter().any(|&l| l > usize::from(u16::MAX)) {
             return Err(DriverError::InvalidFrame);
         }
         let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
         let slot_end = slot + self.cfg.mfs.bytes();
-        // Lay the frames out first: each starts where the last ended, except that a
-        // header never straddles a page (the fabric needs it whole in the frame's first
-        // element), and each is cut into elements at page boundaries.
-        let mut elements = heapless::Vec::<Sbale, SBALES_PER_SBAL>::new();
-        let mut starts = heapless::Vec::<usize, SBALES_PER_SBAL>::new();
+        let mut layout = TxLayout::default();
         let mut off = slot;
         let mut total = 0usize;
-        for p in packets {
+        for &len in lens {
             if off % PAGE + HEADER_SIZE > PAGE {
                 off = off.next_multiple_of(PAGE);
             }
-            let frame_end = off + HEADER_SIZE + p.len();
-            total += HEADER_SIZE + p.len();
+            let frame_end = off + HEADER_SIZE + len;
+            total += HEADER_SIZE + len;
             if frame_end > slot_end || total > self.cfg.mfs.bytes() {
                 return Err(DriverError::TooLarge);
             }
-            starts.push(off).map_err(|_| DriverError::TooLarge)?;
-            let first_el = elements.len();
+            layout.starts.push(off).map_err(|_| DriverError::TooLarge)?;
+            let first_el = layout.elements.len();
             let mut at = off;
             while at < frame_end {
                 let end = ((at / PAGE + 1) * PAGE).min(frame_end);
-                elements
+                layout
+                    .elements
                     .push(Sbale {
                         addr: self.tx_data.guest + at as u64,
                         length: (end - at) as u32,
@@ -524,26 +675,33 @@ impl QueueDriver {
                     .map_err(|_| DriverError::TooLarge)?;
                 at = end;
             }
-            let count = elements.len() - first_el;
-            for (i, e) in elements[first_el..].iter_mut().enumerate() {
+            let count = layout.elements.len() - first_el;
+            for (i, e) in layout.elements[first_el..].iter_mut().enumerate() {
                 e.eflags = Fragment::for_element(i, count).bits();
             }
             off = frame_end;
         }
-        for (p, &at) in packets.iter().zip(starts.iter()) {
-            let header = L3Header::unicast(dest, p.len() as u16).encode();
-            self.tx_data.mem.write(at, &header);
-            self.tx_data.mem.write(at + HEADER_SIZE, p);
-        }
-        if let Some(last) = elements.last_mut() {
+        if let Some(last) = layout.elements.last_mut() {
             last.eflags |= Eflags::LAST_ENTRY.bits();
+        }
+        Ok((n, layout))
+    }
+
+    /// Writes the frames' headers and the buffer's elements, and hands output buffer
+    /// `n` to the fabric (0x62): the packets are in place by now.
+    fn commit(&mut self, n: u8, dest: IpAddr, lens: &[usize], layout: &TxLayout) {
+        for (&len, &at) in lens.iter().zip(layout.starts.iter()) {
+            // `layout` checked every length against u16::MAX.
+            let header = L3Header::unicast(dest, len as u16).encode();
+            self.tx_data.mem.write(at, &header);
         }
         // Only the elements in use: the fabric reads up to the first LAST_ENTRY.
         let sbal = self.out_sbal(n);
-        for (i, e) in elements.iter().enumerate() {
+        for (i, e) in layout.elements.iter().enumerate() {
             sbal.store(i, e);
         }
-        // Release pairs with the fabric's Acquire load of 0x62.
+        // Release pairs with the fabric's Acquire load of 0x62: the packets, headers
+        // and elements written above (in place or copied) are seen by its copy.
         Self::set_state(
             &self.out_slsb,
             n,
@@ -552,7 +710,6 @@ impl QueueDriver {
         );
         self.tx_next = (n + 1) % QUEUE_BUFFERS as u8;
         self.tx_primed += 1;
-        Ok(n)
     }
 
     /// Primes one frame and sends it with SIGA write. A busy SIGA (cc2) is retried a
@@ -574,6 +731,73 @@ impl QueueDriver {
             }
         }
         let n = self.prime(dest, packet).map_err(SendError::Driver)?;
+        self.siga_write(siga, n)
+    }
+
+    /// Primes one frame of `len` packet bytes written in place by `write` (as
+    /// [`prime_with`](Self::prime_with)) and sends it with SIGA write, as
+    /// [`send`](Self::send). Returns what `write` returned (it has run whenever the
+    /// frame could be primed) and the send's outcome. A refused frame stays intact in
+    /// its output buffer: [`resend`](Self::resend) sends it again without the program
+    /// writing it twice.
+    pub fn send_with<S: Siga + ?Sized, R>(
+        &mut self,
+        siga: &S,
+        dest: IpAddr,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, (Option<R>, SendError)> {
+        if self.tx_primed > 0 {
+            self.flush(siga).map_err(|e| (None, SendError::Siga(e)))?;
+        }
+        let (n, r) = self
+            .prime_with(dest, len, write)
+            .map_err(|e| (None, SendError::Driver(e)))?;
+        match self.siga_write(siga, n) {
+            Ok(()) => Ok(r),
+            Err(e) => Err((Some(r), e)),
+        }
+    }
+
+    /// Sends the frame of output buffer `n` again, after the fabric refused it (0xAF):
+    /// the frame (header and packet) moves into the next free output buffer with one
+    /// copy inside the partition's memory, and SIGA write sends it. For the retry of a
+    /// frame written in place, which the program no longer holds.
+    pub fn resend<S: Siga + ?Sized>(&mut self, siga: &S, n: u8) -> Result<(), SendError> {
+        if self.output_state(n) != SlsbState::OUTPUT_ERROR {
+            return Err(SendError::Driver(DriverError::InvalidFrame));
+        }
+        if self.tx_primed > 0 {
+            self.flush(siga).map_err(SendError::Siga)?;
+        }
+        // The refused buffer's first frame, as the driver laid it out: its header in
+        // the slot's first bytes (a slot starts page-aligned) and its packet after.
+        let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
+        let mut raw = [0u8; HEADER_SIZE];
+        self.tx_data.mem.read(slot, &mut raw);
+        let header =
+            L3Header::decode(&raw).map_err(|_| SendError::Driver(DriverError::InvalidFrame))?;
+        let len = usize::from(header.length);
+        let dest = header.next_hop;
+        let (m, layout) = self.layout(&[len]).map_err(SendError::Driver)?;
+        let at = layout.starts.first().copied().unwrap_or(0);
+        GuestSlice::copy(
+            &self.tx_data.mem,
+            slot + HEADER_SIZE,
+            &self.tx_data.mem,
+            at + HEADER_SIZE,
+            len,
+        );
+        self.commit(m, dest, &[len], &layout);
+        self.siga_write(siga, m)
+    }
+
+    /// SIGA write for output buffer `n`, just primed; its outcome.
+    pub(crate) fn siga_write<S: Siga + ?Sized>(
+        &mut self,
+        siga: &S,
+        n: u8,
+    ) -> Result<(), SendError> {
         self.issue(siga, SigaFunction::Write)
             .map_err(SendError::Siga)?;
         self.tx_primed = 0;
@@ -655,6 +879,9 @@ impl QueueDriver {
         if state == SlsbState::INPUT_PRIMED {
             let mut bad = 0u64;
             let sbal = self.in_sbal(n);
+            let slot = usize::from(n % self.cfg.rx_buffers) * self.cfg.mfs.bytes();
+            let slot_guest = self.rx_data.guest + slot as u64;
+            let slot_mem = self.rx_data.mem.sub(slot, self.cfg.mfs.bytes());
             // The frame being gathered: its pieces, its bytes, whether an element of
             // it was unusable. Frames are delimited by the fragment flags alone, so a
             // bad element costs its own frame and no other.
@@ -678,11 +905,14 @@ impl QueueDriver {
                 broken |= !starts && !open;
                 open = true;
                 let len = e.length as usize;
+                // Inside this buffer's own slot, which the driver armed it with: the
+                // frame is then lent in place (`RxFrame::pieces`), and no other slot,
+                // which the fabric may be filling, is ever borrowed.
                 let piece = e
                     .addr
-                    .checked_sub(self.rx_data.guest)
+                    .checked_sub(slot_guest)
                     .and_then(|off| usize::try_from(off).ok())
-                    .and_then(|off| self.rx_data.mem.sub(off, len))
+                    .and_then(|off| slot_mem.and_then(|m| m.sub(off, len)))
                     .filter(|_| len > 0);
                 match piece {
                     // At most 16 elements, so the push cannot fail.

@@ -5,10 +5,12 @@
 //! or a hypervisor's trap path). It is `no_std` and allocates nothing: the caller
 //! lends it the driver and two scratch buffers.
 //!
-//! - **Transmit.** smoltcp writes an IP packet into the transmit buffer; the device
-//!   reads the packet's IP destination (IPv4 bytes 16-19, IPv6 bytes 24-39), and the
-//!   driver writes the 32-byte frame header with that address as next hop and the
-//!   packet into a free output buffer and issues SIGA write ([`QueueDriver::send`]).
+//! - **Transmit.** smoltcp writes an IP packet straight into the next free output
+//!   buffer (zero-copy: the fabric's copy is the packet's only one); the device reads
+//!   the packet's IP destination (IPv4 bytes 16-19, IPv6 bytes 24-39), the driver
+//!   writes the 32-byte frame header with that address as next hop and its elements,
+//!   and issues SIGA write. (Should no output buffer be free, smoltcp writes into the
+//!   transmit buffer and [`QueueDriver::send`] copies it.)
 //!   The send is synchronous: when it returns, the frame is in the target's input
 //!   queue or the fabric said why not.
 //! - **Receive.** The device takes the next input buffer the fabric filled (0x82),
@@ -426,6 +428,48 @@ impl<'d, S: Siga> TxPath<'d, S> {
         }
     }
 
+    /// Sends output buffer `n`, primed in place with a packet of `len` bytes, and
+    /// counts the outcome as [`send`](Self::send) does; a target-full refusal is
+    /// retried by [`QueueDriver::resend`], which moves the frame into the next
+    /// output buffer (the packet is no longer anywhere else).
+    fn complete(&mut self, n: u8, len: usize) {
+        let mut tries = 0u32;
+        let mut outcome = self.driver.siga_write(&self.siga, n);
+        loop {
+            match outcome {
+                Ok(()) => {
+                    self.counters.tx_packets += 1;
+                    self.counters.tx_bytes += len as u64;
+                    return;
+                }
+                Err(SendError::Refused(r)) if r.is_retryable() => {
+                    if tries >= self.retry_limit {
+                        self.counters.tx_dropped_full += 1;
+                        self.last_error = Some(TxError::Send(SendError::Refused(r)));
+                        return;
+                    }
+                    tries += 1;
+                    self.counters.tx_full_retries += 1;
+                    for _ in 0..1u32 << tries.min(MAX_BACKOFF_SHIFT) {
+                        core::hint::spin_loop();
+                    }
+                    // The refused frame is in the buffer primed last.
+                    let refused = self.driver.last_primed();
+                    outcome = self.driver.resend(&self.siga, refused);
+                }
+                Err(e @ SendError::Refused(Reason::Unreachable | Reason::TargetNotActive)) => {
+                    self.counters.tx_unreachable += 1;
+                    self.last_error = Some(TxError::Send(e));
+                    return;
+                }
+                Err(e) => {
+                    self.fail(TxError::Send(e));
+                    return;
+                }
+            }
+        }
+    }
+
     fn fail(&mut self, e: TxError) {
         self.counters.tx_errors += 1;
         self.last_error = Some(e);
@@ -481,9 +525,25 @@ impl<S: Siga> phy::TxToken for IqdioTxToken<'_, '_, S> {
             path.fail(TxError::TooLong(len));
             return r;
         }
-        let r = f(&mut path.buf[..len]);
-        path.send(len);
-        r
+        // Zero-copy: smoltcp writes the packet straight into the next output buffer,
+        // and the fabric's copy is its only one. With no output buffer free (only if
+        // the fabric still holds one), it goes through the transmit buffer instead.
+        let route = |packet: &[u8]| next_hop(packet);
+        match path.driver.prime_routed(len, f, route) {
+            Ok((n, r, Some(_))) => {
+                path.complete(n, len);
+                r
+            }
+            Ok((_, r, None)) => {
+                path.fail(TxError::NotIp);
+                r
+            }
+            Err((f, _)) => {
+                let r = f(&mut path.buf[..len]);
+                path.send(len);
+                r
+            }
+        }
     }
 }
 
