@@ -720,6 +720,13 @@ impl QueueDriver {
         dest: IpAddr,
         packet: &[u8],
     ) -> Result<(), SendError> {
+        self.flush_pending(siga)?;
+        let n = self.prime(dest, packet).map_err(SendError::Driver)?;
+        self.siga_write(siga, n)
+    }
+
+    /// Flushes the buffers primed earlier, before a send primes its own.
+    fn flush_pending<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<(), SendError> {
         while self.tx_primed > 0 {
             // Earlier primed buffers go first, in ring order; a flush that ended early
             // leaves some primed, and another sends them.
@@ -730,8 +737,7 @@ impl QueueDriver {
                 return Err(SendError::Siga(SigaStatus::of_error(SigaError::Busy)));
             }
         }
-        let n = self.prime(dest, packet).map_err(SendError::Driver)?;
-        self.siga_write(siga, n)
+        Ok(())
     }
 
     /// Primes one frame of `len` packet bytes written in place by `write` (as
@@ -747,9 +753,7 @@ impl QueueDriver {
         len: usize,
         write: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, (Option<R>, SendError)> {
-        if self.tx_primed > 0 {
-            self.flush(siga).map_err(|e| (None, SendError::Siga(e)))?;
-        }
+        self.flush_pending(siga).map_err(|e| (None, e))?;
         let (n, r) = self
             .prime_with(dest, len, write)
             .map_err(|e| (None, SendError::Driver(e)))?;
@@ -767,9 +771,7 @@ impl QueueDriver {
         if self.output_state(n) != SlsbState::OUTPUT_ERROR {
             return Err(SendError::Driver(DriverError::InvalidFrame));
         }
-        if self.tx_primed > 0 {
-            self.flush(siga).map_err(SendError::Siga)?;
-        }
+        self.flush_pending(siga)?;
         // The refused buffer's first frame, as the driver laid it out: its header in
         // the slot's first bytes (a slot starts page-aligned) and its packet after.
         let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
