@@ -201,8 +201,9 @@ pub enum RegistrationError {
     },
     /// The partition has as many queue sets as it may: its quota
     /// ([`FabricConfig::queue_sets_per_partition`](crate::FabricConfig::queue_sets_per_partition)),
-    /// at most [`MAX_SUBCHANNELS`](crate::fabric::MAX_SUBCHANNELS). Other partitions
-    /// may still establish; the table itself may have room.
+    /// at most the fabric's `S` (by default
+    /// [`MAX_SUBCHANNELS`](crate::fabric::MAX_SUBCHANNELS)). Other partitions may still
+    /// establish; the table itself may have room.
     SubchannelLimit,
     /// The partition has as many addresses as it may
     /// ([`FabricConfig::addresses_per_partition`](crate::FabricConfig::addresses_per_partition)).
