@@ -9,11 +9,15 @@
 pub enum ConditionCode {
     /// cc0: the function was done.
     Cc0 = 0,
-    /// cc1: the queues are not active, or the request names no valid queue.
+    /// cc1: the queues are not active, or the request names no valid queue (Linux's
+    /// `qdio_kick_outbound_q`, `drivers/s390/cio/qdio_main.c`, makes it `-EIO` and
+    /// qeth recovers the card).
     Cc1 = 1,
-    /// cc2: transient contention; with the busy bit, retry (Linux retries for 100 µs).
+    /// cc2: transient contention; with the busy bit, retry (Linux's `qdio_siga_output`
+    /// spins for 100 µs, then `qdio_kick_outbound_q` retries up to 1000 × 10 ms);
+    /// without it Linux's qdio returns `-ENOBUFS`, which qeth ignores.
     Cc2 = 2,
-    /// cc3: not an IQDIO subchannel (not operational).
+    /// cc3: not an IQDIO subchannel (not operational; Linux: `-EIO`, card recovery).
     Cc3 = 3,
 }
 

@@ -188,6 +188,8 @@ pub fn parse_outgoing_into<M: GuestMemory>(
             };
             Fault::at(reason, first)
         })?;
+        // Linux's qeth_l3_fill_header (qeth_l3_main.c) forces the unicast cast type on
+        // every unicast queue, so anything else here is a program that is not qeth's.
         if header.cast != crate::qdio::CastType::Unicast {
             return Err(Fault::at(Reason::CastType, first));
         }

@@ -259,7 +259,7 @@ fn corruptions() -> Vec<(&'static str, Corruption)> {
         ("header id 0x02", header_byte(0, |_| 0x02)),
         ("header length one more", header_byte(9, |b| b + 1)),
         ("header length one less", header_byte(9, |b| b - 1)),
-        ("cast bits naming no cast type", header_byte(1, |_| 0x07)),
+        ("cast bits naming no cast type", header_byte(1, |_| 0x03)),
         (
             "IPv6 flag over an IPv4 next hop",
             header_byte(1, |b| b | 0x80),

@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
             0x06 => CastType::Unicast,
             0x04 => CastType::Multicast,
             0x05 => CastType::Broadcast,
+            0x07 => CastType::Anycast,
             other => panic!("cast bits {other:#x} decoded"),
         };
         assert_eq!(h.cast, cast);

@@ -1,6 +1,7 @@
 //! The 32-byte layer-3 frame header at the start of every frame (qeth `qeth_hdr_layer3`).
 //!
-//! `0x00 id` (0x01 layer 3) | `0x01 flags` (0x80 IPv6; cast 0x07) | `0x08 length u16`
+//! `0x00 id` (0x01 layer 3) | `0x01 flags` (0x80 IPv6; cast bits 0x07: 0x06 unicast,
+//! 0x04 multicast, 0x05 broadcast, 0x07 anycast) | `0x08 length u16`
 //! (packet bytes, header excluded) | `0x0B ext_flags` (0x01 VLAN id valid) |
 //! `0x0C vlan_id u16` | `0x10 next hop, 16 bytes` (IPv6 all 16, IPv4 in 0x1C-0x1F).
 
@@ -27,6 +28,10 @@ pub enum CastType {
     Multicast,
     /// Every queue that enabled broadcast (0x05).
     Broadcast,
+    /// An IPv6 anycast address (0x07): Linux's `qeth_l3_fill_header`
+    /// (`drivers/s390/net/qeth_l3_main.c`) sets it for an `RTN_ANYCAST` route, and
+    /// `qeth_iqd_select_queue` sends every non-unicast frame on the multicast queue.
+    Anycast,
 }
 
 impl CastType {
@@ -35,6 +40,7 @@ impl CastType {
             Self::Unicast => 0x06,
             Self::Multicast => 0x04,
             Self::Broadcast => 0x05,
+            Self::Anycast => 0x07,
         }
     }
 }
@@ -97,6 +103,7 @@ impl L3Header {
             0x06 => CastType::Unicast,
             0x04 => CastType::Multicast,
             0x05 => CastType::Broadcast,
+            0x07 => CastType::Anycast,
             other => return Err(HeaderError::CastType(other)),
         };
         let length = u16::from_be_bytes([b[8], b[9]]);
@@ -194,6 +201,14 @@ mod tests {
         assert_eq!(L3Header::decode(&b).unwrap().cast, CastType::Multicast);
         b[1] = 0x05;
         assert_eq!(L3Header::decode(&b).unwrap().cast, CastType::Broadcast);
+        b[1] = 0x07;
+        let anycast = L3Header::decode(&b).unwrap();
+        assert_eq!(anycast.cast, CastType::Anycast);
+        assert_eq!(anycast.encode()[1], 0x07);
+        for bits in [0x00, 0x01, 0x02] {
+            b[1] = bits;
+            assert_eq!(L3Header::decode(&b), Err(HeaderError::CastType(bits)));
+        }
     }
 
     #[test]

@@ -3,14 +3,28 @@
 
 /// An sbalf15 error reason: why the fabric set an output buffer to 0xAF.
 ///
-/// 0x10 is the code Linux qdio reads as "target buffer full" and retries; the other
-/// codes are iqdio's own choices, kept stable because programs read them.
+/// Where Linux 6.12 gives an sbalf15 value a meaning, iqdio's code means the same:
+/// - `drivers/s390/cio/qdio_main.c` (`process_buffer_error`) reads 0x10 on an IQD output
+///   queue as "target buffer full" and only counts it (`target_full`);
+/// - `drivers/s390/net/qeth_core_main.c` (`qeth_compute_cq_notification`) tells AF_IUCV
+///   that 0x04, 0x10, 0x11 and 0x12 mean "unreachable", every other value "general
+///   error";
+/// - the same file's `qeth_check_qdio_errors` still parses an *input* buffer flagged 0x12
+///   (counted `rx_fifo_errors`).
+///
+/// Linux never re-sends a refused buffer: `qeth_handle_send_error` only traces the
+/// value (15-31 quietly, any other as "lnkfail"), then the frames are freed and counted
+/// in `tx_errors`. Only a cc2 with the busy bit is retried. So [`Reason::is_retryable`]
+/// is iqdio's own driver's policy, not Linux's.
+///
+/// iqdio's own codes (0x13, 0x14, 0x20-0x29) lie outside Linux's "unreachable" group, so
+/// AF_IUCV reads each of them as a general error, which is what they are. They are kept
+/// stable because programs read them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Reason {
-    /// The frames are larger than the maximum frame size or the target's buffer.
-    TooLarge = 0x04,
-    /// The target's receive queue has no empty buffer (retryable: the frame is intact).
+    /// The target's receive queue has no empty buffer (the frame is intact in the
+    /// sender's buffer). Linux qdio's "target full" (`qdio_main.c`).
     TargetFull = 0x10,
     /// No queue set is registered for the destination address.
     Unreachable = 0x11,
@@ -19,6 +33,11 @@ pub enum Reason {
     /// The target's own receive buffer is malformed (its SBALEs point outside its
     /// memory); that buffer is set to 0x8F and consumed, a retry uses the next one.
     TargetBufferInvalid = 0x13,
+    /// The frames are larger than the maximum frame size or the target's buffer.
+    ///
+    /// Not 0x04: Linux's `qeth_compute_cq_notification` groups 0x04 with 0x10-0x12 as
+    /// "unreachable", and a frame too large for the target is not that.
+    TooLarge = 0x14,
     /// No element among the 16 carries `LAST_ENTRY`.
     NoLastEntry = 0x20,
     /// An element in use has length 0.
@@ -33,7 +52,8 @@ pub enum Reason {
     HeaderLength = 0x25,
     /// The IPv6 flag and the next-hop address disagree.
     AddressFamily = 0x26,
-    /// A cast type other than unicast on a unicast queue.
+    /// A cast type other than unicast on a unicast queue (Linux's `qeth_l3_fill_header`
+    /// forces unicast there).
     CastType = 0x27,
     /// The first element of a frame is shorter than the 32-byte header.
     ShortHeader = 0x28,
@@ -44,11 +64,11 @@ pub enum Reason {
 impl Reason {
     /// Every reason, in code order.
     pub const ALL: [Reason; 15] = [
-        Self::TooLarge,
         Self::TargetFull,
         Self::Unreachable,
         Self::TargetNotActive,
         Self::TargetBufferInvalid,
+        Self::TooLarge,
         Self::NoLastEntry,
         Self::ZeroLength,
         Self::AddressOutsideMemory,
@@ -72,8 +92,32 @@ impl Reason {
     }
 
     /// Whether priming the same frame again may succeed later (the target may drain).
+    ///
+    /// iqdio's driver acts on this; Linux qeth re-sends nothing (see [`Reason`]).
     pub const fn is_retryable(self) -> bool {
         matches!(self, Self::TargetFull | Self::TargetBufferInvalid)
+    }
+
+    /// Whether Linux reads this code as "unreachable" (0x04, 0x10, 0x11, 0x12:
+    /// `qeth_compute_cq_notification` in `drivers/s390/net/qeth_core_main.c`, what it
+    /// tells AF_IUCV); every other code it reads as a general error.
+    pub const fn linux_reads_as_unreachable(self) -> bool {
+        matches!(self.code(), 0x04 | 0x10..=0x12)
+    }
+
+    /// What Linux 6.12's qeth does when a send completes with this code, for logs and
+    /// the README's error table.
+    pub const fn linux_qeth(self) -> &'static str {
+        match self {
+            // qdio_main.c process_buffer_error: the one output code qdio counts itself.
+            Self::TargetFull => {
+                "qdio counts target_full; frames freed, tx_errors; AF_IUCV: unreachable"
+            }
+            Self::Unreachable | Self::TargetNotActive => {
+                "frames freed, tx_errors; AF_IUCV: unreachable"
+            }
+            _ => "frames freed, tx_errors; AF_IUCV: general error",
+        }
     }
 
     /// Whether the sender's descriptor or header was at fault (codes from 0x20).
@@ -132,7 +176,20 @@ mod tests {
     fn the_architected_codes_are_where_linux_reads_them() {
         assert_eq!(Reason::TargetFull.code(), 0x10);
         assert_eq!(Reason::Unreachable.code(), 0x11);
-        assert_eq!(Reason::TooLarge.code(), 0x04);
+        assert_eq!(Reason::TargetNotActive.code(), 0x12);
+        // Linux's "unreachable" group is exactly the codes that mean that here.
+        for r in Reason::ALL {
+            let unreachable = matches!(
+                r,
+                Reason::TargetFull | Reason::Unreachable | Reason::TargetNotActive
+            );
+            assert_eq!(r.linux_reads_as_unreachable(), unreachable, "{r}");
+            assert_eq!(r.linux_qeth().contains("AF_IUCV: unreachable"), unreachable);
+        }
+        // "Too large" is not unreachable, so not 0x04.
+        assert_ne!(Reason::TooLarge.code(), 0x04);
+        assert_eq!(Reason::TooLarge.code(), 0x14);
+        assert_eq!(Reason::from_code(0x04), None);
         assert!(Reason::TargetFull.is_retryable());
         assert!(!Reason::Unreachable.is_retryable());
         assert!(
