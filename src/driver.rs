@@ -525,8 +525,9 @@ impl QueueDriver {
         self.prime_frames(dest, &[packet])
     }
 
-    /// Primes several frames for one next hop into one output buffer (as Linux packs
-    /// packets that share a next hop). Each frame is a header and its packet; frames
+    /// Primes several frames for one next hop into one output buffer (as Linux's qeth
+    /// packs packets that share next hop and VLAN, `qeth_l3_may_bulk`/`qeth_xmit` in
+    /// `drivers/s390/net/qeth_core_main.c`). Each frame is a header and its packet; frames
     /// are split into elements at page boundaries of the buffer's data. The packets
     /// are copied in; [`prime_frames_with`](Self::prime_frames_with) lets the program
     /// write them in place instead.

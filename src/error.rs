@@ -22,7 +22,7 @@ pub enum ConditionCode {
 }
 
 /// The busy bit that accompanies cc2 (bit 0 of the returned function-code register,
-/// as Linux `do_siga_output` reads it).
+/// as Linux's `do_siga_output` in `drivers/s390/cio/qdio_main.c` reads it).
 pub const SIGA_BUSY_BIT: u32 = 0x8000_0000;
 
 impl ConditionCode {

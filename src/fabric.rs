@@ -745,10 +745,12 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
     ///   its output cursor stays where it was, so nothing it queued is lost or sent;
     /// - a send to one of its addresses is refused with sbalf15 0x10, target full
     ///   ([`Reason::TargetFull`]), whatever room its input queue has: what a real
-    ///   machine shows for a stopped LPAR whose input queue nobody empties. Linux reads
-    ///   0x10 as retryable (qdio counts it as `target_full`; for AF_IUCV it is one of
-    ///   the UNREACHABLE codes 4, 16, 17, 18, `qeth_core_main.c`:399-413, Linux 6.12),
-    ///   and after [`resume`](Self::resume) the same frame goes through. The receiving
+    ///   machine shows for a stopped LPAR whose input queue nobody empties. Linux
+    ///   counts 0x10 (`target_full`, `process_buffer_error` in
+    ///   `drivers/s390/cio/qdio_main.c`) and, for AF_IUCV, reads it as one of the
+    ///   UNREACHABLE codes 4, 16, 17, 18 (`qeth_compute_cq_notification`,
+    ///   `qeth_core_main.c`:399-413, Linux 6.12); qeth re-sends nothing, iqdio's own
+    ///   driver does, and after [`resume`](Self::resume) the same frame goes through. The receiving
     ///   queue set counts these in
     ///   [`CounterSnapshot::refused_suspended`], not in `refused_full`;
     /// - the frames already in its input buffers stay there (0x82), as do its indicator
@@ -1007,7 +1009,7 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
     /// other and mix atomic sizes on the same bytes. Other partitions' memory cannot
     /// overlap (their windows never do). Only a middle or global indicator byte may be
     /// shared, by queue sets that each use it in that role (Linux shares the summary
-    /// indicator among all its devices).
+    /// indicator among all its devices, `drivers/s390/cio/qdio_thinint.c`).
     ///
     /// In guest addresses: a [`GuestMemory`] maps distinct guest bytes to distinct
     /// host bytes, so two ranges share host bytes exactly when they share guest

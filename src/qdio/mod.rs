@@ -18,7 +18,9 @@ pub use slsb::{QUEUE_BUFFERS, SLSB_LEN, SlsbFlags, SlsbState};
 /// Maximum frame size of a fabric: the largest SBAL's worth of data one send moves.
 ///
 /// HiperSockets offers four sizes; the MTU is the MFS less 8 KiB and a receive SBAL is
-/// made of MFS / 4 KiB elements of 4 KiB each \[ibm\]\[linux\].
+/// made of MFS / 4 KiB elements of 4 KiB each \[ibm\]\[linux: `qeth_get_mtu_outof_framesize`
+/// in `drivers/s390/net/qeth_core_main.c` maps frame sizes 16, 24, 40, 64 KiB to MTUs
+/// 8, 16, 32, 56 KiB\].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mfs {
     /// 16 KiB frames, MTU 8 KiB, 4 receive elements.

@@ -172,7 +172,7 @@ pub const fn ip_from_registers(family: u64, x3: u64, x4: u64) -> Option<IpAddr> 
 
 /// The establish block: the counterpart of the QDIO data region (QDR) that a real
 /// program hands the channel subsystem with Establish-QDIO-Queues. Like Linux's
-/// `struct qdr` it carries a format, the queue counts and one queue descriptor per
+/// `struct qdr` (`arch/s390/include/asm/qdio.h`) it carries a format, the queue counts and one queue descriptor per
 /// queue (as `struct qdesfmt0`: storage list address, SLSB address), and adds the three
 /// completion-vector bytes iqdio signals through. All fields are big-endian, as the
 /// QDIO formats are; reserved bytes must be zero.
@@ -194,7 +194,7 @@ pub const fn ip_from_registers(family: u64, x3: u64, x4: u64) -> Option<IpAddr> 
 /// ```
 ///
 /// A storage list is 128 big-endian 8-byte SBAL addresses (1 KiB, as Linux's
-/// `struct sl`), buffer 0 first. The hypervisor reads the block and both storage lists
+/// `struct sl` in `asm/qdio.h`), buffer 0 first. The hypervisor reads the block and both storage lists
 /// once, through the fabric's window check, and hands the fabric only its copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EstablishBlock {
