@@ -70,6 +70,19 @@ fn cycle(c: &mut Criterion) {
         });
         drop(pair);
 
+        // iqdio, zero-copy: the sender writes its frame in place (a sequence stamp),
+        // the fabric copies it (the only copy), the receiver reads it in place.
+        let fab = fabric(WakePlatform::default());
+        let mut pair = Pair::new(&fab, 1, size);
+        let mut seq = 0u64;
+        g.bench_with_input(BenchmarkId::new("iqdio_zc", size), &size, |b, _| {
+            b.iter(|| {
+                seq += 1;
+                black_box(pair.cycle_in_place(&fab, seq))
+            })
+        });
+        drop(pair);
+
         // memcpy: the frame copied once, source and destination reused (cache-warm).
         let src = frame(size);
         let mut dst = Buf::zeroed(size);
@@ -133,6 +146,186 @@ fn copy(c: &mut Criterion) {
         }
     }
     g.finish();
+}
+
+/// Frame sizes of the two-core streaming benchmark (issue 12 item 6).
+const STREAM_SIZES: [usize; 4] = [64, 1500, 16 << 10, 56 << 10];
+
+/// Two-core streaming: a sender thread and a polling receiver thread (pinned to CPUs
+/// 0 and 1 where the machine allows), frames of each size; iqdio zero-copy (the sender
+/// writes a stamp in place, the fabric copies, the receiver reads in place) against a
+/// `heapless::spsc` ring of 16 frame slots between the same two threads (the producer
+/// stamps the slot, the consumer reads it in place). Time per frame; memcpy's is in
+/// the `copy` group.
+fn streaming(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stream");
+    for size in STREAM_SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        let platform = WakePlatform::default();
+        let fab = fabric(platform.clone());
+        let mut tx = Partition::new(&fab, 1, 1);
+        let mut rx = Partition::new(&fab, 2, 1);
+        g.bench_with_input(BenchmarkId::new("iqdio", size), &size, |b, &size| {
+            b.iter_custom(|iters| stream_in_place(&fab, &mut tx, &mut rx, size, iters))
+        });
+        g.bench_with_input(BenchmarkId::new("spsc", size), &size, |b, &size| {
+            b.iter_custom(|iters| spsc_stream(size, iters))
+        });
+    }
+    g.finish();
+}
+
+/// Pins this thread to CPU `cpu` where the machine allows: `taskset -pc` on its
+/// thread id (from `/proc/thread-self`); best effort, nothing happens without them.
+fn pin(cpu: usize) {
+    let Ok(link) = std::fs::read_link("/proc/thread-self") else {
+        return;
+    };
+    let Some(tid) = link.file_name().and_then(|t| t.to_str()).map(String::from) else {
+        return;
+    };
+    let _ = std::process::Command::new("taskset")
+        .args(["-pc", &cpu.to_string(), &tid])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Streams `iters` frames of `size` bytes from `tx` to `rx` (on another thread),
+/// zero-copy; returns the time until the receiver has read the last one in place.
+fn stream_in_place(
+    fab: &BenchFabric<WakePlatform>,
+    tx: &mut Partition,
+    rx: &mut Partition,
+    size: usize,
+    iters: u64,
+) -> Duration {
+    let dest = v4(rx.lpar, 0);
+    let go = Barrier::new(2);
+    let done = AtomicBool::new(false);
+    let port = fab.port(tx.lpar);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin(1);
+            rx.queues[0].start_polling();
+            let mut got = 0u64;
+            let mut spins = 0;
+            go.wait();
+            while got < iters {
+                rx.indicators.take();
+                rx.queues[0].take_initiative();
+                while let Some(n) = rx.queues[0].receive(|f| {
+                    for p in f.pieces() {
+                        black_box((p.first(), p.last()));
+                    }
+                }) {
+                    got += n as u64;
+                    spins = 0;
+                }
+                if got < iters {
+                    backoff(&mut spins);
+                }
+            }
+            let _ = rx.queues[0].stop_polling();
+            done.store(true, Ordering::Release);
+        });
+        // The sender on a thread of its own too, so that pinning leaves the bench's
+        // main thread (and the threads later benchmarks spawn from it) unpinned.
+        let sender = s.spawn(|| {
+            pin(0);
+            go.wait();
+            let start = Instant::now();
+            for seq in 0..iters {
+                let mut spins = 0;
+                let mut outcome = tx.queues[0]
+                    .send_with(&port, dest, size, |b| support::stamp(b, seq))
+                    .map(|_| ())
+                    .map_err(|(_, e)| e);
+                loop {
+                    match outcome {
+                        Ok(()) => break,
+                        Err(SendError::Refused(Reason::TargetFull)) => {
+                            backoff(&mut spins);
+                            let refused = tx.queues[0].last_primed();
+                            outcome = tx.queues[0].resend(&port, refused);
+                        }
+                        Err(e) => panic!("send: {e:?}"),
+                    }
+                }
+            }
+            let mut spins = 0;
+            while !done.load(Ordering::Acquire) {
+                backoff(&mut spins);
+            }
+            start.elapsed()
+        });
+        sender.join().expect("sender")
+    })
+}
+
+/// The same stream through a `heapless::spsc` ring of 16 frame slots: the producer
+/// stamps the next free slot and enqueues its length; the consumer dequeues, reads the
+/// slot in place, and frees it (a counter the producer waits on).
+fn spsc_stream(size: usize, iters: u64) -> Duration {
+    let stride = size.next_multiple_of(support::PAGE);
+    let mut slots = Buf::zeroed(RING_SLOTS * stride);
+    let base = slots.as_mut_ptr() as usize;
+    let mut queue: Queue<usize, RING_SLOTS> = Queue::new();
+    let (mut producer, mut consumer) = queue.split();
+    let freed = AtomicU64::new(0);
+    let go = Barrier::new(2);
+    let (go, freed) = (&go, &freed);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            pin(1);
+            go.wait();
+            let mut got = 0u64;
+            let mut spins = 0;
+            while got < iters {
+                match consumer.dequeue() {
+                    Some(len) => {
+                        let at = base + (got as usize % RING_SLOTS) * stride;
+                        // SAFETY: the producer wrote this slot before enqueueing (the
+                        // queue's Release/Acquire orders it) and does not write it
+                        // again until `freed` says so.
+                        let slot = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
+                        black_box((slot.first(), slot.last()));
+                        got += 1;
+                        // Release: the reads above happen before the producer reuses it.
+                        freed.store(got, Ordering::Release);
+                        spins = 0;
+                    }
+                    None => backoff(&mut spins),
+                }
+            }
+        });
+        let producer = s.spawn(move || {
+            pin(0);
+            go.wait();
+            let start = Instant::now();
+            for seq in 0..iters {
+                let mut spins = 0;
+                // Acquire pairs with the consumer's Release: the slot is free again.
+                while seq - freed.load(Ordering::Acquire) >= (RING_SLOTS - 1) as u64 {
+                    backoff(&mut spins);
+                }
+                let at = base + (seq as usize % RING_SLOTS) * stride;
+                // SAFETY: slot `seq % 16` is free (checked above) and only this thread
+                // writes slots; the buffer outlives the scope.
+                let slot = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, size) };
+                support::stamp(slot, seq);
+                while producer.enqueue(size).is_err() {
+                    backoff(&mut spins);
+                }
+            }
+            let mut spins = 0;
+            while freed.load(Ordering::Acquire) < iters {
+                backoff(&mut spins);
+            }
+            start.elapsed()
+        });
+        producer.join().expect("producer")
+    })
 }
 
 /// Slots of the spsc ring (as iqdio's receive buffers armed at once).
@@ -445,5 +638,14 @@ fn write_extra(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, copy, cycle, scaling, lookup, receiver, write_extra);
+criterion_group!(
+    benches,
+    copy,
+    cycle,
+    streaming,
+    scaling,
+    lookup,
+    receiver,
+    write_extra
+);
 criterion_main!(benches);
