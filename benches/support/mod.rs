@@ -134,7 +134,15 @@ pub type BenchFabric<P> = Fabric<P, 64, 4096>;
 pub fn fabric<P: Platform + Send + 'static>(platform: P) -> Arc<BenchFabric<P>> {
     std::thread::Builder::new()
         .stack_size(64 << 20)
-        .spawn(move || Arc::new(Fabric::new(platform, FabricConfig::DEFAULT)))
+        .spawn(move || {
+            // The lookup benchmark fills the whole target table from one partition:
+            // its quota is the table (the default quota is a sixteenth of it).
+            let config = FabricConfig {
+                addresses_per_partition: 4096,
+                ..FabricConfig::DEFAULT
+            };
+            Arc::new(Fabric::new(platform, config))
+        })
         .unwrap()
         .join()
         .unwrap()
