@@ -727,7 +727,7 @@ impl QueueDriver {
     }
 
     /// Flushes the buffers primed earlier, before a send primes its own.
-    fn flush_pending<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<(), SendError> {
+    pub(crate) fn flush_pending<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<(), SendError> {
         while self.tx_primed > 0 {
             // Earlier primed buffers go first, in ring order; a flush that ended early
             // leaves some primed, and another sends them.

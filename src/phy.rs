@@ -529,6 +529,12 @@ impl<S: Siga> phy::TxToken for IqdioTxToken<'_, '_, S> {
         // and the fabric's copy is its only one. With no output buffer free (only if
         // the fabric still holds one), it goes through the transmit buffer instead.
         let route = |packet: &[u8]| next_hop(packet);
+        // Buffers a write-multiple left primed go first, in ring order, as in `send`.
+        if let Err(e) = path.driver.flush_pending(&path.siga) {
+            let r = f(&mut path.buf[..len]);
+            path.fail(TxError::Send(e));
+            return r;
+        }
         match path.driver.prime_routed(len, f, route) {
             Ok((n, r, Some(_))) => {
                 path.complete(n, len);
