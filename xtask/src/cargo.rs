@@ -137,6 +137,12 @@ pub const IMAGE_ENV: &[&str] = &[
     "IQDIO_FRAMES",
     "IQDIO_MFS",
     "IQDIO_SCENARIO",
+    "IQDIO_LINUX_GUESTS",
+    "IQDIO_LINUX_RAM",
+    "IQDIO_LINUX_RAM_MIB",
+    "IQDIO_LINUX_PHYS",
+    "IQDIO_LINUX_ENTRY",
+    "IQDIO_LINUX_DTB",
 ];
 
 /// The workspace package that holds the hypervisor, the board and the bare-metal images.

@@ -28,9 +28,20 @@ pub const QEMU_PACKAGE: &str = "qemu-system-arm";
 /// RAM for the machine: the board maps 1 GiB (partition windows up to 0x7000_0000).
 pub const MEMORY: &str = "1G";
 
-/// QEMU's arguments for booting `elf` on `smp` cores.
-pub fn arguments(elf: &Path, smp: u32) -> Vec<String> {
-    [
+/// What a run adds to or changes in the standard machine (the Linux scenario).
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// `-cpu` instead of `cortex-a72`.
+    pub cpu: Option<String>,
+    /// `-m` instead of [`MEMORY`].
+    pub memory: Option<String>,
+    /// More arguments at the end (`-device loader,...`).
+    pub args: Vec<String>,
+}
+
+/// QEMU's arguments for booting `elf` on `smp` cores, with `extra`.
+pub fn arguments_with(elf: &Path, smp: u32, extra: &Extra) -> Vec<String> {
+    let mut args: Vec<String> = [
         "-M",
         "virt,virtualization=on,gic-version=3",
         // No default devices: `-M virt` otherwise adds a network card whose option ROM
@@ -40,11 +51,11 @@ pub fn arguments(elf: &Path, smp: u32) -> Vec<String> {
         "-nic",
         "none",
         "-cpu",
-        "cortex-a72",
+        extra.cpu.as_deref().unwrap_or("cortex-a72"),
         "-smp",
         &smp.to_string(),
         "-m",
-        MEMORY,
+        extra.memory.as_deref().unwrap_or(MEMORY),
         "-display",
         "none",
         "-monitor",
@@ -57,7 +68,9 @@ pub fn arguments(elf: &Path, smp: u32) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    args.extend(extra.args.iter().cloned());
+    args
 }
 
 /// How a boot ended, from QEMU's exit status (the image's semihosting exit code).
@@ -215,10 +228,21 @@ pub fn ensure_installed() -> Result<()> {
 /// Boots `elf` on `smp` cores, printing the decoded output as it comes (if `echo`),
 /// until QEMU exits or `timeout_s` seconds pass.
 pub fn boot(elf: &Path, smp: u32, timeout_s: u64, echo: bool) -> Result<BootRun> {
+    boot_with(elf, smp, timeout_s, echo, &Extra::default())
+}
+
+/// [`boot`] on a machine changed by `extra`.
+pub fn boot_with(
+    elf: &Path,
+    smp: u32,
+    timeout_s: u64,
+    echo: bool,
+    extra: &Extra,
+) -> Result<BootRun> {
     ensure_installed()?;
     let decoder = Decoder::new(elf, &cargo::workspace_root())?;
     let mut stream = decoder.stream();
-    let args = arguments(elf, smp);
+    let args = arguments_with(elf, smp, extra);
     let qemu = qemu_binary();
     eprintln!("xtask: {qemu} {}", args.join(" "));
 

@@ -39,9 +39,44 @@ mod image {
 
     iqdio_hyp::board_main!(main);
 
+    /// The Linux scenario: Linux guests on the last cores
+    /// (`vm::linux::CONFIG.guests`), the demo among the bare-metal partitions before
+    /// them.
+    const LINUX: bool = same(SCENARIO, "linux");
+
+    /// `s == Some(want)`, in a constant.
+    const fn same(s: Option<&str>, want: &str) -> bool {
+        let Some(s) = s else { return false };
+        let (a, b) = (s.as_bytes(), want.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    static LINUX_REPORTS: [spin::Mutex<Option<vm::linux::Report>>; MAX_CORES] =
+        [const { spin::Mutex::new(None) }; MAX_CORES];
+
+    /// Linux guests in this run (0 outside the Linux scenario).
+    fn linux_guests() -> usize {
+        if LINUX {
+            vm::linux::CONFIG.guests.min(board::cores())
+        } else {
+            0
+        }
+    }
+
     fn scenario() -> Option<u64> {
         match SCENARIO {
             None | Some("") | Some("partitions") => Some(PARTITIONS),
+            Some("linux") => Some(PARTITIONS),
             Some("tcp") => Some(TCP),
             Some("hostile") => Some(HOSTILE),
             Some(_) => None,
@@ -57,8 +92,15 @@ mod image {
         if code == HOSTILE && core == n - 1 {
             return hostile_job(core);
         }
-        // In the hostile scenario the others play the demo among themselves.
-        let partitions = if code == HOSTILE { n - 1 } else { n };
+        let linux = linux_guests();
+        if core >= n - linux {
+            let report = vm::linux::run(core - (n - linux));
+            *LINUX_REPORTS[core].lock() = Some(report);
+            return;
+        }
+        // In the hostile scenario the others play the demo among themselves; in the
+        // Linux one the bare-metal partitions before the guests.
+        let partitions = if code == HOSTILE { n - 1 } else { n - linux };
         let code = if code == HOSTILE { PARTITIONS } else { code };
         let args = [core as u64, partitions as u64, code, 0];
         let result = vm::run_partition(GUEST_IMAGE, args);
@@ -174,6 +216,68 @@ mod image {
         }
     }
 
+    /// The Linux scenario's figures and its last line; true when every guest booted and
+    /// powered off.
+    fn linux_summary(players: usize, [sent, delivered, lost, corrupted]: [u64; 4]) -> bool {
+        let n = board::cores();
+        let guests = linux_guests();
+        let (mut booted, mut off) = (0, 0);
+        let mut version = heapless::String::<64>::new();
+        for core in n - guests..n {
+            let Some(r) = *LINUX_REPORTS[core].lock() else {
+                defmt::error!("partition {}: linux guest did not run", core);
+                continue;
+            };
+            booted += usize::from(r.booted);
+            off += usize::from(r.end == vm::linux::End::PoweredOff);
+            if version.is_empty() {
+                let _ = version.push_str(r.version());
+            }
+            let t = r.traps;
+            defmt::println!(
+                "partition {}: linux ran {} ms, ERET to init {} ms; traps gic {}, uart {}, hvc {}, timer {}, other irq {}, aborts {}, other {}",
+                core,
+                r.ran_ns / 1_000_000,
+                r.to_init_ns.map_or(0, |ns| ns / 1_000_000),
+                t.gic,
+                t.uart,
+                t.hvc,
+                t.timer,
+                t.irq,
+                t.aborts,
+                t.other
+            );
+            if r.idle_ns > 0 {
+                let i = r.idle_traps;
+                let per_s = |c: u64| c * 1_000_000_000 / r.idle_ns;
+                defmt::println!(
+                    "partition {}: linux idle {} ms, traps per second: timer {}, gic {}, uart {}, hvc {}, other irq {}, other {}",
+                    core,
+                    r.idle_ns / 1_000_000,
+                    per_s(i.timer),
+                    per_s(i.gic),
+                    per_s(i.uart),
+                    per_s(i.hvc),
+                    per_s(i.irq),
+                    per_s(i.other)
+                );
+            }
+        }
+        defmt::println!(
+            "linux: guests {}, booted {}, kernel {=str}, powered off {}; partitions {}, frames sent {}, delivered {}, lost {}, corrupted {}",
+            guests,
+            booted,
+            version.as_str(),
+            off,
+            players,
+            sent,
+            delivered,
+            lost,
+            corrupted
+        );
+        guests > 0 && booted == guests && off == guests
+    }
+
     fn main() -> ! {
         let n = board::cores();
         let Some(code) = scenario() else {
@@ -208,7 +312,7 @@ mod image {
         let members = if code == HOSTILE {
             ((1u32 << (n - 1)) - 1) | (1 << vm::barrier::HYPERVISOR)
         } else {
-            (1u32 << n) - 1
+            (1u32 << (n - linux_guests())) - 1
         };
         vm::barrier::start(members);
         if let Err(e) = board::run_on_all_until(job, board::now_ns() + LIMIT_NS) {
@@ -218,7 +322,11 @@ mod image {
         let mut ok = true;
         let mut totals = [0u64; 5];
         let mut server = [0u64; 5];
-        let players = if code == HOSTILE { n - 1 } else { n };
+        let players = if code == HOSTILE {
+            n - 1
+        } else {
+            n - linux_guests()
+        };
         for (core, slot) in OUTCOMES.iter().enumerate().take(players) {
             match *slot.lock() {
                 Some(Ok(Outcome::Exited { status, results })) => {
@@ -293,6 +401,8 @@ mod image {
                     corrupted
                 );
                 ok &= escaped == 0 && attempts > 0 && stopped + refused == attempts;
+            } else if LINUX {
+                ok &= linux_summary(players, [sent, delivered, lost, corrupted]);
             } else {
                 defmt::println!(
                     "partitions {}, frames sent {}, delivered {}, lost {}, corrupted {}",
@@ -303,7 +413,11 @@ mod image {
                     corrupted
                 );
             }
-            ok &= sent > 0 && lost == 0 && corrupted == 0 && duplicated == 0 && delivered == sent;
+            ok &= (players == 0 || sent > 0)
+                && lost == 0
+                && corrupted == 0
+                && duplicated == 0
+                && delivered == sent;
         }
         board::exit(if ok {
             ExitCode::Pass

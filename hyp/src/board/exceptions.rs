@@ -427,6 +427,7 @@ pub(crate) extern "C" fn handle_irq() {
                 crate::vm::vgic::partition_interrupt(core);
             }
             gic::DOORBELL_SGI => {}
+            crate::vm::linux::VTIMER_INTID => crate::vm::linux::vtimer_interrupt(core),
             WAKEUP_INTID => timer::disarm_wakeup(),
             ALARM_INTID => {
                 // End it first: the hook may not return (it may exit).

@@ -89,6 +89,19 @@ fn redistributor(core: usize) -> Option<usize> {
     None
 }
 
+/// Enables (`on`) or disables PPI `intid` (16-31) on this core's redistributor: a Linux
+/// guest's virtual timer (PPI 27) reaches EL2 only while its guest runs.
+pub(crate) fn set_ppi_enabled(core: usize, intid: u32, on: bool) {
+    if !(16..32).contains(&intid) {
+        return;
+    }
+    let Some(rd) = redistributor(core) else {
+        return;
+    };
+    let reg = if on { GICR_ISENABLER0 } else { GICR_ICENABLER0 };
+    write32(rd + reg, 1 << intid);
+}
+
 /// Enables the distributor with affinity routing. Boot core, once, before the others.
 pub(crate) fn init_distributor() {
     write32(GICD_BASE + GICD_CTLR, GICD_CTLR_ARE);

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod elf;
+pub mod linux;
 pub mod stage2;
 pub mod trap;
 pub mod vgic;
@@ -214,8 +215,8 @@ static VMS: CoreVms = CoreVms(
 );
 
 /// The LPAR id of the partition each core runs, `NONE` when it runs none.
-static RUNNING_LPAR: [AtomicU8; MAX_CORES] = [const { AtomicU8::new(NONE) }; MAX_CORES];
-const NONE: u8 = u8::MAX;
+pub(crate) static RUNNING_LPAR: [AtomicU8; MAX_CORES] = [const { AtomicU8::new(NONE) }; MAX_CORES];
+pub(crate) const NONE: u8 = u8::MAX;
 
 /// The partition `core` runs, if any.
 pub fn running_lpar(core: usize) -> Option<LparId> {
@@ -235,10 +236,10 @@ pub const fn vmid(lpar: LparId) -> u16 {
 }
 
 /// SPSR for the first entry: EL1h, DAIF masked (the program unmasks what it handles).
-const SPSR_EL1H_MASKED: u64 = 0x3c5;
+pub(crate) const SPSR_EL1H_MASKED: u64 = 0x3c5;
 /// SCTLR_EL1 for the first entry: MMU and caches off, RES1 bits only (Arm ARM
 /// D17.2.118: bits 29, 28, 23, 22, 20, 11); the program turns its own MMU on.
-const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+pub(crate) const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 
 /// Runs the partition program on this core as partition `core` (LPAR id = core) until
 /// it exits or is stopped, with `args` in x0-x3 at its entry. Call from a job on each
@@ -302,7 +303,7 @@ pub fn run_partition(image: &[u8], args: [u64; 4]) -> Result<Outcome, StartError
 /// # Safety
 ///
 /// Only while no partition runs on this core.
-unsafe fn set_sctlr_el1(value: u64) {
+pub(crate) unsafe fn set_sctlr_el1(value: u64) {
     // SAFETY: the caller guarantees EL1 is not running; EL2 does not use SCTLR_EL1.
     unsafe {
         core::arch::asm!("msr sctlr_el1, {}", "isb", in(reg) value, options(nostack, preserves_flags))

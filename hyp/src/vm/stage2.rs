@@ -66,10 +66,17 @@ static TABLES: AllTables = AllTables(
 /// entry of the GiB holding `GUEST_BASE` -> level 2, whose first `len / 2 MiB` entries
 /// are 2 MiB blocks of `pa`. Pure, so it is easy to test and to read.
 pub fn descriptors(l2_pa: u64, pa: u64, len: usize) -> ([u64; 1024], [u64; 512]) {
+    descriptors_at(l2_pa, GUEST_BASE, pa, len)
+}
+
+/// The same for a window seen at `ipa` (a Linux guest's RAM at 0x4000_0000): `ipa` is
+/// 2 MiB aligned and the window does not cross a 1 GiB boundary, so one level-2 table
+/// holds it.
+pub fn descriptors_at(l2_pa: u64, ipa: u64, pa: u64, len: usize) -> ([u64; 1024], [u64; 512]) {
     let mut l1 = [0u64; 1024];
     let mut l2 = [0u64; 512];
-    l1[(GUEST_BASE >> 30) as usize] = l2_pa | TABLE;
-    let first = ((GUEST_BASE >> 21) & 511) as usize;
+    l1[((ipa >> 30) & 1023) as usize] = l2_pa | TABLE;
+    let first = ((ipa >> 21) & 511) as usize;
     let blocks = (len as u64 / BLOCK_2M) as usize;
     for (i, d) in l2.iter_mut().skip(first).take(blocks).enumerate() {
         *d = (pa + i as u64 * BLOCK_2M) | BLOCK | S2_MEMATTR_NORMAL_WB | S2AP_RW | SH_INNER | AF;
@@ -80,9 +87,14 @@ pub fn descriptors(l2_pa: u64, pa: u64, len: usize) -> ([u64; 1024], [u64; 512])
 /// Fills `core`'s stage-2 tables for its window (`pa`, `len`, 2 MiB aligned) and
 /// returns the root's address for VTTBR_EL2.
 pub fn build(core: usize, pa: u64, len: usize) -> u64 {
+    build_at(core, GUEST_BASE, pa, len)
+}
+
+/// [`build`] for a window seen at `ipa` (see [`descriptors_at`]).
+pub fn build_at(core: usize, ipa: u64, pa: u64, len: usize) -> u64 {
     let t = &TABLES.0[core];
     let l2_pa = t.l2.get().addr() as u64;
-    let (l1, l2) = descriptors(l2_pa, pa, len);
+    let (l1, l2) = descriptors_at(l2_pa, ipa, pa, len);
     // SAFETY: this core's tables, while its partition is not running (see `AllTables`).
     unsafe {
         (*t.l1.get()).0 = l1;
@@ -98,6 +110,11 @@ pub fn build(core: usize, pa: u64, len: usize) -> u64 {
 /// Turns stage 2 on with `root` for VMID `vmid`, and invalidates that VMID's stale
 /// translations (a previous partition on this core had the same VMID).
 pub fn activate(vmid: u16, root: u64) {
+    activate_with(vmid, root, 0)
+}
+
+/// [`activate`] with more HCR_EL2 bits for this guest (a Linux guest's APK | API).
+pub fn activate_with(vmid: u16, root: u64, extra_hcr: u64) {
     let vttbr = u64::from(vmid) << 48 | root;
     // SAFETY: EL2 control registers of this core; no partition runs on it yet. TLBI
     // VMALLS12E1IS invalidates the current VMID's stage-1 and stage-2 entries.
@@ -112,7 +129,7 @@ pub fn activate(vmid: u16, root: u64) {
             "isb",
             vtcr = in(reg) VTCR,
             vttbr = in(reg) vttbr,
-            hcr = in(reg) HCR_EL2_HOST | HCR_VM,
+            hcr = in(reg) HCR_EL2_HOST | HCR_VM | extra_hcr,
             options(nostack, preserves_flags),
         )
     };

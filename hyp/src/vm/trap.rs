@@ -46,6 +46,9 @@ fn esr_far_hpfar() -> (u64, u64, u64) {
 /// partition's registers; returns [`RESUME`] or [`LEAVE`].
 pub(crate) extern "C" fn guest_exit(regs: &mut VcpuRegs, kind: u64) -> u64 {
     let core = board::core_id();
+    if super::linux::runs_linux(core) {
+        return super::linux::guest_exit(core, regs, kind);
+    }
     let Some(lpar) = super::running_lpar(core) else {
         // A trap with no partition on this core cannot happen; leave rather than ERET
         // into nothing.

@@ -15,7 +15,7 @@ use core::arch::asm;
 /// The virtual INTID of the adapter (partition) interrupt, as the partition sees it.
 pub const ADAPTER_VINTID: u64 = 48;
 /// List registers used: QEMU's GICv3 has 4 (ICH_VTR_EL2.ListRegs = 3).
-const LIST_REGISTERS: usize = 4;
+pub(crate) const LIST_REGISTERS: usize = 4;
 
 /// ICH_LR<n>_EL2 fields (GICv3 spec, 12.4.6): State [63:62], HW [61], Group [60],
 /// Priority [55:48], vINTID [31:0].
@@ -25,7 +25,7 @@ const LR_GROUP1: u64 = 1 << 60;
 const LR_PRIORITY: u64 = 0xa0 << 48;
 const LR_VINTID_MASK: u64 = 0xffff_ffff;
 
-fn read_lr(n: usize) -> u64 {
+pub(crate) fn read_lr(n: usize) -> u64 {
     let v: u64;
     // SAFETY: reading a list register of this core has no side effects.
     unsafe {
@@ -39,7 +39,7 @@ fn read_lr(n: usize) -> u64 {
     v
 }
 
-fn write_lr(n: usize, v: u64) {
+pub(crate) fn write_lr(n: usize, v: u64) {
     // SAFETY: list registers only affect the virtual interrupts of the partition this
     // core runs; called with IRQs masked, at EL2.
     unsafe {
@@ -55,7 +55,7 @@ fn write_lr(n: usize, v: u64) {
 /// ICH_ELRSR_EL2: bit n set when list register n holds no interrupt. After the
 /// partition's EOI a register keeps its other fields with state 00, so "empty" is read
 /// here, never guessed from the register being zero.
-fn empty_list_registers() -> u64 {
+pub(crate) fn empty_list_registers() -> u64 {
     let v: u64;
     // SAFETY: reading ICH_ELRSR_EL2 has no side effects.
     unsafe { asm!("mrs {}, ich_elrsr_el2", out(reg) v, options(nomem, nostack, preserves_flags)) };

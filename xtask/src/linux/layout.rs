@@ -138,10 +138,6 @@ pub struct Placement {
 impl Placement {
     /// A window at `phys_base`: the guest sees it as [`Layout::default`], whatever its
     /// physical place.
-    #[allow(
-        dead_code,
-        reason = "the hypervisor's Linux partitions (issue 15) are placed with it; only the tests call it until then"
-    )]
     pub fn new(phys_base: u64) -> Self {
         Self {
             phys_base,

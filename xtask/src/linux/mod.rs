@@ -695,6 +695,98 @@ pub fn bare(args: BareArgs) -> Result<ExitCode> {
     })
 }
 
+/// The workload of a guest under the hypervisor: a mark, then two seconds idle (the
+/// hypervisor counts the traps of that span by cause).
+pub const HYP_WORKLOAD: &str = "echo \"iqdio-guest: idle 2 s\"\nsleep 2\n";
+
+/// Where the hypervisor's Linux guests go in physical memory: above the 1 GiB the
+/// hypervisor and the bare-metal windows use (RAM from 0x4000_0000), one 512 MiB window
+/// each, never mapped in the hypervisor's own tables.
+pub const HYP_LINUX_PHYS: u64 = QEMU_RAM_BASE + 1024 * MIB;
+
+/// What `cargo xtask run --scenario linux` adds to a hypervisor run.
+#[derive(Clone, Debug)]
+pub struct HypGuests {
+    /// Build-time variables for the image (`IQDIO_LINUX_*`).
+    pub env: Vec<(&'static str, String)>,
+    /// QEMU's loader arguments for every guest's blobs.
+    pub loader: Vec<String>,
+    /// QEMU's `-m`: the hypervisor's 1 GiB plus the guests' windows.
+    pub memory: String,
+}
+
+/// Fetches (or takes from the cache) the kernel and busybox, builds the initramfs
+/// (`guest_init` as its workload, else [`HYP_WORKLOAD`]) and one device tree per guest,
+/// and places `guests` Linux guests for the hypervisor: guest k (on core
+/// `smp - guests + k`) at [`HYP_LINUX_PHYS`] + k * 512 MiB.
+pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<HypGuests> {
+    if guests == 0 || guests > smp {
+        bail!("--linux-guests {guests}: between 1 and the core count ({smp})");
+    }
+    let out = out_dir();
+    fs::create_dir_all(&out)?;
+    let cache = fetch::Cache::new(cargo::target_dir().join("linux-guest"));
+    let fetched = cache.get()?;
+    let header = fetch::image_header(&fs::read(&fetched.image)?)?;
+    if header.text_offset != 0 {
+        bail!(
+            "kernel text_offset is {:#x}; the layout wants 0",
+            header.text_offset
+        );
+    }
+    let script = match guest_init {
+        Some(file) => Some(fs::read(file).with_context(|| format!("reading {}", file.display()))?),
+        None => None,
+    };
+    let workload = if script.is_some() {
+        GUEST_INIT_WORKLOAD
+    } else {
+        HYP_WORKLOAD
+    };
+    let initrd = out.join("initrd-hyp.gz");
+    fs::write(&initrd, initramfs(&fetched, workload, script.as_deref())?)?;
+    let files = GuestFiles {
+        image: fetched.image.clone(),
+        image_size: header.image_size,
+        initrd_len: fs::metadata(&initrd)?.len(),
+        initrd,
+        // A panic resets the guest at once (PSCI SYSTEM_RESET), which ends it alone.
+        extra_bootargs: "panic=-1".to_string(),
+        virtio: None,
+    };
+    let first_core = smp - guests;
+    let mut loader = Vec::new();
+    let mut entry = None;
+    for k in 0..u64::from(guests) {
+        let placement = Placement::new(HYP_LINUX_PHYS + k * layout::WINDOW_SIZE);
+        let core = first_core as usize + k as usize;
+        let boot = guest_boot(core, placement, &files, &out)?;
+        loader.extend(boot.loader);
+        entry = Some((boot.entry, boot.x0, placement.layout));
+    }
+    let (entry, dtb, layout) = entry.context("no guest placed")?;
+    let env = vec![
+        ("IQDIO_LINUX_GUESTS", guests.to_string()),
+        ("IQDIO_LINUX_RAM", layout.base.to_string()),
+        ("IQDIO_LINUX_RAM_MIB", (layout.size / MIB).to_string()),
+        ("IQDIO_LINUX_PHYS", HYP_LINUX_PHYS.to_string()),
+        ("IQDIO_LINUX_ENTRY", entry.to_string()),
+        ("IQDIO_LINUX_DTB", dtb.to_string()),
+    ];
+    let memory_mib = 1024 + u64::from(guests) * layout::WINDOW_SIZE / MIB;
+    eprintln!(
+        "xtask: linux: kernel {}, {guests} guest(s) on cores {first_core}..{}, windows from PA {:#x}, -m {memory_mib}M",
+        fetched.version,
+        smp - 1,
+        HYP_LINUX_PHYS
+    );
+    Ok(HypGuests {
+        env,
+        loader,
+        memory: format!("{memory_mib}M"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

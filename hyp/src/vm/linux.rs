@@ -1,0 +1,662 @@
+//! Linux guests: a stock arm64 kernel as a partition, unmodified, at EL1 behind its own
+//! stage 2, with what it needs emulated here at EL2 and nothing of the machine passed
+//! through.
+//!
+//! The xtask places the kernel's Image, initramfs and device tree in the guest's
+//! physical window with QEMU's `-device loader` and tells the image at build time where
+//! (`IQDIO_LINUX_*`, see [`Config`]); the hypervisor never reads or writes that memory.
+//! Core N enters the kernel as Linux's arm64 boot protocol asks
+//! (`Documentation/arch/arm64/booting.rst`): MMU off, x0 = the tree's IPA, x1-x3 = 0,
+//! EL1h with DAIF masked.
+//!
+//! What the guest sees (its device tree says the same, and nothing more):
+//!
+//! ```text
+//! IPA 0x0800_0000  GICv3 distributor     unmapped: stage-2 fault -> vdev::vgic
+//! IPA 0x080A_0000  its redistributor     unmapped: stage-2 fault -> vdev::vgic
+//! IPA 0x0900_0000  PL011                 unmapped: stage-2 fault -> vdev::vpl011,
+//!                                        printed `partition N: <line>`
+//! IPA 0x4000_0000  RAM, 512 MiB          2 MiB blocks -> its physical window
+//! anything else    nothing: a load or store there is reflected into the guest as a
+//!                  synchronous external abort (a process gets SIGBUS, as under KVM)
+//! ```
+//!
+//! Its interrupts: the virtual timer's PPI 27 arrives at EL2 as the physical PPI 27
+//! (enabled on this core's redistributor only while the guest runs); EL2 masks the timer
+//! (CNTV_CTL_EL0.IMASK), ends the physical interrupt and makes vINTID 27 pending in the
+//! model, which hands it to a list register. Linux's timer handler reprograms the timer,
+//! which clears IMASK again (`arch_timer_set_next_event`), so no maintenance interrupt
+//! is needed. PSCI over HVC goes to `vdev::psci`; SYSTEM_OFF ends the guest
+//! (`partition N: linux powered off`), SYSTEM_RESET ends it too (`linux reset`, or
+//! `linux panicked` when its console said `Kernel panic`): a restart would need a
+//! pristine copy of the Image, which the running kernel has overwritten.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use iqdio_vdev::esr::{self, AbortKind, GuestContext, MmioAccess, Trap};
+use iqdio_vdev::psci::{self, Psci};
+use iqdio_vdev::vgic::Vgic;
+use iqdio_vdev::vpl011::Pl011;
+
+use super::vgic::{LIST_REGISTERS, empty_list_registers, write_lr};
+use super::{RUNNING_LPAR, SCTLR_EL1_RESET, SPSR_EL1H_MASKED, parse, set_sctlr_el1, stage2, vmid};
+use crate::board::{self, KIND_IRQ, KIND_SYNC, LEAVE, MAX_CORES, RESUME, VcpuRegs};
+
+/// The virtual timer's PPI (Arm ARM D11.2.4; the guest's tree names PPI 11 = INTID 27).
+pub const VTIMER_INTID: u32 = 27;
+
+/// HCR_EL2.APK (bit 40) and API (bit 41): the guest's pointer-authentication key
+/// registers and instructions do not trap. Debian's kernel writes APIAKeyLo_EL1 0.66 s
+/// into its boot; without these it traps (EC 0x18) (LINUX-GUESTS.md, checked).
+const HCR_APK_API: u64 = 1 << 40 | 1 << 41;
+
+/// The guest's MPIDR (VMPIDR_EL2): affinity 0 with the RES1 bit 31, as its tree's one
+/// CPU node (`reg = <0>`) and its redistributor's GICR_TYPER say.
+const GUEST_MPIDR: u64 = 1 << 31;
+
+/// CNTV_CTL_EL0.IMASK.
+const CNTV_IMASK: u64 = 1 << 1;
+
+/// Console line length: longer lines are printed in pieces.
+const LINE: usize = 200;
+
+/// The guest's devices, by IPA (xtask/src/linux/dtb.rs writes the same into its tree).
+const GICD: (u64, u64) = (0x0800_0000, 0x1_0000);
+const GICR: (u64, u64) = (0x080A_0000, 0x2_0000);
+const UART: (u64, u64) = (0x0900_0000, 0x1000);
+
+/// Where the xtask put the guests, given at build time (decimal numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Linux guests in this run (`IQDIO_LINUX_GUESTS`); they run on the last cores.
+    pub guests: usize,
+    /// The IPA of the guest's RAM (`IQDIO_LINUX_RAM`).
+    pub ram_ipa: u64,
+    /// Its size in MiB (`IQDIO_LINUX_RAM_MIB`).
+    pub ram_mib: u64,
+    /// The physical base of guest 0's window (`IQDIO_LINUX_PHYS`); guest k's is
+    /// `ram_mib` MiB further per k.
+    pub phys: u64,
+    /// The kernel's entry IPA (`IQDIO_LINUX_ENTRY`).
+    pub entry: u64,
+    /// The device tree's IPA, x0 at entry (`IQDIO_LINUX_DTB`).
+    pub dtb: u64,
+}
+
+/// This build's configuration.
+pub const CONFIG: Config = Config {
+    guests: parse(option_env!("IQDIO_LINUX_GUESTS"), 0) as usize,
+    ram_ipa: parse(option_env!("IQDIO_LINUX_RAM"), 0x4000_0000) as u64,
+    ram_mib: parse(option_env!("IQDIO_LINUX_RAM_MIB"), 512) as u64,
+    phys: parse(option_env!("IQDIO_LINUX_PHYS"), 0x8000_0000) as u64,
+    entry: parse(option_env!("IQDIO_LINUX_ENTRY"), 0x4000_0000) as u64,
+    dtb: parse(option_env!("IQDIO_LINUX_DTB"), 0x5FE0_0000) as u64,
+};
+
+/// How a Linux guest ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// PSCI SYSTEM_OFF.
+    PoweredOff,
+    /// PSCI SYSTEM_RESET after its console said `Kernel panic`.
+    Panicked,
+    /// PSCI SYSTEM_RESET otherwise.
+    Reset,
+    /// The hypervisor stopped it: a trap it has no answer for.
+    Stopped(&'static str),
+}
+
+/// Traps of one guest by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traps {
+    /// Emulated accesses to the distributor and redistributor.
+    pub gic: u64,
+    /// Emulated accesses to the UART.
+    pub uart: u64,
+    /// HVCs (PSCI, SMCCC).
+    pub hvc: u64,
+    /// Virtual timer interrupts (PPI 27 at EL2).
+    pub timer: u64,
+    /// Other physical interrupts taken while the guest ran.
+    pub irq: u64,
+    /// Aborts reflected into the guest.
+    pub aborts: u64,
+    /// Anything else.
+    pub other: u64,
+}
+
+/// What a Linux guest did, for the run's summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// How it ended.
+    pub end: End,
+    /// Its init reported `uname -r`.
+    pub booted: bool,
+    /// The kernel version it reported.
+    pub version: [u8; 64],
+    /// Length of `version`.
+    pub version_len: usize,
+    /// Nanoseconds from the ERET into the kernel to its `Run /init` line, if seen.
+    pub to_init_ns: Option<u64>,
+    /// Traps by cause over the whole run.
+    pub traps: Traps,
+    /// Nanoseconds the guest ran.
+    pub ran_ns: u64,
+    /// Traps by cause while idle: from its `idle:` mark to its end (see the workload).
+    pub idle_traps: Traps,
+    /// Nanoseconds of that idle span.
+    pub idle_ns: u64,
+}
+
+impl Report {
+    /// The reported kernel version (empty when none).
+    pub fn version(&self) -> &str {
+        core::str::from_utf8(&self.version[..self.version_len]).unwrap_or("?")
+    }
+}
+
+struct Guest {
+    lpar: u8,
+    vgic: Vgic,
+    uart: Pl011<LINE>,
+    psci: Psci,
+    /// What this core wrote into each list register, to retire it once emptied.
+    lrs: [u64; LIST_REGISTERS],
+    panicking: bool,
+    report: Report,
+    start_ns: u64,
+    idle_from: Option<(u64, Traps)>,
+}
+
+impl Guest {
+    fn new(lpar: u8) -> Self {
+        Self {
+            lpar,
+            vgic: Vgic::new(GUEST_MPIDR),
+            uart: Pl011::new(),
+            psci: Psci::new(GUEST_MPIDR),
+            lrs: [0; LIST_REGISTERS],
+            panicking: false,
+            report: Report {
+                end: End::Stopped("did not run"),
+                booted: false,
+                version: [0; 64],
+                version_len: 0,
+                to_init_ns: None,
+                traps: Traps::default(),
+                ran_ns: 0,
+                idle_traps: Traps::default(),
+                idle_ns: 0,
+            },
+            start_ns: 0,
+            idle_from: None,
+        }
+    }
+}
+
+struct Slots([UnsafeCell<Option<Guest>>; MAX_CORES]);
+
+// SAFETY: slot N is only touched on core N: by `run` before and after the guest runs,
+// and by its traps and IRQ handler while it runs, all with IRQs masked on that core
+// (so never two at once).
+unsafe impl Sync for Slots {}
+
+static GUESTS: Slots = Slots([const { UnsafeCell::new(None) }; MAX_CORES]);
+/// Set while core N runs a Linux guest; read by the trap entry and the IRQ handler of
+/// the same core only, so Relaxed is enough (no other memory is published through it).
+static LINUX_ON: [AtomicBool; MAX_CORES] = [const { AtomicBool::new(false) }; MAX_CORES];
+
+/// Whether `core` runs a Linux guest now.
+pub fn runs_linux(core: usize) -> bool {
+    LINUX_ON
+        .get(core)
+        .is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// This core's guest.
+///
+/// # Safety
+///
+/// Called on `core` itself with IRQs masked, and the returned reference dropped before
+/// any other call of this function on the same core (see `Slots`).
+unsafe fn guest(core: usize) -> Option<&'static mut Guest> {
+    // SAFETY: per the caller's promise no other reference to this slot is live.
+    unsafe { (*GUESTS.0.get(core)?.get()).as_mut() }
+}
+
+fn sysreg_write(f: impl FnOnce()) {
+    f();
+    // SAFETY: a barrier only orders.
+    unsafe { core::arch::asm!("isb", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Runs Linux guest `index` (0-based among the run's Linux guests) on this core as
+/// partition `core`, until it powers off, resets, or is stopped.
+pub fn run(index: usize) -> Report {
+    let core = board::core_id();
+    let lpar = core as u8;
+    let window = (CONFIG.ram_mib << 20) as usize;
+    let pa = CONFIG.phys + index as u64 * (CONFIG.ram_mib << 20);
+    // SAFETY: this core's slot, nothing runs on it yet (see `Slots`).
+    unsafe { *GUESTS.0[core].get() = Some(Guest::new(lpar)) };
+    let root = stage2::build_at(core, CONFIG.ram_ipa, pa, window);
+    let mut regs = VcpuRegs::new();
+    regs.x[0] = CONFIG.dtb;
+    regs.elr = CONFIG.entry;
+    regs.spsr = SPSR_EL1H_MASKED;
+    defmt::info!(
+        "partition {} (linux) at EL1, VMID {}: RAM IPA {=u64:#x}..{=u64:#x} -> PA {=u64:#x}, entry {=u64:#x}, tree {=u64:#x}",
+        lpar,
+        vmid(lpar),
+        CONFIG.ram_ipa,
+        CONFIG.ram_ipa + window as u64,
+        pa,
+        CONFIG.entry,
+        CONFIG.dtb
+    );
+    super::vgic::clear();
+    // SAFETY: EL1 and EL2 registers of this core while no guest runs on it: the guest
+    // sees MPIDR affinity 0 (its tree's CPU), its virtual timer starts off.
+    unsafe {
+        core::arch::asm!(
+            "msr vmpidr_el2, {m}",
+            "msr cntv_ctl_el0, xzr",
+            "isb",
+            m = in(reg) GUEST_MPIDR,
+            options(nostack, preserves_flags),
+        )
+    };
+    RUNNING_LPAR[core].store(lpar, Ordering::Release);
+    LINUX_ON[core].store(true, Ordering::Relaxed);
+    board::gic::set_ppi_enabled(core, VTIMER_INTID, true);
+    stage2::activate_with(vmid(lpar), root, HCR_APK_API);
+    critical_section::with(|_| {
+        // SAFETY: on this core, IRQs masked; the reference ends with the closure.
+        if let Some(g) = unsafe { guest(core) } {
+            g.start_ns = board::now_ns();
+        }
+    });
+    // SAFETY: stage 2, VMID, HCR_EL2 and the EL1 reset state are set for this guest; a
+    // job on SP_EL0; `regs` is used by nothing else while the guest runs.
+    unsafe {
+        set_sctlr_el1(SCTLR_EL1_RESET);
+        board::run_vcpu(&mut regs);
+    }
+    let end_ns = board::now_ns();
+    stage2::deactivate();
+    board::gic::set_ppi_enabled(core, VTIMER_INTID, false);
+    LINUX_ON[core].store(false, Ordering::Relaxed);
+    RUNNING_LPAR[core].store(super::NONE, Ordering::Release);
+    super::vgic::clear();
+    // SAFETY: as above: the guest no longer runs; the timer it left running is stopped
+    // and this core's own identity comes back.
+    unsafe {
+        core::arch::asm!(
+            "msr cntv_ctl_el0, xzr",
+            "mrs {t}, mpidr_el1",
+            "msr vmpidr_el2, {t}",
+            "isb",
+            t = out(reg) _,
+            options(nostack, preserves_flags),
+        )
+    };
+    critical_section::with(|_| {
+        // SAFETY: on this core, IRQs masked; the guest no longer runs.
+        let slot = unsafe { &mut *GUESTS.0[core].get() };
+        let Some(g) = slot.take() else {
+            return Report {
+                end: End::Stopped("lost its state"),
+                ..Guest::new(lpar).report
+            };
+        };
+        let mut report = g.report;
+        report.ran_ns = end_ns.saturating_sub(g.start_ns);
+        if let Some((from, traps)) = g.idle_from {
+            report.idle_ns = end_ns.saturating_sub(from);
+            report.idle_traps = diff(report.traps, traps);
+        }
+        report
+    })
+}
+
+fn diff(a: Traps, b: Traps) -> Traps {
+    Traps {
+        gic: a.gic - b.gic,
+        uart: a.uart - b.uart,
+        hvc: a.hvc - b.hvc,
+        timer: a.timer - b.timer,
+        irq: a.irq - b.irq,
+        aborts: a.aborts - b.aborts,
+        other: a.other - b.other,
+    }
+}
+
+/// PPI 27 at EL2 (IRQ context, this core): the guest's virtual timer fired. Mask it
+/// (the physical PPI is level-sensitive: unmasked, it would re-enter EL2 at once) and
+/// make vINTID 27 pending for the guest.
+pub(crate) fn vtimer_interrupt(core: usize) {
+    // SAFETY: CNTV_CTL_EL0 is the running guest's virtual timer (HCR_EL2.E2H = 0); a
+    // read-modify-write of IMASK only, with IRQs masked.
+    unsafe {
+        core::arch::asm!(
+            "mrs {t}, cntv_ctl_el0",
+            "orr {t}, {t}, #{imask}",
+            "msr cntv_ctl_el0, {t}",
+            "isb",
+            t = out(reg) _,
+            imask = const CNTV_IMASK,
+            options(nostack, preserves_flags),
+        )
+    };
+    // SAFETY: on this core, IRQ context (masked); no other reference is live: the trap
+    // path takes its reference only after `handle_irq` returned.
+    if let Some(g) = unsafe { guest(core) } {
+        g.report.traps.timer += 1;
+        let _ = g.vgic.raise(VTIMER_INTID);
+    }
+}
+
+/// The trap entry for a Linux guest (`vm::trap::guest_exit` sends it here).
+pub(crate) fn guest_exit(core: usize, regs: &mut VcpuRegs, kind: u64) -> u64 {
+    let leave = match kind {
+        KIND_IRQ => {
+            let timer_before = {
+                // SAFETY: on this core, IRQs masked; dropped before `handle_irq`.
+                unsafe { guest(core) }.map_or(0, |g| g.report.traps.timer)
+            };
+            board::exceptions::handle_irq();
+            // SAFETY: as above.
+            if let Some(g) = unsafe { guest(core) }
+                && g.report.traps.timer == timer_before
+            {
+                g.report.traps.irq += 1;
+            }
+            false
+        }
+        KIND_SYNC => {
+            // SAFETY: on this core, IRQs masked (a trap).
+            match unsafe { guest(core) } {
+                Some(g) => sync(g, regs),
+                None => true,
+            }
+        }
+        // SAFETY: as above.
+        _ => match unsafe { guest(core) } {
+            Some(g) => end(g, End::Stopped("SError or FIQ")),
+            None => true,
+        },
+    };
+    if leave {
+        return LEAVE;
+    }
+    // SAFETY: as above.
+    if let Some(g) = unsafe { guest(core) } {
+        refill(g);
+    }
+    RESUME
+}
+
+/// Retires the list registers the guest emptied and fills free ones from the model.
+fn refill(g: &mut Guest) {
+    let empty = empty_list_registers();
+    for (n, lr) in g.lrs.iter_mut().enumerate() {
+        if empty & (1 << n) != 0 && *lr != 0 {
+            g.vgic.lr_retired(*lr);
+            *lr = 0;
+        }
+    }
+    for n in 0..LIST_REGISTERS {
+        if empty & (1 << n) == 0 || g.lrs[n] != 0 {
+            continue;
+        }
+        let Some(value) = g.vgic.next_lr() else { break };
+        write_lr(n, value);
+        g.lrs[n] = value;
+    }
+}
+
+fn syndrome() -> (u64, u64, u64) {
+    let (esr, far, hpfar): (u64, u64, u64);
+    // SAFETY: reading the syndrome registers has no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mrs {}, esr_el2", "mrs {}, far_el2", "mrs {}, hpfar_el2",
+            out(reg) esr, out(reg) far, out(reg) hpfar,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    (esr, far, hpfar)
+}
+
+/// A synchronous trap; true to leave the guest.
+fn sync(g: &mut Guest, regs: &mut VcpuRegs) -> bool {
+    let (esr_el2, far, hpfar) = syndrome();
+    match esr::decode(esr_el2, far, hpfar) {
+        Trap::Mmio(access) => mmio(g, regs, access, far),
+        Trap::DataAbort { ipa, .. } => reflect(g, regs, far, ipa, AbortKind::Data),
+        Trap::InstructionAbort { .. } => {
+            let ipa = esr::fault_ipa(far, hpfar);
+            reflect(g, regs, far, Some(ipa), AbortKind::Instruction)
+        }
+        Trap::Hvc { imm } => {
+            g.report.traps.hvc += 1;
+            match g
+                .psci
+                .call(imm, [regs.x[0], regs.x[1], regs.x[2], regs.x[3]])
+            {
+                psci::Outcome::Return(v) => {
+                    regs.x[0] = v;
+                    false
+                }
+                psci::Outcome::PowerOff => end(g, End::PoweredOff),
+                psci::Outcome::Reset if g.panicking => end(g, End::Panicked),
+                psci::Outcome::Reset => end(g, End::Reset),
+                // iqdio's own calls are for partitions attached to the fabric; this
+                // guest is not (yet): SMCCC's NOT_SUPPORTED, as for any unknown call.
+                psci::Outcome::PassOn => {
+                    regs.x[0] = u64::MAX;
+                    false
+                }
+            }
+        }
+        // The guest's tree says PSCI is over HVC; an SMC (trapped by TSC) answers
+        // NOT_SUPPORTED and moves on (ELR_EL2 is the SMC itself).
+        Trap::Smc { .. } => {
+            g.report.traps.other += 1;
+            regs.x[0] = u64::MAX;
+            regs.elr += 4;
+            false
+        }
+        Trap::Wfx { .. } => {
+            g.report.traps.other += 1;
+            regs.elr += 4;
+            false
+        }
+        Trap::SysReg(_) => end(g, End::Stopped("trapped system register")),
+        Trap::Unknown => end(g, End::Stopped("undefined instruction at EL2")),
+        Trap::Other { ec, iss } => {
+            defmt::println!(
+                "partition {}: linux trap EC {=u8:#x} ISS {=u32:#x} at {=u64:#x}",
+                g.lpar,
+                ec,
+                iss,
+                regs.elr
+            );
+            end(
+                g,
+                End::Stopped(board::exceptions::exception_class(u64::from(ec))),
+            )
+        }
+    }
+}
+
+fn within(ipa: u64, (base, size): (u64, u64)) -> Option<u64> {
+    ipa.checked_sub(base).filter(|&off| off < size)
+}
+
+fn mmio(g: &mut Guest, regs: &mut VcpuRegs, access: MmioAccess, far: u64) -> bool {
+    let ipa = access.ipa;
+    let value = access.store_value(regs.x.get(usize::from(access.reg)).copied().unwrap_or(0));
+    let raw = if let Some(off) = within(ipa, GICD) {
+        g.report.traps.gic += 1;
+        if access.write {
+            let _ = g.vgic.dist_write(off, access.size, value);
+            0
+        } else {
+            g.vgic.dist_read(off, access.size)
+        }
+    } else if let Some(off) = within(ipa, GICR) {
+        g.report.traps.gic += 1;
+        if access.write {
+            let _ = g.vgic.redist_write(off, access.size, value);
+            0
+        } else {
+            g.vgic.redist_read(off, access.size)
+        }
+    } else if let Some(off) = within(ipa, UART) {
+        g.report.traps.uart += 1;
+        if access.write {
+            let mut copy = [0u8; LINE];
+            let line = g.uart.write(off, access.size, value).map(|line| {
+                let n = line.bytes.len().min(LINE);
+                copy[..n].copy_from_slice(&line.bytes[..n]);
+                n
+            });
+            if let Some(n) = line {
+                console_line(g, &mut copy[..n]);
+            }
+            0
+        } else {
+            g.uart.read(off, access.size)
+        }
+    } else {
+        return reflect(g, regs, far, Some(ipa), AbortKind::Data);
+    };
+    if !access.write
+        && let Some((reg, v)) = access.load_result(raw)
+        && let Some(x) = regs.x.get_mut(usize::from(reg))
+    {
+        *x = v;
+    }
+    regs.elr += 4;
+    false
+}
+
+/// One line of the guest's console: printed with the partition's prefix, and watched
+/// for the marks the summary needs.
+fn console_line(g: &mut Guest, text: &mut [u8]) {
+    const UNAME: &[u8] = b"iqdio-guest: uname -r ";
+    const IDLE: &[u8] = b"iqdio-guest: idle";
+    const INIT: &[u8] = b"Run /init as init process";
+    const PANIC: &[u8] = b"Kernel panic - not syncing";
+    for b in text.iter_mut() {
+        if !(0x20..0x7f).contains(b) {
+            *b = b'?';
+        }
+    }
+    // The kernel's own lines start with a "[    1.234567] " stamp.
+    let body = match text.iter().position(|&b| b == b']') {
+        Some(i) if text.first() == Some(&b'[') => text.get(i + 2..).unwrap_or(&[]),
+        _ => &text[..],
+    };
+    if let Some(v) = body.strip_prefix(UNAME) {
+        let n = v.len().min(g.report.version.len());
+        g.report.version[..n].copy_from_slice(&v[..n]);
+        g.report.version_len = n;
+        g.report.booted = true;
+    }
+    if body.starts_with(INIT) && g.report.to_init_ns.is_none() {
+        g.report.to_init_ns = Some(board::now_ns().saturating_sub(g.start_ns));
+    }
+    if body.starts_with(IDLE) && g.idle_from.is_none() {
+        g.idle_from = Some((board::now_ns(), g.report.traps));
+    }
+    if body.starts_with(PANIC) {
+        g.panicking = true;
+    }
+    let line = core::str::from_utf8(text).unwrap_or("?");
+    defmt::println!("partition {}: {=str}", g.lpar, line);
+}
+
+/// Reflects an access to no memory and no device into the guest as a synchronous
+/// external abort at its own vector; the guest decides (a process gets SIGBUS).
+fn reflect(
+    g: &mut Guest,
+    regs: &mut VcpuRegs,
+    far: u64,
+    ipa: Option<u64>,
+    kind: AbortKind,
+) -> bool {
+    g.report.traps.aborts += 1;
+    let (vbar, sctlr): (u64, u64);
+    // SAFETY: reading the guest's EL1 registers at EL2 has no side effects.
+    unsafe {
+        core::arch::asm!("mrs {}, vbar_el1", "mrs {}, sctlr_el1", out(reg) vbar, out(reg) sctlr,
+                         options(nomem, nostack, preserves_flags))
+    };
+    let context = GuestContext {
+        spsr_el2: regs.spsr,
+        elr_el2: regs.elr,
+        far_el2: far,
+        vbar_el1: vbar,
+        sctlr_el1: sctlr,
+    };
+    let Ok(entry) = esr::external_abort(&context, kind) else {
+        return end(g, End::Stopped("abort in a mode iqdio cannot reflect into"));
+    };
+    defmt::println!(
+        "partition {}: linux external abort reflected: IPA {=u64:#x} at {=u64:#x} ({=str})",
+        g.lpar,
+        ipa.unwrap_or(u64::MAX),
+        regs.elr,
+        if regs.spsr & 0xf == 0 {
+            "a process"
+        } else {
+            "the kernel"
+        }
+    );
+    sysreg_write(|| {
+        // SAFETY: the guest's EL1 exception registers, written at EL2 while it is not
+        // running, exactly as an exception entry to its EL1 would (vdev::esr).
+        unsafe {
+            core::arch::asm!(
+                "msr esr_el1, {esr}",
+                "msr far_el1, {far}",
+                "msr elr_el1, {elr}",
+                "msr spsr_el1, {spsr}",
+                esr = in(reg) entry.esr_el1,
+                far = in(reg) entry.far_el1,
+                elr = in(reg) entry.elr_el1,
+                spsr = in(reg) entry.spsr_el1,
+                options(nomem, nostack, preserves_flags),
+            )
+        }
+    });
+    regs.elr = entry.elr_el2;
+    regs.spsr = entry.spsr_el2;
+    false
+}
+
+/// Ends the guest: what is left of its console, the line that says how, and back to
+/// the hypervisor.
+fn end(g: &mut Guest, how: End) -> bool {
+    let mut copy = [0u8; LINE];
+    if let Some(n) = g.uart.flush().map(|line| {
+        let n = line.bytes.len().min(LINE);
+        copy[..n].copy_from_slice(&line.bytes[..n]);
+        n
+    }) {
+        console_line(g, &mut copy[..n]);
+    }
+    g.report.end = how;
+    match how {
+        End::PoweredOff => defmt::println!("partition {}: linux powered off", g.lpar),
+        End::Panicked => defmt::println!("partition {}: linux panicked", g.lpar),
+        End::Reset => defmt::println!("partition {}: linux reset", g.lpar),
+        End::Stopped(what) => {
+            defmt::println!("partition {}: linux stopped: {=str}", g.lpar, what)
+        }
+    }
+    true
+}
