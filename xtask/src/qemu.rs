@@ -356,11 +356,32 @@ mod tests {
 
     #[test]
     fn command_line_has_the_flags_that_matter() {
-        let args = arguments(Path::new("/x/selftest"), 4).join(" ");
+        let args = arguments_with(Path::new("/x/selftest"), 4, &Extra::default()).join(" ");
         assert_eq!(
             args,
             "-M virt,virtualization=on,gic-version=3 -nodefaults -nic none -cpu cortex-a72 -smp 4 -m 1G -display none -monitor none \
              -serial stdio -semihosting -kernel /x/selftest"
+        );
+    }
+
+    #[test]
+    fn extra_changes_cpu_and_memory_and_appends() {
+        let extra = Extra {
+            cpu: Some("max,pauth-impdef=on".into()),
+            memory: Some("2048M".into()),
+            args: vec![
+                "-device".into(),
+                "loader,file=x,addr=0x80000000,force-raw=on".into(),
+            ],
+        };
+        let args = arguments_with(Path::new("/x/hyp"), 4, &extra).join(" ");
+        assert!(
+            args.contains("-cpu max,pauth-impdef=on -smp 4 -m 2048M "),
+            "{args}"
+        );
+        assert!(
+            args.ends_with("-kernel /x/hyp -device loader,file=x,addr=0x80000000,force-raw=on"),
+            "{args}"
         );
     }
 }

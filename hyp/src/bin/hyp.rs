@@ -67,7 +67,8 @@ mod image {
     /// Linux guests in this run (0 outside the Linux scenario).
     fn linux_guests() -> usize {
         if LINUX {
-            vm::linux::CONFIG.guests.min(board::cores())
+            // More guests than cores: main refuses the run before any job.
+            board::cores().saturating_sub(board::cores().saturating_sub(vm::linux::CONFIG.guests))
         } else {
             0
         }
@@ -223,8 +224,8 @@ mod image {
         let guests = linux_guests();
         let (mut booted, mut off) = (0, 0);
         let mut version = heapless::String::<64>::new();
-        for core in n - guests..n {
-            let Some(r) = *LINUX_REPORTS[core].lock() else {
+        for (core, slot) in LINUX_REPORTS.iter().enumerate().take(n).skip(n - guests) {
+            let Some(r) = *slot.lock() else {
                 defmt::error!("partition {}: linux guest did not run", core);
                 continue;
             };
@@ -290,6 +291,13 @@ mod image {
         if code == HOSTILE && n < 3 {
             defmt::error!(
                 "the hostile scenario needs 3 cores or more (a demo pair and the attacker)"
+            );
+            board::exit(ExitCode::Failure)
+        }
+        if LINUX && (linux_guests() == 0 || n.checked_sub(vm::linux::CONFIG.guests).is_none()) {
+            defmt::error!(
+                "the linux scenario needs 1 to {} Linux guests placed by `cargo xtask run --scenario linux` (IQDIO_LINUX_GUESTS)",
+                n
             );
             board::exit(ExitCode::Failure)
         }
