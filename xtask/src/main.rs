@@ -82,6 +82,9 @@ enum Command {
         /// Only the test boots (skip host tests, clippy and the library build).
         #[arg(long)]
         boots_only: bool,
+        /// Only the Linux test boots (Linux guests under the hypervisor).
+        #[arg(long)]
+        linux_only: bool,
     },
     /// Run the transport benchmarks (criterion, callgrind) and write docs/bench/:
     /// results.json, results.md and the throughput plot throughput.png.
@@ -199,13 +202,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             let mut extra = qemu::Extra::default();
             if let Some(guests) = &guests {
                 env.extend(guests.env.iter().map(|(k, v)| (*k, v.as_str())));
-                // QEMU's own pointer-authentication algorithm: a kernel that signs its
-                // return addresses boots 3.7 times faster than with the architected one.
-                // No SVE or SME: the hypervisor saves a guest's 128-bit SIMD registers
-                // only (its own NEON code would clobber the upper part of Z registers).
-                extra.cpu = Some("max,pauth-impdef=on,sve=off,sme=off".to_string());
-                extra.memory = Some(guests.memory.clone());
-                extra.args = guests.loader.clone();
+                extra = guests.qemu_extra();
             }
             let elf = cargo::build_image("hyp", &env, None)?;
             let run = qemu::boot_with(&elf, smp, timeout, true, &extra)?;
@@ -215,7 +212,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::from(run.outcome.exit_status()))
         }
-        Command::Test { boots_only } => test::run_all(boots_only),
+        Command::Test {
+            boots_only,
+            linux_only,
+        } => test::run_all(boots_only, linux_only),
         Command::Stress { frames, smp } => stress::run(frames, smp),
         Command::Fuzz { seconds } => {
             // `fuzz::run` prints the result line last.

@@ -70,10 +70,11 @@ fn must_succeed_with(
 }
 
 /// Runs the whole suite; the exit status is non-zero on any failure.
-pub fn run_all(boots_only: bool) -> Result<ExitCode> {
+pub fn run_all(boots_only: bool, linux_only: bool) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let start = Instant::now();
     cargo::ensure_toolchain()?;
+    let boots_only = boots_only || linux_only;
     if !boots_only {
         host_tests(&mut tally)?;
         let mut host_clippy = vec![
@@ -133,7 +134,10 @@ pub fn run_all(boots_only: bool) -> Result<ExitCode> {
         no_panic_paths(&mut tally);
         stress_host(&mut tally);
     }
-    test_boots(&mut tally)?;
+    if !linux_only {
+        test_boots(&mut tally)?;
+    }
+    linux_boots(&mut tally)?;
     if !boots_only {
         stress_image(&mut tally);
     }
@@ -275,6 +279,59 @@ fn loom(tally: &mut Tally) -> Result<()> {
 }
 
 /// Builds each image once per environment and runs the boots of [`TEST_BOOTS`].
+/// The Linux test boots (`linux::hypboots`): the kernel is fetched once (cached in
+/// target/linux-guest), then each boot builds its initramfs around its script and
+/// rebuilds only the hypervisor image.
+fn linux_boots(tally: &mut Tally) -> Result<()> {
+    use crate::linux::{self, hypboots::LINUX_BOOTS};
+    for boot in LINUX_BOOTS {
+        let start = Instant::now();
+        let name = format!("boot {}", boot.name);
+        let prepared = (|| -> Result<_> {
+            let script = cargo::target_dir()
+                .join("linux-guest")
+                .join("out")
+                .join("test-guest-init.sh");
+            std::fs::create_dir_all(script.parent().unwrap_or(&script))?;
+            std::fs::write(&script, boot.script)?;
+            let guests = linux::hyp_guests(boot.smp, 1, Some(&script))?;
+            let mut env: Vec<(&str, &str)> =
+                vec![("IQDIO_SCENARIO", "linux"), ("IQDIO_FRAMES", "200")];
+            env.extend(guests.env.iter().map(|(k, v)| (*k, v.as_str())));
+            let elf = cargo::build_image("hyp", &env, None)?;
+            Ok((elf, guests.qemu_extra()))
+        })();
+        let (elf, extra) = match prepared {
+            Ok(p) => p,
+            Err(error) => {
+                tally.failed += 1;
+                tally.failures.push(format!("{name}: {error:#}"));
+                tally.step(&name, start.elapsed(), format!("FAILED: {error:#}"));
+                continue;
+            }
+        };
+        let run = qemu::boot_with(&elf, boot.smp, 300, true, &extra)?;
+        let results = (boot.check)(&run, boot.smp);
+        let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
+        tally.passed += (results.len() - failed.len()) as u64;
+        tally.failed += failed.len() as u64;
+        for result in &failed {
+            tally
+                .failures
+                .push(format!("{name}: {}: {}", result.name, result.detail));
+        }
+        let summary = format!(
+            "{} of {} passed; {} in {:.2} s",
+            results.len() - failed.len(),
+            results.len(),
+            run.outcome,
+            run.elapsed.as_secs_f64()
+        );
+        tally.step(&name, start.elapsed(), summary);
+    }
+    Ok(())
+}
+
 fn test_boots(tally: &mut Tally) -> Result<()> {
     if let Err(error) = qemu::ensure_installed() {
         tally.failed += 1;

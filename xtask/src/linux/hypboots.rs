@@ -1,0 +1,303 @@
+//! The Linux test boots of `cargo xtask test`: Linux guests under the hypervisor beside
+//! bare-metal partitions, each with a `--guest-init` script, and what each must show.
+//!
+//! - `linux devmem`: a process's `devmem` of addresses its device tree does not give it
+//!   (IPA 0x8000_0000, where other partitions' windows are physically; 0x0A00_0000, a
+//!   hole) is reflected into the guest as a synchronous external abort: busybox's
+//!   `devmem` dies of SIGBUS (exit status 128 + 7) and the guest runs on and powers off.
+//!   This boot is also the "boots and powers off" test.
+//! - `linux panic`: `echo c > /proc/sysrq-trigger` panics the kernel; with `panic=-1` it
+//!   resets through PSCI, which ends that guest alone (`partition N: linux panicked`),
+//!   while the bare-metal partitions' traffic completes.
+
+use crate::{
+    boots::TestResult,
+    qemu::{BootRun, Outcome},
+};
+
+/// One Linux test boot.
+pub struct LinuxBoot {
+    /// Shown in the summary.
+    pub name: &'static str,
+    /// QEMU `-smp`; the Linux guest is on the last core.
+    pub smp: u32,
+    /// The guest's `--guest-init` script.
+    pub script: &'static str,
+    /// Turns the run into test results.
+    pub check: fn(&BootRun, u32) -> Vec<TestResult>,
+}
+
+/// Addresses the devmem boot reads: no memory and no device of the guest's.
+pub const FOREIGN: [&str; 2] = ["0x80000000", "0x0a000000"];
+
+/// The Linux test boots, in order.
+pub const LINUX_BOOTS: &[LinuxBoot] = &[
+    LinuxBoot {
+        name: "linux devmem -smp 3",
+        smp: 3,
+        script: "for a in 0x80000000 0x0a000000; do\n    devmem $a 32\n    echo \"iqdio-guest: devmem $a exited $?\"\ndone\n",
+        check: check_devmem,
+    },
+    LinuxBoot {
+        name: "linux panic -smp 3",
+        smp: 3,
+        script: "echo c > /proc/sysrq-trigger\necho \"iqdio-guest: still running after the panic\"\n",
+        check: check_panic,
+    },
+];
+
+/// The run's last line, `linux: guests G, booted B, kernel K, powered off O; partitions
+/// P, frames sent S, delivered D, lost L, corrupted C`, as numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// G.
+    pub guests: u64,
+    /// B.
+    pub booted: u64,
+    /// K.
+    pub kernel: String,
+    /// O.
+    pub powered_off: u64,
+    /// P, S, D, L, C.
+    pub traffic: [u64; 5],
+}
+
+/// Parses the summary line.
+pub fn summary(line: &str) -> Option<Summary> {
+    let rest = line.strip_prefix("linux: guests ")?;
+    let (guests, rest) = rest.split_once(", booted ")?;
+    let (booted, rest) = rest.split_once(", kernel ")?;
+    let (kernel, rest) = rest.split_once(", powered off ")?;
+    let (off, rest) = rest.split_once("; partitions ")?;
+    let mut traffic = [0u64; 5];
+    let mut fields = rest.split(", ");
+    traffic[0] = fields.next()?.parse().ok()?;
+    for (slot, key) in
+        traffic[1..]
+            .iter_mut()
+            .zip(["frames sent ", "delivered ", "lost ", "corrupted "])
+    {
+        *slot = fields.next()?.strip_prefix(key)?.parse().ok()?;
+    }
+    Some(Summary {
+        guests: guests.parse().ok()?,
+        booted: booted.parse().ok()?,
+        kernel: kernel.to_string(),
+        powered_off: off.parse().ok()?,
+        traffic,
+    })
+}
+
+fn has(run: &BootRun, text: &str) -> bool {
+    run.lines.iter().any(|l| l.message.contains(text))
+}
+
+fn expect(results: &mut Vec<TestResult>, name: &str, ok: bool, detail: impl Into<String>) {
+    results.push(if ok {
+        TestResult::pass(name)
+    } else {
+        TestResult::fail(name, detail.into())
+    });
+}
+
+/// The common part: one guest booted (its init printed `uname -r`), the summary line
+/// is there with the bare-metal traffic complete, and the defmt stream decoded.
+fn common(run: &BootRun, smp: u32, powered_off: u64) -> Vec<TestResult> {
+    let mut results = Vec::new();
+    let guest = smp - 1;
+    expect(
+        &mut results,
+        "guest booted",
+        has(run, &format!("partition {guest}: iqdio-guest: uname -r ")),
+        format!("partition {guest} never reported uname -r"),
+    );
+    let line = run.lines.iter().rev().find_map(|l| summary(&l.message));
+    match line {
+        Some(s) => {
+            let [p, sent, delivered, lost, corrupted] = s.traffic;
+            expect(
+                &mut results,
+                "summary",
+                s.guests == 1
+                    && s.booted == 1
+                    && s.powered_off == powered_off
+                    && !s.kernel.is_empty(),
+                format!("{s:?}"),
+            );
+            expect(
+                &mut results,
+                "bare-metal traffic",
+                p == u64::from(smp) - 1
+                    && sent > 0
+                    && sent == delivered
+                    && lost == 0
+                    && corrupted == 0,
+                format!("{s:?}"),
+            );
+        }
+        None => expect(&mut results, "summary", false, "no `linux:` line"),
+    }
+    expect(
+        &mut results,
+        "defmt stream",
+        run.malformed == 0,
+        format!("{} frames did not decode", run.malformed),
+    );
+    results
+}
+
+/// The devmem boot: both reads killed by SIGBUS after an abort reflected from EL0,
+/// then a normal power-off and a passing run.
+pub fn check_devmem(run: &BootRun, smp: u32) -> Vec<TestResult> {
+    let guest = smp - 1;
+    let mut results = common(run, smp, 1);
+    for address in FOREIGN {
+        expect(
+            &mut results,
+            &format!("devmem {address} SIGBUS"),
+            has(
+                run,
+                &format!("partition {guest}: iqdio-guest: devmem {address} exited 135"),
+            ),
+            "no `exited 135` (128 + SIGBUS) line",
+        );
+        let ipa = format!("{:#x}", u64::from_str_radix(&address[2..], 16).unwrap_or(0));
+        expect(
+            &mut results,
+            &format!("abort reflected {address}"),
+            has(
+                run,
+                &format!("partition {guest}: linux external abort reflected: IPA {ipa} "),
+            ) && has(run, "(a process)"),
+            "no reflected abort from a process",
+        );
+    }
+    expect(
+        &mut results,
+        "powered off",
+        has(run, &format!("partition {guest}: linux powered off")),
+        "no `linux powered off`",
+    );
+    expect(
+        &mut results,
+        "exit",
+        run.outcome == Outcome::Pass,
+        run.outcome.to_string(),
+    );
+    results
+}
+
+/// The panic boot: the guest panicked and ended alone, the others' traffic completed;
+/// the image exits 1 because a guest did not power off (and nothing worse).
+pub fn check_panic(run: &BootRun, smp: u32) -> Vec<TestResult> {
+    let guest = smp - 1;
+    let mut results = common(run, smp, 0);
+    expect(
+        &mut results,
+        "panicked alone",
+        has(run, &format!("partition {guest}: linux panicked"))
+            && !has(run, "still running after the panic"),
+        "no `linux panicked`, or the script ran on",
+    );
+    expect(
+        &mut results,
+        "exit",
+        run.outcome == Outcome::Failure,
+        format!(
+            "{} (expected exit 1: a guest did not power off)",
+            run.outcome
+        ),
+    );
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::decode::Line;
+
+    fn run(outcome: Outcome, lines: &[&str]) -> BootRun {
+        BootRun {
+            outcome,
+            lines: lines
+                .iter()
+                .map(|m| Line {
+                    timestamp: None,
+                    level: None,
+                    message: m.to_string(),
+                    location: None,
+                    emergency: false,
+                })
+                .collect(),
+            malformed: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    const LAST: &str = "linux: guests 1, booted 1, kernel 6.1.0-57-cloud-arm64, powered off 1; partitions 2, frames sent 800, delivered 800, lost 0, corrupted 0";
+
+    #[test]
+    fn the_summary_line_parses() {
+        let s = summary(LAST).unwrap();
+        assert_eq!(s.kernel, "6.1.0-57-cloud-arm64");
+        assert_eq!((s.guests, s.booted, s.powered_off), (1, 1, 1));
+        assert_eq!(s.traffic, [2, 800, 800, 0, 0]);
+        assert_eq!(summary("linux: guests x"), None);
+    }
+
+    #[test]
+    fn devmem_needs_both_sigbus_and_the_power_off() {
+        let mut lines = vec![
+            "partition 2: iqdio-guest: uname -r 6.1.0-57-cloud-arm64",
+            "partition 2: linux external abort reflected: IPA 0x80000000 at 0x4a1234 (a process)",
+            "partition 2: iqdio-guest: devmem 0x80000000 exited 135",
+            "partition 2: linux external abort reflected: IPA 0xa000000 at 0x4a1234 (a process)",
+            "partition 2: iqdio-guest: devmem 0x0a000000 exited 135",
+            "partition 2: linux powered off",
+            LAST,
+        ];
+        let bad = |r: &[TestResult]| {
+            r.iter()
+                .filter(|t| !t.passed)
+                .map(|t| t.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(bad(&check_devmem(&run(Outcome::Pass, &lines), 3)).is_empty());
+        lines[4] = "partition 2: iqdio-guest: devmem 0x0a000000 exited 0";
+        assert_eq!(
+            bad(&check_devmem(&run(Outcome::Pass, &lines), 3)),
+            ["devmem 0x0a000000 SIGBUS"]
+        );
+    }
+
+    #[test]
+    fn a_panic_must_end_the_guest_alone() {
+        let last = "linux: guests 1, booted 1, kernel 6.1.0-57-cloud-arm64, powered off 0; partitions 2, frames sent 800, delivered 800, lost 0, corrupted 0";
+        let lines = [
+            "partition 2: iqdio-guest: uname -r 6.1.0-57-cloud-arm64",
+            "partition 2: linux panicked",
+            last,
+        ];
+        assert!(
+            check_panic(&run(Outcome::Failure, &lines), 3)
+                .iter()
+                .all(|t| t.passed)
+        );
+        // The bare-metal traffic must have completed.
+        let lossy = last.replace("delivered 800, lost 0", "delivered 700, lost 100");
+        let lines = [lines[0], lines[1], lossy.as_str()];
+        assert!(
+            check_panic(&run(Outcome::Failure, &lines), 3)
+                .iter()
+                .any(|t| !t.passed && t.name == "bare-metal traffic")
+        );
+        // A fault of the whole machine is no pass.
+        assert!(
+            check_panic(&run(Outcome::Fault, &lines[..2]), 3)
+                .iter()
+                .any(|t| !t.passed && t.name == "exit")
+        );
+    }
+}
