@@ -8,7 +8,9 @@
 //! direct call (`siga cost: direct ...`); partition 0 counts the same through HVC.
 //! The run ends with the partitions' results summed:
 //! `partitions P, frames sent S, delivered D, lost L, corrupted C` (or, for
-//! `IQDIO_SCENARIO=tcp`, `tcp: connections C, bytes moved B, failed F`).
+//! `IQDIO_SCENARIO=tcp`, `tcp: connections C, bytes moved B, failed F`; for
+//! `IQDIO_SCENARIO=linux`, Linux guests on the last cores ([`iqdio_hyp::vm::linux`]) and
+//! `linux: guests G, booted B, kernel K, powered off O; partitions P, frames sent S, ...`).
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 #![deny(unsafe_op_in_unsafe_fn)]

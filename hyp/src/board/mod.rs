@@ -55,7 +55,9 @@
 //! # Interrupts
 //!
 //! SGI 0 is the partition interrupt, SGI 1 the board's doorbell for jobs, PPI 30 (EL1
-//! physical timer) wakes [`wait_until`], PPI 26 (EL2 physical timer) is the alarm. The
+//! physical timer) wakes [`wait_until`], PPI 26 (EL2 physical timer) is the alarm, PPI 27
+//! (the virtual timer) is enabled only on a core running a Linux guest
+//! ([`crate::vm::linux`]), whose timer it is. The
 //! IRQ entry saves x0-x18, x29, x30, q0-q31, FPCR, FPSR, ELR and SPSR before any Rust code
 //! runs; handlers run on the core's exception stack with IRQs masked.
 

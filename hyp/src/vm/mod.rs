@@ -20,6 +20,9 @@
 //! 0x8300_0000  end of the window (48 MiB)  (16 MiB unmapped guard follows)
 //! anything else: stage-2 fault -> the partition is stopped
 //! ```
+//!
+//! A Linux guest ([`linux`]) is a partition of another kind: its own layout (RAM at IPA
+//! 0x4000_0000, emulated GIC and UART), its faults emulated or reflected, not fatal.
 
 pub mod elf;
 pub mod linux;
