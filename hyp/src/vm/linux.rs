@@ -330,13 +330,13 @@ pub fn run(index: usize) -> Report {
 
 fn diff(a: Traps, b: Traps) -> Traps {
     Traps {
-        gic: a.gic - b.gic,
-        uart: a.uart - b.uart,
-        hvc: a.hvc - b.hvc,
-        timer: a.timer - b.timer,
-        irq: a.irq - b.irq,
-        aborts: a.aborts - b.aborts,
-        other: a.other - b.other,
+        gic: a.gic.saturating_sub(b.gic),
+        uart: a.uart.saturating_sub(b.uart),
+        hvc: a.hvc.saturating_sub(b.hvc),
+        timer: a.timer.saturating_sub(b.timer),
+        irq: a.irq.saturating_sub(b.irq),
+        aborts: a.aborts.saturating_sub(b.aborts),
+        other: a.other.saturating_sub(b.other),
     }
 }
 
