@@ -128,6 +128,34 @@ pub unsafe fn fill(dst: *mut u8, value: u8, n: usize) {
     }
 }
 
+/// Copies a Rust slice into partition memory (the checked frame header, a program's
+/// bytes in the tests): [`copy`] with a source that nothing else can write while it is
+/// borrowed.
+///
+/// Under Miri the source is read plainly: an atomic view of bytes behind a shared
+/// reference would claim write permission that the reference does not have (Stacked
+/// Borrows refuses it), and with the borrow alive no one else writes them anyway.
+///
+/// # Safety
+///
+/// `dst .. dst + src.len()` must be valid for writes, with no Rust reference to it
+/// other than to atomics (as for [`copy`]); `src` is not inside it.
+#[inline]
+pub unsafe fn copy_from_slice(dst: *mut u8, src: &[u8]) {
+    #[cfg(miri)]
+    for (i, b) in src.iter().enumerate() {
+        // SAFETY: in range by the contract; AtomicU8 has alignment 1.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(*b, Ordering::Relaxed);
+    }
+    #[cfg(not(miri))]
+    // SAFETY: forwarded contract; a borrowed slice never overlaps partition memory that
+    // Rust code holds no reference to, so `copy`'s overlap handling is not needed but
+    // harmless.
+    unsafe {
+        copy(dst, src.as_ptr(), src.len())
+    }
+}
+
 /// Front-to-back copy of `n` bytes.
 ///
 /// # Safety

@@ -457,7 +457,7 @@ impl GuestSlice {
         check_plain_write(self.host_addr() + offset, src.len());
         // SAFETY: destination in range (checked above), source is local memory; the
         // copy primitive is sound against a partition accessing the destination.
-        unsafe { crate::copy::copy(self.ptr.as_ptr().add(offset), src.as_ptr(), src.len()) };
+        unsafe { crate::copy::copy_from_slice(self.ptr.as_ptr().add(offset), src) };
     }
 
     /// Fills `n` bytes at `offset` with `value`.
