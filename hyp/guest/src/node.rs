@@ -6,8 +6,8 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ptr::NonNull;
 
+use iqdio::Reason;
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
-use iqdio::{Mfs, Reason};
 use iqdio_hvc::{
     EstablishBlock, HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, HVC_REGISTER_ADDRESS, RC_OK, SL_LEN,
     encode_sl, ip_to_registers,
@@ -18,30 +18,7 @@ use crate::rt::{self, HvcSiga, hvc};
 /// Most partitions (the hypervisor's core count).
 pub const MAX_PARTITIONS: usize = 8;
 
-/// Parses a decimal build-time option.
-pub const fn parse(s: Option<&str>, default: u32) -> u32 {
-    let Some(s) = s else { return default };
-    let b = s.as_bytes();
-    if b.is_empty() {
-        return default;
-    }
-    let mut v: u32 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        if !b[i].is_ascii_digit() {
-            return default;
-        }
-        v = v * 10 + (b[i] - b'0') as u32;
-        i += 1;
-    }
-    v
-}
-
-/// The fabric's MFS from `IQDIO_MFS` (16, 24, 40 or 64; default 64).
-pub const MFS: Mfs = match Mfs::from_kib(parse(option_env!("IQDIO_MFS"), 64)) {
-    Some(m) => m,
-    None => Mfs::K64,
-};
+pub use iqdio_hvc::{MFS, parse_option as parse};
 
 /// IPv4 address of partition `core`.
 pub fn v4(core: usize) -> IpAddr {

@@ -32,8 +32,8 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use iqdio::QueueSetParams;
 use iqdio::qdio::QUEUE_BUFFERS;
+use iqdio::{Mfs, QueueSetParams};
 
 /// SMCCC: fast call, 64-bit convention, owning entity 6 (vendor-specific hypervisor
 /// service), function 0 (DEN 0028 section 6.2).
@@ -313,9 +313,48 @@ pub fn decode_sl(b: &[u8; SL_LEN]) -> [u64; QUEUE_BUFFERS] {
     core::array::from_fn(|i| be64(b, 8 * i))
 }
 
+/// Parses a decimal build-time option (read with `option_env!`): `default` when it is
+/// absent, empty or not a decimal number. The hypervisor and the partition program read
+/// their build-time settings (`IQDIO_MFS`, `IQDIO_FRAMES`, the Linux layout) with it.
+pub const fn parse_option(s: Option<&str>, default: u32) -> u32 {
+    let Some(s) = s else { return default };
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return default;
+    }
+    let mut v: u32 = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            return default;
+        }
+        v = v * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    v
+}
+
+/// The maximum frame size the hypervisor's fabric and every partition program are built
+/// with, from `IQDIO_MFS` (16, 24, 40 or 64 KiB; default 64): one definition, so the two
+/// sides cannot disagree.
+pub const MFS: Mfs = match Mfs::from_kib(parse_option(option_env!("IQDIO_MFS"), 64)) {
+    Some(m) => m,
+    None => Mfs::K64,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_options_parse_as_decimal_or_fall_back() {
+        assert_eq!(parse_option(None, 7), 7);
+        assert_eq!(parse_option(Some(""), 7), 7);
+        assert_eq!(parse_option(Some("4096"), 7), 4096);
+        assert_eq!(parse_option(Some("0x10"), 7), 7);
+        assert_eq!(parse_option(Some("12a"), 7), 7);
+        assert_eq!(MFS.kib() % 8, 0);
+    }
 
     fn block() -> EstablishBlock {
         EstablishBlock {

@@ -35,7 +35,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use iqdio::{
-    CallContext, Fabric, FabricConfig, InterruptDelivery, InterruptTarget, LparId, Mfs, Platform,
+    CallContext, Fabric, FabricConfig, InterruptDelivery, InterruptTarget, LparId, Platform,
     Window, Windows,
 };
 
@@ -55,31 +55,7 @@ pub const GUEST_WINDOW: usize = board::WINDOW_SIZE;
 /// checks that in the image).
 pub type HypFabric = Fabric<HypPlatform, 8, 32, MAX_CORES, 1, Windows<1>>;
 
-/// Parses a decimal build-time option.
-pub const fn parse(s: Option<&str>, default: u32) -> u32 {
-    let Some(s) = s else { return default };
-    let b = s.as_bytes();
-    if b.is_empty() {
-        return default;
-    }
-    let mut v: u32 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        if !b[i].is_ascii_digit() {
-            return default;
-        }
-        v = v * 10 + (b[i] - b'0') as u32;
-        i += 1;
-    }
-    v
-}
-
-/// The fabric's MFS from `IQDIO_MFS` (16, 24, 40 or 64; default 64); the partition
-/// program is built with the same value.
-pub const MFS: Mfs = match Mfs::from_kib(parse(option_env!("IQDIO_MFS"), 64)) {
-    Some(m) => m,
-    None => Mfs::K64,
-};
+pub use iqdio_hvc::{MFS, parse_option as parse};
 
 /// The hypervisor's fabric configuration: the MFS above, a 5 ms fallback delay (vCPUs
 /// on a loaded host are descheduled for milliseconds at a time under TCG).

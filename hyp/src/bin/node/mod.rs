@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
 use iqdio::{
-    CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptDelivery, InterruptTarget, Mfs,
+    CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptDelivery, InterruptTarget,
     Platform, Port, Reason, Siga, SigaFunction, SigaStatus,
 };
 use iqdio_hyp::board::{self, MAX_CORES};
@@ -71,30 +71,8 @@ pub fn port(fabric: &BoardFabric, lpar: u8) -> MaskedPort<'_> {
     MaskedPort(fabric.port(lpar))
 }
 
-/// Parses a decimal build-time option.
-pub const fn parse(s: Option<&str>, default: u32) -> u32 {
-    let Some(s) = s else { return default };
-    let b = s.as_bytes();
-    if b.is_empty() {
-        return default;
-    }
-    let mut v: u32 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        if !b[i].is_ascii_digit() {
-            return default;
-        }
-        v = v * 10 + (b[i] - b'0') as u32;
-        i += 1;
-    }
-    v
-}
+pub use iqdio_hvc::MFS;
 
-/// The fabric's MFS from `IQDIO_MFS` (16, 24, 40 or 64; default 64).
-pub const MFS: Mfs = match Mfs::from_kib(parse(option_env!("IQDIO_MFS"), 64)) {
-    Some(m) => m,
-    None => Mfs::K64,
-};
 
 /// The fabric configuration of the images: the MFS above, a 5 ms fallback delay (4
 /// vCPUs on 2 host cores are descheduled for milliseconds at a time under TCG).
