@@ -106,7 +106,8 @@ pub enum SigaError {
     NotIqdio,
     /// The subchannel's queues are not active (deregistered).
     QueuesNotActive,
-    /// The queue mask names a queue that does not exist (only output queue 0 does).
+    /// The queue mask names no queue, or a queue the queue set did not establish
+    /// (queue n is bit `1 << (31 - n)`; a set has output queues 0 to 3 at most).
     InvalidQueueMask,
     /// The function code is not one this fabric performs.
     InvalidFunction,
@@ -147,12 +148,21 @@ impl SigaError {
 /// Which guest-supplied address of a queue set failed its check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueField {
-    /// An output SBAL (with its buffer number).
+    /// An SBAL of output queue 0 (with its buffer number).
     OutputSbal(u8),
     /// An input SBAL (with its buffer number).
     InputSbal(u8),
-    /// The output SLSB.
+    /// The output SLSB (of output queue 0).
     OutputSlsb,
+    /// An SBAL of output queue 1, 2 or 3 (queue 0's are `OutputSbal`).
+    OutputQueueSbal {
+        /// The output queue.
+        queue: u8,
+        /// The buffer number.
+        buffer: u8,
+    },
+    /// The SLSB of output queue 1, 2 or 3 (queue 0's is `OutputSlsb`).
+    OutputQueueSlsb(u8),
     /// The input SLSB.
     InputSlsb,
     /// The queue (lowest-tier) indicator byte.
@@ -224,6 +234,11 @@ pub enum RegistrationError {
     /// SBAL to a host address that is not (at establish, or when the memory is
     /// replaced).
     MisalignedWindow,
+    /// An SBAL lies 1 TiB or more above the lowest SBAL of its queue: the fabric keeps
+    /// a queue's SBALs as distances from the lowest, in 32 bits of 256-byte units.
+    SbalSpread(QueueField),
+    /// More output queues than the fabric offers (its `O`, at most 4).
+    OutputQueues,
 }
 
 impl RegistrationError {
@@ -234,7 +249,7 @@ impl RegistrationError {
     /// 0xE006 `IPA_RC_IP_ADDR_TABLE_FULL` (the table itself, never a quota), 0xE00B
     /// `IPA_RC_MC_ADDR_NOT_FOUND` (qeth_l3 reads it as -ENOENT on delete).
     ///
-    /// The rest are iqdio's own, in 0xF002..=0xF010 (0xF009 retired with the variant
+    /// The rest are iqdio's own, in 0xF002..=0xF012 (0xF009 retired with the variant
     /// it named, not reused): codes no Linux qeth return code
     /// uses (its 0xFxxx codes are 0xF001 `IPA_RC_INVALID_IP_VERSION2` and 0xFFFF
     /// `IPA_RC_FFFF`), so a Linux-minded embedder never misreads one.
@@ -258,6 +273,8 @@ impl RegistrationError {
             Self::SeedInUse => 0xF00E,
             Self::InterruptContext => 0xF00F,
             Self::MisalignedWindow => 0xF010,
+            Self::SbalSpread(_) => 0xF011,
+            Self::OutputQueues => 0xF012,
         }
     }
 }
@@ -290,6 +307,10 @@ impl core::fmt::Display for QueueField {
             Self::OutputSbal(n) => write!(f, "output SBAL {n}"),
             Self::InputSbal(n) => write!(f, "input SBAL {n}"),
             Self::OutputSlsb => f.write_str("output SLSB"),
+            Self::OutputQueueSbal { queue, buffer } => {
+                write!(f, "output queue {queue} SBAL {buffer}")
+            }
+            Self::OutputQueueSlsb(q) => write!(f, "output queue {q} SLSB"),
             Self::InputSlsb => f.write_str("input SLSB"),
             Self::QueueIndicator => f.write_str("queue indicator byte"),
             Self::MiddleIndicator => f.write_str("middle indicator byte"),
@@ -323,6 +344,10 @@ impl core::fmt::Display for RegistrationError {
             Self::MisalignedWindow => {
                 f.write_str("host memory not congruent to guest memory modulo 256")?
             }
+            Self::SbalSpread(field) => {
+                write!(f, "{field} 1 TiB or more above its queue's lowest SBAL")?
+            }
+            Self::OutputQueues => f.write_str("more output queues than the fabric offers")?,
         }
         write!(f, " ({:#06X})", self.code())
     }

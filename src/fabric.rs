@@ -7,13 +7,14 @@ use crate::error::{QueueField, RegistrationError, SigaError, SigaStatus};
 use crate::guest::{GuestMemory, MemoryExt, Sbal, SbalError, Window, Windows};
 use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
 use crate::platform::{CallContext, InterruptTarget, Platform};
+use crate::qdio::CastType;
 use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SBAL_SIZE, SLSB_LEN, Sbale, SlsbState};
 use crate::queue::{
-    CounterSnapshot, Inbound, IndicatorBytes, LiveRing, Outbound, QueueControl, QueueRing, next,
-    prev,
+    CounterSnapshot, Inbound, IndicatorBytes, LiveRing, MAX_OUTPUT_QUEUES, Outbound, QueueControl,
+    QueueRing, next, prev,
 };
 use crate::sync::{ReadGuard, TableLock, WriteGuard};
-use crate::table::{HashSeed, LparId, QueueTable, SlotRef, SourceKey};
+use crate::table::{HashSeed, LparId, QueueTable, SlotRef, SourceKey, TargetEntry};
 use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing_into};
 
 /// LPAR ids there are: every `u8`.
@@ -199,14 +200,38 @@ pub struct SigaReport {
     /// Packet bytes delivered.
     pub bytes: u64,
     /// Interrupts raised for receivers and posted by the platform.
-    pub interrupts: u8,
+    pub interrupts: u16,
     /// Interrupts raised for receivers that the platform dropped
     /// ([`InterruptDelivery::Dropped`](crate::InterruptDelivery::Dropped)).
-    pub interrupts_dropped: u8,
+    pub interrupts_dropped: u16,
+    /// Copies of multicast and broadcast buffers delivered to group members.
+    pub copies: u16,
 }
+
+/// One queue's addresses in a partition's memory: its 128 SBALs (each 256-aligned,
+/// all within 1 TiB of the lowest) and its SLSB (128 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueAddresses {
+    /// The 128 SBALs, buffer 0 first.
+    pub sbals: [u64; QUEUE_BUFFERS],
+    /// The SLSB.
+    pub slsb: u64,
+}
+
+/// The limited broadcast address, under which the fabric keeps a broadcast domain's
+/// members ([`Fabric::set_broadcast`]).
+pub const BROADCAST_GROUP: IpAddr = IpAddr::V4(core::net::Ipv4Addr::BROADCAST);
 
 /// The addresses a partition gives when it establishes a queue set for a subchannel
 /// (guest addresses in its own memory).
+///
+/// Output queue 0 is `output_sbals` and `output_slsb`; `more_outputs` adds queues 1,
+/// 2 and 3 in that order (Linux establishes a HiperSockets device with 2 to 4,
+/// `QETH_IQD_MIN_TXQ` to `QETH_MAX_OUT_QUEUES` in `drivers/s390/net/qeth_core.h`). With
+/// two or more, the highest-numbered is the **multicast queue**: multicast, broadcast
+/// and anycast frames go there, unicast frames on the others (Linux's
+/// `multicast_outbound()`, `drivers/s390/cio/qdio.h`). [`Default`] gives all-zero
+/// addresses and one output queue, for `..Default::default()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueSetParams {
     /// The 128 output SBALs (each 256-aligned).
@@ -230,6 +255,40 @@ pub struct QueueSetParams {
     /// fabric raises for it. Set by the hypervisor, never taken from partition input:
     /// the fabric does not interpret it, the platform trusts it.
     pub interrupt_cookie: u64,
+    /// Output queues 1 to 3, beyond queue 0 (at most the fabric's `O` in all).
+    pub more_outputs: heapless::Vec<QueueAddresses, { MAX_OUTPUT_QUEUES - 1 }>,
+}
+
+impl Default for QueueSetParams {
+    fn default() -> Self {
+        Self {
+            output_sbals: [0; QUEUE_BUFFERS],
+            input_sbals: [0; QUEUE_BUFFERS],
+            output_slsb: 0,
+            input_slsb: 0,
+            queue_indicator: 0,
+            middle_indicator: 0,
+            global_indicator: 0,
+            interrupt_immediately: false,
+            interrupt_cookie: 0,
+            more_outputs: heapless::Vec::new(),
+        }
+    }
+}
+
+impl QueueSetParams {
+    /// Output queues these parameters establish (1 to 4).
+    pub fn output_queues(&self) -> usize {
+        1 + self.more_outputs.len()
+    }
+
+    /// Output queue `q`'s SBALs and SLSB.
+    fn output(&self, q: usize) -> Option<(&[u64; QUEUE_BUFFERS], u64)> {
+        match q {
+            0 => Some((&self.output_sbals, self.output_slsb)),
+            _ => self.more_outputs.get(q - 1).map(|o| (&o.sbals, o.slsb)),
+        }
+    }
 }
 
 /// A handle on an established queue set. It stays tied to that registration: once
@@ -502,7 +561,11 @@ impl<const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMem
 ///   256;
 /// - `S`: queue sets (subchannels) per partition, at least 1;
 /// - `M`: how the fabric reaches a partition's memory ([`GuestMemory`]), by default
-///   [`Windows`] of at most [`MAX_WINDOWS`](crate::MAX_WINDOWS) windows.
+///   [`Windows`] of at most [`MAX_WINDOWS`](crate::MAX_WINDOWS) windows;
+/// - `O`: output queues a queue set may establish, 1 to
+///   [`MAX_OUTPUT_QUEUES`] (4, Linux's `QETH_MAX_OUT_QUEUES`); Linux's qeth drives a
+///   HiperSockets device with at least 2 (`QETH_IQD_MIN_TXQ`, one of them the
+///   multicast queue). Each costs 528 bytes per queue control.
 ///
 /// A fabric for 8 partitions with one queue set each is
 /// `Fabric<P, 8, 16, 8, 1, Windows<1>>`. See the [crate docs](crate) for the
@@ -514,26 +577,35 @@ pub struct Fabric<
     const L: usize = MAX_PARTITIONS,
     const S: usize = MAX_SUBCHANNELS,
     M: GuestMemory = Windows,
+    const O: usize = MAX_OUTPUT_QUEUES,
 > {
     platform: P,
     state: TableLock<State<Q, A, L, S, M>>,
-    controls: [QueueControl; Q],
+    controls: [QueueControl<O>; Q],
 }
 
 /// Result of one output buffer's send.
 enum BufferOutcome {
-    Delivered {
-        frames: u16,
-        bytes: u64,
-        /// The interrupt to raise, and the index of the receiver's queue control
-        /// (whose counters learn whether it was posted).
-        interrupt: Option<(InterruptTarget, u16)>,
-    },
+    Delivered { frames: u16, bytes: u64 },
     Refused(Fault),
 }
 
-impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>
-    Fabric<P, Q, A, L, S, M>
+/// The issuer of a SIGA, for the length of one buffer's send.
+struct Sender<'a, M, const O: usize> {
+    key: SourceKey,
+    memory: &'a M,
+    qc: &'a QueueControl<O>,
+}
+
+impl<
+    P: Platform,
+    const Q: usize,
+    const A: usize,
+    const L: usize,
+    const S: usize,
+    M: GuestMemory,
+    const O: usize,
+> Fabric<P, Q, A, L, S, M, O>
 {
     /// The capacities must be as the type's docs say.
     const CHECK: () = assert!(
@@ -544,6 +616,8 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
             && L <= LPAR_IDS
             && S >= 1
             && S <= u8::MAX as usize
+            && O >= 1
+            && O <= MAX_OUTPUT_QUEUES
     );
 
     /// A fabric with no partitions. `const`, so an image can keep it in a static.
@@ -724,8 +798,8 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
             lock_point!(self, Outbound);
             let inb = qc.inbound.lock();
             lock_point!(self, Inbound);
-            if let (Some(o), Some((i, d))) = (out.ring(), inb.ring()) {
-                check_structures(&memory, o, i, d)?;
+            if let Some((i, d)) = inb.ring() {
+                check_structures(&memory, out.rings(), i, d)?;
             }
         }
         let p = st
@@ -820,11 +894,12 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
     /// nor those of the partition's other queue sets, registers `LPAR-ID.SUBCHANNEL#`
     /// in the source table and gives the subchannel the IQDIO indicator.
     ///
-    /// In this order: unknown partition (0xF002), an address outside memory or
-    /// misaligned (0xF005, 0xF006), an SBAL that the partition's memory translates to
-    /// a host address not 256-aligned (0xF010, the hypervisor's error: it cannot
-    /// happen with [`Windows`], which refuse such a window when the partition is
-    /// added), the subchannel active already (0xE005), the
+    /// In this order: unknown partition (0xF002), more output queues than the fabric's
+    /// `O` (0xF012), an address outside memory or misaligned (0xF005, 0xF006), an SBAL
+    /// that the partition's memory translates to a host address not 256-aligned
+    /// (0xF010, the hypervisor's error: it cannot happen with [`Windows`], which refuse
+    /// such a window when the partition is added), an SBAL 1 TiB or more above its
+    /// queue's lowest (0xF011), the subchannel active already (0xE005), the
     /// partition at its queue-set quota (0xF00C), overlapping structures (0xF00B),
     /// no queue control left in the fabric (0xE006).
     pub fn establish(
@@ -838,15 +913,19 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
         let p = st
             .partition(lpar)
             .ok_or(RegistrationError::UnknownPartition)?;
-        let (out_ring, in_ring, indicators) = queue_set(params);
-        check_structures(&p.memory, &out_ring, &in_ring, &indicators)?;
+        let layout = Layout::<O>::new(params, &p.memory)?;
+        let outs = layout
+            .outputs
+            .get(..usize::from(layout.queues))
+            .unwrap_or(&[]);
         if matches!(p.subchannel(subchannel), Some(Subchannel::Active(_))) {
             return Err(RegistrationError::DuplicateFound);
         }
         if p.active().count() >= st.config.queue_set_limit::<S>() {
             return Err(RegistrationError::SubchannelLimit);
         }
-        self.check_overlaps(p, &out_ring, &in_ring, &indicators)?;
+        self.check_overlaps(p, outs, &layout.input, &layout.indicators)?;
+        let indicators = layout.indicators;
         let index = st
             .in_use
             .iter()
@@ -878,16 +957,17 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
         {
             let mut out = qc.outbound.lock();
             lock_point!(self, Outbound);
-            out.ring = out_ring;
+            out.rings = layout.outputs;
+            out.queues = layout.queues;
             out.active = true;
-            out.cursor = 0;
+            out.cursors = [0; O];
         }
         {
             let mut inb = qc.inbound.lock();
             lock_point!(self, Inbound);
             *inb = Inbound {
                 active: true,
-                ring: in_ring,
+                ring: layout.input,
                 cursor: 0,
                 indicators,
                 summary,
@@ -930,6 +1010,100 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
         st.table.add_target(ip, key)?;
         if let Some(p) = st.partition_mut(lpar) {
             p.addresses += 1;
+        }
+        Ok(())
+    }
+
+    /// Makes `lpar`'s queue set on `subchannel` a member of the multicast group `group`
+    /// (IPv4 224.0.0.0/4, IPv6 ff00::/8): the counterpart of Linux's SETIPM. From then
+    /// on it gets a copy of every multicast frame to `group` that another queue set
+    /// sends on its multicast queue. A membership takes a place in the target table
+    /// and counts toward the partition's address quota, as an address does.
+    ///
+    /// Refused: not a multicast address (0xF007), a member already (0xE005), no such
+    /// queue set (0xF00A), the partition at its address quota (0xF00D), the target
+    /// table full (0xE006).
+    pub fn register_group(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        group: IpAddr,
+    ) -> Result<(), RegistrationError> {
+        if !group.is_multicast() {
+            return Err(RegistrationError::InvalidAddress);
+        }
+        self.add_membership(SourceKey { lpar, subchannel }, group)
+    }
+
+    /// Ends a membership [`register_group`](Self::register_group) made (Linux's
+    /// DELIPM): 0xE00B if there is none.
+    pub fn deregister_group(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        group: IpAddr,
+    ) -> Result<(), RegistrationError> {
+        if !group.is_multicast() {
+            return Err(RegistrationError::InvalidAddress);
+        }
+        self.remove_membership(SourceKey { lpar, subchannel }, group)
+    }
+
+    /// Switches broadcast reception on or off for `lpar`'s queue set on `subchannel`.
+    /// While on, it gets a copy of every broadcast frame (cast type 0x05) that another
+    /// queue set sends on its multicast queue, whatever the frame's broadcast address
+    /// (the limited 255.255.255.255 or a subnet's: the fabric is one LAN). The
+    /// membership is kept under [`BROADCAST_GROUP`] and counts as one address.
+    /// Switching on twice is 0xE005, off when off 0xE00B; then as
+    /// [`register_group`](Self::register_group).
+    pub fn set_broadcast(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        on: bool,
+    ) -> Result<(), RegistrationError> {
+        let key = SourceKey { lpar, subchannel };
+        if on {
+            self.add_membership(key, BROADCAST_GROUP)
+        } else {
+            self.remove_membership(key, BROADCAST_GROUP)
+        }
+    }
+
+    /// The member queue sets of `group` (a multicast address, or [`BROADCAST_GROUP`]
+    /// for the broadcast domain). Waits for the table lock (thread context).
+    pub fn group_members(&self, group: IpAddr) -> heapless::Vec<SourceKey, Q> {
+        debug_assert!(self.may_wait(), "group_members from interrupt context");
+        let st = self.state.read();
+        st.table.members(&group).map(|e| e.owner).take(Q).collect()
+    }
+
+    fn add_membership(&self, key: SourceKey, group: IpAddr) -> Result<(), RegistrationError> {
+        let mut st = self.update()?;
+        let st = &mut *st;
+        let quota = usize::from(st.config.addresses_per_partition());
+        let (Some(_), Some(p)) = (st.table.source(&key), st.partition(key.lpar)) else {
+            return Err(RegistrationError::SourceNotRegistered);
+        };
+        if st.table.members(&group).any(|e| e.owner == key) {
+            return Err(RegistrationError::DuplicateFound);
+        }
+        if p.addresses >= quota {
+            return Err(RegistrationError::AddressQuota);
+        }
+        st.table.add_member(group, key)?;
+        if let Some(p) = st.partition_mut(key.lpar) {
+            p.addresses += 1;
+        }
+        Ok(())
+    }
+
+    fn remove_membership(&self, key: SourceKey, group: IpAddr) -> Result<(), RegistrationError> {
+        let mut st = self.update()?;
+        let st = &mut *st;
+        st.table.remove_member(&group, key)?;
+        if let Some(p) = st.partition_mut(key.lpar) {
+            p.addresses = p.addresses.saturating_sub(1);
         }
         Ok(())
     }
@@ -1017,13 +1191,13 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
     fn check_overlaps(
         &self,
         p: &PartitionRecord<M, S>,
-        out: &QueueRing,
+        outs: &[QueueRing],
         inp: &QueueRing,
         ind: &IndicatorBytes,
     ) -> Result<(), RegistrationError> {
         let mut new = [Extent::EMPTY; EXTENTS];
         let mut n = 0;
-        extents(out, inp, ind, |e| {
+        extents(outs, inp, ind, |e| {
             if let Some(slot) = new.get_mut(n) {
                 *slot = e;
                 n += 1;
@@ -1053,10 +1227,10 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
             lock_point!(self, Outbound);
             let inbound = qc.inbound.lock();
             lock_point!(self, Inbound);
-            let (Some(o), Some((i, d))) = (outbound.ring(), inbound.ring()) else {
+            let Some((i, d)) = inbound.ring() else {
                 continue;
             };
-            extents(o, i, d, |old| {
+            extents(outbound.rings(), i, d, |old| {
                 if found.is_some() {
                     return;
                 }
@@ -1288,7 +1462,7 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
 
     /// A port through which partition `lpar` issues SIGA (the partition's identity
     /// comes from the embedding, never from the partition's own input).
-    pub const fn port(&self, lpar: LparId) -> Port<'_, P, Q, A, L, S, M> {
+    pub const fn port(&self, lpar: LparId) -> Port<'_, P, Q, A, L, S, M, O> {
         Port { fabric: self, lpar }
     }
 
@@ -1351,9 +1525,6 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
         let mut st = self.state.read_in(usize::from(lpar));
         lock_point!(self, TableShared);
         let slot = issuer_slot(&st, lpar, subchannel)?;
-        if queue_mask != QUEUE_0_MASK {
-            return Err(SigaError::InvalidQueueMask);
-        }
         // A slot's index is below Q by construction; `get` keeps a panic path out of SIGA.
         let Some(qc) = self.controls.get(usize::from(slot.index)) else {
             return Err(SigaError::QueuesNotActive);
@@ -1363,56 +1534,86 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
             return Err(SigaError::Busy);
         };
         lock_point!(self, Outbound);
+        // Queue n is bit 1 << (31 - n) (Linux's `qdio_siga_output`,
+        // `drivers/s390/cio/qdio_main.c`); a bit naming a queue the set did not
+        // establish, or no bit at all, is cc1.
+        let queues = u32::from(out.queues);
+        let established = u32::MAX.checked_shl(32 - queues).unwrap_or(0);
+        if queue_mask == 0 || queue_mask & !established != 0 {
+            return Err(SigaError::InvalidQueueMask);
+        }
         let limit = match function {
             SigaFunction::Write => 1,
             SigaFunction::WriteMultiple => QUEUE_BUFFERS,
         };
+        let issuer_key = SourceKey { lpar, subchannel };
         let mut report = SigaReport::default();
-        for k in 0..limit {
-            if k > 0 && st.writer_waiting() {
-                // Step out of a waiting update's way (outbound first: lock order), and
-                // come back once it is done.
-                drop(out);
-                drop(st);
-                st = self.state.read_in(usize::from(lpar));
-                lock_point!(self, TableShared);
-                if issuer_slot(&st, lpar, subchannel) != Ok(slot) {
-                    // Deregistered (and perhaps re-established) meanwhile.
+        let mut handled = 0usize;
+        'queues: for q in 0..queues.min(O as u32) as u8 {
+            if queue_mask & (1 << (31 - u32::from(q))) == 0 {
+                continue;
+            }
+            for _ in 0..limit {
+                if handled > 0 && st.writer_waiting() {
+                    // Step out of a waiting update's way (outbound first: lock order),
+                    // and come back once it is done.
+                    drop(out);
+                    drop(st);
+                    st = self.state.read_in(usize::from(lpar));
+                    lock_point!(self, TableShared);
+                    if issuer_slot(&st, lpar, subchannel) != Ok(slot) {
+                        // Deregistered (and perhaps re-established) meanwhile.
+                        break 'queues;
+                    }
+                    // Another SIGA on this queue may hold it now: it ends or steps out
+                    // too.
+                    out = qc.outbound.lock();
+                    lock_point!(self, Outbound);
+                }
+                let Some(issuer) = st.partition(lpar) else {
+                    break 'queues;
+                };
+                let sender = Sender {
+                    key: issuer_key,
+                    memory: &issuer.memory,
+                    qc,
+                };
+                if !self.send_next(&st, &sender, &mut out, q, &mut report) {
                     break;
                 }
-                // Another SIGA on this queue may hold it now: it ends or steps out too.
-                out = qc.outbound.lock();
-                lock_point!(self, Outbound);
-            }
-            let Some(issuer) = st.partition(lpar) else {
-                break;
-            };
-            if !self.send_next(&st, &issuer.memory, &mut out, qc, &mut report) {
-                break;
+                handled += 1;
             }
         }
         Ok(report)
     }
 
-    /// Sends the output buffer at the cursor if it is primed; false if it is not (or
-    /// the queue is gone).
+    /// Sends the output buffer at queue `q`'s cursor if it is primed; false if it is
+    /// not (or the queue is gone).
     fn send_next(
         &self,
         st: &State<Q, A, L, S, M>,
-        issuer: &M,
-        out: &mut Outbound,
-        qc: &QueueControl,
+        sender: &Sender<'_, M, O>,
+        out: &mut Outbound<O>,
+        q: u8,
         report: &mut SigaReport,
     ) -> bool {
-        // Borrow the ring in place (it is 1 KiB: no copy on the send path).
+        let multicast = out.multicast_queue() == Some(q);
+        let qi = usize::from(q);
+        // Borrow the ring in place (528 bytes: no copy on the send path).
         let Outbound {
             active,
-            ring,
-            cursor,
+            queues,
+            rings,
+            cursors,
         } = out;
-        if !*active {
+        if !*active || qi >= usize::from(*queues) {
             return false;
         }
+        let (Some(ring), Some(cursor)) = (rings.get(qi), cursors.get_mut(qi)) else {
+            return false;
+        };
+        let issuer = sender.memory;
+        let qc = sender.qc;
         // Translated once per buffer: the hypervisor may have remapped the memory
         // since the last call (never during one: it waits for the table lock). An
         // SLSB it unmapped leaves nothing to send.
@@ -1435,32 +1636,17 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
             *cursor = next(n);
             return true;
         };
-        let outcome = self.send_buffer(st, issuer, &sbal);
+        let outcome = self.send_buffer(st, sender, &sbal, multicast, report);
         report.buffers += 1;
         match outcome {
-            BufferOutcome::Delivered {
-                frames,
-                bytes,
-                interrupt,
-            } => {
+            BufferOutcome::Delivered { frames, bytes } => {
                 // Release: our reads of the buffer happen before the program
                 // reuses it.
                 ring.set_state(n, SlsbState::OUTPUT_EMPTY.0, Ordering::Release);
-                qc.counters.sent(u64::from(frames), bytes);
+                qc.counters.sent(q, u64::from(frames), bytes);
                 report.delivered += 1;
                 report.frames += frames;
                 report.bytes += bytes;
-                if let Some((t, index)) = interrupt {
-                    let delivered = self.platform.raise_interrupt(t).delivered();
-                    if let Some(tqc) = self.controls.get(usize::from(index)) {
-                        tqc.counters.raised(delivered);
-                    }
-                    if delivered {
-                        report.interrupts += 1;
-                    } else {
-                        report.interrupts_dropped += 1;
-                    }
-                }
             }
             BufferOutcome::Refused(fault) => {
                 let e14 = sbal.load(Sbale::ERROR_INDEX_ELEMENT).sflags;
@@ -1479,52 +1665,127 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
         true
     }
 
-    /// One output buffer: parse, look up, deliver, signal.
-    fn send_buffer(&self, st: &State<Q, A, L, S, M>, issuer: &M, sbal: &Sbal) -> BufferOutcome {
+    /// One output buffer: parse, look up, deliver, signal. On the multicast queue a
+    /// multicast or broadcast buffer goes to every member of its group but the sender's
+    /// own queue set ([`Fabric::register_group`]).
+    fn send_buffer(
+        &self,
+        st: &State<Q, A, L, S, M>,
+        sender: &Sender<'_, M, O>,
+        sbal: &Sbal,
+        multicast_queue: bool,
+        report: &mut SigaReport,
+    ) -> BufferOutcome {
         let mut outgoing = Outgoing::empty();
-        if let Err(f) = parse_outgoing_into(sbal, issuer, st.config.mfs(), &mut outgoing) {
+        if let Err(f) = parse_outgoing_into(
+            sbal,
+            sender.memory,
+            st.config.mfs(),
+            multicast_queue,
+            &mut outgoing,
+        ) {
             return BufferOutcome::Refused(f);
         }
-        let Some(entry) = st.table.target(&outgoing.dest) else {
-            return refuse(Reason::Unreachable);
+        let group = match outgoing.cast {
+            // Anycast (IPv6, Linux sends it on the multicast queue) reaches the one
+            // queue set that registered the address, as unicast does.
+            CastType::Unicast | CastType::Anycast => None,
+            CastType::Multicast => Some(outgoing.dest),
+            CastType::Broadcast => Some(BROADCAST_GROUP),
         };
-        let Some(tqc) = self.controls.get(usize::from(entry.slot.index)) else {
-            return refuse(Reason::TargetNotActive);
+        let Some(group) = group else {
+            let Some(entry) = st.table.target(&outgoing.dest) else {
+                return refuse(Reason::Unreachable);
+            };
+            if let Err(reason) = self.deliver_to(st, entry, &outgoing, report) {
+                return refuse(reason);
+            }
+            return BufferOutcome::Delivered {
+                frames: outgoing.frames() as u16,
+                bytes: outgoing.payload,
+            };
         };
-        let Some(receiver) = st.partition(entry.owner.lpar) else {
-            return refuse(Reason::TargetNotActive);
-        };
+        // Every member but the sender's own queue set gets its copy, with its own
+        // initiative and interrupt decision; a member that cannot take it (full,
+        // suspended, its buffer unusable) is skipped and counts the miss, so it holds
+        // up no one and nothing is lost uncounted. The sender's buffer completes
+        // 0xA1 either way, as a LAN's multicast does (HiperSockets delivers group
+        // traffic best-effort: QDIO-FACTS section 4).
+        let (mut copies, mut skipped) = (0u64, 0u64);
+        for member in st.table.members(&group) {
+            if member.owner == sender.key {
+                continue;
+            }
+            match self.deliver_to(st, member, &outgoing, report) {
+                Ok(()) => copies += 1,
+                Err(_) => {
+                    skipped += 1;
+                    if let Some(mqc) = self.controls.get(usize::from(member.slot.index))
+                        && mqc.generation.load(Ordering::Relaxed) == member.slot.generation
+                    {
+                        mqc.counters.group_missed();
+                    }
+                }
+            }
+        }
+        sender.qc.counters.group_sent(copies, skipped);
+        report.copies = report.copies.saturating_add(copies as u16);
+        BufferOutcome::Delivered {
+            frames: outgoing.frames() as u16,
+            bytes: outgoing.payload,
+        }
+    }
+
+    /// Delivers `outgoing` to the queue set of `entry`: fills its next input buffer,
+    /// signals it, raises its interrupt if the decision says so (after its inbound
+    /// lock is released).
+    fn deliver_to(
+        &self,
+        st: &State<Q, A, L, S, M>,
+        entry: TargetEntry,
+        outgoing: &Outgoing,
+        report: &mut SigaReport,
+    ) -> Result<(), Reason> {
+        let tqc = self
+            .controls
+            .get(usize::from(entry.slot.index))
+            .ok_or(Reason::TargetNotActive)?;
+        let receiver = st
+            .partition(entry.owner.lpar)
+            .ok_or(Reason::TargetNotActive)?;
         if tqc.generation.load(Ordering::Relaxed) != entry.slot.generation {
-            return refuse(Reason::TargetNotActive);
+            return Err(Reason::TargetNotActive);
         }
         if receiver.suspended {
             // Its memory is not to be touched (see `suspend`): target full, retryable.
             tqc.counters.refused_suspended();
-            return refuse(Reason::TargetFull);
+            return Err(Reason::TargetFull);
         }
-        let mut inb = tqc.inbound.lock();
-        lock_point!(self, Inbound);
-        match self.fill(&mut inb, &outgoing, &receiver.memory) {
-            Ok(()) => {}
-            Err(reason) => {
+        let interrupt = {
+            let mut inb = tqc.inbound.lock();
+            lock_point!(self, Inbound);
+            if let Err(reason) = self.fill(&mut inb, outgoing, &receiver.memory) {
                 if reason == Reason::TargetFull {
                     tqc.counters.refused_full();
                 }
-                return refuse(reason);
+                return Err(reason);
+            }
+            tqc.counters
+                .received(outgoing.frames() as u64, outgoing.payload);
+            let stamp = receiver.summary_since(inb.summary);
+            let delay_ns = st.config.interrupt_delay_ns();
+            self.signal(&mut inb, tqc, stamp, &receiver.memory, delay_ns)
+        };
+        if let Some(t) = interrupt {
+            let delivered = self.platform.raise_interrupt(t).delivered();
+            tqc.counters.raised(delivered);
+            if delivered {
+                report.interrupts = report.interrupts.saturating_add(1);
+            } else {
+                report.interrupts_dropped = report.interrupts_dropped.saturating_add(1);
             }
         }
-        tqc.counters
-            .received(outgoing.frames() as u64, outgoing.payload);
-        let stamp = receiver.summary_since(inb.summary);
-        let delay_ns = st.config.interrupt_delay_ns();
-        let interrupt = self
-            .signal(&mut inb, tqc, stamp, &receiver.memory, delay_ns)
-            .map(|t| (t, entry.slot.index));
-        BufferOutcome::Delivered {
-            frames: outgoing.frames() as u16,
-            bytes: outgoing.payload,
-            interrupt,
-        }
+        Ok(())
     }
 
     /// Fills the receiver's next input buffer (under its inbound lock).
@@ -1584,7 +1845,7 @@ impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize
     fn signal(
         &self,
         inb: &mut Inbound,
-        tqc: &QueueControl,
+        tqc: &QueueControl<O>,
         stamp: &AtomicU64,
         rx_memory: &M,
         delay_ns: u64,
@@ -1727,58 +1988,139 @@ fn sort_by_start(v: &mut [Extent]) {
     }
 }
 
-/// Structures of one queue set: 128 SBALs each way, 2 SLSBs, 3 indicator bytes.
-const EXTENTS: usize = 2 * QUEUE_BUFFERS + 5;
+/// Structures of one queue set at most: 128 SBALs per queue (up to four output queues
+/// and the input queue), an SLSB per queue, 3 indicator bytes.
+const EXTENTS: usize = (MAX_OUTPUT_QUEUES + 1) * (QUEUE_BUFFERS + 1) + 3;
 
-/// Calls `f` with each structure of a queue set.
-fn extents(out: &QueueRing, inp: &QueueRing, ind: &IndicatorBytes, mut f: impl FnMut(Extent)) {
+/// A queue set's structures in guest memory, as the fabric keeps them.
+struct Layout<const O: usize> {
+    /// Output queues established: `outputs[..queues]`.
+    queues: u8,
+    outputs: [QueueRing; O],
+    input: QueueRing,
+    indicators: IndicatorBytes,
+}
+
+/// The field naming SBAL `n` of output queue `q`.
+fn output_sbal_field(q: usize, n: u8) -> QueueField {
+    match q {
+        0 => QueueField::OutputSbal(n),
+        _ => QueueField::OutputQueueSbal {
+            queue: q as u8,
+            buffer: n,
+        },
+    }
+}
+
+/// The field naming output queue `q`'s SLSB.
+fn output_slsb_field(q: usize) -> QueueField {
+    match q {
+        0 => QueueField::OutputSlsb,
+        _ => QueueField::OutputQueueSlsb(q as u8),
+    }
+}
+
+impl<const O: usize> Layout<O> {
+    /// The layout of `params` in `memory`: at most `O` output queues (0xF012), then,
+    /// structure by structure (output queues, input queue, indicator bytes), each
+    /// wholly inside the memory (0xF005) and each SBAL 256-aligned in guest memory
+    /// (0xF006) and host memory (0xF010), then each queue's SBALs within 1 TiB of its
+    /// lowest (0xF011).
+    fn new<M: GuestMemory>(params: &QueueSetParams, memory: &M) -> Result<Self, RegistrationError> {
+        let queues = params.output_queues();
+        if queues > O {
+            return Err(RegistrationError::OutputQueues);
+        }
+        let sbals = |addrs: &[u64; QUEUE_BUFFERS], field: &dyn Fn(u8) -> QueueField| {
+            for (i, a) in addrs.iter().enumerate() {
+                memory.sbal(*a).map_err(|e| match e {
+                    SbalError::Misaligned => RegistrationError::Misaligned(field(i as u8)),
+                    SbalError::OutsideMemory => RegistrationError::OutsideMemory(field(i as u8)),
+                    SbalError::HostMisaligned => RegistrationError::MisalignedWindow,
+                })?;
+            }
+            Ok(())
+        };
+        let bytes = |addr: u64, len: usize, field: QueueField| {
+            memory
+                .slice(addr, len as u64)
+                .map(|_| ())
+                .ok_or(RegistrationError::OutsideMemory(field))
+        };
+        for q in 0..queues {
+            if let Some((addrs, slsb)) = params.output(q) {
+                sbals(addrs, &|n| output_sbal_field(q, n))?;
+                bytes(slsb, SLSB_LEN, output_slsb_field(q))?;
+            }
+        }
+        sbals(&params.input_sbals, &QueueField::InputSbal)?;
+        bytes(params.input_slsb, SLSB_LEN, QueueField::InputSlsb)?;
+        bytes(params.queue_indicator, 1, QueueField::QueueIndicator)?;
+        bytes(params.middle_indicator, 1, QueueField::MiddleIndicator)?;
+        bytes(params.global_indicator, 1, QueueField::GlobalIndicator)?;
+        let ring = |addrs: &[u64; QUEUE_BUFFERS], slsb, field: &dyn Fn(u8) -> QueueField| {
+            QueueRing::new(addrs, slsb).map_err(|n| RegistrationError::SbalSpread(field(n)))
+        };
+        let mut outputs = [QueueRing::ZERO; O];
+        for (q, o) in outputs.iter_mut().enumerate().take(queues) {
+            if let Some((addrs, slsb)) = params.output(q) {
+                *o = ring(addrs, slsb, &|n| output_sbal_field(q, n))?;
+            }
+        }
+        let input = ring(
+            &params.input_sbals,
+            params.input_slsb,
+            &QueueField::InputSbal,
+        )?;
+        Ok(Self {
+            queues: queues as u8,
+            outputs,
+            input,
+            indicators: IndicatorBytes {
+                queue: params.queue_indicator,
+                middle: params.middle_indicator,
+                global: params.global_indicator,
+            },
+        })
+    }
+}
+
+/// Calls `f` with each structure of a queue set: its output queues `outs`, its input
+/// queue `inp`, its indicator bytes `ind`.
+fn extents(outs: &[QueueRing], inp: &QueueRing, ind: &IndicatorBytes, mut f: impl FnMut(Extent)) {
     let e = |start: u64, len: usize, field: QueueField| Extent {
         start,
         len: len as u64,
         field,
     };
-    for (i, (o, n)) in out.sbals.iter().zip(inp.sbals.iter()).enumerate() {
-        f(e(*o, SBAL_SIZE, QueueField::OutputSbal(i as u8)));
-        f(e(*n, SBAL_SIZE, QueueField::InputSbal(i as u8)));
+    for (q, out) in outs.iter().enumerate() {
+        for (i, a) in out.sbal_addrs().enumerate() {
+            f(e(a, SBAL_SIZE, output_sbal_field(q, i as u8)));
+        }
+        f(e(out.slsb, SLSB_LEN, output_slsb_field(q)));
     }
-    f(e(out.slsb, SLSB_LEN, QueueField::OutputSlsb));
+    for (i, a) in inp.sbal_addrs().enumerate() {
+        f(e(a, SBAL_SIZE, QueueField::InputSbal(i as u8)));
+    }
     f(e(inp.slsb, SLSB_LEN, QueueField::InputSlsb));
     f(e(ind.queue, 1, QueueField::QueueIndicator));
     f(e(ind.middle, 1, QueueField::MiddleIndicator));
     f(e(ind.global, 1, QueueField::GlobalIndicator));
 }
 
-/// A queue set's guest addresses as the fabric keeps them.
-fn queue_set(params: &QueueSetParams) -> (QueueRing, QueueRing, IndicatorBytes) {
-    (
-        QueueRing {
-            sbals: params.output_sbals,
-            slsb: params.output_slsb,
-        },
-        QueueRing {
-            sbals: params.input_sbals,
-            slsb: params.input_slsb,
-        },
-        IndicatorBytes {
-            queue: params.queue_indicator,
-            middle: params.middle_indicator,
-            global: params.global_indicator,
-        },
-    )
-}
-
-/// Checks that every structure of a queue set translates in `memory`: wholly inside
-/// it (0xF005), SBALs 256-aligned in guest memory (0xF006, the partition's error) and
-/// in host memory (0xF010, the hypervisor's).
+/// Checks that every structure of an established queue set translates in `memory`
+/// (a new memory for the partition): wholly inside it (0xF005), SBALs 256-aligned in
+/// host memory (0xF010, the hypervisor's error; in guest memory they are, checked by
+/// [`Layout::new`] at establish).
 fn check_structures<M: GuestMemory>(
     memory: &M,
-    out: &QueueRing,
+    outs: &[QueueRing],
     inp: &QueueRing,
     ind: &IndicatorBytes,
 ) -> Result<(), RegistrationError> {
-    let sbals = |addrs: &[u64; QUEUE_BUFFERS], field: fn(u8) -> QueueField| {
-        for (i, a) in addrs.iter().enumerate() {
-            memory.sbal(*a).map_err(|e| match e {
+    let sbals = |ring: &QueueRing, field: &dyn Fn(u8) -> QueueField| {
+        for (i, a) in ring.sbal_addrs().enumerate() {
+            memory.sbal(a).map_err(|e| match e {
                 SbalError::Misaligned => RegistrationError::Misaligned(field(i as u8)),
                 SbalError::OutsideMemory => RegistrationError::OutsideMemory(field(i as u8)),
                 SbalError::HostMisaligned => RegistrationError::MisalignedWindow,
@@ -1792,17 +2134,26 @@ fn check_structures<M: GuestMemory>(
             .map(|_| ())
             .ok_or(RegistrationError::OutsideMemory(field))
     };
-    sbals(&out.sbals, QueueField::OutputSbal)?;
-    bytes(out.slsb, SLSB_LEN, QueueField::OutputSlsb)?;
-    sbals(&inp.sbals, QueueField::InputSbal)?;
+    for (q, out) in outs.iter().enumerate() {
+        sbals(out, &|n| output_sbal_field(q, n))?;
+        bytes(out.slsb, SLSB_LEN, output_slsb_field(q))?;
+    }
+    sbals(inp, &QueueField::InputSbal)?;
     bytes(inp.slsb, SLSB_LEN, QueueField::InputSlsb)?;
     bytes(ind.queue, 1, QueueField::QueueIndicator)?;
     bytes(ind.middle, 1, QueueField::MiddleIndicator)?;
     bytes(ind.global, 1, QueueField::GlobalIndicator)
 }
 
-impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize, const W: usize>
-    Fabric<P, Q, A, L, S, Windows<W>>
+impl<
+    P: Platform,
+    const Q: usize,
+    const A: usize,
+    const L: usize,
+    const S: usize,
+    const W: usize,
+    const O: usize,
+> Fabric<P, Q, A, L, S, Windows<W>, O>
 {
     /// Makes a partition known with its memory windows (at most `W`), the default
     /// [`GuestMemory`]. Refused, as the embedder's errors: a window empty, wrapping,
@@ -1825,13 +2176,21 @@ pub struct Port<
     const L: usize = MAX_PARTITIONS,
     const S: usize = MAX_SUBCHANNELS,
     M: GuestMemory = Windows,
+    const O: usize = MAX_OUTPUT_QUEUES,
 > {
-    fabric: &'f Fabric<P, Q, A, L, S, M>,
+    fabric: &'f Fabric<P, Q, A, L, S, M, O>,
     lpar: LparId,
 }
 
-impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>
-    Port<'_, P, Q, A, L, S, M>
+impl<
+    P: Platform,
+    const Q: usize,
+    const A: usize,
+    const L: usize,
+    const S: usize,
+    M: GuestMemory,
+    const O: usize,
+> Port<'_, P, Q, A, L, S, M, O>
 {
     /// The issuing partition.
     pub const fn lpar(&self) -> LparId {
@@ -1849,8 +2208,15 @@ pub trait Siga {
     fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus;
 }
 
-impl<P: Platform, const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>
-    Siga for Port<'_, P, Q, A, L, S, M>
+impl<
+    P: Platform,
+    const Q: usize,
+    const A: usize,
+    const L: usize,
+    const S: usize,
+    M: GuestMemory,
+    const O: usize,
+> Siga for Port<'_, P, Q, A, L, S, M, O>
 {
     fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus {
         SigaStatus::from(

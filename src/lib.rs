@@ -194,6 +194,7 @@
 //!         global_indicator: INDICATORS + 2,
 //!         interrupt_immediately: false,
 //!         interrupt_cookie: cookie, // set by the hypervisor, never by the partition
+//!         more_outputs: Default::default(),
 //!     }
 //! }
 //!
@@ -313,5 +314,5 @@ pub use guest::{GuestMemory, HOST_ALIGN, MAX_WINDOWS, Window, Windows};
 pub use platform::LockPoint;
 pub use platform::{CallContext, InterruptDelivery, InterruptTarget, Platform};
 pub use qdio::{Mfs, Reason};
-pub use queue::CounterSnapshot;
+pub use queue::{CounterSnapshot, MAX_OUTPUT_QUEUES, OutputQueueCounts};
 pub use table::{HashSeed, LparId, SourceKey};

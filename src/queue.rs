@@ -15,18 +15,51 @@ use crate::table::SourceKey;
 /// Guest addresses, not host pointers: the fabric translates them through the
 /// partition's [`GuestMemory`] when it uses them (once per buffer), so the hypervisor
 /// may remap the partition's memory while the queue set stays established.
+///
+/// Kept compact, 528 bytes rather than 1 KiB: the lowest SBAL's address and each
+/// SBAL's distance from it in 256-byte units (SBALs are 256-aligned), so the 128
+/// SBALs of one queue must lie within 1 TiB of the lowest ([`QueueRing::new`]). With
+/// up to four output queues and one input queue per queue set this halves what a
+/// queue control holds (a hypervisor's fabric for 8 partitions stays within 32 KiB).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct QueueRing {
-    pub(crate) sbals: [u64; QUEUE_BUFFERS],
+    /// The lowest SBAL's guest address.
+    base: u64,
+    /// SBAL `n` lies at `base + 256 * units[n]`.
+    units: [u32; QUEUE_BUFFERS],
     pub(crate) slsb: u64,
 }
 
 impl QueueRing {
     /// All-zero: a free queue control's (never used while its control is inactive).
     pub(crate) const ZERO: Self = Self {
-        sbals: [0; QUEUE_BUFFERS],
+        base: 0,
+        units: [0; QUEUE_BUFFERS],
         slsb: 0,
     };
+
+    /// The ring of `sbals` (each 256-aligned: the caller checked) and `slsb`, or the
+    /// number of the first SBAL that lies 1 TiB (2^32 units of 256 bytes) or more above
+    /// the lowest.
+    pub(crate) fn new(sbals: &[u64; QUEUE_BUFFERS], slsb: u64) -> Result<Self, u8> {
+        let base = sbals.iter().copied().min().unwrap_or(0) & !0xFF;
+        let mut units = [0u32; QUEUE_BUFFERS];
+        for (i, (u, a)) in units.iter_mut().zip(sbals).enumerate() {
+            *u = u32::try_from(a.wrapping_sub(base) >> 8).map_err(|_| i as u8)?;
+        }
+        Ok(Self { base, units, slsb })
+    }
+
+    /// The guest address of SBAL `n` (wrapping).
+    #[inline(always)]
+    pub(crate) fn sbal_addr(&self, n: u8) -> u64 {
+        self.base + (u64::from(self.units[usize::from(n) % QUEUE_BUFFERS]) << 8)
+    }
+
+    /// The guest addresses of the 128 SBALs, buffer 0 first.
+    pub(crate) fn sbal_addrs(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..QUEUE_BUFFERS as u8).map(|n| self.sbal_addr(n))
+    }
 
     /// The ring with its SLSB translated through `memory`, for one use under the
     /// queue's lock; `None` if the SLSB no longer translates (the hypervisor unmapped
@@ -35,7 +68,7 @@ impl QueueRing {
     pub(crate) fn live<M: GuestMemory>(&self, memory: &M) -> Option<LiveRing<'_>> {
         Some(LiveRing {
             slsb: memory.slice(self.slsb, SLSB_LEN as u64)?,
-            sbals: &self.sbals,
+            ring: self,
         })
     }
 }
@@ -43,7 +76,7 @@ impl QueueRing {
 /// A [`QueueRing`] whose SLSB is translated, for the duration of one fabric call.
 pub(crate) struct LiveRing<'a> {
     slsb: GuestSlice,
-    sbals: &'a [u64; QUEUE_BUFFERS],
+    ring: &'a QueueRing,
 }
 
 impl LiveRing<'_> {
@@ -65,7 +98,7 @@ impl LiveRing<'_> {
     /// The SBAL of buffer `n` (wrapping), translated through `memory`.
     #[inline]
     pub(crate) fn sbal<M: GuestMemory>(&self, n: u8, memory: &M) -> Result<Sbal, SbalError> {
-        memory.sbal(self.sbals[usize::from(n) % QUEUE_BUFFERS])
+        memory.sbal(self.ring.sbal_addr(n))
     }
 }
 
@@ -79,23 +112,42 @@ pub(crate) const fn prev(n: u8) -> u8 {
     (n + QUEUE_BUFFERS as u8 - 1) % QUEUE_BUFFERS as u8
 }
 
-/// The sender side of a queue control: the output queue and its cursor.
-pub(crate) struct Outbound {
-    /// The queue control is in use (`ring` meaningful). Flags rather than `Option`s
+/// Output queues a queue set may have: Linux's `QETH_MAX_OUT_QUEUES`
+/// (`drivers/s390/net/qeth_core.h`). With two or more, the highest-numbered is the
+/// multicast queue (Linux's `multicast_outbound()`, `drivers/s390/cio/qdio.h`).
+pub const MAX_OUTPUT_QUEUES: usize = 4;
+
+/// The sender side of a queue control: its output queues and their cursors, under one
+/// outbound lock (a SIGA may name several queues in its mask; one naming a queue that
+/// another SIGA is sending on answers busy, cc2, which Linux retries).
+pub(crate) struct Outbound<const O: usize> {
+    /// The queue control is in use (`rings` meaningful). Flags rather than `Option`s
     /// throughout: a free control is then all-zero bytes by definition.
     pub(crate) active: bool,
-    /// The output queue.
-    pub(crate) ring: QueueRing,
-    /// The next output buffer to look at: SIGA handles primed buffers from here, in
-    /// ring order, so finding the next one is O(1).
-    pub(crate) cursor: u8,
+    /// Output queues established (1..=O): `rings[..queues]`.
+    pub(crate) queues: u8,
+    /// The output queues.
+    pub(crate) rings: [QueueRing; O],
+    /// Per queue, the next output buffer to look at: SIGA handles primed buffers from
+    /// here, in ring order, so finding the next one is O(1).
+    pub(crate) cursors: [u8; O],
 }
 
-impl Outbound {
-    /// The output queue while the control is in use.
+impl<const O: usize> Outbound<O> {
+    /// The established output queues while the control is in use.
     #[inline(always)]
-    pub(crate) fn ring(&self) -> Option<&QueueRing> {
-        self.active.then_some(&self.ring)
+    pub(crate) fn rings(&self) -> &[QueueRing] {
+        let n = if self.active {
+            usize::from(self.queues)
+        } else {
+            0
+        };
+        self.rings.get(..n).unwrap_or(&[])
+    }
+
+    /// The multicast queue's number: the highest, when there are two queues or more.
+    pub(crate) fn multicast_queue(&self) -> Option<u8> {
+        (self.queues >= 2).then(|| self.queues - 1)
     }
 }
 
@@ -167,27 +219,28 @@ impl Inbound {
 /// outbound lock while the receiver's (or another sender's) takes the inbound one. Both the source-table entry
 /// and every target-table entry of the queue set resolve to it.
 #[repr(C, align(128))]
-pub(crate) struct QueueControl {
+pub(crate) struct QueueControl<const O: usize> {
     /// Bumped whenever the slot is freed, so a stale [`SlotRef`](crate::table::SlotRef)
     /// never reaches a new owner. Written under the exclusive table lock only.
     pub(crate) generation: AtomicU32,
     /// The outbound lock and what it guards.
-    pub(crate) outbound: Aligned<Mutex<Outbound>>,
+    pub(crate) outbound: Aligned<Mutex<Outbound<O>>>,
     /// The inbound lock and what it guards.
     pub(crate) inbound: Aligned<Mutex<Inbound>>,
     /// Counters; atomics, so reading them takes no queue lock.
     pub(crate) counters: Counters,
 }
 
-impl QueueControl {
+impl<const O: usize> QueueControl<O> {
     crate::sync::const_unless_loom! {
     pub(crate) fn new() -> Self {
         Self {
             generation: AtomicU32::new(0),
             outbound: Aligned(Mutex::new(Outbound {
                 active: false,
-                ring: QueueRing::ZERO,
-                cursor: 0,
+                queues: 0,
+                rings: [QueueRing::ZERO; O],
+                cursors: [0; O],
             })),
             inbound: Aligned(Mutex::new(Inbound {
                 active: false,
@@ -232,6 +285,13 @@ struct TxCounters {
     errors: [AtomicU64; REASONS],
     /// Written without the lock (a SIGA that did not get it).
     busy: AtomicU64,
+    /// Per output queue: buffers, frames and packet bytes sent.
+    per_queue: [[AtomicU64; 3]; MAX_OUTPUT_QUEUES],
+    /// Copies of multicast and broadcast buffers delivered to members.
+    group_copies: AtomicU64,
+    /// Members a multicast or broadcast buffer skipped (full, suspended, or their
+    /// receive buffer unusable); each is counted at the member too.
+    group_skipped: AtomicU64,
 }
 
 /// The receiver's counters: written under the queue control's inbound lock.
@@ -249,6 +309,10 @@ struct RxCounters {
     /// As `interrupts_raised`.
     interrupts_dropped: AtomicU64,
     interrupts_suppressed: AtomicU64,
+    /// Multicast and broadcast copies this member missed (its input queue full, its
+    /// partition suspended, or its receive buffer unusable): nothing is re-sent, so
+    /// this is where such a loss is counted.
+    group_missed: AtomicU64,
 }
 
 /// Counters of one queue control. Relaxed atomics: each is a statistic on its own,
@@ -279,6 +343,9 @@ impl Counters {
                 sbals_sent: AtomicU64::new(0),
                 errors: [const { AtomicU64::new(0) }; REASONS],
                 busy: AtomicU64::new(0),
+                per_queue: [const { [const { AtomicU64::new(0) }; 3] }; MAX_OUTPUT_QUEUES],
+                group_copies: AtomicU64::new(0),
+                group_skipped: AtomicU64::new(0),
             },
             rx: RxCounters {
                 frames_received: AtomicU64::new(0),
@@ -289,6 +356,7 @@ impl Counters {
                 interrupts_raised: AtomicU64::new(0),
                 interrupts_dropped: AtomicU64::new(0),
                 interrupts_suppressed: AtomicU64::new(0),
+                group_missed: AtomicU64::new(0),
             },
         }
     }
@@ -308,17 +376,42 @@ impl Counters {
             &self.rx.interrupts_raised,
             &self.rx.interrupts_dropped,
             &self.rx.interrupts_suppressed,
+            &self.rx.group_missed,
+            &self.tx.group_copies,
+            &self.tx.group_skipped,
         ];
-        for c in all.into_iter().chain(self.tx.errors.iter()) {
+        for c in all
+            .into_iter()
+            .chain(self.tx.errors.iter())
+            .chain(self.tx.per_queue.iter().flatten())
+        {
             c.store(0, Ordering::Relaxed);
         }
     }
 
-    /// A buffer sent (outbound lock held).
-    pub(crate) fn sent(&self, frames: u64, bytes: u64) {
+    /// A buffer sent on output queue `queue` (outbound lock held).
+    pub(crate) fn sent(&self, queue: u8, frames: u64, bytes: u64) {
         add_locked(&self.tx.sbals_sent, 1);
         add_locked(&self.tx.frames_sent, frames);
         add_locked(&self.tx.bytes_sent, bytes);
+        if let Some(q) = self.tx.per_queue.get(usize::from(queue)) {
+            add_locked(&q[0], 1);
+            add_locked(&q[1], frames);
+            add_locked(&q[2], bytes);
+        }
+    }
+
+    /// A multicast or broadcast buffer reached `copies` members and skipped `skipped`
+    /// (outbound lock held).
+    pub(crate) fn group_sent(&self, copies: u64, skipped: u64) {
+        add_locked(&self.tx.group_copies, copies);
+        add_locked(&self.tx.group_skipped, skipped);
+    }
+
+    /// This member missed a multicast or broadcast copy. Its inbound lock may not be
+    /// held (a suspended member's is not taken), so other senders may race here.
+    pub(crate) fn group_missed(&self) {
+        self.rx.group_missed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A buffer received (inbound lock held).
@@ -383,6 +476,17 @@ impl Counters {
             interrupts_raised: get(&self.rx.interrupts_raised),
             interrupts_dropped: get(&self.rx.interrupts_dropped),
             interrupts_suppressed: get(&self.rx.interrupts_suppressed),
+            output_queues: core::array::from_fn(|q| {
+                let c = &self.tx.per_queue[q];
+                OutputQueueCounts {
+                    sbals: get(&c[0]),
+                    frames: get(&c[1]),
+                    bytes: get(&c[2]),
+                }
+            }),
+            group_copies: get(&self.tx.group_copies),
+            group_skipped: get(&self.tx.group_skipped),
+            group_missed: get(&self.rx.group_missed),
         }
     }
 }
@@ -420,6 +524,30 @@ pub struct CounterSnapshot {
     pub interrupts_dropped: u64,
     /// Deliveries to this queue set that raised no interrupt.
     pub interrupts_suppressed: u64,
+    /// What each output queue sent (queue 0 first; queues not established read 0).
+    pub output_queues: [OutputQueueCounts; MAX_OUTPUT_QUEUES],
+    /// Copies of this queue set's multicast and broadcast buffers delivered, over all
+    /// members (a buffer to a group of three other members counts 3).
+    pub group_copies: u64,
+    /// Members its multicast and broadcast buffers skipped (each counted at the member
+    /// as `group_missed`).
+    pub group_skipped: u64,
+    /// Multicast and broadcast copies meant for this queue set that it missed: its
+    /// input queue was full, its partition suspended, or its receive buffer unusable.
+    /// Group traffic is not refused back to the sender (a full member must not hold up
+    /// the others), so the loss is counted here.
+    pub group_missed: u64,
+}
+
+/// What one output queue sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputQueueCounts {
+    /// Output buffers sent.
+    pub sbals: u64,
+    /// Frames sent.
+    pub frames: u64,
+    /// Packet bytes sent (headers excluded).
+    pub bytes: u64,
 }
 
 impl CounterSnapshot {
@@ -462,7 +590,7 @@ mod tests {
     #[test]
     fn counters_count_and_reset() {
         let c = Counters::new();
-        c.sent(3, 300);
+        c.sent(1, 3, 300);
         c.received(2, 20);
         c.error(Reason::TargetFull);
         c.error(Reason::TargetFull);
@@ -479,6 +607,15 @@ mod tests {
         c.refused_suspended();
         let s = c.snapshot();
         assert_eq!((s.frames_sent, s.bytes_sent, s.sbals_sent), (3, 300, 1));
+        assert_eq!(
+            s.output_queues[1],
+            OutputQueueCounts {
+                sbals: 1,
+                frames: 3,
+                bytes: 300
+            }
+        );
+        assert_eq!(s.output_queues[0], OutputQueueCounts::default());
         assert_eq!(
             (s.frames_received, s.bytes_received, s.sbals_received),
             (2, 20, 1)

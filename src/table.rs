@@ -37,10 +37,18 @@ pub struct SlotRef {
 }
 
 /// A target-table entry: the queue control and the queue set that registered the IP.
+///
+/// The table holds unicast addresses (one entry each, unique) and group memberships:
+/// a multicast group, or the broadcast domain under the limited broadcast address
+/// 255.255.255.255, has one entry per member queue set, all under the group's address.
+/// The two never share an address (a unicast registration refuses group addresses),
+/// and a unicast lookup ignores group entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TargetEntry {
     pub(crate) slot: SlotRef,
     pub(crate) owner: SourceKey,
+    /// A group membership rather than a unicast address.
+    pub(crate) group: bool,
 }
 
 /// The 128-bit key of the tables' hash (SipHash's `k0`, `k1`).
@@ -86,6 +94,7 @@ impl Zero for TargetEntry {
     const ZERO: Self = Self {
         slot: SlotRef::ZERO,
         owner: SourceKey::ZERO,
+        group: false,
     };
 }
 
@@ -297,6 +306,20 @@ impl<K: TableKey, V: Zero, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
         self.slots.get(i?).filter(|e| e.used).map(|e| e.value)
     }
 
+    /// Removes the first entry under `key` whose value `pick` chooses.
+    fn remove_one(&mut self, seed: &HashSeed, key: &K, pick: impl Fn(&V) -> bool) -> Option<V> {
+        let hash = Self::hash(seed, key);
+        let home = hash as usize & Self::MASK;
+        let i = (0..N)
+            .map(|k| (home + k) & Self::MASK)
+            .take_while(|&i| self.slots[i].used)
+            .find(|&i| {
+                let e = &self.slots[i];
+                e.hash == hash && e.key == *key && pick(&e.value)
+            })?;
+        self.remove_at(i)
+    }
+
     fn contains(&self, seed: &HashSeed, key: &K) -> bool {
         self.find(seed, key).0.is_some()
     }
@@ -458,9 +481,74 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
             .source(&owner)
             .ok_or(RegistrationError::SourceNotRegistered)?;
         self.target
-            .insert_new(&self.seed(), key, TargetEntry { slot, owner })
+            .insert_new(
+                &self.seed(),
+                key,
+                TargetEntry {
+                    slot,
+                    owner,
+                    group: false,
+                },
+            )
             .map_err(|()| RegistrationError::TableFull)?;
         Ok(slot)
+    }
+
+    /// Makes `owner` a member of the group under `group` (a multicast address, or the
+    /// broadcast domain's 255.255.255.255): Duplicate Found when it is one already.
+    /// Memberships share the target table's capacity (table-full when it is).
+    pub(crate) fn add_member(
+        &mut self,
+        group: IpAddr,
+        owner: SourceKey,
+    ) -> Result<SlotRef, RegistrationError> {
+        if self.members(&group).any(|e| e.owner == owner) {
+            return Err(RegistrationError::DuplicateFound);
+        }
+        let slot = self
+            .source(&owner)
+            .ok_or(RegistrationError::SourceNotRegistered)?;
+        self.target
+            .insert_new(
+                &self.seed(),
+                IpKey::from(&group),
+                TargetEntry {
+                    slot,
+                    owner,
+                    group: true,
+                },
+            )
+            .map_err(|()| RegistrationError::TableFull)?;
+        Ok(slot)
+    }
+
+    /// The member queue sets of `group`.
+    pub(crate) fn members(&self, group: &IpAddr) -> impl Iterator<Item = TargetEntry> + '_ {
+        let seed = self.seed();
+        let key = IpKey::from(group);
+        let hash = HashTable::<IpKey, TargetEntry, A, H>::hash(&seed, &key);
+        let home = hash as usize & (A - 1);
+        // Every entry under the key lies in the run from its home slot to the first
+        // empty slot (linear probing with backward-shift deletion keeps it so).
+        (0..A)
+            .map(move |k| &self.target.slots[(home + k) & (A - 1)])
+            .take_while(|e| e.used)
+            .filter(move |e| e.hash == hash && e.key == key && e.value.group)
+            .map(|e| e.value)
+    }
+
+    /// Ends `owner`'s membership of `group`.
+    pub(crate) fn remove_member(
+        &mut self,
+        group: &IpAddr,
+        owner: SourceKey,
+    ) -> Result<(), RegistrationError> {
+        self.target
+            .remove_one(&self.seed(), &IpKey::from(group), |e| {
+                e.group && e.owner == owner
+            })
+            .map(|_| ())
+            .ok_or(RegistrationError::NotFound)
     }
 
     /// The queue control of an issuer.
@@ -468,9 +556,12 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         self.source.get(&self.seed(), key)
     }
 
-    /// The queue control an IP address is delivered to.
+    /// The queue control a unicast IP address is delivered to (never a group's
+    /// member: a unicast frame to a group address is unreachable).
     pub(crate) fn target(&self, ip: &IpAddr) -> Option<TargetEntry> {
-        self.target.get(&self.seed(), &IpKey::from(ip))
+        self.target
+            .get(&self.seed(), &IpKey::from(ip))
+            .filter(|e| !e.group)
     }
 
     /// Whether `ip` is registered (by anyone).
@@ -492,7 +583,8 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
     ) -> Result<(), RegistrationError> {
         match self.target(ip) {
             Some(e) if e.owner == owner => {
-                self.target.remove(&self.seed(), &IpKey::from(ip));
+                self.target
+                    .remove_one(&self.seed(), &IpKey::from(ip), |e| !e.group);
                 Ok(())
             }
             _ => Err(RegistrationError::NotFound),

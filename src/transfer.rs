@@ -6,7 +6,8 @@ use core::net::IpAddr;
 
 use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal};
 use crate::qdio::{
-    Eflags, Fragment, HEADER_SIZE, HeaderError, L3Header, Mfs, Reason, SBALES_PER_SBAL, Sbale,
+    CastType, Eflags, Fragment, HEADER_SIZE, HeaderError, L3Header, Mfs, Reason, SBALES_PER_SBAL,
+    Sbale,
 };
 
 /// Why a buffer was refused, and at which element.
@@ -49,6 +50,8 @@ pub struct Outgoing {
     frames: heapless::Vec<FrameSpan, SBALES_PER_SBAL>,
     /// The next hop all frames name.
     pub dest: IpAddr,
+    /// The cast type all frames carry.
+    pub cast: CastType,
     /// Bytes in all frames, headers included.
     pub total: usize,
     /// Packet bytes in all frames (headers excluded).
@@ -71,6 +74,7 @@ impl Outgoing {
             elements: [None; SBALES_PER_SBAL],
             frames: heapless::Vec::new(),
             dest: IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED),
+            cast: CastType::Unicast,
             total: 0,
             payload: 0,
         }
@@ -88,17 +92,24 @@ pub fn parse_outgoing<M: GuestMemory>(
     mfs: Mfs,
 ) -> Result<Outgoing, Fault> {
     let mut out = Outgoing::empty();
-    parse_outgoing_into(sbal, memory, mfs, &mut out)?;
+    parse_outgoing_into(sbal, memory, mfs, false, &mut out)?;
     Ok(out)
 }
 
 /// The checks of `parse_outgoing`, into a caller's descriptor, which the send path
 /// keeps in place rather than moving a 1 KiB value around (16 frame spans with their
 /// checked headers). On an error `out` is unspecified.
+///
+/// `multicast_queue`: the buffer comes from the queue set's multicast queue, where
+/// every cast type is valid (Linux sends multicast, broadcast and anycast there,
+/// `qeth_l3_fill_header` in `drivers/s390/net/qeth_l3_main.c`); on any other queue
+/// only unicast is. A multicast frame must name a multicast next hop. All frames of
+/// one buffer share next hop and cast type (Linux bulks only such frames).
 pub fn parse_outgoing_into<M: GuestMemory>(
     sbal: &Sbal,
     memory: &M,
     mfs: Mfs,
+    multicast_queue: bool,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
     // Read each element once, up to the first LAST_ENTRY.
@@ -189,16 +200,21 @@ pub fn parse_outgoing_into<M: GuestMemory>(
             Fault::at(reason, first)
         })?;
         // Linux's qeth_l3_fill_header (qeth_l3_main.c) forces the unicast cast type on
-        // every unicast queue, so anything else here is a program that is not qeth's.
-        if header.cast != crate::qdio::CastType::Unicast {
+        // every unicast queue, so anything else there is a program that is not qeth's.
+        let cast_ok = match header.cast {
+            CastType::Unicast => true,
+            CastType::Multicast => multicast_queue && header.next_hop.is_multicast(),
+            CastType::Broadcast | CastType::Anycast => multicast_queue,
+        };
+        if !cast_ok {
             return Err(Fault::at(Reason::CastType, first));
         }
         if usize::from(header.length) + HEADER_SIZE != f.bytes {
             return Err(Fault::at(Reason::HeaderLength, first));
         }
         match dest {
-            None => dest = Some(header.next_hop),
-            Some(d) if d != header.next_hop => {
+            None => dest = Some((header.next_hop, header.cast)),
+            Some(d) if d != (header.next_hop, header.cast) => {
                 return Err(Fault::at(Reason::MixedDestinations, first));
             }
             Some(_) => {}
@@ -210,7 +226,7 @@ pub fn parse_outgoing_into<M: GuestMemory>(
     if total > mfs.bytes() {
         return Err(Fault::at(Reason::TooLarge, last));
     }
-    out.dest = dest.ok_or(Fault::at(Reason::FragmentOrder, last))?;
+    (out.dest, out.cast) = dest.ok_or(Fault::at(Reason::FragmentOrder, last))?;
     out.total = total;
     out.payload = payload;
     Ok(())

@@ -27,13 +27,21 @@ impl Platform for Zst {
 }
 
 /// One row: partitions (`L`), queue sets in all (`Q`), queue sets per partition
-/// (`S`), windows per partition (`W`), addresses (`A`), bytes.
-fn row<const Q: usize, const A: usize, const L: usize, const S: usize, const W: usize>(
+/// (`S`), windows per partition (`W`), addresses (`A`), output queues per queue set
+/// (`O`), bytes.
+fn row<
+    const Q: usize,
+    const A: usize,
+    const L: usize,
+    const S: usize,
+    const W: usize,
+    const O: usize,
+>(
     what: &str,
 ) -> (String, usize) {
-    let bytes = size_of::<Fabric<Zst, Q, A, L, S, Windows<W>>>();
+    let bytes = size_of::<Fabric<Zst, Q, A, L, S, Windows<W>, O>>();
     (
-        format!("| {what} | {L} | {Q} | {S} | {W} | {A} | {bytes} |"),
+        format!("| {what} | {L} | {Q} | {S} | {W} | {A} | {O} | {bytes} |"),
         bytes,
     )
 }
@@ -41,16 +49,17 @@ fn row<const Q: usize, const A: usize, const L: usize, const S: usize, const W: 
 #[test]
 fn sizes_of_typical_configurations() {
     let rows = [
-        row::<8, 16, 8, 1, 1>("8 partitions × 1 queue set"),
-        row::<8, 32, 8, 1, 1>("the hypervisor image (`hyp`)"),
-        row::<64, 4096, 64, 1, 1>("64 partitions × 1 queue set, 4096 addresses"),
-        row::<256, 4096, 64, 4, 4>("64 partitions × 4 queue sets, 4096 addresses"),
-        row::<256, 4096, 256, 1, 1>("256 partitions × 1 queue set, 4096 addresses"),
-        row::<64, 4096, 256, 16, 4>("the defaults (`Fabric<P>`)"),
+        row::<8, 16, 8, 1, 1, 4>("8 partitions × 1 queue set"),
+        row::<8, 32, 8, 1, 1, 4>("the hypervisor image (`hyp`)"),
+        row::<8, 16, 8, 1, 1, 1>("8 partitions × 1 queue set, one output queue"),
+        row::<64, 4096, 64, 1, 1, 4>("64 partitions × 1 queue set, 4096 addresses"),
+        row::<256, 4096, 64, 4, 4, 4>("64 partitions × 4 queue sets, 4096 addresses"),
+        row::<256, 4096, 256, 1, 1, 4>("256 partitions × 1 queue set, 4096 addresses"),
+        row::<64, 4096, 256, 16, 4, 4>("the defaults (`Fabric<P>`)"),
     ];
-    let header = "| configuration | partitions `L` | queue sets `Q` | per partition `S` | windows `W` | addresses `A` | bytes |";
+    let header = "| configuration | partitions `L` | queue sets `Q` | per partition `S` | windows `W` | addresses `A` | output queues `O` | bytes |";
     println!("{header}");
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (line, _) in &rows {
         println!("{line}");
     }

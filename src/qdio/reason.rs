@@ -138,7 +138,7 @@ impl Reason {
             Self::HeaderId => "header id is not layer 3",
             Self::HeaderLength => "header length disagrees with the elements",
             Self::AddressFamily => "IPv6 flag and next hop disagree",
-            Self::CastType => "cast type is not unicast",
+            Self::CastType => "cast type not valid on this queue",
             Self::ShortHeader => "first element shorter than the header",
             Self::MixedDestinations => "frames for several next hops in one SBAL",
         }
