@@ -13,6 +13,7 @@
 //!   GICD → vgic::Vgic::dist_*  → Outcome
 //!   GICR → vgic::Vgic::redist_*
 //!   UART → vpl011::Pl011::read/write → Line to print
+//!   NET  → virtio_net::VirtioNet::read/write → Effect (notify, live, reset, ...)
 //!   none → esr::external_abort
 //! ```
 //!
@@ -40,7 +41,15 @@
 //!    ICH_ELRSR_EL2 shows an LR freed ([`vgic::Vgic::lr_retired`] with its old value),
 //!    fill free LRs from [`vgic::Vgic::next_lr`] until it returns `None`. What does not
 //!    fit stays in the model's pending set.
-//! 6. **Console**: [`vpl011::Pl011::write`] hands out a [`vpl011::Line`] at each '\n' or
+//! 6. **Network** (not wired yet: it waits for layer-2 queue sets):
+//!    [`virtio_net::VirtioNet::write`] returns an [`virtio_net::Effect`]; on `Notify(Tx)`
+//!    the hypervisor pops transmit chains, [`virtio_net::VirtioNet::transmit`] names each
+//!    frame's guest buffers for an output SBAL, and the chain goes back with
+//!    `complete_transmit`; receive chains become input SBALs and come back with
+//!    `complete_receive` once the fabric filled them. Guest memory is reached only
+//!    through [`virtio_net::GuestMemory`], the window check; the module docs give the
+//!    SBAL mapping.
+//! 7. **Console**: [`vpl011::Pl011::write`] hands out a [`vpl011::Line`] at each '\n' or
 //!    when the buffer fills; the hypervisor prints it with the partition's prefix, and
 //!    [`vpl011::Pl011::flush`] at the guest's end prints what is left.
 //!
@@ -53,6 +62,13 @@
 //!   vCPU. Unknown offsets and accesses of a width the GIC does not allow read as zero
 //!   and ignore writes, counted in [`vgic::Ignored`].
 //! - [`vpl011`]: receiving, interrupts, 64-bit or misaligned accesses (RAZ/WI, counted).
+//! - [`virtio_net`]: every feature but VERSION_1, MAC, MTU and STATUS (no offloads, no
+//!   indirect descriptors, no EVENT_IDX, no packed rings); control registers other than
+//!   as aligned 32 bits (RAZ/WI, counted in [`virtio_net::Ignored`]). A ring that breaks a
+//!   rule (a descriptor loop, a buffer outside the window or wrapping, an index jump, a
+//!   ring moved while in use, a zero-length or wrong-direction buffer) is a
+//!   [`virtio_net::Violation`]: DEVICE_NEEDS_RESET, counted per kind, queues stopped.
+//!   Transmit headers asking for an offload are dropped and counted ([`virtio_net::TxDrop`]).
 //! - [`psci`]: every call but version, features, MIGRATE_INFO_TYPE, CPU_ON/AFFINITY_INFO
 //!   (the only vCPU is on, others do not exist), SYSTEM_OFF/RESET: NOT_SUPPORTED.
 //!
@@ -72,4 +88,5 @@
 pub mod esr;
 pub mod psci;
 pub mod vgic;
+pub mod virtio_net;
 pub mod vpl011;
