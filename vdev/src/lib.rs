@@ -62,8 +62,8 @@
 //!   vCPU. Unknown offsets and accesses of a width the GIC does not allow read as zero
 //!   and ignore writes, counted in [`vgic::Ignored`].
 //! - [`vpl011`]: receiving, interrupts, 64-bit or misaligned accesses (RAZ/WI, counted).
-//! - [`virtio_net`]: every feature but VERSION_1, MAC, MTU and STATUS (no offloads, no
-//!   indirect descriptors, no EVENT_IDX, no packed rings); control registers other than
+//! - [`virtio_net`]: every feature but VERSION_1, MAC, MTU, STATUS and EVENT_IDX (no
+//!   offloads, no indirect descriptors, no packed rings); control registers other than
 //!   as aligned 32 bits (RAZ/WI, counted in [`virtio_net::Ignored`]). A ring that breaks a
 //!   rule (a descriptor loop, a buffer outside the window or wrapping, an index jump, a
 //!   ring moved while in use, a zero-length or wrong-direction buffer) is a

@@ -187,6 +187,12 @@ impl Guest {
     /// virtio_dev_probe, virtnet_probe, init_vqs/vm_setup_vq, virtio_device_ready).
     /// Returns the MAC and MTU it read and the effect of DRIVER_OK.
     fn probe(&mut self) -> ([u8; 6], u16, Effect) {
+        self.probe_with(u64::MAX)
+    }
+
+    /// The probe with the driver's features limited to `mask` (a kernel without
+    /// EVENT_IDX support, say).
+    fn probe_with(&mut self, mask: u64) -> ([u8; 6], u16, Effect) {
         assert_eq!(self.r(MAGIC_VALUE), 0x7472_6976);
         assert_eq!(self.r(VERSION), 2);
         assert_eq!(self.r(DEVICE_ID), 1);
@@ -211,11 +217,12 @@ impl Guest {
             | (1 << 28)
             | (1 << 29)
             | F_VERSION_1;
-        let accepted = features & wanted;
         assert_eq!(
-            accepted, FEATURES,
+            features & wanted,
+            FEATURES,
             "only what the fabric honours is offered"
         );
+        let accepted = features & wanted & mask;
         // vm_finalize_features.
         self.w(DRIVER_FEATURES_SEL, 1);
         self.w(DRIVER_FEATURES, (accepted >> 32) as u32);
@@ -269,6 +276,14 @@ impl Guest {
         assert_eq!(self.w(QUEUE_NOTIFY, 0), Effect::Notify(Queue::Rx));
     }
 
+    /// virtqueue_enable_cb_prepare with EVENT_IDX: interrupt at the next used entry.
+    fn enable_cb(ram: &mut Ram, ring: &Ring) {
+        ram.put(
+            ring.avail + 4 + 2 * u64::from(QSIZE),
+            &ring.last_used.to_le_bytes(),
+        );
+    }
+
     /// The interrupt handler (vm_interrupt): read InterruptStatus, acknowledge it.
     fn interrupt(&mut self) -> u32 {
         let status = self.r(INTERRUPT_STATUS);
@@ -289,8 +304,8 @@ impl Guest {
         assert!(self.dev.interrupt_pending(), "config change interrupt");
         assert_eq!(self.interrupt(), INT_CONFIG);
         // The queues stay stopped: nothing is popped until a reset.
-        assert_eq!(self.dev.pop(Queue::Rx, &self.ram), Ok(None));
-        assert_eq!(self.dev.pop(Queue::Tx, &self.ram), Ok(None));
+        assert_eq!(self.dev.pop(Queue::Rx, &mut self.ram), Ok(None));
+        assert_eq!(self.dev.pop(Queue::Tx, &mut self.ram), Ok(None));
         assert_eq!(self.ram.escaped.get(), 0, "no access outside the window");
     }
 }
@@ -334,7 +349,7 @@ fn a_frame_crosses_from_one_guests_tx_ring_into_anothers_rx_ring() {
     b.fill_rx(4);
     // The hypervisor posts B's receive chains as input SBALs.
     let mut posted = Vec::new();
-    while let Some(chain) = b.dev.pop(Queue::Rx, &b.ram).unwrap() {
+    while let Some(chain) = b.dev.pop(Queue::Rx, &mut b.ram).unwrap() {
         let segs = VirtioNet::rx_segments(&chain);
         assert_eq!(segs.as_slice().len(), 1);
         assert_eq!(segs.bytes(), u64::from(MTU) + 14);
@@ -359,7 +374,7 @@ fn a_frame_crosses_from_one_guests_tx_ring_into_anothers_rx_ring() {
     );
     assert_eq!(a.w(QUEUE_NOTIFY, 1), Effect::Notify(Queue::Tx));
 
-    let chain = a.dev.pop(Queue::Tx, &a.ram).unwrap().unwrap();
+    let chain = a.dev.pop(Queue::Tx, &mut a.ram).unwrap().unwrap();
     assert_eq!((chain.head(), chain.descriptors()), (head, 2));
     let tx = a.dev.transmit(&chain, &a.ram).unwrap();
     assert_eq!(tx.len, frame.len() as u64);
@@ -415,7 +430,7 @@ fn big_packet_receive_chains_fill_fifteen_elements_after_the_header() {
     let mut bufs = vec![(page, 12), (page + 16, 4096 - 16)];
     bufs.extend((1..=14).map(|k| (page + k * 4096, 4096)));
     g.rx.add(&mut g.ram, &bufs, DESC_F_WRITE);
-    let chain = g.dev.pop(Queue::Rx, &g.ram).unwrap().unwrap();
+    let chain = g.dev.pop(Queue::Rx, &mut g.ram).unwrap().unwrap();
     assert!(chain.is_whole());
     let segs = VirtioNet::rx_segments(&chain);
     assert_eq!(segs.as_slice().len(), MAX_FRAME_SEGMENTS);
@@ -430,21 +445,104 @@ fn big_packet_receive_chains_fill_fifteen_elements_after_the_header() {
 }
 
 #[test]
-fn no_interrupt_flag_suppresses_the_used_buffer_interrupt() {
-    let mut g = Guest::live();
+fn without_event_idx_the_no_interrupt_flag_suppresses_the_interrupt() {
+    let mut g = Guest::new(MAC_A);
+    g.probe_with(!F_EVENT_IDX);
+    assert_eq!(g.dev.driver_features(), FEATURES & !F_EVENT_IDX);
     // virtqueue_disable_cb: avail->flags = VRING_AVAIL_F_NO_INTERRUPT.
     g.ram.put(g.tx.avail, &AVAIL_F_NO_INTERRUPT.to_le_bytes());
     let at = BASE + 0x8_0000;
     g.ram.put(at, &[0; 12 + 60]);
-    g.tx.add(&mut g.ram, &[(at, 72)], 0);
-    let chain = g.dev.pop(Queue::Tx, &g.ram).unwrap().unwrap();
-    assert_eq!(g.dev.transmit(&chain, &g.ram).map(|f| f.len), Ok(60));
-    assert_eq!(
-        g.dev.complete_transmit(chain, &mut g.ram),
-        Ok(Completion::Suppressed)
+    for want in [Completion::Suppressed, Completion::Interrupt] {
+        g.tx.add(&mut g.ram, &[(at, 72)], 0);
+        let chain = g.dev.pop(Queue::Tx, &mut g.ram).unwrap().unwrap();
+        assert_eq!(g.dev.transmit(&chain, &g.ram).map(|f| f.len), Ok(60));
+        assert_eq!(g.dev.complete_transmit(chain, &mut g.ram), Ok(want));
+        assert_eq!(g.dev.interrupt_pending(), want == Completion::Interrupt);
+        assert!(g.tx.get_used(&g.ram).is_some(), "published either way");
+        // virtqueue_enable_cb: flags back to 0.
+        g.ram.put(g.tx.avail, &0u16.to_le_bytes());
+    }
+    // No EVENT_IDX: the device never writes avail_event.
+    assert_eq!(g.dev.pop(Queue::Tx, &mut g.ram), Ok(None));
+    assert_eq!(g.ram.u16_at(g.tx.used + 4 + 8 * u64::from(QSIZE)), 0);
+}
+
+#[test]
+fn with_event_idx_used_event_picks_the_interrupting_entry_and_flags_are_ignored() {
+    let mut g = Guest::live();
+    assert_ne!(
+        g.dev.driver_features() & F_EVENT_IDX,
+        0,
+        "Linux takes EVENT_IDX"
     );
-    assert!(!g.dev.interrupt_pending());
-    assert!(g.tx.get_used(&g.ram).is_some(), "still published");
+    g.fill_rx(4);
+    // Interrupt when the used index passes 2 (the third buffer); NO_INTERRUPT is set
+    // too and must not matter (§2.7.7.2).
+    g.ram
+        .put(g.rx.avail + 4 + 2 * u64::from(QSIZE), &2u16.to_le_bytes());
+    g.ram.put(g.rx.avail, &AVAIL_F_NO_INTERRUPT.to_le_bytes());
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let chain = g.dev.pop(Queue::Rx, &mut g.ram).unwrap().unwrap();
+        got.push(g.dev.complete_receive(chain, 60, &mut g.ram).unwrap());
+    }
+    use Completion::{Interrupt as I, Suppressed as S};
+    assert_eq!(got, [S, S, I, S]);
+    assert_eq!(g.interrupt(), INT_VRING);
+    // used_event left behind: no interrupt until the driver re-arms it
+    // (virtqueue_enable_cb_prepare), as vring_need_event says.
+    g.fill_rx(1);
+    let chain = g.dev.pop(Queue::Rx, &mut g.ram).unwrap().unwrap();
+    assert_eq!(g.dev.complete_receive(chain, 60, &mut g.ram), Ok(S));
+    while g.rx.get_used(&g.ram).is_some() {}
+    Guest::enable_cb(&mut g.ram, &g.rx);
+    g.fill_rx(1);
+    let chain = g.dev.pop(Queue::Rx, &mut g.ram).unwrap().unwrap();
+    assert_eq!(g.dev.complete_receive(chain, 60, &mut g.ram), Ok(I));
+}
+
+#[test]
+fn with_event_idx_an_empty_pop_asks_for_the_next_notification() {
+    let mut g = Guest::live();
+    let avail_event = g.tx.used + 4 + 8 * u64::from(QSIZE);
+    let at = BASE + 0x8_0000;
+    g.ram.put(at, &[0; 72]);
+    for _ in 0..3 {
+        g.tx.add(&mut g.ram, &[(at, 72)], 0);
+    }
+    for _ in 0..3 {
+        assert!(g.dev.pop(Queue::Tx, &mut g.ram).unwrap().is_some());
+        assert_eq!(
+            g.ram.u16_at(avail_event),
+            0,
+            "not written while buffers remain"
+        );
+    }
+    assert_eq!(g.dev.pop(Queue::Tx, &mut g.ram), Ok(None));
+    assert_eq!(
+        g.ram.u16_at(avail_event),
+        3,
+        "kick me when entry 3 is added"
+    );
+    // virtqueue_kick_prepare: vring_need_event(avail_event, new, old).
+    let need_event = |event: u16, new: u16, old: u16| {
+        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+    };
+    let old = g.tx.avail_idx;
+    g.tx.add(&mut g.ram, &[(at, 72)], 0);
+    assert!(need_event(g.ram.u16_at(avail_event), g.tx.avail_idx, old));
+    let old = g.tx.avail_idx;
+    g.tx.add(&mut g.ram, &[(at, 72)], 0);
+    assert!(
+        !need_event(g.ram.u16_at(avail_event), g.tx.avail_idx, old),
+        "no second kick before the device looked"
+    );
+    assert!(g.dev.pop(Queue::Tx, &mut g.ram).unwrap().is_some());
+    assert!(g.dev.pop(Queue::Tx, &mut g.ram).unwrap().is_some());
+    assert_eq!(g.dev.pop(Queue::Tx, &mut g.ram), Ok(None));
+    assert_eq!(g.ram.u16_at(avail_event), 5);
+    assert_eq!(g.ram.escaped.get(), 0);
 }
 
 #[test]
@@ -461,12 +559,15 @@ fn transmit_headers_asking_for_offloads_and_bad_sizes_are_dropped_and_counted() 
         g.ram.put(at, &[0; 12]);
         g.ram.put(at, hdr);
         g.tx.add(&mut g.ram, &[(at, 12 + frame_len)], 0);
-        let chain = g.dev.pop(Queue::Tx, &g.ram).unwrap().unwrap();
+        let chain = g.dev.pop(Queue::Tx, &mut g.ram).unwrap().unwrap();
         assert_eq!(g.dev.transmit(&chain, &g.ram), Err(want));
         assert_eq!(
             g.dev.complete_transmit(chain, &mut g.ram),
             Ok(Completion::Interrupt)
         );
+        // Linux's free_old_xmit, then callbacks on again.
+        assert!(g.tx.get_used(&g.ram).is_some());
+        Guest::enable_cb(&mut g.ram, &g.tx);
     }
     let c = g.dev.counters();
     assert_eq!(
@@ -475,7 +576,7 @@ fn transmit_headers_asking_for_offloads_and_bad_sizes_are_dropped_and_counted() 
     );
     // The largest frame that fits (MTU plus a tagged Ethernet header) goes.
     g.tx.add(&mut g.ram, &[(at, 12 + u32::from(MTU) + 18)], 0);
-    let chain = g.dev.pop(Queue::Tx, &g.ram).unwrap().unwrap();
+    let chain = g.dev.pop(Queue::Tx, &mut g.ram).unwrap().unwrap();
     assert!(g.dev.transmit(&chain, &g.ram).is_ok());
     assert_eq!(
         g.dev.violations().total(),
@@ -488,7 +589,7 @@ fn transmit_headers_asking_for_offloads_and_bad_sizes_are_dropped_and_counted() 
 fn chains_held_across_a_reset_complete_stale_and_write_nothing() {
     let mut g = Guest::live();
     g.fill_rx(1);
-    let chain = g.dev.pop(Queue::Rx, &g.ram).unwrap().unwrap();
+    let chain = g.dev.pop(Queue::Rx, &mut g.ram).unwrap().unwrap();
     let used_idx = g.ram.u16_at(g.rx.used + 2);
     assert_eq!(g.w(STATUS, 0), Effect::Reset);
     let before = g.ram.bytes.clone();
@@ -510,7 +611,10 @@ fn a_descriptor_loop_ends_within_the_queue_size() {
     Ring::set_desc(&mut g.ram, &g.tx, 1, at, 64, DESC_F_NEXT, 0);
     g.tx.publish(&mut g.ram, 0);
     let before = g.ram.accesses.get();
-    assert_eq!(g.dev.pop(Queue::Tx, &g.ram), Err(Violation::DescriptorLoop));
+    assert_eq!(
+        g.dev.pop(Queue::Tx, &mut g.ram),
+        Err(Violation::DescriptorLoop)
+    );
     // Two index reads and one read per descriptor visited: bounded by the size.
     assert!(g.ram.accesses.get() - before <= u64::from(QSIZE) + 2);
     g.assert_refused(Violation::DescriptorLoop);
@@ -523,7 +627,7 @@ fn a_buffer_outside_the_window_is_refused() {
         let mut h = Guest::live();
         h.tx.add(&mut h.ram, &[(addr, 64)], 0);
         assert_eq!(
-            h.dev.pop(Queue::Tx, &h.ram),
+            h.dev.pop(Queue::Tx, &mut h.ram),
             Err(Violation::BufferOutsideWindow),
             "{addr:#x}"
         );
@@ -536,7 +640,7 @@ fn a_buffer_outside_the_window_is_refused() {
         0,
     );
     assert_eq!(
-        g.dev.pop(Queue::Tx, &g.ram),
+        g.dev.pop(Queue::Tx, &mut g.ram),
         Err(Violation::BufferOutsideWindow)
     );
     g.assert_refused(Violation::BufferOutsideWindow);
@@ -546,7 +650,10 @@ fn a_buffer_outside_the_window_is_refused() {
 fn a_wrapped_length_is_refused() {
     let mut g = Guest::live();
     g.tx.add(&mut g.ram, &[(u64::MAX - 0x10, 0x1000)], 0);
-    assert_eq!(g.dev.pop(Queue::Tx, &g.ram), Err(Violation::WrappedBuffer));
+    assert_eq!(
+        g.dev.pop(Queue::Tx, &mut g.ram),
+        Err(Violation::WrappedBuffer)
+    );
     g.assert_refused(Violation::WrappedBuffer);
 }
 
@@ -554,7 +661,7 @@ fn a_wrapped_length_is_refused() {
 fn an_index_jump_beyond_the_size_is_refused() {
     let mut g = Guest::live();
     g.ram.put(g.rx.avail + 2, &(QSIZE + 1).to_le_bytes());
-    assert_eq!(g.dev.pop(Queue::Rx, &g.ram), Err(Violation::IndexJump));
+    assert_eq!(g.dev.pop(Queue::Rx, &mut g.ram), Err(Violation::IndexJump));
     g.assert_refused(Violation::IndexJump);
 }
 
@@ -562,7 +669,10 @@ fn an_index_jump_beyond_the_size_is_refused() {
 fn heads_and_nexts_beyond_the_table_are_refused() {
     let mut g = Guest::live();
     g.tx.publish(&mut g.ram, QSIZE);
-    assert_eq!(g.dev.pop(Queue::Tx, &g.ram), Err(Violation::HeadOutOfRange));
+    assert_eq!(
+        g.dev.pop(Queue::Tx, &mut g.ram),
+        Err(Violation::HeadOutOfRange)
+    );
     g.assert_refused(Violation::HeadOutOfRange);
 
     let mut g = Guest::live();
@@ -576,7 +686,10 @@ fn heads_and_nexts_beyond_the_table_are_refused() {
         0xFFFF,
     );
     g.tx.publish(&mut g.ram, 0);
-    assert_eq!(g.dev.pop(Queue::Tx, &g.ram), Err(Violation::NextOutOfRange));
+    assert_eq!(
+        g.dev.pop(Queue::Tx, &mut g.ram),
+        Err(Violation::NextOutOfRange)
+    );
     g.assert_refused(Violation::NextOutOfRange);
 }
 
@@ -584,7 +697,7 @@ fn heads_and_nexts_beyond_the_table_are_refused() {
 fn zero_length_and_short_chains_are_refused() {
     let mut g = Guest::live();
     g.rx.add(&mut g.ram, &[(BASE + 0x8_0000, 0)], DESC_F_WRITE);
-    assert_eq!(g.dev.pop(Queue::Rx, &g.ram), Err(Violation::ZeroLength));
+    assert_eq!(g.dev.pop(Queue::Rx, &mut g.ram), Err(Violation::ZeroLength));
     g.assert_refused(Violation::ZeroLength);
 
     let mut g = Guest::live();
@@ -593,7 +706,7 @@ fn zero_length_and_short_chains_are_refused() {
         &[(BASE + 0x8_0000, 4), (BASE + 0x9_0000, 4)],
         DESC_F_WRITE,
     );
-    assert_eq!(g.dev.pop(Queue::Rx, &g.ram), Err(Violation::ShortChain));
+    assert_eq!(g.dev.pop(Queue::Rx, &mut g.ram), Err(Violation::ShortChain));
     g.assert_refused(Violation::ShortChain);
 }
 
@@ -602,7 +715,10 @@ fn buffers_of_the_wrong_direction_are_refused() {
     // A device-readable (read-only) buffer posted for receive: the device would write it.
     let mut g = Guest::live();
     g.rx.add(&mut g.ram, &[(BASE + 0x8_0000, 1600)], 0);
-    assert_eq!(g.dev.pop(Queue::Rx, &g.ram), Err(Violation::WrongDirection));
+    assert_eq!(
+        g.dev.pop(Queue::Rx, &mut g.ram),
+        Err(Violation::WrongDirection)
+    );
     g.assert_refused(Violation::WrongDirection);
     assert_eq!(g.ram.get(BASE + 0x8_0000, 12), [0; 12], "nothing written");
 
@@ -613,7 +729,10 @@ fn buffers_of_the_wrong_direction_are_refused() {
         &[(BASE + 0x8_0000, 12), (BASE + 0x8_1000, 64)],
         DESC_F_WRITE,
     );
-    assert_eq!(g.dev.pop(Queue::Tx, &g.ram), Err(Violation::WrongDirection));
+    assert_eq!(
+        g.dev.pop(Queue::Tx, &mut g.ram),
+        Err(Violation::WrongDirection)
+    );
     g.assert_refused(Violation::WrongDirection);
 }
 
@@ -621,7 +740,7 @@ fn buffers_of_the_wrong_direction_are_refused() {
 fn indirect_descriptors_are_refused_since_not_offered() {
     let mut g = Guest::live();
     g.tx.add(&mut g.ram, &[(BASE + 0x8_0000, 64)], DESC_F_INDIRECT);
-    assert_eq!(g.dev.pop(Queue::Tx, &g.ram), Err(Violation::Indirect));
+    assert_eq!(g.dev.pop(Queue::Tx, &mut g.ram), Err(Violation::Indirect));
     g.assert_refused(Violation::Indirect);
 }
 
@@ -640,7 +759,7 @@ fn a_ring_moved_while_in_use_is_refused() {
     // device reset.
     let mut g = Guest::live();
     g.fill_rx(2);
-    let held = g.dev.pop(Queue::Rx, &g.ram).unwrap().unwrap();
+    let held = g.dev.pop(Queue::Rx, &mut g.ram).unwrap().unwrap();
     g.w(QUEUE_SEL, 0);
     assert_eq!(g.w(QUEUE_READY, 0), Effect::QueueStopped(Queue::Rx));
     assert_eq!(
@@ -705,14 +824,14 @@ fn bad_queue_setups_are_refused_at_queue_ready() {
 fn a_reset_after_a_violation_makes_the_device_usable_again() {
     let mut g = Guest::live();
     g.tx.add(&mut g.ram, &[(u64::MAX - 0x10, 0x1000)], 0);
-    assert!(g.dev.pop(Queue::Tx, &g.ram).is_err());
+    assert!(g.dev.pop(Queue::Tx, &mut g.ram).is_err());
     g.rx = Ring::at(BASE + 0x1_0000);
     g.tx = Ring::at(BASE + 0x2_0000);
     g.ram.bytes.fill(0);
     assert_eq!(g.probe().2, Effect::Live);
     assert_eq!(g.r(STATUS) & S_DEVICE_NEEDS_RESET, 0);
     g.fill_rx(1);
-    assert!(g.dev.pop(Queue::Rx, &g.ram).unwrap().is_some());
+    assert!(g.dev.pop(Queue::Rx, &mut g.ram).unwrap().is_some());
     assert_eq!(g.dev.violations().total(), 1, "counters outlive the reset");
 }
 
@@ -779,7 +898,7 @@ fn random_rings_never_escape_the_window() {
         g.ram.put(g.tx.avail + 2, &avail_tx.to_le_bytes());
         for queue in [Queue::Rx, Queue::Tx] {
             for _ in 0..=QSIZE {
-                match g.dev.pop(queue, &g.ram) {
+                match g.dev.pop(queue, &mut g.ram) {
                     Ok(Some(chain)) => {
                         chains += 1;
                         for s in chain.segments().as_slice() {

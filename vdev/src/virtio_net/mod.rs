@@ -4,10 +4,12 @@
 //! [`VirtioNet::write`], and guest memory through the window-checked [`GuestMemory`].
 //!
 //! **Offered features**: `VIRTIO_F_VERSION_1` (32), `VIRTIO_NET_F_MAC` (5),
-//! `VIRTIO_NET_F_MTU` (3), `VIRTIO_NET_F_STATUS` (16). Nothing the fabric cannot honour:
+//! `VIRTIO_NET_F_MTU` (3), `VIRTIO_NET_F_STATUS` (16), and the ring feature
+//! `VIRTIO_F_EVENT_IDX` (29: the driver notifies only when the device asked, and takes an
+//! interrupt only at the entry it names, which cuts traps on both paths; without it,
+//! `VIRTQ_AVAIL_F_NO_INTERRUPT` suppresses interrupts). Nothing the fabric cannot honour:
 //! no checksum or segmentation offloads (CSUM, GUEST_CSUM, TSO/UFO), no mergeable
-//! receive buffers, no control queue, no multiqueue, no indirect descriptors, no
-//! EVENT_IDX (interrupt suppression is the available ring's `VIRTQ_AVAIL_F_NO_INTERRUPT`).
+//! receive buffers, no control queue, no multiqueue, no indirect descriptors.
 //! FEATURES_OK is refused unless the driver accepted VERSION_1 (§6.1: a device MAY
 //! refuse to work without it; virtio-mmio version 2 is the modern interface) and no
 //! feature beyond the offer.
@@ -44,7 +46,8 @@
 //! one copy per frame, between SBALEs that point at the guests' virtio buffers.
 //!
 //! - **Transmit**: QueueNotify(1) → [`Effect::Notify`]`(`[`Queue::Tx`]`)`. The hypervisor
-//!   loops [`VirtioNet::pop`]`(Tx)`; for each chain [`VirtioNet::transmit`] reads and
+//!   loops [`VirtioNet::pop`]`(Tx)` until `None` (with EVENT_IDX that empty pop is what
+//!   asks the driver for its next notification); for each chain [`VirtioNet::transmit`] reads and
 //!   checks the 12-byte `virtio_net_hdr_v1` and gives the frame's [`Segments`] (the
 //!   header stripped: a segment of exactly 12 bytes disappears, a longer first one starts
 //!   12 bytes later). The output SBAL is then element 0: the 32-byte `qeth_hdr_layer2`
@@ -56,7 +59,9 @@
 //!   [`VirtioNet::complete_transmit`] returns the chain (used length 0: nothing written)
 //!   and raises the interrupt if the driver wants it.
 //! - **Receive**: the driver's posted chains ([`VirtioNet::pop`]`(Rx)` after
-//!   QueueNotify(0) and at DRIVER_OK) become input SBALs: element 0 the 32-byte header
+//!   QueueNotify(0), at DRIVER_OK, and whenever the hypervisor has input buffers to
+//!   prime again: no notification is needed to take what is already available) become
+//!   input SBALs: element 0 the 32-byte header
 //!   slot, elements 1.. the chain's [`VirtioNet::rx_segments`] (its buffers after the 12
 //!   bytes kept for the virtio-net header), then the buffer is primed. When the fabric
 //!   has delivered a frame into it, [`VirtioNet::complete_receive`] writes the header
@@ -149,10 +154,12 @@ pub const F_MTU: u64 = 1 << 3;
 pub const F_MAC: u64 = 1 << 5;
 /// `VIRTIO_NET_F_STATUS`: `status` in config space is valid.
 pub const F_STATUS: u64 = 1 << 16;
+/// `VIRTIO_F_EVENT_IDX`: `used_event` and `avail_event` suppress notifications.
+pub const F_EVENT_IDX: u64 = 1 << 29;
 /// `VIRTIO_F_VERSION_1`: the modern interface.
 pub const F_VERSION_1: u64 = 1 << 32;
 /// Every feature offered.
-pub const FEATURES: u64 = F_VERSION_1 | F_MAC | F_MTU | F_STATUS;
+pub const FEATURES: u64 = F_VERSION_1 | F_EVENT_IDX | F_MAC | F_MTU | F_STATUS;
 
 /// Device status: the guest found the device.
 pub const S_ACKNOWLEDGE: u32 = 1;
@@ -600,7 +607,8 @@ impl VirtioNet {
                 }
                 self.epoch = self.epoch.wrapping_add(1);
                 let epoch = self.epoch;
-                self.queues[queue.index()].start(epoch);
+                let event_idx = self.driver_features & F_EVENT_IDX != 0;
+                self.queues[queue.index()].start(epoch, event_idx);
                 Effect::None
             }
         }
@@ -672,13 +680,14 @@ impl VirtioNet {
     }
 
     /// The next chain the driver made available on `queue`, every descriptor checked:
-    /// `Ok(None)` when there is none or the device or queue is not live. A violation
+    /// `Ok(None)` when there is none or the device or queue is not live. Memory is
+    /// written only with EVENT_IDX: `avail_event` when the ring is found empty. A violation
     /// sets DEVICE_NEEDS_RESET and is returned (the hypervisor raises the interrupt if
     /// [`VirtioNet::interrupt_pending`]).
     pub fn pop<M: GuestMemory + ?Sized>(
         &mut self,
         queue: Queue,
-        mem: &M,
+        mem: &mut M,
     ) -> Result<Option<Chain>, Violation> {
         let q = &mut self.queues[queue.index()];
         if !(self.status & S_DRIVER_OK != 0
@@ -848,7 +857,10 @@ mod tests {
         assert_eq!(d.read(MAGIC_VALUE, 4), 0x7472_6976);
         assert_eq!(d.read(VERSION, 4), 2);
         assert_eq!(d.read(DEVICE_ID, 4), 1);
-        assert_eq!(d.read(DEVICE_FEATURES, 4), (1 << 3) | (1 << 5) | (1 << 16));
+        assert_eq!(
+            d.read(DEVICE_FEATURES, 4),
+            (1 << 3) | (1 << 5) | (1 << 16) | (1 << 29)
+        );
         w(&mut d, DEVICE_FEATURES_SEL, 1);
         assert_eq!(d.read(DEVICE_FEATURES, 4), 1, "VERSION_1 is bit 32");
         w(&mut d, DEVICE_FEATURES_SEL, 2);

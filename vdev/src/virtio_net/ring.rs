@@ -356,7 +356,8 @@ impl Chain {
 pub enum Completion {
     /// Written; the driver wants an interrupt (InterruptStatus bit 0 is now set).
     Interrupt,
-    /// Written; the driver set `VIRTQ_AVAIL_F_NO_INTERRUPT`.
+    /// Written; the driver set `VIRTQ_AVAIL_F_NO_INTERRUPT`, or (with EVENT_IDX) its
+    /// `used_event` is not the entry just written.
     Suppressed,
     /// Not written: the chain is from before a reset, a stop or a violation (its queue
     /// is no longer the one it came from), or the device is not live.
@@ -379,6 +380,8 @@ pub struct Virtqueue {
     last_avail: u16,
     used_idx: u16,
     pub(crate) epoch: u32,
+    /// `VIRTIO_F_EVENT_IDX` negotiated: `used_event`/`avail_event` instead of the flags.
+    event_idx: bool,
 }
 
 impl Virtqueue {
@@ -394,6 +397,7 @@ impl Virtqueue {
             last_avail: 0,
             used_idx: 0,
             epoch,
+            event_idx: false,
         }
     }
 
@@ -428,31 +432,49 @@ impl Virtqueue {
     }
 
     /// Starts the queue with fresh indices (QueueReady = 1 after the checks).
-    pub(crate) fn start(&mut self, epoch: u32) {
+    pub(crate) fn start(&mut self, epoch: u32, event_idx: bool) {
         self.ready = true;
+        self.event_idx = event_idx;
         self.used_before = true;
         self.last_avail = 0;
         self.used_idx = 0;
         self.epoch = epoch;
     }
 
-    /// Takes the next available chain, if any. `writable` is the direction every
-    /// descriptor of this queue must have; `min_bytes` the least a chain must hold.
-    pub(crate) fn pop<M: GuestMemory + ?Sized>(
-        &mut self,
-        queue: Queue,
-        writable: bool,
-        min_bytes: u64,
-        mem: &M,
-    ) -> Result<Option<Chain>, Violation> {
-        let size = self.size;
+    /// Buffers the driver made available that the device has not taken.
+    fn pending<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<u16, Violation> {
         let avail_idx = mem
             .read_u16(self.driver + 2)
             .map_err(|_| Violation::MemoryFault)?;
         // §2.7.13.2 (and Linux's `virtio_rmb` in virtqueue_get_buf's counterpart): the
         // ring entries are read after the index that published them.
         fence(Ordering::Acquire);
-        let pending = avail_idx.wrapping_sub(self.last_avail);
+        Ok(avail_idx.wrapping_sub(self.last_avail))
+    }
+
+    /// Takes the next available chain, if any. With EVENT_IDX, a pop that finds the ring
+    /// empty asks for the next notification: after a notification, pop until `None`. `writable` is the direction every
+    /// descriptor of this queue must have; `min_bytes` the least a chain must hold.
+    pub(crate) fn pop<M: GuestMemory + ?Sized>(
+        &mut self,
+        queue: Queue,
+        writable: bool,
+        min_bytes: u64,
+        mem: &mut M,
+    ) -> Result<Option<Chain>, Violation> {
+        let size = self.size;
+        let mut pending = self.pending(mem)?;
+        if pending == 0 && self.event_idx {
+            // §2.7.10: ask for a notification when the driver adds the next buffer
+            // (avail_event = the next index the device will read), then look again: a
+            // buffer added before the driver could see avail_event sent no notification
+            // (Linux's virtqueue_kick_prepare reads avail_event after publishing, behind
+            // `virtio_mb`, drivers/virtio/virtio_ring.c).
+            mem.write_u16(self.device + 4 + 8 * u64::from(size), self.last_avail)
+                .map_err(|_| Violation::MemoryFault)?;
+            fence(Ordering::SeqCst);
+            pending = self.pending(mem)?;
+        }
         if pending == 0 {
             return Ok(None);
         }
@@ -559,15 +581,26 @@ impl Virtqueue {
         // its flags store before re-reading the used index (`virtio_mb`): otherwise a
         // driver that just re-enabled interrupts could miss this buffer.
         fence(Ordering::SeqCst);
-        let flags = mem
-            .read_u16(self.driver)
-            .map_err(|_| Violation::MemoryFault)?;
+        let wanted = if self.event_idx {
+            // §2.7.10: notify when the index passes used_event; deciding at every entry,
+            // the old index is one less (vring_need_event(event, new, new - 1)). The
+            // flags' low bit is ignored then (§2.7.7.2).
+            let used_event = mem
+                .read_u16(self.driver + 4 + 2 * u64::from(size))
+                .map_err(|_| Violation::MemoryFault)?;
+            self.used_idx.wrapping_sub(used_event).wrapping_sub(1) == 0
+        } else {
+            let flags = mem
+                .read_u16(self.driver)
+                .map_err(|_| Violation::MemoryFault)?;
+            flags & AVAIL_F_NO_INTERRUPT == 0
+        };
         Ok(if overrun {
             Completion::Overrun
-        } else if flags & AVAIL_F_NO_INTERRUPT != 0 {
-            Completion::Suppressed
-        } else {
+        } else if wanted {
             Completion::Interrupt
+        } else {
+            Completion::Suppressed
         })
     }
 }
