@@ -47,23 +47,23 @@
 //!
 //! - **Transmit**: QueueNotify(1) → [`Effect::Notify`]`(`[`Queue::Tx`]`)`. The hypervisor
 //!   loops [`VirtioNet::pop`]`(Tx)` until `None` (with EVENT_IDX that empty pop is what
-//!   asks the driver for its next notification); for each chain [`VirtioNet::transmit`] reads and
-//!   checks the 12-byte `virtio_net_hdr_v1` and gives the frame's [`Segments`] (the
-//!   header stripped: a segment of exactly 12 bytes disappears, a longer first one starts
-//!   12 bytes later). The output SBAL is then element 0: the 32-byte `qeth_hdr_layer2`
-//!   the hypervisor writes into a per-device header slot (a second window of the guest's
-//!   partition, hypervisor memory outside the guest's stage 2), elements 1..=n: the
-//!   frame segments, at most [`MAX_FRAME_SEGMENTS`] (15: one SBAL less its header
-//!   element). The SIGA the hypervisor issues for the guest (its LPAR id and
+//!   asks the driver for its next notification); for each chain
+//!   [`VirtioNet::transmit`] reads and checks the 12-byte `virtio_net_hdr_v1` and gives
+//!   the frame's [`Segments`] (the header stripped: a segment of exactly 12 bytes
+//!   disappears, a longer first one starts 12 bytes later). The output SBAL is then
+//!   element 0: the 32-byte `qeth_hdr_layer2` the hypervisor writes into a per-device
+//!   header slot (a second window of the guest's partition, hypervisor memory outside
+//!   the guest's stage 2), elements 1..=n: the frame segments, at most
+//!   [`MAX_FRAME_SEGMENTS`] (15: one SBAL less its header element). The SIGA the hypervisor issues for the guest (its LPAR id and
 //!   subchannel) copies the frame once, into the receiver's buffer; then
 //!   [`VirtioNet::complete_transmit`] returns the chain (used length 0: nothing written)
 //!   and raises the interrupt if the driver wants it.
 //! - **Receive**: the driver's posted chains ([`VirtioNet::pop`]`(Rx)` after
 //!   QueueNotify(0), at DRIVER_OK, and whenever the hypervisor has input buffers to
 //!   prime again: no notification is needed to take what is already available) become
-//!   input SBALs: element 0 the 32-byte header
-//!   slot, elements 1.. the chain's [`VirtioNet::rx_segments`] (its buffers after the 12
-//!   bytes kept for the virtio-net header), then the buffer is primed. When the fabric
+//!   input SBALs: element 0 the 32-byte header slot, elements 1.. the chain's
+//!   [`VirtioNet::rx_segments`] (its buffers after the 12 bytes kept for the virtio-net
+//!   header), then the buffer is primed. When the fabric
 //!   has delivered a frame into it, [`VirtioNet::complete_receive`] writes the header
 //!   (zeros, `num_buffers` 1) and publishes `12 + frame length` in the used ring.
 //!   Linux's small receive buffers (MTU 1500) are one descriptor; with a larger MTU it
@@ -78,6 +78,11 @@
 //!   [`VirtioNet::interrupt_pending`] turns true (a completion that wants it, a config
 //!   change, a violation after DRIVER_OK); the driver's handler reads InterruptStatus and
 //!   writes InterruptACK (`vm_interrupt`, `drivers/virtio/virtio_mmio.c`).
+//! - **Locking**: a [`VirtioNet`] is one guest's device state, touched by that guest's
+//!   MMIO traps and by deliveries other partitions' SIGAs make; the hypervisor keeps it
+//!   under one lock per guest. Guest memory is shared with the running guest: that is
+//!   what the fences in the ring code and [`GuestMemory`]'s single 16-bit accesses are
+//!   for.
 
 mod ring;
 

@@ -452,9 +452,10 @@ impl Virtqueue {
         Ok(avail_idx.wrapping_sub(self.last_avail))
     }
 
-    /// Takes the next available chain, if any. With EVENT_IDX, a pop that finds the ring
-    /// empty asks for the next notification: after a notification, pop until `None`. `writable` is the direction every
-    /// descriptor of this queue must have; `min_bytes` the least a chain must hold.
+    /// Takes the next available chain, if any. `writable` is the direction every
+    /// descriptor of this queue must have; `min_bytes` the least a chain must hold. With
+    /// EVENT_IDX, a pop that finds the ring empty asks for the next notification: after
+    /// a notification, pop until `None`.
     pub(crate) fn pop<M: GuestMemory + ?Sized>(
         &mut self,
         queue: Queue,
