@@ -115,7 +115,122 @@ pub fn parse_outgoing<M: GuestMemory>(
 /// `qeth_l3_fill_header` in `drivers/s390/net/qeth_l3_main.c`); on any other queue
 /// only unicast is. A multicast frame must name a multicast next hop. All frames of
 /// one buffer share next hop and cast type (Linux bulks only such frames).
+///
+/// A buffer of one frame in one or two elements, the common small send, takes the
+/// fast path ([`parse_small`]); anything else, and any buffer the fast path does not
+/// accept whole, the general one ([`parse_general`]), which also finds the precise
+/// fault. Both make the same checks: the results are the same for the same SBAL.
+#[inline]
 pub fn parse_outgoing_into<M: GuestMemory>(
+    sbal: &Sbal,
+    memory: &M,
+    mfs: Mfs,
+    multicast_queue: bool,
+    out: &mut Outgoing,
+) -> Result<(), Fault> {
+    if parse_small(sbal, memory, mfs, multicast_queue, out) {
+        return Ok(());
+    }
+    parse_general(sbal, memory, mfs, multicast_queue, out)
+}
+
+/// The fast path of [`parse_outgoing_into`] (issue 12 item 5): an SBAL whose first
+/// element holds a whole frame and ends the list (`LAST_ENTRY`, no fragment flag), or
+/// whose first two elements hold one frame (first, then last and `LAST_ENTRY`), read
+/// and checked in straight-line code. It makes every check of [`parse_general`]:
+/// non-empty elements inside the issuer's memory, the header whole in the first
+/// element, well-formed, of a cast type the queue carries, with a length that matches the elements, and the
+/// frame within the MFS.
+///
+/// Returns true with `out` filled when all of them pass. Otherwise false, with `out`
+/// unspecified, and nothing else done: the caller runs [`parse_general`], which reads
+/// the SBAL again and names the fault (a program that changes its SBAL in between
+/// gets the verdict on what the general path read, which is all that counts).
+#[inline]
+pub fn parse_small<M: GuestMemory>(
+    sbal: &Sbal,
+    memory: &M,
+    mfs: Mfs,
+    multicast_queue: bool,
+    out: &mut Outgoing,
+) -> bool {
+    // The bits the general path looks at: LAST_ENTRY and the fragment field.
+    const SHAPE: u8 = Eflags::LAST_ENTRY.bits() | Eflags::FRAGMENT_MASK.bits();
+    const WHOLE_AND_LAST: u8 = Eflags::LAST_ENTRY.bits(); // Fragment::None
+    const FIRST: u8 = 0x04; // Fragment::First, not the last entry
+    const LAST_AND_LAST: u8 = Eflags::LAST_ENTRY.bits() | 0x0C; // Fragment::Last
+    let e0 = sbal.load(0);
+    let second = match e0.eflags & SHAPE {
+        WHOLE_AND_LAST => None,
+        FIRST => {
+            let e1 = sbal.load(1);
+            if e1.eflags & SHAPE != LAST_AND_LAST || e1.length == 0 {
+                return false;
+            }
+            Some(e1)
+        }
+        _ => return false,
+    };
+    // The header whole in the first element (which is then not empty either).
+    if (e0.length as usize) < HEADER_SIZE {
+        return false;
+    }
+    let Some(head) = memory.slice(e0.addr, u64::from(e0.length)) else {
+        return false;
+    };
+    out.elements.clear();
+    out.frames.clear();
+    // Two pushes at most: neither fails.
+    let _ = out.elements.push(head);
+    let mut bytes = head.len();
+    if let Some(e1) = second {
+        let Some(tail) = memory.slice(e1.addr, u64::from(e1.length)) else {
+            return false;
+        };
+        bytes += tail.len();
+        let _ = out.elements.push(tail);
+    }
+    let mut raw = [0u8; HEADER_SIZE];
+    head.read(0, &mut raw);
+    let Ok(header) = L3Header::decode(&raw) else {
+        return false;
+    };
+    if !cast_allowed(&header, multicast_queue)
+        || usize::from(header.length) + HEADER_SIZE != bytes
+        || bytes > mfs.bytes()
+    {
+        return false;
+    }
+    let _ = out.frames.push(FrameSpan {
+        first: 0,
+        last: out.elements.len() as u8 - 1,
+        bytes,
+        header: raw,
+    });
+    out.dest = header.next_hop;
+    out.cast = header.cast;
+    out.total = bytes;
+    out.payload = u64::from(header.length);
+    true
+}
+
+/// Whether a frame of this header may be sent on this queue: Linux's
+/// `qeth_l3_fill_header` (`drivers/s390/net/qeth_l3_main.c`) forces the unicast cast
+/// type on every unicast queue, so anything else there is a program that is not
+/// qeth's; on the multicast queue every cast type is valid, a multicast frame naming a
+/// multicast next hop.
+#[inline]
+fn cast_allowed(header: &L3Header, multicast_queue: bool) -> bool {
+    match header.cast {
+        CastType::Unicast => true,
+        CastType::Multicast => multicast_queue && header.next_hop.is_multicast(),
+        CastType::Broadcast | CastType::Anycast => multicast_queue,
+    }
+}
+
+/// The general path of [`parse_outgoing_into`]: any SBAL, every fault named with its
+/// element. On an error `out` is unspecified.
+pub fn parse_general<M: GuestMemory>(
     sbal: &Sbal,
     memory: &M,
     mfs: Mfs,
@@ -213,14 +328,8 @@ pub fn parse_outgoing_into<M: GuestMemory>(
             };
             Fault::at(reason, first)
         })?;
-        // Linux's qeth_l3_fill_header (qeth_l3_main.c) forces the unicast cast type on
-        // every unicast queue, so anything else there is a program that is not qeth's.
-        let cast_ok = match header.cast {
-            CastType::Unicast => true,
-            CastType::Multicast => multicast_queue && header.next_hop.is_multicast(),
-            CastType::Broadcast | CastType::Anycast => multicast_queue,
-        };
-        if !cast_ok {
+        // Only the cast types Linux sends on this queue (see `cast_allowed`).
+        if !cast_allowed(&header, multicast_queue) {
             return Err(Fault::at(Reason::CastType, first));
         }
         if usize::from(header.length) + HEADER_SIZE != f.bytes {
@@ -269,7 +378,71 @@ struct RxUse {
 /// and routed by; only the packet bytes after it are copied from the sender's memory. The receiver armed the elements with their addresses
 /// and capacities (leading elements of non-zero length). Nothing is written unless
 /// every frame fits and every element used lies in the receiver's memory.
+///
+/// One frame that fits the receiver's first armed element, the common small send,
+/// takes the fast path ([`deliver_small`]); anything else the general one
+/// ([`deliver_general`]). Both write the same bytes and elements, and refuse the same
+/// way (the fast path leaves every refusal to the general one).
+#[inline]
 pub fn deliver<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -> Result<u8, RxFault> {
+    if let Some(used) = deliver_small(out, rx, rx_memory) {
+        return Ok(used);
+    }
+    deliver_general(out, rx, rx_memory)
+}
+
+/// The fast path of [`deliver`] (issue 12 item 5): one frame into the receiver's first
+/// armed element, in straight-line code. It checks what [`deliver_general`] checks
+/// for that case (the element holds the frame, and its first `bytes` bytes lie in the
+/// receiver's memory) and writes what it writes: the checked header, the packet bytes
+/// from the sender's elements, and element 0 (the frame's length, no fragment flag,
+/// `LAST_ENTRY`, the receiver's address and `scount`). `None`, with nothing written,
+/// when the case does not apply or a check fails: the general path then decides (and
+/// names the refusal).
+#[inline]
+pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -> Option<u8> {
+    let [f] = out.frames.as_slice() else {
+        return None;
+    };
+    let armed = rx.load(0);
+    if (armed.length as usize) < f.bytes {
+        return None;
+    }
+    let dst = rx_memory.slice(armed.addr, f.bytes as u64)?;
+    let sources = out
+        .elements
+        .get(usize::from(f.first)..=usize::from(f.last))?;
+    dst.write(0, &f.header);
+    // The packet: the sender's elements in order, the first after its header (parse
+    // checked that it holds the header whole, and that the elements add up to `bytes`).
+    let mut at = HEADER_SIZE;
+    let mut skip = HEADER_SIZE;
+    for s in sources {
+        let n = s.len().saturating_sub(skip).min(f.bytes.saturating_sub(at));
+        GuestSlice::copy(s, skip, &dst, at, n);
+        at += n;
+        skip = 0;
+    }
+    rx.store(
+        0,
+        &Sbale {
+            eflags: Fragment::None.bits() | Eflags::LAST_ENTRY.bits(),
+            scount: armed.scount,
+            sflags: 0,
+            length: f.bytes as u32,
+            addr: armed.addr,
+        },
+    );
+    Some(1)
+}
+
+/// The general path of [`deliver`]: any number of frames, each across as many
+/// receive elements as it needs.
+pub fn deliver_general<M: GuestMemory>(
+    out: &Outgoing,
+    rx: &Sbal,
+    rx_memory: &M,
+) -> Result<u8, RxFault> {
     // The armed elements, read once each and only as far as the plan needs them (in
     // vectors: nothing is zeroed first). An element of length 0 ends the list.
     let mut armed = heapless::Vec::<Sbale, SBALES_PER_SBAL>::new();
@@ -502,5 +675,306 @@ mod tests {
             assert_eq!(e.length as usize, frame.len());
             assert_eq!(&read(&rx, e.addr, frame.len()), frame, "frame {i}");
         }
+    }
+
+    /// A small deterministic generator (xorshift64*), so the comparisons below cover
+    /// many shapes without a test dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn one_in(&mut self, n: u64) -> bool {
+            self.below(n) == 0
+        }
+    }
+
+    /// 24 pages of one partition's memory at guest address 0: room for frames beyond
+    /// the smallest MFS.
+    #[repr(C, align(4096))]
+    #[derive(Clone)]
+    struct BigRam([u8; 24 * 4096]);
+
+    const BIG: u64 = 24 * 4096;
+
+    fn big_memory(ram: &mut BigRam) -> Memory {
+        // SAFETY: as `memory`.
+        let w = unsafe { Window::new(0, NonNull::from(&mut ram.0).cast(), ram.0.len()) };
+        Memory::new(&[w]).unwrap()
+    }
+
+    /// A header for `payload` bytes, sometimes wrong in one of the ways parse checks.
+    fn random_header(rng: &mut Rng, payload: usize, dirty: bool) -> [u8; HEADER_SIZE] {
+        let hops = [
+            IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)),
+            IpAddr::V4(Ipv4Addr::new(224, 0, 0, 5)),
+            "fe80::1".parse().unwrap(),
+            "ff02::1".parse().unwrap(),
+        ];
+        let casts = [
+            CastType::Unicast,
+            CastType::Multicast,
+            CastType::Broadcast,
+            CastType::Anycast,
+        ];
+        let unicast = !dirty || rng.below(3) != 0;
+        let length = match if dirty { rng.below(8) } else { 7 } {
+            0 => payload.wrapping_add(1) as u16,
+            1 => payload.wrapping_sub(1) as u16,
+            _ => payload as u16,
+        };
+        let mut h = L3Header {
+            cast: if unicast {
+                CastType::Unicast
+            } else {
+                casts[rng.below(4) as usize]
+            },
+            length,
+            vlan: rng.one_in(4).then_some(7),
+            next_hop: hops[rng.below(4) as usize],
+        }
+        .encode();
+        match if dirty { rng.below(16) } else { 15 } {
+            0 => h[0] = rng.next() as u8,                 // header id
+            1 => h[1] = rng.next() as u8,                 // cast type and family
+            2 => h[0x10 + rng.below(12) as usize] = 0x5A, // IPv4 with high bytes set
+            _ => {}
+        }
+        h
+    }
+
+    /// Random elements for the sender's SBAL at 0 (data from page 1 on): mostly the
+    /// shapes programs send (one frame in one, two or three elements; two frames),
+    /// sometimes any flags, empty or short elements, elements outside the memory.
+    /// Half the time (`dirty`) with deliberate faults, else well-formed but for sizes.
+    fn random_outgoing(rng: &mut Rng, ram: &mut BigRam) -> Vec<Sbale> {
+        let dirty = rng.one_in(2);
+        const LAST: u8 = 0x40;
+        let shapes: [&[u8]; 6] = [
+            &[LAST],
+            &[0x04, 0x0C | LAST],
+            &[0x04, 0x08, 0x0C | LAST],
+            &[0x00, LAST],
+            &[0x04, 0x0C, LAST],
+            &[0x04],
+        ];
+        let flags: Vec<u8> = if dirty && rng.one_in(8) {
+            (0..1 + rng.below(4)).map(|_| rng.next() as u8).collect()
+        } else {
+            shapes[rng.below(shapes.len() as u64) as usize].to_vec()
+        };
+        let mut elements = Vec::new();
+        let mut at = 0x1000u64;
+        for f in flags {
+            let length = match if dirty {
+                rng.below(10)
+            } else {
+                3 + rng.below(7)
+            } {
+                0 => 0,
+                1 => rng.below(HEADER_SIZE as u64 + 1) as u32,
+                2 => 4096 + rng.below(10 * 4096) as u32,
+                _ => HEADER_SIZE as u32 + rng.below(300) as u32,
+            };
+            let addr = match if dirty { rng.below(24) } else { 2 } {
+                0 => BIG - u64::from(length) / 2 - 1,
+                1 => u64::MAX - 8,
+                _ => at,
+            };
+            elements.push(Sbale {
+                eflags: f,
+                length,
+                addr,
+                ..Sbale::default()
+            });
+            at = (at + u64::from(length) + 64).min(BIG - 1);
+        }
+        // Data: random bytes, then a header at each frame's first element sized for
+        // the frame it starts (fragments up to the next None/First), sometimes wrong.
+        for b in ram.0[0x1000..].iter_mut() {
+            *b = rng.next() as u8;
+        }
+        let mut i = 0;
+        while i < elements.len() {
+            let mut end = i;
+            if Fragment::from_eflags(elements[i].eflags) == Fragment::First {
+                while end + 1 < elements.len()
+                    && matches!(
+                        Fragment::from_eflags(elements[end + 1].eflags),
+                        Fragment::Middle | Fragment::Last
+                    )
+                {
+                    end += 1;
+                    if Fragment::from_eflags(elements[end].eflags) == Fragment::Last {
+                        break;
+                    }
+                }
+            }
+            let bytes: usize = elements[i..=end].iter().map(|e| e.length as usize).sum();
+            let h = random_header(rng, bytes.saturating_sub(HEADER_SIZE), dirty);
+            let e = elements[i];
+            let start = e.addr as usize;
+            if e.length as usize >= HEADER_SIZE && start.saturating_add(HEADER_SIZE) <= ram.0.len()
+            {
+                ram.0[start..start + HEADER_SIZE].copy_from_slice(&h);
+            }
+            i = end + 1;
+        }
+        elements
+    }
+
+    /// Random armed elements for the receiver's SBAL at 0: capacities around the
+    /// frame's size, sometimes empty, sometimes outside the memory.
+    fn random_armed(rng: &mut Rng, total: usize) -> Vec<Sbale> {
+        let n = 1 + rng.below(4);
+        let mut at = 0x1000u64;
+        (0..n)
+            .map(|_| {
+                let length = match rng.below(8) {
+                    0 => 0,
+                    1 => total.saturating_sub(1) as u32,
+                    2 => total as u32,
+                    3 => 16,
+                    4 => 4096,
+                    _ => total as u32 + rng.below(5000) as u32,
+                };
+                let addr = match rng.below(16) {
+                    0 => BIG - 8,
+                    1 => u64::MAX - 4,
+                    _ => at,
+                };
+                at = (at + u64::from(length) + 128).min(BIG - 1);
+                Sbale {
+                    length,
+                    addr,
+                    scount: rng.next() as u8,
+                    ..Sbale::default()
+                }
+            })
+            .collect()
+    }
+
+    /// The fast paths against the general ones (issue 12 item 5), on the same inputs:
+    /// the same descriptor or the same fault (reason and element) from parse, the same
+    /// outcome and the same receiver memory, byte for byte, from deliver, on both queue
+    /// kinds and every MFS. And the fast paths are taken: most well-formed one-frame
+    /// sends go through them.
+    #[test]
+    fn fast_paths_match_the_general_ones() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut tx_ram = Box::new(BigRam([0; 24 * 4096]));
+        let mut rx_a = Box::new(BigRam([0; 24 * 4096]));
+        let (mut parsed_fast, mut delivered_fast, mut refused) = (0, 0, 0);
+        let rounds = if cfg!(miri) { 20 } else { 5_000 };
+        for _ in 0..rounds {
+            let elements = random_outgoing(&mut rng, &mut tx_ram);
+            let tx = big_memory(&mut tx_ram);
+            let sbal = tx.sbal(0).unwrap();
+            for i in 0..SBALES_PER_SBAL {
+                sbal.store(i, elements.get(i).unwrap_or(&Sbale::default()));
+            }
+            let mfs = [Mfs::K16, Mfs::K24, Mfs::K40, Mfs::K64][rng.below(4) as usize];
+            let multicast_queue = rng.one_in(3);
+
+            let mut general = Outgoing::empty();
+            let g = parse_general(&sbal, &tx, mfs, multicast_queue, &mut general);
+            let mut either = Outgoing::empty();
+            let e = parse_outgoing_into(&sbal, &tx, mfs, multicast_queue, &mut either);
+            assert_eq!(g, e, "parse of {elements:?}");
+            let mut probe = Outgoing::empty();
+            if parse_small(&sbal, &tx, mfs, multicast_queue, &mut probe) {
+                parsed_fast += 1;
+                assert!(g.is_ok(), "the fast path accepted what the general refused");
+            }
+            if g.is_err() {
+                refused += 1;
+                continue;
+            }
+            assert_eq!(format!("{general:?}"), format!("{either:?}"));
+
+            for b in rx_a.0.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            let mut rx_b = rx_a.clone();
+            let (ma, mb) = (big_memory(&mut rx_a), big_memory(&mut rx_b));
+            let (sa, sb) = (ma.sbal(0).unwrap(), mb.sbal(0).unwrap());
+            let armed = random_armed(&mut rng, general.total);
+            for (i, a) in armed.iter().enumerate() {
+                sa.store(i, a);
+                sb.store(i, a);
+            }
+            let want = deliver_general(&general, &sa, &ma);
+            let got = deliver(&general, &sb, &mb);
+            assert_eq!(want, got, "deliver of {elements:?} into {armed:?}");
+            assert!(
+                rx_a.0 == rx_b.0,
+                "receiver memory differs: {elements:?} {armed:?}"
+            );
+            if got.is_ok() && general.frames() == 1 {
+                delivered_fast += 1;
+            }
+        }
+        println!(
+            "{parsed_fast} fast parses, {delivered_fast} one-frame deliveries, {refused} refused, of {rounds}"
+        );
+        if !cfg!(miri) {
+            assert!(parsed_fast > rounds / 10, "fast parses: {parsed_fast}");
+            assert!(
+                delivered_fast > rounds / 10,
+                "one-frame deliveries: {delivered_fast}"
+            );
+            assert!(refused > rounds / 10, "refusals: {refused}");
+        }
+    }
+
+    /// The fast paths take what they are for: one frame in one element, and in two.
+    #[test]
+    fn fast_paths_take_one_and_two_element_frames() {
+        let (mut tx_ram, mut rx_ram) = (Box::new(Ram([0; 3 * 4096])), Box::new(Ram([0; 3 * 4096])));
+        let (tx, rx) = (memory(&mut tx_ram), memory(&mut rx_ram));
+        let hop = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1));
+        let sbal = tx.sbal(0).unwrap();
+        let mut frame = L3Header::unicast(hop, 64).encode().to_vec();
+        frame.extend(0..64u8);
+        tx.slice(0x1000, 96).unwrap().write(0, &frame);
+        for split in [96u32, 40] {
+            if split == 96 {
+                set(&sbal, 0, 0x40, 0x1000, 96);
+            } else {
+                set(&sbal, 0, 0x04, 0x1000, split);
+                set(&sbal, 1, 0x4C, 0x1000 + u64::from(split), 96 - split);
+            }
+            let mut out = Outgoing::empty();
+            assert!(parse_small(&sbal, &tx, Mfs::K16, false, &mut out));
+            assert_eq!((out.dest, out.total, out.payload), (hop, 96, 64));
+            let rx_sbal = rx.sbal(0).unwrap();
+            set(&rx_sbal, 0, 0, 0x2000, 4096);
+            assert_eq!(deliver_small(&out, &rx_sbal, &rx), Some(1));
+            assert_eq!(read(&rx, 0x2000, 96), frame);
+            let e = rx_sbal.load(0);
+            assert_eq!((e.eflags, e.length, e.addr), (0x40, 96, 0x2000));
+            // What the fast path leaves to the general one: a receiver element too
+            // small, and a frame on a unicast queue with a multicast cast type.
+            set(&rx_sbal, 0, 0, 0x2000, 95);
+            assert_eq!(deliver_small(&out, &rx_sbal, &rx), None);
+        }
+        let mut h = L3Header::unicast(hop, 64);
+        h.cast = CastType::Broadcast;
+        tx.slice(0x1000, 32).unwrap().write(0, &h.encode());
+        let mut out = Outgoing::empty();
+        assert!(!parse_small(&sbal, &tx, Mfs::K16, false, &mut out));
+        assert_eq!(
+            parse_outgoing_into(&sbal, &tx, Mfs::K16, false, &mut out),
+            Err(Fault::at(Reason::CastType, 0))
+        );
     }
 }

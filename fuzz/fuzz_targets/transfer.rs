@@ -7,12 +7,14 @@
 //! (and under ASan no byte outside is read); a parsed SBAL is within the MFS with 1-16
 //! frames; a delivery writes a well-formed receive SBAL carrying the same frames and,
 //! when its elements do not overlap each other or the SBAL, the same bytes; a refused
-//! delivery writes nothing at all.
+//! delivery writes nothing at all. The fast paths (one frame in one or two elements,
+//! delivered into one element) agree with the general ones: the same descriptor or
+//! fault from parse, the same outcome and the same receiver memory from deliver.
 #![no_main]
 
-use iqdio::guest::Memory;
+use iqdio::guest::{Memory, MemoryExt};
 use iqdio::qdio::{Fragment, HEADER_SIZE, Mfs, SBAL_SIZE, SBALES_PER_SBAL, Sbale};
-use iqdio::transfer::{deliver, parse_outgoing};
+use iqdio::transfer::{Outgoing, deliver, deliver_general, parse_general, parse_outgoing};
 use iqdio_fuzz::{GuardedMem, Input};
 use libfuzzer_sys::fuzz_target;
 
@@ -59,6 +61,16 @@ fuzz_target!(|data: &[u8]| {
 
     let parsed = parse_outgoing(&tx_sbal, &tx_mem, mfs);
     assert_eq!(tx.snapshot(), tx_before, "parsing wrote guest memory");
+    let mut general = Outgoing::empty();
+    let g = parse_general(&tx_sbal, &tx_mem, mfs, false, &mut general);
+    assert_eq!(
+        g.err(),
+        parsed.as_ref().err().copied(),
+        "fast and general parse differ"
+    );
+    if let Ok(out) = &parsed {
+        assert_eq!(format!("{general:?}"), format!("{out:?}"));
+    }
     let Ok(out) = parsed else {
         assert!(tx.guards_intact() && rx.guards_intact());
         return;
@@ -68,7 +80,17 @@ fuzz_target!(|data: &[u8]| {
     assert!(out.total >= out.frames() * HEADER_SIZE);
     assert_eq!(out.payload as usize + out.frames() * HEADER_SIZE, out.total);
 
+    // The general path first, then the receiver's memory back as it was, then the
+    // path the fabric takes (fast when it applies): the same outcome, the same bytes.
+    let general_result = deliver_general(&out, &rx_sbal, &rx_mem);
+    let general_after = rx_owner.snapshot();
+    rx_owner.write(rx_owner.guest(), &rx_before);
     let result = deliver(&out, &rx_sbal, &rx_mem);
+    assert_eq!(result, general_result, "fast and general deliver differ");
+    assert!(
+        rx_owner.snapshot() == general_after,
+        "fast and general deliver wrote different bytes"
+    );
     assert!(
         tx.guards_intact() && rx.guards_intact(),
         "a guard byte changed"
