@@ -10,9 +10,10 @@
 //! `memcpy` (`ptr::copy`) over such memory is a data race in Rust's memory model, so
 //! undefined behaviour: the compiler may assume nobody else writes the source during
 //! the copy (re-read it, split it, fold it with later reads). The primitive kept here
-//! is a copy in inline assembly: on x86_64 a loop of 8-byte `mov`s for short copies and
-//! `rep movsb` (fast strings, ERMSB) for long ones; on aarch64 a loop of `ldp`/`stp`
-//! pairs, 64 then 16 bytes a round, and single bytes for the tail. An `asm!` block is
+//! is a copy in inline assembly: on x86_64 straight-line `mov`s up to 64 bytes, a loop
+//! of 32 bytes a round below 256, and `rep movsb` (fast strings, ERMSB) from 256 on; on
+//! aarch64 a loop of `ldp`/`stp` pairs, 64 then 16 bytes a round, and single bytes for
+//! the tail. An `asm!` block is
 //! opaque to the compiler: it cannot see, merge, repeat or elide the accesses inside,
 //! and Rust's rules for inline assembly (the reference's "the behaviour of an asm block
 //! must be expressible as some Rust code") are met by the Rust code the Miri build runs
@@ -32,6 +33,28 @@
 //! vectorise atomic accesses, so it moves 8 bytes per instruction pair) and volatile
 //! words (`vm-memory`'s way, as slow, and not sound in the model either). Other
 //! architectures, which have no assembly here, use the atomic words.
+//!
+//! # Small copies
+//!
+//! Most copies of the send path are small: the 32-byte frame header (read once to
+//! check it, written into the receiver's buffer), the SBALE words (atomics, not this
+//! primitive) and, for small frames, the packet. A loop pays its compare and branch
+//! per word and `rep movsb` tens of cycles of start-up, so on x86_64 a copy of up to 64
+//! bytes is one straight-line block, chosen by size: two accesses of the largest
+//! power of two that fits, one from each end (1, 2, 4 or 8 bytes in general
+//! registers; two 16-byte `movdqu` from each end for 33 to 64 bytes, with SSE2, which
+//! every x86_64 hosted target has), every load before the first store. Between 65
+//! and 255 bytes, the last 32 bytes are loaded first, then 32 bytes a round, then the
+//! last 32 stored. (64 B: 39 instructions a call with its dispatch, against 90 for the
+//! word loop it replaces; callgrind, `examples/send_cost.rs memcpy 64`.) This stays
+//! sound for the same reason as the rest: the blocks are assembly, each byte access
+//! single-copy atomic, and the only new thing, a byte stored twice by the two
+//! overlapping halves, stores each time a value just loaded from its source byte, so
+//! with a partition writing the source meanwhile every destination byte still ends as
+//! one of the values its source byte held during the copy; in Rust's model it is still
+//! a sequence of relaxed atomic byte loads and stores (some bytes loaded and stored
+//! twice), which is what Miri runs. Loading everything a block stores before storing
+//! keeps a destination below an overlapping source right (the `memmove` case).
 //!
 //! Overlap: a partition may point an output and an input element at the same bytes of
 //! its own memory; [`copy`] is then a `memmove` (copying from the end when the
@@ -194,7 +217,18 @@ unsafe fn forward(dst: *mut u8, src: *const u8, n: usize) {
 #[cfg(all(not(miri), target_arch = "x86_64"))]
 const REP_MOVSB_FROM: usize = 256;
 
-/// x86_64: 8-byte `mov`s then single bytes below [`REP_MOVSB_FROM`], `rep movsb` above.
+/// x86_64: below [`REP_MOVSB_FROM`], general-register `mov`s in straight-line code
+/// for up to 64 bytes (two overlapping accesses of the largest power of two that fits:
+/// 1, 2, 4, 8, 16 or 32 bytes from each end), and a loop of 32 bytes a round with the
+/// last 32 bytes loaded first and stored last above that; `rep movsb` from there on.
+///
+/// Every variant loads each byte before it stores any byte that could be that byte's
+/// source (all loads first in the straight-line ones; in the loop, a round's loads
+/// before its stores, and the tail loaded before the loop), so a destination below an
+/// overlapping source is right, as [`forward`] requires. Overlapping stores write some
+/// destination bytes twice, each time with a value loaded from its source byte: with a
+/// partition writing the source meanwhile, every destination byte still ends as one of
+/// the values its source byte held during the copy (the module docs' argument).
 ///
 /// # Safety
 ///
@@ -216,38 +250,246 @@ unsafe fn x86_64_forward(dst: *mut u8, src: *const u8, n: usize) {
                 options(nostack, preserves_flags),
             );
         }
-    } else {
-        // SAFETY: moves exactly n bytes front to back (each word loaded before it is
-        // stored, so an overlapping destination below the source is right), both
-        // ranges valid by the contract; only the named registers change (flags
-        // included: no `preserves_flags`).
+    } else if n > 32 {
+        // SAFETY: forwarded contract, 32 < n < 256.
+        unsafe { x86_64_medium(dst, src, n) }
+    } else if n > 16 {
+        // SAFETY: 16 < n <= 32: [0, 16) and [n - 16, n); loads first; in range.
         unsafe {
             core::arch::asm!(
+                "mov {a}, qword ptr [{src}]",
+                "mov {b}, qword ptr [{src} + 8]",
+                "mov {c}, qword ptr [{src} + {n} - 16]",
+                "mov {d}, qword ptr [{src} + {n} - 8]",
+                "mov qword ptr [{dst}], {a}",
+                "mov qword ptr [{dst} + 8], {b}",
+                "mov qword ptr [{dst} + {n} - 16], {c}",
+                "mov qword ptr [{dst} + {n} - 8], {d}",
+                n = in(reg) n,
+                src = in(reg) src,
+                dst = in(reg) dst,
+                a = out(reg) _,
+                b = out(reg) _,
+                c = out(reg) _,
+                d = out(reg) _,
+                options(nostack, preserves_flags),
+            );
+        }
+    } else if n >= 8 {
+        // SAFETY: 8 <= n <= 16: [0, 8) and [n - 8, n); loads first; in range.
+        unsafe {
+            core::arch::asm!(
+                "mov {a}, qword ptr [{src}]",
+                "mov {b}, qword ptr [{src} + {n} - 8]",
+                "mov qword ptr [{dst}], {a}",
+                "mov qword ptr [{dst} + {n} - 8], {b}",
+                n = in(reg) n,
+                src = in(reg) src,
+                dst = in(reg) dst,
+                a = out(reg) _,
+                b = out(reg) _,
+                options(nostack, preserves_flags),
+            );
+        }
+    } else if n >= 4 {
+        // SAFETY: 4 <= n < 8: [0, 4) and [n - 4, n); loads first; in range.
+        unsafe {
+            core::arch::asm!(
+                "mov {a:e}, dword ptr [{src}]",
+                "mov {b:e}, dword ptr [{src} + {n} - 4]",
+                "mov dword ptr [{dst}], {a:e}",
+                "mov dword ptr [{dst} + {n} - 4], {b:e}",
+                n = in(reg) n,
+                src = in(reg) src,
+                dst = in(reg) dst,
+                a = out(reg) _,
+                b = out(reg) _,
+                options(nostack, preserves_flags),
+            );
+        }
+    } else if n >= 2 {
+        // SAFETY: 2 <= n < 4: [0, 2) and [n - 2, n); loads first; in range.
+        unsafe {
+            core::arch::asm!(
+                "mov {a:x}, word ptr [{src}]",
+                "mov {b:x}, word ptr [{src} + {n} - 2]",
+                "mov word ptr [{dst}], {a:x}",
+                "mov word ptr [{dst} + {n} - 2], {b:x}",
+                n = in(reg) n,
+                src = in(reg) src,
+                dst = in(reg) dst,
+                a = out(reg) _,
+                b = out(reg) _,
+                options(nostack, preserves_flags),
+            );
+        }
+    } else if n == 1 {
+        // SAFETY: one byte, in range by the contract.
+        unsafe {
+            core::arch::asm!(
+                "mov {a:l}, byte ptr [{src}]",
+                "mov byte ptr [{dst}], {a:l}",
+                src = in(reg) src,
+                dst = in(reg) dst,
+                a = out(reg) _,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+/// x86_64 without SSE2, 32 < n < 256: the general-register variants (see
+/// [`x86_64_forward`]).
+///
+/// # Safety
+///
+/// As [`forward`], and 32 < n < 256.
+#[cfg(all(not(miri), target_arch = "x86_64", not(target_feature = "sse2")))]
+#[inline(always)]
+unsafe fn x86_64_medium(dst: *mut u8, src: *const u8, n: usize) {
+    if n > 64 {
+        // SAFETY: 64 < n < 256: the tail [n - 32, n) is loaded first, then rounds of 32
+        // bytes while more than 32 remain (loads before stores), then the tail stored at
+        // the end; every access lies in [0, n) of both ranges, valid by the contract.
+        // Only the named registers and the flags change.
+        unsafe {
+            core::arch::asm!(
+                "mov {t0}, qword ptr [{src} + {n} - 32]",
+                "mov {t1}, qword ptr [{src} + {n} - 24]",
+                "mov {t2}, qword ptr [{src} + {n} - 16]",
+                "mov {t3}, qword ptr [{src} + {n} - 8]",
                 "2:",
-                "cmp {n}, 8",
-                "jb 3f",
-                "mov {t}, qword ptr [{src}]",
-                "mov qword ptr [{dst}], {t}",
-                "add {src}, 8",
-                "add {dst}, 8",
-                "sub {n}, 8",
-                "jmp 2b",
-                "3:",
-                "test {n}, {n}",
-                "jz 4f",
-                "5:",
-                "mov {t:l}, byte ptr [{src}]",
-                "mov byte ptr [{dst}], {t:l}",
-                "inc {src}",
-                "inc {dst}",
-                "dec {n}",
-                "jnz 5b",
-                "4:",
+                "mov {a}, qword ptr [{src}]",
+                "mov {b}, qword ptr [{src} + 8]",
+                "mov {c}, qword ptr [{src} + 16]",
+                "mov {d}, qword ptr [{src} + 24]",
+                "mov qword ptr [{dst}], {a}",
+                "mov qword ptr [{dst} + 8], {b}",
+                "mov qword ptr [{dst} + 16], {c}",
+                "mov qword ptr [{dst} + 24], {d}",
+                "add {src}, 32",
+                "add {dst}, 32",
+                "sub {n}, 32",
+                "cmp {n}, 32",
+                "ja 2b",
+                "mov qword ptr [{dst} + {n} - 32], {t0}",
+                "mov qword ptr [{dst} + {n} - 24], {t1}",
+                "mov qword ptr [{dst} + {n} - 16], {t2}",
+                "mov qword ptr [{dst} + {n} - 8], {t3}",
                 n = inout(reg) n => _,
                 src = inout(reg) src => _,
                 dst = inout(reg) dst => _,
-                t = out(reg) _,
+                t0 = out(reg) _,
+                t1 = out(reg) _,
+                t2 = out(reg) _,
+                t3 = out(reg) _,
+                a = out(reg) _,
+                b = out(reg) _,
+                c = out(reg) _,
+                d = out(reg) _,
                 options(nostack),
+            );
+        }
+    } else {
+        // SAFETY: 32 < n <= 64: [0, 32) and [n - 32, n) cover the range; all eight loads
+        // come before the stores. In range of both by the contract; no flags changed.
+        unsafe {
+            core::arch::asm!(
+                "mov {a}, qword ptr [{src}]",
+                "mov {b}, qword ptr [{src} + 8]",
+                "mov {c}, qword ptr [{src} + 16]",
+                "mov {d}, qword ptr [{src} + 24]",
+                "mov {e}, qword ptr [{src} + {n} - 32]",
+                "mov {f}, qword ptr [{src} + {n} - 24]",
+                "mov {g}, qword ptr [{src} + {n} - 16]",
+                "mov {h}, qword ptr [{src} + {n} - 8]",
+                "mov qword ptr [{dst}], {a}",
+                "mov qword ptr [{dst} + 8], {b}",
+                "mov qword ptr [{dst} + 16], {c}",
+                "mov qword ptr [{dst} + 24], {d}",
+                "mov qword ptr [{dst} + {n} - 32], {e}",
+                "mov qword ptr [{dst} + {n} - 24], {f}",
+                "mov qword ptr [{dst} + {n} - 16], {g}",
+                "mov qword ptr [{dst} + {n} - 8], {h}",
+                n = in(reg) n,
+                src = in(reg) src,
+                dst = in(reg) dst,
+                a = out(reg) _,
+                b = out(reg) _,
+                c = out(reg) _,
+                d = out(reg) _,
+                e = out(reg) _,
+                f = out(reg) _,
+                g = out(reg) _,
+                h = out(reg) _,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+/// x86_64 with SSE2, 32 < n < 256: as the general-register variants of
+/// [`x86_64_forward`] with 16-byte `movdqu`s (no callee-saved register to spill): up
+/// to 64 bytes the first and last 32 bytes, all loads first; above, the last 32 bytes
+/// loaded first, rounds of 32 bytes, the last 32 stored at the end.
+///
+/// # Safety
+///
+/// As [`forward`], and 32 < n < 256.
+#[cfg(all(not(miri), target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+unsafe fn x86_64_medium(dst: *mut u8, src: *const u8, n: usize) {
+    if n > 64 {
+        // SAFETY: 64 < n < 256: every access in [0, n) of both ranges (valid by the
+        // contract); the tail loaded before the loop, each round's loads before its
+        // stores (see `x86_64_forward`). Only the named registers and flags change.
+        unsafe {
+            core::arch::asm!(
+                "movdqu {t0}, xmmword ptr [{src} + {n} - 32]",
+                "movdqu {t1}, xmmword ptr [{src} + {n} - 16]",
+                "2:",
+                "movdqu {a}, xmmword ptr [{src}]",
+                "movdqu {b}, xmmword ptr [{src} + 16]",
+                "movdqu xmmword ptr [{dst}], {a}",
+                "movdqu xmmword ptr [{dst} + 16], {b}",
+                "add {src}, 32",
+                "add {dst}, 32",
+                "sub {n}, 32",
+                "cmp {n}, 32",
+                "ja 2b",
+                "movdqu xmmword ptr [{dst} + {n} - 32], {t0}",
+                "movdqu xmmword ptr [{dst} + {n} - 16], {t1}",
+                n = inout(reg) n => _,
+                src = inout(reg) src => _,
+                dst = inout(reg) dst => _,
+                t0 = out(xmm_reg) _,
+                t1 = out(xmm_reg) _,
+                a = out(xmm_reg) _,
+                b = out(xmm_reg) _,
+                options(nostack),
+            );
+        }
+    } else {
+        // SAFETY: 32 < n <= 64: [0, 32) and [n - 32, n), all four loads before the
+        // stores; in range of both by the contract; no flags changed.
+        unsafe {
+            core::arch::asm!(
+                "movdqu {a}, xmmword ptr [{src}]",
+                "movdqu {b}, xmmword ptr [{src} + 16]",
+                "movdqu {c}, xmmword ptr [{src} + {n} - 32]",
+                "movdqu {d}, xmmword ptr [{src} + {n} - 16]",
+                "movdqu xmmword ptr [{dst}], {a}",
+                "movdqu xmmword ptr [{dst} + 16], {b}",
+                "movdqu xmmword ptr [{dst} + {n} - 32], {c}",
+                "movdqu xmmword ptr [{dst} + {n} - 16], {d}",
+                n = in(reg) n,
+                src = in(reg) src,
+                dst = in(reg) dst,
+                a = out(xmm_reg) _,
+                b = out(xmm_reg) _,
+                c = out(xmm_reg) _,
+                d = out(xmm_reg) _,
+                options(nostack, preserves_flags),
             );
         }
     }
@@ -442,7 +684,9 @@ mod tests {
             std::vec![0, 1, 7, 8, 9, 16, 63, 64, 65, 257]
         } else {
             (0..=80)
-                .chain([127, 128, 129, 255, 256, 257, 1500, 4099])
+                .chain([
+                    96, 97, 127, 128, 129, 160, 200, 224, 255, 256, 257, 1500, 4099,
+                ])
                 .collect()
         };
         let offsets = if cfg!(miri) { 0..3 } else { 0..8 };
@@ -477,7 +721,10 @@ mod tests {
             (&[1, 9, 65], &[1, 8, 64])
         } else {
             (
-                &[1, 7, 8, 9, 63, 64, 65, 300, 1000],
+                &[
+                    1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 100, 200, 255,
+                    300, 1000,
+                ],
                 &[1, 3, 8, 17, 64, 255, 256, 999],
             )
         };

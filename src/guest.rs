@@ -17,7 +17,10 @@
 //! partition writing the bytes during the copy is a defined race, not undefined
 //! behaviour. It was kept against word-wise atomics and volatile words because it
 //! alone copies at memcpy speed (`cargo xtask bench`, group `copy`; numbers in
-//! `docs/bench/`); `copy.rs` has the full argument. The SLSB protocol gives the
+//! `docs/bench/`); `copy.rs` has the full argument. Small copies (the 32-byte headers
+//! this module reads and writes, small packets) are straight-line blocks of loads then
+//! stores, two overlapping halves, rather than a loop: the same kind of accesses, so
+//! the same argument holds (`copy.rs`, "Small copies"). The SLSB protocol gives the
 //! fabric the buffer it copies (0x62 output, 0x41 input) and the acquire/release pairs
 //! on the SLSB bytes order the copy against the owner's own accesses. A program that
 //! writes a buffer it has handed to the fabric breaks that protocol: the packet bytes
