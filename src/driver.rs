@@ -449,7 +449,7 @@ impl QueueDriver {
             global_indicator: self.global_guest,
             interrupt_immediately: self.cfg.interrupt_immediately,
             interrupt_cookie: 0,
-            more_outputs: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -165,6 +165,10 @@ pub enum QueueField {
     OutputQueueSlsb(u8),
     /// The input SLSB.
     InputSlsb,
+    /// An SBAL of the completion queue (with its buffer number).
+    CompletionSbal(u8),
+    /// The completion queue's SLSB.
+    CompletionSlsb,
     /// The queue (lowest-tier) indicator byte.
     QueueIndicator,
     /// The middle-tier indicator byte.
@@ -312,6 +316,8 @@ impl core::fmt::Display for QueueField {
             }
             Self::OutputQueueSlsb(q) => write!(f, "output queue {q} SLSB"),
             Self::InputSlsb => f.write_str("input SLSB"),
+            Self::CompletionSbal(n) => write!(f, "completion queue SBAL {n}"),
+            Self::CompletionSlsb => f.write_str("completion queue SLSB"),
             Self::QueueIndicator => f.write_str("queue indicator byte"),
             Self::MiddleIndicator => f.write_str("middle indicator byte"),
             Self::GlobalIndicator => f.write_str("global summary byte"),

@@ -4,14 +4,14 @@ use core::net::IpAddr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{QueueField, RegistrationError, SigaError, SigaStatus};
-use crate::guest::{GuestMemory, MemoryExt, Sbal, SbalError, Window, Windows};
+use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, Window, Windows};
 use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
 use crate::platform::{CallContext, InterruptTarget, Platform};
-use crate::qdio::CastType;
+use crate::qdio::{CastType, qaob};
 use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SBAL_SIZE, SLSB_LEN, Sbale, SlsbState};
 use crate::queue::{
-    CounterSnapshot, Inbound, IndicatorBytes, LiveRing, MAX_OUTPUT_QUEUES, Outbound, QueueControl,
-    QueueRing, next, prev,
+    CompletionRing, CounterSnapshot, Inbound, IndicatorBytes, LiveRing, MAX_OUTPUT_QUEUES,
+    Outbound, PendingList, QueueControl, QueueRing, next, prev,
 };
 use crate::sync::{ReadGuard, TableLock, WriteGuard};
 use crate::table::{HashSeed, LparId, QueueTable, SlotRef, SourceKey, TargetEntry};
@@ -150,6 +150,12 @@ pub enum SigaFunction {
     /// SIGA write-multiple (3): send every consecutive primed output buffer from the
     /// cursor, in one call (the "multiple write facility").
     WriteMultiple,
+    /// SIGA write with QAOB (4, Linux's `QDIO_SIGA_WRITEQ`): send the next primed
+    /// buffer of one unicast queue; if its receiver is full, leave it PENDING (0xA3)
+    /// and complete it later through the QAOB and the completion queue. Only on a
+    /// queue set established with a completion queue; the QAOB address comes with the
+    /// call ([`Fabric::siga_aob`]).
+    WriteQ,
 }
 
 impl SigaFunction {
@@ -158,6 +164,7 @@ impl SigaFunction {
         match self {
             Self::Write => 0,
             Self::WriteMultiple => 3,
+            Self::WriteQ => 4,
         }
     }
 
@@ -166,6 +173,7 @@ impl SigaFunction {
         match code {
             0 => Some(Self::Write),
             3 => Some(Self::WriteMultiple),
+            4 => Some(Self::WriteQ),
             _ => None,
         }
     }
@@ -184,6 +192,10 @@ pub struct DelayReport {
     pub skipped: usize,
     /// Nothing was looked at: an update held or awaited the table lock.
     pub table_busy: bool,
+    /// Pending buffers (SIGA WRITEQ) completed and posted on their senders'
+    /// completion queues ([`Fabric::expire_delays`] only: it may wait for the locks a
+    /// delivery takes).
+    pub completed: usize,
 }
 
 /// What one SIGA did (condition code 0).
@@ -206,6 +218,12 @@ pub struct SigaReport {
     pub interrupts_dropped: u16,
     /// Copies of multicast and broadcast buffers delivered to group members.
     pub copies: u16,
+    /// Of the buffers handled, left PENDING (0xA3): they complete through the QAOB and
+    /// the completion queue.
+    pub pending: u8,
+    /// Earlier pending buffers of this queue set completed (posted on its completion
+    /// queue) during this call.
+    pub completed: u16,
 }
 
 /// One queue's addresses in a partition's memory: its 128 SBALs (each 256-aligned,
@@ -257,6 +275,13 @@ pub struct QueueSetParams {
     pub interrupt_cookie: u64,
     /// Output queues 1 to 3, beyond queue 0 (at most the fabric's `O` in all).
     pub more_outputs: heapless::Vec<QueueAddresses, { MAX_OUTPUT_QUEUES - 1 }>,
+    /// The completion queue, for SIGA WRITEQ ([`SigaFunction::WriteQ`]): a queue the
+    /// program arms like an input queue (0x41) and the fabric fills, one buffer per
+    /// batch of completions, each element's address a completed buffer's QAOB (the
+    /// element after the last reads address 0), then 0x82. Linux's qeth establishes it
+    /// as a second input queue (`QETH_CQ_ENABLED`) and reads it in
+    /// `qeth_qdio_cq_handler`. It shares the set's indicator bytes.
+    pub completion_queue: Option<QueueAddresses>,
 }
 
 impl Default for QueueSetParams {
@@ -272,6 +297,7 @@ impl Default for QueueSetParams {
             interrupt_immediately: false,
             interrupt_cookie: 0,
             more_outputs: heapless::Vec::new(),
+            completion_queue: None,
         }
     }
 }
@@ -586,15 +612,41 @@ pub struct Fabric<
 
 /// Result of one output buffer's send.
 enum BufferOutcome {
-    Delivered { frames: u16, bytes: u64 },
+    Delivered {
+        frames: u16,
+        bytes: u64,
+    },
+    /// Left PENDING (SIGA WRITEQ to a full receiver): recorded in its QAOB.
+    Pending,
     Refused(Fault),
 }
 
 /// The issuer of a SIGA, for the length of one buffer's send.
-struct Sender<'a, M, const O: usize> {
+struct Sender<'a, M, const S: usize, const O: usize> {
     key: SourceKey,
-    memory: &'a M,
+    record: &'a PartitionRecord<M, S>,
     qc: &'a QueueControl<O>,
+}
+
+/// What a SIGA WRITEQ brings to one buffer's send: its QAOB (checked) and the sender's
+/// pending list.
+struct WriteQ<'a> {
+    qaob: GuestSlice,
+    qaob_addr: u64,
+    pending: &'a mut PendingList,
+}
+
+/// The QAOB at `addr` in `memory`: 256 bytes, 256-aligned, wholly inside.
+fn qaob_slice<M: GuestMemory>(memory: &M, addr: u64) -> Option<GuestSlice> {
+    if !addr.is_multiple_of(qaob::QAOB_SIZE as u64) {
+        return None;
+    }
+    memory.slice(addr, qaob::QAOB_SIZE as u64)
+}
+
+/// The pending list's length, for [`QueueControl::pending_hint`].
+fn out_pending_len(p: &PendingList) -> u8 {
+    p.len() as u8
 }
 
 impl<
@@ -799,7 +851,7 @@ impl<
             let inb = qc.inbound.lock();
             lock_point!(self, Inbound);
             if let Some((i, d)) = inb.ring() {
-                check_structures(&memory, out.rings(), i, d)?;
+                check_structures(&memory, out.rings(), i, out.completion_ring(), d)?;
             }
         }
         let p = st
@@ -924,7 +976,13 @@ impl<
         if p.active().count() >= st.config.queue_set_limit::<S>() {
             return Err(RegistrationError::SubchannelLimit);
         }
-        self.check_overlaps(p, outs, &layout.input, &layout.indicators)?;
+        self.check_overlaps(
+            p,
+            outs,
+            &layout.input,
+            layout.cq.as_ref(),
+            &layout.indicators,
+        )?;
         let indicators = layout.indicators;
         let index = st
             .in_use
@@ -961,6 +1019,14 @@ impl<
             out.queues = layout.queues;
             out.active = true;
             out.cursors = [0; O];
+            out.cq = CompletionRing {
+                active: layout.cq.is_some(),
+                ring: layout.cq.unwrap_or(QueueRing::ZERO),
+                cursor: 0,
+                owner: key,
+            };
+            out.pending = PendingList::EMPTY;
+            qc.pending_hint.store(0, Ordering::Relaxed);
         }
         {
             let mut inb = qc.inbound.lock();
@@ -1148,6 +1214,8 @@ impl<
             .table
             .remove_queue_set(key)
             .ok_or(RegistrationError::NotFound)?;
+        // Its pending buffers and those waiting for it complete now, with an error.
+        self.cancel_pending(st, key, slot);
         // A slot's index is below Q by construction; `% Q` (a mask: Q is a power of two)
         // says so to the compiler, so no bounds-check panic path is left.
         let index = usize::from(slot.index) % Q;
@@ -1193,11 +1261,12 @@ impl<
         p: &PartitionRecord<M, S>,
         outs: &[QueueRing],
         inp: &QueueRing,
+        cq: Option<&QueueRing>,
         ind: &IndicatorBytes,
     ) -> Result<(), RegistrationError> {
         let mut new = [Extent::EMPTY; EXTENTS];
         let mut n = 0;
-        extents(outs, inp, ind, |e| {
+        extents(outs, inp, cq, ind, |e| {
             if let Some(slot) = new.get_mut(n) {
                 *slot = e;
                 n += 1;
@@ -1230,7 +1299,7 @@ impl<
             let Some((i, d)) = inbound.ring() else {
                 continue;
             };
-            extents(outbound.rings(), i, d, |old| {
+            extents(outbound.rings(), i, outbound.completion_ring(), d, |old| {
                 if found.is_some() {
                     return;
                 }
@@ -1436,6 +1505,9 @@ impl<
                 report.dropped += 1;
             }
         }
+        if wait {
+            report.completed = self.flush_all_pending(&st);
+        }
         report
     }
 
@@ -1467,7 +1539,7 @@ impl<
     }
 
     /// SIGA with a raw function code, as a hypervisor decodes it from the
-    /// instruction's registers.
+    /// instruction's registers (for WRITEQ, code 4, use [`siga_aob`](Self::siga_aob)).
     pub fn siga(
         &self,
         lpar: LparId,
@@ -1475,8 +1547,21 @@ impl<
         function: u32,
         queue_mask: u32,
     ) -> Result<SigaReport, SigaError> {
+        self.siga_aob(lpar, subchannel, function, queue_mask, 0)
+    }
+
+    /// SIGA with a raw function code and the QAOB address SIGA WRITEQ carries (Linux's
+    /// `qdio_siga_output` passes it in a register; other functions ignore it).
+    pub fn siga_aob(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        function: u32,
+        queue_mask: u32,
+        qaob: u64,
+    ) -> Result<SigaReport, SigaError> {
         let f = SigaFunction::from_code(function).ok_or(SigaError::InvalidFunction)?;
-        self.siga_function(lpar, subchannel, f, queue_mask)
+        self.siga_inner(lpar, subchannel, f, queue_mask, qaob)
     }
 
     /// SIGA write: sends the next primed output buffer.
@@ -1499,12 +1584,29 @@ impl<
         self.siga_function(lpar, subchannel, SigaFunction::WriteMultiple, queue_mask)
     }
 
+    /// SIGA WRITEQ: sends the next primed buffer of the one unicast queue `queue_mask`
+    /// names, with the QAOB at guest address `qaob` (256 bytes, 256-aligned, in the
+    /// sender's memory). If the receiver is full, the buffer is left PENDING (0xA3),
+    /// its elements recorded in the QAOB, and completes later (see
+    /// [`SigaFunction::WriteQ`]).
+    pub fn siga_writeq(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        queue_mask: u32,
+        qaob: u64,
+    ) -> Result<SigaReport, SigaError> {
+        self.siga_inner(lpar, subchannel, SigaFunction::WriteQ, queue_mask, qaob)
+    }
+
     /// The send, steps c to p of the patent: check the IQDIO indicator, take the table
     /// lock shared, find the issuer's queue control, take its outbound lock, and for
-    /// each primed buffer from the cursor: read the destination, look the target up,
-    /// take its inbound lock, fill an empty receive buffer, set the receive SLSB 0x82
-    /// and then the send SLSB 0xA1, set the completion vector low → high, and decide
-    /// on the interrupt. Synchronous: every buffer handled reads 0xA1 or 0xAF on return.
+    /// each primed buffer from the cursor of each queue the mask names: read the
+    /// destination, look the target up, take its inbound lock, fill an empty receive
+    /// buffer, set the receive SLSB 0x82 and then the send SLSB 0xA1, set the
+    /// completion vector low → high, and decide on the interrupt. Synchronous: every
+    /// buffer handled reads 0xA1, 0xAF or (WRITEQ only) 0xA3 on return. Before its new
+    /// buffers, a SIGA delivers what it can of the queue set's pending buffers.
     ///
     /// A write-multiple holds the table lock for one buffer at a time while an update
     /// waits for it: between buffers it steps out (table lock and outbound lock) when
@@ -1518,6 +1620,17 @@ impl<
         subchannel: u16,
         function: SigaFunction,
         queue_mask: u32,
+    ) -> Result<SigaReport, SigaError> {
+        self.siga_inner(lpar, subchannel, function, queue_mask, 0)
+    }
+
+    fn siga_inner(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        function: SigaFunction,
+        queue_mask: u32,
+        qaob: u64,
     ) -> Result<SigaReport, SigaError> {
         if !self.may_wait() {
             return Err(SigaError::InterruptContext);
@@ -1545,9 +1658,33 @@ impl<
         let limit = match function {
             SigaFunction::Write => 1,
             SigaFunction::WriteMultiple => QUEUE_BUFFERS,
+            SigaFunction::WriteQ => {
+                // Linux issues WRITEQ for one buffer of one unicast queue, and only with
+                // the completion queue on (`qdio_main.c` `qdio_kick_outbound_q`,
+                // `qeth_core_main.c` `qeth_flush_buffers`).
+                if !out.cq.active {
+                    return Err(SigaError::InvalidFunction);
+                }
+                let multicast = out
+                    .multicast_queue()
+                    .is_some_and(|m| queue_mask == 1 << (31 - u32::from(m)));
+                if queue_mask.count_ones() != 1 || multicast {
+                    return Err(SigaError::InvalidQueueMask);
+                }
+                1
+            }
         };
+        let writeq = (function == SigaFunction::WriteQ).then_some(qaob);
         let issuer_key = SourceKey { lpar, subchannel };
         let mut report = SigaReport::default();
+        if let Some(issuer) = st.partition(lpar) {
+            let sender = Sender {
+                key: issuer_key,
+                record: issuer,
+                qc,
+            };
+            self.flush_pending(&st, &sender, &mut out, &mut report);
+        }
         let mut handled = 0usize;
         'queues: for q in 0..queues.min(O as u32) as u8 {
             if queue_mask & (1 << (31 - u32::from(q))) == 0 {
@@ -1575,10 +1712,10 @@ impl<
                 };
                 let sender = Sender {
                     key: issuer_key,
-                    memory: &issuer.memory,
+                    record: issuer,
                     qc,
                 };
-                if !self.send_next(&st, &sender, &mut out, q, &mut report) {
+                if !self.send_next(&st, &sender, &mut out, q, writeq, &mut report) {
                     break;
                 }
                 handled += 1;
@@ -1588,32 +1725,35 @@ impl<
     }
 
     /// Sends the output buffer at queue `q`'s cursor if it is primed; false if it is
-    /// not (or the queue is gone).
+    /// not (or the queue is gone). `writeq`: SIGA WRITEQ's QAOB address.
     fn send_next(
         &self,
         st: &State<Q, A, L, S, M>,
-        sender: &Sender<'_, M, O>,
+        sender: &Sender<'_, M, S, O>,
         out: &mut Outbound<O>,
         q: u8,
+        writeq: Option<u64>,
         report: &mut SigaReport,
     ) -> bool {
         let multicast = out.multicast_queue() == Some(q);
         let qi = usize::from(q);
-        // Borrow the ring in place (528 bytes: no copy on the send path).
+        let issuer = &sender.record.memory;
+        let qc = sender.qc;
         let Outbound {
             active,
             queues,
             rings,
             cursors,
+            pending,
+            ..
         } = out;
         if !*active || qi >= usize::from(*queues) {
             return false;
         }
+        // Borrow the ring in place (528 bytes: no copy on the send path).
         let (Some(ring), Some(cursor)) = (rings.get(qi), cursors.get_mut(qi)) else {
             return false;
         };
-        let issuer = sender.memory;
-        let qc = sender.qc;
         // Translated once per buffer: the hypervisor may have remapped the memory
         // since the last call (never during one: it waits for the table lock). An
         // SLSB it unmapped leaves nothing to send.
@@ -1636,7 +1776,20 @@ impl<
             *cursor = next(n);
             return true;
         };
-        let outcome = self.send_buffer(st, sender, &sbal, multicast, report);
+        let outcome = match writeq {
+            None => self.send_buffer(st, sender, &sbal, multicast, None, report),
+            Some(qaob) => match qaob_slice(issuer, qaob) {
+                Some(slice) => {
+                    let wq = WriteQ {
+                        qaob: slice,
+                        qaob_addr: qaob,
+                        pending,
+                    };
+                    self.send_buffer(st, sender, &sbal, multicast, Some(wq), report)
+                }
+                None => refuse(Reason::QaobInvalid),
+            },
+        };
         report.buffers += 1;
         match outcome {
             BufferOutcome::Delivered { frames, bytes } => {
@@ -1647,6 +1800,15 @@ impl<
                 report.delivered += 1;
                 report.frames += frames;
                 report.bytes += bytes;
+            }
+            BufferOutcome::Pending => {
+                // Release: the QAOB's record of the elements is visible with the
+                // state; the program may reuse the SBAL now, not the data.
+                ring.set_state(n, SlsbState::OUTPUT_PENDING.0, Ordering::Release);
+                qc.counters.went_pending();
+                qc.pending_hint
+                    .store(out_pending_len(pending), Ordering::Relaxed);
+                report.pending = report.pending.saturating_add(1);
             }
             BufferOutcome::Refused(fault) => {
                 let e14 = sbal.load(Sbale::ERROR_INDEX_ELEMENT).sflags;
@@ -1667,19 +1829,22 @@ impl<
 
     /// One output buffer: parse, look up, deliver, signal. On the multicast queue a
     /// multicast or broadcast buffer goes to every member of its group but the sender's
-    /// own queue set ([`Fabric::register_group`]).
+    /// own queue set ([`Fabric::register_group`]). With `writeq`, a unicast buffer
+    /// whose receiver is full (or has earlier pending buffers of this set waiting)
+    /// goes pending instead of being refused, while the pending list has room.
     fn send_buffer(
         &self,
         st: &State<Q, A, L, S, M>,
-        sender: &Sender<'_, M, O>,
+        sender: &Sender<'_, M, S, O>,
         sbal: &Sbal,
         multicast_queue: bool,
+        writeq: Option<WriteQ<'_>>,
         report: &mut SigaReport,
     ) -> BufferOutcome {
         let mut outgoing = Outgoing::empty();
         if let Err(f) = parse_outgoing_into(
             sbal,
-            sender.memory,
+            &sender.record.memory,
             st.config.mfs(),
             multicast_queue,
             &mut outgoing,
@@ -1697,12 +1862,19 @@ impl<
             let Some(entry) = st.table.target(&outgoing.dest) else {
                 return refuse(Reason::Unreachable);
             };
-            if let Err(reason) = self.deliver_to(st, entry, &outgoing, report) {
-                return refuse(reason);
-            }
-            return BufferOutcome::Delivered {
-                frames: outgoing.frames() as u16,
-                bytes: outgoing.payload,
+            let delivered = match &writeq {
+                // Behind this set's earlier pending buffers to the same receiver: in
+                // order, so pending too.
+                Some(wq) if wq.pending.waits_for(entry.slot) => Err(Reason::TargetFull),
+                _ => self.deliver_to(st, entry, &outgoing, report),
+            };
+            return match (delivered, writeq) {
+                (Ok(()), _) => BufferOutcome::Delivered {
+                    frames: outgoing.frames() as u16,
+                    bytes: outgoing.payload,
+                },
+                (Err(Reason::TargetFull), Some(wq)) => self.go_pending(sbal, entry, wq),
+                (Err(reason), _) => refuse(reason),
             };
         };
         // Every member but the sender's own queue set gets its copy, with its own
@@ -1990,7 +2162,7 @@ fn sort_by_start(v: &mut [Extent]) {
 
 /// Structures of one queue set at most: 128 SBALs per queue (up to four output queues
 /// and the input queue), an SLSB per queue, 3 indicator bytes.
-const EXTENTS: usize = (MAX_OUTPUT_QUEUES + 1) * (QUEUE_BUFFERS + 1) + 3;
+const EXTENTS: usize = (MAX_OUTPUT_QUEUES + 2) * (QUEUE_BUFFERS + 1) + 3;
 
 /// A queue set's structures in guest memory, as the fabric keeps them.
 struct Layout<const O: usize> {
@@ -1998,6 +2170,8 @@ struct Layout<const O: usize> {
     queues: u8,
     outputs: [QueueRing; O],
     input: QueueRing,
+    /// The completion queue, if any.
+    cq: Option<QueueRing>,
     indicators: IndicatorBytes,
 }
 
@@ -2055,6 +2229,10 @@ impl<const O: usize> Layout<O> {
         }
         sbals(&params.input_sbals, &QueueField::InputSbal)?;
         bytes(params.input_slsb, SLSB_LEN, QueueField::InputSlsb)?;
+        if let Some(cq) = &params.completion_queue {
+            sbals(&cq.sbals, &QueueField::CompletionSbal)?;
+            bytes(cq.slsb, SLSB_LEN, QueueField::CompletionSlsb)?;
+        }
         bytes(params.queue_indicator, 1, QueueField::QueueIndicator)?;
         bytes(params.middle_indicator, 1, QueueField::MiddleIndicator)?;
         bytes(params.global_indicator, 1, QueueField::GlobalIndicator)?;
@@ -2072,10 +2250,15 @@ impl<const O: usize> Layout<O> {
             params.input_slsb,
             &QueueField::InputSbal,
         )?;
+        let cq = match &params.completion_queue {
+            Some(cq) => Some(ring(&cq.sbals, cq.slsb, &QueueField::CompletionSbal)?),
+            None => None,
+        };
         Ok(Self {
             queues: queues as u8,
             outputs,
             input,
+            cq,
             indicators: IndicatorBytes {
                 queue: params.queue_indicator,
                 middle: params.middle_indicator,
@@ -2086,8 +2269,14 @@ impl<const O: usize> Layout<O> {
 }
 
 /// Calls `f` with each structure of a queue set: its output queues `outs`, its input
-/// queue `inp`, its indicator bytes `ind`.
-fn extents(outs: &[QueueRing], inp: &QueueRing, ind: &IndicatorBytes, mut f: impl FnMut(Extent)) {
+/// queue `inp`, its completion queue `cq`, its indicator bytes `ind`.
+fn extents(
+    outs: &[QueueRing],
+    inp: &QueueRing,
+    cq: Option<&QueueRing>,
+    ind: &IndicatorBytes,
+    mut f: impl FnMut(Extent),
+) {
     let e = |start: u64, len: usize, field: QueueField| Extent {
         start,
         len: len as u64,
@@ -2103,6 +2292,12 @@ fn extents(outs: &[QueueRing], inp: &QueueRing, ind: &IndicatorBytes, mut f: imp
         f(e(a, SBAL_SIZE, QueueField::InputSbal(i as u8)));
     }
     f(e(inp.slsb, SLSB_LEN, QueueField::InputSlsb));
+    if let Some(cq) = cq {
+        for (i, a) in cq.sbal_addrs().enumerate() {
+            f(e(a, SBAL_SIZE, QueueField::CompletionSbal(i as u8)));
+        }
+        f(e(cq.slsb, SLSB_LEN, QueueField::CompletionSlsb));
+    }
     f(e(ind.queue, 1, QueueField::QueueIndicator));
     f(e(ind.middle, 1, QueueField::MiddleIndicator));
     f(e(ind.global, 1, QueueField::GlobalIndicator));
@@ -2116,6 +2311,7 @@ fn check_structures<M: GuestMemory>(
     memory: &M,
     outs: &[QueueRing],
     inp: &QueueRing,
+    cq: Option<&QueueRing>,
     ind: &IndicatorBytes,
 ) -> Result<(), RegistrationError> {
     let sbals = |ring: &QueueRing, field: &dyn Fn(u8) -> QueueField| {
@@ -2140,6 +2336,10 @@ fn check_structures<M: GuestMemory>(
     }
     sbals(inp, &QueueField::InputSbal)?;
     bytes(inp.slsb, SLSB_LEN, QueueField::InputSlsb)?;
+    if let Some(cq) = cq {
+        sbals(cq, &QueueField::CompletionSbal)?;
+        bytes(cq.slsb, SLSB_LEN, QueueField::CompletionSlsb)?;
+    }
     bytes(ind.queue, 1, QueueField::QueueIndicator)?;
     bytes(ind.middle, 1, QueueField::MiddleIndicator)?;
     bytes(ind.global, 1, QueueField::GlobalIndicator)
@@ -2206,6 +2406,15 @@ impl<
 pub trait Siga {
     /// Issues SIGA `function` for `subchannel` with output-queue mask `queue_mask`.
     fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus;
+
+    /// Issues SIGA WRITEQ ([`SigaFunction::WriteQ`]) with the QAOB at guest address
+    /// `qaob`. An implementation that cannot carry the QAOB address does not offer the
+    /// completion queue: the default answers cc1, as the fabric does for WRITEQ on a
+    /// queue set without one.
+    fn siga_writeq(&self, subchannel: u16, queue_mask: u32, qaob: u64) -> SigaStatus {
+        let _ = (subchannel, queue_mask, qaob);
+        SigaStatus::from(&Err::<SigaReport, _>(SigaError::InvalidFunction))
+    }
 }
 
 impl<
@@ -2225,7 +2434,18 @@ impl<
                 .siga_function(self.lpar, subchannel, function, queue_mask),
         )
     }
+
+    fn siga_writeq(&self, subchannel: u16, queue_mask: u32, qaob: u64) -> SigaStatus {
+        SigaStatus::from(
+            &self
+                .fabric
+                .siga_writeq(self.lpar, subchannel, queue_mask, qaob),
+        )
+    }
 }
+
+// After the `lock_point!` macro, which it uses.
+mod completion;
 
 #[cfg(test)]
 mod tests {

@@ -194,7 +194,7 @@
 //!         global_indicator: INDICATORS + 2,
 //!         interrupt_immediately: false,
 //!         interrupt_cookie: cookie, // set by the hypervisor, never by the partition
-//!         more_outputs: Default::default(),
+//!         ..Default::default()
 //!     }
 //! }
 //!
@@ -306,13 +306,13 @@ pub use error::{
     ConditionCode, QueueField, RegistrationError, SIGA_BUSY_BIT, SigaError, SigaStatus,
 };
 pub use fabric::{
-    DelayReport, Fabric, FabricConfig, Port, QueueSetHandle, QueueSetParams, Siga, SigaFunction,
-    SigaReport,
+    BROADCAST_GROUP, DelayReport, Fabric, FabricConfig, Port, QueueAddresses, QueueSetHandle,
+    QueueSetParams, Siga, SigaFunction, SigaReport,
 };
 pub use guest::{GuestMemory, HOST_ALIGN, MAX_WINDOWS, Window, Windows};
 #[cfg(feature = "test-hooks")]
 pub use platform::LockPoint;
 pub use platform::{CallContext, InterruptDelivery, InterruptTarget, Platform};
 pub use qdio::{Mfs, Reason};
-pub use queue::{CounterSnapshot, MAX_OUTPUT_QUEUES, OutputQueueCounts};
+pub use queue::{CounterSnapshot, MAX_OUTPUT_QUEUES, OutputQueueCounts, PENDING_PER_QUEUE_SET};
 pub use table::{HashSeed, LparId, SourceKey};

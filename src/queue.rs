@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError};
 use crate::qdio::{QUEUE_BUFFERS, Reason, SLSB_LEN};
 use crate::sync::Mutex;
-use crate::table::SourceKey;
+use crate::table::{SlotRef, SourceKey, TargetEntry};
 
 /// One queue in guest memory: the guest addresses of its 128 SBALs and of the SLSB of
 /// their 128 state bytes, checked when the queue set is established.
@@ -117,6 +117,124 @@ pub(crate) const fn prev(n: u8) -> u8 {
 /// multicast queue (Linux's `multicast_outbound()`, `drivers/s390/cio/qdio.h`).
 pub const MAX_OUTPUT_QUEUES: usize = 4;
 
+/// Output buffers one queue set may have pending on its completion queue at once
+/// (SIGA WRITEQ to a full receiver). Beyond it a full receiver is answered
+/// synchronously with sbalf15 0x10, as without a completion queue.
+pub const PENDING_PER_QUEUE_SET: usize = 8;
+
+/// One output buffer left PENDING (0xA3): its QAOB (in the sender's memory, holding
+/// the buffer's elements since the program reuses the SBAL at once) and the queue set
+/// it waits to be delivered to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pending {
+    /// Guest address of the QAOB (256 bytes, 256-aligned, checked at the SIGA).
+    pub(crate) qaob: u64,
+    /// The receiver it was routed to when it went pending.
+    pub(crate) target: TargetEntry,
+    /// Finished: delivered or failed, its completion code (`aorc`: 0, or an sbalf15
+    /// reason) waits to be posted on the completion queue.
+    pub(crate) done: bool,
+    pub(crate) aorc: u8,
+}
+
+impl Pending {
+    const ZERO: Self = Self {
+        qaob: 0,
+        target: TargetEntry {
+            slot: SlotRef {
+                index: 0,
+                generation: 0,
+            },
+            owner: SourceKey {
+                lpar: 0,
+                subchannel: 0,
+            },
+            group: false,
+        },
+        done: false,
+        aorc: 0,
+    };
+}
+
+/// A queue set's pending buffers, oldest first (under the outbound lock).
+pub(crate) struct PendingList {
+    entries: [Pending; PENDING_PER_QUEUE_SET],
+    len: u8,
+}
+
+impl PendingList {
+    pub(crate) const EMPTY: Self = Self {
+        entries: [Pending::ZERO; PENDING_PER_QUEUE_SET],
+        len: 0,
+    };
+
+    /// The pending buffers, oldest first.
+    pub(crate) fn entries(&self) -> &[Pending] {
+        self.entries.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
+    /// As `entries`, to update in place.
+    pub(crate) fn entries_mut(&mut self) -> &mut [Pending] {
+        self.entries
+            .get_mut(..usize::from(self.len))
+            .unwrap_or(&mut [])
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether a buffer for the queue set in `slot` waits (a later buffer to it must
+    /// wait behind it, to keep the order).
+    pub(crate) fn waits_for(&self, slot: SlotRef) -> bool {
+        self.entries()
+            .iter()
+            .any(|p| !p.done && p.target.slot == slot)
+    }
+
+    /// Appends `p`; `false` when the list is full.
+    pub(crate) fn push(&mut self, p: Pending) -> bool {
+        match self.entries.get_mut(usize::from(self.len)) {
+            Some(e) => {
+                *e = p;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the entries `gone` says to, keeping the others' order.
+    pub(crate) fn remove_where(&mut self, mut gone: impl FnMut(usize, &Pending) -> bool) {
+        let mut kept = 0usize;
+        for i in 0..self.len() {
+            let Some(e) = self.entries.get(i).copied() else {
+                break;
+            };
+            if !gone(i, &e) {
+                if let Some(k) = self.entries.get_mut(kept) {
+                    *k = e;
+                }
+                kept += 1;
+            }
+        }
+        self.len = kept as u8;
+    }
+}
+
+/// A queue set's completion queue: an input-like queue the fabric fills with the
+/// QAOB addresses of buffers that completed asynchronously (Linux's `qeth_qdio_cq_handler`
+/// reads each element's address as a QAOB until one is 0).
+pub(crate) struct CompletionRing {
+    /// Established with a completion queue.
+    pub(crate) active: bool,
+    pub(crate) ring: QueueRing,
+    /// The next completion-queue buffer to fill.
+    pub(crate) cursor: u8,
+    /// The queue set's key (to find its partition from the delay tick).
+    pub(crate) owner: SourceKey,
+}
+
 /// The sender side of a queue control: its output queues and their cursors, under one
 /// outbound lock (a SIGA may name several queues in its mask; one naming a queue that
 /// another SIGA is sending on answers busy, cc2, which Linux retries).
@@ -131,6 +249,11 @@ pub(crate) struct Outbound<const O: usize> {
     /// Per queue, the next output buffer to look at: SIGA handles primed buffers from
     /// here, in ring order, so finding the next one is O(1).
     pub(crate) cursors: [u8; O],
+    /// The completion queue, if the set was established with one.
+    pub(crate) cq: CompletionRing,
+    /// Buffers left pending, waiting for room at their receivers or for a
+    /// completion-queue buffer to be announced in.
+    pub(crate) pending: PendingList,
 }
 
 impl<const O: usize> Outbound<O> {
@@ -143,6 +266,11 @@ impl<const O: usize> Outbound<O> {
             0
         };
         self.rings.get(..n).unwrap_or(&[])
+    }
+
+    /// The completion queue while the control is in use and has one.
+    pub(crate) fn completion_ring(&self) -> Option<&QueueRing> {
+        (self.active && self.cq.active).then_some(&self.cq.ring)
     }
 
     /// The multicast queue's number: the highest, when there are two queues or more.
@@ -229,6 +357,9 @@ pub(crate) struct QueueControl<const O: usize> {
     pub(crate) inbound: Aligned<Mutex<Inbound>>,
     /// Counters; atomics, so reading them takes no queue lock.
     pub(crate) counters: Counters,
+    /// Buffers on the outbound side's pending list (written under the outbound lock,
+    /// read without it by the delay tick and deregistration, to skip sets with none).
+    pub(crate) pending_hint: core::sync::atomic::AtomicU8,
 }
 
 impl<const O: usize> QueueControl<O> {
@@ -241,7 +372,18 @@ impl<const O: usize> QueueControl<O> {
                 queues: 0,
                 rings: [QueueRing::ZERO; O],
                 cursors: [0; O],
+                cq: CompletionRing {
+                    active: false,
+                    ring: QueueRing::ZERO,
+                    cursor: 0,
+                    owner: SourceKey {
+                        lpar: 0,
+                        subchannel: 0,
+                    },
+                },
+                pending: PendingList::EMPTY,
             })),
+            pending_hint: core::sync::atomic::AtomicU8::new(0),
             inbound: Aligned(Mutex::new(Inbound {
                 active: false,
                 ring: QueueRing::ZERO,
@@ -292,6 +434,12 @@ struct TxCounters {
     /// Members a multicast or broadcast buffer skipped (full, suspended, or their
     /// receive buffer unusable); each is counted at the member too.
     group_skipped: AtomicU64,
+    /// Buffers left PENDING (0xA3), completions posted with aorc 0 and with an error,
+    /// and times a completion found the completion queue full.
+    pending: AtomicU64,
+    completed: AtomicU64,
+    completed_with_error: AtomicU64,
+    cq_full: AtomicU64,
 }
 
 /// The receiver's counters: written under the queue control's inbound lock.
@@ -346,6 +494,10 @@ impl Counters {
                 per_queue: [const { [const { AtomicU64::new(0) }; 3] }; MAX_OUTPUT_QUEUES],
                 group_copies: AtomicU64::new(0),
                 group_skipped: AtomicU64::new(0),
+                pending: AtomicU64::new(0),
+                completed: AtomicU64::new(0),
+                completed_with_error: AtomicU64::new(0),
+                cq_full: AtomicU64::new(0),
             },
             rx: RxCounters {
                 frames_received: AtomicU64::new(0),
@@ -379,6 +531,10 @@ impl Counters {
             &self.rx.group_missed,
             &self.tx.group_copies,
             &self.tx.group_skipped,
+            &self.tx.pending,
+            &self.tx.completed,
+            &self.tx.completed_with_error,
+            &self.tx.cq_full,
         ];
         for c in all
             .into_iter()
@@ -406,6 +562,28 @@ impl Counters {
     pub(crate) fn group_sent(&self, copies: u64, skipped: u64) {
         add_locked(&self.tx.group_copies, copies);
         add_locked(&self.tx.group_skipped, skipped);
+    }
+
+    /// A buffer left pending (outbound lock held).
+    pub(crate) fn went_pending(&self) {
+        add_locked(&self.tx.pending, 1);
+    }
+
+    /// A completion posted with code `aorc` (outbound lock held).
+    pub(crate) fn completed(&self, aorc: u8) {
+        add_locked(
+            if aorc == 0 {
+                &self.tx.completed
+            } else {
+                &self.tx.completed_with_error
+            },
+            1,
+        );
+    }
+
+    /// A completion found the completion queue full (outbound lock held).
+    pub(crate) fn cq_full(&self) {
+        add_locked(&self.tx.cq_full, 1);
     }
 
     /// This member missed a multicast or broadcast copy. Its inbound lock may not be
@@ -487,6 +665,10 @@ impl Counters {
             group_copies: get(&self.tx.group_copies),
             group_skipped: get(&self.tx.group_skipped),
             group_missed: get(&self.rx.group_missed),
+            pending: get(&self.tx.pending),
+            completed: get(&self.tx.completed),
+            completed_with_error: get(&self.tx.completed_with_error),
+            cq_full: get(&self.tx.cq_full),
         }
     }
 }
@@ -537,6 +719,16 @@ pub struct CounterSnapshot {
     /// Group traffic is not refused back to the sender (a full member must not hold up
     /// the others), so the loss is counted here.
     pub group_missed: u64,
+    /// Output buffers left PENDING (0xA3) by SIGA WRITEQ to a full receiver.
+    pub pending: u64,
+    /// Pending buffers completed through the completion queue with `aorc` 0
+    /// (delivered).
+    pub completed: u64,
+    /// Pending buffers completed with an error `aorc` (the receiver went away, the
+    /// frame no longer checks, a side was deregistered).
+    pub completed_with_error: u64,
+    /// Times a completion waited because the completion queue had no empty buffer.
+    pub cq_full: u64,
 }
 
 /// What one output queue sent.

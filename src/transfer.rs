@@ -237,8 +237,13 @@ pub fn parse_general<M: GuestMemory>(
     multicast_queue: bool,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
-    // Read each element once, up to the first LAST_ENTRY (into a vector: nothing is
-    // zeroed first).
+    let sbales = load_elements(sbal)?;
+    parse_elements(&sbales, memory, mfs, multicast_queue, out)
+}
+
+/// Reads each element of `sbal` once, up to the first `LAST_ENTRY` (into a vector:
+/// nothing is zeroed first); elements `0..=last`.
+pub fn load_elements(sbal: &Sbal) -> Result<heapless::Vec<Sbale, SBALES_PER_SBAL>, Fault> {
     let mut sbales = heapless::Vec::<Sbale, SBALES_PER_SBAL>::new();
     let mut last = None;
     for i in 0..SBALES_PER_SBAL {
@@ -250,8 +255,24 @@ pub fn parse_general<M: GuestMemory>(
             break;
         }
     }
-    let last = last.ok_or(Fault::at(Reason::NoLastEntry, SBALES_PER_SBAL - 1))?;
+    last.ok_or(Fault::at(Reason::NoLastEntry, SBALES_PER_SBAL - 1))?;
+    Ok(sbales)
+}
 
+/// The checks of [`parse_outgoing_into`] over the elements of a buffer read already,
+/// up to and including the one with `LAST_ENTRY` (from an SBAL, or from the QAOB that
+/// recorded a pending buffer's); at most 16 are looked at.
+pub fn parse_elements<M: GuestMemory>(
+    sbales: &[Sbale],
+    memory: &M,
+    mfs: Mfs,
+    multicast_queue: bool,
+    out: &mut Outgoing,
+) -> Result<(), Fault> {
+    let sbales = sbales.get(..SBALES_PER_SBAL).unwrap_or(sbales);
+    let Some(last) = sbales.len().checked_sub(1) else {
+        return Err(Fault::at(Reason::NoLastEntry, SBALES_PER_SBAL - 1));
+    };
     out.frames.clear();
     out.elements.clear();
     let elements = &mut out.elements;

@@ -1138,7 +1138,7 @@ fn layout(i: usize) -> iqdio::QueueSetParams {
         global_indicator: ctl + 258,
         interrupt_immediately: false,
         interrupt_cookie: 0,
-        more_outputs: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -1450,7 +1450,7 @@ fn queue_structures_aliased_onto_each_other() {
         global_indicator: s + 6,
         interrupt_immediately: false,
         interrupt_cookie: 0,
-        more_outputs: Default::default(),
+        ..Default::default()
     };
     // Over A's own queue set 0 (its SBAL 100 and its SLSB)...
     let e = w.fab.establish(1, 1, &p).unwrap_err();

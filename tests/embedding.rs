@@ -235,7 +235,7 @@ fn params(cookie: u64) -> QueueSetParams {
         global_indicator: INDICATORS + 2,
         interrupt_immediately: false,
         interrupt_cookie: cookie,
-        more_outputs: Default::default(),
+        ..Default::default()
     }
 }
 

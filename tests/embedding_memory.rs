@@ -151,7 +151,7 @@ fn params() -> QueueSetParams {
         global_indicator: guest(0, 2 * SLSB_LEN + 2),
         interrupt_immediately: true,
         interrupt_cookie: 0,
-        more_outputs: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -66,7 +66,7 @@ fn raw_params(base: u64) -> QueueSetParams {
         global_indicator: base + IND + 0x80,
         interrupt_immediately: false,
         interrupt_cookie: 0,
-        more_outputs: Default::default(),
+        ..Default::default()
     }
 }
 

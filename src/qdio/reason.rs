@@ -38,6 +38,9 @@ pub enum Reason {
     /// Not 0x04: Linux's `qeth_compute_cq_notification` groups 0x04 with 0x10-0x12 as
     /// "unreachable", and a frame too large for the target is not that.
     TooLarge = 0x14,
+    /// A pending buffer (SIGA WRITEQ, completion queue) whose own queue set was
+    /// deregistered before it could be delivered: its QAOB completes with this code.
+    Cancelled = 0x15,
     /// No element among the 16 carries `LAST_ENTRY`.
     NoLastEntry = 0x20,
     /// An element in use has length 0.
@@ -59,16 +62,21 @@ pub enum Reason {
     ShortHeader = 0x28,
     /// The frames of one SBAL name different next hops.
     MixedDestinations = 0x29,
+    /// SIGA WRITEQ named a QAOB that is not 256-aligned or not wholly in the
+    /// sender's memory, or a pending buffer's QAOB no longer describes a buffer
+    /// (`sb_count` not 1 to 16).
+    QaobInvalid = 0x2A,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Self::TargetFull,
         Self::Unreachable,
         Self::TargetNotActive,
         Self::TargetBufferInvalid,
         Self::TooLarge,
+        Self::Cancelled,
         Self::NoLastEntry,
         Self::ZeroLength,
         Self::AddressOutsideMemory,
@@ -79,6 +87,7 @@ impl Reason {
         Self::CastType,
         Self::ShortHeader,
         Self::MixedDestinations,
+        Self::QaobInvalid,
     ];
 
     /// The sbalf15 byte.
@@ -141,6 +150,8 @@ impl Reason {
             Self::CastType => "cast type not valid on this queue",
             Self::ShortHeader => "first element shorter than the header",
             Self::MixedDestinations => "frames for several next hops in one SBAL",
+            Self::Cancelled => "pending buffer cancelled: its queue set was deregistered",
+            Self::QaobInvalid => "QAOB misaligned, outside memory, or not a buffer's",
         }
     }
 }

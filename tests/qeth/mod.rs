@@ -658,6 +658,7 @@ impl Card {
                     slsb: l.out_slsb(q),
                 })
                 .collect(),
+            completion_queue: None,
         }
     }
 
@@ -1166,6 +1167,8 @@ impl Card {
                 match function {
                     SigaFunction::Write => q.stats.siga_write += 1,
                     SigaFunction::WriteMultiple => q.stats.siga_writem += 1,
+                    // Not chosen above: this path sends without a QAOB.
+                    SigaFunction::WriteQ => {}
                 }
                 let s = port.siga(self.cfg.subchannel, function, mask);
                 if s.is_busy() {

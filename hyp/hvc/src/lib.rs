@@ -295,7 +295,7 @@ impl EstablishBlock {
             global_indicator: self.global_indicator,
             interrupt_immediately: self.interrupt_immediately,
             interrupt_cookie: 0,
-            more_outputs: Default::default(),
+            ..Default::default()
         }
     }
 }
