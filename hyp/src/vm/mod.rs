@@ -51,8 +51,9 @@ pub const GUEST_WINDOW: usize = board::WINDOW_SIZE;
 /// The fabric type of the hypervisor, sized for what it runs: a partition per core
 /// ([`MAX_CORES`], 8), each with one queue set, two addresses (IPv4 and IPv6) and
 /// one window; 32 target-table slots keep the table at most half full; two output
-/// queues per set (one unicast, one multicast). About 30 KiB, all-zero at build time, so the static below lands in `.bss` (`cargo xtask test`
-/// checks that in the image).
+/// queues per set (one unicast, one multicast). About 30 KiB, all-zero at build
+/// time, so the static below lands in `.bss` (`cargo xtask test` checks that in the
+/// image).
 pub type HypFabric = Fabric<HypPlatform, 8, 32, MAX_CORES, 1, Windows<1>, 2>;
 
 pub use iqdio_hvc::{MFS, parse_option as parse};
