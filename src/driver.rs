@@ -12,19 +12,27 @@
 //! `rx_buffers` ahead of the next one to consume; consumed buffers go to 0x80 (or
 //! 0x81 for the newest, while polling) and the buffer `rx_buffers` further on is armed
 //! with the same data pages.
+//!
+//! Output queues: a queue set has 1 to 4 ([`DriverConfig::output_queues`]), each with
+//! its own ring, SLSB, data and cursor. With two or more the highest-numbered is the
+//! **multicast queue**: frames to a group, to the broadcast domain or to an anycast
+//! address ([`Dest`]) go there with their cast type in the header, unicast frames on
+//! queue 0 (or, with [`QueueDriver::prime_frames_on`], on any queue the program picks),
+//! as Linux's qeth does (`qeth_iqd_select_queue`, `drivers/s390/net/qeth_core_main.c`).
 
-use core::net::IpAddr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use crate::error::{SigaError, SigaStatus};
-use crate::fabric::{QUEUE_0_MASK, QueueSetParams, Siga, SigaFunction};
+use crate::fabric::{QueueAddresses, QueueSetParams, Siga, SigaFunction};
 use crate::guest::{GuestSlice, Sbal, Window};
 use crate::initiative::{self, IndicatorByte};
 use crate::qdio::{
-    Eflags, Fragment, HEADER_SIZE, L3Header, Mfs, QUEUE_BUFFERS, RX_ELEMENT_SIZE, Reason,
+    CastType, Eflags, Fragment, HEADER_SIZE, L3Header, Mfs, QUEUE_BUFFERS, RX_ELEMENT_SIZE, Reason,
     SBAL_SIZE, SBALES_PER_SBAL, SLSB_LEN, Sbale, SlsbState,
 };
+use crate::queue::MAX_OUTPUT_QUEUES;
 
 /// Page size the driver aligns data buffers to; frames are split at page boundaries.
 const PAGE: usize = 4096;
@@ -44,6 +52,14 @@ pub enum DriverError {
     TooLarge,
     /// No frame given, or a frame longer than a header's length field can say.
     InvalidFrame,
+    /// A multicast, broadcast or anycast frame, but the queue set has one output queue
+    /// and so no multicast queue ([`DriverConfig::output_queues`] below 2).
+    NoMulticastQueue,
+    /// The destination does not fit its kind (a group that is not a multicast address,
+    /// an anycast address that is), or the output queue named does not exist or cannot
+    /// carry it (a multicast, broadcast or anycast frame on a unicast queue, which the
+    /// fabric would refuse with 0x27).
+    InvalidDest,
 }
 
 /// Errors of a send.
@@ -67,6 +83,8 @@ impl core::fmt::Display for DriverError {
             Self::NoFreeBuffer => "no free output buffer: issue SIGA first",
             Self::TooLarge => "frames larger than the MFS or 16 elements",
             Self::InvalidFrame => "no frame, or a frame too long for the header",
+            Self::NoMulticastQueue => "one output queue: no multicast queue",
+            Self::InvalidDest => "destination not of its kind, or not for that output queue",
         })
     }
 }
@@ -184,6 +202,96 @@ impl Indicators {
     }
 }
 
+/// Where a frame goes: the next hop its header names and its cast type, which also
+/// chooses the output queue: unicast on queue 0, the others on the multicast queue (the
+/// highest-numbered, with two output queues or more).
+///
+/// `From<IpAddr>` ([`Dest::of`]) chooses by the address, as Linux's qeth does for a
+/// packet with no neighbour entry (`qeth_l3_get_cast_type_rcu`,
+/// `drivers/s390/net/qeth_l3_main.c`): a multicast address is a group, the limited
+/// broadcast 255.255.255.255 the broadcast domain, anything else unicast. A subnet's
+/// broadcast address or an anycast address needs its variant named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// The one queue set that registered the address (cast 0x06), on queue 0.
+    Unicast(IpAddr),
+    /// Every member of the multicast group (IPv4 224.0.0.0/4, IPv6 ff00::/8) but the
+    /// sender's own queue set (cast 0x04), on the multicast queue.
+    Group(IpAddr),
+    /// Every queue set that switched broadcast on but the sender's own (cast 0x05), on
+    /// the multicast queue; the address (the limited broadcast or a subnet's) is the
+    /// header's next hop, the fabric delivers whatever it is (it is one LAN).
+    Broadcast(Ipv4Addr),
+    /// The one queue set that registered the IPv6 address (cast 0x07), on the multicast
+    /// queue, where Linux sends anycast (`qeth_iqd_select_queue`).
+    Anycast(Ipv6Addr),
+}
+
+impl Dest {
+    /// The destination an address names by itself: a multicast address a
+    /// [`Group`](Self::Group), 255.255.255.255 [`Broadcast`](Self::Broadcast), any
+    /// other [`Unicast`](Self::Unicast).
+    pub const fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) if v4.is_broadcast() => Self::Broadcast(v4),
+            _ if ip.is_multicast() => Self::Group(ip),
+            _ => Self::Unicast(ip),
+        }
+    }
+
+    /// The next hop the frame header names.
+    pub const fn next_hop(&self) -> IpAddr {
+        match *self {
+            Self::Unicast(ip) | Self::Group(ip) => ip,
+            Self::Broadcast(v4) => IpAddr::V4(v4),
+            Self::Anycast(v6) => IpAddr::V6(v6),
+        }
+    }
+
+    /// The cast type the frame header names.
+    pub const fn cast(&self) -> CastType {
+        match self {
+            Self::Unicast(_) => CastType::Unicast,
+            Self::Group(_) => CastType::Multicast,
+            Self::Broadcast(_) => CastType::Broadcast,
+            Self::Anycast(_) => CastType::Anycast,
+        }
+    }
+
+    /// Whether the frame goes on a unicast queue (only [`Unicast`](Self::Unicast)).
+    pub const fn is_unicast(&self) -> bool {
+        matches!(self, Self::Unicast(_))
+    }
+
+    /// The destination a frame header names (for a frame sent again), if its next hop
+    /// fits its cast type.
+    fn from_header(h: &L3Header) -> Option<Self> {
+        let d = match (h.cast, h.next_hop) {
+            (CastType::Unicast, ip) => Self::Unicast(ip),
+            (CastType::Multicast, ip) => Self::Group(ip),
+            (CastType::Broadcast, IpAddr::V4(v4)) => Self::Broadcast(v4),
+            (CastType::Anycast, IpAddr::V6(v6)) => Self::Anycast(v6),
+            _ => return None,
+        };
+        d.valid().then_some(d)
+    }
+
+    /// Whether the address fits the kind.
+    const fn valid(&self) -> bool {
+        match self {
+            Self::Group(ip) => ip.is_multicast(),
+            Self::Anycast(v6) => !v6.is_multicast(),
+            Self::Unicast(_) | Self::Broadcast(_) => true,
+        }
+    }
+}
+
+impl From<IpAddr> for Dest {
+    fn from(ip: IpAddr) -> Self {
+        Self::of(ip)
+    }
+}
+
 /// How a [`QueueDriver`] lays out its queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DriverConfig {
@@ -193,35 +301,49 @@ pub struct DriverConfig {
     pub mfs: Mfs,
     /// Input buffers armed at once: a power of two from 2 to 64.
     pub rx_buffers: u8,
-    /// Output buffers with data of their own: a power of two from 1 to 128.
+    /// Output buffers with data of their own, per output queue: a power of two from 1
+    /// to 128, and at most 128 over all output queues (so one flush reports at most 128
+    /// buffers).
     pub tx_buffers: u8,
+    /// Output queues: 1 to 4 ([`MAX_OUTPUT_QUEUES`], and at most the fabric's `O`).
+    /// With 2 or more the highest-numbered is the multicast queue, which multicast,
+    /// broadcast and anycast frames need; Linux establishes a HiperSockets device with
+    /// at least 2 (`QETH_IQD_MIN_TXQ`, `drivers/s390/net/qeth_core.h`).
+    pub output_queues: u8,
     /// Ask for an interrupt on every delivery (the override).
     pub interrupt_immediately: bool,
 }
 
 impl DriverConfig {
-    /// 16 input buffers, 8 output buffers.
+    /// 16 input buffers, one output queue of 8 output buffers.
     pub const fn new(subchannel: u16, mfs: Mfs) -> Self {
         Self {
             subchannel,
             mfs,
             rx_buffers: 16,
             tx_buffers: 8,
+            output_queues: 1,
             interrupt_immediately: false,
         }
     }
 
     /// Bytes of region a driver with this configuration takes (at most).
     pub const fn footprint(&self) -> usize {
-        2 * QUEUE_BUFFERS * SBAL_SIZE
-            + 2 * 256
+        let queues = self.output_queues as usize;
+        (1 + queues) * QUEUE_BUFFERS * SBAL_SIZE
+            + (1 + queues) * 256
             + 64
-            + (self.rx_buffers as usize + self.tx_buffers as usize) * self.mfs.bytes()
-            + 3 * PAGE
+            + (self.rx_buffers as usize + queues * self.tx_buffers as usize) * self.mfs.bytes()
+            + (1 + 2 * queues) * PAGE
     }
 }
 
 /// Outcome of a write-multiple flush.
+///
+/// A flush sends the buffers primed on every output queue in one SIGA, whose mask
+/// names each queue that has some; the fabric handles them queue by queue, lowest
+/// first, each queue in ring order. A buffer's *position* counts in that order: queue
+/// 0's buffers first, then queue 1's, and so on ([`locate`](Self::locate) maps it back).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlushReport {
     /// Buffers delivered.
@@ -230,9 +352,26 @@ pub struct FlushReport {
     /// reason).
     pub refused: heapless::Vec<(u8, Reason), QUEUE_BUFFERS>,
     /// Buffers the SIGA did not reach: it ended early (the partition was suspended, or
-    /// its queue set changed, while it ran). They are the last ones primed, still
-    /// primed (0x62), and the next flush sends them.
+    /// its queue set changed, while it ran). They are the last ones primed on their
+    /// queues, still primed (0x62), and the next flush sends them.
     pub pending: u8,
+    /// Buffers each output queue had primed when the flush began.
+    pub primed: [u8; MAX_OUTPUT_QUEUES],
+}
+
+impl FlushReport {
+    /// The output queue of the buffer at `position`, and which of that queue's
+    /// buffers primed since the last flush it was (0 the oldest).
+    pub fn locate(&self, position: u8) -> Option<(u8, u8)> {
+        let mut rest = position;
+        for (q, &n) in self.primed.iter().enumerate() {
+            if rest < n {
+                return Some((q as u8, rest));
+            }
+            rest -= n;
+        }
+        None
+    }
 }
 
 /// What a queue driver's receive side saw since it was made. Every frame the fabric
@@ -349,24 +488,68 @@ struct TxLayout {
     elements: heapless::Vec<Sbale, SBALES_PER_SBAL>,
 }
 
+/// One output queue: its ring of SBALs, its SLSB, the data of its buffers and its
+/// cursor.
+struct TxQueue {
+    sbals: Chunk,
+    ring: [Sbal; QUEUE_BUFFERS],
+    slsb: Chunk,
+    data: Chunk,
+    /// Next output buffer to prime.
+    next: u8,
+    /// Buffers primed since the last SIGA (they end at `next`).
+    primed: u8,
+}
+
+impl TxQueue {
+    /// The queue over its three pieces of region; every buffer 0xA0.
+    fn new(sbals: Chunk, slsb: Chunk, data: Chunk) -> Result<Self, DriverError> {
+        let q = Self {
+            ring: QueueDriver::ring(&sbals)?,
+            sbals,
+            slsb,
+            data,
+            next: 0,
+            primed: 0,
+        };
+        q.slsb.mem.fill(0, SLSB_LEN, SlsbState::OUTPUT_NOT_INIT.0);
+        q.slsb.mem.model_atomics();
+        Ok(q)
+    }
+
+    fn sbal(&self, n: u8) -> Sbal {
+        self.ring[usize::from(n) % QUEUE_BUFFERS]
+    }
+
+    fn state(&self, n: u8) -> SlsbState {
+        SlsbState(QueueDriver::state(&self.slsb, n, Ordering::Acquire))
+    }
+
+    /// The SLSB's queue mask bit of queue `q` (Linux's `qdio_siga_output`,
+    /// `drivers/s390/cio/qdio_main.c`: queue n is bit `1 << (31 - n)`).
+    const fn mask(q: u8) -> u32 {
+        1 << (31 - q as u32)
+    }
+
+    /// The buffer primed `k` buffers after the oldest primed since the last SIGA.
+    fn primed_buffer(&self, k: u8) -> u8 {
+        let first = (self.next + QUEUE_BUFFERS as u8 - self.primed) % QUEUE_BUFFERS as u8;
+        (first + k) % QUEUE_BUFFERS as u8
+    }
+}
+
 /// The driver of one queue set: its output and input queues in partition memory.
 pub struct QueueDriver {
     cfg: DriverConfig,
-    out_sbals: Chunk,
+    /// The output queues, queue 0 first.
+    tx: heapless::Vec<TxQueue, MAX_OUTPUT_QUEUES>,
     in_sbals: Chunk,
-    out_ring: [Sbal; QUEUE_BUFFERS],
     in_ring: [Sbal; QUEUE_BUFFERS],
-    out_slsb: Chunk,
     in_slsb: Chunk,
     queue_ind: Chunk,
-    tx_data: Chunk,
     rx_data: Chunk,
     middle_guest: u64,
     global_guest: u64,
-    /// Next output buffer to prime.
-    tx_next: u8,
-    /// Buffers primed since the last SIGA (they end at `tx_next`).
-    tx_primed: u8,
     /// Next input buffer to consume.
     rx_next: u8,
     polling: bool,
@@ -376,46 +559,61 @@ pub struct QueueDriver {
 
 impl QueueDriver {
     /// Lays the queue set out in `region` and initialises it: output buffers 0xA0,
-    /// the first `rx_buffers` input buffers armed (0x41), the rest 0x80.
+    /// the first `rx_buffers` input buffers armed (0x41), the rest 0x80. Output queue
+    /// 0 and the input queue come first, the further output queues after them.
     pub fn new(
         region: &mut Region,
         indicators: &Indicators,
         cfg: DriverConfig,
     ) -> Result<Self, DriverError> {
         let rx_ok = cfg.rx_buffers.is_power_of_two() && (2..=64).contains(&cfg.rx_buffers);
-        let tx_ok =
-            cfg.tx_buffers.is_power_of_two() && usize::from(cfg.tx_buffers) <= QUEUE_BUFFERS;
+        let queues = usize::from(cfg.output_queues);
+        let tx_ok = cfg.tx_buffers.is_power_of_two()
+            && (1..=MAX_OUTPUT_QUEUES).contains(&queues)
+            && queues * usize::from(cfg.tx_buffers) <= QUEUE_BUFFERS;
         if !rx_ok || !tx_ok {
             return Err(DriverError::InvalidConfig);
         }
         let ring = QUEUE_BUFFERS * SBAL_SIZE;
+        let tx_bytes = usize::from(cfg.tx_buffers) * cfg.mfs.bytes();
         let out_sbals = region.alloc(ring, PAGE)?;
         let in_sbals = region.alloc(ring, PAGE)?;
+        let out_slsb = region.alloc(SLSB_LEN, 256)?;
+        let in_slsb = region.alloc(SLSB_LEN, 256)?;
+        let queue_ind = region.alloc(1, 64)?;
+        let tx_data = region.alloc(tx_bytes, PAGE)?;
+        let rx_data = region.alloc(usize::from(cfg.rx_buffers) * cfg.mfs.bytes(), PAGE)?;
+        let mut tx = heapless::Vec::new();
+        let mut queue = Some(TxQueue::new(out_sbals, out_slsb, tx_data)?);
+        for _ in 0..queues {
+            let q = match queue.take() {
+                Some(q) => q,
+                None => TxQueue::new(
+                    region.alloc(ring, PAGE)?,
+                    region.alloc(SLSB_LEN, 256)?,
+                    region.alloc(tx_bytes, PAGE)?,
+                )?,
+            };
+            // At most MAX_OUTPUT_QUEUES (checked above): the push cannot fail.
+            tx.push(q).map_err(|_| DriverError::InvalidConfig)?;
+        }
         let d = Self {
             cfg,
-            out_ring: Self::ring(&out_sbals)?,
+            tx,
             in_ring: Self::ring(&in_sbals)?,
-            out_sbals,
             in_sbals,
-            out_slsb: region.alloc(SLSB_LEN, 256)?,
-            in_slsb: region.alloc(SLSB_LEN, 256)?,
-            queue_ind: region.alloc(1, 64)?,
-            tx_data: region.alloc(usize::from(cfg.tx_buffers) * cfg.mfs.bytes(), PAGE)?,
-            rx_data: region.alloc(usize::from(cfg.rx_buffers) * cfg.mfs.bytes(), PAGE)?,
+            in_slsb,
+            queue_ind,
+            rx_data,
             middle_guest: indicators.middle.guest,
             global_guest: indicators.global.guest,
-            tx_next: 0,
-            tx_primed: 0,
             rx_next: 0,
             polling: false,
             acked: None,
             rx: RxCounters::default(),
         };
-        d.out_slsb
-            .mem
-            .fill(0, SLSB_LEN, SlsbState::OUTPUT_NOT_INIT.0);
         d.in_slsb.mem.fill(0, SLSB_LEN, SlsbState::INPUT_NOT_INIT.0);
-        for c in [&d.out_slsb, &d.in_slsb, &d.queue_ind] {
+        for c in [&d.in_slsb, &d.queue_ind] {
             c.mem.model_atomics();
         }
         for n in 0..cfg.rx_buffers {
@@ -434,23 +632,90 @@ impl QueueDriver {
         self.cfg.subchannel
     }
 
-    /// The addresses to establish this queue set with. The interrupt cookie is 0: it
-    /// is the hypervisor's routing data, which the program side does not know; a
+    /// The addresses to establish this queue set with, every output queue's among
+    /// them (`more_outputs` holds queues 1 and up). The interrupt cookie is 0: it is
+    /// the hypervisor's routing data, which the program side does not know; a
     /// hypervisor sets its own before it establishes.
     pub fn params(&self) -> QueueSetParams {
         let sbals = |c: &Chunk| core::array::from_fn(|i| c.guest + (i * SBAL_SIZE) as u64);
+        let mut more_outputs = heapless::Vec::new();
+        for q in self.tx.iter().skip(1) {
+            // At most three queues after queue 0: the push cannot fail.
+            let _ = more_outputs.push(QueueAddresses {
+                sbals: sbals(&q.sbals),
+                slsb: q.slsb.guest,
+            });
+        }
+        let (output_sbals, output_slsb) = match self.tx.first() {
+            Some(q0) => (sbals(&q0.sbals), q0.slsb.guest),
+            // `new` makes queue 0 always.
+            None => ([0; QUEUE_BUFFERS], 0),
+        };
         QueueSetParams {
-            output_sbals: sbals(&self.out_sbals),
+            output_sbals,
             input_sbals: sbals(&self.in_sbals),
-            output_slsb: self.out_slsb.guest,
+            output_slsb,
             input_slsb: self.in_slsb.guest,
             queue_indicator: self.queue_ind.guest,
             middle_indicator: self.middle_guest,
             global_indicator: self.global_guest,
             interrupt_immediately: self.cfg.interrupt_immediately,
             interrupt_cookie: 0,
+            more_outputs,
             ..Default::default()
         }
+    }
+
+    /// Output queues this queue set has (1 to 4).
+    pub fn output_queues(&self) -> u8 {
+        self.tx.len() as u8
+    }
+
+    /// The multicast queue: the highest-numbered output queue, when there are two or
+    /// more (Linux's `multicast_outbound()`, `drivers/s390/cio/qdio.h`).
+    pub fn multicast_queue(&self) -> Option<u8> {
+        let n = self.output_queues();
+        (n >= 2).then(|| n - 1)
+    }
+
+    /// The output queue a frame to `dest` goes on: queue 0 for unicast, the multicast
+    /// queue for the rest ([`DriverError::NoMulticastQueue`] without one), and
+    /// [`DriverError::InvalidDest`] for a destination not of its kind.
+    pub fn queue_for(&self, dest: &Dest) -> Result<u8, DriverError> {
+        if !dest.valid() {
+            return Err(DriverError::InvalidDest);
+        }
+        if dest.is_unicast() {
+            Ok(0)
+        } else {
+            self.multicast_queue().ok_or(DriverError::NoMulticastQueue)
+        }
+    }
+
+    /// Whether a frame to `dest` may go on output queue `q`: the queue exists, and a
+    /// multicast, broadcast or anycast frame goes on the multicast queue only (the
+    /// fabric refuses it on a unicast queue, 0x27); unicast may go on any.
+    fn check_queue(&self, q: u8, dest: &Dest) -> Result<(), DriverError> {
+        if !dest.valid() || usize::from(q) >= self.tx.len() {
+            return Err(DriverError::InvalidDest);
+        }
+        if !dest.is_unicast() && self.multicast_queue() != Some(q) {
+            return Err(match self.multicast_queue() {
+                None => DriverError::NoMulticastQueue,
+                Some(_) => DriverError::InvalidDest,
+            });
+        }
+        Ok(())
+    }
+
+    fn txq(&self, q: u8) -> Result<&TxQueue, DriverError> {
+        self.tx.get(usize::from(q)).ok_or(DriverError::InvalidDest)
+    }
+
+    fn txq_mut(&mut self, q: u8) -> Result<&mut TxQueue, DriverError> {
+        self.tx
+            .get_mut(usize::from(q))
+            .ok_or(DriverError::InvalidDest)
     }
 
     fn ring(chunk: &Chunk) -> Result<[Sbal; QUEUE_BUFFERS], DriverError> {
@@ -466,10 +731,6 @@ impl QueueDriver {
         v.into_array().map_err(|_| DriverError::Misaligned)
     }
 
-    fn out_sbal(&self, n: u8) -> Sbal {
-        self.out_ring[usize::from(n) % QUEUE_BUFFERS]
-    }
-
     fn in_sbal(&self, n: u8) -> Sbal {
         self.in_ring[usize::from(n) % QUEUE_BUFFERS]
     }
@@ -482,9 +743,16 @@ impl QueueDriver {
         slsb.mem.store(usize::from(n) % QUEUE_BUFFERS, s.0, order);
     }
 
-    /// The SLSB state of output buffer `n`.
+    /// The SLSB state of output buffer `n` of queue 0.
     pub fn output_state(&self, n: u8) -> SlsbState {
-        SlsbState(Self::state(&self.out_slsb, n, Ordering::Acquire))
+        self.output_state_on(0, n)
+    }
+
+    /// The SLSB state of output buffer `n` of output queue `q` (0xA0, not initialised,
+    /// for a queue that does not exist).
+    pub fn output_state_on(&self, q: u8, n: u8) -> SlsbState {
+        self.txq(q)
+            .map_or(SlsbState::OUTPUT_NOT_INIT, |tq| tq.state(n))
     }
 
     /// The SLSB state of input buffer `n`.
@@ -516,58 +784,109 @@ impl QueueDriver {
         Self::set_state(&self.in_slsb, n, SlsbState::INPUT_EMPTY, Ordering::Release);
     }
 
-    /// Output buffers free to prime now.
+    /// Output buffers of queue 0 free to prime now.
     pub fn free_tx(&self) -> u8 {
-        self.cfg.tx_buffers - self.tx_primed
+        self.free_tx_on(0)
     }
 
-    /// Primes one frame to `dest` into the next output buffer; SIGA sends it.
-    pub fn prime(&mut self, dest: IpAddr, packet: &[u8]) -> Result<u8, DriverError> {
+    /// Output buffers of output queue `q` free to prime now (0 for a queue that does
+    /// not exist).
+    pub fn free_tx_on(&self, q: u8) -> u8 {
+        self.txq(q)
+            .map_or(0, |tq| self.cfg.tx_buffers.saturating_sub(tq.primed))
+    }
+
+    /// Primes one frame to `dest` into the next output buffer of its queue
+    /// ([`queue_for`](Self::queue_for)); SIGA sends it. Returns the buffer's number
+    /// on that queue.
+    pub fn prime(&mut self, dest: impl Into<Dest>, packet: &[u8]) -> Result<u8, DriverError> {
         self.prime_frames(dest, &[packet])
     }
 
-    /// Primes several frames for one next hop into one output buffer (as Linux's qeth
-    /// packs packets that share next hop and VLAN, `qeth_l3_may_bulk`/`qeth_xmit` in
-    /// `drivers/s390/net/qeth_core_main.c`). Each frame is a header and its packet; frames
-    /// are split into elements at page boundaries of the buffer's data. The packets
-    /// are copied in; [`prime_frames_with`](Self::prime_frames_with) lets the program
-    /// write them in place instead.
-    pub fn prime_frames(&mut self, dest: IpAddr, packets: &[&[u8]]) -> Result<u8, DriverError> {
+    /// Primes one frame to the multicast group `group` (cast 0x04) on the multicast
+    /// queue: every member but this queue set gets a copy once SIGA sends it.
+    pub fn prime_group(&mut self, group: IpAddr, packet: &[u8]) -> Result<u8, DriverError> {
+        self.prime(Dest::Group(group), packet)
+    }
+
+    /// Primes one frame to the broadcast domain (cast 0x05, next hop 255.255.255.255)
+    /// on the multicast queue: every queue set that switched broadcast on, but this
+    /// one, gets a copy once SIGA sends it.
+    pub fn prime_broadcast(&mut self, packet: &[u8]) -> Result<u8, DriverError> {
+        self.prime(Dest::Broadcast(Ipv4Addr::BROADCAST), packet)
+    }
+
+    /// Primes several frames for one destination into one output buffer (as Linux's
+    /// qeth packs packets that share next hop and VLAN, `qeth_l3_may_bulk`/`qeth_xmit`
+    /// in `drivers/s390/net/qeth_core_main.c`), on the destination's queue. Each frame
+    /// is a header and its packet; frames are split into elements at page boundaries of
+    /// the buffer's data. The packets are copied in;
+    /// [`prime_frames_with`](Self::prime_frames_with) lets the program write them in
+    /// place instead.
+    pub fn prime_frames(
+        &mut self,
+        dest: impl Into<Dest>,
+        packets: &[&[u8]],
+    ) -> Result<u8, DriverError> {
+        let dest = dest.into();
+        let q = self.queue_for(&dest)?;
+        self.prime_frames_on(q, dest, packets)
+    }
+
+    /// As [`prime_frames`](Self::prime_frames), on output queue `q` chosen by the
+    /// program: unicast frames may go on any queue (say, to spread flows over the
+    /// unicast queues as Linux spreads its transmit queues), the others only on the
+    /// multicast queue ([`DriverError::InvalidDest`] otherwise, as for a queue that
+    /// does not exist).
+    pub fn prime_frames_on(
+        &mut self,
+        q: u8,
+        dest: impl Into<Dest>,
+        packets: &[&[u8]],
+    ) -> Result<u8, DriverError> {
+        let dest = dest.into();
+        self.check_queue(q, &dest)?;
         let mut lens = heapless::Vec::<usize, SBALES_PER_SBAL>::new();
         for p in packets {
             lens.push(p.len()).map_err(|_| DriverError::TooLarge)?;
         }
         let mut layout = TxLayout::default();
-        let n = self.layout(&lens, &mut layout)?;
+        let n = self.layout(q, &lens, &mut layout)?;
+        let data = self.txq(q)?.data.mem;
         for (p, &at) in packets.iter().zip(layout.starts.iter()) {
-            self.tx_data.mem.write(at + HEADER_SIZE, p);
+            data.write(at + HEADER_SIZE, p);
         }
-        self.commit(n, dest, &lens, &layout);
+        self.commit(q, n, dest, &lens, &layout);
         Ok(n)
     }
 
     /// Primes one frame of `len` packet bytes to `dest`, written in place (zero-copy
-    /// transmit): `write` gets the packet's bytes in the next free output buffer and
-    /// fills them (they hold whatever the buffer held before). The driver then writes
-    /// the frame's header and elements and hands the buffer to the fabric (0x62);
-    /// SIGA sends it. Returns the buffer's number and what `write` returned.
+    /// transmit): `write` gets the packet's bytes in the next free output buffer of the
+    /// destination's queue and fills them (they hold whatever the buffer held before).
+    /// The driver then writes the frame's header and elements and hands the buffer to
+    /// the fabric (0x62); SIGA sends it. Returns the buffer's number and what `write`
+    /// returned.
     pub fn prime_with<R>(
         &mut self,
-        dest: IpAddr,
+        dest: impl Into<Dest>,
         len: usize,
         write: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<(u8, R), DriverError> {
-        match self.prime_routed(len, write, |_| Some(dest)) {
+        let dest = dest.into();
+        let q = self.queue_for(&dest)?;
+        match self.prime_routed_on(q, len, write, |_| Some(dest)) {
             Ok((n, r, _)) => Ok((n, r)),
             Err((_, e)) => Err(e),
         }
     }
 
-    /// As [`prime_with`](Self::prime_with), the next hop read by `route` from the
-    /// packet once written (the smoltcp device's transmit: the IP destination). When
-    /// `route` finds none, the buffer is not handed over (it stays free) and the hop is
-    /// `None`. When no frame of `len` bytes can be primed, `write` is given back
-    /// unused, with the reason.
+    /// As [`prime_with`](Self::prime_with) on queue 0, the next hop read by `route`
+    /// from the packet once written (the smoltcp device's transmit: the IP
+    /// destination), sent unicast. When `route` finds none, the buffer is not handed
+    /// over (it stays free) and the hop is `None`. When no frame of `len` bytes can be
+    /// primed, `write` is given back unused, with the reason.
+    // The smoltcp device's (src/phy.rs).
+    #[cfg_attr(not(feature = "smoltcp"), allow(dead_code))]
     pub(crate) fn prime_routed<F, R>(
         &mut self,
         len: usize,
@@ -577,53 +896,80 @@ impl QueueDriver {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
+        self.prime_routed_on(0, len, write, |p| route(p).map(Dest::Unicast))
+            .map(|(n, r, d)| (n, r, d.map(|d| d.next_hop())))
+    }
+
+    /// [`prime_routed`](Self::prime_routed) on queue `q`, `route` giving the whole
+    /// destination (checked against the queue once the packet is written: a
+    /// destination the queue cannot carry leaves the buffer free, as `None` does).
+    fn prime_routed_on<F, R>(
+        &mut self,
+        q: u8,
+        len: usize,
+        write: F,
+        route: impl FnOnce(&[u8]) -> Option<Dest>,
+    ) -> Result<(u8, R, Option<Dest>), (F, DriverError)>
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
         let mut layout = TxLayout::default();
-        let n = match self.layout(&[len], &mut layout) {
+        let n = match self.layout(q, &[len], &mut layout) {
             Ok(n) => n,
             Err(e) => return Err((write, e)),
         };
         // The layout holds one frame here.
         let at = layout.starts.first().copied().unwrap_or(0);
-        let bytes = self.tx_bytes(at + HEADER_SIZE, len);
+        let bytes = self.tx_bytes(q, at + HEADER_SIZE, len);
         let r = write(bytes);
-        let dest = route(bytes);
+        let dest = route(bytes).filter(|d| self.check_queue(q, d).is_ok());
         if let Some(dest) = dest {
-            self.commit(n, dest, &[len], &layout);
+            self.commit(q, n, dest, &[len], &layout);
         }
         Ok((n, r, dest))
     }
 
-    /// The output buffer primed last (where [`resend`](Self::resend) put a frame it
-    /// was refused again).
+    /// The output buffer of queue 0 primed last (where [`resend`](Self::resend) put a
+    /// frame it was refused again).
     pub fn last_primed(&self) -> u8 {
-        (self.tx_next + QUEUE_BUFFERS as u8 - 1) % QUEUE_BUFFERS as u8
+        self.last_primed_on(0)
     }
 
-    /// Primes several frames for one next hop into one output buffer, each written in
-    /// place: `write(i, bytes)` fills frame `i`'s `lens[i]` packet bytes, in order.
+    /// The output buffer of output queue `q` primed last.
+    pub fn last_primed_on(&self, q: u8) -> u8 {
+        let next = self.txq(q).map_or(0, |tq| tq.next);
+        (next + QUEUE_BUFFERS as u8 - 1) % QUEUE_BUFFERS as u8
+    }
+
+    /// Primes several frames for one destination into one output buffer of its queue,
+    /// each written in place: `write(i, bytes)` fills frame `i`'s `lens[i]` packet
+    /// bytes, in order.
     pub fn prime_frames_with(
         &mut self,
-        dest: IpAddr,
+        dest: impl Into<Dest>,
         lens: &[usize],
         mut write: impl FnMut(usize, &mut [u8]),
     ) -> Result<u8, DriverError> {
+        let dest = dest.into();
+        let q = self.queue_for(&dest)?;
         let mut layout = TxLayout::default();
-        let n = self.layout(lens, &mut layout)?;
+        let n = self.layout(q, lens, &mut layout)?;
         for (i, (&at, &len)) in layout.starts.iter().zip(lens).enumerate() {
-            write(i, self.tx_bytes(at + HEADER_SIZE, len));
+            write(i, self.tx_bytes(q, at + HEADER_SIZE, len));
         }
-        self.commit(n, dest, lens, &layout);
+        self.commit(q, n, dest, lens, &layout);
         Ok(n)
     }
 
-    /// The `len` bytes at `at` of the output buffers' data, borrowed mutably.
+    /// The `len` bytes at `at` of output queue `q`'s data, borrowed mutably.
     ///
-    /// Called only on bytes [`layout`](Self::layout) placed in the slot of the next
-    /// output buffer, which the program owns: its state is not 0x62 (checked there), so
-    /// the fabric does not read it, and no other buffer's elements point into it (each
-    /// buffer's frames lie in its own slot). `&mut self` keeps the borrow unique.
-    fn tx_bytes(&mut self, at: usize, len: usize) -> &mut [u8] {
-        match self.tx_data.mem.sub(at, len) {
+    /// Called only on bytes [`layout`](Self::layout) placed in the slot of the queue's
+    /// next output buffer, which the program owns: its state is not 0x62 (checked
+    /// there), so the fabric does not read it, and no other buffer's elements point
+    /// into it (each buffer's frames lie in its own slot). `&mut self` keeps the borrow
+    /// unique.
+    fn tx_bytes(&mut self, q: u8, at: usize, len: usize) -> &mut [u8] {
+        match self.txq(q).ok().and_then(|tq| tq.data.mem.sub(at, len)) {
             // SAFETY: inside this driver's own output data (checked by `sub`), in the
             // slot of a buffer the program owns (see above): nothing else reads or
             // writes these bytes until `commit` hands the buffer over (0x62, Release),
@@ -635,18 +981,18 @@ impl QueueDriver {
         }
     }
 
-    /// Lays frames of `lens` packet bytes out in the next free output buffer's slot:
-    /// each starts where the last ended, except that a header never straddles a page
-    /// (the fabric needs it whole in the frame's first element), and each is cut into
-    /// elements at page boundaries. Into the caller's `layout` (empty): returned by
-    /// value, its 400 bytes were copied twice a send.
-    fn layout(&self, lens: &[usize], layout: &mut TxLayout) -> Result<u8, DriverError> {
-        if self.tx_primed >= self.cfg.tx_buffers {
+    /// Lays frames of `lens` packet bytes out in the slot of output queue `q`'s next
+    /// free buffer: each starts where the last ended, except that a header never
+    /// straddles a page (the fabric needs it whole in the frame's first element), and
+    /// each is cut into elements at page boundaries. Into the caller's `layout`
+    /// (empty): returned by value, its 400 bytes were copied twice a send.
+    fn layout(&self, q: u8, lens: &[usize], layout: &mut TxLayout) -> Result<u8, DriverError> {
+        let tq = self.txq(q)?;
+        if tq.primed >= self.cfg.tx_buffers {
             return Err(DriverError::NoFreeBuffer);
         }
-        let n = self.tx_next;
-        let state = self.output_state(n);
-        if state.owned_by_fabric() {
+        let n = tq.next;
+        if tq.state(n).owned_by_fabric() {
             return Err(DriverError::NoFreeBuffer);
         }
         if lens.is_empty() || lens.iter().any(|&l| l > usize::from(u16::MAX)) {
@@ -673,7 +1019,7 @@ impl QueueDriver {
                 layout
                     .elements
                     .push(Sbale {
-                        addr: self.tx_data.guest + at as u64,
+                        addr: tq.data.guest + at as u64,
                         length: (end - at) as u32,
                         ..Sbale::default()
                     })
@@ -692,57 +1038,98 @@ impl QueueDriver {
         Ok(n)
     }
 
-    /// Writes the frames' headers and the buffer's elements, and hands output buffer
-    /// `n` to the fabric (0x62): the packets are in place by now.
-    fn commit(&mut self, n: u8, dest: IpAddr, lens: &[usize], layout: &TxLayout) {
+    /// Writes the frames' headers (next hop and cast type of `dest`) and the buffer's
+    /// elements, and hands buffer `n` of output queue `q` to the fabric (0x62): the
+    /// packets are in place by now.
+    fn commit(&mut self, q: u8, n: u8, dest: Dest, lens: &[usize], layout: &TxLayout) {
+        let Ok(tq) = self.txq_mut(q) else {
+            return;
+        };
         for (&len, &at) in lens.iter().zip(layout.starts.iter()) {
             // `layout` checked every length against u16::MAX.
-            let header = L3Header::unicast(dest, len as u16).encode();
-            self.tx_data.mem.write(at, &header);
+            let header = L3Header {
+                cast: dest.cast(),
+                length: len as u16,
+                vlan: None,
+                next_hop: dest.next_hop(),
+            };
+            tq.data.mem.write(at, &header.encode());
         }
         // Only the elements in use: the fabric reads up to the first LAST_ENTRY.
-        let sbal = self.out_sbal(n);
+        let sbal = tq.sbal(n);
         for (i, e) in layout.elements.iter().enumerate() {
             sbal.store(i, e);
         }
         // Release pairs with the fabric's Acquire load of 0x62: the packets, headers
         // and elements written above (in place or copied) are seen by its copy.
-        Self::set_state(
-            &self.out_slsb,
-            n,
-            SlsbState::OUTPUT_PRIMED,
-            Ordering::Release,
-        );
-        self.tx_next = (n + 1) % QUEUE_BUFFERS as u8;
-        self.tx_primed += 1;
+        Self::set_state(&tq.slsb, n, SlsbState::OUTPUT_PRIMED, Ordering::Release);
+        tq.next = (n + 1) % QUEUE_BUFFERS as u8;
+        tq.primed += 1;
     }
 
-    /// Primes one frame and sends it with SIGA write. A busy SIGA (cc2) is retried a
-    /// bounded number of times, then returned.
+    /// Primes one frame to `dest` and sends it with SIGA write on its queue (the mask
+    /// naming that queue alone). A busy SIGA (cc2) is retried a bounded number of
+    /// times, then returned. Buffers primed earlier, on any queue, are flushed first.
     pub fn send<S: Siga + ?Sized>(
         &mut self,
         siga: &S,
-        dest: IpAddr,
+        dest: impl Into<Dest>,
         packet: &[u8],
     ) -> Result<(), SendError> {
+        let dest = dest.into();
+        let q = self.queue_for(&dest).map_err(SendError::Driver)?;
         self.flush_pending(siga)?;
-        let n = self.prime(dest, packet).map_err(SendError::Driver)?;
-        self.siga_write(siga, n)
+        let n = self
+            .prime_frames_on(q, dest, &[packet])
+            .map_err(SendError::Driver)?;
+        self.siga_write_on(siga, q, n)
     }
 
-    /// Flushes the buffers primed earlier, before a send primes its own.
+    /// Sends one frame to the multicast group `group` ([`prime_group`](Self::prime_group),
+    /// then SIGA write on the multicast queue). `Ok` once the fabric took the buffer
+    /// (0xA1): it reached every member that had room; a member that was full is
+    /// skipped and counted there and in this queue set's counters (`group_skipped`),
+    /// not reported here, as a LAN's multicast does not tell the sender either.
+    pub fn send_group<S: Siga + ?Sized>(
+        &mut self,
+        siga: &S,
+        group: IpAddr,
+        packet: &[u8],
+    ) -> Result<(), SendError> {
+        self.send(siga, Dest::Group(group), packet)
+    }
+
+    /// Sends one frame to the broadcast domain, as [`send_group`](Self::send_group)
+    /// does to a group.
+    pub fn send_broadcast<S: Siga + ?Sized>(
+        &mut self,
+        siga: &S,
+        packet: &[u8],
+    ) -> Result<(), SendError> {
+        self.send(siga, Dest::Broadcast(Ipv4Addr::BROADCAST), packet)
+    }
+
+    /// Flushes the buffers primed earlier, on every queue, before a send primes its
+    /// own.
     pub(crate) fn flush_pending<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<(), SendError> {
-        while self.tx_primed > 0 {
+        loop {
+            let before = self.primed_total();
+            if before == 0 {
+                return Ok(());
+            }
             // Earlier primed buffers go first, in ring order; a flush that ended early
             // leaves some primed, and another sends them.
-            let before = self.tx_primed;
             self.flush(siga).map_err(SendError::Siga)?;
-            if self.tx_primed == before {
-                // cc0, yet the queue did not move: as busy, for the caller to retry.
+            if self.primed_total() == before {
+                // cc0, yet no queue moved: as busy, for the caller to retry.
                 return Err(SendError::Siga(SigaStatus::of_error(SigaError::Busy)));
             }
         }
-        Ok(())
+    }
+
+    /// Buffers primed since the last SIGA, over every output queue.
+    fn primed_total(&self) -> usize {
+        self.tx.iter().map(|tq| usize::from(tq.primed)).sum()
     }
 
     /// Primes one frame of `len` packet bytes written in place by `write` (as
@@ -754,74 +1141,97 @@ impl QueueDriver {
     pub fn send_with<S: Siga + ?Sized, R>(
         &mut self,
         siga: &S,
-        dest: IpAddr,
+        dest: impl Into<Dest>,
         len: usize,
         write: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, (Option<R>, SendError)> {
+        let dest = dest.into();
+        let q = self
+            .queue_for(&dest)
+            .map_err(|e| (None, SendError::Driver(e)))?;
         self.flush_pending(siga).map_err(|e| (None, e))?;
         let (n, r) = self
             .prime_with(dest, len, write)
             .map_err(|e| (None, SendError::Driver(e)))?;
-        match self.siga_write(siga, n) {
+        match self.siga_write_on(siga, q, n) {
             Ok(()) => Ok(r),
             Err(e) => Err((Some(r), e)),
         }
     }
 
-    /// Sends the frame of output buffer `n` again, after the fabric refused it (0xAF):
-    /// the frame (header and packet) moves into the next free output buffer with one
-    /// copy inside the partition's memory, and SIGA write sends it. For the retry of a
-    /// frame written in place, which the program no longer holds.
+    /// Sends the frame of output buffer `n` of queue 0 again, after the fabric refused
+    /// it (0xAF): the frame (header and packet) moves into the next free output buffer
+    /// with one copy inside the partition's memory, and SIGA write sends it. For the
+    /// retry of a frame written in place, which the program no longer holds.
     pub fn resend<S: Siga + ?Sized>(&mut self, siga: &S, n: u8) -> Result<(), SendError> {
-        if self.output_state(n) != SlsbState::OUTPUT_ERROR {
+        self.resend_on(siga, 0, n)
+    }
+
+    /// [`resend`](Self::resend) for output buffer `n` of output queue `q`: the frame
+    /// moves into the next free buffer of the same queue, with the cast type and next
+    /// hop its header names.
+    pub fn resend_on<S: Siga + ?Sized>(&mut self, siga: &S, q: u8, n: u8) -> Result<(), SendError> {
+        if self.output_state_on(q, n) != SlsbState::OUTPUT_ERROR {
             return Err(SendError::Driver(DriverError::InvalidFrame));
         }
         self.flush_pending(siga)?;
+        let data = self.txq(q).map_err(SendError::Driver)?.data.mem;
         // The refused buffer's first frame, as the driver laid it out: its header in
         // the slot's first bytes (a slot starts page-aligned) and its packet after.
         let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
         let mut raw = [0u8; HEADER_SIZE];
-        self.tx_data.mem.read(slot, &mut raw);
+        data.read(slot, &mut raw);
         let header =
             L3Header::decode(&raw).map_err(|_| SendError::Driver(DriverError::InvalidFrame))?;
+        let dest =
+            Dest::from_header(&header).ok_or(SendError::Driver(DriverError::InvalidFrame))?;
+        self.check_queue(q, &dest).map_err(SendError::Driver)?;
         let len = usize::from(header.length);
-        let dest = header.next_hop;
         let mut layout = TxLayout::default();
         let m = self
-            .layout(&[len], &mut layout)
+            .layout(q, &[len], &mut layout)
             .map_err(SendError::Driver)?;
         let at = layout.starts.first().copied().unwrap_or(0);
-        GuestSlice::copy(
-            &self.tx_data.mem,
-            slot + HEADER_SIZE,
-            &self.tx_data.mem,
-            at + HEADER_SIZE,
-            len,
-        );
-        self.commit(m, dest, &[len], &layout);
-        self.siga_write(siga, m)
+        GuestSlice::copy(&data, slot + HEADER_SIZE, &data, at + HEADER_SIZE, len);
+        self.commit(q, m, dest, &[len], &layout);
+        self.siga_write_on(siga, q, m)
     }
 
-    /// SIGA write for output buffer `n`, just primed; its outcome.
+    /// SIGA write for output buffer `n` of queue 0, just primed; its outcome.
+    // The smoltcp device's (src/phy.rs).
+    #[cfg_attr(not(feature = "smoltcp"), allow(dead_code))]
     pub(crate) fn siga_write<S: Siga + ?Sized>(
         &mut self,
         siga: &S,
         n: u8,
     ) -> Result<(), SendError> {
-        self.issue(siga, SigaFunction::Write)
+        self.siga_write_on(siga, 0, n)
+    }
+
+    /// SIGA write naming output queue `q` alone, for its buffer `n`, just primed; its
+    /// outcome.
+    fn siga_write_on<S: Siga + ?Sized>(&mut self, siga: &S, q: u8, n: u8) -> Result<(), SendError> {
+        self.issue(siga, SigaFunction::Write, TxQueue::mask(q))
             .map_err(SendError::Siga)?;
-        self.tx_primed = 0;
-        match self.output_state(n) {
+        let tq = self.txq_mut(q).map_err(SendError::Driver)?;
+        tq.primed = 0;
+        match tq.state(n) {
             SlsbState::OUTPUT_EMPTY => Ok(()),
-            _ => Err(SendError::Refused(self.reason(n))),
+            _ => Err(SendError::Refused(self.reason_on(q, n))),
         }
     }
 
-    /// SIGA until it is not busy (bounded): `Err` with what it returned otherwise.
-    fn issue<S: Siga + ?Sized>(&self, siga: &S, f: SigaFunction) -> Result<(), SigaStatus> {
+    /// SIGA with queue mask `mask` until it is not busy (bounded): `Err` with what it
+    /// returned otherwise.
+    fn issue<S: Siga + ?Sized>(
+        &self,
+        siga: &S,
+        f: SigaFunction,
+        mask: u32,
+    ) -> Result<(), SigaStatus> {
         let mut tries = 0;
         loop {
-            let status = siga.siga(self.cfg.subchannel, f, QUEUE_0_MASK);
+            let status = siga.siga(self.cfg.subchannel, f, mask);
             if status.is_done() {
                 return Ok(());
             }
@@ -833,33 +1243,62 @@ impl QueueDriver {
         }
     }
 
-    /// The sbalf15 reason of a refused output buffer.
+    /// The sbalf15 reason of a refused output buffer of queue 0.
     pub fn reason(&self, n: u8) -> Reason {
-        let code = self.out_sbal(n).load(Sbale::ERROR_REASON_ELEMENT).sflags;
+        self.reason_on(0, n)
+    }
+
+    /// The sbalf15 reason of refused output buffer `n` of output queue `q`.
+    pub fn reason_on(&self, q: u8, n: u8) -> Reason {
+        let code = self
+            .txq(q)
+            .map_or(0, |tq| tq.sbal(n).load(Sbale::ERROR_REASON_ELEMENT).sflags);
         Reason::from_code(code).unwrap_or(Reason::TargetNotActive)
     }
 
-    /// Sends every buffer primed since the last SIGA with one SIGA write-multiple.
+    /// Sends every buffer primed since the last SIGA, on every output queue, with one
+    /// SIGA write-multiple whose mask names each queue that has some.
     pub fn flush<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<FlushReport, SigaStatus> {
         let mut report = FlushReport::default();
-        if self.tx_primed == 0 {
-            return Ok(report);
-        }
-        self.issue(siga, SigaFunction::WriteMultiple)?;
-        let first = (self.tx_next + QUEUE_BUFFERS as u8 - self.tx_primed) % QUEUE_BUFFERS as u8;
-        for k in 0..self.tx_primed {
-            let n = (first + k) % QUEUE_BUFFERS as u8;
-            match self.output_state(n) {
-                SlsbState::OUTPUT_EMPTY => report.delivered += 1,
-                // Not reached: the fabric handles primed buffers in ring order, so these
-                // are the tail, and stay counted as primed for the next flush.
-                SlsbState::OUTPUT_PRIMED => report.pending += 1,
-                _ => {
-                    let _ = report.refused.push((k, self.reason(n)));
-                }
+        let mut mask = 0;
+        for (q, tq) in self.tx.iter().enumerate() {
+            if tq.primed > 0 {
+                mask |= TxQueue::mask(q as u8);
+            }
+            if let Some(p) = report.primed.get_mut(q) {
+                *p = tq.primed;
             }
         }
-        self.tx_primed = report.pending;
+        if mask == 0 {
+            return Ok(report);
+        }
+        self.issue(siga, SigaFunction::WriteMultiple, mask)?;
+        let mut position = 0u8;
+        for q in 0..self.tx.len() {
+            let Some(tq) = self.tx.get(q) else { break };
+            let mut pending = 0;
+            for k in 0..tq.primed {
+                let n = tq.primed_buffer(k);
+                match tq.state(n) {
+                    SlsbState::OUTPUT_EMPTY => report.delivered += 1,
+                    // Not reached: the fabric handles primed buffers in ring order, so
+                    // these are the queue's tail, and stay counted as primed for the
+                    // next flush.
+                    SlsbState::OUTPUT_PRIMED => pending += 1,
+                    _ => {
+                        let code = tq.sbal(n).load(Sbale::ERROR_REASON_ELEMENT).sflags;
+                        let reason = Reason::from_code(code).unwrap_or(Reason::TargetNotActive);
+                        // At most 128 buffers over all queues (`new`): the push cannot fail.
+                        let _ = report.refused.push((position, reason));
+                    }
+                }
+                position = position.wrapping_add(1);
+            }
+            report.pending += pending;
+            if let Some(tq) = self.tx.get_mut(q) {
+                tq.primed = pending;
+            }
+        }
         Ok(report)
     }
 

@@ -118,7 +118,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-use crate::driver::{QueueDriver, SendError};
+use crate::driver::{Dest, QueueDriver, SendError};
 use crate::fabric::Siga;
 use crate::qdio::{HEADER_SIZE, Mfs, QUEUE_BUFFERS, Reason, SBALES_PER_SBAL};
 
@@ -397,7 +397,9 @@ impl<'d, S: Siga> TxPath<'d, S> {
         };
         let mut tries = 0u32;
         loop {
-            match self.driver.send(&self.siga, dest, packet) {
+            // Unicast whatever the address, as the zero-copy path (`prime_routed`) sends
+            // it: the device sends on output queue 0 only.
+            match self.driver.send(&self.siga, Dest::Unicast(dest), packet) {
                 Ok(()) => {
                     self.counters.tx_packets += 1;
                     self.counters.tx_bytes += len as u64;
