@@ -4,6 +4,9 @@
 //! 1. `cargo bench --bench transport` (criterion; `--quick`: short warm-up and
 //!    measurement, 10 samples), results read from
 //!    `target/criterion/<group>/<function>/<parameter>/new/estimates.json` (the median).
+//!    Then `cargo bench --bench tcp --features smoltcp` (`benches/tcp.rs`; `--quick`:
+//!    16 MiB instead of 64), TCP over the smoltcp device against Linux TCP loopback,
+//!    read from `target/criterion/iqdio-tcp.json`.
 //! 2. `valgrind --tool=callgrind` on `examples/send_cost.rs` (release): instructions
 //!    per operation as `(total(N2) − total(N1)) / (N2 − N1)`, each operation counted
 //!    alone with `--toggle-collect`.
@@ -127,6 +130,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         }
         run_criterion(&root, &criterion, args.quick)?;
+        let _ = fs::remove_file(criterion.join("iqdio-tcp.json"));
+        run_tcp(&root, &criterion, args.quick)?;
         let instructions = count_instructions(&root)?;
         let run = json!({
             "mode": if args.quick { "quick" } else { "full" },
@@ -204,6 +209,36 @@ fn run_criterion(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
         .context("running cargo bench")?;
     if !status.success() {
         bail!("cargo bench failed: {status}");
+    }
+    Ok(())
+}
+
+/// `cargo bench --bench tcp --features smoltcp`: TCP over iqdio against loopback,
+/// written to `criterion/iqdio-tcp.json`.
+fn run_tcp(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
+    let args = [
+        "bench",
+        "-p",
+        "iqdio",
+        "--features",
+        "smoltcp",
+        "--bench",
+        "tcp",
+    ];
+    eprintln!("xtask: bench: cargo {}", args.join(" "));
+    let mut command = Command::new(cargo());
+    command
+        .args(args)
+        .current_dir(root)
+        .env("CRITERION_HOME", criterion);
+    if quick {
+        command.env("IQDIO_TCP_QUICK", "1");
+    }
+    let status = command
+        .status()
+        .context("running cargo bench --bench tcp")?;
+    if !status.success() {
+        bail!("cargo bench --bench tcp failed: {status}");
     }
     Ok(())
 }
@@ -310,6 +345,8 @@ struct Results {
     instructions: Value,
     /// The bench's side results (`iqdio-extra.json`).
     extra: Value,
+    /// TCP over iqdio and over loopback (`iqdio-tcp.json`), `null` if not measured.
+    tcp: Value,
 }
 
 impl Results {
@@ -343,10 +380,15 @@ impl Results {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(json!({}));
+        let tcp = fs::read_to_string(criterion.join("iqdio-tcp.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
         Ok(Self {
             ns,
             instructions,
             extra,
+            tcp,
         })
     }
 
@@ -379,11 +421,16 @@ impl Results {
             "stream_spsc_64": self.t("stream/iqdio/64") / self.t("stream/spsc/64"),
             "spsc_64": self.t("cycle/iqdio_zc/64") / self.t("cycle/spsc/64"),
             "udp_1500": self.t("cycle/udp/1500") / self.t("cycle/iqdio_zc/1500"),
-            // Not measured yet: TCP over the smoltcp device between two threads.
-            "tcp_vs_loopback": null,
+            // TCP over the smoltcp device between two threads / Linux TCP loopback,
+            // bytes per second (`benches/tcp.rs`).
+            "tcp_vs_loopback": self.tcp_vs_loopback(),
             "scaling_2pairs": self.scaling(1500),
             "lookup_4096_vs_16": self.t("lookup/send_64/4096") / self.t("lookup/send_64/16"),
         })
+    }
+
+    fn tcp_vs_loopback(&self) -> Option<f64> {
+        Some(self.tcp["iqdio_bytes_per_s"].as_f64()? / self.tcp["loopback_bytes_per_s"].as_f64()?)
     }
 
     /// Frames per second of two pairs over one pair (each 2-pair iteration moves 2).
@@ -479,6 +526,7 @@ impl Results {
                     "sleeping": 1e9 / self.t("receiver/sleeping/64"),
                 },
                 "bench_extra": self.extra,
+                "tcp": self.tcp,
             },
         })
     }
@@ -578,6 +626,10 @@ impl Results {
                 t["target"].as_str().unwrap_or("")
             );
         }
+        s += &format!(
+            "| `tcp_vs_loopback` | TCP over the smoltcp device between two threads / Linux TCP loopback, bytes/s | {} | report | |\n",
+            f2(&doc["ratios"]["tcp_vs_loopback"])
+        );
         s += "\n## Instructions (callgrind, deterministic)\n\n";
         s += "Per operation, `(total(N2) − total(N1)) / (N2 − N1)` with N1 = 256, N2 = 1280, counted \
               only inside the operation (`--toggle-collect`), `examples/send_cost.rs` built in release. \
@@ -640,6 +692,26 @@ impl Results {
                 t(format!("stream/spsc/{size}")),
                 size as f64 / t(format!("stream/iqdio/{size}")),
                 size as f64 / t(format!("copy/memcpy/{size}")),
+            );
+        }
+        if let (Some(i), Some(l)) = (
+            self.tcp["iqdio_bytes_per_s"].as_f64(),
+            self.tcp["loopback_bytes_per_s"].as_f64(),
+        ) {
+            s += &format!(
+                "\n## TCP (issue 12)\n\n\
+                 One TCP connection moving {} MiB from a client thread to a server thread \
+                 (`benches/tcp.rs`, best of {} runs): smoltcp on both sides over the iqdio device \
+                 (two partitions on one fabric, 56 KiB segments) against Linux TCP over loopback, \
+                 the same payload, every byte compared on arrival.\n\n\
+                 | transport | MiB/s |\n|---|---:|\n\
+                 | smoltcp over iqdio | {:.0} |\n| Linux TCP loopback | {:.0} |\n\n\
+                 `ratios.tcp_vs_loopback` = {:.2}.\n",
+                self.tcp["bytes"].as_f64().unwrap_or(0.0) / f64::from(1 << 20),
+                self.tcp["runs"],
+                i / f64::from(1 << 20),
+                l / f64::from(1 << 20),
+                i / l,
             );
         }
         s += "\n## The copy primitive (issue 12)\n\n\
@@ -739,6 +811,12 @@ impl Results {
                 }
             );
         }
+        eprintln!(
+            "xtask: bench:   tcp_vs_loopback        {:>10} (reported, no target)",
+            doc["ratios"]["tcp_vs_loopback"]
+                .as_f64()
+                .map_or("n/a".into(), |v| format!("{v:.2}"))
+        );
         eprintln!(
             "xtask: bench:   instructions send_64 {} send_56k {}",
             doc["instructions"]["send_64"], doc["instructions"]["send_56k"]
