@@ -554,6 +554,8 @@ pub struct QueueDriver {
     rx_next: u8,
     polling: bool,
     acked: Option<u8>,
+    /// The input buffer lent in place by `hold_single`, not yet handed back.
+    held: Option<u8>,
     rx: RxCounters,
 }
 
@@ -610,6 +612,7 @@ impl QueueDriver {
             rx_next: 0,
             polling: false,
             acked: None,
+            held: None,
             rx: RxCounters::default(),
         };
         d.in_slsb.mem.fill(0, SLSB_LEN, SlsbState::INPUT_NOT_INIT.0);
@@ -1310,7 +1313,12 @@ impl QueueDriver {
 
     /// Whether the next input buffer holds something (a frame or an error).
     pub fn has_input(&self) -> bool {
-        let s = self.input_state(self.rx_next);
+        // A buffer held in place was handed over already: the next one counts.
+        let next = match self.held {
+            Some(n) if n == self.rx_next => (n + 1) % QUEUE_BUFFERS as u8,
+            _ => self.rx_next,
+        };
+        let s = self.input_state(next);
         s == SlsbState::INPUT_PRIMED || s == SlsbState::INPUT_ERROR
     }
 
@@ -1321,75 +1329,16 @@ impl QueueDriver {
     /// a buffer the fabric marked 0x8F (its own elements were bad) holds no frame and
     /// is counted ([`RxCounters::error_buffers`]) and re-armed.
     pub fn receive(&mut self, mut f: impl FnMut(&RxFrame<'_>)) -> Option<usize> {
+        // A buffer lent in place by `hold_single` goes back first (the device that
+        // held it no longer borrows it: see there).
+        self.release_held();
         let n = self.rx_next;
         // Acquire pairs with the fabric's Release store of 0x82: data visible.
         let state = self.input_state(n);
         let mut frames = 0;
         if state == SlsbState::INPUT_PRIMED {
-            let mut bad = 0u64;
-            let sbal = self.in_sbal(n);
-            let slot = usize::from(n % self.cfg.rx_buffers) * self.cfg.mfs.bytes();
-            let slot_guest = self.rx_data.guest + slot as u64;
-            let slot_mem = self.rx_data.mem.sub(slot, self.cfg.mfs.bytes());
-            // The frame being gathered: its pieces, its bytes, whether an element of
-            // it was unusable. Frames are delimited by the fragment flags alone, so a
-            // bad element costs its own frame and no other.
-            let mut pieces = heapless::Vec::<(GuestSlice, usize), SBALES_PER_SBAL>::new();
-            let mut bytes = 0usize;
-            let mut broken = false;
-            let mut open = false;
-            for i in 0..SBALES_PER_SBAL {
-                // Each element read once; only this copy is used.
-                let e = sbal.load(i);
-                let frag = e.fragment();
-                let starts = matches!(frag, Fragment::None | Fragment::First);
-                if starts && open {
-                    // The open frame never got its last element.
-                    bad += 1;
-                    pieces.clear();
-                    (bytes, broken) = (0, false);
-                }
-                // A middle or last element with no frame open is a piece of a frame
-                // whose start is lost: gather it as a broken frame, counted once.
-                broken |= !starts && !open;
-                open = true;
-                let len = e.length as usize;
-                // Inside this buffer's own slot, which the driver armed it with: the
-                // frame is then lent in place (`RxFrame::pieces`), and no other slot,
-                // which the fabric may be filling, is ever borrowed.
-                let piece = e
-                    .addr
-                    .checked_sub(slot_guest)
-                    .and_then(|off| usize::try_from(off).ok())
-                    .and_then(|off| slot_mem.and_then(|m| m.sub(off, len)))
-                    .filter(|_| len > 0);
-                match piece {
-                    // At most 16 elements, so the push cannot fail.
-                    Some(p) if !broken => {
-                        let _ = pieces.push((p, len));
-                        bytes += len;
-                    }
-                    _ => broken = true,
-                }
-                if matches!(frag, Fragment::None | Fragment::Last) {
-                    match Self::check_frame(&pieces, bytes, broken) {
-                        Some(frame) => {
-                            f(&frame);
-                            frames += 1;
-                        }
-                        None => bad += 1,
-                    }
-                    pieces.clear();
-                    (bytes, broken, open) = (0, false, false);
-                }
-                if e.is_last_entry() {
-                    break;
-                }
-            }
-            if open {
-                // LAST_ENTRY on a first or middle element, or none in 16 elements.
-                bad += 1;
-            }
+            let (handed, bad) = self.gather(n, &mut f);
+            frames = handed;
             self.rx.frames += frames as u64;
             self.rx.bad_frames += bad;
         } else if state == SlsbState::INPUT_ERROR {
@@ -1399,6 +1348,124 @@ impl QueueDriver {
         }
         self.consume(n);
         Some(frames)
+    }
+
+    /// The zero-copy receive of the smoltcp device (issue 12 item 4): when the next
+    /// input buffer holds exactly one frame, sound and contiguous in memory (always so
+    /// for what the fabric delivers into the pages this driver armed), the packet's
+    /// bytes in the buffer's slot; the buffer is then *held*: counted as received, left
+    /// at 0x82 (the program's, so the fabric does not write it), skipped by
+    /// [`has_input`](Self::has_input), and handed back (acknowledged and re-armed) by
+    /// [`release_held`](Self::release_held), or by the next [`receive`](Self::receive)
+    /// or `hold_single`. `None`, with nothing done, for anything else (no buffer,
+    /// an error buffer, several frames, a bad one): [`receive`](Self::receive) then
+    /// takes it as usual.
+    ///
+    /// The bytes stay valid and unchanged until the buffer is handed back: the caller
+    /// (the device, in this crate) reads them only until it calls `release_held` or
+    /// `receive` again, which it does only from `&mut self` methods that no borrow of
+    /// the packet can outlive.
+    #[cfg(feature = "smoltcp")]
+    pub(crate) fn hold_single(&mut self) -> Option<GuestSlice> {
+        self.release_held();
+        let n = self.rx_next;
+        if self.input_state(n) != SlsbState::INPUT_PRIMED {
+            return None;
+        }
+        let slot = usize::from(n % self.cfg.rx_buffers) * self.cfg.mfs.bytes();
+        let slot_mem = self.rx_data.mem.sub(slot, self.cfg.mfs.bytes())?;
+        // The packet as a range of the buffer's slot (where `gather` lends it from).
+        let mut packet = None;
+        let (frames, bad) = self.gather(n, &mut |frame: &RxFrame<'_>| {
+            packet = frame.contiguous().and_then(|bytes| {
+                let at = (bytes.as_ptr() as usize).checked_sub(slot_mem.host_addr())?;
+                slot_mem.sub(at, bytes.len())
+            });
+        });
+        let packet = packet.filter(|_| frames == 1 && bad == 0)?;
+        self.rx.frames += 1;
+        self.held = Some(n);
+        Some(packet)
+    }
+
+    /// Hands back the input buffer [`hold_single`](Self::hold_single) lent, if any:
+    /// acknowledged and re-armed as [`receive`](Self::receive) does.
+    pub(crate) fn release_held(&mut self) {
+        if let Some(n) = self.held.take() {
+            self.consume(n);
+        }
+    }
+
+    /// Walks the elements of input buffer `n` (0x82) once and calls `f` for each
+    /// sound frame; returns the frames handed to `f` and the frames counted bad. Moves
+    /// no state and no counter.
+    fn gather(&self, n: u8, f: &mut impl FnMut(&RxFrame<'_>)) -> (usize, u64) {
+        let mut frames = 0;
+        let mut bad = 0u64;
+        let sbal = self.in_sbal(n);
+        let slot = usize::from(n % self.cfg.rx_buffers) * self.cfg.mfs.bytes();
+        let slot_guest = self.rx_data.guest + slot as u64;
+        let slot_mem = self.rx_data.mem.sub(slot, self.cfg.mfs.bytes());
+        // The frame being gathered: its pieces, its bytes, whether an element of
+        // it was unusable. Frames are delimited by the fragment flags alone, so a
+        // bad element costs its own frame and no other.
+        let mut pieces = heapless::Vec::<(GuestSlice, usize), SBALES_PER_SBAL>::new();
+        let mut bytes = 0usize;
+        let mut broken = false;
+        let mut open = false;
+        for i in 0..SBALES_PER_SBAL {
+            // Each element read once; only this copy is used.
+            let e = sbal.load(i);
+            let frag = e.fragment();
+            let starts = matches!(frag, Fragment::None | Fragment::First);
+            if starts && open {
+                // The open frame never got its last element.
+                bad += 1;
+                pieces.clear();
+                (bytes, broken) = (0, false);
+            }
+            // A middle or last element with no frame open is a piece of a frame
+            // whose start is lost: gather it as a broken frame, counted once.
+            broken |= !starts && !open;
+            open = true;
+            let len = e.length as usize;
+            // Inside this buffer's own slot, which the driver armed it with: the
+            // frame is then lent in place (`RxFrame::pieces`), and no other slot,
+            // which the fabric may be filling, is ever borrowed.
+            let piece = e
+                .addr
+                .checked_sub(slot_guest)
+                .and_then(|off| usize::try_from(off).ok())
+                .and_then(|off| slot_mem.and_then(|m| m.sub(off, len)))
+                .filter(|_| len > 0);
+            match piece {
+                // At most 16 elements, so the push cannot fail.
+                Some(p) if !broken => {
+                    let _ = pieces.push((p, len));
+                    bytes += len;
+                }
+                _ => broken = true,
+            }
+            if matches!(frag, Fragment::None | Fragment::Last) {
+                match Self::check_frame(&pieces, bytes, broken) {
+                    Some(frame) => {
+                        f(&frame);
+                        frames += 1;
+                    }
+                    None => bad += 1,
+                }
+                pieces.clear();
+                (bytes, broken, open) = (0, false, false);
+            }
+            if e.is_last_entry() {
+                break;
+            }
+        }
+        if open {
+            // LAST_ENTRY on a first or middle element, or none in 16 elements.
+            bad += 1;
+        }
+        (frames, bad)
     }
 
     /// A gathered frame, if it is one: unbroken, its header whole in its first

@@ -13,10 +13,14 @@
 //!   transmit buffer and [`QueueDriver::send`] copies it.)
 //!   The send is synchronous: when it returns, the frame is in the target's input
 //!   queue or the fabric said why not.
-//! - **Receive.** The device takes the next input buffer the fabric filled (0x82),
-//!   copies its frames into the receive buffer, hands the buffer back to the fabric
-//!   at once (the driver re-arms it with the same data pages) and gives smoltcp the
-//!   packets one by one.
+//! - **Receive.** The device takes the next input buffer the fabric filled (0x82).
+//!   When it holds one frame (what the fabric delivers for each SIGA of a single
+//!   packet), smoltcp reads the packet where it landed (zero-copy: the fabric's copy
+//!   is its only one), and the device hands the buffer back to the fabric (the
+//!   driver re-arms it with the same data pages) at its next `receive`, `transmit`,
+//!   [`driver_mut`](IqdioDevice::driver_mut) or drop, when no token can borrow it any
+//!   more. A buffer of several frames is copied into the receive buffer, handed back
+//!   at once, and its packets given to smoltcp one by one.
 //! - **Capabilities.** Medium IP; MTU [`Mfs::mtu`] of the driver's maximum frame size
 //!   (56 KiB for 64 KiB frames); checksums computed on transmit, so every packet is
 //!   valid IP for any receiver, and not verified on receive: the fabric copies memory
@@ -120,6 +124,7 @@ use smoltcp::time::Instant;
 
 use crate::driver::{Dest, QueueDriver, SendError};
 use crate::fabric::Siga;
+use crate::guest::GuestSlice;
 use crate::qdio::{HEADER_SIZE, Mfs, QUEUE_BUFFERS, Reason, SBALES_PER_SBAL};
 
 /// Retries of a refused-as-full send before the packet is counted as dropped.
@@ -218,11 +223,21 @@ pub enum TxError {
     TooLong(usize),
 }
 
-/// The received packets of one input buffer, copied out of partition memory.
+/// A received packet waiting for the stack.
+#[derive(Clone, Copy)]
+enum Staged {
+    /// Copied into the receive buffer: (offset, length) there.
+    Copied(usize, usize),
+    /// In place in the input buffer the driver holds ([`QueueDriver::hold_single`]).
+    InPlace(GuestSlice),
+}
+
+/// The received packets of one input buffer: copied out of partition memory, or one
+/// packet in place.
 struct RxStage<'d> {
     buf: &'d mut [u8],
-    /// (offset, length) of each staged packet in `buf`.
-    packets: heapless::Vec<(usize, usize), SBALES_PER_SBAL>,
+    /// The staged packets, in order.
+    packets: heapless::Vec<Staged, SBALES_PER_SBAL>,
     /// The next packet to hand out.
     next: usize,
 }
@@ -334,9 +349,20 @@ impl<'d, S: Siga> IqdioDevice<'d, S> {
     }
 
     /// The queue driver, mutably (e.g. [`QueueDriver::start_polling`]). Sending or
-    /// receiving through it directly bypasses the device and its counters.
+    /// receiving through it directly bypasses the device and its counters. An input
+    /// buffer the device held for a packet read in place is handed back first.
     pub fn driver_mut(&mut self) -> &mut QueueDriver {
+        self.release();
         self.tx.driver
+    }
+
+    /// Hands back the input buffer of the packet smoltcp read in place, once it has
+    /// (every staged packet given out; no token outlives the `&mut self` this runs
+    /// under).
+    fn release(&mut self) {
+        if self.rx.next >= self.rx.packets.len() {
+            self.tx.driver.release_held();
+        }
     }
 
     /// The SIGA path.
@@ -349,11 +375,18 @@ impl<'d, S: Siga> IqdioDevice<'d, S> {
         if self.rx.next < self.rx.packets.len() {
             return true;
         }
+        self.release();
         self.rx.packets.clear();
         self.rx.next = 0;
         // Bounded: each round consumes one input buffer, of which there are at most
         // QUEUE_BUFFERS filled.
         for _ in 0..QUEUE_BUFFERS {
+            // One frame: lent in place, the buffer held until the next call.
+            if let Some(packet) = self.tx.driver.hold_single() {
+                // Empty (the vector was cleared above): the push cannot fail.
+                let _ = self.rx.packets.push(Staged::InPlace(packet));
+                return true;
+            }
             let buf = &mut *self.rx.buf;
             let packets = &mut self.rx.packets;
             let mut used = 0;
@@ -367,7 +400,7 @@ impl<'d, S: Siga> IqdioDevice<'d, S> {
                     return;
                 }
                 // Not full (checked above).
-                let _ = packets.push((used, len));
+                let _ = packets.push(Staged::Copied(used, len));
                 used += len;
             });
             if taken.is_none() {
@@ -569,19 +602,29 @@ impl<'d, S: Siga> phy::Device for IqdioDevice<'d, S> {
         if !self.stage() {
             return None;
         }
-        let (off, len) = self.rx.packets[self.rx.next];
+        let staged = *self.rx.packets.get(self.rx.next)?;
         self.rx.next += 1;
-        self.tx.counters.rx_packets += 1;
-        self.tx.counters.rx_bytes += len as u64;
-        Some((
-            IqdioRxToken {
-                packet: &self.rx.buf[off..off + len],
+        let packet: &[u8] = match staged {
+            Staged::Copied(off, len) => self.rx.buf.get(off..off + len)?,
+            // SAFETY: the packet's bytes in the input buffer the driver holds
+            // (`QueueDriver::hold_single`: inside the buffer's own slot of this
+            // driver's receive data, checked there): the buffer stays at 0x82, the
+            // program's, which the fabric never writes, until the device hands it
+            // back (`release`), and it does so only from `&mut self` methods
+            // (receive, transmit, driver_mut, drop), which cannot run while this
+            // borrow of `self`, and so the token, lives. The transmit token borrows
+            // only the output side. No `&mut` to these bytes exists meanwhile.
+            Staged::InPlace(bytes) => unsafe {
+                core::slice::from_raw_parts(bytes.host_ptr().as_ptr(), bytes.len())
             },
-            IqdioTxToken { path: &mut self.tx },
-        ))
+        };
+        self.tx.counters.rx_packets += 1;
+        self.tx.counters.rx_bytes += packet.len() as u64;
+        Some((IqdioRxToken { packet }, IqdioTxToken { path: &mut self.tx }))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.release();
         Some(IqdioTxToken { path: &mut self.tx })
     }
 
@@ -592,6 +635,14 @@ impl<'d, S: Siga> phy::Device for IqdioDevice<'d, S> {
         caps.max_burst_size = None;
         caps.checksum = self.checksums.clone();
         caps
+    }
+}
+
+impl<S: Siga> Drop for IqdioDevice<'_, S> {
+    /// Hands back the input buffer of a packet read in place, so the driver does not
+    /// hand its frame over a second time.
+    fn drop(&mut self) {
+        self.tx.driver.release_held();
     }
 }
 

@@ -136,3 +136,92 @@ fn a_refused_frame_written_in_place_is_resent_without_the_program() {
         Err(SendError::Driver(DriverError::InvalidFrame))
     );
 }
+
+/// An IPv4 packet to `dest` of `len` bytes (the device reads only the version and
+/// the destination), its other bytes a pattern of `seed`.
+#[cfg(feature = "smoltcp")]
+fn ipv4_packet(dest: [u8; 4], len: usize, seed: u8) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
+    p[0] = 0x45;
+    p[16..20].copy_from_slice(&dest);
+    p
+}
+
+/// The smoltcp device reads a buffer of one frame in place (issue 12 item 4): the
+/// packet smoltcp gets lies in the partition's input buffer, which stays the
+/// program's (0x82) while the token may borrow it and goes back to the fabric at the
+/// device's next call; a buffer of several frames is still copied out. Nothing is
+/// handed over twice, and every packet is counted once.
+#[cfg(feature = "smoltcp")]
+#[test]
+fn the_smoltcp_device_reads_a_single_frame_in_place() {
+    use iqdio::phy::{IqdioDevice, rx_buffer_len, tx_buffer_len};
+    use smoltcp::phy::{Device, RxToken};
+    use smoltcp::time::Instant;
+
+    let fab = fabric(TestPlatform::new(), FabricConfig::DEFAULT);
+    let mut a = Partition::new(&fab, 1, 1, config(Mfs::K64));
+    let mut b = Partition::new(&fab, 2, 1, config(Mfs::K64));
+    let port = fab.port(1);
+    let dest = [10, 0, 2, 1];
+    let one = ipv4_packet(dest, 1500, 1);
+    let two = [ipv4_packet(dest, 100, 2), ipv4_packet(dest, 200, 3)];
+    let three = ipv4_packet(dest, 9000, 4);
+    a.queues[0].send(&port, v4(2, 0), &one).unwrap();
+    a.queues[0]
+        .prime_frames(v4(2, 0), &[&two[0], &two[1]])
+        .unwrap();
+    a.queues[0].flush(&port).unwrap();
+    a.queues[0].send(&port, v4(2, 0), &three).unwrap();
+
+    let ram = b.ram.host().as_ptr() as usize..b.ram.host().as_ptr() as usize + b.ram.len();
+    let in_ram = |p: &[u8]| {
+        ram.contains(&(p.as_ptr() as usize)) && ram.contains(&(p.as_ptr() as usize + p.len() - 1))
+    };
+    let (mut rxb, mut txb) = (
+        vec![0u8; rx_buffer_len(Mfs::K64)],
+        vec![0u8; tx_buffer_len(Mfs::K64)],
+    );
+    let mut dev = IqdioDevice::new(&mut b.queues[0], fab.port(2), &mut rxb, &mut txb).unwrap();
+
+    // Buffer 0: one frame, read where it landed.
+    let (rx, _tx) = dev.receive(Instant::ZERO).unwrap();
+    assert_eq!(rx.consume(|p| (in_ram(p), p.to_vec())), (true, one.clone()));
+    // Held until the device's next call: still the program's, and not input any more.
+    assert_eq!(dev.driver().input_state(0), SlsbState::INPUT_PRIMED);
+    assert!(dev.has_input(), "buffers 1 and 2 wait");
+
+    // Buffer 1: two frames, copied out (buffer 0 handed back first).
+    for want in &two {
+        let (rx, _tx) = dev.receive(Instant::ZERO).unwrap();
+        assert_eq!(
+            rx.consume(|p| (in_ram(p), p.to_vec())),
+            (false, want.clone())
+        );
+    }
+    assert_ne!(dev.driver().input_state(0), SlsbState::INPUT_PRIMED);
+    assert_ne!(dev.driver().input_state(1), SlsbState::INPUT_PRIMED);
+
+    // Buffer 2: one frame in place again; then no more input.
+    let (rx, _tx) = dev.receive(Instant::ZERO).unwrap();
+    assert_eq!(
+        rx.consume(|p| (in_ram(p), p.to_vec())),
+        (true, three.clone())
+    );
+    assert!(!dev.has_input());
+    assert!(dev.receive(Instant::ZERO).is_none());
+    assert_eq!(dev.counters().rx_packets, 4);
+    assert_eq!(dev.counters().rx_errors, 0);
+
+    // A held buffer goes back when the device is dropped: its frame is not handed
+    // over a second time.
+    a.queues[0].send(&port, v4(2, 0), &one).unwrap();
+    let (rx, _tx) = dev.receive(Instant::ZERO).unwrap();
+    assert!(rx.consume(|p| in_ram(p)));
+    drop(dev);
+    assert_ne!(b.queues[0].input_state(3), SlsbState::INPUT_PRIMED);
+    assert_eq!(b.queues[0].receive(|_| panic!("handed over twice")), None);
+    let c = b.queues[0].rx_counters();
+    assert_eq!((c.frames, c.bad_frames), (5, 0));
+    assert!(a.ram.guards_intact() && b.ram.guards_intact());
+}
