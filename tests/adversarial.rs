@@ -2069,6 +2069,249 @@ fn self_send_with_overlapping_source_and_target() {
 }
 
 // ---------------------------------------------------------------------------------
+// Multicast groups, broadcast and output queues (issue 11).
+// ---------------------------------------------------------------------------------
+
+/// The `n`th IPv4 multicast group (224.0.0.0/4).
+fn group(n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        224 + (n >> 16) as u8,
+        (n >> 8) as u8,
+        n as u8,
+        1,
+    ))
+}
+
+#[test]
+fn group_memberships_that_fill_the_target_table() {
+    // A membership takes a place in the target table as an address does: with the
+    // quota out of the way A joins groups until the table is full, 0xE006, the
+    // table's own code; then no one may join a group or switch broadcast on.
+    let mut w = World::with(
+        TestPlatform::new(),
+        FabricConfig {
+            addresses_per_partition: u16::MAX,
+            ..FabricConfig::DEFAULT
+        },
+    );
+    let before = w.fab.address_count();
+    let mut n = 0;
+    let err = loop {
+        match w.fab.register_group(1, 0, group(n)) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!((err, err.code()), (RegistrationError::TableFull, 0xE006));
+    assert_eq!(w.fab.address_count(), 4096);
+    assert_eq!(n, 4096 - before, "A's groups after everyone's addresses");
+    assert_eq!(
+        w.fab.register_group(3, 0, group(0)),
+        Err(RegistrationError::TableFull),
+        "a second member of an existing group needs a place too"
+    );
+    assert_eq!(
+        w.fab.set_broadcast(4, 0, true),
+        Err(RegistrationError::TableFull)
+    );
+    assert_eq!(
+        w.fab.register_address(4, 0, v4(4, 9)),
+        Err(RegistrationError::TableFull)
+    );
+    // Leaving one group frees one place, for anyone.
+    w.fab.deregister_group(1, 0, group(7)).unwrap();
+    w.fab.register_group(3, 0, group(0)).unwrap();
+    assert_eq!(w.fab.group_members(group(0)).len(), 2);
+    // Unicast lookups in a table full of group entries still end, hit or miss.
+    assert_eq!(
+        w.a.queues[0].send(&w.fab.port(1), v4(99, 9), &[1]),
+        Err(SendError::Refused(Reason::Unreachable))
+    );
+    w.a_to_b_passes();
+    w.finish();
+}
+
+#[test]
+fn group_registration_of_a_unicast_address() {
+    // Groups are multicast addresses only; unicast addresses are registered as
+    // addresses, never as groups, and the other way round: 0xF007 either way, and
+    // nothing is registered.
+    let w = World::new();
+    let before = w.fab.address_count();
+    for ip in [
+        v4(1, 0),
+        v4(2, 0),
+        v6(1, 0),
+        IpAddr::V4(Ipv4Addr::BROADCAST),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V4(Ipv4Addr::new(223, 255, 255, 255)),
+        IpAddr::V4(Ipv4Addr::new(240, 0, 0, 1)),
+        IpAddr::V6("fe80::1".parse().unwrap()),
+    ] {
+        let e = w.fab.register_group(1, 0, ip).unwrap_err();
+        assert_eq!(
+            (e, e.code()),
+            (RegistrationError::InvalidAddress, 0xF007),
+            "{ip}"
+        );
+        assert_eq!(
+            w.fab.deregister_group(1, 0, ip),
+            Err(RegistrationError::InvalidAddress),
+            "{ip}"
+        );
+    }
+    for g in [group(0), IpAddr::V6("ff02::1".parse().unwrap())] {
+        assert_eq!(
+            w.fab.register_address(1, 0, g),
+            Err(RegistrationError::InvalidAddress),
+            "{g} as a unicast address"
+        );
+    }
+    assert_eq!(w.fab.address_count(), before);
+    w.finish();
+}
+
+#[test]
+fn duplicate_membership() {
+    // Joining a group twice is Duplicate Found (0xE005), as is switching broadcast on
+    // twice; leaving what one is not in is 0xE00B. Other queue sets, of the same
+    // partition or another, join the same group freely: a group has many members.
+    let w = World::new();
+    let g = group(5);
+    w.fab.register_group(2, 0, g).unwrap();
+    let e = w.fab.register_group(2, 0, g).unwrap_err();
+    assert_eq!((e, e.code()), (RegistrationError::DuplicateFound, 0xE005));
+    w.fab.register_group(2, 1, g).unwrap();
+    w.fab.register_group(1, 0, g).unwrap();
+    assert_eq!(w.fab.group_members(g).len(), 3);
+    w.fab.set_broadcast(1, 0, true).unwrap();
+    assert_eq!(
+        w.fab.set_broadcast(1, 0, true),
+        Err(RegistrationError::DuplicateFound)
+    );
+    let e = w.fab.set_broadcast(3, 0, false).unwrap_err();
+    assert_eq!((e, e.code()), (RegistrationError::NotFound, 0xE00B));
+    // C is not a member; it cannot end A's or B's membership either (the fabric takes
+    // the issuer from the port, the queue set from the issuer).
+    let e = w.fab.deregister_group(3, 0, g).unwrap_err();
+    assert_eq!((e, e.code()), (RegistrationError::NotFound, 0xE00B));
+    assert_eq!(w.fab.group_members(g).len(), 3);
+    // A queue set that is not established joins nothing.
+    assert_eq!(
+        w.fab.register_group(3, 7, g),
+        Err(RegistrationError::SourceNotRegistered)
+    );
+    w.finish();
+}
+
+#[test]
+fn sbals_of_one_queue_more_than_1_tib_apart() {
+    // The fabric keeps a queue's SBALs as 32-bit distances in 256-byte units from its
+    // lowest: an SBAL 1 TiB or more above it is refused, 0xF011 naming it, on every
+    // queue (output queue 0, the input queue, output queue 1); 1 TiB less 256 bytes
+    // is the farthest it takes.
+    let mut w = World::new();
+    const TIB: u64 = 1 << 40;
+    let near = GuestRam::new(2 * SET_BYTES);
+    let far = GuestRam::new(2 * SET_BYTES + PAGE);
+    // SAFETY: `far`'s pages live in `w.extra` as long as the world, whose fabric is
+    // dropped before them.
+    let far_window = unsafe { Window::new(GUEST_BASE + TIB - PAGE as u64, far.host(), far.len()) };
+    w.fab
+        .add_partition(5, &[near.window(), far_window])
+        .unwrap();
+    w.extra.push(near);
+    w.extra.push(far);
+    let params = || {
+        let mut p = layout(0);
+        let q1 = layout(1);
+        p.more_outputs
+            .push(iqdio::fabric::QueueAddresses {
+                sbals: q1.output_sbals,
+                slsb: q1.output_slsb,
+            })
+            .unwrap();
+        p
+    };
+    type Place = fn(&mut iqdio::QueueSetParams, u64);
+    let cases: [(Place, QueueField); 3] = [
+        (
+            |p, d| p.output_sbals[7] = p.output_sbals[0] + d,
+            QueueField::OutputSbal(7),
+        ),
+        (
+            |p, d| p.input_sbals[100] = p.input_sbals[0] + d,
+            QueueField::InputSbal(100),
+        ),
+        (
+            |p, d| p.more_outputs[0].sbals[3] = p.more_outputs[0].sbals[0] + d,
+            QueueField::OutputQueueSbal {
+                queue: 1,
+                buffer: 3,
+            },
+        ),
+    ];
+    for (place, field) in cases {
+        let mut p = params();
+        place(&mut p, TIB);
+        let e = w.fab.establish(5, 0, &p).unwrap_err();
+        assert_eq!(
+            (e, e.code()),
+            (RegistrationError::SbalSpread(field), 0xF011)
+        );
+        let mut p = params();
+        place(&mut p, TIB - SBAL_SIZE as u64);
+        w.fab.establish(5, 0, &p).expect("1 TiB less 256 bytes");
+        w.fab.deregister_queue_set(5, 0).unwrap();
+    }
+    w.a_to_b_passes();
+    w.finish();
+}
+
+#[test]
+fn more_output_queues_than_the_fabric_offers() {
+    // A fabric built for two output queues per queue set (its `O`) refuses a third
+    // with 0xF012, before it looks at any address; two are taken, and a SIGA naming
+    // a queue beyond them is cc1.
+    type TwoQueues = iqdio::Fabric<TestPlatform, 8, 16, 8, 2, iqdio::Windows, 2>;
+    let fab = Box::new(TwoQueues::new(TestPlatform::new(), FabricConfig::DEFAULT));
+    let ram = GuestRam::new(3 * SET_BYTES);
+    fab.add_partition(1, &[ram.window()]).unwrap();
+    let queue = |i: usize| {
+        let l = layout(i);
+        iqdio::fabric::QueueAddresses {
+            sbals: l.output_sbals,
+            slsb: l.output_slsb,
+        }
+    };
+    let mut p = layout(0);
+    p.more_outputs.push(queue(1)).unwrap();
+    p.more_outputs.push(queue(2)).unwrap();
+    let e = fab.establish(1, 0, &p).unwrap_err();
+    assert_eq!((e, e.code()), (RegistrationError::OutputQueues, 0xF012));
+    // Addresses outside the partition's memory do not change the answer.
+    p.more_outputs[1].slsb = 0;
+    p.input_slsb = u64::MAX;
+    assert_eq!(
+        fab.establish(1, 0, &p),
+        Err(RegistrationError::OutputQueues)
+    );
+    let mut p = layout(0);
+    p.more_outputs.push(queue(1)).unwrap();
+    fab.establish(1, 0, &p).expect("two queues");
+    let r = fab
+        .siga_write_multiple(1, 0, (1 << 31) | (1 << 30))
+        .unwrap();
+    assert_eq!(r.buffers, 0, "nothing primed");
+    assert_eq!(
+        fab.siga_write_multiple(1, 0, 1 << 29),
+        Err(SigaError::InvalidQueueMask)
+    );
+    drop(fab);
+    assert!(ram.guards_intact());
+}
+
+// ---------------------------------------------------------------------------------
 // Bugs found while writing the catalogue and the stress test (fixed in src/ by the
 // library's owner; the test then loses its `ignore`).
 // ---------------------------------------------------------------------------------

@@ -1,30 +1,46 @@
 //! Whole SIGA calls over arbitrary guest memory.
 //!
-//! Three partitions on one fabric: A (LPAR 1) sends; its 128 output SBALs, output SLSB
-//! and 16 KiB of frame data are what the fuzz input writes. B (LPAR 2) is a
+//! Three partitions on one fabric: A (LPAR 1) sends on 1 to 4 output queues (the
+//! highest of two or more is its multicast queue); its output SBALs and SLSBs and
+//! 16 KiB of frame data are what the fuzz input writes. B (LPAR 2) is a
 //! well-behaved receiver run by the library's driver. C (LPAR 3) is a receiver whose
 //! input SBALs and SLSB the fuzz input writes too. The input is a stream of
 //! operations: raw SBALs, single SBALEs (addresses inside, across and outside A's
 //! window), frame headers, data bytes, SLSB bytes, well-formed frames, C's receive
-//! buffers, SIGA with any function code, subchannel, LPAR and queue mask, B draining,
-//! C and A deregistering and establishing again.
+//! buffers, frames of every cast type to unicast addresses, groups and the broadcast
+//! domain on any queue, SIGA with any function code, subchannel, LPAR and queue mask
+//! (over the queues A has and beyond), B draining, C and A deregistering and
+//! establishing again (A with another number of queues), A, B and C joining and
+//! leaving groups and switching broadcast on and off.
 //!
 //! After every operation that runs library code (SIGA, B's driver, registration) and
 //! at the end: no guard byte around any window changed (and under ASan no
 //! byte outside a window was read). After every SIGA: its condition code is the one
 //! the rules give; a SIGA that ran handled exactly the primed (0x62) buffers from the
 //! queue's cursor (one for SIGA write, all consecutive ones for write-multiple) and
-//! each of them now reads 0xA1 or 0xAF, an 0xAF with a documented sbalf15 reason. At
-//! the end: frames conserved. The frames A's SIGAs delivered equal the frames B and C
-//! were counted as receiving, and B's driver finds exactly the frames and bytes the
-//! fabric counted for it.
+//! each of them now reads 0xA1 or 0xAF, an 0xAF with a documented sbalf15 reason; each
+//! queue's counters grew by the buffers it completed 0xA1. When no handled buffer's
+//! elements reach into a structure the SIGA writes (an SLSB, another handled SBAL),
+//! each outcome is predicted from the buffer before the call: a parse fault is that
+//! 0xAF reason and element, a group buffer (multicast or broadcast on the multicast
+//! queue) completes 0xA1, and the receivers' buffers grew by the unicast buffers
+//! delivered plus the group copies, and the sender's copies and skips by the members
+//! of each group but itself. Registration answers follow a model of the memberships.
+//! At the end: B's driver finds exactly the frames and bytes the fabric counted for
+//! it, and the buffers B and C received are the ones A's SIGAs delivered.
 #![no_main]
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region};
-use iqdio::qdio::{Fragment, HEADER_SIZE, L3Header, Mfs, SBAL_SIZE, Sbale};
-use iqdio::{Fabric, FabricConfig, QueueSetParams, Reason, SigaError, SigaFunction};
+use iqdio::fabric::{BROADCAST_GROUP, QueueAddresses};
+use iqdio::guest::{Memory, MemoryExt};
+use iqdio::qdio::{CastType, Fragment, HEADER_SIZE, L3Header, Mfs, SBAL_SIZE, Sbale};
+use iqdio::transfer::{Outgoing, parse_outgoing_into};
+use iqdio::{
+    Fabric, FabricConfig, QueueSetParams, Reason, RegistrationError, SigaError, SigaFunction,
+};
 use iqdio_fuzz::{FuzzPlatform, GuardedMem, Input, PAGE};
 use libfuzzer_sys::fuzz_target;
 
@@ -36,7 +52,10 @@ const IN_SLSB: u64 = 0x1_0080;
 const IND: u64 = 0x1_0100;
 const DATA: u64 = 0x1_1000;
 const DATA_LEN: u64 = 0x4000;
-const RAW_LEN: usize = 0x1_5000;
+/// Output queues 1-3: their SBALs and SLSBs.
+const MORE_SBALS: u64 = 0x1_5000;
+const MORE_SLSBS: u64 = 0x1_0200;
+const RAW_LEN: usize = 0x2_D000;
 
 const A_BASE: u64 = 0x10_0000;
 const B_BASE: u64 = 0x20_0000;
@@ -53,9 +72,29 @@ fn b_v6() -> IpAddr {
 fn c_v4() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3))
 }
+const G4: IpAddr = IpAddr::V4(Ipv4Addr::new(224, 1, 1, 1));
+const G6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 3));
 
-/// The queue set of a raw partition (A or C) at `base`.
-fn raw_params(base: u64) -> QueueSetParams {
+/// Output queue `q`'s SBAL `n` and SLSB in a raw partition at `base`.
+fn out_sbal(base: u64, q: usize, n: u8) -> u64 {
+    let first = if q == 0 {
+        OUT_SBALS
+    } else {
+        MORE_SBALS + (q as u64 - 1) * 0x8000
+    };
+    base + first + u64::from(n % 128) * SBAL_SIZE as u64
+}
+
+fn out_slsb(base: u64, q: usize) -> u64 {
+    if q == 0 {
+        base + OUT_SLSB
+    } else {
+        base + MORE_SLSBS + (q as u64 - 1) * 0x80
+    }
+}
+
+/// The queue set of a raw partition (A or C) at `base` with `queues` output queues.
+fn raw_params(base: u64, queues: usize) -> QueueSetParams {
     QueueSetParams {
         output_sbals: core::array::from_fn(|i| base + OUT_SBALS + (i * SBAL_SIZE) as u64),
         input_sbals: core::array::from_fn(|i| base + IN_SBALS + (i * SBAL_SIZE) as u64),
@@ -66,20 +105,49 @@ fn raw_params(base: u64) -> QueueSetParams {
         global_indicator: base + IND + 0x80,
         interrupt_immediately: false,
         interrupt_cookie: 0,
+        more_outputs: (1..queues)
+            .map(|q| QueueAddresses {
+                sbals: core::array::from_fn(|n| out_sbal(base, q, n as u8)),
+                slsb: out_slsb(base, q),
+            })
+            .collect(),
         ..Default::default()
     }
 }
 
 fn dest(sel: u8, input: &mut Input<'_>) -> IpAddr {
-    match sel % 6 {
+    match sel % 10 {
         0 | 1 => b_v4(),
         2 => b_v6(),
         3 => c_v4(),
         4 => IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
-        _ => IpAddr::V6(Ipv6Addr::from(
+        5 => IpAddr::V6(Ipv6Addr::from(
             input.u64() as u128 | (u128::from(input.u64()) << 64),
         )),
+        6 => G4,
+        7 => G6,
+        8 => IpAddr::V4(Ipv4Addr::BROADCAST),
+        _ => IpAddr::V4(Ipv4Addr::new(10, 0, 255, 255)),
     }
+}
+
+fn cast(sel: u8) -> CastType {
+    match sel % 8 {
+        0..=3 => CastType::Unicast,
+        4 | 5 => CastType::Multicast,
+        6 => CastType::Broadcast,
+        _ => CastType::Anycast,
+    }
+}
+
+/// What a SIGA's buffer is predicted to do, from its SBAL before the call.
+enum Predicted {
+    /// Refused by the parse: this reason at this element.
+    Fault(Reason, u8),
+    /// A group buffer: completes 0xA1, a copy for each of `members` (or skipped).
+    Group { members: u64 },
+    /// Unicast or anycast: 0xA1, or 0xAF with a delivery reason.
+    Unicast,
 }
 
 fn write_sbale(mem: &GuardedMem, sbal: u64, i: usize, e: &Sbale) {
@@ -88,25 +156,31 @@ fn write_sbale(mem: &GuardedMem, sbal: u64, i: usize, e: &Sbale) {
 
 struct World {
     fab: Box<Fab>,
+    mfs: Mfs,
     a: GuardedMem,
+    a_mem: Memory,
     b: GuardedMem,
     c: GuardedMem,
     b_driver: QueueDriver,
     _b_ind: Indicators,
-    /// The fabric's output cursor of A's queue, mirrored.
-    cursor: u8,
+    /// The fabric's output cursors of A's queues, mirrored.
+    cursors: [u8; 4],
+    /// A's output queues (1-4).
+    a_queues: usize,
     a_active: bool,
     c_active: bool,
-    /// Frames A's SIGAs delivered.
-    frames_sent: u64,
-    /// Frames C was counted as receiving by queue sets since deregistered.
-    c_frames_before: u64,
+    /// Group memberships: (LPAR, group), the broadcast domain as `BROADCAST_GROUP`.
+    members: BTreeSet<(u8, IpAddr)>,
+    /// Buffers A's SIGAs delivered to receivers: unicast buffers plus group copies.
+    buffers_delivered: u64,
+    /// Buffers C was counted as receiving by queue sets since deregistered.
+    c_sbals_before: u64,
     /// What B's driver found.
     b_found: (u64, u64),
 }
 
 impl World {
-    fn new(mfs: Mfs) -> Self {
+    fn new(mfs: Mfs, a_queues: usize) -> Self {
         let fab = Box::new(Fabric::new(
             FuzzPlatform::default(),
             FabricConfig {
@@ -116,6 +190,7 @@ impl World {
             },
         ));
         let a = GuardedMem::new(A_BASE, RAW_LEN);
+        let a_mem = Memory::new(&[a.window()]).unwrap();
         let c = GuardedMem::new(C_BASE, RAW_LEN);
         let cfg = DriverConfig {
             rx_buffers: 4,
@@ -130,7 +205,9 @@ impl World {
         let b_driver = QueueDriver::new(&mut region, &b_ind, cfg).unwrap();
         // A's and C's rings: output buffers not initialised, input buffers empty.
         for m in [&a, &c] {
-            m.write(m.guest() + OUT_SLSB, &[0xA0; 128]);
+            for q in 0..4 {
+                m.write(out_slsb(m.guest(), q), &[0xA0; 128]);
+            }
             m.write(m.guest() + IN_SLSB, &[0x41; 128]);
         }
         // C's input buffers: four 4 KiB elements each in its data area, by default.
@@ -151,24 +228,28 @@ impl World {
         fab.add_partition(1, &[a.window()]).unwrap();
         fab.add_partition(2, &[b.window()]).unwrap();
         fab.add_partition(3, &[c.window()]).unwrap();
-        fab.establish(1, 0, &raw_params(A_BASE)).unwrap();
+        fab.establish(1, 0, &raw_params(A_BASE, a_queues)).unwrap();
         fab.establish(2, 0, &b_driver.params()).unwrap();
-        fab.establish(3, 0, &raw_params(C_BASE)).unwrap();
+        fab.establish(3, 0, &raw_params(C_BASE, 1)).unwrap();
         fab.register_address(2, 0, b_v4()).unwrap();
         fab.register_address(2, 0, b_v6()).unwrap();
         fab.register_address(3, 0, c_v4()).unwrap();
         Self {
             fab,
+            mfs,
             a,
+            a_mem,
             b,
             c,
             b_driver,
             _b_ind: b_ind,
-            cursor: 0,
+            cursors: [0; 4],
+            a_queues,
             a_active: true,
             c_active: true,
-            frames_sent: 0,
-            c_frames_before: 0,
+            members: BTreeSet::new(),
+            buffers_delivered: 0,
+            c_sbals_before: 0,
             b_found: (0, 0),
         }
     }
@@ -182,12 +263,66 @@ impl World {
         }
     }
 
-    fn a_out_sbal(&self, n: u8) -> u64 {
-        A_BASE + OUT_SBALS + u64::from(n % 128) * SBAL_SIZE as u64
+    fn a_state(&self, q: usize, n: u8) -> u8 {
+        self.a.read(out_slsb(A_BASE, q) + u64::from(n % 128), 1)[0]
     }
 
-    fn a_state(&self, n: u8) -> u8 {
-        self.a.read(A_BASE + OUT_SLSB + u64::from(n % 128), 1)[0]
+    /// The receivers' input buffers filled so far (C's over all its registrations).
+    fn received_sbals(&self) -> u64 {
+        let b = self.fab.counters_of(2, 0).unwrap().sbals_received;
+        let c = self.fab.counters_of(3, 0).map_or(0, |c| c.sbals_received);
+        b + c + self.c_sbals_before
+    }
+
+    /// The members of `group` other than A, each an active queue set.
+    fn others_in(&self, group: IpAddr) -> u64 {
+        self.members
+            .iter()
+            .filter(|(l, g)| *g == group && *l != 1)
+            .count() as u64
+    }
+
+    /// Whether LPAR `lpar`'s queue set is established.
+    fn active(&self, lpar: u8) -> bool {
+        match lpar {
+            1 => self.a_active,
+            3 => self.c_active,
+            _ => true,
+        }
+    }
+
+    /// A, B or C joins or leaves a group, or switches broadcast, against the model.
+    fn membership(&mut self, input: &mut Input<'_>) {
+        let lpar = 1 + input.u8() % 3;
+        let sel = input.u8() % 4;
+        let join = input.u8() & 1 == 0;
+        let group = match sel {
+            0 => G4,
+            1 => G6,
+            2 => BROADCAST_GROUP,
+            _ => b_v4(),
+        };
+        let got = match (sel, join) {
+            (2, on) => self.fab.set_broadcast(lpar, 0, on),
+            (_, true) => self.fab.register_group(lpar, 0, group),
+            (_, false) => self.fab.deregister_group(lpar, 0, group),
+        };
+        let member = self.members.contains(&(lpar, group));
+        let want = match (sel, join) {
+            (3, _) => Err(RegistrationError::InvalidAddress),
+            (_, true) if !self.active(lpar) => Err(RegistrationError::SourceNotRegistered),
+            (_, true) if member => Err(RegistrationError::DuplicateFound),
+            (_, false) if !member => Err(RegistrationError::NotFound),
+            _ => Ok(()),
+        };
+        assert_eq!(got, want, "LPAR {lpar} join {join} {group}");
+        if got.is_ok() {
+            if join {
+                self.members.insert((lpar, group));
+            } else {
+                self.members.remove(&(lpar, group));
+            }
+        }
     }
 
     fn drain_b(&mut self, max: u8) {
@@ -205,12 +340,17 @@ impl World {
     }
 
     fn siga(&mut self, input: &mut Input<'_>) {
-        let fc = match input.u8() % 4 {
+        let fc = match input.u8() % 5 {
             0 => 0,
             1 | 2 => 3,
+            3 => 4,
             _ => input.u32(),
         };
-        let mask = if input.u8() < 0xF0 { Q0 } else { input.u32() };
+        let mask = match input.u8() {
+            0..=0x9F => Q0,
+            0xA0..=0xEF => u32::from(input.u8() & 0x0F) << 28,
+            _ => input.u32(),
+        };
         let sch = if input.u8() < 0xF0 { 0 } else { input.u16() };
         let lpar = match input.u8() {
             0..=0xEF => 1,
@@ -219,59 +359,166 @@ impl World {
         };
         // The condition code the rules give, in the order the fabric checks them.
         let known = matches!(lpar, 1..=3);
-        let active = match lpar {
-            1 => self.a_active,
-            3 => self.c_active,
-            _ => true,
+        let queues = match lpar {
+            1 => self.a_queues,
+            _ => 1,
         };
+        let established = u32::MAX << (32 - queues);
         let expect = match SigaFunction::from_code(fc) {
             None => Err(SigaError::InvalidFunction),
             Some(_) if !known || sch != 0 => Err(SigaError::NotIqdio),
-            Some(_) if !active => Err(SigaError::QueuesNotActive),
-            Some(_) if mask != Q0 => Err(SigaError::InvalidQueueMask),
+            Some(_) if !self.active(lpar) => Err(SigaError::QueuesNotActive),
+            Some(_) if mask == 0 || mask & !established != 0 => Err(SigaError::InvalidQueueMask),
+            // No queue set here has a completion queue: WRITEQ is not performed.
+            Some(SigaFunction::WriteQ) => Err(SigaError::InvalidFunction),
             Some(f) => Ok(f),
         };
-        // The primed buffers the call must handle: consecutive 0x62 from the cursor.
-        let primed = if lpar == 1 {
-            let limit = match expect {
-                Ok(SigaFunction::Write) => 1,
-                Ok(SigaFunction::WriteMultiple) => 128,
-                Err(_) => 0,
+        // The buffers the call must handle: on each queue named, from the lowest, the
+        // consecutive 0x62 from its cursor (one for SIGA write).
+        let mut handled: Vec<(usize, u8)> = Vec::new();
+        if lpar == 1
+            && let Ok(f) = expect
+        {
+            let limit = match f {
+                SigaFunction::Write => 1,
+                SigaFunction::WriteMultiple => 128,
+                SigaFunction::WriteQ => 0,
             };
-            (0..limit)
-                .take_while(|k| self.a_state(self.cursor.wrapping_add(*k as u8) % 128) == 0x62)
-                .count()
-        } else {
-            0
-        };
+            for q in (0..queues).filter(|q| mask & (1 << (31 - q)) != 0) {
+                let c = self.cursors[q];
+                handled.extend(
+                    (0..limit)
+                        .map(|k| c.wrapping_add(k as u8) % 128)
+                        .take_while(|n| self.a_state(q, *n) == 0x62)
+                        .map(|n| (q, n)),
+                );
+            }
+        }
+        let predicted: Vec<Predicted> = handled.iter().map(|&(q, n)| self.predict(q, n)).collect();
+        let exact = !self.interferes(&handled);
+        let before = (
+            self.received_sbals(),
+            self.fab.counters_of(1, 0).unwrap_or_default(),
+        );
         let result = self.fab.siga(lpar, sch, fc, mask);
         match (expect, result) {
             (Err(want), got) => assert_eq!(got, Err(want), "fc {fc} sch {sch} lpar {lpar}"),
             (Ok(_), Err(e)) => panic!("SIGA refused: {e:?}"),
             (Ok(_), Ok(r)) => {
-                assert_eq!(usize::from(r.buffers), primed, "buffers handled");
+                assert_eq!(usize::from(r.buffers), handled.len(), "buffers handled");
                 assert_eq!(r.buffers, r.delivered + r.refused);
                 if lpar != 1 {
                     return;
                 }
-                for k in 0..r.buffers {
-                    let n = self.cursor.wrapping_add(k) % 128;
-                    match self.a_state(n) {
-                        0xA1 => {}
-                        0xAF => {
-                            let code = self.a.read(self.a_out_sbal(n) + 15 * 16 + 3, 1)[0];
-                            assert!(
-                                Reason::from_code(code).is_some(),
-                                "undocumented sbalf15 {code:#x}"
-                            );
+                let mut per_queue = [0u64; 4];
+                let (mut unicast_delivered, mut group_members) = (0, 0);
+                for (&(q, n), p) in handled.iter().zip(&predicted) {
+                    let state = self.a_state(q, n);
+                    let sbal = out_sbal(A_BASE, q, n);
+                    let code = self.a.read(sbal + 15 * 16 + 3, 1)[0];
+                    let element = self.a.read(sbal + 14 * 16 + 3, 1)[0] & 0x0F;
+                    match state {
+                        0xA1 => per_queue[q] += 1,
+                        0xAF => assert!(
+                            Reason::from_code(code).is_some(),
+                            "undocumented sbalf15 {code:#x}"
+                        ),
+                        s => panic!("queue {q} buffer {n} handled but reads {s:#x}"),
+                    }
+                    if !exact {
+                        continue;
+                    }
+                    match *p {
+                        Predicted::Fault(reason, at) => assert_eq!(
+                            (state, code, element),
+                            (0xAF, reason.code(), at),
+                            "queue {q} buffer {n}: the parse fault"
+                        ),
+                        Predicted::Group { members } => {
+                            assert_eq!(state, 0xA1, "queue {q} buffer {n}: group buffer");
+                            group_members += members;
                         }
-                        s => panic!("buffer {n} handled but reads {s:#x}"),
+                        Predicted::Unicast if state == 0xA1 => unicast_delivered += 1,
+                        Predicted::Unicast => assert!(
+                            matches!(code, 0x10..=0x14),
+                            "queue {q} buffer {n}: unicast refused with {code:#x}"
+                        ),
                     }
                 }
-                self.cursor = (self.cursor + r.buffers) % 128;
-                self.frames_sent += u64::from(r.frames);
+                for &(q, _) in &handled {
+                    self.cursors[q] = (self.cursors[q] + 1) % 128;
+                }
+                let after = self.fab.counters_of(1, 0).unwrap();
+                for (q, (a, b)) in after
+                    .output_queues
+                    .iter()
+                    .zip(before.1.output_queues.iter())
+                    .enumerate()
+                {
+                    assert_eq!(
+                        a.sbals - b.sbals,
+                        per_queue[q],
+                        "queue {q}: buffers counted"
+                    );
+                }
+                let copies = after.group_copies - before.1.group_copies;
+                let skipped = after.group_skipped - before.1.group_skipped;
+                assert_eq!(copies, u64::from(r.copies));
+                let received = self.received_sbals() - before.0;
+                if exact {
+                    assert_eq!(copies + skipped, group_members, "group copies and skips");
+                    assert_eq!(received, unicast_delivered + copies, "buffers received");
+                }
+                assert!(received >= copies && received <= u64::from(r.delivered) + copies);
+                self.buffers_delivered += received;
             }
         }
+    }
+
+    /// The outcome of A's queue `q` buffer `n` as its SBAL reads now.
+    fn predict(&self, q: usize, n: u8) -> Predicted {
+        let sbal = self.a_mem.sbal(out_sbal(A_BASE, q, n)).unwrap();
+        let mut out = Outgoing::empty();
+        let multicast_queue = self.a_queues > 1 && q == self.a_queues - 1;
+        match parse_outgoing_into(&sbal, &self.a_mem, self.mfs, multicast_queue, &mut out) {
+            Err(f) => Predicted::Fault(f.reason, f.element),
+            Ok(()) => match out.cast {
+                CastType::Multicast => Predicted::Group {
+                    members: self.others_in(out.dest),
+                },
+                CastType::Broadcast => Predicted::Group {
+                    members: self.others_in(BROADCAST_GROUP),
+                },
+                CastType::Unicast | CastType::Anycast => Predicted::Unicast,
+            },
+        }
+    }
+
+    /// Whether an element of a handled buffer (up to its LAST_ENTRY, or 16) reaches
+    /// into bytes the SIGA writes before that buffer is sent: the handled queues'
+    /// SLSBs, the other handled SBALs.
+    fn interferes(&self, handled: &[(usize, u8)]) -> bool {
+        let mut written: Vec<(u64, u64)> = handled
+            .iter()
+            .map(|&(q, n)| (out_sbal(A_BASE, q, n), SBAL_SIZE as u64))
+            .collect();
+        written.extend((0..4).map(|q| (out_slsb(A_BASE, q), 128)));
+        handled.iter().any(|&(q, n)| {
+            let sbal = out_sbal(A_BASE, q, n);
+            (0..16)
+                .map(|i| Sbale::decode(&self.a.read(sbal + i * 16, 16).try_into().unwrap()))
+                .scan(false, |done, e| {
+                    if *done {
+                        return None;
+                    }
+                    *done = e.is_last_entry();
+                    Some(e)
+                })
+                .any(|e| {
+                    let end = e.addr.saturating_add(u64::from(e.length));
+                    written.iter().any(|&(s, l)| e.addr < s + l && s < end)
+                })
+        })
     }
 
     /// One operation; true when it ran library code that may write guest memory (the
@@ -279,16 +526,18 @@ impl World {
     /// program writing its own memory, clipped to its window by the harness.
     fn op(&mut self, input: &mut Input<'_>) -> bool {
         let a = &self.a;
-        let code = input.u8() % 11;
+        let code = input.u8() % 13;
         match code {
-            // A raw SBAL.
+            // A raw SBAL of any output queue (established or not).
             0 => {
+                let q = usize::from(input.u8() % 4);
                 let n = input.u8();
                 let raw = input.bytes(SBAL_SIZE);
-                a.write(self.a_out_sbal(n), raw);
+                a.write(out_sbal(A_BASE, q, n), raw);
             }
             // One SBALE, its address chosen to land inside, across or outside A.
             1 => {
+                let q = usize::from(input.u8() % 4);
                 let n = input.u8();
                 let i = usize::from(input.u8() % 16);
                 let eflags = input.u8();
@@ -307,13 +556,15 @@ impl World {
                     addr,
                     ..Sbale::default()
                 };
-                write_sbale(a, self.a_out_sbal(n), i, &e);
+                write_sbale(a, out_sbal(A_BASE, q, n), i, &e);
             }
-            // A frame header in the data area.
+            // A frame header in the data area, of any cast type.
             2 => {
                 let off = u64::from(input.u16()) % (DATA_LEN - HEADER_SIZE as u64);
                 let sel = input.u8();
-                let mut h = L3Header::unicast(dest(sel, input), input.u16()).encode();
+                let mut header = L3Header::unicast(dest(sel, input), input.u16());
+                header.cast = cast(input.u8());
+                let mut h = header.encode();
                 if input.u8() > 0xE0 {
                     h[1] = input.u8();
                 }
@@ -331,23 +582,31 @@ impl World {
             }
             // An output SLSB byte (0x62 hands a buffer over).
             4 => {
+                let q = usize::from(input.u8() % 4);
                 let n = input.u8() % 128;
                 let v = if input.u8() < 0xC0 { 0x62 } else { input.u8() };
-                a.write(A_BASE + OUT_SLSB + u64::from(n), &[v]);
+                a.write(out_slsb(A_BASE, q) + u64::from(n), &[v]);
             }
-            // A well-formed frame in elements of a chosen size, primed.
+            // A well-formed frame of some cast type in elements of a chosen size, on
+            // some queue, primed.
             5 => {
+                let q = usize::from(input.u8() % 4);
                 let n = input.u8();
                 let sel = input.u8();
                 let to = dest(sel, input);
+                let cast = cast(input.u8());
                 let len = usize::from(input.u16()) % (DATA_LEN as usize - HEADER_SIZE);
                 let piece = 32 + usize::from(input.u16()) % 8192;
-                let mut frame = L3Header::unicast(to, len as u16).encode().to_vec();
+                let header = L3Header {
+                    cast,
+                    ..L3Header::unicast(to, len as u16)
+                };
+                let mut frame = header.encode().to_vec();
                 frame.extend((0..len).map(|i| (i as u8) ^ n));
                 a.write(A_BASE + DATA, &frame);
                 let pieces = frame.len().div_ceil(piece).min(16);
                 let piece = frame.len().div_ceil(pieces);
-                let sbal = self.a_out_sbal(n);
+                let sbal = out_sbal(A_BASE, q, n);
                 for k in 0..pieces {
                     let start = k * piece;
                     let l = piece.min(frame.len() - start);
@@ -360,7 +619,7 @@ impl World {
                     };
                     write_sbale(a, sbal, k, &e);
                 }
-                a.write(A_BASE + OUT_SLSB + u64::from(n % 128), &[0x62]);
+                a.write(out_slsb(A_BASE, q) + u64::from(n % 128), &[0x62]);
             }
             6 | 7 => self.siga(input),
             // B takes some buffers.
@@ -383,27 +642,36 @@ impl World {
                     self.c.write(C_BASE + IN_SLSB + n, &[v]);
                 }
             }
-            // Deregister and establish again: C's queue set, or A's.
-            _ => {
+            // Deregister and establish again: C's queue set, or A's (with 1-4 output
+            // queues). Deregistration ends the set's memberships.
+            10 => {
+                let queues = 1 + usize::from(input.u8() % 4);
                 if input.u8() < 0x80 {
                     if self.c_active {
                         let snap = self.fab.deregister_queue_set(3, 0).unwrap();
-                        self.c_frames_before += snap.frames_received;
+                        self.c_sbals_before += snap.sbals_received;
                         self.c_active = false;
+                        self.members.retain(|(l, _)| *l != 3);
                     } else {
-                        self.fab.establish(3, 0, &raw_params(C_BASE)).unwrap();
+                        self.fab.establish(3, 0, &raw_params(C_BASE, 1)).unwrap();
                         self.fab.register_address(3, 0, c_v4()).unwrap();
                         self.c_active = true;
                     }
                 } else if self.a_active {
                     self.fab.deregister_queue_set(1, 0).unwrap();
                     self.a_active = false;
+                    self.members.retain(|(l, _)| *l != 1);
                 } else {
-                    self.fab.establish(1, 0, &raw_params(A_BASE)).unwrap();
+                    self.fab
+                        .establish(1, 0, &raw_params(A_BASE, queues))
+                        .unwrap();
                     self.a_active = true;
-                    self.cursor = 0;
+                    self.a_queues = queues;
+                    self.cursors = [0; 4];
                 }
             }
+            // Group membership churn.
+            _ => self.membership(input),
         }
         code >= 6 && code != 9
     }
@@ -412,7 +680,8 @@ impl World {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let mfs = [Mfs::K16, Mfs::K24, Mfs::K40, Mfs::K64][usize::from(input.u8() % 4)];
-    let mut w = World::new(mfs);
+    let a_queues = 1 + usize::from(input.u8() % 4);
+    let mut w = World::new(mfs, a_queues);
     let mut ops = 0;
     while !input.is_empty() && ops < 256 {
         let fabric_ran = w.op(&mut input);
@@ -421,29 +690,26 @@ fuzz_target!(|data: &[u8]| {
         }
         ops += 1;
     }
-    // Frames conserved: what A's SIGAs delivered is what B and C were counted as
-    // receiving, and B's driver finds every frame and byte counted for it.
+    // B's driver finds every frame and byte the fabric counted for it; B and C
+    // received buffers only through A's SIGAs (nothing else filled one).
     w.drain_b(128);
     let cb = w.fab.counters_of(2, 0).unwrap();
-    let c_now = w.fab.counters_of(3, 0).map_or(0, |c| c.frames_received);
-    assert_eq!(
-        w.frames_sent,
-        cb.frames_received + w.c_frames_before + c_now,
-        "frames delivered vs frames received"
-    );
     assert_eq!(
         w.b_found,
         (cb.frames_received, cb.bytes_received),
         "B's frames"
     );
+    assert_eq!(w.buffers_delivered, w.received_sbals(), "buffers received");
     w.guards();
     if std::env::var_os("IQDIO_FUZZ_DEBUG").is_some() {
         let ca = w.fab.counters_of(1, 0).unwrap_or_default();
         eprintln!(
-            "siga: {ops} ops, {} frames delivered (B {}, C {}), A's errors {:?}",
-            w.frames_sent,
-            cb.frames_received,
-            w.c_frames_before + c_now,
+            "siga: {ops} ops, {} buffers delivered (B {}), A's queues {}, copies {}, skipped {}, errors {:?}",
+            w.buffers_delivered,
+            cb.sbals_received,
+            w.a_queues,
+            ca.group_copies,
+            ca.group_skipped,
             ca.errors
         );
     }
