@@ -14,7 +14,7 @@ mod qeth;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,6 +50,8 @@ struct Net {
     cards: Vec<Arc<Card>>,
     got: Vec<Arc<Mutex<Got>>>,
     paused: Vec<Arc<AtomicBool>>,
+    /// Microseconds each receiver spends on a frame (a slow receiver).
+    slow: Vec<Arc<AtomicU64>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -72,6 +74,7 @@ impl Net {
             cards: Vec::new(),
             got: Vec::new(),
             paused: Vec::new(),
+            slow: Vec::new(),
             stop,
             threads: Vec::new(),
         };
@@ -83,6 +86,7 @@ impl Net {
             net.cards.push(card);
             net.got.push(Arc::new(Mutex::new(Vec::new())));
             net.paused.push(Arc::new(AtomicBool::new(false)));
+            net.slow.push(Arc::new(AtomicU64::new(0)));
         }
         for i in 0..net.cards.len() {
             net.spawn_receiver(i);
@@ -104,6 +108,7 @@ impl Net {
         let card = self.cards[i].clone();
         let got = self.got[i].clone();
         let paused = self.paused[i].clone();
+        let slow = self.slow[i].clone();
         let (platform, stop) = (self.platform.clone(), self.stop.clone());
         self.threads.push(std::thread::spawn(move || {
             let lpar = card.cfg.lpar;
@@ -124,6 +129,10 @@ impl Net {
                         panic!("LPAR {lpar}: a frame that is not intact: {f:?}")
                     });
                     got.lock().unwrap().push((src, seq, f.cast));
+                    let us = slow.load(Ordering::Relaxed);
+                    if us > 0 {
+                        std::thread::sleep(Duration::from_micros(us));
+                    }
                 });
             }
         }));
@@ -715,4 +724,238 @@ fn per_queue_counters_follow_qeths_queue_choice() {
     let bufs: u64 = (0..3).map(|q| c.tx_stats(q).bufs).sum();
     assert!(bufs >= 16, "{bufs} unicast buffers for 8 bursts");
     net.assert_clean();
+}
+
+// ---------------------------------------------------------------------------------
+// The completion queue: qeth with `QETH_CQ_ENABLED` sends AF_IUCV traffic with SIGA
+// WRITEQ and a QAOB per buffer; a buffer to a full receiver completes PENDING and
+// finishes through the QAOB posted on the completion queue.
+// ---------------------------------------------------------------------------------
+
+/// The HiperSockets IUCV user id of LPAR `lpar`'s card.
+fn user(lpar: u8) -> [u8; 8] {
+    [b'L', b'P', b'A', b'R', b'0', b'0', b'0', b'0' + lpar]
+}
+
+fn cq(c: CardConfig) -> CardConfig {
+    CardConfig { cq: true, ..c }
+}
+
+/// Cards with the completion queue on (two output queues each), each reachable at
+/// its IUCV address.
+fn cq_net(cards: usize, tweak: Tweak) -> Net {
+    let net = Net::with((0..cards).map(|_| (2, tweak)).collect());
+    for c in &net.cards {
+        c.register_ip(iucv_address(user(c.cfg.lpar)));
+    }
+    net
+}
+
+fn iucv(from: u8, to: u8, kind: u16, seq: u32, len: usize) -> Packet {
+    Packet::iucv(user(to), &payload((from, kind), seq, len))
+}
+
+/// Waits until `cond` holds (10 s at most).
+fn until(what: &str, cond: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(10), "never: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Two senders and a receiver that takes 200 µs per frame: once its 127 buffers are
+/// full, the senders' WRITEQ buffers go PENDING and complete through their QAOBs as
+/// it catches up (the fabric sees its refills at the senders' next SIGA or the
+/// timer's tick). Each sender keeps at most 8 frames unfinished, the fabric's pending
+/// capacity per queue set (as a window protocol would). Every frame arrives once,
+/// intact and in order; no sender sees an error, none re-sends or recovers; the
+/// QAOBs completed are the buffers that went pending, on both sides' counts.
+#[test]
+fn completion_queue_under_receivers_slower_than_senders() {
+    const N: u32 = 300;
+    let net = cq_net(3, cq);
+    net.slow[2].store(200, Ordering::SeqCst);
+    // IP is not sent with the completion queue on (qeth_l3_hard_start_xmit).
+    let ip = packet(ip4(1), ip4(3), (1, UNICAST), 0, 10);
+    assert_eq!(net.card(1).xmit(&ip, false), Err(XmitError::Dropped));
+    let senders: Vec<_> = [1u8, 2]
+        .into_iter()
+        .map(|from| {
+            let card = net.card(from).clone();
+            std::thread::spawn(move || {
+                for seq in 0..N {
+                    if seq % 8 == 0 {
+                        until("the sender's window drained", || card.pending(0) == 0);
+                    }
+                    let p = iucv(from, 3, UNICAST, seq, 200 + (seq as usize * 97) % 3000);
+                    assert_eq!(card.xmit(&p, false), Ok(0));
+                }
+                until("the last window drained", || card.pending(0) == 0);
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    net.settle(&[0, 0, 2 * N as usize]);
+    for from in [1u8, 2] {
+        let seqs: Vec<u32> = net
+            .got(3)
+            .iter()
+            .filter(|g| g.0.0 == from)
+            .map(|g| g.1)
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..N).collect::<Vec<_>>(),
+            "LPAR {from}'s frames in order"
+        );
+        let c = net.card(from);
+        let t = c.tx_stats(0);
+        assert_eq!(
+            (t.tx_packets, t.tx_errors, t.bufs, c.recoveries()),
+            (u64::from(N), 0, u64::from(N), 0)
+        );
+        assert_eq!(
+            t.siga_writeq - t.busy,
+            t.bufs,
+            "one WRITEQ per buffer (busy re-issues apart)"
+        );
+        let f = net.fab.counters_of(from, 0).unwrap();
+        assert_eq!(f.errors_total(), 0, "LPAR {from}: no 0x10");
+        assert_eq!((f.pending, f.completed), (t.pending, t.pending_done));
+        assert_eq!(f.completed_with_error, 0);
+        assert_eq!(t.aorc[0], t.pending_done);
+    }
+    let pending = net.card(1).tx_stats(0).pending + net.card(2).tx_stats(0).pending;
+    assert!(
+        pending > 0,
+        "no buffer went pending: the receiver was not slower"
+    );
+    assert!(net.card(1).rx_stats().qaobs + net.card(2).rx_stats().qaobs >= pending);
+}
+
+/// Deregistration with buffers pending. The receiver goes away: the fabric completes
+/// what waited for it with `aorc` 0x12 through the completion queue, and qeth
+/// finishes those buffers (counted sent: `qeth_tx_complete_pending_bufs` passes
+/// `error = drain`, the code only picks the AF_IUCV notification). The sender goes
+/// away (its recovery): its pending buffers' QAOBs read 0x15, qeth drains them as
+/// errors, none reaches the receiver later, and after the recovery it sends again.
+#[test]
+fn deregistration_with_buffers_pending_on_either_side() {
+    let net = cq_net(4, cq);
+    // LPAR 1 → LPAR 2, which never empties its queue, then goes away.
+    net.paused[1].store(true, Ordering::SeqCst);
+    let s = net.card(1);
+    for seq in 0..132 {
+        s.xmit(&iucv(1, 2, UNICAST, seq, 100), false).unwrap();
+    }
+    assert_eq!(s.pending(0), 5);
+    net.fab.deregister_queue_set(2, 0).unwrap();
+    until("the 0x12 completions", || s.pending(0) == 0);
+    let t = s.tx_stats(0);
+    assert_eq!((t.aorc[0x12], t.tx_packets, t.tx_errors), (5, 132, 0));
+    assert_eq!(net.fab.counters_of(1, 0).unwrap().completed_with_error, 5);
+    assert_eq!(s.recoveries(), 0);
+
+    // LPAR 3 → LPAR 4 (paused), then LPAR 3 is recovered.
+    net.paused[3].store(true, Ordering::SeqCst);
+    let s = net.card(3);
+    for seq in 0..130 {
+        s.xmit(&iucv(3, 4, UNICAST, seq, 100), false).unwrap();
+    }
+    let qaobs = s.pending_qaobs(0);
+    assert_eq!(qaobs.len(), 3);
+    net.paused[2].store(true, Ordering::SeqCst); // LPAR 3's own completion queue
+    net.fab.deregister_queue_set(3, 0).unwrap();
+    for q in &qaobs {
+        assert_eq!(s.qaob_aorc(*q), 0x15, "cancelled");
+    }
+    s.recover();
+    net.paused[2].store(false, Ordering::SeqCst);
+    let t = s.tx_stats(0);
+    assert_eq!((t.tx_packets, t.tx_errors, s.pending(0)), (127, 3, 0));
+    net.paused[3].store(false, Ordering::SeqCst);
+    net.settle(&[0, 0, 0, 127]);
+    for seq in 130..133 {
+        s.xmit(&iucv(3, 4, UNICAST, seq, 100), false).unwrap();
+    }
+    net.settle(&[0, 0, 0, 130]);
+    let seqs: Vec<u32> = net.got(4).iter().map(|g| g.1).collect();
+    assert_eq!(seqs, (0..127).chain(130..133).collect::<Vec<_>>());
+    assert_eq!(s.recoveries(), 0, "recover() was the test's, not an -EIO");
+}
+
+/// A WRITEQ whose QAOB address is misaligned, outside the partition or runs past its
+/// end: the buffer is refused 0x2A, qeth counts it in `tx_errors` and re-sends
+/// nothing; with a good QAOB the next buffer goes through.
+#[test]
+fn a_bad_qaob_address_refuses_the_buffer_0x2a() {
+    let net = cq_net(2, cq);
+    let s = net.card(1);
+    let end = GUEST_BASE + s.ram.len() as u64;
+    for (k, bad) in [GUEST_BASE + 0x80, 0x100, end, end - 0x80, !0xFF]
+        .into_iter()
+        .enumerate()
+    {
+        let n = s.prime_only(0, 1, &iucv(1, 2, UNICAST, k as u32, 300));
+        let r = net.fab.siga_writeq(1, 0, 1 << 31, bad).unwrap();
+        assert_eq!((r.buffers, r.refused), (1, 1), "QAOB {bad:#x}");
+        assert_eq!((s.out_state(0, n), s.out_sbalf15(0, n)), (0xAF, 0x2A));
+        s.reap(0);
+    }
+    let t = s.tx_stats(0);
+    assert_eq!((t.tx_errors, t.sbalf15[0x2A], t.lnkfail), (5, 5, 5));
+    s.xmit(&iucv(1, 2, UNICAST, 9, 300), false).unwrap();
+    net.settle(&[0, 1]);
+    assert_eq!(net.got(2)[0].1, 9);
+    assert_eq!(s.recoveries(), 0);
+}
+
+/// A completion queue with no empty buffer: the fabric keeps the finished buffers'
+/// completions (counting `cq_full`) until the driver hands a buffer back, then posts
+/// them; nothing is lost. (The card arms one completion-queue buffer instead of 127
+/// to get there quickly.)
+#[test]
+fn a_full_completion_queue_holds_completions_until_it_has_room() {
+    fn one_cq_buffer(c: CardConfig) -> CardConfig {
+        CardConfig {
+            cq: true,
+            cq_buffers: 1,
+            ..c
+        }
+    }
+    let net = cq_net(3, one_cq_buffer);
+    let s = net.card(1);
+    net.paused[0].store(true, Ordering::SeqCst); // LPAR 1 reads no completions
+    net.paused[1].store(true, Ordering::SeqCst);
+    net.paused[2].store(true, Ordering::SeqCst);
+    let mut seq = 0;
+    for to in [2u8, 3] {
+        for _ in 0..129 {
+            s.xmit(&iucv(1, to, UNICAST, seq, 64), false).unwrap();
+            seq += 1;
+        }
+        // Two buffers pending for `to`; it goes away: 0x12 for both.
+        net.fab.deregister_queue_set(to, 0).unwrap();
+    }
+    // The first pair took the one completion-queue buffer; the second waits.
+    until("the completion queue full", || {
+        net.fab.counters_of(1, 0).unwrap().cq_full > 0
+    });
+    assert_eq!(s.pending(0), 4, "LPAR 1 has read no completion yet");
+    net.paused[0].store(false, Ordering::SeqCst);
+    until("every completion read", || s.pending(0) == 0);
+    let t = s.tx_stats(0);
+    assert_eq!((t.aorc[0x12], t.pending_done, t.tx_errors), (4, 4, 0));
+    assert_eq!(t.tx_packets, 258);
+    let f = net.fab.counters_of(1, 0).unwrap();
+    assert_eq!((f.pending, f.completed_with_error), (4, 4));
+    assert_eq!(
+        s.rx_stats().cq_bufs,
+        2,
+        "two completion-queue buffers, one at a time"
+    );
+    assert_eq!(s.recoveries(), 0);
 }

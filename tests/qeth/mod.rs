@@ -123,8 +123,10 @@ pub struct Packet {
     pub vlan: Option<u16>,
     /// A flow hash for `netdev_pick_tx` among the unicast queues.
     pub flow: usize,
-    /// The IP packet: header and payload.
+    /// The IP packet (header and payload), or an AF_IUCV packet's bytes.
     pub bytes: Vec<u8>,
+    /// An AF_IUCV packet (`ETH_P_AF_IUCV`) rather than IP.
+    pub iucv: bool,
 }
 
 impl Packet {
@@ -176,6 +178,21 @@ impl Packet {
             vlan: None,
             flow: 0,
             bytes,
+            iucv: false,
+        }
+    }
+
+    /// An AF_IUCV packet over HiperSockets to the IUCV user `user` (its transport
+    /// header and data are `bytes`): `qeth_l3_fill_header` makes its next hop
+    /// fe80::/64 with the user id in the low 8 bytes, flagged IPv6.
+    pub fn iucv(user: [u8; 8], bytes: &[u8]) -> Self {
+        Self {
+            dst: iucv_address(user),
+            route: Route::Unicast,
+            vlan: None,
+            flow: 0,
+            bytes: bytes.to_vec(),
+            iucv: true,
         }
     }
 
@@ -205,6 +222,17 @@ impl Packet {
             _ => bytes,
         }
     }
+}
+
+/// The address a HiperSockets AF_IUCV user is reached at: fe80:: with the user id in
+/// bytes 8-15 (`qeth_l3_fill_header`; the receiving card registers it for its
+/// `hsuid`).
+pub fn iucv_address(user: [u8; 8]) -> IpAddr {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[8..].copy_from_slice(&user);
+    IpAddr::V6(Ipv6Addr::from(a))
 }
 
 fn ipv4_checksum(h: &[u8]) -> u16 {
@@ -240,12 +268,16 @@ enum BufState {
 }
 
 /// `struct qeth_qdio_out_buffer`, what the model needs of it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct OutBuf {
     state: BufState,
     next_element_to_fill: usize,
     bytes: u64,
     frames: u64,
+    /// The skbs' slots.
+    slots: Vec<usize>,
+    /// `buf->aob`: the QAOB attached at its first WRITEQ, kept for re-use.
+    aob: Option<u64>,
 }
 
 /// What one output queue counted (`struct qeth_out_q_stats` and qdio's perf counters).
@@ -280,6 +312,14 @@ pub struct TxStats {
     /// Completed buffers whose error `qeth_handle_send_error` traces as "lnkfail"
     /// (sbalf15 outside 15-31).
     pub lnkfail: u64,
+    /// SIGA WRITEQ issued.
+    pub siga_writeq: u64,
+    /// Buffers that completed PENDING (0xA3) and went to the pending list.
+    pub pending: u64,
+    /// Pending buffers finished through their QAOB (or drained).
+    pub pending_done: u64,
+    /// QAOB completion codes seen (`aorc`), by value.
+    pub aorc: [u64; 256],
 }
 
 impl Default for TxStats {
@@ -298,6 +338,10 @@ impl Default for TxStats {
             target_full: 0,
             sbalf15: [0; 256],
             lnkfail: 0,
+            siga_writeq: 0,
+            pending: 0,
+            pending_done: 0,
+            aorc: [0; 256],
         }
     }
 }
@@ -309,19 +353,21 @@ impl Default for OutBuf {
             next_element_to_fill: 0,
             bytes: 0,
             frames: 0,
+            slots: Vec::new(),
+            aob: None,
         }
     }
 }
 
-/// Where skbs live: a ring of pages per output queue. The fabric copies a buffer's
-/// data during the SIGA that sends it, so an skb is needed only until its buffer is
-/// flushed; the ring checks it never overwrites one not flushed yet.
-struct Arena {
+/// Where skbs live: a slot of pages per packet, from a free list per output queue,
+/// held until the packet's buffer completes (with the completion queue that may be
+/// long after its SIGA: the fabric reads a pending buffer's data through its QAOB).
+/// Slot page 0 holds a header-cache object at its start; the packet data starts in
+/// page 1 at the offset the layout wants, its pushed header right before it.
+struct Slots {
     base: u64,
     size: u64,
-    cursor: u64,
-    /// Bytes taken since the last flush (all of them still needed).
-    live: u64,
+    free: Vec<usize>,
     /// Rotates the page offset at which packet data starts, to produce all three of
     /// `qeth_add_hw_header`'s layouts.
     turn: usize,
@@ -332,53 +378,15 @@ struct Arena {
 /// 32-byte element), or in a separate header-cache object (1-31).
 const DATA_OFFSETS: [u64; 8] = [64, 0, 17, 2048 + 40, 4000, 32, 31, 600];
 
-impl Arena {
-    /// Room for `len` bytes of data at page offset `off`, 32 bytes of headroom before
-    /// it; returns the data's address.
-    fn alloc(&mut self, len: u64, off: u64) -> u64 {
-        let place = |from: u64| {
-            let min = from + HEADER_SIZE as u64;
-            let page = min & !(PAGE as u64 - 1);
-            let p = page + off;
-            if p >= min { p } else { p + PAGE as u64 }
-        };
-        let mut p = place(self.cursor);
-        if p + len > self.size {
-            self.live += self.size - self.cursor;
-            self.cursor = 0;
-            p = place(0);
-        }
-        let end = p + len;
-        self.live += end - self.cursor;
-        assert!(
-            self.live <= self.size,
-            "model: skb ring overran skbs not flushed yet"
-        );
-        self.cursor = end;
-        self.base + p
+impl Slots {
+    fn alloc(&mut self) -> usize {
+        self.free
+            .pop()
+            .expect("model: out of skb slots (more packets in flight than the test planned)")
     }
 
-    /// A header-cache object of 32 bytes, 32-aligned (`qeth_core_header_cache`: known-
-    /// good alignment, never across a page).
-    fn alloc_header(&mut self) -> u64 {
-        let mut p = (self.cursor + 31) & !31;
-        if p + HEADER_SIZE as u64 > self.size {
-            self.live += self.size - self.cursor;
-            self.cursor = 0;
-            p = 0;
-        }
-        let end = p + HEADER_SIZE as u64;
-        self.live += end - self.cursor;
-        assert!(
-            self.live <= self.size,
-            "model: skb ring overran skbs not flushed yet"
-        );
-        self.cursor = end;
-        self.base + p
-    }
-
-    fn flushed(&mut self) {
-        self.live = 0;
+    fn addr(&self, slot: usize) -> u64 {
+        self.base + slot as u64 * self.size
     }
 }
 
@@ -386,7 +394,7 @@ impl Arena {
 struct TxQueue {
     /// The QDIO queue number.
     no: usize,
-    bufs: [OutBuf; QUEUE_BUFFERS],
+    bufs: Vec<OutBuf>,
     bulk_start: usize,
     bulk_count: usize,
     bulk_max: usize,
@@ -395,8 +403,18 @@ struct TxQueue {
     /// qdio's `first_to_check` and `nr_buf_used` of the queue.
     first_to_check: usize,
     used_buffers: usize,
-    arena: Arena,
+    slots: Slots,
+    /// `queue->pending_bufs`: buffers that went PENDING, waiting for their QAOB.
+    pending: Vec<PendingBuf>,
     stats: TxStats,
+}
+
+/// A buffer that went PENDING: its QAOB, frames, bytes and skbs.
+struct PendingBuf {
+    aob: u64,
+    frames: u64,
+    bytes: u64,
+    slots: Vec<usize>,
 }
 
 /// `struct qeth_rx` and the input `struct qdio_q`, what the model needs of them.
@@ -418,6 +436,16 @@ struct Rx {
     bufs_refill: usize,
     /// `QDIO_IRQ_DISABLED` in `poll_state`: NAPI is scheduled or running.
     irq_disabled: bool,
+    /// The completion queue (input queue 1).
+    cq: CqState,
+}
+
+/// The completion queue as qdio and qeth keep it (`card->qdio.c_q`).
+#[derive(Clone, Copy, Debug, Default)]
+struct CqState {
+    first_to_check: usize,
+    nr_buf_used: usize,
+    next_buf_to_init: usize,
 }
 
 /// What the input side counted (`struct qeth_card_stats`).
@@ -443,6 +471,10 @@ pub struct RxStats {
     pub rx_error_bufs: u64,
     /// Thin interrupts taken.
     pub interrupts: u64,
+    /// Completion-queue buffers processed.
+    pub cq_bufs: u64,
+    /// QAOBs found on the completion queue.
+    pub qaobs: u64,
     /// NAPI polls run.
     pub polls: u64,
 }
@@ -467,6 +499,13 @@ pub struct CardConfig {
     /// The device's write-multiple depth, byte 31 of its SSQD (`mmwc`; 0 means 1):
     /// `qeth_tx_select_bulk_max`.
     pub mmwc: u8,
+    /// The completion queue on (`QETH_CQ_ENABLED`): a second input queue, SIGA WRITEQ
+    /// with a QAOB for each single buffer on a unicast queue, and, as
+    /// `qeth_l3_hard_start_xmit` has it, AF_IUCV traffic only (IP is dropped).
+    pub cq: bool,
+    /// Completion-queue buffers handed to the device (`qeth_cq_init`: 127). Only a
+    /// test of a full completion queue arms fewer.
+    pub cq_buffers: usize,
 }
 
 impl CardConfig {
@@ -481,6 +520,8 @@ impl CardConfig {
             mfs: Mfs::K16,
             in_buf_count: 128,
             mmwc: 8,
+            cq: false,
+            cq_buffers: 127,
         }
     }
 }
@@ -492,6 +533,9 @@ pub enum XmitError {
     TooBig,
     /// `-EBUSY`: the next buffer is not empty (`__qeth_xmit`'s sanity check).
     Busy,
+    /// `tx_drop` in `qeth_l3_hard_start_xmit`: IP with the completion queue on, or
+    /// AF_IUCV without it.
+    Dropped,
 }
 
 /// The addresses of a card's structures in its partition's memory.
@@ -501,11 +545,27 @@ struct Layout {
     slsbs: u64,
     in_sbals: u64,
     out_sbals: u64,
+    cq_sbals: u64,
+    qaobs: u64,
     pool: u64,
-    arenas: u64,
-    arena_size: u64,
+    slots: u64,
+    slot_size: u64,
+    slots_per_queue: usize,
     elements: usize,
 }
+
+/// QAOBs a card keeps (`qeth_qaob_cache`): one per output buffer and pending buffer.
+const QAOBS: usize = MAX_OUT_QUEUES * QUEUE_BUFFERS + 64;
+/// `struct qeth_qaob_priv1` in the QAOB's `user1` (offset 0xF0): `state` (a byte
+/// here), then `queue_no` at 0xF4.
+const QAOB_PRIV_STATE: u64 = 0xF0;
+const QAOB_PRIV_QUEUE: u64 = 0xF4;
+/// `QETH_QAOB_ISSUED`, `QETH_QAOB_PENDING`, `QETH_QAOB_DONE`.
+const QAOB_ISSUED: u8 = 0;
+const QAOB_PENDING: u8 = 1;
+const QAOB_DONE: u8 = 2;
+/// `aorc` in `struct qaob`.
+const QAOB_AORC: u64 = 0x33;
 
 impl Layout {
     fn queue_indicator(&self) -> u64 {
@@ -532,8 +592,17 @@ impl Layout {
     fn pool_page(&self, entry: usize, i: usize) -> u64 {
         self.pool + ((entry * self.elements + i) * PAGE) as u64
     }
-    fn arena(&self, q: usize) -> u64 {
-        self.arenas + q as u64 * self.arena_size
+    fn cq_slsb(&self) -> u64 {
+        self.slsbs + 0x80 * (1 + MAX_OUT_QUEUES as u64)
+    }
+    fn cq_sbal(&self, n: usize) -> u64 {
+        self.cq_sbals + (n * SBAL_SIZE) as u64
+    }
+    fn qaob(&self, i: usize) -> u64 {
+        self.qaobs + (i * 256) as u64
+    }
+    fn slots_of(&self, q: usize) -> u64 {
+        self.slots + (q * self.slots_per_queue) as u64 * self.slot_size
     }
 }
 
@@ -548,6 +617,8 @@ pub struct Card {
     /// Output queues by QDIO queue number.
     tx: Vec<Mutex<TxQueue>>,
     rx: Mutex<Rx>,
+    /// Free QAOBs (`qeth_qaob_cache`).
+    qaob_free: Mutex<Vec<u64>>,
     rx_stats: Mutex<RxStats>,
     /// Card recoveries scheduled (`qeth_schedule_recovery`): after `-EIO` or `-EBUSY`
     /// from a SIGA.
@@ -567,44 +638,50 @@ impl Card {
         let bulk_max = usize::from(cfg.mmwc.max(1));
         // Live skbs: the buffers of one bulk and the one being filled, each at most
         // `elements` pages of data plus a page of slack for the data offsets.
-        let arena_size = ((bulk_max + 2) * (elements + 2) * PAGE) as u64;
+        // Packets in flight per queue: the buffers of one bulk, the one being filled
+        // and the pending ones (the fabric keeps 8 per queue set), a packet taking at
+        // least one element of a buffer.
+        let slots_per_queue = (bulk_max + 2 + 9) * elements;
+        let sbal_bytes = ((2 + MAX_OUT_QUEUES) * QUEUE_BUFFERS * SBAL_SIZE) as u64;
+        let in_sbals = GUEST_BASE + 2 * PAGE as u64;
+        let qaobs = in_sbals + sbal_bytes;
+        let pool = qaobs + (QAOBS * 256) as u64;
+        let slots = pool + (cfg.in_buf_count * elements * PAGE) as u64;
         let lay = Layout {
             indicators: GUEST_BASE,
             slsbs: GUEST_BASE + PAGE as u64,
-            in_sbals: GUEST_BASE + 2 * PAGE as u64,
-            out_sbals: GUEST_BASE + 2 * PAGE as u64 + (QUEUE_BUFFERS * SBAL_SIZE) as u64,
-            pool: GUEST_BASE
-                + 2 * PAGE as u64
-                + ((1 + MAX_OUT_QUEUES) * QUEUE_BUFFERS * SBAL_SIZE) as u64,
-            arenas: 0,
-            arena_size,
+            in_sbals,
+            out_sbals: in_sbals + (QUEUE_BUFFERS * SBAL_SIZE) as u64,
+            cq_sbals: in_sbals + ((1 + MAX_OUT_QUEUES) * QUEUE_BUFFERS * SBAL_SIZE) as u64,
+            qaobs,
+            pool,
+            slots,
+            slot_size: ((elements + 1) * PAGE) as u64,
+            slots_per_queue,
             elements,
         };
-        let lay = Layout {
-            arenas: lay.pool + (cfg.in_buf_count * elements * PAGE) as u64,
-            ..lay
-        };
-        let bytes = (lay.arenas - GUEST_BASE) as usize + MAX_OUT_QUEUES * arena_size as usize;
+        let bytes = (slots - GUEST_BASE) as usize
+            + cfg.out_queues * slots_per_queue * lay.slot_size as usize;
         let ram = GuestRam::new(bytes);
         fab.add_partition(cfg.lpar, &[ram.window()]).unwrap();
         let tx = (0..cfg.out_queues)
             .map(|no| {
                 Mutex::new(TxQueue {
                     no,
-                    bufs: [OutBuf::default(); QUEUE_BUFFERS],
+                    bufs: vec![OutBuf::default(); QUEUE_BUFFERS],
                     bulk_start: 0,
                     bulk_count: 0,
                     bulk_max: 1,
                     prev_hdr: None,
                     first_to_check: 0,
                     used_buffers: 0,
-                    arena: Arena {
-                        base: lay.arena(no),
-                        size: arena_size,
-                        cursor: 0,
-                        live: 0,
+                    slots: Slots {
+                        base: lay.slots_of(no),
+                        size: lay.slot_size,
+                        free: (0..slots_per_queue).rev().collect(),
                         turn: no,
                     },
+                    pending: Vec::new(),
                     stats: TxStats::default(),
                 })
             })
@@ -628,7 +705,9 @@ impl Card {
                 qdio_err: false,
                 bufs_refill: 0,
                 irq_disabled: false,
+                cq: CqState::default(),
             }),
+            qaob_free: Mutex::new(Vec::new()),
             rx_stats: Mutex::new(RxStats::default()),
             recoveries: AtomicU64::new(0),
             registered: Mutex::new((Vec::new(), Vec::new(), false)),
@@ -658,42 +737,51 @@ impl Card {
                     slsb: l.out_slsb(q),
                 })
                 .collect(),
-            completion_queue: None,
+            completion_queue: self.cfg.cq.then(|| QueueAddresses {
+                sbals: core::array::from_fn(|n| l.cq_sbal(n)),
+                slsb: l.cq_slsb(),
+            }),
         }
     }
 
     /// Rings zeroed (`qdio_reset_buffers`), output SLSBs not initialised, then
     /// `qeth_init_qdio_queues`: the input pool, `buf_count - 1` input buffers handed to
     /// the device from buffer 0, every output queue empty with its bulk depth
-    /// (`qeth_tx_select_bulk_max`).
+    /// (`qeth_tx_select_bulk_max`), and with the completion queue on `qeth_cq_init`:
+    /// 127 completion-queue buffers handed to the device from buffer 0.
     fn establish(&self) {
         let l = self.lay;
         self.ram.write(
             l.in_sbals,
-            &vec![0; (1 + MAX_OUT_QUEUES) * QUEUE_BUFFERS * SBAL_SIZE],
+            &vec![0; (2 + MAX_OUT_QUEUES) * QUEUE_BUFFERS * SBAL_SIZE],
         );
+        self.ram.write(l.qaobs, &vec![0; QAOBS * 256]);
         for q in 0..MAX_OUT_QUEUES {
             self.ram
                 .write(l.out_slsb(q), &[SLSB_P_OUTPUT_NOT_INIT; QUEUE_BUFFERS]);
         }
         self.ram
             .write(l.in_slsb(), &[SLSB_P_INPUT_NOT_INIT; QUEUE_BUFFERS]);
+        self.ram
+            .write(l.cq_slsb(), &[SLSB_P_INPUT_NOT_INIT; QUEUE_BUFFERS]);
         self.ram.write(l.indicators, &[0; 0x100]);
+        *self.qaob_free.lock().unwrap() = (0..QAOBS).rev().map(|i| l.qaob(i)).collect();
         self.fab
             .establish(self.cfg.lpar, self.cfg.subchannel, &self.params())
             .expect("establish");
         for (no, txq) in self.tx.iter().enumerate() {
             let mut q = txq.lock().unwrap();
-            q.bufs = [OutBuf::default(); QUEUE_BUFFERS];
+            q.bufs = vec![OutBuf::default(); QUEUE_BUFFERS];
             q.bulk_start = 0;
             q.bulk_count = 0;
             q.prev_hdr = None;
             q.first_to_check = 0;
             q.used_buffers = 0;
-            q.arena.flushed();
-            // qeth_tx_select_bulk_max: 1 on the multicast queue (and with the
-            // completion queue on), else the SSQD's mmwc (0 means 1).
-            q.bulk_max = if self.is_mcast_queue(no) {
+            q.pending.clear();
+            q.slots.free = (0..l.slots_per_queue).rev().collect();
+            // qeth_tx_select_bulk_max: 1 on the multicast queue and with the
+            // completion queue on, else the SSQD's mmwc (0 means 1).
+            q.bulk_max = if self.is_mcast_queue(no) || self.cfg.cq {
                 1
             } else {
                 usize::from(self.cfg.mmwc.max(1))
@@ -717,6 +805,12 @@ impl Card {
         }
         rx.next_buf_to_init = (count - 1) % QUEUE_BUFFERS;
         self.add_bufs_to_input_queue(&mut rx, 0, count - 1);
+        rx.cq = CqState::default();
+        if self.cfg.cq {
+            let n = self.cfg.cq_buffers;
+            rx.cq.next_buf_to_init = n % QUEUE_BUFFERS;
+            self.add_bufs_to_cq(&mut rx, 0, n);
+        }
     }
 
     /// Whether QDIO output queue `no` is the multicast queue: the highest-numbered when
@@ -826,7 +920,13 @@ impl Card {
             t.busy_delays += s.busy_delays;
             t.target_full += s.target_full;
             t.lnkfail += s.lnkfail;
+            t.siga_writeq += s.siga_writeq;
+            t.pending += s.pending;
+            t.pending_done += s.pending_done;
             for (a, b) in t.sbalf15.iter_mut().zip(s.sbalf15.iter()) {
+                *a += b;
+            }
+            for (a, b) in t.aorc.iter_mut().zip(s.aorc.iter()) {
                 *a += b;
             }
         }
@@ -885,6 +985,11 @@ impl Card {
     /// Returns the QDIO queue it went to.
     pub fn xmit(&self, pkt: &Packet, more: bool) -> Result<usize, XmitError> {
         let txq = self.select_queue(pkt);
+        if pkt.iucv != self.cfg.cq {
+            let queue = self.translate_txq(txq);
+            self.tx[queue].lock().unwrap().stats.tx_dropped += 1;
+            return Err(XmitError::Dropped);
+        }
         let queue = self.translate_txq(txq);
         self.xmit_on(queue, txq, pkt, more)?;
         Ok(queue)
@@ -1006,7 +1111,7 @@ impl Card {
     /// the data is page-aligned it is pushed into the preceding page (its own element);
     /// otherwise it goes to a header-cache object (its own element too).
     fn hw_header_layout(&self, q: &mut TxQueue, len: usize) -> (u64, usize) {
-        let off = DATA_OFFSETS[q.arena.turn % DATA_OFFSETS.len()];
+        let off = DATA_OFFSETS[q.slots.turn % DATA_OFFSETS.len()];
         let data_elements = elements_for_range(off, off + len as u64);
         let elements = if off >= HEADER_SIZE as u64 {
             elements_for_range(off - HEADER_SIZE as u64, off + len as u64)
@@ -1029,8 +1134,11 @@ impl Card {
         off: u64,
     ) -> usize {
         let len = pkt.bytes.len() as u64;
-        q.arena.turn += 1;
-        let data = q.arena.alloc(len, off);
+        q.slots.turn += 1;
+        let slot = q.slots.alloc();
+        q.bufs[idx].slots.push(slot);
+        let slot = q.slots.addr(slot);
+        let data = slot + PAGE as u64 + off;
         self.ram.write(data, &pkt.bytes);
         let sbal = self.lay.out_sbal(q.no, idx);
         let mut element = q.bufs[idx].next_element_to_fill;
@@ -1054,8 +1162,9 @@ impl Card {
             self.ram.write(h, hdr);
             (h, true)
         } else {
-            // Header cache: the header alone in an element, FIRST_FRAG.
-            let h = q.arena.alloc_header();
+            // Header cache: the header alone in an element, FIRST_FRAG (the object
+            // sits at the start of the packet's slot).
+            let h = slot;
             self.ram.write(h, hdr);
             put(&mut element, h, HEADER_SIZE as u64, SBAL_EFLAGS_FIRST_FRAG);
             (data, false)
@@ -1101,12 +1210,13 @@ impl Card {
         q.bulk_start = (start + count) % QUEUE_BUFFERS;
         q.prev_hdr = None;
         q.bulk_count = 0;
-        q.arena.flushed();
     }
 
     /// `qeth_flush_buffers` (`qeth_core_main.c`): LAST_ENTRY on each buffer's last
-    /// element, then `qdio_add_bufs_to_output_queue`; on an error other than
-    /// `-ENOBUFS` a card recovery.
+    /// element; with the completion queue on, a single buffer on a unicast queue gets
+    /// a QAOB (allocated once per buffer, its `priv1` state ISSUED); then
+    /// `qdio_add_bufs_to_output_queue`; on an error other than `-ENOBUFS` a card
+    /// recovery.
     fn flush_buffers(&self, q: &mut TxQueue, index: usize, count: usize) {
         for i in index..index + count {
             let n = i % QUEUE_BUFFERS;
@@ -1120,7 +1230,25 @@ impl Card {
                 q.stats.bufs_pack += 1;
             }
         }
-        match self.add_bufs_to_output_queue(q, index, count) {
+        let mut aob = None;
+        if self.cfg.cq && !self.is_mcast_queue(q.no) && count == 1 {
+            let buf = &mut q.bufs[index % QUEUE_BUFFERS];
+            if buf.aob.is_none() {
+                // kmem_cache_zalloc(qeth_qaob_cache)
+                buf.aob = self.qaob_free.lock().unwrap().pop();
+                if let Some(a) = buf.aob {
+                    self.ram.write(a, &[0; 256]);
+                }
+            }
+            if let Some(a) = buf.aob {
+                self.byte(a + QAOB_PRIV_STATE)
+                    .store(QAOB_ISSUED, Ordering::Release);
+                self.byte(a + QAOB_PRIV_QUEUE)
+                    .store(q.no as u8, Ordering::Release);
+                aob = Some(a);
+            }
+        }
+        match self.add_bufs_to_output_queue(q, index, count, aob) {
             Ok(()) | Err(Errno::NoBufs) => {}
             Err(Errno::Io) | Err(Errno::Busy) => {
                 // "this must not happen under normal circumstances. if it happens
@@ -1138,25 +1266,33 @@ impl Card {
         q: &mut TxQueue,
         bufnr: usize,
         count: usize,
+        aob: Option<u64>,
     ) -> Result<(), Errno> {
         for i in bufnr..bufnr + count {
             self.byte(self.lay.out_slsb(q.no) + (i % QUEUE_BUFFERS) as u64)
                 .store(SLSB_CU_OUTPUT_PRIMED, Ordering::Release);
         }
-        self.kick_outbound_q(q, count)
+        self.kick_outbound_q(q, count, aob)
     }
 
     /// `qdio_kick_outbound_q` with `qdio_siga_output` (`qdio_main.c`): the function is
-    /// WRITEM for more than one buffer on a unicast queue, else WRITE (always WRITE on
-    /// the multicast queue); the mask names this queue alone. A busy answer is
-    /// re-issued for up to `QDIO_BUSY_BIT_PATIENCE`; still busy, the round is repeated
-    /// after `mdelay(10)`, up to `QDIO_BUSY_BIT_RETRIES` rounds, then `-EBUSY`. cc2
-    /// without the busy bit is `-ENOBUFS`, cc1 and cc3 `-EIO`.
-    fn kick_outbound_q(&self, q: &mut TxQueue, count: usize) -> Result<(), Errno> {
-        let function = if !self.is_mcast_queue(q.no) && count > 1 {
-            SigaFunction::WriteMultiple
-        } else {
-            SigaFunction::Write
+    /// WRITEM for more than one buffer on a unicast queue, else WRITEQ when the buffer
+    /// has a QAOB, else WRITE (always WRITE on the multicast queue); the mask names
+    /// this queue alone. A busy answer is re-issued for up to `QDIO_BUSY_BIT_PATIENCE`;
+    /// still busy, the round is repeated after `mdelay(10)`, up to
+    /// `QDIO_BUSY_BIT_RETRIES` rounds, then `-EBUSY`. cc2 without the busy bit is
+    /// `-ENOBUFS`, cc1 and cc3 `-EIO`.
+    fn kick_outbound_q(
+        &self,
+        q: &mut TxQueue,
+        count: usize,
+        aob: Option<u64>,
+    ) -> Result<(), Errno> {
+        let mcast = self.is_mcast_queue(q.no);
+        let function = match aob {
+            _ if !mcast && count > 1 => SigaFunction::WriteMultiple,
+            Some(_) if !mcast => SigaFunction::WriteQ,
+            _ => SigaFunction::Write,
         };
         let mask = 1u32 << (31 - q.no);
         let port = self.fab.port(self.cfg.lpar);
@@ -1164,13 +1300,20 @@ impl Card {
         loop {
             let mut start: Option<Instant> = None;
             let status = loop {
-                match function {
-                    SigaFunction::Write => q.stats.siga_write += 1,
-                    SigaFunction::WriteMultiple => q.stats.siga_writem += 1,
-                    // Not chosen above: this path sends without a QAOB.
-                    SigaFunction::WriteQ => {}
-                }
-                let s = port.siga(self.cfg.subchannel, function, mask);
+                let s = match function {
+                    SigaFunction::WriteQ => {
+                        q.stats.siga_writeq += 1;
+                        port.siga_writeq(self.cfg.subchannel, mask, aob.unwrap_or(0))
+                    }
+                    f => {
+                        if f == SigaFunction::Write {
+                            q.stats.siga_write += 1;
+                        } else {
+                            q.stats.siga_writem += 1;
+                        }
+                        port.siga(self.cfg.subchannel, f, mask)
+                    }
+                };
                 if s.is_busy() {
                     q.stats.busy += 1;
                     match start {
@@ -1208,35 +1351,35 @@ impl Card {
     }
 
     /// `qeth_tx_poll` (`qeth_core_main.c`) over `qdio_inspect_output_queue` /
-    /// `get_outbound_buffer_frontier` (`qdio_main.c`): from `first_to_check`, runs of
-    /// buffers in one state: 0xA1 complete without error, 0xAF with
+    /// `get_outbound_buffer_frontier` (`qdio_main.c`): first the pending buffers whose
+    /// QAOB completed (`qeth_tx_complete_pending_bufs`), then from `first_to_check`
+    /// runs of buffers in one state: 0xA1 complete without error, 0xAF with
     /// `QDIO_ERROR_SLSB_STATE` (`process_buffer_error` counts `target_full` when the
-    /// run's first buffer reads 0x10); a primed buffer ends the scan. For each
-    /// completed buffer `qeth_handle_send_error` (a trace only) and
-    /// `qeth_iqd_tx_complete` → `qeth_clear_output_buffer`: `tx_errors` or
-    /// `tx_packets`/`tx_bytes`, the buffer scrubbed. Nothing is re-sent.
+    /// run's first buffer reads 0x10), 0xA3 with `QDIO_ERROR_SLSB_PENDING`; a primed
+    /// buffer ends the scan. For each completed buffer `qeth_handle_send_error` (a
+    /// trace only) and `qeth_iqd_tx_complete`. Nothing is re-sent.
     fn tx_poll(&self, q: &mut TxQueue) {
+        self.complete_pending_bufs(q, false);
         while q.used_buffers > 0 {
             let start = q.first_to_check;
             let state = self.out_state(q.no, start);
-            let error = match state {
-                SLSB_P_OUTPUT_EMPTY => false,
-                SLSB_P_OUTPUT_ERROR => true,
+            match state {
+                SLSB_P_OUTPUT_EMPTY | SLSB_P_OUTPUT_ERROR | SLSB_P_OUTPUT_PENDING => {}
                 // Primed (the device has not handled it) or anything else: wait.
                 _ => break,
-            };
+            }
             let mut run = 1;
             while run < q.used_buffers
                 && self.out_state(q.no, (start + run) % QUEUE_BUFFERS) == state
             {
                 run += 1;
             }
+            let error = state == SLSB_P_OUTPUT_ERROR;
             if error && self.out_sbalf15(q.no, start) == 0x10 {
                 q.stats.target_full += 1;
             }
             for i in start..start + run {
                 let n = i % QUEUE_BUFFERS;
-                let buf = q.bufs[n];
                 if error {
                     // qeth_handle_send_error: 15-31 traced quietly, others "lnkfail".
                     let f15 = self.out_sbalf15(q.no, n);
@@ -1244,17 +1387,113 @@ impl Card {
                     if !(15..=31).contains(&f15) {
                         q.stats.lnkfail += 1;
                     }
-                    q.stats.tx_errors += buf.frames;
-                } else {
-                    q.stats.tx_packets += buf.frames;
-                    q.stats.tx_bytes += buf.bytes;
                 }
-                self.scrub(q.no, n);
-                q.bufs[n] = OutBuf::default();
+                if state == SLSB_P_OUTPUT_PENDING {
+                    self.iqd_tx_complete_pending(q, n);
+                } else {
+                    self.clear_output_buffer(q, n, error);
+                }
             }
             q.used_buffers -= run;
             q.first_to_check = (start + run) % QUEUE_BUFFERS;
         }
+    }
+
+    /// `qeth_clear_output_buffer` → `qeth_tx_complete_buf`: `tx_errors`, or
+    /// `tx_packets` and `tx_bytes`; the skbs freed, the buffer scrubbed and empty (its
+    /// QAOB stays attached for re-use).
+    fn clear_output_buffer(&self, q: &mut TxQueue, n: usize, error: bool) {
+        let buf = std::mem::take(&mut q.bufs[n]);
+        if error {
+            q.stats.tx_errors += buf.frames;
+        } else {
+            q.stats.tx_packets += buf.frames;
+            q.stats.tx_bytes += buf.bytes;
+        }
+        q.slots.free.extend(buf.slots);
+        self.scrub(q.no, n);
+        q.bufs[n].aob = buf.aob;
+    }
+
+    /// `qeth_iqd_tx_complete` for a PENDING buffer: without a QAOB a recovery; if
+    /// the QAOB has not completed yet (`xchg(priv->state, PENDING) != DONE`) the SBAL
+    /// is scrubbed and the slot gets a new buffer at once, the old one (skbs, QAOB)
+    /// waits on the pending list; if it has, its `aorc` decides the error and the
+    /// QAOB is cleared.
+    fn iqd_tx_complete_pending(&self, q: &mut TxQueue, n: usize) {
+        let Some(aob) = q.bufs[n].aob else {
+            // "Pending TX buffer %#x without QAOB on TX queue %u"
+            self.recoveries.fetch_add(1, Ordering::SeqCst);
+            return;
+        };
+        if self
+            .byte(aob + QAOB_PRIV_STATE)
+            .swap(QAOB_PENDING, Ordering::AcqRel)
+            != QAOB_DONE
+        {
+            q.stats.pending += 1;
+            self.scrub(q.no, n);
+            let buf = std::mem::take(&mut q.bufs[n]);
+            q.pending.push(PendingBuf {
+                aob,
+                frames: buf.frames,
+                bytes: buf.bytes,
+                slots: buf.slots,
+            });
+            return;
+        }
+        let aorc = self.byte(aob + QAOB_AORC).load(Ordering::Acquire);
+        q.stats.aorc[usize::from(aorc)] += 1;
+        self.ram.write(aob, &[0; 256]);
+        self.clear_output_buffer(q, n, aorc != 0);
+    }
+
+    /// `qeth_tx_complete_pending_bufs`: every pending buffer whose QAOB is DONE (all
+    /// of them when draining) completes: `qeth_tx_complete_buf` with `error = drain`
+    /// (a QAOB's `aorc` only chooses the AF_IUCV notification, as
+    /// `qeth_compute_cq_notification`), the skbs and the QAOB freed.
+    fn complete_pending_bufs(&self, q: &mut TxQueue, drain: bool) {
+        let mut k = 0;
+        while k < q.pending.len() {
+            let aob = q.pending[k].aob;
+            if !drain && self.byte(aob + QAOB_PRIV_STATE).load(Ordering::Acquire) != QAOB_DONE {
+                k += 1;
+                continue;
+            }
+            let p = q.pending.remove(k);
+            if drain {
+                q.stats.tx_errors += p.frames;
+            } else {
+                let aorc = self.byte(aob + QAOB_AORC).load(Ordering::Acquire);
+                q.stats.aorc[usize::from(aorc)] += 1;
+                q.stats.tx_packets += p.frames;
+                q.stats.tx_bytes += p.bytes;
+            }
+            q.stats.pending_done += 1;
+            q.slots.free.extend(p.slots);
+            self.qaob_free.lock().unwrap().push(aob);
+        }
+    }
+
+    /// Buffers of output queue `queue` on the pending list.
+    pub fn pending(&self, queue: usize) -> usize {
+        self.tx[queue].lock().unwrap().pending.len()
+    }
+
+    /// The QAOBs of output queue `queue`'s pending buffers.
+    pub fn pending_qaobs(&self, queue: usize) -> Vec<u64> {
+        self.tx[queue]
+            .lock()
+            .unwrap()
+            .pending
+            .iter()
+            .map(|p| p.aob)
+            .collect()
+    }
+
+    /// A QAOB's `aorc` byte.
+    pub fn qaob_aorc(&self, aob: u64) -> u8 {
+        self.byte(aob + QAOB_AORC).load(Ordering::Acquire)
     }
 
     /// `qeth_scrub_qdio_buffer`: the elements in use zeroed, sflags of 14 and 15 too.
@@ -1291,7 +1530,6 @@ impl Card {
         self.byte(self.lay.out_slsb(queue) + idx as u64)
             .store(SLSB_CU_OUTPUT_PRIMED, Ordering::Release);
         q.bulk_start = (idx + 1) % QUEUE_BUFFERS;
-        q.arena.flushed();
         idx
     }
 
@@ -1299,18 +1537,25 @@ impl Card {
     /// device set offline (`qdio_shutdown`: the queue set deregistered, the queued
     /// buffers dropped and counted as errors by `qeth_drain_output_queues`), then
     /// online again: established anew, addresses and groups registered again.
+    /// A queue set the hypervisor already removed is simply gone.
     pub fn recover(&self) {
-        self.fab
+        match self
+            .fab
             .deregister_queue_set(self.cfg.lpar, self.cfg.subchannel)
-            .expect("qdio_shutdown");
+        {
+            Ok(_) | Err(iqdio::RegistrationError::NotFound) => {}
+            Err(e) => panic!("qdio_shutdown: {e:?}"),
+        }
         for txq in &self.tx {
+            // qeth_drain_output_queue: the pending buffers first, then every buffer.
             let mut guard = txq.lock().unwrap();
             let q = &mut *guard;
+            self.complete_pending_bufs(q, true);
             for b in q.bufs.iter_mut() {
                 if b.next_element_to_fill > 0 {
                     q.stats.tx_errors += b.frames;
-                    *b = OutBuf::default();
                 }
+                *b = OutBuf::default();
             }
         }
         self.establish();
@@ -1435,6 +1680,9 @@ impl Card {
         rx.irq_disabled = true;
         self.rx_stats.lock().unwrap().polls += 1;
         let work = self.rx_poll(&mut rx, budget, sink);
+        if self.cfg.cq {
+            self.cq_poll(&mut rx);
+        }
         let backlog = rx.bufs_refill;
         rx.bufs_refill -= self.rx_refill_queue(&mut rx, backlog);
         if work >= budget {
@@ -1459,9 +1707,13 @@ impl Card {
             .byte(self.lay.queue_indicator())
             .load(Ordering::Acquire)
             != 0;
-        let state = self.in_state(rx.first_to_check);
-        let more =
-            rx.nr_buf_used > 0 && (state == SLSB_P_INPUT_PRIMED || state == SLSB_P_INPUT_ERROR);
+        let work_in = |slsb: u64, first: usize, used: usize| {
+            let state = self.byte(slsb + first as u64).load(Ordering::Acquire);
+            used > 0 && (state == SLSB_P_INPUT_PRIMED || state == SLSB_P_INPUT_ERROR)
+        };
+        let more = work_in(self.lay.in_slsb(), rx.first_to_check, rx.nr_buf_used)
+            || (self.cfg.cq
+                && work_in(self.lay.cq_slsb(), rx.cq.first_to_check, rx.cq.nr_buf_used));
         if ind || more {
             rx.irq_disabled = true;
             return (work, true);
@@ -1641,6 +1893,90 @@ impl Card {
                 packet,
             });
             frames += 1;
+        }
+    }
+
+    /// `qeth_cq_poll`: completion-queue buffers the device filled, each handed to
+    /// `qeth_qdio_cq_handler`: every element's address up to the first 0 is a QAOB
+    /// (`qeth_qdio_handle_aob`), then the buffer is scrubbed and handed back at once.
+    /// A buffer in error means a recovery.
+    fn cq_poll(&self, rx: &mut Rx) {
+        let slsb = self.lay.cq_slsb();
+        loop {
+            // qdio_inspect_input_queue(cdev, 1, ...): the run in one state from
+            // first_to_check, the newest ACKed.
+            let cq = rx.cq;
+            if cq.nr_buf_used == 0 {
+                return;
+            }
+            let start = cq.first_to_check;
+            let state = self.byte(slsb + start as u64).load(Ordering::Acquire);
+            if state != SLSB_P_INPUT_PRIMED && state != SLSB_P_INPUT_ERROR {
+                return;
+            }
+            let mut run = 1;
+            while run < cq.nr_buf_used
+                && self
+                    .byte(slsb + ((start + run) % QUEUE_BUFFERS) as u64)
+                    .load(Ordering::Acquire)
+                    == state
+            {
+                run += 1;
+            }
+            self.byte(slsb + ((start + run - 1) % QUEUE_BUFFERS) as u64)
+                .store(SLSB_P_INPUT_ACK, Ordering::Release);
+            rx.cq.nr_buf_used -= run;
+            rx.cq.first_to_check = (start + run) % QUEUE_BUFFERS;
+            if state == SLSB_P_INPUT_ERROR {
+                self.recoveries.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            for i in start..start + run {
+                let sbal = self.lay.cq_sbal(i % QUEUE_BUFFERS);
+                for e in 0..16 {
+                    let addr = self.sbale(sbal, e).addr;
+                    if addr == 0 {
+                        break;
+                    }
+                    self.handle_aob(addr);
+                }
+                self.ram.write(sbal, &[0; SBAL_SIZE]);
+                self.rx_stats.lock().unwrap().cq_bufs += 1;
+            }
+            let next = rx.cq.next_buf_to_init;
+            self.add_bufs_to_cq(rx, next, run);
+            rx.cq.next_buf_to_init = (next + run) % QUEUE_BUFFERS;
+        }
+    }
+
+    /// `qdio_add_bufs_to_input_queue` for the completion queue.
+    fn add_bufs_to_cq(&self, rx: &mut Rx, bufnr: usize, count: usize) {
+        for i in bufnr..bufnr + count {
+            self.byte(self.lay.cq_slsb() + (i % QUEUE_BUFFERS) as u64)
+                .store(SLSB_CU_INPUT_EMPTY, Ordering::Release);
+        }
+        rx.cq.nr_buf_used += count;
+    }
+
+    /// `qeth_qdio_handle_aob`: the QAOB's `priv1` state becomes DONE; if the buffer
+    /// was PENDING already, the TX queue's NAPI runs (`qeth_tx_poll`, which completes
+    /// it from the pending list).
+    fn handle_aob(&self, aob: u64) {
+        let l = &self.lay;
+        assert!(
+            aob >= l.qaobs && aob < l.qaob(QAOBS) && (aob - l.qaobs).is_multiple_of(256),
+            "the fabric posted {aob:#x}, not one of this card's QAOBs"
+        );
+        self.rx_stats.lock().unwrap().qaobs += 1;
+        let queue_no = usize::from(self.byte(aob + QAOB_PRIV_QUEUE).load(Ordering::Acquire));
+        if self
+            .byte(aob + QAOB_PRIV_STATE)
+            .swap(QAOB_DONE, Ordering::AcqRel)
+            == QAOB_PENDING
+            && queue_no < self.cfg.out_queues
+        {
+            let mut q = self.tx[queue_no].lock().unwrap();
+            self.tx_poll(&mut q);
         }
     }
 
