@@ -243,6 +243,19 @@ pub enum RegistrationError {
     SbalSpread(QueueField),
     /// More output queues than the fabric offers (its `O`, at most 4).
     OutputQueues,
+    /// The call does not apply to the queue set's layer: an IP address, a multicast
+    /// group or the broadcast switch on a layer-2 set; a MAC, a VLAN or the bridge port
+    /// on a layer-3 set; a completion queue with layer 2.
+    WrongLayer,
+    /// Layer 2: the MAC address is registered already (Linux's
+    /// `IPA_RC_L2_DUP_MAC`, 0x2005).
+    DuplicateMac,
+    /// Layer 2: the MAC address is not registered for this queue set (Linux's
+    /// `IPA_RC_L2_MAC_NOT_FOUND`, 0x2010).
+    MacNotFound,
+    /// Layer 2: the queue set is a member of that VLAN already (Linux's
+    /// `IPA_RC_L2_DUP_VLAN_ID`, 0x2016).
+    DuplicateVlan,
 }
 
 impl RegistrationError {
@@ -253,7 +266,7 @@ impl RegistrationError {
     /// 0xE006 `IPA_RC_IP_ADDR_TABLE_FULL` (the table itself, never a quota), 0xE00B
     /// `IPA_RC_MC_ADDR_NOT_FOUND` (qeth_l3 reads it as -ENOENT on delete).
     ///
-    /// The rest are iqdio's own, in 0xF002..=0xF012 (0xF009 retired with the variant
+    /// The rest are iqdio's own, in 0xF002..=0xF013 (0xF009 retired with the variant
     /// it named, not reused): codes no Linux qeth return code
     /// uses (its 0xFxxx codes are 0xF001 `IPA_RC_INVALID_IP_VERSION2` and 0xFFFF
     /// `IPA_RC_FFFF`), so a Linux-minded embedder never misreads one.
@@ -279,6 +292,10 @@ impl RegistrationError {
             Self::MisalignedWindow => 0xF010,
             Self::SbalSpread(_) => 0xF011,
             Self::OutputQueues => 0xF012,
+            Self::WrongLayer => 0xF013,
+            Self::DuplicateMac => 0x2005,
+            Self::MacNotFound => 0x2010,
+            Self::DuplicateVlan => 0x2016,
         }
     }
 }
@@ -354,6 +371,10 @@ impl core::fmt::Display for RegistrationError {
                 write!(f, "{field} 1 TiB or more above its queue's lowest SBAL")?
             }
             Self::OutputQueues => f.write_str("more output queues than the fabric offers")?,
+            Self::WrongLayer => f.write_str("not for a queue set of this layer")?,
+            Self::DuplicateMac => f.write_str("duplicate MAC address")?,
+            Self::MacNotFound => f.write_str("MAC address not found")?,
+            Self::DuplicateVlan => f.write_str("duplicate VLAN id")?,
         }
         write!(f, " ({:#06X})", self.code())
     }
@@ -425,6 +446,10 @@ mod tests {
         assert_eq!(RegistrationError::DuplicateFound.code(), 0xE005);
         assert_eq!(RegistrationError::TableFull.code(), 0xE006);
         assert_eq!(RegistrationError::NotFound.code(), 0xE00B);
+        // Layer 2 (qeth_core_mpc.h): duplicate MAC, MAC not found, duplicate VLAN id.
+        assert_eq!(RegistrationError::DuplicateMac.code(), 0x2005);
+        assert_eq!(RegistrationError::MacNotFound.code(), 0x2010);
+        assert_eq!(RegistrationError::DuplicateVlan.code(), 0x2016);
         // Codes Linux qeth gives another meaning (qeth_core_mpc.h, Linux 6.12).
         let linux_other = [
             0xE001, 0xE002, 0xE003, 0xE004, 0xE007, 0xE008, 0xE009, 0xE00A, 0xE00D, 0xE00E, 0xE00F,
@@ -451,6 +476,9 @@ mod tests {
             RegistrationError::SeedInUse,
             RegistrationError::InterruptContext,
             RegistrationError::MisalignedWindow,
+            RegistrationError::SbalSpread(QueueField::InputSbal(1)),
+            RegistrationError::OutputQueues,
+            RegistrationError::WrongLayer,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(!linux_other.contains(&a.code()), "{a:?} takes a Linux code");

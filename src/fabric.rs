@@ -7,6 +7,7 @@ use crate::error::{QueueField, RegistrationError, SigaError, SigaStatus};
 use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, Window, Windows};
 use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
 use crate::platform::{CallContext, InterruptTarget, Platform};
+use crate::qdio::l2::{EthRoute, Mac, MacCast};
 use crate::qdio::{CastType, qaob};
 use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SBAL_SIZE, SLSB_LEN, Sbale, SlsbState};
 use crate::queue::{
@@ -14,7 +15,7 @@ use crate::queue::{
     Outbound, PendingList, QueueControl, QueueRing, next, prev,
 };
 use crate::sync::{ReadGuard, TableLock, WriteGuard};
-use crate::table::{HashSeed, LparId, QueueTable, SlotRef, SourceKey, TargetEntry};
+use crate::table::{HashSeed, IpKey, LparId, QueueTable, SlotRef, SourceKey, TargetEntry};
 use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing_into};
 
 /// LPAR ids there are: every `u8`.
@@ -282,6 +283,11 @@ pub struct QueueSetParams {
     /// as a second input queue (`QETH_CQ_ENABLED`) and reads it in
     /// `qeth_qdio_cq_handler`. It shares the set's indicator bytes.
     pub completion_queue: Option<QueueAddresses>,
+    /// Layer-2 mode: the queue set sends and receives whole Ethernet frames behind
+    /// Linux's `qeth_hdr_layer2` header, routed by destination MAC and VLAN
+    /// ([`Fabric::register_mac`], [`Fabric::join_vlan`]) instead of IP address. A
+    /// layer-2 set registers no IP addresses or groups and has no completion queue.
+    pub layer2: bool,
 }
 
 impl Default for QueueSetParams {
@@ -298,6 +304,7 @@ impl Default for QueueSetParams {
             interrupt_cookie: 0,
             more_outputs: heapless::Vec::new(),
             completion_queue: None,
+            layer2: false,
         }
     }
 }
@@ -626,6 +633,42 @@ struct Sender<'a, M, const S: usize, const O: usize> {
     key: SourceKey,
     record: &'a PartitionRecord<M, S>,
     qc: &'a QueueControl<O>,
+}
+
+/// What kind of target-table entry a registration adds or removes.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// A group membership (else a unique key).
+    group: bool,
+    /// For layer-2 queue sets (else layer 3).
+    layer2: bool,
+    /// The error for a duplicate (adding) or a missing entry (removing).
+    error: RegistrationError,
+}
+
+impl Entry {
+    const fn unique(layer2: bool, error: RegistrationError) -> Self {
+        Self {
+            group: false,
+            layer2,
+            error,
+        }
+    }
+
+    const fn group(layer2: bool, error: RegistrationError) -> Self {
+        Self {
+            group: true,
+            layer2,
+            error,
+        }
+    }
+}
+
+/// The queue a buffer comes from: the multicast queue or not, layer 2 or 3.
+#[derive(Clone, Copy)]
+struct QueueKind {
+    multicast: bool,
+    layer2: bool,
 }
 
 /// What a SIGA WRITEQ brings to one buffer's send: its QAOB (checked) and the sender's
@@ -1026,6 +1069,7 @@ impl<
                 owner: key,
             };
             out.pending = PendingList::EMPTY;
+            out.layer2 = params.layer2;
             qc.pending_hint.store(0, Ordering::Relaxed);
         }
         {
@@ -1059,25 +1103,8 @@ impl<
         if !is_unicast(&ip) {
             return Err(RegistrationError::InvalidAddress);
         }
-        let key = SourceKey { lpar, subchannel };
-        let mut st = self.update()?;
-        let st = &mut *st;
-        if st.table.has_target(&ip) {
-            return Err(RegistrationError::DuplicateFound);
-        }
-        // A queue set in the source table has its partition's record.
-        let quota = usize::from(st.config.addresses_per_partition());
-        let (Some(_), Some(p)) = (st.table.source(&key), st.partition(lpar)) else {
-            return Err(RegistrationError::SourceNotRegistered);
-        };
-        if p.addresses >= quota {
-            return Err(RegistrationError::AddressQuota);
-        }
-        st.table.add_target(ip, key)?;
-        if let Some(p) = st.partition_mut(lpar) {
-            p.addresses += 1;
-        }
-        Ok(())
+        let entry = Entry::unique(false, RegistrationError::DuplicateFound);
+        self.add_entry(SourceKey { lpar, subchannel }, IpKey::from(&ip), entry)
     }
 
     /// Makes `lpar`'s queue set on `subchannel` a member of the multicast group `group`
@@ -1145,33 +1172,222 @@ impl<
     }
 
     fn add_membership(&self, key: SourceKey, group: IpAddr) -> Result<(), RegistrationError> {
+        let entry = Entry::group(false, RegistrationError::DuplicateFound);
+        self.add_entry(key, IpKey::from(&group), entry)
+    }
+
+    fn remove_membership(&self, key: SourceKey, group: IpAddr) -> Result<(), RegistrationError> {
+        let entry = Entry::group(false, RegistrationError::NotFound);
+        self.remove_entry(key, IpKey::from(&group), entry)
+    }
+
+    /// Adds a target-table entry under `tkey` for the queue set `key`: in this order,
+    /// a unique key taken by anyone (`entry.error`), no such queue set (0xF00A), the
+    /// set of the other layer (0xF013), a group it is a member of already
+    /// (`entry.error`), the partition at its address quota (0xF00D), the table full
+    /// (0xE006). Every entry, address or membership, counts toward the quota.
+    fn add_entry(
+        &self,
+        key: SourceKey,
+        tkey: IpKey,
+        entry: Entry,
+    ) -> Result<(), RegistrationError> {
         let mut st = self.update()?;
         let st = &mut *st;
+        if !entry.group && st.table.unique(tkey).is_some() {
+            return Err(entry.error);
+        }
+        // A queue set in the source table has its partition's record.
         let quota = usize::from(st.config.addresses_per_partition());
-        let (Some(_), Some(p)) = (st.table.source(&key), st.partition(key.lpar)) else {
+        let (Some(slot), Some(p)) = (st.table.source(&key), st.partition(key.lpar)) else {
             return Err(RegistrationError::SourceNotRegistered);
         };
-        if st.table.members(&group).any(|e| e.owner == key) {
-            return Err(RegistrationError::DuplicateFound);
+        if self.is_layer2(slot) != entry.layer2 {
+            return Err(RegistrationError::WrongLayer);
+        }
+        if entry.group && st.table.members_key(tkey).any(|e| e.owner == key) {
+            return Err(entry.error);
         }
         if p.addresses >= quota {
             return Err(RegistrationError::AddressQuota);
         }
-        st.table.add_member(group, key)?;
+        if entry.group {
+            st.table.add_member_key(tkey, key)?;
+        } else {
+            st.table.add_unique(tkey, key)?;
+        }
         if let Some(p) = st.partition_mut(key.lpar) {
             p.addresses += 1;
         }
         Ok(())
     }
 
-    fn remove_membership(&self, key: SourceKey, group: IpAddr) -> Result<(), RegistrationError> {
+    /// Removes the entry under `tkey` that the queue set `key` holds; `entry.error`
+    /// if it holds none.
+    fn remove_entry(
+        &self,
+        key: SourceKey,
+        tkey: IpKey,
+        entry: Entry,
+    ) -> Result<(), RegistrationError> {
         let mut st = self.update()?;
         let st = &mut *st;
-        st.table.remove_member(&group, key)?;
+        let removed = if entry.group {
+            st.table.remove_member_key(tkey, key)
+        } else {
+            st.table.remove_unique(tkey, key)
+        };
+        removed.map_err(|_| entry.error)?;
         if let Some(p) = st.partition_mut(key.lpar) {
             p.addresses = p.addresses.saturating_sub(1);
         }
         Ok(())
+    }
+
+    /// Whether the queue set in `slot` was established in layer-2 mode. Under the
+    /// exclusive table lock (no send holds the outbound lock).
+    fn is_layer2(&self, slot: SlotRef) -> bool {
+        self.controls
+            .get(usize::from(slot.index))
+            .is_some_and(|qc| {
+                let out = qc.outbound.lock();
+                lock_point!(self, Outbound);
+                out.layer2
+            })
+    }
+
+    /// Registers `mac` as a unicast MAC address of `lpar`'s layer-2 queue set on
+    /// `subchannel` (Linux's SETVMAC): frames to it on a VLAN the set is a member of
+    /// reach the set. Unique in the fabric. Refused: a group or all-zero MAC (0xF007),
+    /// taken already (0x2005, Linux's duplicate MAC), then as
+    /// [`register_address`](Self::register_address), a layer-3 set (0xF013).
+    pub fn register_mac(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        mac: Mac,
+    ) -> Result<(), RegistrationError> {
+        if MacCast::of(&mac) != MacCast::Unicast || mac == [0; 6] {
+            return Err(RegistrationError::InvalidAddress);
+        }
+        let entry = Entry::unique(true, RegistrationError::DuplicateMac);
+        self.add_entry(SourceKey { lpar, subchannel }, IpKey::mac(&mac), entry)
+    }
+
+    /// Removes a MAC address [`register_mac`](Self::register_mac) registered (Linux's
+    /// DELVMAC): 0x2010 if the set does not hold it.
+    pub fn deregister_mac(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        mac: Mac,
+    ) -> Result<(), RegistrationError> {
+        let entry = Entry::unique(true, RegistrationError::MacNotFound);
+        self.remove_entry(SourceKey { lpar, subchannel }, IpKey::mac(&mac), entry)
+    }
+
+    /// Makes `lpar`'s layer-2 queue set on `subchannel` a member of VLAN `vid` (1 to
+    /// 4094), or of the untagged LAN (`vid` 0): it sends and receives that VLAN's
+    /// frames (tagged with `vid`, or untagged). A layer-2 set starts a member of none.
+    /// Refused: `vid` above 4094 (0xF007), a member already (0x2016, Linux's duplicate
+    /// VLAN id), then as [`register_mac`](Self::register_mac).
+    pub fn join_vlan(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        vid: u16,
+    ) -> Result<(), RegistrationError> {
+        if vid > 4094 {
+            return Err(RegistrationError::InvalidAddress);
+        }
+        let entry = Entry::group(true, RegistrationError::DuplicateVlan);
+        self.add_entry(SourceKey { lpar, subchannel }, IpKey::vlan(vid), entry)
+    }
+
+    /// Ends a VLAN membership [`join_vlan`](Self::join_vlan) made: 0xE00B if there is
+    /// none.
+    pub fn leave_vlan(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        vid: u16,
+    ) -> Result<(), RegistrationError> {
+        let entry = Entry::group(true, RegistrationError::NotFound);
+        self.remove_entry(SourceKey { lpar, subchannel }, IpKey::vlan(vid), entry)
+    }
+
+    /// Makes `lpar`'s layer-2 queue set on `subchannel` a receiver of the group MAC
+    /// `mac` (Linux's SETGMAC; IPv6 neighbour discovery's 33:33:… addresses, say): it
+    /// gets the frames to `mac` on the VLANs it is a member of. Refused: not a group
+    /// MAC, or the broadcast MAC, which every VLAN member gets anyway (0xF007), a
+    /// receiver already (0x2005), then as [`register_mac`](Self::register_mac).
+    pub fn register_group_mac(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        mac: Mac,
+    ) -> Result<(), RegistrationError> {
+        if MacCast::of(&mac) != MacCast::Multicast {
+            return Err(RegistrationError::InvalidAddress);
+        }
+        let entry = Entry::group(true, RegistrationError::DuplicateMac);
+        self.add_entry(
+            SourceKey { lpar, subchannel },
+            IpKey::group_mac(&mac),
+            entry,
+        )
+    }
+
+    /// Ends a group MAC registration (Linux's DELGMAC): 0x2010 if there is none.
+    pub fn deregister_group_mac(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        mac: Mac,
+    ) -> Result<(), RegistrationError> {
+        let entry = Entry::group(true, RegistrationError::MacNotFound);
+        self.remove_entry(
+            SourceKey { lpar, subchannel },
+            IpKey::group_mac(&mac),
+            entry,
+        )
+    }
+
+    /// Makes `lpar`'s layer-2 queue set on `subchannel` the fabric's bridge port, or
+    /// stops it being one: the set that bridges the fabric to an outside LAN (IBM's
+    /// HiperSockets bridge port, one active per HiperSockets LAN). It gets every
+    /// layer-2 frame whose unicast destination no member of the frame's VLAN
+    /// registered (instead of the sender's 0x11), and a copy of broadcast and group
+    /// frames, on every VLAN. Another set holding the role: 0xE005; off when not on:
+    /// 0xE00B; then as [`register_mac`](Self::register_mac).
+    pub fn set_bridge_port(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+        on: bool,
+    ) -> Result<(), RegistrationError> {
+        let key = SourceKey { lpar, subchannel };
+        if on {
+            if let Some(st) = self.view()
+                && st
+                    .table
+                    .members_key(IpKey::bridge())
+                    .any(|e| e.owner != key)
+            {
+                return Err(RegistrationError::DuplicateFound);
+            }
+            self.add_entry(
+                key,
+                IpKey::bridge(),
+                Entry::group(true, RegistrationError::DuplicateFound),
+            )
+        } else {
+            self.remove_entry(
+                key,
+                IpKey::bridge(),
+                Entry::group(true, RegistrationError::NotFound),
+            )
+        }
     }
 
     /// Removes one address of `lpar`'s queue set on `subchannel`.
@@ -1181,14 +1397,8 @@ impl<
         subchannel: u16,
         ip: IpAddr,
     ) -> Result<(), RegistrationError> {
-        let mut st = self.update()?;
-        let st = &mut *st;
-        st.table
-            .remove_target(&ip, SourceKey { lpar, subchannel })?;
-        if let Some(p) = st.partition_mut(lpar) {
-            p.addresses = p.addresses.saturating_sub(1);
-        }
-        Ok(())
+        let entry = Entry::unique(false, RegistrationError::NotFound);
+        self.remove_entry(SourceKey { lpar, subchannel }, IpKey::from(&ip), entry)
     }
 
     /// Deregisters `lpar`'s queue set on `subchannel`: removes its addresses from the
@@ -1745,8 +1955,13 @@ impl<
             rings,
             cursors,
             pending,
+            layer2,
             ..
         } = out;
+        let kind = QueueKind {
+            multicast,
+            layer2: *layer2,
+        };
         if !*active || qi >= usize::from(*queues) {
             return false;
         }
@@ -1777,7 +1992,7 @@ impl<
             return true;
         };
         let outcome = match writeq {
-            None => self.send_buffer(st, sender, &sbal, multicast, None, report),
+            None => self.send_buffer(st, sender, &sbal, kind, None, report),
             Some(qaob) => match qaob_slice(issuer, qaob) {
                 Some(slice) => {
                     let wq = WriteQ {
@@ -1785,7 +2000,7 @@ impl<
                         qaob_addr: qaob,
                         pending,
                     };
-                    self.send_buffer(st, sender, &sbal, multicast, Some(wq), report)
+                    self.send_buffer(st, sender, &sbal, kind, Some(wq), report)
                 }
                 None => refuse(Reason::QaobInvalid),
             },
@@ -1837,7 +2052,7 @@ impl<
         st: &State<Q, A, L, S, M>,
         sender: &Sender<'_, M, S, O>,
         sbal: &Sbal,
-        multicast_queue: bool,
+        kind: QueueKind,
         writeq: Option<WriteQ<'_>>,
         report: &mut SigaReport,
     ) -> BufferOutcome {
@@ -1846,10 +2061,14 @@ impl<
             sbal,
             &sender.record.memory,
             st.config.mfs(),
-            multicast_queue,
+            kind.multicast,
+            kind.layer2,
             &mut outgoing,
         ) {
             return BufferOutcome::Refused(f);
+        }
+        if let Some(route) = outgoing.route {
+            return self.send_layer2(st, sender, &outgoing, route, report);
         }
         let group = match outgoing.cast {
             // Anycast (IPv6, Linux sends it on the multicast queue) reaches the one
@@ -1883,12 +2102,25 @@ impl<
         // up no one and nothing is lost uncounted. The sender's buffer completes
         // 0xA1 either way, as a LAN's multicast does (HiperSockets delivers group
         // traffic best-effort: QDIO-FACTS section 4).
+        self.fan_out(st, sender, st.table.members(&group), &outgoing, report)
+    }
+
+    /// Delivers a group buffer to each of `members` but the sender's own queue set;
+    /// a member that cannot take it is skipped and counts the miss.
+    fn fan_out(
+        &self,
+        st: &State<Q, A, L, S, M>,
+        sender: &Sender<'_, M, S, O>,
+        members: impl Iterator<Item = TargetEntry>,
+        outgoing: &Outgoing,
+        report: &mut SigaReport,
+    ) -> BufferOutcome {
         let (mut copies, mut skipped) = (0u64, 0u64);
-        for member in st.table.members(&group) {
+        for member in members {
             if member.owner == sender.key {
                 continue;
             }
-            match self.deliver_to(st, member, &outgoing, report) {
+            match self.deliver_to(st, member, outgoing, report) {
                 Ok(()) => copies += 1,
                 Err(_) => {
                     skipped += 1;
@@ -1905,6 +2137,71 @@ impl<
         BufferOutcome::Delivered {
             frames: outgoing.frames() as u16,
             bytes: outgoing.payload,
+        }
+    }
+
+    /// A layer-2 buffer, routed by destination MAC and VLAN: a unicast MAC to the
+    /// queue set that registered it, if that set is on the frame's VLAN; broadcast to
+    /// every member of the VLAN; a group MAC to the VLAN's members that registered it.
+    /// A unicast MAC the VLAN does not know goes to the bridge port if one is set (and
+    /// is not the sender), else it is unreachable (0x11); group traffic reaches the
+    /// bridge port too. A sender that is not a member of the frame's VLAN is refused
+    /// (0x2E), the bridge port excepted. A VLAN's frames never reach a set that is not its member
+    /// (other than the bridge port, which carries every VLAN to the outside LAN).
+    fn send_layer2(
+        &self,
+        st: &State<Q, A, L, S, M>,
+        sender: &Sender<'_, M, S, O>,
+        outgoing: &Outgoing,
+        route: EthRoute,
+        report: &mut SigaReport,
+    ) -> BufferOutcome {
+        let vlan = IpKey::vlan(route.vlan);
+        let on_vlan = |owner: SourceKey| st.table.members_key(vlan).any(|e| e.owner == owner);
+        let bridge = st.table.members_key(IpKey::bridge()).next();
+        // A set sends only on the VLANs it is a member of (the bridge port on any):
+        // no frame enters a VLAN from outside it.
+        if !on_vlan(sender.key) && bridge.is_none_or(|b| b.owner != sender.key) {
+            return refuse(Reason::NotOnVlan);
+        }
+        let bridge = bridge.filter(|b| b.owner != sender.key);
+        match MacCast::of(&route.dest) {
+            MacCast::Unicast => {
+                let target = st
+                    .table
+                    .unique(IpKey::mac(&route.dest))
+                    .filter(|e| on_vlan(e.owner))
+                    .or(bridge);
+                let Some(entry) = target else {
+                    return refuse(Reason::Unreachable);
+                };
+                match self.deliver_to(st, entry, outgoing, report) {
+                    Ok(()) => BufferOutcome::Delivered {
+                        frames: outgoing.frames() as u16,
+                        bytes: outgoing.payload,
+                    },
+                    Err(reason) => refuse(reason),
+                }
+            }
+            MacCast::Broadcast => {
+                let members = st.table.members_key(vlan);
+                let extra = bridge.filter(|b| !on_vlan(b.owner));
+                self.fan_out(st, sender, members.chain(extra), outgoing, report)
+            }
+            MacCast::Multicast => {
+                let members = st
+                    .table
+                    .members_key(IpKey::group_mac(&route.dest))
+                    .filter(|e| on_vlan(e.owner));
+                let extra = bridge.filter(|b| {
+                    !(on_vlan(b.owner)
+                        && st
+                            .table
+                            .members_key(IpKey::group_mac(&route.dest))
+                            .any(|e| e.owner == b.owner))
+                });
+                self.fan_out(st, sender, members.chain(extra), outgoing, report)
+            }
         }
     }
 
@@ -2204,6 +2501,9 @@ impl<const O: usize> Layout<O> {
         let queues = params.output_queues();
         if queues > O {
             return Err(RegistrationError::OutputQueues);
+        }
+        if params.layer2 && params.completion_queue.is_some() {
+            return Err(RegistrationError::WrongLayer);
         }
         let sbals = |addrs: &[u64; QUEUE_BUFFERS], field: &dyn Fn(u8) -> QueueField| {
             for (i, a) in addrs.iter().enumerate() {

@@ -254,6 +254,8 @@ pub(crate) struct Outbound<const O: usize> {
     /// Buffers left pending, waiting for room at their receivers or for a
     /// completion-queue buffer to be announced in.
     pub(crate) pending: PendingList,
+    /// Established in layer-2 mode.
+    pub(crate) layer2: bool,
 }
 
 impl<const O: usize> Outbound<O> {
@@ -382,6 +384,7 @@ impl<const O: usize> QueueControl<O> {
                     },
                 },
                 pending: PendingList::EMPTY,
+                layer2: false,
             })),
             pending_hint: core::sync::atomic::AtomicU8::new(0),
             inbound: Aligned(Mutex::new(Inbound {

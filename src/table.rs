@@ -110,6 +110,46 @@ impl Zero for IpAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IpKey([u8; 17]);
 
+/// The first byte of the target table's other keys: they never meet an IP address's
+/// (4 or 6) nor one another.
+const TAG_MAC: u8 = 0x02;
+const TAG_VLAN: u8 = 0x03;
+const TAG_GROUP_MAC: u8 = 0x05;
+const TAG_BRIDGE: u8 = 0x07;
+
+impl IpKey {
+    /// A layer-2 queue set's unicast MAC address (unique in the fabric).
+    pub(crate) fn mac(mac: &[u8; 6]) -> Self {
+        let mut b = [0u8; 17];
+        b[0] = TAG_MAC;
+        b[1..7].copy_from_slice(mac);
+        Self(b)
+    }
+
+    /// The members of VLAN `vid` (0: the untagged LAN).
+    pub(crate) fn vlan(vid: u16) -> Self {
+        let mut b = [0u8; 17];
+        b[0] = TAG_VLAN;
+        b[1..3].copy_from_slice(&vid.to_be_bytes());
+        Self(b)
+    }
+
+    /// The members of a group (multicast) MAC address.
+    pub(crate) fn group_mac(mac: &[u8; 6]) -> Self {
+        let mut b = [0u8; 17];
+        b[0] = TAG_GROUP_MAC;
+        b[1..7].copy_from_slice(mac);
+        Self(b)
+    }
+
+    /// The bridge port (at most one member).
+    pub(crate) fn bridge() -> Self {
+        let mut b = [0u8; 17];
+        b[0] = TAG_BRIDGE;
+        Self(b)
+    }
+}
+
 impl From<&IpAddr> for IpKey {
     fn from(ip: &IpAddr) -> Self {
         let mut b = [0u8; 17];
@@ -468,6 +508,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
 
     /// Adds a target entry for `ip`, linked to the queue control of `owner`'s source
     /// entry [patent: "look the issuer's LPAR-ID.SUBCHANNEL# up in the source table"].
+    #[cfg(test)]
     pub(crate) fn add_target(
         &mut self,
         ip: IpAddr,
@@ -494,15 +535,13 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         Ok(slot)
     }
 
-    /// Makes `owner` a member of the group under `group` (a multicast address, or the
-    /// broadcast domain's 255.255.255.255): Duplicate Found when it is one already.
-    /// Memberships share the target table's capacity (table-full when it is).
-    pub(crate) fn add_member(
+    /// As [`add_member`](Self::add_member), for any group key.
+    pub(crate) fn add_member_key(
         &mut self,
-        group: IpAddr,
+        key: IpKey,
         owner: SourceKey,
     ) -> Result<SlotRef, RegistrationError> {
-        if self.members(&group).any(|e| e.owner == owner) {
+        if self.members_key(key).any(|e| e.owner == owner) {
             return Err(RegistrationError::DuplicateFound);
         }
         let slot = self
@@ -511,7 +550,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         self.target
             .insert_new(
                 &self.seed(),
-                IpKey::from(&group),
+                key,
                 TargetEntry {
                     slot,
                     owner,
@@ -524,8 +563,12 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
 
     /// The member queue sets of `group`.
     pub(crate) fn members(&self, group: &IpAddr) -> impl Iterator<Item = TargetEntry> + '_ {
+        self.members_key(IpKey::from(group))
+    }
+
+    /// The member queue sets under any group key.
+    pub(crate) fn members_key(&self, key: IpKey) -> impl Iterator<Item = TargetEntry> + '_ {
         let seed = self.seed();
-        let key = IpKey::from(group);
         let hash = HashTable::<IpKey, TargetEntry, A, H>::hash(&seed, &key);
         let home = hash as usize & (A - 1);
         // Every entry under the key lies in the run from its home slot to the first
@@ -537,18 +580,63 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
             .map(|e| e.value)
     }
 
-    /// Ends `owner`'s membership of `group`.
-    pub(crate) fn remove_member(
+    /// As [`remove_member`](Self::remove_member), for any group key.
+    pub(crate) fn remove_member_key(
         &mut self,
-        group: &IpAddr,
+        key: IpKey,
         owner: SourceKey,
     ) -> Result<(), RegistrationError> {
         self.target
-            .remove_one(&self.seed(), &IpKey::from(group), |e| {
-                e.group && e.owner == owner
-            })
+            .remove_one(&self.seed(), &key, |e| e.group && e.owner == owner)
             .map(|_| ())
             .ok_or(RegistrationError::NotFound)
+    }
+
+    /// Adds a unique (non-group) entry under `key` for `owner`: Duplicate Found if the
+    /// key is taken (by anyone).
+    pub(crate) fn add_unique(
+        &mut self,
+        key: IpKey,
+        owner: SourceKey,
+    ) -> Result<SlotRef, RegistrationError> {
+        if self.unique(key).is_some() {
+            return Err(RegistrationError::DuplicateFound);
+        }
+        let slot = self
+            .source(&owner)
+            .ok_or(RegistrationError::SourceNotRegistered)?;
+        self.target
+            .insert_new(
+                &self.seed(),
+                key,
+                TargetEntry {
+                    slot,
+                    owner,
+                    group: false,
+                },
+            )
+            .map_err(|()| RegistrationError::TableFull)?;
+        Ok(slot)
+    }
+
+    /// The unique entry under `key`.
+    pub(crate) fn unique(&self, key: IpKey) -> Option<TargetEntry> {
+        self.target.get(&self.seed(), &key).filter(|e| !e.group)
+    }
+
+    /// Removes the unique entry under `key` if `owner` holds it.
+    pub(crate) fn remove_unique(
+        &mut self,
+        key: IpKey,
+        owner: SourceKey,
+    ) -> Result<(), RegistrationError> {
+        match self.unique(key) {
+            Some(e) if e.owner == owner => {
+                self.target.remove_one(&self.seed(), &key, |e| !e.group);
+                Ok(())
+            }
+            _ => Err(RegistrationError::NotFound),
+        }
     }
 
     /// The queue control of an issuer.
@@ -564,11 +652,6 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
             .filter(|e| !e.group)
     }
 
-    /// Whether `ip` is registered (by anyone).
-    pub(crate) fn has_target(&self, ip: &IpAddr) -> bool {
-        self.target.contains(&self.seed(), &IpKey::from(ip))
-    }
-
     /// Slots a lookup of `ip` reads (the cost of a send to it, hit or miss).
     #[cfg(test)]
     pub(crate) fn target_probes(&self, ip: &IpAddr) -> usize {
@@ -576,6 +659,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
     }
 
     /// Removes `ip` if `owner` registered it.
+    #[cfg(test)]
     pub(crate) fn remove_target(
         &mut self,
         ip: &IpAddr,

@@ -5,6 +5,7 @@
 use core::net::IpAddr;
 
 use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal};
+use crate::qdio::l2::{self, ETH_ROUTING, EthRoute, L2Header, MacCast};
 use crate::qdio::{
     CastType, Eflags, Fragment, HEADER_SIZE, HeaderError, L3Header, Mfs, Reason, SBALES_PER_SBAL,
     Sbale,
@@ -40,6 +41,20 @@ struct FrameSpan {
     /// again: the sender may rewrite its header while SIGA runs, and the receiver must
     /// get the header its frame was routed by.
     header: [u8; HEADER_SIZE],
+    /// Layer 2: the first bytes of the Ethernet frame after the header (destination
+    /// and source MAC, the 802.1Q tag), read once and routed by; written by
+    /// [`deliver`] as `header` is, so the MAC and VLAN the receiver sees are the ones
+    /// the fabric checked. `eth_len` is 0 on layer 3.
+    eth: [u8; ETH_ROUTING],
+    eth_len: u8,
+}
+
+impl FrameSpan {
+    /// Bytes at the start of the frame that come from the fabric's checked copy
+    /// (header, and on layer 2 the Ethernet routing bytes), not from the sender.
+    fn routed_len(&self) -> usize {
+        HEADER_SIZE + usize::from(self.eth_len)
+    }
 }
 
 /// A checked outgoing SBAL: its elements translated, its frames delimited, its
@@ -54,6 +69,9 @@ pub struct Outgoing {
     pub dest: IpAddr,
     /// The cast type all frames carry.
     pub cast: CastType,
+    /// Layer 2: the destination MAC and VLAN all frames carry (`None` on layer 3,
+    /// where `dest` is the route).
+    pub route: Option<EthRoute>,
     /// Bytes in all frames, headers included.
     pub total: usize,
     /// Packet bytes in all frames (headers excluded).
@@ -85,6 +103,7 @@ impl Outgoing {
             frames: heapless::Vec::new(),
             dest: IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED),
             cast: CastType::Unicast,
+            route: None,
             total: core::hint::black_box(0),
             payload: 0,
         }
@@ -102,7 +121,7 @@ pub fn parse_outgoing<M: GuestMemory>(
     mfs: Mfs,
 ) -> Result<Outgoing, Fault> {
     let mut out = Outgoing::empty();
-    parse_outgoing_into(sbal, memory, mfs, false, &mut out)?;
+    parse_outgoing_into(sbal, memory, mfs, false, false, &mut out)?;
     Ok(out)
 }
 
@@ -126,12 +145,13 @@ pub fn parse_outgoing_into<M: GuestMemory>(
     memory: &M,
     mfs: Mfs,
     multicast_queue: bool,
+    layer2: bool,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
-    if parse_small(sbal, memory, mfs, multicast_queue, out) {
+    if !layer2 && parse_small(sbal, memory, mfs, multicast_queue, out) {
         return Ok(());
     }
-    parse_general(sbal, memory, mfs, multicast_queue, out)
+    parse_general(sbal, memory, mfs, multicast_queue, layer2, out)
 }
 
 /// The fast path of [`parse_outgoing_into`] (issue 12 item 5): an SBAL whose first
@@ -206,6 +226,8 @@ pub fn parse_small<M: GuestMemory>(
         last: out.elements.len() as u8 - 1,
         bytes,
         header: raw,
+        eth: [0; ETH_ROUTING],
+        eth_len: 0,
     });
     out.dest = header.next_hop;
     out.cast = header.cast;
@@ -235,10 +257,11 @@ pub fn parse_general<M: GuestMemory>(
     memory: &M,
     mfs: Mfs,
     multicast_queue: bool,
+    layer2: bool,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
     let sbales = load_elements(sbal)?;
-    parse_elements(&sbales, memory, mfs, multicast_queue, out)
+    parse_elements(&sbales, memory, mfs, multicast_queue, layer2, out)
 }
 
 /// Reads each element of `sbal` once, up to the first `LAST_ENTRY` (into a vector:
@@ -267,6 +290,7 @@ pub fn parse_elements<M: GuestMemory>(
     memory: &M,
     mfs: Mfs,
     multicast_queue: bool,
+    layer2: bool,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
     let sbales = sbales.get(..SBALES_PER_SBAL).unwrap_or(sbales);
@@ -298,6 +322,8 @@ pub fn parse_elements<M: GuestMemory>(
                 last: idx,
                 bytes: len,
                 header: [0; HEADER_SIZE],
+                eth: [0; ETH_ROUTING],
+                eth_len: 0,
             }),
             (Fragment::First, None) => {
                 open = Some(FrameSpan {
@@ -305,6 +331,8 @@ pub fn parse_elements<M: GuestMemory>(
                     last: idx,
                     bytes: len,
                     header: [0; HEADER_SIZE],
+                    eth: [0; ETH_ROUTING],
+                    eth_len: 0,
                 });
                 None
             }
@@ -330,6 +358,9 @@ pub fn parse_elements<M: GuestMemory>(
         return Err(Fault::at(Reason::FragmentOrder, last));
     }
 
+    if layer2 {
+        return parse_layer2(mfs, multicast_queue, last, out);
+    }
     let mut dest = None;
     let mut total = 0usize;
     let mut payload = 0u64;
@@ -341,6 +372,9 @@ pub fn parse_elements<M: GuestMemory>(
         };
         let mut raw = [0u8; HEADER_SIZE];
         head.read(0, &mut raw);
+        if raw[0] == l2::ID_LAYER2 {
+            return Err(Fault::at(Reason::WrongLayer, first));
+        }
         let header = L3Header::decode(&raw).map_err(|e| {
             let reason = match e {
                 HeaderError::Id(_) => Reason::HeaderId,
@@ -371,6 +405,107 @@ pub fn parse_elements<M: GuestMemory>(
         return Err(Fault::at(Reason::TooLarge, last));
     }
     (out.dest, out.cast) = dest.ok_or(Fault::at(Reason::FragmentOrder, last))?;
+    out.route = None;
+    out.total = total;
+    out.payload = payload;
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes of frame `f` from its offset `at`, across its
+/// elements; returns how many it read.
+fn read_frame(elements: &[GuestSlice], f: &FrameSpan, mut at: usize, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    let span = elements
+        .get(usize::from(f.first)..=usize::from(f.last))
+        .unwrap_or(&[]);
+    for s in span {
+        if got == buf.len() {
+            break;
+        }
+        if at >= s.len() {
+            at -= s.len();
+            continue;
+        }
+        let n = (s.len() - at).min(buf.len() - got);
+        if let Some(dst) = buf.get_mut(got..got + n) {
+            s.read(at, dst);
+        }
+        got += n;
+        at = 0;
+    }
+    got
+}
+
+/// The frame checks of [`parse_elements`] for a layer-2 queue set: each frame's header
+/// is Linux's `qeth_hdr_layer2` (id 0x02; a layer-3 header is 0x2B), its length
+/// matches the elements, the Ethernet frame has its MACs and EtherType (and its tag
+/// when tagged: 0x2C), the header's cast flag agrees with the destination MAC (0x27;
+/// group MACs only on the multicast queue) and its VLAN with the frame's tag (0x2D);
+/// all frames share destination MAC and VLAN.
+fn parse_layer2(
+    mfs: Mfs,
+    multicast_queue: bool,
+    last: usize,
+    out: &mut Outgoing,
+) -> Result<(), Fault> {
+    let elements = &out.elements;
+    let frames = &mut out.frames;
+    let mut route: Option<EthRoute> = None;
+    let mut total = 0usize;
+    let mut payload = 0u64;
+    for f in frames.iter_mut() {
+        let first = usize::from(f.first);
+        let head = match elements.get(first).copied() {
+            Some(s) if s.len() >= HEADER_SIZE => s,
+            _ => return Err(Fault::at(Reason::ShortHeader, first)),
+        };
+        let mut raw = [0u8; HEADER_SIZE];
+        head.read(0, &mut raw);
+        let header = match L2Header::decode(&raw) {
+            Some(h) => h,
+            None if raw[0] == 0x01 => return Err(Fault::at(Reason::WrongLayer, first)),
+            None => return Err(Fault::at(Reason::HeaderId, first)),
+        };
+        if usize::from(header.pkt_length) + HEADER_SIZE != f.bytes {
+            return Err(Fault::at(Reason::HeaderLength, first));
+        }
+        let mut eth = [0u8; ETH_ROUTING];
+        let n = read_frame(elements, f, HEADER_SIZE, &mut eth);
+        let r = eth
+            .get(..n)
+            .and_then(EthRoute::read)
+            .ok_or(Fault::at(Reason::EthernetFrame, first))?;
+        let cast = MacCast::of(&r.dest);
+        if header.flags != cast.flag() || (cast != MacCast::Unicast && !multicast_queue) {
+            return Err(Fault::at(Reason::CastType, first));
+        }
+        if header.vlan_tci != r.tci {
+            return Err(Fault::at(Reason::VlanMismatch, first));
+        }
+        match route {
+            None => route = Some(r),
+            Some(d) if (d.dest, d.vlan) != (r.dest, r.vlan) => {
+                return Err(Fault::at(Reason::MixedDestinations, first));
+            }
+            Some(_) => {}
+        }
+        f.header = raw;
+        f.eth = eth;
+        f.eth_len = n as u8;
+        total += f.bytes;
+        payload += u64::from(header.pkt_length);
+    }
+    if total > mfs.bytes() {
+        return Err(Fault::at(Reason::TooLarge, last));
+    }
+    let route = route.ok_or(Fault::at(Reason::FragmentOrder, last))?;
+    out.cast = match MacCast::of(&route.dest) {
+        MacCast::Unicast => CastType::Unicast,
+        MacCast::Multicast => CastType::Multicast,
+        MacCast::Broadcast => CastType::Broadcast,
+    };
+    out.route = Some(route);
+    out.dest = IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED);
     out.total = total;
     out.payload = payload;
     Ok(())
@@ -434,15 +569,20 @@ pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -
         .elements
         .get(usize::from(f.first)..=usize::from(f.last))?;
     dst.write(0, &f.header);
-    // The packet: the sender's elements in order, the first after its header (parse
-    // checked that it holds the header whole, and that the elements add up to `bytes`).
-    let mut at = HEADER_SIZE;
-    let mut skip = HEADER_SIZE;
+    let routed = f.routed_len();
+    if let Some(eth) = f.eth.get(..usize::from(f.eth_len)) {
+        dst.write(HEADER_SIZE, eth);
+    }
+    // The packet: the sender's elements in order, from the end of the routed bytes
+    // (parse checked that the first holds the header whole, and that the elements add
+    // up to `bytes`).
+    let mut at = 0usize; // frame offset of the element's start
     for s in sources {
-        let n = s.len().saturating_sub(skip).min(f.bytes.saturating_sub(at));
-        GuestSlice::copy(s, skip, &dst, at, n);
-        at += n;
-        skip = 0;
+        let skip = routed.saturating_sub(at).min(s.len());
+        let n = s.len() - skip;
+        let n = n.min(f.bytes.saturating_sub(at + skip));
+        GuestSlice::copy(s, skip, &dst, at + skip, n);
+        at += s.len();
     }
     rx.store(
         0,
@@ -520,9 +660,29 @@ pub fn deliver_general<M: GuestMemory>(
     // after the header in its first element (which holds it whole: checked there too).
     let mut rx_i = 0usize;
     for f in &out.frames {
+        let routed = f.routed_len();
+        let mut head = [0u8; HEADER_SIZE + ETH_ROUTING];
+        if let Some(h) = head.get_mut(..HEADER_SIZE) {
+            h.copy_from_slice(&f.header);
+        }
+        if let (Some(h), Some(e)) = (
+            head.get_mut(HEADER_SIZE..routed),
+            f.eth.get(..usize::from(f.eth_len)),
+        ) {
+            h.copy_from_slice(e);
+        }
         let mut pos = 0usize; // bytes of the frame written so far
+        // The sender's bytes start after the routed ones, which may run past the
+        // first element on layer 2.
         let mut src = f.first;
-        let mut src_off = HEADER_SIZE;
+        let mut src_off = routed;
+        while let Some(s) = out.element(src) {
+            if src_off < s.len() || src >= f.last {
+                break;
+            }
+            src_off -= s.len();
+            src += 1;
+        }
         while pos < f.bytes && rx_i < used {
             let (Some(&dst), Some(p)) = (targets.get(rx_i), plan.get(rx_i)) else {
                 break;
@@ -530,9 +690,9 @@ pub fn deliver_general<M: GuestMemory>(
             let want = p.bytes;
             let mut dst_off = 0usize;
             while dst_off < want {
-                let n = if pos < HEADER_SIZE {
-                    let n = (want - dst_off).min(HEADER_SIZE - pos);
-                    dst.write(dst_off, &f.header[pos..pos + n]);
+                let n = if pos < routed {
+                    let n = (want - dst_off).min(routed - pos);
+                    dst.write(dst_off, head.get(pos..pos + n).unwrap_or(&[]));
                     n
                 } else {
                     let Some(s) = out.element(src) else { break };
@@ -907,9 +1067,9 @@ mod tests {
             let multicast_queue = rng.one_in(3);
 
             let mut general = Outgoing::empty();
-            let g = parse_general(&sbal, &tx, mfs, multicast_queue, &mut general);
+            let g = parse_general(&sbal, &tx, mfs, multicast_queue, false, &mut general);
             let mut either = Outgoing::empty();
-            let e = parse_outgoing_into(&sbal, &tx, mfs, multicast_queue, &mut either);
+            let e = parse_outgoing_into(&sbal, &tx, mfs, multicast_queue, false, &mut either);
             assert_eq!(g, e, "parse of {elements:?}");
             let mut probe = Outgoing::empty();
             if parse_small(&sbal, &tx, mfs, multicast_queue, &mut probe) {
@@ -994,7 +1154,7 @@ mod tests {
         let mut out = Outgoing::empty();
         assert!(!parse_small(&sbal, &tx, Mfs::K16, false, &mut out));
         assert_eq!(
-            parse_outgoing_into(&sbal, &tx, Mfs::K16, false, &mut out),
+            parse_outgoing_into(&sbal, &tx, Mfs::K16, false, false, &mut out),
             Err(Fault::at(Reason::CastType, 0))
         );
     }

@@ -400,8 +400,15 @@ fn fragment_left_open_by_last_entry() {
 #[test]
 fn header_id_other_than_layer3() {
     let c = Primed::new();
-    c.w.a.ram.write(c.header(), &[0x02]);
+    c.w.a.ram.write(c.header(), &[0x03]);
     c.expect(0x24, 0);
+}
+
+#[test]
+fn a_layer2_header_on_a_layer3_queue_set() {
+    let c = Primed::new();
+    c.w.a.ram.write(c.header(), &[0x02]);
+    c.expect(0x2B, 0);
 }
 
 #[test]

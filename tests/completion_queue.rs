@@ -7,154 +7,17 @@
 
 mod common;
 
-use std::net::IpAddr;
-
-use common::{GUEST_BASE, GuestRam, TestFabric, TestPlatform, fabric, v4};
-use iqdio::qdio::{Eflags, L3Header, Reason, Sbale, qaob};
-use iqdio::{
-    FabricConfig, PENDING_PER_QUEUE_SET, QueueAddresses, QueueSetParams, SigaError, SigaFunction,
-};
-
-const Q0: u32 = 1 << 31;
-const Q1: u32 = 1 << 30;
-
-// A partition's layout (offsets from GUEST_BASE).
-const IND: u64 = 0x0;
-const OUT_SBALS: u64 = 0x1000;
-const OUT_SLSB: u64 = 0x9000;
-const IN_SLSB: u64 = 0x9100;
-const CQ_SLSB: u64 = 0x9200;
-const MC_SLSB: u64 = 0x9300;
-const IN_SBALS: u64 = 0xA000;
-const CQ_SBALS: u64 = 0x12000;
-const QAOBS: u64 = 0x1A000;
-const TX_DATA: u64 = 0x22000;
-const RX_DATA: u64 = 0x32000;
-const MC_SBALS: u64 = 0x42000;
-const RAM: usize = 0x4A000;
-const SLOT: u64 = 0x1000;
-
-/// One partition with one queue set (subchannel 0) laid out by hand.
-struct Raw {
-    ram: GuestRam,
-}
-
-fn g(off: u64) -> u64 {
-    GUEST_BASE + off
-}
-
-impl Raw {
-    fn new(f: &TestFabric, lpar: u8, cq: bool) -> Self {
-        let ram = GuestRam::new(RAM);
-        f.add_partition(lpar, &[ram.window()]).unwrap();
-        let ring = |base: u64| core::array::from_fn(|i| g(base) + 256 * i as u64);
-        let mut more = heapless::Vec::new();
-        more.push(QueueAddresses {
-            sbals: ring(MC_SBALS),
-            slsb: g(MC_SLSB),
-        })
-        .unwrap();
-        let params = QueueSetParams {
-            output_sbals: ring(OUT_SBALS),
-            input_sbals: ring(IN_SBALS),
-            output_slsb: g(OUT_SLSB),
-            input_slsb: g(IN_SLSB),
-            queue_indicator: g(IND),
-            middle_indicator: g(IND + 1),
-            global_indicator: g(IND + 2),
-            more_outputs: more,
-            completion_queue: cq.then(|| QueueAddresses {
-                sbals: ring(CQ_SBALS),
-                slsb: g(CQ_SLSB),
-            }),
-            ..Default::default()
-        };
-        f.establish(lpar, 0, &params).unwrap();
-        f.register_address(lpar, 0, v4(lpar, 0)).unwrap();
-        Self { ram }
-    }
-
-    fn slsb(&self, at: u64, n: usize) -> u8 {
-        self.ram.read_vec(g(at) + n as u64, 1)[0]
-    }
-
-    fn set_slsb(&self, at: u64, n: usize, v: u8) {
-        self.ram.write(g(at) + n as u64, &[v]);
-    }
-
-    fn element(&self, sbals: u64, n: usize, e: usize) -> Sbale {
-        let b = self
-            .ram
-            .read_vec(g(sbals) + 256 * n as u64 + 16 * e as u64, 16);
-        Sbale::decode(&b.try_into().unwrap())
-    }
-
-    fn set_element(&self, sbals: u64, n: usize, e: usize, s: &Sbale) {
-        self.ram
-            .write(g(sbals) + 256 * n as u64 + 16 * e as u64, &s.encode());
-    }
-
-    /// Primes output buffer `n` with one frame of `len` payload bytes (filled with
-    /// `tag`) to `dest`.
-    fn prime(&self, n: usize, dest: IpAddr, tag: u8, len: usize) {
-        let data = g(TX_DATA) + SLOT * (n % 16) as u64;
-        let mut frame = L3Header::unicast(dest, len as u16).encode().to_vec();
-        frame.extend(std::iter::repeat_n(tag, len));
-        self.ram.write(data, &frame);
-        for e in 0..16 {
-            self.set_element(OUT_SBALS, n, e, &Sbale::default());
-        }
-        let s = Sbale {
-            eflags: Eflags::LAST_ENTRY.bits(),
-            length: frame.len() as u32,
-            addr: data,
-            ..Sbale::default()
-        };
-        self.set_element(OUT_SBALS, n, 0, &s);
-        self.set_slsb(OUT_SLSB, n, 0x62);
-    }
-
-    /// Arms input buffer `n` (one 4 KiB element) with 0x41.
-    fn arm_input(&self, n: usize) {
-        let s = Sbale {
-            length: SLOT as u32,
-            addr: g(RX_DATA) + SLOT * (n % 16) as u64,
-            ..Sbale::default()
-        };
-        self.set_element(IN_SBALS, n, 0, &s);
-        self.set_element(IN_SBALS, n, 1, &Sbale::default());
-        self.set_slsb(IN_SLSB, n, 0x41);
-    }
-
-    /// The payload tag of the frame in input buffer `n`.
-    fn received_tag(&self, n: usize) -> u8 {
-        let e = self.element(IN_SBALS, n, 0);
-        assert!(e.length > 32);
-        self.ram.read_vec(e.addr + 32, 1)[0]
-    }
-
-    fn qaob(&self, k: usize) -> u64 {
-        g(QAOBS) + 256 * k as u64
-    }
-
-    fn qaob_bytes(&self, k: usize) -> Vec<u8> {
-        self.ram.read_vec(self.qaob(k), 256)
-    }
-
-    /// The QAOB addresses the completion-queue buffer `n` announces (Linux's
-    /// `qeth_qdio_cq_handler`: elements until one with address 0).
-    fn completions(&self, n: usize) -> Vec<u64> {
-        (0..16)
-            .map(|e| self.element(CQ_SBALS, n, e).addr)
-            .take_while(|a| *a != 0)
-            .collect()
-    }
-}
+use common::raw::*;
+use common::{GUEST_BASE, TestFabric, TestPlatform, fabric, v4};
+use iqdio::qdio::{Reason, Sbale, qaob};
+use iqdio::{FabricConfig, PENDING_PER_QUEUE_SET, SigaError, SigaFunction};
 
 fn world(cq: bool) -> (std::sync::Arc<TestFabric>, Raw, Raw) {
     let f = fabric(TestPlatform::manual(), FabricConfig::default());
-    let a = Raw::new(&f, 1, cq);
-    let b = Raw::new(&f, 2, false);
+    let a = Raw::new(&f, 1, Mode { cq, layer2: false });
+    let b = Raw::new(&f, 2, Mode::default());
+    f.register_address(1, 0, v4(1, 0)).unwrap();
+    f.register_address(2, 0, v4(2, 0)).unwrap();
     (f, a, b)
 }
 

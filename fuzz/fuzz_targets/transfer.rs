@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
     let parsed = parse_outgoing(&tx_sbal, &tx_mem, mfs);
     assert_eq!(tx.snapshot(), tx_before, "parsing wrote guest memory");
     let mut general = Outgoing::empty();
-    let g = parse_general(&tx_sbal, &tx_mem, mfs, false, &mut general);
+    let g = parse_general(&tx_sbal, &tx_mem, mfs, false, false, &mut general);
     assert_eq!(
         g.err(),
         parsed.as_ref().err().copied(),

@@ -128,8 +128,8 @@ impl<
         let (sbales, last) = qaob::elements(&record).ok_or(Reason::QaobInvalid)?;
         let sbales = sbales.get(..=last).ok_or(Reason::QaobInvalid)?;
         let mut outgoing = Outgoing::empty();
-        // WRITEQ is for unicast queues only: unicast cast.
-        parse_elements(sbales, memory, st.config.mfs(), false, &mut outgoing)
+        // WRITEQ is for unicast queues of layer-3 sets only: unicast cast.
+        parse_elements(sbales, memory, st.config.mfs(), false, false, &mut outgoing)
             .map_err(|f| f.reason)?;
         let entry = st.table.target(&outgoing.dest).ok_or(Reason::Unreachable)?;
         self.deliver_to(st, entry, &outgoing, report)

@@ -6,6 +6,7 @@
 //! `qeth_core.h`), with multi-byte fields big-endian whatever the host's byte order.
 
 mod header;
+pub mod l2;
 pub mod qaob;
 mod reason;
 mod sbal;

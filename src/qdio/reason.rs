@@ -66,11 +66,22 @@ pub enum Reason {
     /// sender's memory, or a pending buffer's QAOB no longer describes a buffer
     /// (`sb_count` not 1 to 16).
     QaobInvalid = 0x2A,
+    /// A frame of the other layer: a layer-3 header (id 0x01) on a queue set
+    /// established in layer 2, or a layer-2 header (0x02) on a layer-3 set.
+    WrongLayer = 0x2B,
+    /// Layer 2: the Ethernet frame after the header is shorter than two MACs and an
+    /// EtherType (14 bytes), or carries an 802.1Q tag and is shorter than 18.
+    EthernetFrame = 0x2C,
+    /// Layer 2: the header's VLAN flag and id disagree with the frame's 802.1Q tag.
+    VlanMismatch = 0x2D,
+    /// Layer 2: the sending queue set is not a member of the frame's VLAN (nor the
+    /// bridge port).
+    NotOnVlan = 0x2E,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 21] = [
         Self::TargetFull,
         Self::Unreachable,
         Self::TargetNotActive,
@@ -88,6 +99,10 @@ impl Reason {
         Self::ShortHeader,
         Self::MixedDestinations,
         Self::QaobInvalid,
+        Self::WrongLayer,
+        Self::EthernetFrame,
+        Self::VlanMismatch,
+        Self::NotOnVlan,
     ];
 
     /// The sbalf15 byte.
@@ -152,6 +167,10 @@ impl Reason {
             Self::MixedDestinations => "frames for several next hops in one SBAL",
             Self::Cancelled => "pending buffer cancelled: its queue set was deregistered",
             Self::QaobInvalid => "QAOB misaligned, outside memory, or not a buffer's",
+            Self::WrongLayer => "frame header of the other layer than the queue set's",
+            Self::EthernetFrame => "Ethernet frame shorter than its MACs, EtherType and tag",
+            Self::VlanMismatch => "header VLAN disagrees with the frame's 802.1Q tag",
+            Self::NotOnVlan => "sender not a member of the frame's VLAN",
         }
     }
 }

@@ -3,6 +3,8 @@
 //! driver per subchannel.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -741,6 +741,7 @@ impl Card {
                 sbals: core::array::from_fn(|n| l.cq_sbal(n)),
                 slsb: l.cq_slsb(),
             }),
+            ..Default::default()
         }
     }
 
