@@ -480,7 +480,7 @@ impl World {
         let sbal = self.a_mem.sbal(out_sbal(A_BASE, q, n)).unwrap();
         let mut out = Outgoing::empty();
         let multicast_queue = self.a_queues > 1 && q == self.a_queues - 1;
-        match parse_outgoing_into(&sbal, &self.a_mem, self.mfs, multicast_queue, &mut out) {
+        match parse_outgoing_into(&sbal, &self.a_mem, self.mfs, multicast_queue, false, &mut out) {
             Err(f) => Predicted::Fault(f.reason, f.element),
             Ok(()) => match out.cast {
                 CastType::Multicast => Predicted::Group {
