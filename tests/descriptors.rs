@@ -205,8 +205,15 @@ fn fragment_first_left_open_by_last_entry() {
 #[test]
 fn header_id_other_than_layer3() {
     let c = Case::new();
-    c.a.ram.write(c.header_addr(), &[0x02]);
+    c.a.ram.write(c.header_addr(), &[0x03]);
     c.expect(Reason::HeaderId, 0);
+}
+
+#[test]
+fn layer2_header_on_a_layer3_queue_set() {
+    let c = Case::new();
+    c.a.ram.write(c.header_addr(), &[0x02]);
+    c.expect(Reason::WrongLayer, 0);
 }
 
 #[test]
