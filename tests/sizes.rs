@@ -50,7 +50,7 @@ fn row<
 fn sizes_of_typical_configurations() {
     let rows = [
         row::<8, 16, 8, 1, 1, 2>("8 partitions × 1 queue set, 2 output queues"),
-        row::<8, 32, 8, 1, 1, 2>("the hypervisor image (`hyp`)"),
+        row::<8, 64, 8, 1, 1, 2>("the hypervisor image (`hyp`)"),
         row::<8, 16, 8, 1, 1, 1>("8 partitions × 1 queue set, one output queue"),
         row::<8, 16, 8, 1, 1, 4>("8 partitions × 1 queue set, 4 output queues"),
         row::<64, 4096, 64, 1, 1, 4>("64 partitions × 1 queue set, 4096 addresses"),

@@ -89,6 +89,14 @@ pub const TEST_BOOTS: &[TestBoot] = &[
         check: check_hostile,
     },
     TestBoot {
+        name: "multicast -smp 4",
+        bin: "hyp",
+        smp: 4,
+        env: &[("IQDIO_SCENARIO", "multicast"), ("IQDIO_FRAMES", "450")],
+        timeout_s: 300,
+        check: check_multicast,
+    },
+    TestBoot {
         name: "tcp -smp 4",
         bin: "hyp",
         smp: 4,
@@ -118,6 +126,33 @@ pub fn check_tcp(run: &BootRun, smp: u32) -> Vec<TestResult> {
             TestResult::pass("tcp result line")
         }
         other => TestResult::fail("tcp result line", format!("{other:?} from {last:?}")),
+    };
+    results.push(verdict);
+    results
+}
+
+/// The multicast scenario: a clean exit, and a last line `multicast: groups G, frames
+/// sent S, copies delivered C, expected C, lost 0, corrupted 0` with the scenario's 3
+/// groups, every partition's frames sent (3 per round, whole phases of 3 rounds of the
+/// boot's `IQDIO_FRAMES`), and, with 3 cores or more, at least one copy per frame
+/// (every group then has two members or more, so every frame has a receiver besides
+/// its sender).
+pub fn check_multicast(run: &BootRun, smp: u32) -> Vec<TestResult> {
+    let mut results = check_exit_pass(run, smp);
+    let last = last_line(run);
+    let verdict = match last.and_then(parse::multicast_line) {
+        Some(m)
+            if m.groups == 3
+                && m.sent > 0
+                && m.sent.is_multiple_of(9 * u64::from(smp))
+                && m.delivered == m.expected
+                && (smp < 3 || m.expected >= m.sent)
+                && m.lost == 0
+                && m.corrupted == 0 =>
+        {
+            TestResult::pass("multicast result line")
+        }
+        other => TestResult::fail("multicast result line", format!("{other:?} from {last:?}")),
     };
     results.push(verdict);
     results

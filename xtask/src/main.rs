@@ -56,6 +56,7 @@ enum Command {
         #[arg(long, value_parser = ["16", "24", "40", "64"])]
         mfs: Option<String>,
         /// Scenario to run (IQDIO_SCENARIO): `partitions` (the default), `tcp`,
+        /// `multicast` (groups, broadcast and unicast, every copy checked),
         /// `hostile` (3 cores or more), or `linux` (Debian's arm64 kernel in the last
         /// `--linux-guests` partitions, the demo among the others).
         #[arg(long, value_name = "NAME")]

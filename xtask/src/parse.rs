@@ -161,6 +161,42 @@ pub fn partitions_line(line: &str) -> Option<PartitionsLine> {
     })
 }
 
+/// The multicast scenario's result line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MulticastLine {
+    /// Groups with members.
+    pub groups: u64,
+    /// Frames the partitions sent (group, broadcast and unicast).
+    pub sent: u64,
+    /// Copies received intact.
+    pub delivered: u64,
+    /// Copies the memberships call for.
+    pub expected: u64,
+    /// Copies lost.
+    pub lost: u64,
+    /// Copies corrupted.
+    pub corrupted: u64,
+}
+
+/// Parses `multicast: groups G, frames sent S, copies delivered C, expected E, lost L,
+/// corrupted X` (exactly).
+pub fn multicast_line(line: &str) -> Option<MulticastLine> {
+    let rest = line.trim_end().strip_prefix("multicast: groups ")?;
+    let (g, rest) = rest.split_once(", frames sent ")?;
+    let (s, rest) = rest.split_once(", copies delivered ")?;
+    let (d, rest) = rest.split_once(", expected ")?;
+    let (e, rest) = rest.split_once(", lost ")?;
+    let (l, c) = rest.split_once(", corrupted ")?;
+    Some(MulticastLine {
+        groups: g.parse().ok()?,
+        sent: s.parse().ok()?,
+        delivered: d.parse().ok()?,
+        expected: e.parse().ok()?,
+        lost: l.parse().ok()?,
+        corrupted: c.parse().ok()?,
+    })
+}
+
 /// The hostile scenario's tally: `hostile: attempts A, stopped P, refused R, escaped E`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostileLine {
@@ -194,6 +230,33 @@ pub fn hostile_line(line: &str) -> Option<(HostileLine, PartitionsLine)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_multicast_line() {
+        let m = multicast_line(
+            "multicast: groups 3, frames sent 360, copies delivered 630, expected 630, lost 0, corrupted 0",
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            MulticastLine {
+                groups: 3,
+                sent: 360,
+                delivered: 630,
+                expected: 630,
+                lost: 0,
+                corrupted: 0
+            }
+        );
+        assert_eq!(
+            multicast_line("multicast: groups 3, frames sent 360, copies delivered 630"),
+            None
+        );
+        assert_eq!(
+            multicast_line("multicast: 4 partitions recorded, 30 rounds; fabric: group copies 510"),
+            None
+        );
+    }
 
     #[test]
     fn reads_the_hostile_line() {

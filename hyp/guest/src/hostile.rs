@@ -17,8 +17,9 @@ use iqdio::driver::{DriverConfig, Indicators, QueueDriver};
 use iqdio::qdio::SlsbState;
 use iqdio::{QueueField, Reason, RegistrationError, Siga, SigaError, SigaFunction, SigaStatus};
 use iqdio_hvc::{
-    EstablishBlock, ExitStatus, HVC_CONSOLE_WRITE, HVC_DEREGISTER_ADDRESS,
-    HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, RC_OK, RC_OUTSIDE_MEMORY, encode_sl, ip_to_registers,
+    BLOCK_MAX, EstablishBlock, ExitStatus, HVC_CONSOLE_WRITE, HVC_DEREGISTER_ADDRESS,
+    HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, RC_BAD_ARGUMENT, RC_BAD_BLOCK, RC_OK,
+    RC_OUTSIDE_MEMORY, SL_LEN, encode_sl, ip_to_registers,
 };
 
 use crate::node::{self, MFS, v4};
@@ -99,37 +100,44 @@ pub fn refusals(lpar: usize) -> ! {
     let Ok(indicators) = Indicators::new(&mut region) else {
         rt::exit(ExitStatus::Failure, [0; 5])
     };
+    // Two output queues (a unicast one and the multicast queue), as many as the
+    // hypervisor's fabric offers.
     let config = DriverConfig {
         rx_buffers: 4,
         tx_buffers: 4,
+        output_queues: 2,
         ..DriverConfig::new(0, MFS)
     };
     let Ok(mut queue) = QueueDriver::new(&mut region, &indicators, config) else {
         rt::exit(ExitStatus::Failure, [0; 5])
     };
     let p = queue.params();
-    let block = |p: &iqdio::QueueSetParams, sl: (u64, u64)| EstablishBlock {
-        interrupt_immediately: false,
-        global_indicator: p.global_indicator,
-        middle_indicator: p.middle_indicator,
-        queue_indicator: p.queue_indicator,
-        input_sl: sl.0,
-        input_slsb: p.input_slsb,
-        output_sl: sl.1,
-        output_slsb: p.output_slsb,
-    };
-    static AREA: spin::Mutex<([u8; iqdio_hvc::BLOCK_LEN], [u8; 1024], [u8; 1024])> =
-        spin::Mutex::new(([0; iqdio_hvc::BLOCK_LEN], [0; 1024], [0; 1024]));
-    let establish = |p: &iqdio::QueueSetParams, foreign_sl: Option<u64>| {
+    /// The block, the input storage list, the two output storage lists.
+    type Area = ([u8; BLOCK_MAX], [u8; SL_LEN], [[u8; SL_LEN]; 2]);
+    static AREA: spin::Mutex<Area> =
+        spin::Mutex::new(([0; BLOCK_MAX], [0; SL_LEN], [[0; SL_LEN]; 2]));
+    // The block for `p` (its first two output queues), output queue 0's storage list
+    // at `foreign_sl` if given; `edit` may change the block's bytes before the call.
+    let establish_edited = |p: &iqdio::QueueSetParams,
+                            foreign_sl: Option<u64>,
+                            edit: &dyn Fn(&mut [u8; BLOCK_MAX])| {
         let mut a = AREA.lock();
+        let a = &mut *a;
         a.1 = encode_sl(&p.input_sbals);
-        a.2 = encode_sl(&p.output_sbals);
-        let sl = (
-            a.1.as_ptr() as u64,
-            foreign_sl.unwrap_or(a.2.as_ptr() as u64),
-        );
-        a.0 = block(p, sl).encode();
+        a.2[0] = encode_sl(&p.output_sbals);
+        if let Some(o) = p.more_outputs.first() {
+            a.2[1] = encode_sl(&o.sbals);
+        }
+        let sls = [
+            foreign_sl.unwrap_or(a.2[0].as_ptr() as u64),
+            a.2[1].as_ptr() as u64,
+        ];
+        a.0 = EstablishBlock::for_params(p, a.1.as_ptr() as u64, &sls).encode();
+        edit(&mut a.0);
         hvc(HVC_ESTABLISH, 0, a.0.as_ptr() as u64, 0, 0, 0).0
+    };
+    let establish = |p: &iqdio::QueueSetParams, foreign_sl: Option<u64>| {
+        establish_edited(p, foreign_sl, &|_| {})
     };
     let rc = establish(&p, Some(OTHER_WINDOW));
     t.expect(
@@ -157,6 +165,37 @@ pub fn refusals(lpar: usize) -> ! {
         "indicator on the GIC distributor",
         rc_is(rc, outside(QueueField::GlobalIndicator)),
     );
+    let mut bad = p.clone();
+    if let Some(o) = bad.more_outputs.first_mut() {
+        o.slsb = OTHER_WINDOW;
+    }
+    let rc = establish(&bad, None);
+    t.expect(
+        "multicast queue's SLSB in another partition's window",
+        rc_is(rc, outside(QueueField::OutputQueueSlsb(1))),
+    );
+    // An output queue count the block format does not have (5), and one beyond the
+    // fabric's two: a malformed block, and 0xF012.
+    let rc = establish_edited(&p, None, &|b| b[3] = 5);
+    t.expect(
+        "establish block with 5 output queues",
+        rc_is(rc, RC_BAD_BLOCK),
+    );
+    let mut three = DriverConfig {
+        output_queues: 3,
+        ..config
+    };
+    three.subchannel = 1;
+    match QueueDriver::new(&mut region, &indicators, three) {
+        Ok(q3) => {
+            let rc = node::establish_params(1, &q3.params());
+            t.expect(
+                "more output queues than the fabric offers",
+                rc_is(rc, u64::from(RegistrationError::OutputQueues.code())),
+            );
+        }
+        Err(_) => t.expect("a driver of three output queues", false),
+    }
     // Now a queue set of its own, to send from.
     if establish(&p, None) != RC_OK || node::register_address(0, v4(lpar)) != RC_OK {
         say!("hostile: could not establish its own queue set");
@@ -185,6 +224,43 @@ pub fn refusals(lpar: usize) -> ! {
         };
         t.expect(what, refused);
     }
+    // A queue mask naming output queue 2, which its queue set did not establish (it
+    // has 0 and 1): cc1, as for a mask naming nothing.
+    let r = HvcSiga.siga(0, SigaFunction::Write, 1 << 29);
+    t.expect(
+        "SIGA mask naming an output queue not established",
+        r == SigaStatus::of_error(SigaError::InvalidQueueMask),
+    );
+    // A multicast frame on the unicast queue: primed as unicast, then its header's
+    // cast rewritten to multicast with a group as next hop, as qeth never sends it
+    // (it forces unicast there): the buffer ends 0xAF, reason 0x27.
+    let refused = match queue.prime(v4(0), &[0x77; 64]) {
+        Ok(n) => {
+            rewrite_as_multicast(&p.output_sbals, n);
+            let report = queue.flush(&HvcSiga);
+            report.is_ok_and(|r| {
+                r.refused
+                    .iter()
+                    .any(|&(_, reason)| reason == Reason::CastType)
+            }) && queue.output_state(n) == SlsbState::OUTPUT_ERROR
+        }
+        Err(_) => false,
+    };
+    t.expect("multicast cast on the unicast queue", refused);
+    // A unicast address (its own) as a group; the broadcast switch with a value
+    // other than 0 or 1; leaving a group it never joined.
+    let rc = node::join_group(0, v4(lpar));
+    t.expect(
+        "joining a unicast address as a group",
+        rc_is(rc, u64::from(RegistrationError::InvalidAddress.code())),
+    );
+    let rc = node::set_broadcast(0, 2);
+    t.expect("broadcast switch of 2", rc_is(rc, RC_BAD_ARGUMENT));
+    let rc = node::leave_group(0, iqdio_hvc::multicast::GROUPS[0]);
+    t.expect(
+        "leaving a group it is not a member of",
+        rc_is(rc, u64::from(RegistrationError::NotFound.code())),
+    );
     // SIGA on a subchannel it never established (another partition's number 0 is its
     // own here: the LPAR comes from the trap, never from a register).
     let r = HvcSiga.siga(1, SigaFunction::Write, 1 << 31);
@@ -229,6 +305,26 @@ fn point_first_element(sbals: &[u64; 128], n: u8, addr: u64) {
     // and not yet sent), identity-mapped; the fabric reads it only during the SIGA that
     // follows. Element addresses are big-endian (QDIO format).
     unsafe { field.write_volatile(addr.to_be()) };
+}
+
+/// Rewrites the first frame header of output buffer `n` (after the driver primed it as
+/// unicast): cast bits multicast (0x04), next hop the IPv4 group 239.1.1.1.
+fn rewrite_as_multicast(sbals: &[u64; 128], n: u8) {
+    let element = sbals[usize::from(n)] as usize;
+    let addr = core::ptr::with_exposed_provenance::<u64>(element + 8);
+    // SAFETY: the SBAL is this partition's own memory (the driver's output ring, primed
+    // and not yet sent), identity-mapped; element addresses are big-endian.
+    let header = u64::from_be(unsafe { addr.read_volatile() }) as usize;
+    let bytes = core::ptr::with_exposed_provenance_mut::<u8>(header);
+    // SAFETY: the header is the frame's first 32 bytes in the buffer's own data (the
+    // driver wrote it there, whole in element 0), this partition's memory, which the
+    // fabric reads only during the SIGA that follows.
+    unsafe {
+        bytes.add(1).write_volatile(0x04);
+        for (i, b) in [239u8, 1, 1, 1].into_iter().enumerate() {
+            bytes.add(0x1C + i).write_volatile(b);
+        }
+    }
 }
 
 /// Run k > 0: stop attempt k. Returns only if the attempt did not stop the partition.

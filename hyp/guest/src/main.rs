@@ -1,7 +1,7 @@
 //! The partition program: what each partition runs at EL1 under the iqdio hypervisor
 //! (`iqdio-hyp`). It reaches the fabric only through HVC (`iqdio-hvc`): its queue
-//! driver, the demo traffic, smoltcp in the TCP scenario, and the hostile partition of
-//! the hostile scenario are all here.
+//! driver, the demo traffic, smoltcp in the TCP scenario, the multicast scenario, and
+//! the hostile partition of the hostile scenario are all here.
 //!
 //! The hypervisor starts it at its ELF entry with x0 = its LPAR id, x1 = the partitions
 //! running, x2 = the scenario (`iqdio_hvc::scenario`), x3 = an argument of the scenario.
@@ -16,6 +16,8 @@
 mod demo;
 #[cfg(target_os = "none")]
 mod hostile;
+#[cfg(target_os = "none")]
+mod mcast;
 #[cfg(target_os = "none")]
 mod node;
 #[cfg(target_os = "none")]
@@ -52,6 +54,7 @@ fn main(lpar: u64, partitions: u64, scenario: u64, arg: u64) -> ! {
         scenario::TCP => demo::tcp(lpar, n),
         scenario::HOSTILE if arg == 0 => hostile::refusals(lpar),
         scenario::HOSTILE => hostile::stop_attempt(arg),
+        scenario::MULTICAST => mcast::run(lpar, n),
         scenario::PROBE_TRAP => probe::trap_round_trip(),
         scenario::PROBE_WAIT => probe::wait_for_frame(lpar, n),
         scenario::PROBE_SEND => probe::send_frame(lpar, n, arg as usize),

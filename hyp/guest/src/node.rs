@@ -6,11 +6,13 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ptr::NonNull;
 
+use iqdio::MAX_OUTPUT_QUEUES;
 use iqdio::Reason;
 use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
 use iqdio_hvc::{
-    EstablishBlock, HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, HVC_REGISTER_ADDRESS, RC_OK, SL_LEN,
-    encode_sl, ip_to_registers,
+    BLOCK_MAX, EstablishBlock, HVC_BROADCAST, HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH,
+    HVC_JOIN_GROUP, HVC_LEAVE_GROUP, HVC_REGISTER_ADDRESS, RC_OK, SL_LEN, encode_sl,
+    ip_to_registers,
 };
 
 use crate::rt::{self, HvcSiga, hvc};
@@ -75,6 +77,8 @@ pub struct Node {
     /// Partitions running.
     pub partitions: usize,
     indicators: Indicators,
+    /// How its queue driver is laid out (again on re-registration).
+    config: DriverConfig,
     /// Its queue driver (subchannel 0).
     pub queue: QueueDriver,
     tx_seq: [u32; MAX_PARTITIONS],
@@ -90,24 +94,28 @@ pub struct Node {
 /// Scratch buffer for building and checking frames (off the stack).
 static SCRATCH: spin::Mutex<[u8; 65536]> = spin::Mutex::new([0; 65536]);
 
-/// The establish block and its two storage lists, in the partition's own memory (the
+/// The establish block and its storage lists, in the partition's own memory (the
 /// hypervisor reads them at these addresses through the fabric's window check).
 struct EstablishArea {
-    block: [u8; iqdio_hvc::BLOCK_LEN],
+    block: [u8; BLOCK_MAX],
     input_sl: [u8; SL_LEN],
-    output_sl: [u8; SL_LEN],
+    output_sls: [[u8; SL_LEN]; MAX_OUTPUT_QUEUES],
 }
 
 static ESTABLISH: spin::Mutex<EstablishArea> = spin::Mutex::new(EstablishArea {
-    block: [0; iqdio_hvc::BLOCK_LEN],
+    block: [0; BLOCK_MAX],
     input_sl: [0; SL_LEN],
-    output_sl: [0; SL_LEN],
+    output_sls: [[0; SL_LEN]; MAX_OUTPUT_QUEUES],
 });
 
-fn driver_config() -> DriverConfig {
+/// The queue set every scenario's partitions use: 16 input buffers, two output queues
+/// (a unicast one and the multicast queue, as the hypervisor's fabric offers and
+/// Linux's qeth uses) of 8 buffers each.
+pub fn driver_config() -> DriverConfig {
     DriverConfig {
         rx_buffers: 16,
         tx_buffers: 8,
+        output_queues: 2,
         ..DriverConfig::new(0, MFS)
     }
 }
@@ -134,30 +142,54 @@ pub fn region() -> Region {
 
 /// Establishes the driver's queue set through the hypervisor: the return code.
 pub fn establish(queue: &QueueDriver) -> u64 {
-    let p = queue.params();
+    establish_params(queue.subchannel(), &queue.params())
+}
+
+/// Establishes a queue set with these parameters on `sch` through the hypervisor (an
+/// establish block naming one storage list per output queue): the return code.
+pub fn establish_params(sch: u16, p: &iqdio::QueueSetParams) -> u64 {
     let mut area = ESTABLISH.lock();
+    let area = &mut *area;
     area.input_sl = encode_sl(&p.input_sbals);
-    area.output_sl = encode_sl(&p.output_sbals);
-    let block = EstablishBlock {
-        interrupt_immediately: p.interrupt_immediately,
-        global_indicator: p.global_indicator,
-        middle_indicator: p.middle_indicator,
-        queue_indicator: p.queue_indicator,
-        input_sl: area.input_sl.as_ptr() as u64,
-        input_slsb: p.input_slsb,
-        output_sl: area.output_sl.as_ptr() as u64,
-        output_slsb: p.output_slsb,
-    };
+    let outputs = core::iter::once(&p.output_sbals).chain(p.more_outputs.iter().map(|o| &o.sbals));
+    let mut sls = [0u64; MAX_OUTPUT_QUEUES];
+    for ((sl, bytes), addr) in outputs.zip(area.output_sls.iter_mut()).zip(sls.iter_mut()) {
+        *bytes = encode_sl(sl);
+        *addr = bytes.as_ptr() as u64;
+    }
+    let block = EstablishBlock::for_params(
+        p,
+        area.input_sl.as_ptr() as u64,
+        &sls[..p.output_queues().min(MAX_OUTPUT_QUEUES)],
+    );
     area.block = block.encode();
     hvc(
         HVC_ESTABLISH,
-        u64::from(queue.subchannel()),
+        u64::from(sch),
         area.block.as_ptr() as u64,
         0,
         0,
         0,
     )
     .0
+}
+
+/// Makes subchannel `sch` a member of `group`: the return code.
+pub fn join_group(sch: u16, group: IpAddr) -> u64 {
+    let (family, hi, lo) = ip_to_registers(group);
+    hvc(HVC_JOIN_GROUP, u64::from(sch), family, hi, lo, 0).0
+}
+
+/// Ends subchannel `sch`'s membership of `group`: the return code.
+pub fn leave_group(sch: u16, group: IpAddr) -> u64 {
+    let (family, hi, lo) = ip_to_registers(group);
+    hvc(HVC_LEAVE_GROUP, u64::from(sch), family, hi, lo, 0).0
+}
+
+/// Switches subchannel `sch`'s broadcast reception (`raw` is the register: 1 on, 0
+/// off; anything else is refused): the return code.
+pub fn set_broadcast(sch: u16, raw: u64) -> u64 {
+    hvc(HVC_BROADCAST, u64::from(sch), raw, 0, 0, 0).0
 }
 
 /// Registers `ip` for subchannel `sch`: the return code.
@@ -170,14 +202,23 @@ impl Node {
     /// Lays out its queues, establishes them on subchannel 0 and registers its IPv4 and
     /// IPv6 addresses, all through the hypervisor.
     pub fn attach(core: usize, partitions: usize) -> Result<Self, &'static str> {
+        Self::attach_with(core, partitions, driver_config())
+    }
+
+    /// [`attach`](Self::attach) with a queue set laid out by `config`.
+    pub fn attach_with(
+        core: usize,
+        partitions: usize,
+        config: DriverConfig,
+    ) -> Result<Self, &'static str> {
         let mut region = region();
         let indicators = Indicators::new(&mut region).map_err(|_| "indicators")?;
-        let queue =
-            QueueDriver::new(&mut region, &indicators, driver_config()).map_err(|_| "driver")?;
+        let queue = QueueDriver::new(&mut region, &indicators, config).map_err(|_| "driver")?;
         let mut node = Self {
             core,
             partitions,
             indicators,
+            config,
             queue,
             tx_seq: [0; MAX_PARTITIONS],
             rx_seq: [0; MAX_PARTITIONS],
@@ -210,8 +251,8 @@ impl Node {
         while self.poll() > 0 {}
         let mut region = region();
         self.indicators = Indicators::new(&mut region).map_err(|_| "indicators")?;
-        self.queue = QueueDriver::new(&mut region, &self.indicators, driver_config())
-            .map_err(|_| "driver")?;
+        self.queue =
+            QueueDriver::new(&mut region, &self.indicators, self.config).map_err(|_| "driver")?;
         self.register()?;
         self.stats.reregistrations += 1;
         Ok(())
@@ -349,7 +390,7 @@ impl Node {
 }
 
 /// FNV-1a over the head (without its checksum field) and the body.
-fn checksum(frame: &[u8]) -> u32 {
+pub fn checksum(frame: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for (i, &b) in frame.iter().enumerate() {
         if (12..16).contains(&i) {
@@ -362,7 +403,7 @@ fn checksum(frame: &[u8]) -> u32 {
 }
 
 /// Writes a frame: head, then a body that depends on (src, dst, seq).
-fn build(frame: &mut [u8], src: usize, dst: usize, kind: u8, seq: u32) {
+pub fn build(frame: &mut [u8], src: usize, dst: usize, kind: u8, seq: u32) {
     let len = frame.len();
     frame[0] = src as u8;
     frame[1] = dst as u8;

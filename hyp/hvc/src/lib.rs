@@ -19,13 +19,24 @@
 //! | console write | `0xC600_0006` | guest address of the text | length, at most [`CONSOLE_MAX`] | | | | x0 return code |
 //! | exit | `0xC600_0007` | status ([`ExitStatus`]) | result 0 | result 1 | result 2 | results 3, 4 | does not return |
 //! | barrier | `0xC600_0008` | | | | | | x0 partitions still running, once all of them called it |
+//! | join group | `0xC600_0009` | subchannel | family 4 or 6 | IPv6 high 64 bits (0 for IPv4) | IPv6 low 64 bits, or the IPv4 address | | x0 return code |
+//! | leave group | `0xC600_000A` | as join | | | | | x0 return code |
+//! | broadcast | `0xC600_000B` | subchannel | 1 on, 0 off | | | | x0 return code |
 //!
 //! Return codes: 0 done; the fabric's registration codes (`0xE005` duplicate, `0xE006`
-//! table full, `0xE00E` not found, `0xF0xx`, see `iqdio::RegistrationError::code`);
+//! table full, `0xE00B` not found, `0xF0xx`, see `iqdio::RegistrationError::code`);
 //! [`RC_OUTSIDE_MEMORY`] (`0xF005`, the fabric's "outside memory") for a guest address
 //! that is not wholly inside the partition's window; [`RC_BAD_BLOCK`] and
-//! [`RC_BAD_ARGUMENT`] of this interface. Any other function id, and any SMC, stops
-//! the partition.
+//! [`RC_BAD_ARGUMENT`] of this interface (0xF1xx, outside the fabric's 0xF0xx, so a
+//! code names one cause). Any other function id, and any SMC, stops the partition.
+//!
+//! The group calls are the address calls' counterparts for multicast (Linux's
+//! SETIPM/DELIPM): join makes the queue set a member of the group (IPv4 224.0.0.0/4,
+//! IPv6 ff00::/8; another address is `0xF007`, a member already `0xE005`), leave ends
+//! it (`0xE00B` if it is none). The broadcast call switches the queue set's broadcast
+//! reception (on when on `0xE005`, off when off `0xE00B`). Each membership counts
+//! toward the partition's address quota (`0xF00D`) and takes a place in the target
+//! table (`0xE006`), as an address does.
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -33,7 +44,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use iqdio::qdio::QUEUE_BUFFERS;
-use iqdio::{Mfs, QueueSetParams};
+use iqdio::{MAX_OUTPUT_QUEUES, Mfs, QueueAddresses, QueueSetParams};
 
 /// SMCCC: fast call, 64-bit convention, owning entity 6 (vendor-specific hypervisor
 /// service), function 0 (DEN 0028 section 6.2).
@@ -55,6 +66,12 @@ pub const HVC_CONSOLE_WRITE: u64 = VENDOR_HYP_BASE | 6;
 pub const HVC_EXIT: u64 = VENDOR_HYP_BASE | 7;
 /// Wait until every running partition called it too (phases of a demo).
 pub const HVC_BARRIER: u64 = VENDOR_HYP_BASE | 8;
+/// Join a multicast group: x1 subchannel, x2 family, x3/x4 the group's address.
+pub const HVC_JOIN_GROUP: u64 = VENDOR_HYP_BASE | 9;
+/// Leave a multicast group: registers as [`HVC_JOIN_GROUP`].
+pub const HVC_LEAVE_GROUP: u64 = VENDOR_HYP_BASE | 10;
+/// Switch broadcast reception: x1 subchannel, x2 1 (on) or 0 (off).
+pub const HVC_BROADCAST: u64 = VENDOR_HYP_BASE | 11;
 
 /// The calls, decoded from x0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +92,12 @@ pub enum Call {
     Exit,
     /// [`HVC_BARRIER`].
     Barrier,
+    /// [`HVC_JOIN_GROUP`].
+    JoinGroup,
+    /// [`HVC_LEAVE_GROUP`].
+    LeaveGroup,
+    /// [`HVC_BROADCAST`].
+    Broadcast,
 }
 
 impl Call {
@@ -90,6 +113,9 @@ impl Call {
             HVC_CONSOLE_WRITE => Self::ConsoleWrite,
             HVC_EXIT => Self::Exit,
             HVC_BARRIER => Self::Barrier,
+            HVC_JOIN_GROUP => Self::JoinGroup,
+            HVC_LEAVE_GROUP => Self::LeaveGroup,
+            HVC_BROADCAST => Self::Broadcast,
             _ => return None,
         })
     }
@@ -105,6 +131,9 @@ impl Call {
             Self::ConsoleWrite => HVC_CONSOLE_WRITE,
             Self::Exit => HVC_EXIT,
             Self::Barrier => HVC_BARRIER,
+            Self::JoinGroup => HVC_JOIN_GROUP,
+            Self::LeaveGroup => HVC_LEAVE_GROUP,
+            Self::Broadcast => HVC_BROADCAST,
         }
     }
 }
@@ -115,10 +144,12 @@ pub const RC_OK: u64 = 0;
 /// not wholly inside the partition's window; the fabric's "outside memory" code.
 pub const RC_OUTSIDE_MEMORY: u64 = 0xF005;
 /// Return code: the establish block is malformed (format, queue counts, reserved bytes).
-pub const RC_BAD_BLOCK: u64 = 0xF010;
+/// Outside the fabric's own 0xF0xx codes (its 0xF010 and 0xF011 name other causes).
+pub const RC_BAD_BLOCK: u64 = 0xF101;
 /// Return code: an argument register is out of range (subchannel above 0xFFFF, family
-/// other than 4 or 6, console length above [`CONSOLE_MAX`]).
-pub const RC_BAD_ARGUMENT: u64 = 0xF011;
+/// other than 4 or 6, broadcast switch other than 0 or 1, console length above
+/// [`CONSOLE_MAX`]).
+pub const RC_BAD_ARGUMENT: u64 = 0xF102;
 
 /// Most bytes one console write may carry.
 pub const CONSOLE_MAX: usize = 256;
@@ -172,29 +203,34 @@ pub const fn ip_from_registers(family: u64, x3: u64, x4: u64) -> Option<IpAddr> 
 
 /// The establish block: the counterpart of the QDIO data region (QDR) that a real
 /// program hands the channel subsystem with Establish-QDIO-Queues. Like Linux's
-/// `struct qdr` (`arch/s390/include/asm/qdio.h`) it carries a format, the queue counts and one queue descriptor per
-/// queue (as `struct qdesfmt0`: storage list address, SLSB address), and adds the three
-/// completion-vector bytes iqdio signals through. All fields are big-endian, as the
-/// QDIO formats are; reserved bytes must be zero.
+/// `struct qdr` (`arch/s390/include/asm/qdio.h`) it carries a format, the queue counts
+/// and one queue descriptor per queue (as `struct qdesfmt0`: storage list address,
+/// SLSB address), and adds the three completion-vector bytes iqdio signals through.
+/// All fields are big-endian, as the QDIO formats are; reserved bytes must be zero.
 ///
 /// ```text
 /// offset size  field
 /// 0x00   1     format: 0
 /// 0x01   1     flags: 0x01 interrupt immediately (the override), other bits zero
 /// 0x02   1     input queues: 1
-/// 0x03   1     output queues: 1
+/// 0x03   1     output queues: n, 1 to 4 (at most the hypervisor fabric's, else 0xF012)
 /// 0x04   4     reserved
 /// 0x08   8     global summary byte address
 /// 0x10   8     middle indicator byte address
 /// 0x18   8     queue indicator byte address
 /// 0x20   32    input queue descriptor:  0x20 reserved 8, 0x28 storage list address 8,
 ///                                       0x30 SLSB address 8, 0x38 reserved 8
-/// 0x40   32    output queue descriptor: same layout from 0x40
-/// 0x60         end (96 bytes)
+/// 0x40   32    output queue 0 descriptor: same layout from 0x40
+/// ...          output queue k's at 0x40 + 32 k
+/// 0x40 + 32 n  end (96 bytes with one output queue, 192 with four)
 /// ```
 ///
-/// A storage list is 128 big-endian 8-byte SBAL addresses (1 KiB, as Linux's
-/// `struct sl` in `asm/qdio.h`), buffer 0 first. The hypervisor reads the block and both storage lists
+/// With two output queues or more the highest-numbered is the multicast queue (as the
+/// fabric's `QueueSetParams` say). A storage list is 128 big-endian 8-byte SBAL
+/// addresses (1 KiB, as Linux's `struct sl` in `asm/qdio.h`), buffer 0 first. The
+/// hypervisor reads the block's first [`BLOCK_HEAD`] bytes for the count, then the
+/// whole block of [`block_len`] bytes once more and decodes that one copy (a count
+/// changed in between no longer matches the length: malformed), then each storage list
 /// once, through the fabric's window check, and hands the fabric only its copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EstablishBlock {
@@ -206,96 +242,201 @@ pub struct EstablishBlock {
     pub middle_indicator: u64,
     /// The queue indicator byte.
     pub queue_indicator: u64,
-    /// The input queue's storage list (128 SBAL addresses).
-    pub input_sl: u64,
-    /// The input SLSB.
-    pub input_slsb: u64,
-    /// The output queue's storage list.
-    pub output_sl: u64,
-    /// The output SLSB.
-    pub output_slsb: u64,
+    /// The input queue's storage list (128 SBAL addresses) and SLSB.
+    pub input: QueueDescriptor,
+    /// Output queues 0 to `output_queues - 1`; the rest are not part of the block
+    /// (zero).
+    pub outputs: [QueueDescriptor; MAX_OUTPUT_QUEUES],
+    /// Output queues: 1 to 4.
+    pub output_queues: u8,
 }
 
-/// Bytes of an [`EstablishBlock`].
-pub const BLOCK_LEN: usize = 0x60;
+/// One queue descriptor of an [`EstablishBlock`]: where its storage list and its SLSB
+/// are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDescriptor {
+    /// The storage list: 128 SBAL addresses.
+    pub sl: u64,
+    /// The SLSB.
+    pub slsb: u64,
+}
+
+/// Bytes of an [`EstablishBlock`] with one output queue.
+pub const BLOCK_LEN: usize = block_len(1);
+/// Most bytes of an [`EstablishBlock`] (four output queues).
+pub const BLOCK_MAX: usize = block_len(MAX_OUTPUT_QUEUES as u8);
+/// Bytes before the output descriptors: the part that says how many there are.
+pub const BLOCK_HEAD: usize = OUTPUT_DESCRIPTOR;
 /// Bytes of a storage list.
 pub const SL_LEN: usize = 8 * QUEUE_BUFFERS;
+
+/// Bytes of an establish block with `output_queues` output queues.
+pub const fn block_len(output_queues: u8) -> usize {
+    OUTPUT_DESCRIPTOR + DESCRIPTOR_LEN * output_queues as usize
+}
 
 const FLAG_INTERRUPT_IMMEDIATELY: u8 = 0x01;
 const INPUT_DESCRIPTOR: usize = 0x20;
 const OUTPUT_DESCRIPTOR: usize = 0x40;
+const DESCRIPTOR_LEN: usize = 0x20;
 
 fn be64(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
+    if let Some(src) = b.get(at..at + 8) {
+        w.copy_from_slice(src);
+    }
     u64::from_be_bytes(w)
 }
 
 fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    if let Some(dst) = b.get_mut(at..at + 8) {
+        dst.copy_from_slice(&v.to_be_bytes());
+    }
 }
 
 impl EstablishBlock {
-    /// The block's bytes.
-    pub fn encode(&self) -> [u8; BLOCK_LEN] {
-        let mut b = [0u8; BLOCK_LEN];
+    /// The output queue count of a block whose first [`BLOCK_HEAD`] bytes are `head`,
+    /// when it is one the block format allows (1 to 4): how many bytes to read.
+    pub fn output_queues_of(head: &[u8]) -> Option<u8> {
+        head.get(3)
+            .copied()
+            .filter(|n| (1..=MAX_OUTPUT_QUEUES as u8).contains(n))
+    }
+
+    /// Bytes of this block ([`block_len`] of its output queue count).
+    pub const fn byte_len(&self) -> usize {
+        block_len(self.output_queues)
+    }
+
+    /// The block's bytes: the first [`byte_len`](Self::byte_len) of the array (the rest
+    /// zero).
+    pub fn encode(&self) -> [u8; BLOCK_MAX] {
+        let mut b = [0u8; BLOCK_MAX];
         b[1] = if self.interrupt_immediately {
             FLAG_INTERRUPT_IMMEDIATELY
         } else {
             0
         };
         b[2] = 1;
-        b[3] = 1;
+        b[3] = self.output_queues;
         put64(&mut b, 0x08, self.global_indicator);
         put64(&mut b, 0x10, self.middle_indicator);
         put64(&mut b, 0x18, self.queue_indicator);
-        put64(&mut b, INPUT_DESCRIPTOR + 0x08, self.input_sl);
-        put64(&mut b, INPUT_DESCRIPTOR + 0x10, self.input_slsb);
-        put64(&mut b, OUTPUT_DESCRIPTOR + 0x08, self.output_sl);
-        put64(&mut b, OUTPUT_DESCRIPTOR + 0x10, self.output_slsb);
+        let descriptors = core::iter::once((INPUT_DESCRIPTOR, &self.input)).chain(
+            self.outputs
+                .iter()
+                .take(usize::from(self.output_queues))
+                .enumerate()
+                .map(|(k, d)| (OUTPUT_DESCRIPTOR + DESCRIPTOR_LEN * k, d)),
+        );
+        for (at, d) in descriptors {
+            put64(&mut b, at + 0x08, d.sl);
+            put64(&mut b, at + 0x10, d.slsb);
+        }
         b
     }
 
-    /// Decodes a block, or `None` if it is malformed (format other than 0, queue counts
-    /// other than 1, unknown flags, non-zero reserved bytes).
-    pub fn decode(b: &[u8; BLOCK_LEN]) -> Option<Self> {
-        let reserved_zero = b[4..8].iter().all(|&x| x == 0)
-            && [INPUT_DESCRIPTOR, OUTPUT_DESCRIPTOR]
-                .iter()
-                .all(|&d| be64(b, d) == 0 && be64(b, d + 0x18) == 0);
-        if b[0] != 0 || b[1] & !FLAG_INTERRUPT_IMMEDIATELY != 0 || b[2] != 1 || b[3] != 1 {
+    /// Decodes a block of exactly its own length, or `None` if it is malformed:
+    /// format other than 0, unknown flags, an input queue count other than 1, an output
+    /// queue count outside 1 to 4 or other than the bytes given say, non-zero reserved
+    /// bytes.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let outputs = Self::output_queues_of(b)?;
+        if b.len() != block_len(outputs)
+            || b[0] != 0
+            || b[1] & !FLAG_INTERRUPT_IMMEDIATELY != 0
+            || b[2] != 1
+            || b[4..8].iter().any(|&x| x != 0)
+        {
             return None;
         }
-        if !reserved_zero {
-            return None;
+        let starts = core::iter::once(INPUT_DESCRIPTOR)
+            .chain((0..usize::from(outputs)).map(|k| OUTPUT_DESCRIPTOR + DESCRIPTOR_LEN * k));
+        let mut descriptors = [QueueDescriptor::default(); 1 + MAX_OUTPUT_QUEUES];
+        for (d, at) in descriptors.iter_mut().zip(starts) {
+            if be64(b, at) != 0 || be64(b, at + 0x18) != 0 {
+                return None;
+            }
+            *d = QueueDescriptor {
+                sl: be64(b, at + 0x08),
+                slsb: be64(b, at + 0x10),
+            };
         }
+        let [input, outs @ ..] = descriptors;
         Some(Self {
             interrupt_immediately: b[1] & FLAG_INTERRUPT_IMMEDIATELY != 0,
             global_indicator: be64(b, 0x08),
             middle_indicator: be64(b, 0x10),
             queue_indicator: be64(b, 0x18),
-            input_sl: be64(b, INPUT_DESCRIPTOR + 0x08),
-            input_slsb: be64(b, INPUT_DESCRIPTOR + 0x10),
-            output_sl: be64(b, OUTPUT_DESCRIPTOR + 0x08),
-            output_slsb: be64(b, OUTPUT_DESCRIPTOR + 0x10),
+            input,
+            outputs: outs,
+            output_queues: outputs,
         })
     }
 
-    /// The fabric's parameters from this block and the two storage lists read at
-    /// `input_sl` and `output_sl`. The interrupt cookie is 0: it is not the
-    /// partition's to give; the hypervisor sets its own before it establishes.
-    pub fn params(&self, input_sl: &[u8; SL_LEN], output_sl: &[u8; SL_LEN]) -> QueueSetParams {
-        QueueSetParams {
-            output_sbals: decode_sl(output_sl),
+    /// The fabric's parameters from this block and its storage lists, read at the
+    /// descriptors' addresses: the input queue's, then output queue `k`'s from
+    /// `output_sl(k)` (`None` stops: a list that could not be read). The interrupt
+    /// cookie is 0: it is not the partition's to give; the hypervisor sets its own
+    /// before it establishes.
+    pub fn params(
+        &self,
+        input_sl: &[u8; SL_LEN],
+        mut output_sl: impl FnMut(usize, &mut [u8; SL_LEN]) -> Option<()>,
+    ) -> Option<QueueSetParams> {
+        let mut p = QueueSetParams {
             input_sbals: decode_sl(input_sl),
-            output_slsb: self.output_slsb,
-            input_slsb: self.input_slsb,
+            input_slsb: self.input.slsb,
             queue_indicator: self.queue_indicator,
             middle_indicator: self.middle_indicator,
             global_indicator: self.global_indicator,
             interrupt_immediately: self.interrupt_immediately,
             interrupt_cookie: 0,
             ..Default::default()
+        };
+        let mut sl = [0u8; SL_LEN];
+        for (k, d) in self
+            .outputs
+            .iter()
+            .take(usize::from(self.output_queues))
+            .enumerate()
+        {
+            output_sl(k, &mut sl)?;
+            if k == 0 {
+                p.output_sbals = decode_sl(&sl);
+                p.output_slsb = d.slsb;
+            } else {
+                // At most three after queue 0 (`output_queues` is at most 4).
+                p.more_outputs
+                    .push(QueueAddresses {
+                        sbals: decode_sl(&sl),
+                        slsb: d.slsb,
+                    })
+                    .ok()?;
+            }
+        }
+        Some(p)
+    }
+
+    /// The block for a queue set's parameters, with its storage lists at the given
+    /// addresses (the input queue's, then each output queue's).
+    pub fn for_params(p: &QueueSetParams, input_sl: u64, output_sls: &[u64]) -> Self {
+        let mut outputs = [QueueDescriptor::default(); MAX_OUTPUT_QUEUES];
+        let slsbs = core::iter::once(p.output_slsb).chain(p.more_outputs.iter().map(|o| o.slsb));
+        for ((d, slsb), &sl) in outputs.iter_mut().zip(slsbs).zip(output_sls) {
+            *d = QueueDescriptor { sl, slsb };
+        }
+        Self {
+            interrupt_immediately: p.interrupt_immediately,
+            global_indicator: p.global_indicator,
+            middle_indicator: p.middle_indicator,
+            queue_indicator: p.queue_indicator,
+            input: QueueDescriptor {
+                sl: input_sl,
+                slsb: p.input_slsb,
+            },
+            outputs,
+            output_queues: p.output_queues().min(output_sls.len()) as u8,
         }
     }
 }
@@ -358,21 +499,44 @@ mod tests {
     }
 
     fn block() -> EstablishBlock {
+        let mut outputs = [QueueDescriptor::default(); MAX_OUTPUT_QUEUES];
+        outputs[0] = QueueDescriptor {
+            sl: 0x8000_2400,
+            slsb: 0x8000_3080,
+        };
         EstablishBlock {
             interrupt_immediately: true,
             global_indicator: 0x8000_1000,
             middle_indicator: 0x8000_1001,
             queue_indicator: 0x8000_1002,
-            input_sl: 0x8000_2000,
-            input_slsb: 0x8000_3000,
-            output_sl: 0x8000_2400,
-            output_slsb: 0x8000_3080,
+            input: QueueDescriptor {
+                sl: 0x8000_2000,
+                slsb: 0x8000_3000,
+            },
+            outputs,
+            output_queues: 1,
         }
+    }
+
+    /// A block with `n` output queues: queue k's list at 0x8000_2400 + 0x400 k, its
+    /// SLSB at 0x8000_3080 + 0x80 k.
+    fn block_of(n: u8) -> EstablishBlock {
+        let mut b = block();
+        for k in 0..usize::from(n) {
+            b.outputs[k] = QueueDescriptor {
+                sl: 0x8000_2400 + 0x400 * k as u64,
+                slsb: 0x8000_3080 + 0x80 * k as u64,
+            };
+        }
+        b.output_queues = n;
+        b
     }
 
     #[test]
     fn block_is_byte_exact_big_endian() {
-        let b = block().encode();
+        let raw = block().encode();
+        let b = &raw[..BLOCK_LEN];
+        assert_eq!(BLOCK_LEN, 0x60);
         assert_eq!(&b[0..4], &[0, 1, 1, 1]);
         assert_eq!(&b[0x08..0x10], &[0, 0, 0, 0, 0x80, 0, 0x10, 0]);
         assert_eq!(&b[0x18..0x20], &[0, 0, 0, 0, 0x80, 0, 0x10, 2]);
@@ -380,44 +544,136 @@ mod tests {
         assert_eq!(&b[0x30..0x38], &[0, 0, 0, 0, 0x80, 0, 0x30, 0]);
         assert_eq!(&b[0x48..0x50], &[0, 0, 0, 0, 0x80, 0, 0x24, 0]);
         assert_eq!(&b[0x50..0x58], &[0, 0, 0, 0, 0x80, 0, 0x30, 0x80]);
-        assert_eq!(EstablishBlock::decode(&b), Some(block()));
+        assert!(raw[BLOCK_LEN..].iter().all(|&x| x == 0));
+        assert_eq!(EstablishBlock::decode(b), Some(block()));
     }
 
     #[test]
-    fn malformed_blocks_are_refused() {
-        let good = block().encode();
-        for (at, value) in [
-            (0, 1),
-            (1, 0x02),
-            (2, 2),
-            (3, 0),
-            (5, 1),
-            (0x20, 1),
-            (0x5f, 1),
-        ] {
-            let mut b = good;
-            b[at] = value;
+    fn the_block_grows_by_one_descriptor_per_output_queue() {
+        for n in 1..=4u8 {
+            let want = block_of(n);
+            let raw = want.encode();
+            let len = want.byte_len();
+            assert_eq!(len, 0x40 + 0x20 * usize::from(n));
+            assert_eq!(raw[3], n);
             assert_eq!(
-                EstablishBlock::decode(&b),
-                None,
-                "byte {at:#x} = {value:#x}"
+                EstablishBlock::output_queues_of(&raw[..BLOCK_HEAD]),
+                Some(n)
             );
+            let last = 0x40 + 0x20 * (usize::from(n) - 1);
+            assert_eq!(
+                u64::from_be_bytes(raw[last + 8..last + 16].try_into().unwrap()),
+                0x8000_2400 + 0x400 * (u64::from(n) - 1)
+            );
+            assert_eq!(EstablishBlock::decode(&raw[..len]), Some(want));
+            // The length must be the count's: one descriptor more or less is malformed.
+            assert_eq!(EstablishBlock::decode(&raw[..len - 0x20]), None);
+            if n < 4 {
+                assert_eq!(EstablishBlock::decode(&raw[..len + 0x20]), None);
+            }
+        }
+        assert_eq!(BLOCK_MAX, 0xC0);
+        let mut raw = block().encode();
+        for bad in [0, 5, 0xff] {
+            raw[3] = bad;
+            assert_eq!(EstablishBlock::output_queues_of(&raw), None);
         }
     }
 
     #[test]
+    fn malformed_blocks_are_refused() {
+        let good = block_of(2).encode();
+        let len = block_of(2).byte_len();
+        for (at, value) in [
+            (0, 1),
+            (1, 0x02),
+            (2, 2),
+            (2, 0),
+            (3, 0),
+            (3, 1),
+            (3, 3),
+            (5, 1),
+            (0x20, 1),
+            (0x3f, 1),
+            (0x40, 1),
+            (0x5f, 1),
+            (0x60, 1),
+            (0x7f, 1),
+        ] {
+            let mut b = good;
+            b[at] = value;
+            assert_eq!(
+                EstablishBlock::decode(&b[..len]),
+                None,
+                "byte {at:#x} = {value:#x}"
+            );
+        }
+        assert_eq!(EstablishBlock::decode(&good[..len]), Some(block_of(2)));
+        assert_eq!(EstablishBlock::decode(&[]), None);
+    }
+
+    #[test]
     fn storage_lists_round_trip_into_the_fabric_parameters() {
-        let out: [u64; QUEUE_BUFFERS] = core::array::from_fn(|i| 0x9000_0000 + 256 * i as u64);
-        let inp: [u64; QUEUE_BUFFERS] = core::array::from_fn(|i| 0xA000_0000 + 256 * i as u64);
-        let (out_b, in_b) = (encode_sl(&out), encode_sl(&inp));
-        assert_eq!(&out_b[8..16], &[0, 0, 0, 0, 0x90, 0, 1, 0]);
-        let p = block().params(&in_b, &out_b);
-        assert_eq!(p.output_sbals, out);
+        let sbals =
+            |base: u64| -> [u64; QUEUE_BUFFERS] { core::array::from_fn(|i| base + 256 * i as u64) };
+        let inp = sbals(0xA000_0000);
+        let outs = [sbals(0x9000_0000), sbals(0x9100_0000), sbals(0x9200_0000)];
+        let in_b = encode_sl(&inp);
+        assert_eq!(&encode_sl(&outs[0])[8..16], &[0, 0, 0, 0, 0x90, 0, 1, 0]);
+        let mut asked = [usize::MAX; 4];
+        let mut calls = 0;
+        let p = block_of(3)
+            .params(&in_b, |k, sl| {
+                asked[calls] = k;
+                calls += 1;
+                *sl = encode_sl(&outs[k]);
+                Some(())
+            })
+            .unwrap();
+        assert_eq!(asked[..calls], [0, 1, 2]);
+        assert_eq!(p.output_sbals, outs[0]);
         assert_eq!(p.input_sbals, inp);
         assert_eq!(p.output_slsb, 0x8000_3080);
+        assert_eq!(p.output_queues(), 3);
+        assert_eq!(p.more_outputs[0].sbals, outs[1]);
+        assert_eq!(p.more_outputs[1].slsb, 0x8000_3180);
         assert_eq!(p.input_slsb, 0x8000_3000);
         assert_eq!(p.global_indicator, 0x8000_1000);
         assert!(p.interrupt_immediately);
+        // A list that cannot be read stops it.
+        assert_eq!(
+            block_of(2).params(&in_b, |k, _| (k == 0).then_some(())),
+            None
+        );
+        // And back: the block for these parameters names the same queues.
+        let back =
+            EstablishBlock::for_params(&p, 0x8000_2000, &[0x8000_2400, 0x8000_2800, 0x8000_2c00]);
+        assert_eq!(back, block_of(3));
+    }
+
+    #[test]
+    fn multicast_copies_follow_the_memberships() {
+        use multicast::*;
+        // 4 partitions by the rules: group 0 {0, 2}, group 1 {1, 2}, group 2 all,
+        // broadcast {0, 1, 2}.
+        let bits: [u32; 4] = core::array::from_fn(|p| memberships(p, 4));
+        assert_eq!(bits, [0b1101, 0b1110, 0b1111, 0b0100]);
+        // Partition 3 sends to groups 0, 1, 2 in rounds 0, 1, 2 (group_of(3, r)), a
+        // broadcast each round, unicast to 0, 1, 2.
+        assert_eq!(copies_from(3, 0, 4, 3, &bits), 2 + 3 + 1);
+        assert_eq!(copies_from(3, 2, 4, 3, &bits), 3 + 3 + 1);
+        // The last partition has broadcast off and only group 2.
+        assert_eq!(copies_from(0, 3, 4, 3, &bits), 2, "group 2 and one unicast");
+        assert_eq!(copies_from(1, 1, 4, 3, &bits), 0, "no copy to the sender");
+        // Over all pairs: group frames times their other members, broadcasts times the
+        // other members of the domain, one per unicast frame.
+        let total: u64 = (0..4)
+            .flat_map(|s| (0..4).map(move |m| (s, m)))
+            .map(|(s, m)| copies_from(s, m, 4, 30, &bits))
+            .sum();
+        assert_eq!(total, 630);
+        assert_eq!(phases(450), 50);
+        assert_eq!(phases(0), 1);
     }
 
     #[test]
@@ -446,6 +702,9 @@ mod tests {
             Call::ConsoleWrite,
             Call::Exit,
             Call::Barrier,
+            Call::JoinGroup,
+            Call::LeaveGroup,
+            Call::Broadcast,
         ] {
             assert_eq!(call.id() >> 24, 0xC6, "{call:?}");
             assert_eq!(Call::from_id(call.id()), Some(call));
@@ -520,6 +779,99 @@ pub mod hostile {
     pub const STOP_ATTEMPTS: u64 = 9;
 }
 
+/// What the multicast scenario's two sides agree on (`cargo xtask run --scenario
+/// multicast`): the groups, who joins which, and who sends what in which round. The
+/// partitions join and send by these rules; the hypervisor computes the copies to
+/// expect from the memberships the fabric held when each partition exited, and the
+/// sends the rules say were made.
+pub mod multicast {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    /// The groups: two IPv4 (administratively scoped, 239/8) and one IPv6
+    /// (site-local scope, ff15::/16).
+    pub const GROUPS: [IpAddr; 3] = [
+        IpAddr::V4(Ipv4Addr::new(239, 1, 1, 1)),
+        IpAddr::V6(Ipv6Addr::new(0xff15, 0, 0, 0, 0, 0, 0, 0x101)),
+        IpAddr::V4(Ipv4Addr::new(239, 1, 1, 2)),
+    ];
+    /// A group every partition joins and leaves again before any traffic (the leave
+    /// call's exercise): nobody is its member while frames flow.
+    pub const SPARE: IpAddr = IpAddr::V6(Ipv6Addr::new(0xff15, 0, 0, 0, 0, 0, 0, 0x1ff));
+    /// The membership bit of the broadcast domain (bit g is group g).
+    pub const BROADCAST_BIT: u32 = 1 << GROUPS.len();
+    /// Rounds between two barriers: in each a partition sends one frame to a group,
+    /// one broadcast and one unicast, so a partition receives at most 3 (n - 1) frames
+    /// a round; with 3 rounds and 8 partitions 63, within its 64 armed input buffers,
+    /// and it takes them all before the next phase: receivers keep up by construction.
+    pub const ROUNDS_PER_PHASE: u32 = 3;
+    /// Frames of one round: group, broadcast, unicast.
+    pub const FRAMES_PER_ROUND: u32 = 3;
+
+    /// Whether partition `p` joins group `g`: group 0 the even partitions, group 1
+    /// those not divisible by 3, group 2 all of them.
+    pub const fn joins(p: usize, g: usize) -> bool {
+        match g {
+            0 => p.is_multiple_of(2),
+            1 => !p.is_multiple_of(3),
+            _ => true,
+        }
+    }
+
+    /// Whether partition `p` of `n` switches broadcast on: all but the last.
+    pub const fn broadcast(p: usize, n: usize) -> bool {
+        p + 1 != n
+    }
+
+    /// The membership bits partition `p` of `n` sets by the rules.
+    pub const fn memberships(p: usize, n: usize) -> u32 {
+        let mut bits = 0;
+        let mut g = 0;
+        while g < GROUPS.len() {
+            if joins(p, g) {
+                bits |= 1 << g;
+            }
+            g += 1;
+        }
+        if broadcast(p, n) {
+            bits |= BROADCAST_BIT;
+        }
+        bits
+    }
+
+    /// The group partition `p` sends to in round `r`.
+    pub const fn group_of(p: usize, r: u32) -> usize {
+        (p + r as usize) % GROUPS.len()
+    }
+
+    /// The partition `p` of `n` sends its unicast frame to in round `r`.
+    pub const fn unicast_to(p: usize, n: usize, r: u32) -> usize {
+        (p + 1 + r as usize % (n - 1)) % n
+    }
+
+    /// Phases of a run with `frames` frames per partition (`IQDIO_FRAMES`): at least
+    /// one.
+    pub const fn phases(frames: u32) -> u32 {
+        let p = frames / (ROUNDS_PER_PHASE * FRAMES_PER_ROUND);
+        if p == 0 { 1 } else { p }
+    }
+
+    /// Copies partition `me` of `n` receives from partition `src` over `rounds`
+    /// rounds, given each partition's membership bits.
+    pub fn copies_from(src: usize, me: usize, n: usize, rounds: u32, bits: &[u32]) -> u64 {
+        if src == me {
+            return 0;
+        }
+        let mine = bits.get(me).copied().unwrap_or(0);
+        let mut copies = 0;
+        for r in 0..rounds {
+            copies += u64::from(mine & (1 << group_of(src, r)) != 0);
+            copies += u64::from(mine & BROADCAST_BIT != 0);
+            copies += u64::from(unicast_to(src, n, r) == me);
+        }
+        copies
+    }
+}
+
 /// The scenarios of the partition program (x2 at its entry), as the hypervisor images
 /// start them; x3 is the scenario's argument.
 pub mod scenario {
@@ -530,6 +882,10 @@ pub mod scenario {
     /// The hostile partition (the others run [`PARTITIONS`]): x3 = 0 for the refusal
     /// attempts, k > 0 for stop attempt k.
     pub const HOSTILE: u64 = 2;
+    /// Multicast and broadcast: partitions join groups and a broadcast domain, and
+    /// each sends to a group, to the broadcast address and unicast
+    /// ([`multicast`](crate::multicast)).
+    pub const MULTICAST: u64 = 3;
     /// Self-test probe: HVC round trips keep the registers.
     pub const PROBE_TRAP: u64 = 16;
     /// Self-test probe: sleep in WFI until a frame arrives.

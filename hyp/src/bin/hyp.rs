@@ -9,6 +9,9 @@
 //! The run ends with the partitions' results summed:
 //! `partitions P, frames sent S, delivered D, lost L, corrupted C` (or, for
 //! `IQDIO_SCENARIO=tcp`, `tcp: connections C, bytes moved B, failed F`; for
+//! `IQDIO_SCENARIO=multicast`, `multicast: groups G, frames sent S, copies delivered C,
+//! expected E, lost L, corrupted X`, E computed from the memberships the fabric held;
+//! for
 //! `IQDIO_SCENARIO=linux`, Linux guests on the last cores ([`iqdio_hyp::vm::linux`]) and
 //! `linux: guests G, booted B, kernel K, powered off O; partitions P, frames sent S, ...`).
 #![cfg_attr(target_os = "none", no_std)]
@@ -28,7 +31,7 @@ mod image {
 
     /// The scenario the partitions play (x2 at their entry; see the partition program).
     const SCENARIO: Option<&str> = option_env!("IQDIO_SCENARIO");
-    use iqdio_hvc::scenario::{HOSTILE, PARTITIONS, TCP};
+    use iqdio_hvc::scenario::{HOSTILE, MULTICAST, PARTITIONS, TCP};
     /// Time limit of a whole run.
     const LIMIT_NS: u64 = 400_000_000_000;
     /// Sends counted for the direct-call figure (as the partition counts through HVC).
@@ -82,6 +85,7 @@ mod image {
             Some("linux") => Some(PARTITIONS),
             Some("tcp") => Some(TCP),
             Some("hostile") => Some(HOSTILE),
+            Some("multicast") => Some(MULTICAST),
             Some(_) => None,
         }
     }
@@ -219,6 +223,85 @@ mod image {
         }
     }
 
+    /// The multicast scenario's figures and its last line; true when every copy the
+    /// memberships call for arrived intact, and the fabric's own counters agree.
+    ///
+    /// The copies to expect come from the memberships the fabric held for each
+    /// partition when it exited (`vm::EXITS`), and the sends the scenario's rules say
+    /// each partition made (it reports them too, and must have made them all): each
+    /// group frame counts once per member but its sender, each broadcast once per
+    /// queue set with broadcast on but its sender, each unicast frame once.
+    fn multicast_summary(players: usize, results: &[[u64; 5]; MAX_CORES]) -> bool {
+        use iqdio_hvc::multicast::ROUNDS_PER_PHASE;
+        use iqdio_hvc::multicast::{FRAMES_PER_ROUND, GROUPS, copies_from, phases};
+        let frames = vm::parse(option_env!("IQDIO_FRAMES"), 2000);
+        let rounds = phases(frames) * ROUNDS_PER_PHASE;
+        let mut bits = [0u32; MAX_CORES];
+        let (mut fabric_copies, mut skipped, mut missed, mut recorded) = (0u64, 0u64, 0u64, 0);
+        for (core, b) in bits.iter_mut().enumerate().take(players) {
+            let Some(r) = *vm::EXITS[core].lock() else {
+                continue;
+            };
+            recorded += 1;
+            *b = r.memberships;
+            if let Some(c) = r.counters {
+                fabric_copies += c.group_copies;
+                skipped += c.group_skipped;
+                missed += c.group_missed;
+            }
+        }
+        let groups = (0..GROUPS.len())
+            .filter(|g| bits.iter().take(players).any(|b| b & (1 << g) != 0))
+            .count();
+        let mut expected = 0;
+        for me in 0..players {
+            for src in 0..players {
+                expected += copies_from(src, me, players, rounds, &bits[..players]);
+            }
+        }
+        let (mut sent, mut delivered, mut corrupted, mut duplicated, mut by_rules) =
+            (0, 0, 0, 0, 0);
+        for r in results.iter().take(players) {
+            sent += r[0];
+            delivered += r[1];
+            corrupted += r[2];
+            duplicated += r[3];
+            by_rules += r[4];
+        }
+        let unicast = u64::from(rounds) * players as u64;
+        defmt::println!(
+            "multicast: {} partitions recorded, {} rounds; fabric: group copies {}, members skipped {}, copies missed {}; unicast frames {}; copies the partitions expected by the rules {}, duplicated {}",
+            recorded,
+            rounds,
+            fabric_copies,
+            skipped,
+            missed,
+            unicast,
+            by_rules,
+            duplicated
+        );
+        let lost = expected.saturating_sub(delivered);
+        defmt::println!(
+            "multicast: groups {}, frames sent {}, copies delivered {}, expected {}, lost {}, corrupted {}",
+            groups,
+            sent,
+            delivered,
+            expected,
+            lost,
+            corrupted
+        );
+        recorded == players
+            && sent == u64::from(rounds * FRAMES_PER_ROUND) * players as u64
+            && expected > 0
+            && delivered == expected
+            && by_rules == expected
+            && fabric_copies + unicast == expected
+            && skipped == 0
+            && missed == 0
+            && corrupted == 0
+            && duplicated == 0
+    }
+
     /// The Linux scenario's figures and its last line; true when every guest booted and
     /// powered off.
     fn linux_summary(players: usize, [sent, delivered, lost, corrupted]: [u64; 4]) -> bool {
@@ -285,7 +368,7 @@ mod image {
         let n = board::cores();
         let Some(code) = scenario() else {
             defmt::error!(
-                "unknown scenario {=str}: use partitions, tcp or hostile",
+                "unknown scenario {=str}: use partitions, tcp, multicast or hostile",
                 SCENARIO.unwrap_or("")
             );
             board::exit(ExitCode::Failure)
@@ -331,6 +414,7 @@ mod image {
         }
         let mut ok = true;
         let mut totals = [0u64; 5];
+        let mut results_of = [[0u64; 5]; MAX_CORES];
         let mut server = [0u64; 5];
         let players = if code == HOSTILE {
             n - 1
@@ -352,6 +436,7 @@ mod image {
                     for (t, r) in totals.iter_mut().zip(results) {
                         *t += r;
                     }
+                    results_of[core] = results;
                     if core == 0 {
                         server = results;
                     }
@@ -374,7 +459,9 @@ mod image {
                 }
             }
         }
-        if code == TCP {
+        if code == MULTICAST {
+            ok &= multicast_summary(players, &results_of);
+        } else if code == TCP {
             let [connections, bytes, failed, ..] = server;
             defmt::println!(
                 "tcp: connections {}, bytes moved {}, failed {}",

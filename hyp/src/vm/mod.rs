@@ -31,12 +31,13 @@ pub mod trap;
 pub mod vgic;
 
 use core::cell::UnsafeCell;
+use core::net::IpAddr;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use iqdio::{
-    CallContext, Fabric, FabricConfig, InterruptDelivery, InterruptTarget, LparId, Platform,
-    Window, Windows,
+    BROADCAST_GROUP, CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptDelivery,
+    InterruptTarget, LparId, Platform, Window, Windows,
 };
 
 use crate::board::{self, MAX_CORES, VcpuRegs};
@@ -49,12 +50,14 @@ pub const GUEST_BASE: u64 = 0x8000_0000;
 pub const GUEST_WINDOW: usize = board::WINDOW_SIZE;
 
 /// The fabric type of the hypervisor, sized for what it runs: a partition per core
-/// ([`MAX_CORES`], 8), each with one queue set, two addresses (IPv4 and IPv6) and
-/// one window; 32 target-table slots keep the table at most half full; two output
-/// queues per set (one unicast, one multicast). About 30 KiB, all-zero at build
-/// time, so the static below lands in `.bss` (`cargo xtask test` checks that in the
-/// image).
-pub type HypFabric = Fabric<HypPlatform, 8, 32, MAX_CORES, 1, Windows<1>, 2>;
+/// ([`MAX_CORES`], 8), each with one queue set, two addresses (IPv4 and IPv6), up to
+/// four memberships (the multicast scenario's three groups and the broadcast domain)
+/// and one window; 64 target-table slots keep the table at most three quarters full
+/// (48 entries); two output queues per set (one unicast, one multicast, as Linux's
+/// qeth has at least). About 31 KiB, all-zero at build time, so the static below lands
+/// in `.bss` (`cargo xtask test` checks that in the image, and that it is at most
+/// 32 KiB).
+pub type HypFabric = Fabric<HypPlatform, 8, 64, MAX_CORES, 1, Windows<1>, 2>;
 
 pub use iqdio_hvc::{MFS, parse_option as parse};
 
@@ -204,6 +207,65 @@ pub fn running_lpar(core: usize) -> Option<LparId> {
     (lpar != NONE).then_some(lpar)
 }
 
+/// What the fabric held for a partition's queue set 0 when the partition exited: its
+/// final counters and its memberships (bit g: group g of
+/// [`iqdio_hvc::multicast::GROUPS`], [`iqdio_hvc::multicast::BROADCAST_BIT`]: the
+/// broadcast domain), as the fabric granted them to its join, leave and broadcast
+/// calls. Read by the hypervisor's summaries after the run (the partition has left the
+/// fabric by then).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitRecord {
+    /// The counters, if the queue set was established.
+    pub counters: Option<CounterSnapshot>,
+    /// The membership bits.
+    pub memberships: u32,
+}
+
+/// Each core's partition's [`ExitRecord`], written by its exit call.
+pub static EXITS: [spin::Mutex<Option<ExitRecord>>; MAX_CORES] =
+    [const { spin::Mutex::new(None) }; MAX_CORES];
+
+/// Each core's partition's memberships of the multicast scenario's groups and of the
+/// broadcast domain (bits as [`ExitRecord::memberships`]), as the fabric granted them.
+static MEMBERSHIPS: [AtomicU32; MAX_CORES] = [const { AtomicU32::new(0) }; MAX_CORES];
+
+/// The fabric granted (`on`) or ended a membership of `group` (a multicast address, or
+/// [`BROADCAST_GROUP`]) to the partition on `core`'s subchannel `sch` (trap handler,
+/// after the fabric's answer). Only subchannel 0 and the scenario's groups are noted.
+pub(crate) fn note_membership(core: usize, sch: u16, group: IpAddr, on: bool) {
+    use iqdio_hvc::multicast::{BROADCAST_BIT, GROUPS};
+    let bit = if group == BROADCAST_GROUP {
+        BROADCAST_BIT
+    } else {
+        match GROUPS.iter().position(|g| *g == group) {
+            Some(i) => 1 << i,
+            None => return,
+        }
+    };
+    if let (0, Some(m)) = (sch, MEMBERSHIPS.get(core)) {
+        if on {
+            m.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            m.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Records what the fabric holds for the exiting partition: deregisters its queue set
+/// 0 for its final counters (it would go with the partition anyway), and keeps its
+/// memberships (trap handler, before the partition leaves the fabric).
+pub(crate) fn record_exit(core: usize, lpar: LparId) {
+    let record = ExitRecord {
+        counters: FABRIC.deregister_queue_set(lpar, 0).ok(),
+        memberships: MEMBERSHIPS
+            .get(core)
+            .map_or(0, |m| m.swap(0, Ordering::Relaxed)),
+    };
+    if let Some(slot) = EXITS.get(core) {
+        *slot.lock() = Some(record);
+    }
+}
+
 /// Records how the partition on this core ended (trap handler, before [`board::LEAVE`]).
 pub(crate) fn set_outcome(core: usize, outcome: Outcome) {
     // SAFETY: this core's slot, see `CoreVms`.
@@ -243,6 +305,9 @@ pub fn run_partition(image: &[u8], args: [u64; 4]) -> Result<Outcome, StartError
     // before the window is used again), and Rust code does not reference it otherwise.
     let window = unsafe { Window::new(GUEST_BASE, host, len) };
     masked(|| FABRIC.add_partition(lpar, &[window])).map_err(|e| StartError::Fabric(e.code()))?;
+    // A new partition: no memberships yet, nothing recorded for this run.
+    MEMBERSHIPS[core].store(0, Ordering::Relaxed);
+    *EXITS[core].lock() = None;
     let root = stage2::build(core, host.as_ptr().addr() as u64, len);
     // SAFETY: this core's slot (see `CoreVms`); the partition is not running.
     let regs = unsafe { &mut *VMS.0[core].regs.get() };

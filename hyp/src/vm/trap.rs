@@ -15,8 +15,8 @@
 
 use iqdio::{LparId, SigaError, SigaStatus};
 use iqdio_hvc::{
-    BLOCK_LEN, CONSOLE_MAX, Call, EstablishBlock, RC_BAD_ARGUMENT, RC_BAD_BLOCK, RC_OK,
-    RC_OUTSIDE_MEMORY, SL_LEN, ip_from_registers,
+    BLOCK_HEAD, BLOCK_MAX, CONSOLE_MAX, Call, EstablishBlock, RC_BAD_ARGUMENT, RC_BAD_BLOCK, RC_OK,
+    RC_OUTSIDE_MEMORY, SL_LEN, block_len, ip_from_registers,
 };
 
 use super::{FABRIC, Outcome, barrier, set_outcome};
@@ -141,6 +141,33 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
                 _ => RC_BAD_ARGUMENT,
             }
         }
+        Call::JoinGroup | Call::LeaveGroup => {
+            match (subchannel(x1), ip_from_registers(x2, x3, x4)) {
+                (Some(sch), Some(group)) => {
+                    let join = call == Call::JoinGroup;
+                    let r = if join {
+                        FABRIC.register_group(lpar, sch, group)
+                    } else {
+                        FABRIC.deregister_group(lpar, sch, group)
+                    };
+                    if r.is_ok() {
+                        super::note_membership(core, sch, group, join);
+                    }
+                    r.map_or_else(|e| u64::from(e.code()), |()| RC_OK)
+                }
+                _ => RC_BAD_ARGUMENT,
+            }
+        }
+        Call::Broadcast => match (subchannel(x1), x2) {
+            (Some(sch), 0 | 1) => match FABRIC.set_broadcast(lpar, sch, x2 == 1) {
+                Ok(()) => {
+                    super::note_membership(core, sch, iqdio::BROADCAST_GROUP, x2 == 1);
+                    RC_OK
+                }
+                Err(e) => u64::from(e.code()),
+            },
+            _ => RC_BAD_ARGUMENT,
+        },
         Call::DeregisterQueueSet => match subchannel(x1) {
             Some(sch) => FABRIC
                 .deregister_queue_set(lpar, sch)
@@ -149,6 +176,7 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
         },
         Call::ConsoleWrite => console(lpar, x1, x2),
         Call::Exit => {
+            super::record_exit(core, lpar);
             let _ = FABRIC.remove_partition(lpar);
             barrier::leave(core);
             set_outcome(
@@ -183,33 +211,52 @@ fn siga(lpar: LparId, function: u64, sch: u64, mask: u64) -> (u64, u64) {
     (status.condition_code as u64, u64::from(status.busy))
 }
 
-/// Establish: read the block and its two storage lists once, decode, and hand the
-/// fabric the copy (which checks every address in it against the window).
+/// Establish: read the block's head for its output queue count, then the whole block
+/// once and decode that copy, then each storage list once, and hand the fabric the
+/// copies (it checks every address in them against the window, and refuses more output
+/// queues than it offers, 0xF012).
 fn establish(lpar: LparId, sch: u64, block_addr: u64) -> u64 {
     let Some(sch) = subchannel(sch) else {
         return RC_BAD_ARGUMENT;
     };
-    let mut raw = [0u8; BLOCK_LEN];
-    if FABRIC
-        .copy_from_partition(lpar, block_addr, &mut raw)
-        .is_none()
-    {
-        return RC_OUTSIDE_MEMORY;
-    }
-    let Some(block) = EstablishBlock::decode(&raw) else {
+    let mut raw = [0u8; BLOCK_MAX];
+    let Some(head) = raw.get_mut(..BLOCK_HEAD) else {
         return RC_BAD_BLOCK;
     };
-    let (mut input, mut output) = ([0u8; SL_LEN], [0u8; SL_LEN]);
+    if FABRIC.copy_from_partition(lpar, block_addr, head).is_none() {
+        return RC_OUTSIDE_MEMORY;
+    }
+    let Some(outputs) = EstablishBlock::output_queues_of(head) else {
+        return RC_BAD_BLOCK;
+    };
+    // The whole block, read again: a count changed meanwhile no longer matches the
+    // length, and the copy does not decode.
+    let Some(whole) = raw.get_mut(..block_len(outputs)) else {
+        return RC_BAD_BLOCK;
+    };
     if FABRIC
-        .copy_from_partition(lpar, block.input_sl, &mut input)
+        .copy_from_partition(lpar, block_addr, whole)
         .is_none()
-        || FABRIC
-            .copy_from_partition(lpar, block.output_sl, &mut output)
-            .is_none()
     {
         return RC_OUTSIDE_MEMORY;
     }
-    let mut params = block.params(&input, &output);
+    let Some(block) = EstablishBlock::decode(whole) else {
+        return RC_BAD_BLOCK;
+    };
+    let mut input = [0u8; SL_LEN];
+    if FABRIC
+        .copy_from_partition(lpar, block.input.sl, &mut input)
+        .is_none()
+    {
+        return RC_OUTSIDE_MEMORY;
+    }
+    let params = block.params(&input, |k, sl| {
+        let addr = block.outputs.get(k)?.sl;
+        FABRIC.copy_from_partition(lpar, addr, sl)
+    });
+    let Some(mut params) = params else {
+        return RC_OUTSIDE_MEMORY;
+    };
     params.interrupt_cookie = super::interrupt_cookie(lpar);
     FABRIC
         .establish(lpar, sch, &params)
