@@ -39,7 +39,8 @@ use iqdio::guest::{Memory, MemoryExt};
 use iqdio::qdio::{CastType, Fragment, HEADER_SIZE, L3Header, Mfs, SBAL_SIZE, Sbale};
 use iqdio::transfer::{Outgoing, parse_outgoing_into};
 use iqdio::{
-    Fabric, FabricConfig, QueueSetParams, Reason, RegistrationError, SigaError, SigaFunction,
+    Fabric, FabricConfig, PENDING_PER_QUEUE_SET, QueueSetParams, Reason, RegistrationError,
+    SigaError, SigaFunction,
 };
 use iqdio_fuzz::{FuzzPlatform, GuardedMem, Input, PAGE};
 use libfuzzer_sys::fuzz_target;
@@ -55,7 +56,11 @@ const DATA_LEN: u64 = 0x4000;
 /// Output queues 1-3: their SBALs and SLSBs.
 const MORE_SBALS: u64 = 0x1_5000;
 const MORE_SLSBS: u64 = 0x1_0200;
-const RAW_LEN: usize = 0x2_D000;
+/// The completion queue (A only): its SLSB, SBALs, and 64 QAOBs.
+const CQ_SLSB: u64 = 0x1_0380;
+const CQ_SBALS: u64 = 0x2_D000;
+const QAOBS: u64 = 0x3_5000;
+const RAW_LEN: usize = 0x3_9000;
 
 const A_BASE: u64 = 0x10_0000;
 const B_BASE: u64 = 0x20_0000;
@@ -93,8 +98,9 @@ fn out_slsb(base: u64, q: usize) -> u64 {
     }
 }
 
-/// The queue set of a raw partition (A or C) at `base` with `queues` output queues.
-fn raw_params(base: u64, queues: usize) -> QueueSetParams {
+/// The queue set of a raw partition (A or C) at `base` with `queues` output queues,
+/// and a completion queue if `cq`.
+fn raw_params(base: u64, queues: usize, cq: bool) -> QueueSetParams {
     QueueSetParams {
         output_sbals: core::array::from_fn(|i| base + OUT_SBALS + (i * SBAL_SIZE) as u64),
         input_sbals: core::array::from_fn(|i| base + IN_SBALS + (i * SBAL_SIZE) as u64),
@@ -111,6 +117,10 @@ fn raw_params(base: u64, queues: usize) -> QueueSetParams {
                 slsb: out_slsb(base, q),
             })
             .collect(),
+        completion_queue: cq.then(|| QueueAddresses {
+            sbals: core::array::from_fn(|n| base + CQ_SBALS + (n * SBAL_SIZE) as u64),
+            slsb: base + CQ_SLSB,
+        }),
         ..Default::default()
     }
 }
@@ -171,6 +181,16 @@ struct World {
     c_active: bool,
     /// Group memberships: (LPAR, group), the broadcast domain as `BROADCAST_GROUP`.
     members: BTreeSet<(u8, IpAddr)>,
+    /// A's completion queue is established.
+    a_cq: bool,
+    /// The QAOBs of A's buffers that went PENDING and are not posted yet.
+    pending: Vec<u64>,
+    /// The next completion-queue buffer the fabric fills, mirrored.
+    cq_cursor: u8,
+    /// A hands a completion-queue buffer back as soon as it has read one.
+    cq_rearm: bool,
+    /// The completion-queue buffer A hands back next.
+    cq_next_init: u8,
     /// Buffers A's SIGAs delivered to receivers: unicast buffers plus group copies.
     buffers_delivered: u64,
     /// Buffers C was counted as receiving by queue sets since deregistered.
@@ -180,7 +200,7 @@ struct World {
 }
 
 impl World {
-    fn new(mfs: Mfs, a_queues: usize) -> Self {
+    fn new(mfs: Mfs, a_queues: usize, a_cq: bool, cq_armed: u8) -> Self {
         let fab = Box::new(Fabric::new(
             FuzzPlatform::default(),
             FabricConfig {
@@ -210,6 +230,8 @@ impl World {
             }
             m.write(m.guest() + IN_SLSB, &[0x41; 128]);
         }
+        a.write(A_BASE + CQ_SLSB, &[0x80; 128]);
+        a.write(A_BASE + CQ_SLSB, &vec![0x41; usize::from(cq_armed)]);
         // C's input buffers: four 4 KiB elements each in its data area, by default.
         for n in 0..128u64 {
             for i in 0..4u64 {
@@ -228,9 +250,10 @@ impl World {
         fab.add_partition(1, &[a.window()]).unwrap();
         fab.add_partition(2, &[b.window()]).unwrap();
         fab.add_partition(3, &[c.window()]).unwrap();
-        fab.establish(1, 0, &raw_params(A_BASE, a_queues)).unwrap();
+        fab.establish(1, 0, &raw_params(A_BASE, a_queues, a_cq))
+            .unwrap();
         fab.establish(2, 0, &b_driver.params()).unwrap();
-        fab.establish(3, 0, &raw_params(C_BASE, 1)).unwrap();
+        fab.establish(3, 0, &raw_params(C_BASE, 1, false)).unwrap();
         fab.register_address(2, 0, b_v4()).unwrap();
         fab.register_address(2, 0, b_v6()).unwrap();
         fab.register_address(3, 0, c_v4()).unwrap();
@@ -248,6 +271,11 @@ impl World {
             a_active: true,
             c_active: true,
             members: BTreeSet::new(),
+            a_cq,
+            pending: Vec::new(),
+            cq_cursor: 0,
+            cq_rearm: true,
+            cq_next_init: cq_armed % 128,
             buffers_delivered: 0,
             c_sbals_before: 0,
             b_found: (0, 0),
@@ -288,6 +316,54 @@ impl World {
             1 => self.a_active,
             3 => self.c_active,
             _ => true,
+        }
+    }
+
+    /// Reads what the fabric posted on A's completion queue since the last look: every
+    /// address a QAOB of a buffer that went pending (each once), its `aorc` 0 or a
+    /// documented code; A hands the buffer back when it re-arms.
+    fn scan_cq(&mut self) {
+        if !self.a_cq {
+            return;
+        }
+        while self.a.read(A_BASE + CQ_SLSB + u64::from(self.cq_cursor), 1)[0] == 0x82 {
+            let sbal = A_BASE + CQ_SBALS + u64::from(self.cq_cursor) * SBAL_SIZE as u64;
+            for i in 0..16 {
+                let e = Sbale::decode(&self.a.read(sbal + i * 16, 16).try_into().unwrap());
+                if e.addr == 0 {
+                    break;
+                }
+                let k = self
+                    .pending
+                    .iter()
+                    .position(|q| *q == e.addr)
+                    .unwrap_or_else(|| panic!("posted {:#x}, not a pending QAOB", e.addr));
+                self.pending.swap_remove(k);
+                if e.addr >= A_BASE + QAOBS {
+                    let aorc = self.a.read(e.addr + 0x33, 1)[0];
+                    assert!(
+                        aorc == 0 || Reason::from_code(aorc).is_some(),
+                        "QAOB {:#x}: undocumented aorc {aorc:#x}",
+                        e.addr
+                    );
+                }
+                if e.is_last_entry() {
+                    break;
+                }
+            }
+            // Read: not initialised until handed back. A hands buffers back in ring
+            // order after the ones it armed (qeth_qdio_cq_handler's next_buf_to_init),
+            // unless the input switched that off: then the queue fills.
+            self.a
+                .write(A_BASE + CQ_SLSB + u64::from(self.cq_cursor), &[0x80]);
+            self.cq_cursor = (self.cq_cursor + 1) % 128;
+            if self.cq_rearm {
+                let n = u64::from(self.cq_next_init);
+                self.a
+                    .write(A_BASE + CQ_SBALS + n * SBAL_SIZE as u64, &[0; SBAL_SIZE]);
+                self.a.write(A_BASE + CQ_SLSB + n, &[0x41]);
+                self.cq_next_init = (self.cq_next_init + 1) % 128;
+            }
         }
     }
 
@@ -357,6 +433,20 @@ impl World {
             0xF0..=0xF7 => 2,
             x => x,
         };
+        // WRITEQ's QAOB: one of A's, misaligned, in its frame data, anywhere, in B.
+        let qaob = if fc == 4 {
+            match input.u8() % 10 {
+                0..=5 => A_BASE + QAOBS + u64::from(input.u8() % 64) * 256,
+                6 => A_BASE + QAOBS + 0x80,
+                7 => A_BASE + DATA + u64::from(input.u8() % 64) * 256,
+                8 => input.u64(),
+                _ => B_BASE + 0x1000,
+            }
+        } else {
+            0
+        };
+        let qaob_valid =
+            qaob.is_multiple_of(256) && qaob >= A_BASE && qaob + 256 <= A_BASE + RAW_LEN as u64;
         // The condition code the rules give, in the order the fabric checks them.
         let known = matches!(lpar, 1..=3);
         let queues = match lpar {
@@ -369,8 +459,16 @@ impl World {
             Some(_) if !known || sch != 0 => Err(SigaError::NotIqdio),
             Some(_) if !self.active(lpar) => Err(SigaError::QueuesNotActive),
             Some(_) if mask == 0 || mask & !established != 0 => Err(SigaError::InvalidQueueMask),
-            // No queue set here has a completion queue: WRITEQ is not performed.
-            Some(SigaFunction::WriteQ) => Err(SigaError::InvalidFunction),
+            // WRITEQ: only with a completion queue (A's, when it has one), for one
+            // queue that is not the multicast queue.
+            Some(SigaFunction::WriteQ) if lpar != 1 || !self.a_cq => {
+                Err(SigaError::InvalidFunction)
+            }
+            Some(SigaFunction::WriteQ)
+                if mask.count_ones() != 1 || (queues > 1 && mask == 1 << (32 - queues)) =>
+            {
+                Err(SigaError::InvalidQueueMask)
+            }
             Some(f) => Ok(f),
         };
         // The buffers the call must handle: on each queue named, from the lowest, the
@@ -382,7 +480,7 @@ impl World {
             let limit = match f {
                 SigaFunction::Write => 1,
                 SigaFunction::WriteMultiple => 128,
-                SigaFunction::WriteQ => 0,
+                SigaFunction::WriteQ => 1,
             };
             for q in (0..queues).filter(|q| mask & (1 << (31 - q)) != 0) {
                 let c = self.cursors[q];
@@ -394,19 +492,37 @@ impl World {
                 );
             }
         }
-        let predicted: Vec<Predicted> = handled.iter().map(|&(q, n)| self.predict(q, n)).collect();
+        let predicted: Vec<Predicted> = handled
+            .iter()
+            .map(|&(q, n)| {
+                if fc == 4 && !qaob_valid {
+                    Predicted::Fault(Reason::QaobInvalid, 0)
+                } else {
+                    self.predict(q, n)
+                }
+            })
+            .collect();
         let exact = !self.interferes(&handled);
+        // A SIGA of A first delivers what it can of A's pending buffers.
+        let pending_before = lpar == 1 && !self.pending.is_empty();
         let before = (
             self.received_sbals(),
             self.fab.counters_of(1, 0).unwrap_or_default(),
         );
-        let result = self.fab.siga(lpar, sch, fc, mask);
+        let result = if fc == 4 {
+            self.fab.siga_writeq(lpar, sch, mask, qaob)
+        } else {
+            self.fab.siga(lpar, sch, fc, mask)
+        };
         match (expect, result) {
             (Err(want), got) => assert_eq!(got, Err(want), "fc {fc} sch {sch} lpar {lpar}"),
             (Ok(_), Err(e)) => panic!("SIGA refused: {e:?}"),
             (Ok(_), Ok(r)) => {
                 assert_eq!(usize::from(r.buffers), handled.len(), "buffers handled");
-                assert_eq!(r.buffers, r.delivered + r.refused);
+                assert_eq!(
+                    u16::from(r.buffers),
+                    u16::from(r.delivered) + u16::from(r.refused) + u16::from(r.pending)
+                );
                 if lpar != 1 {
                     return;
                 }
@@ -419,6 +535,10 @@ impl World {
                     let element = self.a.read(sbal + 14 * 16 + 3, 1)[0] & 0x0F;
                     match state {
                         0xA1 => per_queue[q] += 1,
+                        0xA3 if fc == 4 => {
+                            self.pending.push(qaob);
+                            assert!(self.pending.len() <= PENDING_PER_QUEUE_SET);
+                        }
                         0xAF => assert!(
                             Reason::from_code(code).is_some(),
                             "undocumented sbalf15 {code:#x}"
@@ -439,6 +559,7 @@ impl World {
                             group_members += members;
                         }
                         Predicted::Unicast if state == 0xA1 => unicast_delivered += 1,
+                        Predicted::Unicast if state == 0xA3 => {}
                         Predicted::Unicast => assert!(
                             matches!(code, 0x10..=0x14),
                             "queue {q} buffer {n}: unicast refused with {code:#x}"
@@ -467,10 +588,16 @@ impl World {
                 let received = self.received_sbals() - before.0;
                 if exact {
                     assert_eq!(copies + skipped, group_members, "group copies and skips");
+                }
+                if exact && !pending_before {
                     assert_eq!(received, unicast_delivered + copies, "buffers received");
                 }
-                assert!(received >= copies && received <= u64::from(r.delivered) + copies);
+                assert!(received >= copies);
+                if !pending_before {
+                    assert!(received <= u64::from(r.delivered) + copies);
+                }
                 self.buffers_delivered += received;
+                self.scan_cq();
             }
         }
     }
@@ -480,7 +607,14 @@ impl World {
         let sbal = self.a_mem.sbal(out_sbal(A_BASE, q, n)).unwrap();
         let mut out = Outgoing::empty();
         let multicast_queue = self.a_queues > 1 && q == self.a_queues - 1;
-        match parse_outgoing_into(&sbal, &self.a_mem, self.mfs, multicast_queue, false, &mut out) {
+        match parse_outgoing_into(
+            &sbal,
+            &self.a_mem,
+            self.mfs,
+            multicast_queue,
+            false,
+            &mut out,
+        ) {
             Err(f) => Predicted::Fault(f.reason, f.element),
             Ok(()) => match out.cast {
                 CastType::Multicast => Predicted::Group {
@@ -503,6 +637,10 @@ impl World {
             .map(|&(q, n)| (out_sbal(A_BASE, q, n), SBAL_SIZE as u64))
             .collect();
         written.extend((0..4).map(|q| (out_slsb(A_BASE, q), 128)));
+        // Before its new buffers a SIGA completes pending ones: QAOBs, the CQ ring.
+        written.extend(self.pending.iter().map(|&q| (q, 256)));
+        written.push((A_BASE + CQ_SBALS, 128 * SBAL_SIZE as u64));
+        written.push((A_BASE + CQ_SLSB, 128));
         handled.iter().any(|&(q, n)| {
             let sbal = out_sbal(A_BASE, q, n);
             (0..16)
@@ -652,8 +790,12 @@ impl World {
                         self.c_sbals_before += snap.sbals_received;
                         self.c_active = false;
                         self.members.retain(|(l, _)| *l != 3);
+                        // A's buffers pending for C complete with 0x12.
+                        self.scan_cq();
                     } else {
-                        self.fab.establish(3, 0, &raw_params(C_BASE, 1)).unwrap();
+                        self.fab
+                            .establish(3, 0, &raw_params(C_BASE, 1, false))
+                            .unwrap();
                         self.fab.register_address(3, 0, c_v4()).unwrap();
                         self.c_active = true;
                     }
@@ -661,17 +803,39 @@ impl World {
                     self.fab.deregister_queue_set(1, 0).unwrap();
                     self.a_active = false;
                     self.members.retain(|(l, _)| *l != 1);
+                    // A's own pending buffers complete with 0x15: posted while the
+                    // completion queue has room, the rest only in their QAOBs.
+                    self.scan_cq();
+                    self.pending.clear();
                 } else {
+                    let cq = queues % 2 == 0;
+                    self.a.write(A_BASE + CQ_SBALS, &[0; 128 * SBAL_SIZE]);
+                    self.a.write(A_BASE + CQ_SLSB, &[0x41; 128]);
                     self.fab
-                        .establish(1, 0, &raw_params(A_BASE, queues))
+                        .establish(1, 0, &raw_params(A_BASE, queues, cq))
                         .unwrap();
                     self.a_active = true;
                     self.a_queues = queues;
+                    self.a_cq = cq;
+                    self.cq_cursor = 0;
+                    self.cq_next_init = 0;
                     self.cursors = [0; 4];
                 }
             }
             // Group membership churn.
-            _ => self.membership(input),
+            11 => self.membership(input),
+            // The embedder's tick (it delivers pending buffers to receivers with room),
+            // or A stops or resumes handing completion-queue buffers back.
+            _ => {
+                if input.u8() & 1 == 0 {
+                    let before = self.received_sbals();
+                    self.fab.expire_delays();
+                    self.buffers_delivered += self.received_sbals() - before;
+                    self.scan_cq();
+                } else {
+                    self.cq_rearm = !self.cq_rearm;
+                }
+            }
         }
         code >= 6 && code != 9
     }
@@ -681,7 +845,10 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let mfs = [Mfs::K16, Mfs::K24, Mfs::K40, Mfs::K64][usize::from(input.u8() % 4)];
     let a_queues = 1 + usize::from(input.u8() % 4);
-    let mut w = World::new(mfs, a_queues);
+    // A's completion queue, and the buffers it arms on it: 1 to 4, or 127.
+    let cq = input.u8();
+    let armed = if cq & 2 != 0 { 127 } else { 1 + (cq >> 2) % 4 };
+    let mut w = World::new(mfs, a_queues, cq & 1 == 1, armed);
     let mut ops = 0;
     while !input.is_empty() && ops < 256 {
         let fabric_ran = w.op(&mut input);
@@ -704,12 +871,16 @@ fuzz_target!(|data: &[u8]| {
     if std::env::var_os("IQDIO_FUZZ_DEBUG").is_some() {
         let ca = w.fab.counters_of(1, 0).unwrap_or_default();
         eprintln!(
-            "siga: {ops} ops, {} buffers delivered (B {}), A's queues {}, copies {}, skipped {}, errors {:?}",
+            "siga: {ops} ops, {} buffers delivered (B {}), A's queues {}, copies {}, skipped {}, pending {}, completed {} + {} with error, cq full {}, errors {:?}",
             w.buffers_delivered,
             cb.sbals_received,
             w.a_queues,
             ca.group_copies,
             ca.group_skipped,
+            ca.pending,
+            ca.completed,
+            ca.completed_with_error,
+            ca.cq_full,
             ca.errors
         );
     }
