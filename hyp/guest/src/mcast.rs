@@ -177,12 +177,12 @@ pub fn run(lpar: usize, n: usize) -> ! {
         take(&mut node, lpar, n, &mut rx_seq, &mut counts);
     }
     say!(
-        "multicast: member of {} groups{}, sent {} frames, received {} copies of {} expected, corrupted {}, duplicated {}",
+        "multicast: groups joined {}, broadcast {}, sent {} frames, received {} copies of {} expected, corrupted {}, duplicated {}",
         (0..GROUPS.len()).filter(|&g| joins(lpar, g)).count(),
         if bits[lpar] & BROADCAST_BIT != 0 {
-            " and the broadcast domain"
+            "on"
         } else {
-            ""
+            "off"
         },
         counts.sent,
         counts.received,

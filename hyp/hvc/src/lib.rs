@@ -419,7 +419,8 @@ impl EstablishBlock {
     }
 
     /// The block for a queue set's parameters, with its storage lists at the given
-    /// addresses (the input queue's, then each output queue's).
+    /// addresses (the input queue's, then each output queue's): as many output queues
+    /// as both the parameters and `output_sls` name (at most 4).
     pub fn for_params(p: &QueueSetParams, input_sl: u64, output_sls: &[u64]) -> Self {
         let mut outputs = [QueueDescriptor::default(); MAX_OUTPUT_QUEUES];
         let slsbs = core::iter::once(p.output_slsb).chain(p.more_outputs.iter().map(|o| o.slsb));
@@ -436,7 +437,10 @@ impl EstablishBlock {
                 slsb: p.input_slsb,
             },
             outputs,
-            output_queues: p.output_queues().min(output_sls.len()) as u8,
+            output_queues: p
+                .output_queues()
+                .min(output_sls.len())
+                .min(MAX_OUTPUT_QUEUES) as u8,
         }
     }
 }
