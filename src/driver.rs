@@ -19,6 +19,16 @@
 //! address ([`Dest`]) go there with their cast type in the header, unicast frames on
 //! queue 0 (or, with [`QueueDriver::prime_frames_on`], on any queue the program picks),
 //! as Linux's qeth does (`qeth_iqd_select_queue`, `drivers/s390/net/qeth_core_main.c`).
+//!
+//! Layer 2 ([`DriverConfig::layer2`]): the queue set carries whole Ethernet frames
+//! behind Linux's `qeth_hdr_layer2` ([`L2Header`]) instead of IP packets behind the
+//! layer-3 header. [`QueueDriver::prime_eth`] and [`QueueDriver::send_eth`] write the
+//! header `qeth_l2_fill_header` (`drivers/s390/net/qeth_l2_main.c`) writes for the
+//! frame and choose the queue by its destination MAC: unicast on queue 0, broadcast and
+//! group MACs on the multicast queue. The receive side checks each frame's layer-2
+//! header and hands over the Ethernet frame behind it; the layer-3 calls are refused
+//! on a layer-2 driver and the layer-2 calls on a layer-3 one
+//! ([`DriverError::WrongLayer`]).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ptr::NonNull;
@@ -28,6 +38,7 @@ use crate::error::{SigaError, SigaStatus};
 use crate::fabric::{QueueAddresses, QueueSetParams, Siga, SigaFunction};
 use crate::guest::{GuestSlice, Sbal, Window};
 use crate::initiative::{self, IndicatorByte};
+use crate::qdio::l2::{ETH_MIN, ETH_ROUTING, ID_LAYER2, L2Header, Mac, MacCast};
 use crate::qdio::{
     CastType, Eflags, Fragment, HEADER_SIZE, L3Header, Mfs, QUEUE_BUFFERS, RX_ELEMENT_SIZE, Reason,
     SBAL_SIZE, SBALES_PER_SBAL, SLSB_LEN, Sbale, SlsbState,
@@ -60,6 +71,10 @@ pub enum DriverError {
     /// carry it (a multicast, broadcast or anycast frame on a unicast queue, which the
     /// fabric would refuse with 0x27).
     InvalidDest,
+    /// A layer-3 call (an IP destination) on a layer-2 driver, or a layer-2 call (an
+    /// Ethernet frame) on a layer-3 one ([`DriverConfig::layer2`]); the fabric would
+    /// refuse the frame (0x2B).
+    WrongLayer,
 }
 
 /// Errors of a send.
@@ -85,6 +100,7 @@ impl core::fmt::Display for DriverError {
             Self::InvalidFrame => "no frame, or a frame too long for the header",
             Self::NoMulticastQueue => "one output queue: no multicast queue",
             Self::InvalidDest => "destination not of its kind, or not for that output queue",
+            Self::WrongLayer => "a frame of the other layer than the queue set's",
         })
     }
 }
@@ -312,6 +328,9 @@ pub struct DriverConfig {
     pub output_queues: u8,
     /// Ask for an interrupt on every delivery (the override).
     pub interrupt_immediately: bool,
+    /// Layer-2 mode: the queue set is established layer 2 ([`QueueSetParams::layer2`])
+    /// and carries Ethernet frames behind the layer-2 header ([`L2Header`]).
+    pub layer2: bool,
 }
 
 impl DriverConfig {
@@ -324,7 +343,17 @@ impl DriverConfig {
             tx_buffers: 8,
             output_queues: 1,
             interrupt_immediately: false,
+            layer2: false,
         }
+    }
+
+    /// As [`new`](Self::new), in layer-2 mode with two output queues (queue 1 the
+    /// multicast queue, for broadcast and group MACs: ARP and neighbour discovery).
+    pub const fn layer2(subchannel: u16, mfs: Mfs) -> Self {
+        let mut c = Self::new(subchannel, mfs);
+        c.output_queues = 2;
+        c.layer2 = true;
+        c
     }
 
     /// Bytes of region a driver with this configuration takes (at most).
@@ -391,11 +420,59 @@ pub struct RxCounters {
     /// Input buffers the fabric marked in error (0x8F) because their own elements were
     /// bad; they hold no frame (the sender was refused, sbalf15 0x13).
     pub error_buffers: u64,
+    /// Of `bad_frames`: frames whose header is the other layer's (a layer-3 header on
+    /// a layer-2 queue set, or the reverse).
+    pub wrong_layer: u64,
+    /// Of `bad_frames`, layer 2 only: Ethernet frames shorter than two MACs and an
+    /// EtherType (14 bytes).
+    pub short_frames: u64,
+}
+
+/// The header of a received frame, checked against its elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameHeader {
+    /// A layer-3 frame: an IP packet behind it.
+    Layer3(L3Header),
+    /// A layer-2 frame: an Ethernet frame behind it.
+    Layer2(L2Header),
+}
+
+/// Why a gathered frame was not handed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BadFrame {
+    /// A header of the other layer.
+    WrongLayer,
+    /// Layer 2: an Ethernet frame shorter than 14 bytes.
+    Short,
+    /// Anything else ([`RxCounters::bad_frames`]).
+    Other,
+}
+
+/// The bad frames of one input buffer, by why.
+#[derive(Clone, Copy, Debug, Default)]
+struct BadFrames {
+    wrong_layer: u64,
+    short: u64,
+    other: u64,
+}
+
+impl BadFrames {
+    fn count(&mut self, why: BadFrame) {
+        match why {
+            BadFrame::WrongLayer => self.wrong_layer += 1,
+            BadFrame::Short => self.short += 1,
+            BadFrame::Other => self.other += 1,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.wrong_layer + self.short + self.other
+    }
 }
 
 /// One frame in a received buffer, its header checked against its elements.
 pub struct RxFrame<'a> {
-    header: L3Header,
+    header: FrameHeader,
     /// Packet bytes: what the elements hold after the header, which the header's
     /// length was checked to equal.
     len: usize,
@@ -403,13 +480,30 @@ pub struct RxFrame<'a> {
 }
 
 impl RxFrame<'_> {
-    /// The frame's header.
-    pub fn header(&self) -> &L3Header {
+    /// The frame's layer-3 header (`None` for a layer-2 frame).
+    pub fn header(&self) -> Option<&L3Header> {
+        match &self.header {
+            FrameHeader::Layer3(h) => Some(h),
+            FrameHeader::Layer2(_) => None,
+        }
+    }
+
+    /// The frame's layer-2 header (`None` for a layer-3 frame).
+    pub fn l2_header(&self) -> Option<&L2Header> {
+        match &self.header {
+            FrameHeader::Layer2(h) => Some(h),
+            FrameHeader::Layer3(_) => None,
+        }
+    }
+
+    /// The frame's header, of either layer.
+    pub fn frame_header(&self) -> &FrameHeader {
         &self.header
     }
 
     /// Packet bytes (header excluded): the bytes the frame's elements hold after the
-    /// header, which the header's length field matches.
+    /// header, which the header's length field matches. On a layer-2 queue set the
+    /// packet is the whole Ethernet frame (at least 14 bytes).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -477,6 +571,20 @@ impl RxFrame<'_> {
             }
         }
         done.min(self.len())
+    }
+}
+
+/// What a primed frame's header says: a layer-3 destination, or (layer 2) what the
+/// Ethernet frame behind it says.
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    Layer3(Dest),
+    Layer2,
+}
+
+impl From<Dest> for Framing {
+    fn from(d: Dest) -> Self {
+        Self::Layer3(d)
     }
 }
 
@@ -665,6 +773,7 @@ impl QueueDriver {
             interrupt_immediately: self.cfg.interrupt_immediately,
             interrupt_cookie: 0,
             more_outputs,
+            layer2: self.cfg.layer2,
             ..Default::default()
         }
     }
@@ -685,6 +794,9 @@ impl QueueDriver {
     /// queue for the rest ([`DriverError::NoMulticastQueue`] without one), and
     /// [`DriverError::InvalidDest`] for a destination not of its kind.
     pub fn queue_for(&self, dest: &Dest) -> Result<u8, DriverError> {
+        if self.cfg.layer2 {
+            return Err(DriverError::WrongLayer);
+        }
         if !dest.valid() {
             return Err(DriverError::InvalidDest);
         }
@@ -699,6 +811,9 @@ impl QueueDriver {
     /// multicast, broadcast or anycast frame goes on the multicast queue only (the
     /// fabric refuses it on a unicast queue, 0x27); unicast may go on any.
     fn check_queue(&self, q: u8, dest: &Dest) -> Result<(), DriverError> {
+        if self.cfg.layer2 {
+            return Err(DriverError::WrongLayer);
+        }
         if !dest.valid() || usize::from(q) >= self.tx.len() {
             return Err(DriverError::InvalidDest);
         }
@@ -1044,19 +1159,47 @@ impl QueueDriver {
     /// Writes the frames' headers (next hop and cast type of `dest`) and the buffer's
     /// elements, and hands buffer `n` of output queue `q` to the fabric (0x62): the
     /// packets are in place by now.
-    fn commit(&mut self, q: u8, n: u8, dest: Dest, lens: &[usize], layout: &TxLayout) {
+    fn commit(
+        &mut self,
+        q: u8,
+        n: u8,
+        dest: impl Into<Framing>,
+        lens: &[usize],
+        layout: &TxLayout,
+    ) {
+        let framing = dest.into();
         let Ok(tq) = self.txq_mut(q) else {
             return;
         };
         for (&len, &at) in lens.iter().zip(layout.starts.iter()) {
             // `layout` checked every length against u16::MAX.
-            let header = L3Header {
-                cast: dest.cast(),
-                length: len as u16,
-                vlan: None,
-                next_hop: dest.next_hop(),
+            let header = match framing {
+                Framing::Layer3(dest) => L3Header {
+                    cast: dest.cast(),
+                    length: len as u16,
+                    vlan: None,
+                    next_hop: dest.next_hop(),
+                }
+                .encode(),
+                Framing::Layer2 => {
+                    // The frame's first bytes, as written in place.
+                    let mut prefix = [0u8; ETH_ROUTING];
+                    let k = len.min(ETH_ROUTING);
+                    tq.data.mem.read(at + HEADER_SIZE, &mut prefix[..k]);
+                    // The layer-2 callers checked the frame is at least 14 bytes; should
+                    // it not be, a unicast header with its length goes out and the
+                    // fabric refuses the frame with its code.
+                    Self::l2_header(&prefix[..k], len)
+                        .unwrap_or(L2Header {
+                            flags: MacCast::Unicast.flag(),
+                            pkt_length: len as u16,
+                            vlan_tci: None,
+                            seq_no: 0,
+                        })
+                        .encode()
+                }
             };
-            tq.data.mem.write(at, &header.encode());
+            tq.data.mem.write(at, &header);
         }
         // Only the elements in use: the fabric reads up to the first LAST_ENTRY.
         let sbal = tq.sbal(n);
@@ -1110,6 +1253,159 @@ impl QueueDriver {
         packet: &[u8],
     ) -> Result<(), SendError> {
         self.send(siga, Dest::Broadcast(Ipv4Addr::BROADCAST), packet)
+    }
+
+    /// The layer-2 header of an Ethernet frame of `len` bytes whose first bytes (up to
+    /// 18) are `prefix`: what Linux's `qeth_l2_fill_header` writes. `None` if the frame
+    /// is shorter than 14 bytes or longer than 65535.
+    fn l2_header(prefix: &[u8], len: usize) -> Option<L2Header> {
+        let mut h = L2Header::for_frame(prefix)?;
+        h.pkt_length = u16::try_from(len).ok()?;
+        Some(h)
+    }
+
+    /// The destination MAC of an Ethernet frame: [`DriverError::InvalidFrame`] if it is
+    /// shorter than 14 bytes.
+    fn eth_dest(frame: &[u8]) -> Result<Mac, DriverError> {
+        let mut dest = [0u8; 6];
+        if frame.len() < ETH_MIN {
+            return Err(DriverError::InvalidFrame);
+        }
+        dest.copy_from_slice(frame.get(..6).ok_or(DriverError::InvalidFrame)?);
+        Ok(dest)
+    }
+
+    /// The output queue an Ethernet frame to `dest` goes on, on a layer-2 driver: queue
+    /// 0 for a unicast MAC, the multicast queue for broadcast and group MACs
+    /// ([`DriverError::NoMulticastQueue`] without one), as Linux's qeth does for a
+    /// HiperSockets device (`qeth_iqd_select_queue`,
+    /// `drivers/s390/net/qeth_core_main.c`, from `qeth_get_ether_cast_type`).
+    /// [`DriverError::WrongLayer`] on a layer-3 driver.
+    pub fn eth_queue_for(&self, dest: &Mac) -> Result<u8, DriverError> {
+        if !self.cfg.layer2 {
+            return Err(DriverError::WrongLayer);
+        }
+        match MacCast::of(dest) {
+            MacCast::Unicast => Ok(0),
+            MacCast::Multicast | MacCast::Broadcast => {
+                self.multicast_queue().ok_or(DriverError::NoMulticastQueue)
+            }
+        }
+    }
+
+    /// Whether a frame to `dest` may go on output queue `q` of a layer-2 driver: the
+    /// queue exists, and broadcast and group MACs only on the multicast queue (the
+    /// fabric refuses them elsewhere, 0x27).
+    fn check_eth_queue(&self, q: u8, dest: &Mac) -> Result<(), DriverError> {
+        if !self.cfg.layer2 {
+            return Err(DriverError::WrongLayer);
+        }
+        if usize::from(q) >= self.tx.len() {
+            return Err(DriverError::InvalidDest);
+        }
+        if MacCast::of(dest) != MacCast::Unicast && self.multicast_queue() != Some(q) {
+            return Err(match self.multicast_queue() {
+                None => DriverError::NoMulticastQueue,
+                Some(_) => DriverError::InvalidDest,
+            });
+        }
+        Ok(())
+    }
+
+    /// Layer 2: primes the Ethernet frame `frame` (destination MAC, source MAC, an
+    /// optional 802.1Q tag, EtherType, payload) behind the layer-2 header Linux's
+    /// `qeth_l2_fill_header` writes for it, on the queue its destination MAC chooses
+    /// ([`eth_queue_for`](Self::eth_queue_for)). Returns the queue and the buffer's
+    /// number on it.
+    pub fn prime_eth(&mut self, frame: &[u8]) -> Result<(u8, u8), DriverError> {
+        let q = self.eth_queue_for(&Self::eth_dest(frame)?)?;
+        self.prime_eth_on(q, frame).map(|n| (q, n))
+    }
+
+    /// As [`prime_eth`](Self::prime_eth), on output queue `q` chosen by the program
+    /// (unicast MACs on any queue, broadcast and group MACs only on the multicast
+    /// queue).
+    pub fn prime_eth_on(&mut self, q: u8, frame: &[u8]) -> Result<u8, DriverError> {
+        self.check_eth_queue(q, &Self::eth_dest(frame)?)?;
+        let mut layout = TxLayout::default();
+        let n = self.layout(q, &[frame.len()], &mut layout)?;
+        let at = layout.starts.first().copied().unwrap_or(0);
+        self.txq(q)?.data.mem.write(at + HEADER_SIZE, frame);
+        self.commit(q, n, Framing::Layer2, &[frame.len()], &layout);
+        Ok(n)
+    }
+
+    /// Layer 2: primes one Ethernet frame of `len` bytes written in place (zero-copy
+    /// transmit): `write` fills the frame in the next free buffer of queue 0, then the
+    /// destination MAC it wrote chooses the queue. A unicast frame stays where it is; a
+    /// broadcast or group frame moves (one copy inside the partition's memory) to the
+    /// multicast queue's next buffer. `Err` gives `write` back unused when no frame of
+    /// `len` bytes can be primed on queue 0; otherwise `write` has run and its result
+    /// comes with the (queue, buffer) primed, or why none was (a frame shorter than 14
+    /// bytes, no multicast queue or no free buffer on it: the buffer of queue 0 stays
+    /// free).
+    #[allow(clippy::type_complexity)]
+    pub fn prime_eth_with<F, R>(
+        &mut self,
+        len: usize,
+        write: F,
+    ) -> Result<(R, Result<(u8, u8), DriverError>), (F, DriverError)>
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        if !self.cfg.layer2 {
+            return Err((write, DriverError::WrongLayer));
+        }
+        let mut layout = TxLayout::default();
+        let n = match self.layout(0, &[len], &mut layout) {
+            Ok(n) => n,
+            Err(e) => return Err((write, e)),
+        };
+        let at = layout.starts.first().copied().unwrap_or(0);
+        let bytes = self.tx_bytes(0, at + HEADER_SIZE, len);
+        let r = write(bytes);
+        let dest = match Self::eth_dest(bytes) {
+            Ok(d) => d,
+            Err(e) => return Ok((r, Err(e))),
+        };
+        let q = match self.eth_queue_for(&dest) {
+            Ok(q) => q,
+            Err(e) => return Ok((r, Err(e))),
+        };
+        if q == 0 {
+            self.commit(0, n, Framing::Layer2, &[len], &layout);
+            return Ok((r, Ok((0, n))));
+        }
+        let mut moved = TxLayout::default();
+        let m = match self.layout(q, &[len], &mut moved) {
+            Ok(m) => m,
+            Err(e) => return Ok((r, Err(e))),
+        };
+        let to = moved.starts.first().copied().unwrap_or(0);
+        match (self.txq(0), self.txq(q)) {
+            (Ok(from), Ok(into)) => GuestSlice::copy(
+                &from.data.mem,
+                at + HEADER_SIZE,
+                &into.data.mem,
+                to + HEADER_SIZE,
+                len,
+            ),
+            (Err(e), _) | (_, Err(e)) => return Ok((r, Err(e))),
+        }
+        self.commit(q, m, Framing::Layer2, &[len], &moved);
+        Ok((r, Ok((q, m))))
+    }
+
+    /// Layer 2: primes the Ethernet frame `frame` ([`prime_eth`](Self::prime_eth)) and
+    /// sends it with SIGA write on its queue, as [`send`](Self::send) does a layer-3
+    /// frame. A broadcast or group frame is `Ok` once the fabric took it (it reached
+    /// every receiver that had room).
+    pub fn send_eth<S: Siga + ?Sized>(&mut self, siga: &S, frame: &[u8]) -> Result<(), SendError> {
+        let dest = Self::eth_dest(frame).map_err(SendError::Driver)?;
+        let q = self.eth_queue_for(&dest).map_err(SendError::Driver)?;
+        self.flush_pending(siga)?;
+        let n = self.prime_eth_on(q, frame).map_err(SendError::Driver)?;
+        self.siga_write_on(siga, q, n)
     }
 
     /// Flushes the buffers primed earlier, on every queue, before a send primes its
@@ -1184,19 +1480,28 @@ impl QueueDriver {
         let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
         let mut raw = [0u8; HEADER_SIZE];
         data.read(slot, &mut raw);
-        let header =
-            L3Header::decode(&raw).map_err(|_| SendError::Driver(DriverError::InvalidFrame))?;
-        let dest =
-            Dest::from_header(&header).ok_or(SendError::Driver(DriverError::InvalidFrame))?;
-        self.check_queue(q, &dest).map_err(SendError::Driver)?;
-        let len = usize::from(header.length);
+        let (framing, len) = if self.cfg.layer2 {
+            // The queue carried it when it was primed (`prime_eth_on` checked), and the
+            // header is rewritten from the frame as then.
+            let header = L2Header::decode(&raw)
+                .filter(|h| usize::from(h.pkt_length) >= ETH_MIN)
+                .ok_or(SendError::Driver(DriverError::InvalidFrame))?;
+            (Framing::Layer2, usize::from(header.pkt_length))
+        } else {
+            let header =
+                L3Header::decode(&raw).map_err(|_| SendError::Driver(DriverError::InvalidFrame))?;
+            let dest =
+                Dest::from_header(&header).ok_or(SendError::Driver(DriverError::InvalidFrame))?;
+            self.check_queue(q, &dest).map_err(SendError::Driver)?;
+            (Framing::Layer3(dest), usize::from(header.length))
+        };
         let mut layout = TxLayout::default();
         let m = self
             .layout(q, &[len], &mut layout)
             .map_err(SendError::Driver)?;
         let at = layout.starts.first().copied().unwrap_or(0);
         GuestSlice::copy(&data, slot + HEADER_SIZE, &data, at + HEADER_SIZE, len);
-        self.commit(q, m, dest, &[len], &layout);
+        self.commit(q, m, framing, &[len], &layout);
         self.siga_write_on(siga, q, m)
     }
 
@@ -1213,7 +1518,12 @@ impl QueueDriver {
 
     /// SIGA write naming output queue `q` alone, for its buffer `n`, just primed; its
     /// outcome.
-    fn siga_write_on<S: Siga + ?Sized>(&mut self, siga: &S, q: u8, n: u8) -> Result<(), SendError> {
+    pub(crate) fn siga_write_on<S: Siga + ?Sized>(
+        &mut self,
+        siga: &S,
+        q: u8,
+        n: u8,
+    ) -> Result<(), SendError> {
         self.issue(siga, SigaFunction::Write, TxQueue::mask(q))
             .map_err(SendError::Siga)?;
         let tq = self.txq_mut(q).map_err(SendError::Driver)?;
@@ -1340,7 +1650,9 @@ impl QueueDriver {
             let (handed, bad) = self.gather(n, &mut f);
             frames = handed;
             self.rx.frames += frames as u64;
-            self.rx.bad_frames += bad;
+            self.rx.bad_frames += bad.total();
+            self.rx.wrong_layer += bad.wrong_layer;
+            self.rx.short_frames += bad.short;
         } else if state == SlsbState::INPUT_ERROR {
             self.rx.error_buffers += 1;
         } else {
@@ -1382,7 +1694,7 @@ impl QueueDriver {
                 slot_mem.sub(at, bytes.len())
             });
         });
-        let packet = packet.filter(|_| frames == 1 && bad == 0)?;
+        let packet = packet.filter(|_| frames == 1 && bad.total() == 0)?;
         self.rx.frames += 1;
         self.held = Some(n);
         Some(packet)
@@ -1399,9 +1711,9 @@ impl QueueDriver {
     /// Walks the elements of input buffer `n` (0x82) once and calls `f` for each
     /// sound frame; returns the frames handed to `f` and the frames counted bad. Moves
     /// no state and no counter.
-    fn gather(&self, n: u8, f: &mut impl FnMut(&RxFrame<'_>)) -> (usize, u64) {
+    fn gather(&self, n: u8, f: &mut impl FnMut(&RxFrame<'_>)) -> (usize, BadFrames) {
         let mut frames = 0;
-        let mut bad = 0u64;
+        let mut bad = BadFrames::default();
         let sbal = self.in_sbal(n);
         let slot = usize::from(n % self.cfg.rx_buffers) * self.cfg.mfs.bytes();
         let slot_guest = self.rx_data.guest + slot as u64;
@@ -1420,7 +1732,7 @@ impl QueueDriver {
             let starts = matches!(frag, Fragment::None | Fragment::First);
             if starts && open {
                 // The open frame never got its last element.
-                bad += 1;
+                bad.other += 1;
                 pieces.clear();
                 (bytes, broken) = (0, false);
             }
@@ -1447,12 +1759,12 @@ impl QueueDriver {
                 _ => broken = true,
             }
             if matches!(frag, Fragment::None | Fragment::Last) {
-                match Self::check_frame(&pieces, bytes, broken) {
-                    Some(frame) => {
+                match self.check_frame(&pieces, bytes, broken) {
+                    Ok(frame) => {
                         f(&frame);
                         frames += 1;
                     }
-                    None => bad += 1,
+                    Err(why) => bad.count(why),
                 }
                 pieces.clear();
                 (bytes, broken, open) = (0, false, false);
@@ -1463,27 +1775,51 @@ impl QueueDriver {
         }
         if open {
             // LAST_ENTRY on a first or middle element, or none in 16 elements.
-            bad += 1;
+            bad.other += 1;
         }
         (frames, bad)
     }
 
     /// A gathered frame, if it is one: unbroken, its header whole in its first
-    /// element, decoding, and with a length that matches the bytes after it.
+    /// element, decoding as the queue set's layer, and with a length that matches the
+    /// bytes after it; on layer 2 an Ethernet frame of at least 14 bytes.
     fn check_frame<'p>(
+        &self,
         pieces: &'p [(GuestSlice, usize)],
         bytes: usize,
         broken: bool,
-    ) -> Option<RxFrame<'p>> {
-        let (first, first_len) = pieces.first()?;
+    ) -> Result<RxFrame<'p>, BadFrame> {
+        let (first, first_len) = pieces.first().ok_or(BadFrame::Other)?;
         if broken || *first_len < HEADER_SIZE {
-            return None;
+            return Err(BadFrame::Other);
         }
         let mut raw = [0u8; HEADER_SIZE];
         first.read(0, &mut raw);
-        let header = L3Header::decode(&raw).ok()?;
         let len = bytes - HEADER_SIZE;
-        (usize::from(header.length) == len).then_some(RxFrame {
+        let (header, length) = if self.cfg.layer2 {
+            let h = L2Header::decode(&raw).ok_or(if L3Header::decode(&raw).is_ok() {
+                BadFrame::WrongLayer
+            } else {
+                BadFrame::Other
+            })?;
+            if usize::from(h.pkt_length) == len && len < ETH_MIN {
+                return Err(BadFrame::Short);
+            }
+            (FrameHeader::Layer2(h), h.pkt_length)
+        } else {
+            let h = L3Header::decode(&raw).map_err(|_| {
+                if raw[0] == ID_LAYER2 {
+                    BadFrame::WrongLayer
+                } else {
+                    BadFrame::Other
+                }
+            })?;
+            (FrameHeader::Layer3(h), h.length)
+        };
+        if usize::from(length) != len {
+            return Err(BadFrame::Other);
+        }
+        Ok(RxFrame {
             header,
             len,
             pieces,

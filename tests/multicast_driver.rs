@@ -56,7 +56,8 @@ fn take(q: &mut QueueDriver) -> Vec<(CastType, IpAddr, Vec<u8>)> {
         .receive(|f| {
             let mut buf = vec![0u8; f.len()];
             f.copy_to(&mut buf);
-            out.push((f.header().cast, f.header().next_hop, buf));
+            let h = f.header().expect("a layer-3 frame");
+            out.push((h.cast, h.next_hop, buf));
         })
         .is_some()
     {}
