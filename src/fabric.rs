@@ -1168,7 +1168,14 @@ impl<
     pub fn group_members(&self, group: IpAddr) -> heapless::Vec<SourceKey, Q> {
         debug_assert!(self.may_wait(), "group_members from interrupt context");
         let st = self.state.read();
-        st.table.members(&group).map(|e| e.owner).take(Q).collect()
+        let mut out = heapless::Vec::new();
+        for e in st.table.members(&group) {
+            // At most one membership per queue set, Q of them: no push fails.
+            if out.push(e.owner).is_err() {
+                break;
+            }
+        }
+        out
     }
 
     fn add_membership(&self, key: SourceKey, group: IpAddr) -> Result<(), RegistrationError> {
@@ -1566,9 +1573,11 @@ impl<
         if !live {
             return Err(RegistrationError::StaleHandle);
         }
-        Ok(self.controls[usize::from(handle.slot.index)]
-            .counters
-            .snapshot())
+        // A slot's index is below Q by construction; `get` keeps a panic path out.
+        self.controls
+            .get(usize::from(handle.slot.index))
+            .map(|qc| qc.counters.snapshot())
+            .ok_or(RegistrationError::StaleHandle)
     }
 
     /// The counters of `lpar`'s queue set on `subchannel`, if it is established.
@@ -1577,7 +1586,9 @@ impl<
         let st = self.view()?;
         lock_point!(self, TableShared);
         let slot = st.table.source(&SourceKey { lpar, subchannel })?;
-        Some(self.controls[usize::from(slot.index)].counters.snapshot())
+        self.controls
+            .get(usize::from(slot.index))
+            .map(|qc| qc.counters.snapshot())
     }
 
     /// Copies `dst.len()` bytes of partition `lpar`'s memory at guest address `addr` into
