@@ -29,6 +29,19 @@
 //! header and hands over the Ethernet frame behind it; the layer-3 calls are refused
 //! on a layer-2 driver and the layer-2 calls on a layer-3 one
 //! ([`DriverError::WrongLayer`]).
+//!
+//! Completion queue ([`DriverConfig::completion_queue`]): the driver also lays out a
+//! completion queue and one QAOB per output buffer of its unicast queues, and sends on
+//! those queues with SIGA WRITEQ, one buffer per SIGA, as Linux does with
+//! `QETH_CQ_ENABLED` (`qdio_siga_output` in `drivers/s390/cio/qdio_main.c` picks WRITEQ
+//! for a single buffer with a QAOB). A buffer the fabric leaves PENDING (0xA3) keeps
+//! its frame data untouched until its QAOB completes, while its SBAL is free at once
+//! (Linux's `qeth_iqd_tx_complete` reuses it the same way);
+//! [`QueueDriver::complete`] takes the completion queue's buffers, reports each
+//! completion ([`Completion`]: `aorc` 0 delivered, else the reason) and re-arms them
+//! (0x41). The driver keeps at most [`PENDING_PER_QUEUE_SET`] buffers primed or
+//! pending on its WRITEQ queues, so the fabric's synchronous 0x10 for a full pending
+//! list never comes.
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ptr::NonNull;
@@ -39,11 +52,12 @@ use crate::fabric::{QueueAddresses, QueueSetParams, Siga, SigaFunction};
 use crate::guest::{GuestSlice, Sbal, Window};
 use crate::initiative::{self, IndicatorByte};
 use crate::qdio::l2::{ETH_MIN, ETH_ROUTING, ID_LAYER2, L2Header, Mac, MacCast};
+use crate::qdio::qaob;
 use crate::qdio::{
     CastType, Eflags, Fragment, HEADER_SIZE, L3Header, Mfs, QUEUE_BUFFERS, RX_ELEMENT_SIZE, Reason,
     SBAL_SIZE, SBALES_PER_SBAL, SLSB_LEN, Sbale, SlsbState,
 };
-use crate::queue::MAX_OUTPUT_QUEUES;
+use crate::queue::{MAX_OUTPUT_QUEUES, PENDING_PER_QUEUE_SET};
 
 /// Page size the driver aligns data buffers to; frames are split at page boundaries.
 const PAGE: usize = 4096;
@@ -63,6 +77,10 @@ pub enum DriverError {
     TooLarge,
     /// No frame given, or a frame longer than a header's length field can say.
     InvalidFrame,
+    /// Completion queue: [`PENDING_PER_QUEUE_SET`] buffers of the WRITEQ queues are
+    /// primed or pending already; take the completions
+    /// ([`QueueDriver::complete`]) first.
+    PendingFull,
     /// A multicast, broadcast or anycast frame, but the queue set has one output queue
     /// and so no multicast queue ([`DriverConfig::output_queues`] below 2).
     NoMulticastQueue,
@@ -98,6 +116,9 @@ impl core::fmt::Display for DriverError {
             Self::NoFreeBuffer => "no free output buffer: issue SIGA first",
             Self::TooLarge => "frames larger than the MFS or 16 elements",
             Self::InvalidFrame => "no frame, or a frame too long for the header",
+            Self::PendingFull => {
+                "pending buffers at the fabric's capacity: take the completions first"
+            }
             Self::NoMulticastQueue => "one output queue: no multicast queue",
             Self::InvalidDest => "destination not of its kind, or not for that output queue",
             Self::WrongLayer => "a frame of the other layer than the queue set's",
@@ -331,6 +352,10 @@ pub struct DriverConfig {
     /// Layer-2 mode: the queue set is established layer 2 ([`QueueSetParams::layer2`])
     /// and carries Ethernet frames behind the layer-2 header ([`L2Header`]).
     pub layer2: bool,
+    /// Establish with a completion queue and send on the unicast queues with SIGA
+    /// WRITEQ, one QAOB per output buffer (see the [module docs](self)). The SIGA
+    /// implementation must carry the QAOB address ([`Siga::siga_writeq`]).
+    pub completion_queue: bool,
 }
 
 impl DriverConfig {
@@ -344,6 +369,7 @@ impl DriverConfig {
             output_queues: 1,
             interrupt_immediately: false,
             layer2: false,
+            completion_queue: false,
         }
     }
 
@@ -364,6 +390,16 @@ impl DriverConfig {
             + 64
             + (self.rx_buffers as usize + queues * self.tx_buffers as usize) * self.mfs.bytes()
             + (1 + 2 * queues) * PAGE
+            + if self.completion_queue {
+                // The completion queue's ring and SLSB, and the QAOBs (at most one per
+                // output buffer of every queue).
+                QUEUE_BUFFERS * SBAL_SIZE
+                    + 256
+                    + queues * self.tx_buffers as usize * qaob::QAOB_SIZE
+                    + 2 * PAGE
+            } else {
+                0
+            }
     }
 }
 
@@ -386,6 +422,10 @@ pub struct FlushReport {
     pub pending: u8,
     /// Buffers each output queue had primed when the flush began.
     pub primed: [u8; MAX_OUTPUT_QUEUES],
+    /// Completion queue: buffers (positions, as in `refused`) the fabric left PENDING
+    /// (0xA3); each completes later through [`QueueDriver::complete`]. Taken, not
+    /// refused: they count neither in `delivered` nor in `refused`.
+    pub went_pending: heapless::Vec<u8, QUEUE_BUFFERS>,
 }
 
 impl FlushReport {
@@ -646,6 +686,92 @@ impl TxQueue {
     }
 }
 
+/// One buffer the fabric completed asynchronously: it had gone PENDING (0xA3), and its
+/// QAOB came back on the completion queue ([`QueueDriver::complete`]). Its frame data
+/// is the program's again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The output queue it was sent on.
+    pub queue: u8,
+    /// The output buffer (SBAL number) it was sent from. The SBAL itself was free from
+    /// the moment it went pending; its data slot (`buffer % tx_buffers`) was held until
+    /// now, so while it is pending no other buffer of the queue has the same slot.
+    pub buffer: u8,
+    /// The QAOB's `aorc`: 0 delivered, else the sbalf15 reason code it failed with.
+    pub aorc: u8,
+}
+
+impl Completion {
+    /// Whether the buffer was delivered (`aorc` 0).
+    pub const fn delivered(&self) -> bool {
+        self.aorc == 0
+    }
+
+    /// The reason it was not delivered; `None` when it was, or for a code the crate
+    /// does not know.
+    pub fn reason(&self) -> Option<Reason> {
+        if self.aorc == 0 {
+            None
+        } else {
+            Reason::from_code(self.aorc)
+        }
+    }
+}
+
+/// What a queue driver's completion queue saw since it was made
+/// ([`QueueDriver::cq_counters`]). Every buffer counted in `pending` ends in exactly
+/// one of `completed` and `completed_with_error` once its completion is taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CqCounters {
+    /// Buffers the fabric left PENDING (0xA3).
+    pub pending: u64,
+    /// Pending buffers completed with `aorc` 0: delivered.
+    pub completed: u64,
+    /// Pending buffers completed with an error `aorc` (the receiver went away 0x12,
+    /// the queue set was deregistered 0x15, the QAOB or the data went bad).
+    pub completed_with_error: u64,
+    /// Completion-queue buffers taken (each announces 1 to 16 QAOBs).
+    pub cq_buffers: u64,
+    /// Completion-queue entries that named no QAOB of a pending buffer of this driver
+    /// (not one of its QAOBs, or one not pending): ignored, counted.
+    pub bad_entries: u64,
+    /// Completion-queue buffers the fabric marked in error (0x8F): re-armed, counted.
+    pub error_buffers: u64,
+}
+
+/// The completion queue of a driver: its ring and SLSB, the QAOBs (one per output
+/// buffer slot of each WRITEQ queue, `q * tx_buffers + slot`), which of them are
+/// pending and what each was sent from.
+struct Cq {
+    sbals: Chunk,
+    ring: [Sbal; QUEUE_BUFFERS],
+    slsb: Chunk,
+    qaobs: Chunk,
+    /// QAOBs laid out.
+    count: usize,
+    /// Next completion-queue buffer to take.
+    next: u8,
+    /// QAOB i is pending (its slot's data held) while bit i is set.
+    held: u128,
+    /// The output buffer each pending QAOB's buffer was sent from.
+    sent_from: [u8; QUEUE_BUFFERS],
+    counters: CqCounters,
+}
+
+impl Cq {
+    fn held_count(&self) -> usize {
+        self.held.count_ones() as usize
+    }
+
+    fn is_held(&self, i: usize) -> bool {
+        i < 128 && self.held & (1u128 << i) != 0
+    }
+
+    fn qaob_addr(&self, i: usize) -> u64 {
+        self.qaobs.guest + (i * qaob::QAOB_SIZE) as u64
+    }
+}
+
 /// The driver of one queue set: its output and input queues in partition memory.
 pub struct QueueDriver {
     cfg: DriverConfig,
@@ -665,6 +791,8 @@ pub struct QueueDriver {
     /// The input buffer lent in place by `hold_single`, not yet handed back.
     held: Option<u8>,
     rx: RxCounters,
+    /// The completion queue, when [`DriverConfig::completion_queue`] is set.
+    cq: Option<Cq>,
 }
 
 impl QueueDriver {
@@ -707,7 +835,7 @@ impl QueueDriver {
             // At most MAX_OUTPUT_QUEUES (checked above): the push cannot fail.
             tx.push(q).map_err(|_| DriverError::InvalidConfig)?;
         }
-        let d = Self {
+        let mut d = Self {
             cfg,
             tx,
             in_ring: Self::ring(&in_sbals)?,
@@ -722,6 +850,7 @@ impl QueueDriver {
             acked: None,
             held: None,
             rx: RxCounters::default(),
+            cq: None,
         };
         d.in_slsb.mem.fill(0, SLSB_LEN, SlsbState::INPUT_NOT_INIT.0);
         for c in [&d.in_slsb, &d.queue_ind] {
@@ -730,7 +859,43 @@ impl QueueDriver {
         for n in 0..cfg.rx_buffers {
             d.arm(n);
         }
+        if cfg.completion_queue {
+            d.cq = Some(Self::new_cq(region, &cfg)?);
+        }
         Ok(d)
+    }
+
+    /// Lays out the completion queue (after everything else, so a driver without one
+    /// keeps its layout): its ring, its SLSB with every buffer armed (0x41, as Linux
+    /// arms its completion queue whole, `qeth_cq_init`), and the QAOBs of the WRITEQ
+    /// queues (every queue but the multicast queue).
+    fn new_cq(region: &mut Region, cfg: &DriverConfig) -> Result<Cq, DriverError> {
+        let queues = usize::from(cfg.output_queues);
+        let unicast = if queues >= 2 { queues - 1 } else { queues };
+        let count = unicast * usize::from(cfg.tx_buffers);
+        let sbals = region.alloc(QUEUE_BUFFERS * SBAL_SIZE, PAGE)?;
+        let slsb = region.alloc(SLSB_LEN, 256)?;
+        let qaobs = region.alloc(count * qaob::QAOB_SIZE, PAGE)?;
+        let cq = Cq {
+            ring: Self::ring(&sbals)?,
+            sbals,
+            slsb,
+            qaobs,
+            count,
+            next: 0,
+            held: 0,
+            sent_from: [0; QUEUE_BUFFERS],
+            counters: CqCounters::default(),
+        };
+        cq.slsb.mem.fill(0, SLSB_LEN, SlsbState::INPUT_NOT_INIT.0);
+        cq.slsb.mem.model_atomics();
+        for n in 0..QUEUE_BUFFERS as u8 {
+            // The elements are the fabric's to write: empty until it posts.
+            cq.ring[usize::from(n)].store(0, &Sbale::default());
+            // Release pairs with the fabric's Acquire load of 0x41.
+            Self::set_state(&cq.slsb, n, SlsbState::INPUT_EMPTY, Ordering::Release);
+        }
+        Ok(cq)
     }
 
     /// The configuration.
@@ -774,7 +939,10 @@ impl QueueDriver {
             interrupt_cookie: 0,
             more_outputs,
             layer2: self.cfg.layer2,
-            ..Default::default()
+            completion_queue: self.cq.as_ref().map(|cq| QueueAddresses {
+                sbals: sbals(&cq.sbals),
+                slsb: cq.slsb.guest,
+            }),
         }
     }
 
@@ -1112,6 +1280,15 @@ impl QueueDriver {
         let n = tq.next;
         if tq.state(n).owned_by_fabric() {
             return Err(DriverError::NoFreeBuffer);
+        }
+        if let Some((cq, i)) = self.cq.as_ref().zip(self.qaob_index(q, n)) {
+            // The slot's data belongs to a pending buffer until its QAOB completes.
+            if cq.is_held(i) {
+                return Err(DriverError::NoFreeBuffer);
+            }
+            if cq.held_count() + self.writeq_primed() >= PENDING_PER_QUEUE_SET {
+                return Err(DriverError::PendingFull);
+            }
         }
         if lens.is_empty() || lens.iter().any(|&l| l > usize::from(u16::MAX)) {
             return Err(DriverError::InvalidFrame);
@@ -1518,12 +1695,22 @@ impl QueueDriver {
 
     /// SIGA write naming output queue `q` alone, for its buffer `n`, just primed; its
     /// outcome.
+    ///
+    /// With a completion queue, on a WRITEQ queue: SIGA WRITEQ with the buffer's QAOB;
+    /// a buffer left PENDING (0xA3) is taken (`Ok`), its data held until
+    /// [`complete`](Self::complete) reports it.
     pub(crate) fn siga_write_on<S: Siga + ?Sized>(
         &mut self,
         siga: &S,
         q: u8,
         n: u8,
     ) -> Result<(), SendError> {
+        if let Some(i) = self.qaob_index(q, n) {
+            return match self.writeq(siga, q, n, i).map_err(SendError::Siga)? {
+                SlsbState::OUTPUT_EMPTY | SlsbState::OUTPUT_PENDING => Ok(()),
+                _ => Err(SendError::Refused(self.reason_on(q, n))),
+            };
+        }
         self.issue(siga, SigaFunction::Write, TxQueue::mask(q))
             .map_err(SendError::Siga)?;
         let tq = self.txq_mut(q).map_err(SendError::Driver)?;
@@ -1532,6 +1719,215 @@ impl QueueDriver {
             SlsbState::OUTPUT_EMPTY => Ok(()),
             _ => Err(SendError::Refused(self.reason_on(q, n))),
         }
+    }
+
+    /// Whether output queue `q` sends with SIGA WRITEQ: a completion queue, and `q` a
+    /// unicast queue (not the multicast queue, where the fabric refuses WRITEQ; Linux
+    /// attaches no QAOB there either, `qeth_flush_buffers`).
+    pub fn uses_writeq(&self, q: u8) -> bool {
+        self.cq.is_some() && usize::from(q) < self.tx.len() && self.multicast_queue() != Some(q)
+    }
+
+    /// The QAOB of output buffer `n` of queue `q`, when that queue sends with WRITEQ.
+    fn qaob_index(&self, q: u8, n: u8) -> Option<usize> {
+        if !self.uses_writeq(q) {
+            return None;
+        }
+        let tx = usize::from(self.cfg.tx_buffers);
+        let i = usize::from(q) * tx + usize::from(n) % tx;
+        self.cq.as_ref().filter(|cq| i < cq.count).map(|_| i)
+    }
+
+    /// Buffers primed (not yet sent) on the WRITEQ queues.
+    fn writeq_primed(&self) -> usize {
+        (0..self.tx.len() as u8)
+            .filter(|&q| self.uses_writeq(q))
+            .filter_map(|q| self.tx.get(usize::from(q)))
+            .map(|tq| usize::from(tq.primed))
+            .sum()
+    }
+
+    /// SIGA WRITEQ for the oldest primed buffer of queue `q`, which is `n`, with QAOB
+    /// `i`: one buffer per SIGA. Returns the buffer's state after it (0xA1, 0xA3, 0xAF,
+    /// or still 0x62 when the SIGA ended before it); a pending buffer's slot is held.
+    fn writeq<S: Siga + ?Sized>(
+        &mut self,
+        siga: &S,
+        q: u8,
+        n: u8,
+        i: usize,
+    ) -> Result<SlsbState, SigaStatus> {
+        let addr = self.cq.as_ref().map_or(0, |cq| cq.qaob_addr(i));
+        let mut tries = 0;
+        loop {
+            let status = siga.siga_writeq(self.cfg.subchannel, TxQueue::mask(q), addr);
+            if status.is_done() {
+                break;
+            }
+            if !status.is_busy() || tries >= 1000 {
+                return Err(status);
+            }
+            tries += 1;
+            core::hint::spin_loop();
+        }
+        let state = self.output_state_on(q, n);
+        if state != SlsbState::OUTPUT_PRIMED
+            && let Ok(tq) = self.txq_mut(q)
+        {
+            tq.primed = tq.primed.saturating_sub(1);
+        }
+        if state == SlsbState::OUTPUT_PENDING
+            && let Some(cq) = self.cq.as_mut()
+        {
+            cq.held |= 1u128 << i;
+            if let Some(s) = cq.sent_from.get_mut(i) {
+                *s = n;
+            }
+            cq.counters.pending += 1;
+        }
+        Ok(state)
+    }
+
+    /// Sends the buffers primed on the WRITEQ queues, one SIGA WRITEQ each, oldest
+    /// first, into `report` (positions as [`flush`](Self::flush) counts them).
+    fn flush_writeq<S: Siga + ?Sized>(
+        &mut self,
+        siga: &S,
+        report: &mut FlushReport,
+    ) -> Result<(), SigaStatus> {
+        let mut position = 0u8;
+        for q in 0..self.tx.len() as u8 {
+            let primed = self.tx.get(usize::from(q)).map_or(0, |tq| tq.primed);
+            if !self.uses_writeq(q) {
+                position = position.wrapping_add(primed);
+                continue;
+            }
+            for _ in 0..primed {
+                let Some(n) = self.tx.get(usize::from(q)).map(|tq| tq.primed_buffer(0)) else {
+                    break;
+                };
+                let Some(i) = self.qaob_index(q, n) else {
+                    break;
+                };
+                match self.writeq(siga, q, n, i)? {
+                    SlsbState::OUTPUT_EMPTY => report.delivered += 1,
+                    // At most 128 buffers over all queues: the pushes cannot fail.
+                    SlsbState::OUTPUT_PENDING => {
+                        let _ = report.went_pending.push(position);
+                    }
+                    SlsbState::OUTPUT_PRIMED => {
+                        // The SIGA ended before it: it and the rest stay primed.
+                        let left = self.tx.get(usize::from(q)).map_or(0, |tq| tq.primed);
+                        report.pending += left;
+                        position = position.wrapping_add(left);
+                        break;
+                    }
+                    _ => {
+                        let _ = report.refused.push((position, self.reason_on(q, n)));
+                    }
+                }
+                position = position.wrapping_add(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the completion queue's buffers the fabric posted (0x82), in ring order:
+    /// for each QAOB address they announce (Linux's `qeth_qdio_cq_handler`: elements
+    /// until one with address 0), reads its `aorc`, frees the pending buffer's data
+    /// and calls `f` with the [`Completion`]; then re-arms the buffer (0x41). An entry
+    /// naming no pending QAOB of this driver is ignored and counted
+    /// ([`CqCounters::bad_entries`]). Returns the completions reported; 0 without a
+    /// completion queue.
+    ///
+    /// The fabric signals this queue set's indicators (and raises its interrupt as for
+    /// a delivery) when it posts: call this where [`receive`](Self::receive) is called.
+    pub fn complete(&mut self, mut f: impl FnMut(&Completion)) -> usize {
+        let tx = usize::from(self.cfg.tx_buffers).max(1);
+        let Some(cq) = self.cq.as_mut() else {
+            return 0;
+        };
+        let mut reported = 0;
+        loop {
+            let n = cq.next;
+            // Acquire pairs with the fabric's Release store of 0x82: the elements and
+            // the QAOBs' codes are visible.
+            let state = SlsbState(Self::state(&cq.slsb, n, Ordering::Acquire));
+            if state == SlsbState::INPUT_PRIMED {
+                let sbal = cq.ring[usize::from(n) % QUEUE_BUFFERS];
+                for e in 0..SBALES_PER_SBAL {
+                    let addr = sbal.load(e).addr;
+                    if addr == 0 {
+                        break;
+                    }
+                    let i = addr
+                        .checked_sub(cq.qaobs.guest)
+                        .filter(|off| off % qaob::QAOB_SIZE as u64 == 0)
+                        .and_then(|off| usize::try_from(off / qaob::QAOB_SIZE as u64).ok())
+                        .filter(|&i| i < cq.count && cq.is_held(i));
+                    let Some(i) = i else {
+                        cq.counters.bad_entries += 1;
+                        continue;
+                    };
+                    let mut aorc = [0u8];
+                    cq.qaobs
+                        .mem
+                        .read(i * qaob::QAOB_SIZE + qaob::AORC, &mut aorc);
+                    cq.held &= !(1u128 << i);
+                    let c = Completion {
+                        queue: (i / tx) as u8,
+                        buffer: cq.sent_from.get(i).copied().unwrap_or(0),
+                        aorc: aorc[0],
+                    };
+                    if c.delivered() {
+                        cq.counters.completed += 1;
+                    } else {
+                        cq.counters.completed_with_error += 1;
+                    }
+                    reported += 1;
+                    f(&c);
+                }
+                cq.counters.cq_buffers += 1;
+            } else if state == SlsbState::INPUT_ERROR {
+                cq.counters.error_buffers += 1;
+            } else {
+                return reported;
+            }
+            // Empty again for the fabric's next post, then armed: Release pairs with
+            // its Acquire load of 0x41.
+            cq.ring[usize::from(n) % QUEUE_BUFFERS].store(0, &Sbale::default());
+            Self::set_state(&cq.slsb, n, SlsbState::INPUT_EMPTY, Ordering::Release);
+            cq.next = (n + 1) % QUEUE_BUFFERS as u8;
+        }
+    }
+
+    /// Whether the completion queue's next buffer holds completions (or an error) to
+    /// take with [`complete`](Self::complete).
+    pub fn has_completions(&self) -> bool {
+        self.cq.as_ref().is_some_and(|cq| {
+            let s = SlsbState(Self::state(&cq.slsb, cq.next, Ordering::Acquire));
+            s == SlsbState::INPUT_PRIMED || s == SlsbState::INPUT_ERROR
+        })
+    }
+
+    /// Buffers sent with WRITEQ that are pending (0xA3) and not yet reported complete:
+    /// their data slots are held.
+    pub fn pending_tx(&self) -> usize {
+        self.cq.as_ref().map_or(0, Cq::held_count)
+    }
+
+    /// The completion queue's counters (all zero without one).
+    pub fn cq_counters(&self) -> CqCounters {
+        self.cq
+            .as_ref()
+            .map_or(CqCounters::default(), |cq| cq.counters)
+    }
+
+    /// The guest address of the QAOB output buffer `n` of queue `q` is sent with, when
+    /// that queue sends with WRITEQ (for tests and tools that look at it).
+    pub fn qaob_address(&self, q: u8, n: u8) -> Option<u64> {
+        let i = self.qaob_index(q, n)?;
+        self.cq.as_ref().map(|cq| cq.qaob_addr(i))
     }
 
     /// SIGA with queue mask `mask` until it is not busy (bounded): `Err` with what it
@@ -1570,17 +1966,28 @@ impl QueueDriver {
     }
 
     /// Sends every buffer primed since the last SIGA, on every output queue, with one
-    /// SIGA write-multiple whose mask names each queue that has some.
+    /// SIGA write-multiple whose mask names each queue that has some. With a completion
+    /// queue, the WRITEQ queues' buffers go first, one SIGA WRITEQ each (those left
+    /// PENDING are in [`FlushReport::went_pending`]), the multicast queue's with the
+    /// write-multiple.
     pub fn flush<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<FlushReport, SigaStatus> {
         let mut report = FlushReport::default();
         let mut mask = 0;
+        let mut writeq = false;
         for (q, tq) in self.tx.iter().enumerate() {
             if tq.primed > 0 {
-                mask |= TxQueue::mask(q as u8);
+                if self.uses_writeq(q as u8) {
+                    writeq = true;
+                } else {
+                    mask |= TxQueue::mask(q as u8);
+                }
             }
             if let Some(p) = report.primed.get_mut(q) {
                 *p = tq.primed;
             }
+        }
+        if writeq {
+            self.flush_writeq(siga, &mut report)?;
         }
         if mask == 0 {
             return Ok(report);
@@ -1588,6 +1995,10 @@ impl QueueDriver {
         self.issue(siga, SigaFunction::WriteMultiple, mask)?;
         let mut position = 0u8;
         for q in 0..self.tx.len() {
+            if self.uses_writeq(q as u8) {
+                position = position.wrapping_add(report.primed.get(q).copied().unwrap_or(0));
+                continue;
+            }
             let Some(tq) = self.tx.get(q) else { break };
             let mut pending = 0;
             for k in 0..tq.primed {
@@ -1883,7 +2294,7 @@ impl QueueDriver {
                     );
                 }
             },
-            || self.queue_ind.mem.is_set() || self.has_input(),
+            || self.queue_ind.mem.is_set() || self.has_input() || self.has_completions(),
         )
     }
 
