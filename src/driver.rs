@@ -1789,17 +1789,26 @@ impl QueueDriver {
     }
 
     /// Sends the buffers primed on the WRITEQ queues, one SIGA WRITEQ each, oldest
-    /// first, into `report` (positions as [`flush`](Self::flush) counts them).
+    /// first, into `report` (positions as [`flush`](Self::flush) counts them). A SIGA
+    /// that fails (busy past the retries, cc1, cc3) ends it: `Err` if it was the first,
+    /// else `Ok(true)`: the buffers not reached stay primed and count in
+    /// `report.pending`.
     fn flush_writeq<S: Siga + ?Sized>(
         &mut self,
         siga: &S,
         report: &mut FlushReport,
-    ) -> Result<(), SigaStatus> {
+    ) -> Result<bool, SigaStatus> {
         let mut position = 0u8;
+        let mut handled = 0u32;
+        let mut stopped = false;
         for q in 0..self.tx.len() as u8 {
             let primed = self.tx.get(usize::from(q)).map_or(0, |tq| tq.primed);
             if !self.uses_writeq(q) {
                 position = position.wrapping_add(primed);
+                continue;
+            }
+            if stopped {
+                report.pending += primed;
                 continue;
             }
             for _ in 0..primed {
@@ -1809,7 +1818,16 @@ impl QueueDriver {
                 let Some(i) = self.qaob_index(q, n) else {
                     break;
                 };
-                match self.writeq(siga, q, n, i)? {
+                let state = match self.writeq(siga, q, n, i) {
+                    Ok(state) => state,
+                    Err(status) if handled == 0 => return Err(status),
+                    Err(_) => {
+                        stopped = true;
+                        SlsbState::OUTPUT_PRIMED
+                    }
+                };
+                handled += 1;
+                match state {
                     SlsbState::OUTPUT_EMPTY => report.delivered += 1,
                     // At most 128 buffers over all queues: the pushes cannot fail.
                     SlsbState::OUTPUT_PENDING => {
@@ -1829,7 +1847,7 @@ impl QueueDriver {
                 position = position.wrapping_add(1);
             }
         }
-        Ok(())
+        Ok(stopped)
     }
 
     /// Takes the completion queue's buffers the fabric posted (0x82), in ring order:
@@ -1986,8 +2004,15 @@ impl QueueDriver {
                 *p = tq.primed;
             }
         }
-        if writeq {
-            self.flush_writeq(siga, &mut report)?;
+        if writeq && self.flush_writeq(siga, &mut report)? {
+            // A SIGA failed after others went through: the rest waits for the next
+            // flush, still primed.
+            for (q, tq) in self.tx.iter().enumerate() {
+                if !self.uses_writeq(q as u8) {
+                    report.pending += tq.primed;
+                }
+            }
+            return Ok(report);
         }
         if mask == 0 {
             return Ok(report);
