@@ -247,8 +247,12 @@ fn take(
         let mut scratch = SCRATCH.lock();
         let got = node.queue.receive(|f| {
             let len = f.copy_to(&mut scratch[..]);
-            let h = f.header();
-            match check(&scratch[..len], h.cast, h.next_hop, me, n) {
+            // A layer-3 queue set: every frame has a layer-3 header (`None` would be a
+            // layer-2 frame, which the driver does not hand over here).
+            let checked = f
+                .header()
+                .and_then(|h| check(&scratch[..len], h.cast, h.next_hop, me, n));
+            match checked {
                 Some((src, channel, seq)) => match rx_seq[src][channel] {
                     want if seq == want => {
                         rx_seq[src][channel] += 1;
