@@ -1682,17 +1682,6 @@ impl QueueDriver {
         self.siga_write_on(siga, q, m)
     }
 
-    /// SIGA write for output buffer `n` of queue 0, just primed; its outcome.
-    // The smoltcp device's (src/phy.rs).
-    #[cfg_attr(not(feature = "smoltcp"), allow(dead_code))]
-    pub(crate) fn siga_write<S: Siga + ?Sized>(
-        &mut self,
-        siga: &S,
-        n: u8,
-    ) -> Result<(), SendError> {
-        self.siga_write_on(siga, 0, n)
-    }
-
     /// SIGA write naming output queue `q` alone, for its buffer `n`, just primed; its
     /// outcome.
     ///

@@ -1,6 +1,7 @@
 //! A [`smoltcp`] network device on a partition's queue set (feature `smoltcp`).
 //!
-//! [`IqdioDevice`] implements [`smoltcp::phy::Device`] with [`Medium::Ip`] on top of a
+//! [`IqdioDevice`] implements [`smoltcp::phy::Device`] with [`Medium::Ip`] (or, on a
+//! layer-2 queue set, [`Medium::Ethernet`]: see below) on top of a
 //! partition's [`QueueDriver`] and any [`Siga`] (the fabric's [`Port`](crate::Port),
 //! or a hypervisor's trap path). It is `no_std` and allocates nothing: the caller
 //! lends it the driver and two scratch buffers.
@@ -26,6 +27,31 @@
 //!   valid IP for any receiver, and not verified on receive: the fabric copies memory
 //!   to memory and has no wire to corrupt a packet on ([`IqdioDevice::set_checksums`]
 //!   changes this).
+//!
+//! ## The Ethernet device (layer 2)
+//!
+//! [`IqdioDevice::new_ethernet`] makes a [`Medium::Ethernet`] device on a layer-2
+//! queue set ([`DriverConfig::layer2`](crate::driver::DriverConfig::layer2)) for one
+//! VLAN (0: the untagged LAN), so that the stack runs ARP and IPv6 neighbour discovery
+//! itself, with no static neighbour entries:
+//!
+//! - **Transmit.** smoltcp writes its Ethernet frame straight into the next output
+//!   buffer of queue 0, after 4 bytes of room; on a VLAN the device moves the two MACs
+//!   into the room and writes the 802.1Q tag after them (as a Linux VLAN device
+//!   does), untagged it uses no room. The driver writes Linux's `qeth_hdr_layer2` for
+//!   the frame ([`L2Header`](crate::qdio::l2::L2Header)) and sends it: a unicast MAC
+//!   on queue 0, a broadcast or group MAC (ARP requests, neighbour solicitations) on
+//!   the multicast queue, where the frame moves with one copy.
+//! - **Receive.** As the IP device, in place when the buffer holds one frame; a frame
+//!   of the device's VLAN is handed over with its tag removed (the MACs move 4 bytes
+//!   on, over it, in the held buffer), a frame of any other VLAN is not
+//!   ([`DeviceCounters::rx_other_vlan`]).
+//! - **Capabilities.** MTU (which counts the Ethernet header for smoltcp) the maximum
+//!   frame size's, less the tag on a VLAN.
+//!
+//! The queue set needs its MAC registered, its VLAN joined and the IPv6 group MACs
+//! the stack listens on registered ([`IPV6_ALL_NODES_MAC`], [`solicited_node_mac`] of
+//! each address); ARP needs only the broadcast MAC, which every VLAN member gets.
 //!
 //! ## Back-pressure and loss
 //!
@@ -125,6 +151,7 @@ use smoltcp::time::Instant;
 use crate::driver::{Dest, QueueDriver, SendError};
 use crate::fabric::Siga;
 use crate::guest::GuestSlice;
+use crate::qdio::l2::{ETH_MIN, Mac, TPID_8021Q};
 use crate::qdio::{HEADER_SIZE, Mfs, QUEUE_BUFFERS, Reason, SBALES_PER_SBAL};
 
 /// Retries of a refused-as-full send before the packet is counted as dropped.
@@ -158,6 +185,12 @@ pub enum DeviceError {
         /// Bytes needed.
         needed: usize,
     },
+    /// The driver is of the other layer: [`IqdioDevice::new`] needs a layer-3 driver,
+    /// [`IqdioDevice::new_ethernet`] a layer-2 one
+    /// ([`DriverConfig::layer2`](crate::driver::DriverConfig::layer2)).
+    WrongLayer,
+    /// A VLAN id above 4094.
+    InvalidVlan,
 }
 
 impl core::fmt::Display for DeviceError {
@@ -169,6 +202,8 @@ impl core::fmt::Display for DeviceError {
             Self::TxBufferTooSmall { needed } => {
                 write!(f, "transmit buffer too small: {needed} bytes needed")
             }
+            Self::WrongLayer => f.write_str("driver of the other layer"),
+            Self::InvalidVlan => f.write_str("VLAN id above 4094"),
         }
     }
 }
@@ -203,6 +238,11 @@ pub struct DeviceCounters {
     /// buffers the fabric marked in error (0x8F, no frame in them), and frames that
     /// could not be staged (empty, or more frames than the receive buffer holds).
     pub rx_errors: u64,
+    /// Ethernet device only: received frames of another VLAN than the device's (read
+    /// from the frame's 802.1Q tag; untagged is VLAN 0), not handed to the stack. The
+    /// fabric delivers a VLAN's frames to its members only, so this stays 0 unless the
+    /// queue set is the bridge port or a member of several VLANs.
+    pub rx_other_vlan: u64,
 }
 
 impl DeviceCounters {
@@ -246,6 +286,8 @@ struct RxStage<'d> {
 struct TxPath<'d, S: Siga> {
     driver: &'d mut QueueDriver,
     siga: S,
+    /// Ethernet device: `Some` with its VLAN (0 untagged).
+    vlan: Option<u16>,
     buf: &'d mut [u8],
     counters: DeviceCounters,
     last_error: Option<TxError>,
@@ -274,6 +316,50 @@ impl<'d, S: Siga> IqdioDevice<'d, S> {
         rx_buf: &'d mut [u8],
         tx_buf: &'d mut [u8],
     ) -> Result<Self, DeviceError> {
+        if driver.config().layer2 {
+            return Err(DeviceError::WrongLayer);
+        }
+        Self::make(driver, siga, rx_buf, tx_buf, None)
+    }
+
+    /// An Ethernet device ([`Medium::Ethernet`]) on `driver`'s layer-2 queue set, for
+    /// VLAN `vlan` (0: the untagged LAN): the stack's frames go out tagged with `vlan`
+    /// (the device inserts the 802.1Q tag, as a Linux VLAN device does), and frames of
+    /// `vlan` come in with the tag removed; frames of any other VLAN are not handed to
+    /// the stack ([`DeviceCounters::rx_other_vlan`]). Buffers as for
+    /// [`new`](Self::new).
+    ///
+    /// The queue set must be set up so the stack's ARP and neighbour discovery work:
+    /// its MAC registered, a member of `vlan`, and the group MACs the stack listens on
+    /// registered: for IPv6 the all-nodes MAC ([`IPV6_ALL_NODES_MAC`]) and each
+    /// address's solicited-node MAC ([`solicited_node_mac`]). On a host that is
+    /// [`Fabric::register_mac`](crate::Fabric::register_mac),
+    /// [`join_vlan`](crate::Fabric::join_vlan) and
+    /// [`register_group_mac`](crate::Fabric::register_group_mac); in a partition,
+    /// the hypervisor's calls for them.
+    pub fn new_ethernet(
+        driver: &'d mut QueueDriver,
+        siga: S,
+        rx_buf: &'d mut [u8],
+        tx_buf: &'d mut [u8],
+        vlan: u16,
+    ) -> Result<Self, DeviceError> {
+        if !driver.config().layer2 {
+            return Err(DeviceError::WrongLayer);
+        }
+        if vlan > 4094 {
+            return Err(DeviceError::InvalidVlan);
+        }
+        Self::make(driver, siga, rx_buf, tx_buf, Some(vlan))
+    }
+
+    fn make(
+        driver: &'d mut QueueDriver,
+        siga: S,
+        rx_buf: &'d mut [u8],
+        tx_buf: &'d mut [u8],
+        vlan: Option<u16>,
+    ) -> Result<Self, DeviceError> {
         let mfs = driver.config().mfs;
         if rx_buf.len() < rx_buffer_len(mfs) {
             return Err(DeviceError::RxBufferTooSmall {
@@ -300,6 +386,7 @@ impl<'d, S: Siga> IqdioDevice<'d, S> {
             tx: TxPath {
                 driver,
                 siga,
+                vlan,
                 buf: tx_buf,
                 counters: DeviceCounters::default(),
                 last_error: None,
@@ -370,6 +457,51 @@ impl<'d, S: Siga> IqdioDevice<'d, S> {
         &self.tx.siga
     }
 
+    /// Ethernet device: a staged frame as the stack gets it: of the device's VLAN
+    /// (else counted in [`DeviceCounters::rx_other_vlan`] and `None`), its 802.1Q tag
+    /// removed (the two MACs move 4 bytes on, over it, in the input buffer held or the
+    /// receive buffer). The IP device's packets as they are.
+    fn untag(&mut self, staged: Staged) -> Option<Staged> {
+        let Some(vid) = self.tx.vlan else {
+            return Some(staged);
+        };
+        let mut head = [0u8; 16];
+        let (vlan, tagged) = match staged {
+            Staged::Copied(off, len) => frame_vlan(self.rx.buf.get(off..off + len)?),
+            Staged::InPlace(g) => {
+                let k = g.len().min(head.len());
+                g.read(0, &mut head[..k]);
+                frame_vlan(&head[..k])
+            }
+        }
+        .or_else(|| {
+            // Shorter than a frame: the driver hands over none such (it checks 14 bytes).
+            self.tx.counters.rx_errors += 1;
+            None
+        })?;
+        if vlan != vid {
+            self.tx.counters.rx_other_vlan += 1;
+            return None;
+        }
+        if !tagged {
+            return Some(staged);
+        }
+        // Tagged: at least 16 bytes (`frame_vlan` read the TCI).
+        match staged {
+            Staged::Copied(off, len) => {
+                self.rx.buf.copy_within(off..off + 12, off + 4);
+                Some(Staged::Copied(off + 4, len - 4))
+            }
+            Staged::InPlace(g) => {
+                // The buffer is held (0x82, the program's): the fabric does not write
+                // it, and no borrow of its bytes is alive (tokens end before `&mut self`
+                // methods run).
+                GuestSlice::copy(&g, 0, &g, 4, 12);
+                g.sub(4, g.len() - 4).map(Staged::InPlace)
+            }
+        }
+    }
+
     /// Makes sure a received packet is staged; false when no input is waiting.
     fn stage(&mut self) -> bool {
         if self.rx.next < self.rx.packets.len() {
@@ -424,15 +556,25 @@ impl<'d, S: Siga> TxPath<'d, S> {
     /// counts the outcome.
     fn send(&mut self, len: usize) {
         let packet = &self.buf[..len];
-        let Some(dest) = next_hop(packet) else {
-            self.fail(TxError::NotIp);
-            return;
+        // The IP device's next hop; the Ethernet device's frame names its own MAC.
+        let dest = match (self.vlan, next_hop(packet)) {
+            (Some(_), _) => None,
+            (None, Some(d)) => Some(d),
+            (None, None) => {
+                self.fail(TxError::NotIp);
+                return;
+            }
         };
         let mut tries = 0u32;
         loop {
             // Unicast whatever the address, as the zero-copy path (`prime_routed`) sends
-            // it: the device sends on output queue 0 only.
-            match self.driver.send(&self.siga, Dest::Unicast(dest), packet) {
+            // it: the IP device sends on output queue 0 only. The Ethernet device's
+            // frame goes where its destination MAC says.
+            let outcome = match dest {
+                Some(d) => self.driver.send(&self.siga, Dest::Unicast(d), packet),
+                None => self.driver.send_eth(&self.siga, packet),
+            };
+            match outcome {
                 Ok(()) => {
                     self.counters.tx_packets += 1;
                     self.counters.tx_bytes += len as u64;
@@ -467,9 +609,9 @@ impl<'d, S: Siga> TxPath<'d, S> {
     /// counts the outcome as [`send`](Self::send) does; a target-full refusal is
     /// retried by [`QueueDriver::resend`], which moves the frame into the next
     /// output buffer (the packet is no longer anywhere else).
-    fn complete(&mut self, n: u8, len: usize) {
+    fn complete(&mut self, q: u8, n: u8, len: usize) {
         let mut tries = 0u32;
-        let mut outcome = self.driver.siga_write(&self.siga, n);
+        let mut outcome = self.driver.siga_write_on(&self.siga, q, n);
         loop {
             match outcome {
                 Ok(()) => {
@@ -488,9 +630,9 @@ impl<'d, S: Siga> TxPath<'d, S> {
                     for _ in 0..1u32 << tries.min(MAX_BACKOFF_SHIFT) {
                         core::hint::spin_loop();
                     }
-                    // The refused frame is in the buffer primed last.
-                    let refused = self.driver.last_primed();
-                    outcome = self.driver.resend(&self.siga, refused);
+                    // The refused frame is in the buffer primed last on its queue.
+                    let refused = self.driver.last_primed_on(q);
+                    outcome = self.driver.resend_on(&self.siga, q, refused);
                 }
                 Err(e @ SendError::Refused(Reason::Unreachable | Reason::TargetNotActive)) => {
                     self.counters.tx_unreachable += 1;
@@ -509,6 +651,105 @@ impl<'d, S: Siga> TxPath<'d, S> {
         self.counters.tx_errors += 1;
         self.last_error = Some(e);
     }
+
+    /// Bytes of 802.1Q tag the Ethernet device inserts (4 on a VLAN, 0 untagged or
+    /// for the IP device).
+    fn tag_len(&self) -> usize {
+        match self.vlan {
+            Some(v) if v != 0 => 4,
+            _ => 0,
+        }
+    }
+
+    /// The Ethernet device's transmit: the stack writes its frame (`len` bytes)
+    /// straight into the next output buffer, after room for the tag; the device moves
+    /// the two MACs in front of the room and writes the tag there, and the driver the
+    /// layer-2 header (the frame's only copy is the fabric's, but for a broadcast or
+    /// group frame, which moves to the multicast queue).
+    fn transmit_eth<R, F>(&mut self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let extra = self.tag_len();
+        let vid = self.vlan.unwrap_or(0);
+        let total = len + extra;
+        if total > self.buf.len() {
+            let r = f(&mut self.buf[..]);
+            self.fail(TxError::TooLong(len));
+            return r;
+        }
+        let write = |b: &mut [u8]| {
+            let r = f(b.get_mut(extra..).unwrap_or_default());
+            insert_tag(b, extra, vid);
+            r
+        };
+        if let Err(e) = self.driver.flush_pending(&self.siga) {
+            let r = write(&mut self.buf[..total]);
+            self.fail(TxError::Send(e));
+            return r;
+        }
+        match self.driver.prime_eth_with(total, write) {
+            Ok((r, Ok((q, n)))) => {
+                self.complete(q, n, total);
+                r
+            }
+            Ok((r, Err(e))) => {
+                self.fail(TxError::Send(SendError::Driver(e)));
+                r
+            }
+            Err((write, _)) => {
+                let r = write(&mut self.buf[..total]);
+                self.send(total);
+                r
+            }
+        }
+    }
+}
+
+/// Turns the untagged Ethernet frame at `b[extra..]` into one tagged with VLAN `vid`
+/// at `b`: the two MACs move `extra` (4) bytes forward and the 802.1Q tag (TPID
+/// 0x8100, TCI `vid`, priority 0) goes after them. Nothing with `extra` 0, or a frame
+/// too short for its MACs.
+fn insert_tag(b: &mut [u8], extra: usize, vid: u16) {
+    if extra != 4 || b.len() < 16 {
+        return;
+    }
+    b.copy_within(4..16, 0);
+    b[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
+    b[14..16].copy_from_slice(&vid.to_be_bytes());
+}
+
+/// The VLAN of an Ethernet frame, from its 802.1Q tag (0 untagged), and whether it is
+/// tagged; `None` for a frame too short to say.
+fn frame_vlan(frame: &[u8]) -> Option<(u16, bool)> {
+    if frame.len() < ETH_MIN {
+        return None;
+    }
+    if u16::from_be_bytes([frame[12], frame[13]]) == TPID_8021Q {
+        let tci = frame.get(14..16)?;
+        Some((u16::from_be_bytes([tci[0], tci[1]]) & 0x0FFF, true))
+    } else {
+        Some((0, false))
+    }
+}
+
+/// The IPv6 all-nodes group MAC (33:33:00:00:00:01), which a stack doing IPv6
+/// neighbour discovery listens on (RFC 2464: 33:33 and the group's last 32 bits).
+pub const IPV6_ALL_NODES_MAC: Mac = [0x33, 0x33, 0, 0, 0, 1];
+
+/// The group MAC of IPv6 multicast address `group` (RFC 2464, section 7: 33:33 and the
+/// address's last 32 bits).
+pub const fn ipv6_multicast_mac(group: Ipv6Addr) -> Mac {
+    let o = group.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// The group MAC of the solicited-node multicast address of `addr` (ff02::1:ffXX:XXXX,
+/// RFC 4291 section 2.7.1): 33:33:ff and the address's last 24 bits. Neighbour
+/// solicitations for `addr` go there.
+pub const fn solicited_node_mac(addr: Ipv6Addr) -> Mac {
+    let o = addr.octets();
+    [0x33, 0x33, 0xff, o[13], o[14], o[15]]
 }
 
 /// The next hop of an IP packet: its destination address (IPv4 bytes 16-19, IPv6
@@ -552,6 +793,9 @@ impl<S: Siga> phy::TxToken for IqdioTxToken<'_, '_, S> {
         F: FnOnce(&mut [u8]) -> R,
     {
         let path = self.path;
+        if path.vlan.is_some() {
+            return path.transmit_eth(len, f);
+        }
         if len > path.buf.len() {
             // smoltcp never asks for more than the MTU, which the buffer holds (the
             // constructor checked). Should a caller do so anyway, the packet is not
@@ -572,7 +816,7 @@ impl<S: Siga> phy::TxToken for IqdioTxToken<'_, '_, S> {
         }
         match path.driver.prime_routed(len, f, route) {
             Ok((n, r, Some(_))) => {
-                path.complete(n, len);
+                path.complete(0, n, len);
                 r
             }
             Ok((_, r, None)) => {
@@ -599,12 +843,21 @@ impl<'d, S: Siga> phy::Device for IqdioDevice<'d, S> {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        if !self.stage() {
-            return None;
+        // Bounded: a frame of another VLAN is skipped, and there are at most this many
+        // frames waiting.
+        let mut found = None;
+        for _ in 0..=QUEUE_BUFFERS * SBALES_PER_SBAL {
+            if !self.stage() {
+                return None;
+            }
+            let staged = *self.rx.packets.get(self.rx.next)?;
+            self.rx.next += 1;
+            if let Some(s) = self.untag(staged) {
+                found = Some(s);
+                break;
+            }
         }
-        let staged = *self.rx.packets.get(self.rx.next)?;
-        self.rx.next += 1;
-        let packet: &[u8] = match staged {
+        let packet: &[u8] = match found? {
             Staged::Copied(off, len) => self.rx.buf.get(off..off + len)?,
             // SAFETY: the packet's bytes in the input buffer the driver holds
             // (`QueueDriver::hold_single`: inside the buffer's own slot of this
@@ -630,8 +883,14 @@ impl<'d, S: Siga> phy::Device for IqdioDevice<'d, S> {
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.tx.driver.config().mfs.mtu().min(self.tx.buf.len());
+        caps.medium = match self.tx.vlan {
+            Some(_) => Medium::Ethernet,
+            None => Medium::Ip,
+        };
+        // For Ethernet, smoltcp's MTU counts the Ethernet header; the tag the device
+        // inserts is room the stack does not get.
+        caps.max_transmission_unit =
+            self.tx.driver.config().mfs.mtu().min(self.tx.buf.len()) - self.tx.tag_len();
         caps.max_burst_size = None;
         caps.checksum = self.checksums.clone();
         caps
