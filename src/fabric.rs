@@ -676,6 +676,8 @@ struct QueueKind {
 struct WriteQ<'a> {
     qaob: GuestSlice,
     qaob_addr: u64,
+    /// The output queue the buffer comes from.
+    queue: u8,
     pending: &'a mut PendingList,
 }
 
@@ -2009,6 +2011,7 @@ impl<
                     let wq = WriteQ {
                         qaob: slice,
                         qaob_addr: qaob,
+                        queue: q,
                         pending,
                     };
                     self.send_buffer(st, sender, &sbal, kind, Some(wq), report)

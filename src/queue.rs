@@ -131,6 +131,8 @@ pub(crate) struct Pending {
     pub(crate) qaob: u64,
     /// The receiver it was routed to when it went pending.
     pub(crate) target: TargetEntry,
+    /// The output queue it came from (for the per-queue counters).
+    pub(crate) queue: u8,
     /// Finished: delivered or failed, its completion code (`aorc`: 0, or an sbalf15
     /// reason) waits to be posted on the completion queue.
     pub(crate) done: bool,
@@ -151,6 +153,7 @@ impl Pending {
             },
             group: false,
         },
+        queue: 0,
         done: false,
         aorc: 0,
     };

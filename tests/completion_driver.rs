@@ -385,7 +385,6 @@ fn a_siga_that_cannot_carry_the_qaob_fails_the_send_without_losing_the_frame() {
 }
 
 #[test]
-#[ignore = "fabric (src/fabric/completion.rs, the lead's): a pending buffer delivered later is not counted in the sender's frames_sent/sbals_sent/bytes_sent"]
 fn frames_delivered_from_pending_count_as_sent() {
     let (f, mut a, mut b) = pair();
     let port = f.port(1);

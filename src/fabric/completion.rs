@@ -57,6 +57,7 @@ impl<
         let pushed = wq.pending.push(Pending {
             qaob: wq.qaob_addr,
             target: entry,
+            queue: wq.queue,
             done: false,
             aorc: 0,
         });
@@ -89,7 +90,12 @@ impl<
                 continue;
             }
             let aorc = match self.deliver_pending(st, &sender.record.memory, &p, report) {
-                Ok(()) => 0,
+                Ok((frames, bytes)) => {
+                    // Sent now: counted as a buffer sent at once is (its frames, its
+                    // queue), so the sender's counters and the receiver's agree.
+                    sender.qc.counters.sent(p.queue, u64::from(frames), bytes);
+                    0
+                }
                 Err(Reason::TargetFull) => {
                     // At most one entry per pending buffer: the push cannot fail.
                     let _ = blocked.push(p.target.slot);
@@ -107,14 +113,15 @@ impl<
 
     /// One pending buffer, read back from its QAOB and checked again from the start
     /// (the QAOB and the data are the program's memory): to the queue set its frames
-    /// name now, if the one it went pending for is still registered.
+    /// name now, if the one it went pending for is still registered. Returns the frames
+    /// and packet bytes delivered.
     fn deliver_pending(
         &self,
         st: &State<Q, A, L, S, M>,
         memory: &M,
         p: &Pending,
         report: &mut SigaReport,
-    ) -> Result<(), Reason> {
+    ) -> Result<(u16, u64), Reason> {
         let went = self
             .controls
             .get(usize::from(p.target.slot.index))
@@ -132,7 +139,8 @@ impl<
         parse_elements(sbales, memory, st.config.mfs(), false, false, &mut outgoing)
             .map_err(|f| f.reason)?;
         let entry = st.table.target(&outgoing.dest).ok_or(Reason::Unreachable)?;
-        self.deliver_to(st, entry, &outgoing, report)
+        self.deliver_to(st, entry, &outgoing, report)?;
+        Ok((outgoing.frames() as u16, outgoing.payload))
     }
 
     /// Posts the finished pending buffers (at most 16, one completion-queue buffer) on
