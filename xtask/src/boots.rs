@@ -104,6 +104,14 @@ pub const TEST_BOOTS: &[TestBoot] = &[
         timeout_s: 300,
         check: check_tcp,
     },
+    TestBoot {
+        name: "l2 -smp 4",
+        bin: "hyp",
+        smp: 4,
+        env: &[("IQDIO_SCENARIO", "l2")],
+        timeout_s: 300,
+        check: check_l2,
+    },
 ];
 
 /// The image's last line (emergency prints aside).
@@ -126,6 +134,30 @@ pub fn check_tcp(run: &BootRun, smp: u32) -> Vec<TestResult> {
             TestResult::pass("tcp result line")
         }
         other => TestResult::fail("tcp result line", format!("{other:?} from {last:?}")),
+    };
+    results.push(verdict);
+    results
+}
+
+/// The layer-2 scenario: a clean exit, and a last line `l2: vlans 2, connections C,
+/// bytes moved B, failed 0, crossed vlans 0` with C = `-smp` − 2 clients (the two
+/// servers aside) of 1 MiB each.
+pub fn check_l2(run: &BootRun, smp: u32) -> Vec<TestResult> {
+    let mut results = check_exit_pass(run, smp);
+    let last = last_line(run);
+    let clients = u64::from(smp).saturating_sub(2);
+    let verdict = match last.and_then(parse::l2_line) {
+        Some(l)
+            if l.vlans == 2
+                && l.connections == clients
+                && clients > 0
+                && l.bytes == clients << 20
+                && l.failed == 0
+                && l.crossed == 0 =>
+        {
+            TestResult::pass("l2 result line")
+        }
+        other => TestResult::fail("l2 result line", format!("{other:?} from {last:?}")),
     };
     results.push(verdict);
     results

@@ -56,7 +56,8 @@ enum Command {
         #[arg(long, value_parser = ["16", "24", "40", "64"])]
         mfs: Option<String>,
         /// Scenario to run (IQDIO_SCENARIO): `partitions` (the default), `tcp`,
-        /// `multicast` (groups, broadcast and unicast, every copy checked),
+        /// `multicast` (groups, broadcast and unicast, every copy checked), `l2` (TCP
+        /// over layer 2 on two VLANs, 4 cores or more),
         /// `hostile` (3 cores or more), or `linux` (Debian's arm64 kernel in the last
         /// `--linux-guests` partitions, the demo among the others).
         #[arg(long, value_name = "NAME")]

@@ -145,6 +145,38 @@ pub fn tcp_line(line: &str) -> Option<(u64, u64, u64)> {
     Some((c.parse().ok()?, b.parse().ok()?, f.parse().ok()?))
 }
 
+/// The layer-2 scenario's last line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Line {
+    /// VLANs.
+    pub vlans: u64,
+    /// Connections completed.
+    pub connections: u64,
+    /// Bytes moved intact.
+    pub bytes: u64,
+    /// Connections that failed.
+    pub failed: u64,
+    /// Frames that reached a partition off their VLAN, and connections across VLANs.
+    pub crossed: u64,
+}
+
+/// Parses `l2: vlans V, connections C, bytes moved B, failed F, crossed vlans X`
+/// (exactly).
+pub fn l2_line(line: &str) -> Option<L2Line> {
+    let rest = line.trim_end().strip_prefix("l2: vlans ")?;
+    let (v, rest) = rest.split_once(", connections ")?;
+    let (c, rest) = rest.split_once(", bytes moved ")?;
+    let (b, rest) = rest.split_once(", failed ")?;
+    let (f, x) = rest.split_once(", crossed vlans ")?;
+    Some(L2Line {
+        vlans: v.parse().ok()?,
+        connections: c.parse().ok()?,
+        bytes: b.parse().ok()?,
+        failed: f.parse().ok()?,
+        crossed: x.parse().ok()?,
+    })
+}
+
 /// Parses `partitions P, frames sent S, delivered D, lost L, corrupted C` (exactly).
 pub fn partitions_line(line: &str) -> Option<PartitionsLine> {
     let rest = line.trim_end().strip_prefix("partitions ")?;
@@ -392,5 +424,23 @@ some line mentioning 5 passed; 1 failed
             Some((3, 3145728, 0))
         );
         assert_eq!(tcp_line("tcp: connections 3, bytes moved 3145728"), None);
+    }
+
+    #[test]
+    fn l2_result_line() {
+        assert_eq!(
+            l2_line("l2: vlans 2, connections 2, bytes moved 2097152, failed 0, crossed vlans 0"),
+            Some(L2Line {
+                vlans: 2,
+                connections: 2,
+                bytes: 2097152,
+                failed: 0,
+                crossed: 0
+            })
+        );
+        assert_eq!(
+            l2_line("l2: vlans 2, connections 2, bytes moved 2097152, failed 0"),
+            None
+        );
     }
 }

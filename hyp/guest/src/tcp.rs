@@ -53,8 +53,8 @@ static DAMAGED: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES
 /// Microseconds from the connection's first byte to its last, per client core.
 static MICROS: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
 
-/// Byte `offset` of client `core`'s stream.
-fn pattern(core: usize, offset: usize) -> u8 {
+/// Byte `offset` of client `core`'s stream (the layer-2 scenario's too).
+pub fn pattern(core: usize, offset: usize) -> u8 {
     ((offset >> 8) as u8) ^ (offset as u8).wrapping_mul(31) ^ (core as u8).wrapping_mul(0x5B)
 }
 

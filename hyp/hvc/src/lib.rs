@@ -22,6 +22,12 @@
 //! | join group | `0xC600_0009` | subchannel | family 4 or 6 | IPv6 high 64 bits (0 for IPv4) | IPv6 low 64 bits, or the IPv4 address | | x0 return code |
 //! | leave group | `0xC600_000A` | as join | | | | | x0 return code |
 //! | broadcast | `0xC600_000B` | subchannel | 1 on, 0 off | | | | x0 return code |
+//! | register MAC | `0xC600_000C` | subchannel | MAC ([`mac_to_register`]) | | | | x0 return code |
+//! | deregister MAC | `0xC600_000D` | as register MAC | | | | | x0 return code |
+//! | join VLAN | `0xC600_000E` | subchannel | VLAN id (0 untagged, 1-4094) | | | | x0 return code |
+//! | leave VLAN | `0xC600_000F` | as join VLAN | | | | | x0 return code |
+//! | register group MAC | `0xC600_0010` | subchannel | group MAC ([`mac_to_register`]) | | | | x0 return code |
+//! | deregister group MAC | `0xC600_0011` | as register group MAC | | | | | x0 return code |
 //!
 //! Return codes: 0 done; the fabric's registration codes (`0xE005` duplicate, `0xE006`
 //! table full, `0xE00B` not found, `0xF0xx`, see `iqdio::RegistrationError::code`);
@@ -37,6 +43,15 @@
 //! reception (on when on `0xE005`, off when off `0xE00B`). Each membership counts
 //! toward the partition's address quota (`0xF00D`) and takes a place in the target
 //! table (`0xE006`), as an address does.
+//!
+//! The layer-2 calls are for a queue set established in layer-2 mode (the establish
+//! block's flag 0x02; on a layer-3 set they are `0xF013`, as the address and group
+//! calls are on a layer-2 one): register MAC and deregister MAC are Linux's
+//! SETVMAC/DELVMAC (a group or all-zero MAC `0xF007`, a MAC taken `0x2005`, not held
+//! `0x2010`), join and leave VLAN make the set a member of a VLAN or end it (a member
+//! already `0x2016`, none `0xE00B`, above 4094 `0xF007`), the group MAC calls are
+//! SETGMAC/DELGMAC (not a group MAC, or the broadcast MAC, `0xF007`). A MAC travels in
+//! the low 48 bits of x2, first byte highest; higher bits set are [`RC_BAD_ARGUMENT`].
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -72,6 +87,18 @@ pub const HVC_JOIN_GROUP: u64 = VENDOR_HYP_BASE | 9;
 pub const HVC_LEAVE_GROUP: u64 = VENDOR_HYP_BASE | 10;
 /// Switch broadcast reception: x1 subchannel, x2 1 (on) or 0 (off).
 pub const HVC_BROADCAST: u64 = VENDOR_HYP_BASE | 11;
+/// Register a unicast MAC address (layer 2): x1 subchannel, x2 the MAC.
+pub const HVC_REGISTER_MAC: u64 = VENDOR_HYP_BASE | 12;
+/// Deregister a MAC address: registers as [`HVC_REGISTER_MAC`].
+pub const HVC_DEREGISTER_MAC: u64 = VENDOR_HYP_BASE | 13;
+/// Join a VLAN (layer 2): x1 subchannel, x2 the VLAN id (0: the untagged LAN).
+pub const HVC_JOIN_VLAN: u64 = VENDOR_HYP_BASE | 14;
+/// Leave a VLAN: registers as [`HVC_JOIN_VLAN`].
+pub const HVC_LEAVE_VLAN: u64 = VENDOR_HYP_BASE | 15;
+/// Receive a group MAC (layer 2): x1 subchannel, x2 the group MAC.
+pub const HVC_REGISTER_GROUP_MAC: u64 = VENDOR_HYP_BASE | 16;
+/// Stop receiving a group MAC: registers as [`HVC_REGISTER_GROUP_MAC`].
+pub const HVC_DEREGISTER_GROUP_MAC: u64 = VENDOR_HYP_BASE | 17;
 
 /// The calls, decoded from x0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +125,18 @@ pub enum Call {
     LeaveGroup,
     /// [`HVC_BROADCAST`].
     Broadcast,
+    /// [`HVC_REGISTER_MAC`].
+    RegisterMac,
+    /// [`HVC_DEREGISTER_MAC`].
+    DeregisterMac,
+    /// [`HVC_JOIN_VLAN`].
+    JoinVlan,
+    /// [`HVC_LEAVE_VLAN`].
+    LeaveVlan,
+    /// [`HVC_REGISTER_GROUP_MAC`].
+    RegisterGroupMac,
+    /// [`HVC_DEREGISTER_GROUP_MAC`].
+    DeregisterGroupMac,
 }
 
 impl Call {
@@ -116,6 +155,12 @@ impl Call {
             HVC_JOIN_GROUP => Self::JoinGroup,
             HVC_LEAVE_GROUP => Self::LeaveGroup,
             HVC_BROADCAST => Self::Broadcast,
+            HVC_REGISTER_MAC => Self::RegisterMac,
+            HVC_DEREGISTER_MAC => Self::DeregisterMac,
+            HVC_JOIN_VLAN => Self::JoinVlan,
+            HVC_LEAVE_VLAN => Self::LeaveVlan,
+            HVC_REGISTER_GROUP_MAC => Self::RegisterGroupMac,
+            HVC_DEREGISTER_GROUP_MAC => Self::DeregisterGroupMac,
             _ => return None,
         })
     }
@@ -134,6 +179,12 @@ impl Call {
             Self::JoinGroup => HVC_JOIN_GROUP,
             Self::LeaveGroup => HVC_LEAVE_GROUP,
             Self::Broadcast => HVC_BROADCAST,
+            Self::RegisterMac => HVC_REGISTER_MAC,
+            Self::DeregisterMac => HVC_DEREGISTER_MAC,
+            Self::JoinVlan => HVC_JOIN_VLAN,
+            Self::LeaveVlan => HVC_LEAVE_VLAN,
+            Self::RegisterGroupMac => HVC_REGISTER_GROUP_MAC,
+            Self::DeregisterGroupMac => HVC_DEREGISTER_GROUP_MAC,
         }
     }
 }
@@ -189,6 +240,21 @@ pub const fn ip_to_registers(ip: IpAddr) -> (u64, u64, u64) {
     }
 }
 
+/// A MAC address as the layer-2 calls carry it: the low 48 bits, its first byte
+/// highest.
+pub const fn mac_to_register(mac: [u8; 6]) -> u64 {
+    u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+}
+
+/// The MAC address in a layer-2 call's register, or `None` if bits above 48 are set.
+pub const fn mac_from_register(x: u64) -> Option<[u8; 6]> {
+    if x >> 48 != 0 {
+        return None;
+    }
+    let b = x.to_be_bytes();
+    Some([b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
 /// The IP address in the address calls' registers, or `None` if they do not hold one
 /// (family other than 4 or 6, an IPv4 address with bits above 32).
 pub const fn ip_from_registers(family: u64, x3: u64, x4: u64) -> Option<IpAddr> {
@@ -211,7 +277,9 @@ pub const fn ip_from_registers(family: u64, x3: u64, x4: u64) -> Option<IpAddr> 
 /// ```text
 /// offset size  field
 /// 0x00   1     format: 0
-/// 0x01   1     flags: 0x01 interrupt immediately (the override), other bits zero
+/// 0x01   1     flags: 0x01 interrupt immediately (the override), 0x02 layer 2 (the
+///              queue set carries Ethernet frames, `QueueSetParams::layer2`), other
+///              bits zero
 /// 0x02   1     input queues: 1
 /// 0x03   1     output queues: n, 1 to 4 (at most the hypervisor fabric's, else 0xF012)
 /// 0x04   4     reserved
@@ -236,6 +304,8 @@ pub const fn ip_from_registers(family: u64, x3: u64, x4: u64) -> Option<IpAddr> 
 pub struct EstablishBlock {
     /// Flag byte 0x01: interrupt immediately.
     pub interrupt_immediately: bool,
+    /// Flag byte 0x02: layer-2 mode.
+    pub layer2: bool,
     /// The global summary byte.
     pub global_indicator: u64,
     /// The middle indicator byte.
@@ -276,6 +346,7 @@ pub const fn block_len(output_queues: u8) -> usize {
 }
 
 const FLAG_INTERRUPT_IMMEDIATELY: u8 = 0x01;
+const FLAG_LAYER2: u8 = 0x02;
 const INPUT_DESCRIPTOR: usize = 0x20;
 const OUTPUT_DESCRIPTOR: usize = 0x40;
 const DESCRIPTOR_LEN: usize = 0x20;
@@ -316,7 +387,7 @@ impl EstablishBlock {
             FLAG_INTERRUPT_IMMEDIATELY
         } else {
             0
-        };
+        } | if self.layer2 { FLAG_LAYER2 } else { 0 };
         b[2] = 1;
         b[3] = self.output_queues;
         put64(&mut b, 0x08, self.global_indicator);
@@ -344,7 +415,7 @@ impl EstablishBlock {
         let outputs = Self::output_queues_of(b)?;
         if b.len() != block_len(outputs)
             || b[0] != 0
-            || b[1] & !FLAG_INTERRUPT_IMMEDIATELY != 0
+            || b[1] & !(FLAG_INTERRUPT_IMMEDIATELY | FLAG_LAYER2) != 0
             || b[2] != 1
             || b[4..8].iter().any(|&x| x != 0)
         {
@@ -365,6 +436,7 @@ impl EstablishBlock {
         let [input, outs @ ..] = descriptors;
         Some(Self {
             interrupt_immediately: b[1] & FLAG_INTERRUPT_IMMEDIATELY != 0,
+            layer2: b[1] & FLAG_LAYER2 != 0,
             global_indicator: be64(b, 0x08),
             middle_indicator: be64(b, 0x10),
             queue_indicator: be64(b, 0x18),
@@ -392,6 +464,7 @@ impl EstablishBlock {
             global_indicator: self.global_indicator,
             interrupt_immediately: self.interrupt_immediately,
             interrupt_cookie: 0,
+            layer2: self.layer2,
             ..Default::default()
         };
         let mut sl = [0u8; SL_LEN];
@@ -429,6 +502,7 @@ impl EstablishBlock {
         }
         Self {
             interrupt_immediately: p.interrupt_immediately,
+            layer2: p.layer2,
             global_indicator: p.global_indicator,
             middle_indicator: p.middle_indicator,
             queue_indicator: p.queue_indicator,
@@ -510,6 +584,7 @@ mod tests {
         };
         EstablishBlock {
             interrupt_immediately: true,
+            layer2: false,
             global_indicator: 0x8000_1000,
             middle_indicator: 0x8000_1001,
             queue_indicator: 0x8000_1002,
@@ -590,7 +665,9 @@ mod tests {
         let len = block_of(2).byte_len();
         for (at, value) in [
             (0, 1),
-            (1, 0x02),
+            // 0x02 is layer 2 now; the bits above it are unknown.
+            (1, 0x04),
+            (1, 0x80),
             (2, 2),
             (2, 0),
             (3, 0),
@@ -678,6 +755,36 @@ mod tests {
         assert_eq!(total, 630);
         assert_eq!(phases(450), 50);
         assert_eq!(phases(0), 1);
+    }
+
+    #[test]
+    fn macs_cross_in_registers_and_the_layer_flag_in_the_block() {
+        let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+        assert_eq!(mac_to_register(mac), 0x0211_2233_4455);
+        assert_eq!(mac_from_register(0x0211_2233_4455), Some(mac));
+        assert_eq!(mac_from_register(1 << 48), None);
+        for call in [
+            Call::RegisterMac,
+            Call::DeregisterMac,
+            Call::JoinVlan,
+            Call::LeaveVlan,
+            Call::RegisterGroupMac,
+            Call::DeregisterGroupMac,
+        ] {
+            assert_eq!(Call::from_id(call.id()), Some(call));
+        }
+        let mut b = block();
+        b.layer2 = true;
+        let raw = b.encode();
+        assert_eq!(raw[1], 0x03, "interrupt immediately and layer 2");
+        let decoded = EstablishBlock::decode(&raw[..BLOCK_LEN]).unwrap();
+        assert!(decoded.layer2);
+        let p = decoded.params(&[0; SL_LEN], |_, _| Some(())).unwrap();
+        assert!(p.layer2);
+        assert!(EstablishBlock::for_params(&p, 0, &[0]).layer2);
+        let mut bad = raw;
+        bad[1] = 0x04;
+        assert_eq!(EstablishBlock::decode(&bad[..BLOCK_LEN]), None);
     }
 
     #[test]
@@ -890,6 +997,12 @@ pub mod scenario {
     /// each sends to a group, to the broadcast address and unicast
     /// ([`multicast`](crate::multicast)).
     pub const MULTICAST: u64 = 3;
+    /// Layer 2: the TCP scenario over Ethernet frames on two VLANs (even partitions
+    /// on VLAN 10, odd on VLAN 20), smoltcp doing ARP and neighbour discovery;
+    /// partitions on different VLANs try to reach each other and must not.
+    pub const L2: u64 = 4;
+    /// The VLANs of the [`L2`] scenario: partition k is on `L2_VLANS[k % 2]`.
+    pub const L2_VLANS: [u16; 2] = [10, 20];
     /// Self-test probe: HVC round trips keep the registers.
     pub const PROBE_TRAP: u64 = 16;
     /// Self-test probe: sleep in WFI until a frame arrives.

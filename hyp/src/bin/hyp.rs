@@ -11,6 +11,8 @@
 //! `IQDIO_SCENARIO=tcp`, `tcp: connections C, bytes moved B, failed F`; for
 //! `IQDIO_SCENARIO=multicast`, `multicast: groups G, frames sent S, copies delivered C,
 //! expected E, lost L, corrupted X`, E computed from the memberships the fabric held;
+//! for `IQDIO_SCENARIO=l2`, `l2: vlans V, connections C, bytes moved B, failed F,
+//! crossed vlans X`;
 //! for
 //! `IQDIO_SCENARIO=linux`, Linux guests on the last cores ([`iqdio_hyp::vm::linux`]) and
 //! `linux: guests G, booted B, kernel K, powered off O; partitions P, frames sent S, ...`).
@@ -31,7 +33,7 @@ mod image {
 
     /// The scenario the partitions play (x2 at their entry; see the partition program).
     const SCENARIO: Option<&str> = option_env!("IQDIO_SCENARIO");
-    use iqdio_hvc::scenario::{HOSTILE, MULTICAST, PARTITIONS, TCP};
+    use iqdio_hvc::scenario::{HOSTILE, L2, MULTICAST, PARTITIONS, TCP};
     /// Time limit of a whole run.
     const LIMIT_NS: u64 = 400_000_000_000;
     /// Sends counted for the direct-call figure (as the partition counts through HVC).
@@ -86,6 +88,7 @@ mod image {
             Some("tcp") => Some(TCP),
             Some("hostile") => Some(HOSTILE),
             Some("multicast") => Some(MULTICAST),
+            Some("l2") => Some(L2),
             Some(_) => None,
         }
     }
@@ -461,6 +464,21 @@ mod image {
         }
         if code == MULTICAST {
             ok &= multicast_summary(players, &results_of);
+        } else if code == L2 {
+            // Every partition reports (connections, bytes, failed, crossed, 1).
+            let [connections, bytes, failed, crossed, reported] = totals;
+            defmt::println!(
+                "l2: vlans {}, connections {}, bytes moved {}, failed {}, crossed vlans {}",
+                iqdio_hvc::scenario::L2_VLANS.len(),
+                connections,
+                bytes,
+                failed,
+                crossed
+            );
+            ok &= failed == 0
+                && crossed == 0
+                && reported == players as u64
+                && connections == players as u64 - 2;
         } else if code == TCP {
             let [connections, bytes, failed, ..] = server;
             defmt::println!(

@@ -16,7 +16,7 @@
 use iqdio::{LparId, SigaError, SigaStatus};
 use iqdio_hvc::{
     BLOCK_HEAD, BLOCK_MAX, CONSOLE_MAX, Call, EstablishBlock, RC_BAD_ARGUMENT, RC_BAD_BLOCK, RC_OK,
-    RC_OUTSIDE_MEMORY, SL_LEN, block_len, ip_from_registers,
+    RC_OUTSIDE_MEMORY, SL_LEN, block_len, ip_from_registers, mac_from_register,
 };
 
 use super::{FABRIC, Outcome, barrier, set_outcome};
@@ -166,6 +166,34 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
                 }
                 Err(e) => u64::from(e.code()),
             },
+            _ => RC_BAD_ARGUMENT,
+        },
+        Call::RegisterMac
+        | Call::DeregisterMac
+        | Call::RegisterGroupMac
+        | Call::DeregisterGroupMac => match (subchannel(x1), mac_from_register(x2)) {
+            (Some(sch), Some(mac)) => {
+                let r = match call {
+                    Call::RegisterMac => FABRIC.register_mac(lpar, sch, mac),
+                    Call::DeregisterMac => FABRIC.deregister_mac(lpar, sch, mac),
+                    Call::RegisterGroupMac => FABRIC.register_group_mac(lpar, sch, mac),
+                    _ => FABRIC.deregister_group_mac(lpar, sch, mac),
+                };
+                r.map_or_else(|e| u64::from(e.code()), |()| RC_OK)
+            }
+            _ => RC_BAD_ARGUMENT,
+        },
+        Call::JoinVlan | Call::LeaveVlan => match (subchannel(x1), u16::try_from(x2)) {
+            (Some(sch), Ok(vid)) => {
+                let r = if call == Call::JoinVlan {
+                    FABRIC.join_vlan(lpar, sch, vid)
+                } else {
+                    FABRIC.leave_vlan(lpar, sch, vid)
+                };
+                r.map_or_else(|e| u64::from(e.code()), |()| RC_OK)
+            }
+            // A VLAN id that does not fit 16 bits is out of the fabric's range too.
+            (Some(_), Err(_)) => u64::from(iqdio::RegistrationError::InvalidAddress.code()),
             _ => RC_BAD_ARGUMENT,
         },
         Call::DeregisterQueueSet => match subchannel(x1) {
