@@ -18,8 +18,9 @@ use iqdio::qdio::SlsbState;
 use iqdio::{QueueField, Reason, RegistrationError, Siga, SigaError, SigaFunction, SigaStatus};
 use iqdio_hvc::{
     BLOCK_MAX, EstablishBlock, ExitStatus, HVC_CONSOLE_WRITE, HVC_DEREGISTER_ADDRESS,
-    HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, RC_BAD_ARGUMENT, RC_BAD_BLOCK, RC_OK,
-    RC_OUTSIDE_MEMORY, SL_LEN, encode_sl, ip_to_registers,
+    HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH, HVC_JOIN_VLAN, HVC_REGISTER_GROUP_MAC,
+    HVC_REGISTER_MAC, RC_BAD_ARGUMENT, RC_BAD_BLOCK, RC_OK, RC_OUTSIDE_MEMORY, SL_LEN, encode_sl,
+    ip_to_registers, mac_to_register,
 };
 
 use crate::node::{self, MFS, v4};
@@ -282,6 +283,7 @@ pub fn refusals(lpar: usize) -> ! {
     );
     let rc = hvc(HVC_DEREGISTER_QUEUE_SET, 7, 0, 0, 0, 0).0;
     t.expect("deregistering a queue set it does not have", rc != RC_OK);
+    layer2(&mut t, lpar, &mut queue, &p);
     let _: IpAddr = v4(lpar);
     say!(
         "hostile: {} attempts, {} refused, {} escaped",
@@ -295,6 +297,169 @@ pub fn refusals(lpar: usize) -> ! {
         ExitStatus::Failure
     };
     rt::exit(status, [t.attempts, t.refused, t.escaped, 0, 0])
+}
+
+/// The layer-2 cases: the other layer's calls and frames, then, on a layer-2 queue set
+/// that replaces the layer-3 one, frames whose layer-2 header lies: the other layer's
+/// id, a VLAN flag the frame's tag contradicts, an Ethernet frame too short, a VLAN the
+/// set did not join. Each refused with its code.
+fn layer2(t: &mut Tally, lpar: usize, queue: &mut QueueDriver, p: &iqdio::QueueSetParams) {
+    let wrong_layer = u64::from(RegistrationError::WrongLayer.code());
+    let mac = [0x02, 0, 0, 0, 0xEE, lpar as u8];
+    let rc = hvc(HVC_REGISTER_MAC, 0, mac_to_register(mac), 0, 0, 0).0;
+    t.expect(
+        "registering a MAC on a layer-3 queue set",
+        rc_is(rc, wrong_layer),
+    );
+    let rc = hvc(HVC_JOIN_VLAN, 0, 10, 0, 0, 0).0;
+    t.expect(
+        "joining a VLAN on a layer-3 queue set",
+        rc_is(rc, wrong_layer),
+    );
+    // A layer-2 header (id 0x02) on the layer-3 set: 0x2B.
+    let refused = match queue.prime(v4(0), &[0x55; 64]) {
+        Ok(n) => {
+            edit_frame(&p.output_sbals, n, |h| h[0] = 0x02, None);
+            refused_with(queue, 0, n, Reason::WrongLayer)
+        }
+        Err(_) => false,
+    };
+    t.expect("a layer-2 header on a layer-3 queue set", refused);
+    // The layer-3 set goes; a layer-2 one takes subchannel 0 (one queue set per
+    // partition in the hypervisor's fabric).
+    if hvc(HVC_DEREGISTER_QUEUE_SET, 0, 0, 0, 0, 0).0 != RC_OK {
+        t.expect("deregistering its own layer-3 queue set", false);
+        return;
+    }
+    let mut region = node::region();
+    let Ok(ind) = Indicators::new(&mut region) else {
+        t.expect("indicators for the layer-2 queue set", false);
+        return;
+    };
+    let config = DriverConfig {
+        rx_buffers: 4,
+        tx_buffers: 4,
+        ..DriverConfig::layer2(0, MFS)
+    };
+    let Ok(mut l2q) = QueueDriver::new(&mut region, &ind, config) else {
+        t.expect("a layer-2 driver", false);
+        return;
+    };
+    let p2 = l2q.params();
+    if node::establish(&l2q) != RC_OK
+        || hvc(HVC_REGISTER_MAC, 0, mac_to_register(mac), 0, 0, 0).0 != RC_OK
+        || hvc(HVC_JOIN_VLAN, 0, 30, 0, 0, 0).0 != RC_OK
+    {
+        t.expect("a layer-2 queue set of its own", false);
+        return;
+    }
+    let invalid = u64::from(RegistrationError::InvalidAddress.code());
+    let rc = hvc(HVC_JOIN_VLAN, 0, 4095, 0, 0, 0).0;
+    t.expect("joining VLAN 4095", rc_is(rc, invalid));
+    let rc = hvc(HVC_REGISTER_GROUP_MAC, 0, mac_to_register(mac), 0, 0, 0).0;
+    t.expect("a unicast MAC as a group MAC", rc_is(rc, invalid));
+    let rc = hvc(HVC_REGISTER_MAC, 0, 1 << 48, 0, 0, 0).0;
+    t.expect(
+        "a MAC register with bits above 48",
+        rc_is(rc, RC_BAD_ARGUMENT),
+    );
+    let rc = node::register_address(0, v4(lpar));
+    t.expect(
+        "registering an IP address on a layer-2 queue set",
+        rc_is(rc, wrong_layer),
+    );
+    // Frames to a MAC nobody has, tagged with VLAN 30 (joined) unless said otherwise.
+    let frame = |vid: u16| {
+        let mut f = [0u8; 64];
+        f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0xEE, 0x7F]);
+        f[6..12].copy_from_slice(&mac);
+        f[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+        f[14..16].copy_from_slice(&vid.to_be_bytes());
+        f[16..18].copy_from_slice(&0x88B5u16.to_be_bytes());
+        f
+    };
+    type Edit = (&'static str, u16, fn(&mut [u8; 32]), Option<u32>, Reason);
+    let cases: [Edit; 4] = [
+        (
+            "a layer-3 header on a layer-2 queue set",
+            30,
+            |h| h[0] = 0x01,
+            None,
+            Reason::WrongLayer,
+        ),
+        (
+            "a layer-2 header whose VLAN flag the frame's tag contradicts",
+            30,
+            |h| h[3] &= !0x10,
+            None,
+            Reason::VlanMismatch,
+        ),
+        (
+            "an Ethernet frame of 10 bytes",
+            30,
+            |h| h[6..8].copy_from_slice(&10u16.to_be_bytes()),
+            Some(32 + 10),
+            Reason::EthernetFrame,
+        ),
+        (
+            "a frame on a VLAN it did not join",
+            40,
+            |_| {},
+            None,
+            Reason::NotOnVlan,
+        ),
+    ];
+    for (what, vid, edit, len, want) in cases {
+        let refused = match l2q.prime_eth(&frame(vid)) {
+            Ok((q, n)) => {
+                let sbals = if q == 0 {
+                    &p2.output_sbals
+                } else {
+                    &p2.more_outputs[0].sbals
+                };
+                edit_frame(sbals, n, edit, len);
+                refused_with(&mut l2q, q, n, want)
+            }
+            Err(_) => false,
+        };
+        t.expect(what, refused);
+    }
+}
+
+/// Whether flushing makes output buffer `n` of queue `q` end 0xAF with `want`.
+fn refused_with(queue: &mut QueueDriver, q: u8, n: u8, want: Reason) -> bool {
+    let report = queue.flush(&HvcSiga);
+    report.is_ok_and(|r| r.refused.iter().any(|&(_, reason)| reason == want))
+        && queue.output_state_on(q, n) == SlsbState::OUTPUT_ERROR
+}
+
+/// Rewrites the 32-byte header of the first frame of output buffer `n` (after the
+/// driver primed it) with `edit`, and element 0's length to `len` if given.
+fn edit_frame(sbals: &[u64; 128], n: u8, edit: impl FnOnce(&mut [u8; 32]), len: Option<u32>) {
+    let element = sbals[usize::from(n)] as usize;
+    let addr = core::ptr::with_exposed_provenance::<u64>(element + 8);
+    // SAFETY: the SBAL is this partition's own memory (the driver's output ring, primed
+    // and not yet sent), identity-mapped; element addresses are big-endian.
+    let header = u64::from_be(unsafe { addr.read_volatile() }) as usize;
+    let bytes = core::ptr::with_exposed_provenance_mut::<u8>(header);
+    let mut h = [0u8; 32];
+    for (i, b) in h.iter_mut().enumerate() {
+        // SAFETY: the header is the frame's first 32 bytes in the buffer's own data (the
+        // driver wrote it there, whole in element 0), this partition's memory, which
+        // the fabric reads only during the SIGA that follows.
+        *b = unsafe { bytes.add(i).read_volatile() };
+    }
+    edit(&mut h);
+    for (i, b) in h.into_iter().enumerate() {
+        // SAFETY: as the read above.
+        unsafe { bytes.add(i).write_volatile(b) };
+    }
+    if let Some(len) = len {
+        let field = core::ptr::with_exposed_provenance_mut::<u32>(element + 4);
+        // SAFETY: element 0's length field of the same SBAL (big-endian), this
+        // partition's own memory, not yet sent.
+        unsafe { field.write_volatile(len.to_be()) };
+    }
 }
 
 /// Rewrites the address of element 0 of output SBAL `n` (after the driver primed it).
