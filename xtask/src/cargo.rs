@@ -135,6 +135,7 @@ pub const IMAGE_ENV: &[&str] = &[
     "IQDIO_SELFTEST_FAIL",
     "IQDIO_SELFTEST_INJECT",
     "IQDIO_FRAMES",
+    "IQDIO_CQ",
     "IQDIO_MFS",
     "IQDIO_SCENARIO",
     "IQDIO_LINUX_GUESTS",

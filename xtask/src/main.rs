@@ -94,7 +94,9 @@ enum Command {
     /// The zero-loss stress runs: the host (4 partitions x 100 000 frames of mixed sizes
     /// to random peers, receivers slower than senders) and the image (4 cores x 10 000
     /// frames each). Ends with `frames F, delivered F, resent R, lost 0, duplicated 0,
-    /// corrupted 0`, the two summed.
+    /// corrupted 0`, the two summed. With `--completion-queue` the senders use SIGA
+    /// WRITEQ and the completion queue (host: tests/stress_cq.rs; image: the partition
+    /// program built with `IQDIO_CQ=1`), and `resent` must be 0.
     Stress {
         /// Data frames each core sends in the image.
         #[arg(long, default_value_t = 10_000)]
@@ -102,6 +104,10 @@ enum Command {
         /// Cores (partitions) of the image.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=8))]
         smp: u32,
+        /// Send through the completion queue (SIGA WRITEQ, buffers PENDING instead of
+        /// refused): no frame may be sent twice.
+        #[arg(long)]
+        completion_queue: bool,
     },
     /// Fuzz every cargo-fuzz target in `fuzz/` (decoding, transfer, whole SIGA calls over
     /// arbitrary guest memory) for an equal share of the time. Nightly; installs the
@@ -218,7 +224,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             boots_only,
             linux_only,
         } => test::run_all(boots_only, linux_only),
-        Command::Stress { frames, smp } => stress::run(frames, smp),
+        Command::Stress {
+            frames,
+            smp,
+            completion_queue,
+        } => stress::run(frames, smp, completion_queue),
         Command::Fuzz { seconds } => {
             // `fuzz::run` prints the result line last.
             let summary = fuzz::run(seconds).map_err(anyhow::Error::msg)?;

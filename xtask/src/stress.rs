@@ -2,6 +2,11 @@
 //! 100 000 frames of mixed sizes to random peers, slow receivers) and in the image
 //! (4 cores x 10 000 frames each), summed into one line
 //! `frames F, delivered F, resent R, lost 0, duplicated 0, corrupted 0`.
+//!
+//! `--completion-queue`: the same with the senders on SIGA WRITEQ and the completion
+//! queue (the host's tests/stress_cq.rs; the image's partition program built with
+//! `IQDIO_CQ=1`): a full receiver leaves a buffer PENDING rather than refusing it, so
+//! nothing is sent twice and `resent` must be 0.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -81,15 +86,22 @@ pub struct StressRun {
     pub passed: bool,
 }
 
-/// The host stress test (4 x 100 000 frames, release).
-pub fn host() -> Result<StressRun> {
+/// Whether a run's counts pass: clean, and with the completion queue nothing resent.
+fn passes(counts: &Counts, cq: bool) -> bool {
+    counts.clean() && (!cq || counts.resent == 0)
+}
+
+/// The host stress test (4 x 100 000 frames, release); `cq`: through the completion
+/// queue (tests/stress_cq.rs).
+pub fn host(cq: bool) -> Result<StressRun> {
     let start = Instant::now();
-    eprintln!("xtask: == host stress: cargo test --release --test stress -- --ignored --nocapture");
+    let test = if cq { "stress_cq" } else { "stress" };
+    eprintln!("xtask: == host stress: cargo test --release --test {test} -- --ignored --nocapture");
     let mut command = cargo::command(&[
         "test",
         "--release",
         "--test",
-        "stress",
+        test,
         "--",
         "--ignored",
         "--nocapture",
@@ -106,16 +118,21 @@ pub fn host() -> Result<StressRun> {
         if ok { "" } else { ", FAILED" }
     );
     Ok(StressRun {
-        passed: ok && counts.clean(),
+        passed: ok && passes(&counts, cq),
         counts,
     })
 }
 
-/// The image stress run: the partitions demo with `frames` data frames per core.
-pub fn image(frames: u64, smp: u32) -> Result<StressRun> {
+/// The image stress run: the partitions demo with `frames` data frames per core; `cq`:
+/// the partition program built with `IQDIO_CQ=1` (its senders on SIGA WRITEQ and the
+/// completion queue, its receivers slower than its senders).
+pub fn image(frames: u64, smp: u32, cq: bool) -> Result<StressRun> {
     let start = Instant::now();
     let frames_s = frames.to_string();
-    let env = [("IQDIO_FRAMES", frames_s.as_str())];
+    let mut env = vec![("IQDIO_FRAMES", frames_s.as_str())];
+    if cq {
+        env.push(("IQDIO_CQ", "1"));
+    }
     let elf = cargo::build_image("hyp", &env, None)?;
     qemu::ensure_installed()?;
     let boot = qemu::boot(&elf, smp, 1200, true)?;
@@ -129,21 +146,23 @@ pub fn image(frames: u64, smp: u32) -> Result<StressRun> {
         bail!("the image printed no stress line ({})", boot.outcome);
     };
     eprintln!(
-        "xtask: image stress ({smp} cores x {frames} frames): {} ({:.1} s, {})",
+        "xtask: image stress ({smp} cores x {frames} frames{}): {} ({:.1} s, {})",
+        if cq { ", completion queue" } else { "" },
         counts.line(),
         start.elapsed().as_secs_f64(),
         boot.outcome
     );
     Ok(StressRun {
-        passed: boot.outcome == qemu::Outcome::Pass && counts.clean(),
+        passed: boot.outcome == qemu::Outcome::Pass && passes(&counts, cq),
         counts,
     })
 }
 
-/// Runs both stress runs and prints the summed line last.
-pub fn run(image_frames: u64, smp: u32) -> Result<ExitCode> {
-    let host = host()?;
-    let image = image(image_frames, smp)?;
+/// Runs both stress runs (`cq`: through the completion queue) and prints the summed
+/// line last.
+pub fn run(image_frames: u64, smp: u32, cq: bool) -> Result<ExitCode> {
+    let host = host(cq)?;
+    let image = image(image_frames, smp, cq)?;
     let mut total = Counts::default();
     total.add(&host.counts);
     total.add(&image.counts);
@@ -167,6 +186,9 @@ mod tests {
         let image = "stress: frames 8, delivered 7, resent 1, lost 1, duplicated 0, corrupted 0";
         let c = parse(image).unwrap();
         assert!(!c.clean());
+        let resent = parse("frames 8, delivered 8, resent 1, lost 0, duplicated 0, corrupted 0");
+        let resent = resent.unwrap();
+        assert!(passes(&resent, false) && !passes(&resent, true));
         assert_eq!(parse("frames 1, delivered 1"), None);
     }
 }

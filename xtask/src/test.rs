@@ -133,6 +133,7 @@ pub fn run_all(boots_only: bool, linux_only: bool) -> Result<ExitCode> {
         loom(&mut tally)?;
         no_panic_paths(&mut tally);
         stress_host(&mut tally);
+        stress_host_cq(&mut tally);
     }
     if !linux_only {
         test_boots(&mut tally)?;
@@ -140,6 +141,7 @@ pub fn run_all(boots_only: bool, linux_only: bool) -> Result<ExitCode> {
     linux_boots(&mut tally)?;
     if !boots_only {
         stress_image(&mut tally);
+        stress_image_cq(&mut tally);
     }
 
     eprintln!();
@@ -245,14 +247,27 @@ fn count_stress(tally: &mut Tally, name: &str, start: Instant, run: Result<stres
 /// The host stress run (4 partitions x 100 000 frames, release).
 fn stress_host(tally: &mut Tally) {
     let start = Instant::now();
-    count_stress(tally, "stress (host)", start, stress::host());
+    count_stress(tally, "stress (host)", start, stress::host(false));
+}
+
+/// The host stress run through the completion queue (`stress --completion-queue`).
+fn stress_host_cq(tally: &mut Tally) {
+    let start = Instant::now();
+    count_stress(tally, "stress --cq (host)", start, stress::host(true));
 }
 
 /// The image stress run (4 cores x 10 000 frames).
 fn stress_image(tally: &mut Tally) {
     let start = Instant::now();
-    let run = qemu::ensure_installed().and_then(|()| stress::image(10_000, 4));
+    let run = qemu::ensure_installed().and_then(|()| stress::image(10_000, 4, false));
     count_stress(tally, "stress (image)", start, run);
+}
+
+/// The image stress run through the completion queue (4 cores x 10 000 frames).
+fn stress_image_cq(tally: &mut Tally) {
+    let start = Instant::now();
+    let run = qemu::ensure_installed().and_then(|()| stress::image(10_000, 4, true));
+    count_stress(tally, "stress --cq (image)", start, run);
 }
 
 /// The loom model checks, each test counted.

@@ -13,8 +13,8 @@
 
 use core::net::IpAddr;
 
-use iqdio::driver::{DriverConfig, Indicators, QueueDriver};
-use iqdio::qdio::SlsbState;
+use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region};
+use iqdio::qdio::{SlsbState, qaob};
 use iqdio::{QueueField, Reason, RegistrationError, Siga, SigaError, SigaFunction, SigaStatus};
 use iqdio_hvc::{
     BLOCK_MAX, EstablishBlock, ExitStatus, HVC_CONSOLE_WRITE, HVC_DEREGISTER_ADDRESS,
@@ -284,6 +284,7 @@ pub fn refusals(lpar: usize) -> ! {
     let rc = hvc(HVC_DEREGISTER_QUEUE_SET, 7, 0, 0, 0, 0).0;
     t.expect("deregistering a queue set it does not have", rc != RC_OK);
     layer2(&mut t, lpar, &mut queue, &p);
+    qaob_cases(&mut t, &mut region, &indicators);
     let _: IpAddr = v4(lpar);
     say!(
         "hostile: {} attempts, {} refused, {} escaped",
@@ -460,6 +461,138 @@ fn edit_frame(sbals: &[u64; 128], n: u8, edit: impl FnOnce(&mut [u8; 32]), len: 
         // partition's own memory, not yet sent.
         unsafe { field.write_volatile(len.to_be()) };
     }
+}
+
+/// The address its completion-queue queue set registers (and sends to: the fabric
+/// delivers a unicast frame to its sender's own queue set like to any other).
+fn own_receiver() -> IpAddr {
+    IpAddr::V4(core::net::Ipv4Addr::new(10, 0, 0, 200))
+}
+
+/// Completions taken within `ns` (the hypervisor's tick delivers and posts them).
+fn completions_within(queue: &mut QueueDriver, ns: u64) -> heapless::Vec<u8, 16> {
+    let mut codes = heapless::Vec::new();
+    let deadline = rt::now_ns() + ns;
+    while codes.is_empty() && rt::now_ns() < deadline {
+        queue.complete(|c| {
+            let _ = codes.push(c.aorc);
+        });
+    }
+    codes
+}
+
+/// The completion queue's attempts (SIGA WRITEQ and QAOBs), on a queue set with a
+/// completion queue that replaces its first one (the hypervisor's fabric gives a
+/// partition one) and sends to itself (two input buffers, taken only when told). A
+/// QAOB elsewhere or misaligned: 0xAF, 0x2A. A QAOB rewritten while its buffer is
+/// pending, to name the hypervisor's memory: completes with 0x22 and delivers nothing.
+/// Its completion queue made full (every buffer taken from the fabric): the completion
+/// waits, and comes once one is armed.
+fn qaob_cases(t: &mut Tally, region: &mut Region, indicators: &Indicators) {
+    let config = DriverConfig {
+        rx_buffers: 2,
+        tx_buffers: 4,
+        completion_queue: true,
+        ..DriverConfig::new(0, MFS)
+    };
+    let set_up = hvc(HVC_DEREGISTER_QUEUE_SET, 0, 0, 0, 0, 0).0 == RC_OK;
+    let tx = QueueDriver::new(region, indicators, config);
+    let Some(mut tx) = tx.ok().filter(|_| set_up) else {
+        say!("hostile: no queue set for the completion-queue cases");
+        t.expect("completion-queue cases set up", false);
+        return;
+    };
+    if node::establish(&tx) != RC_OK || node::register_address(0, own_receiver()) != RC_OK {
+        t.expect("completion-queue cases set up", false);
+        return;
+    }
+    // Bad QAOB addresses: checked before anything else, the buffer refused 0x2A.
+    for (what, bad) in [
+        (
+            "WRITEQ with a QAOB in another partition's window",
+            OTHER_WINDOW,
+        ),
+        ("WRITEQ with a QAOB in the hypervisor's memory", HYPERVISOR),
+        (
+            "WRITEQ with a QAOB straddling the window's end",
+            WINDOW_END - 128,
+        ),
+        (
+            "WRITEQ with a misaligned QAOB",
+            tx.qaob_address(0, 0).unwrap_or(0) + 8,
+        ),
+    ] {
+        let refused = match tx.prime(own_receiver(), &[0x51; 64]) {
+            Ok(n) => {
+                let status = HvcSiga.siga_writeq(0, 1 << 31, bad);
+                let ok = status.is_done()
+                    && tx.output_state(n) == SlsbState::OUTPUT_ERROR
+                    && tx.reason(n) == Reason::QaobInvalid;
+                // The driver counted the buffer primed; a flush sends nothing more
+                // (it reads 0xAF) and settles its count.
+                let _ = tx.flush(&HvcSiga);
+                ok
+            }
+            Err(_) => false,
+        };
+        t.expect(what, refused);
+    }
+    // Fill its own receive ring: two delivered, the third pending.
+    for k in 0..3u8 {
+        if tx.send(&HvcSiga, own_receiver(), &[k; 64]).is_err() {
+            t.expect("completion-queue cases: sends", false);
+            return;
+        }
+    }
+    let n = tx.last_primed();
+    let pending = tx.output_state(n) == SlsbState::OUTPUT_PENDING;
+    t.expect("a buffer to a full receiver goes PENDING", pending);
+    // Rewrite the pending buffer's recorded element to name the hypervisor's memory.
+    if let Some(q) = tx.qaob_address(0, n) {
+        let field = core::ptr::with_exposed_provenance_mut::<u64>((q as usize) + qaob::SBA);
+        // SAFETY: the QAOB is this partition's own memory (the driver's, identity
+        // mapped); the fabric reads it only when it delivers the pending buffer.
+        unsafe { field.write_volatile(HYPERVISOR.to_be()) };
+    }
+    // Room again: the tick tries the buffer and completes it.
+    let _ = tx.receive(|_| {});
+    let codes = completions_within(&mut tx, 200_000_000);
+    let delivered = {
+        let _ = tx.receive(|_| {});
+        tx.has_input()
+    };
+    t.expect(
+        "a QAOB rewritten while pending to name the hypervisor's memory",
+        codes.as_slice() == [Reason::AddressOutsideMemory.code()] && !delivered,
+    );
+    // A completion queue with no empty buffer: the program took every one back.
+    let Some(cq) = tx.params().completion_queue else {
+        t.expect("completion queue laid out", false);
+        return;
+    };
+    let set_cq = |v: u8| {
+        for b in 0..128u64 {
+            let s = core::ptr::with_exposed_provenance_mut::<u8>((cq.slsb + b) as usize);
+            // SAFETY: the completion queue's SLSB, this partition's own memory; the
+            // fabric reads it with atomics of its own, a byte store races with nothing
+            // it relies on.
+            unsafe { s.write_volatile(v) };
+        }
+    };
+    set_cq(0x00);
+    while tx.receive(|_| {}).is_some() {}
+    let mut sent = 0;
+    for k in 0..3u8 {
+        sent += u8::from(tx.send(&HvcSiga, own_receiver(), &[k; 64]).is_ok());
+    }
+    let _ = tx.receive(|_| {});
+    let early = completions_within(&mut tx, 20_000_000);
+    set_cq(SlsbState::INPUT_EMPTY.0);
+    let late = completions_within(&mut tx, 200_000_000);
+    t.expect(
+        "a completion queue with no empty buffer holds the completion",
+        sent == 3 && early.is_empty() && late.as_slice() == [0],
+    );
 }
 
 /// Rewrites the address of element 0 of output SBAL `n` (after the driver primed it).

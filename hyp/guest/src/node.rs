@@ -8,7 +8,8 @@ use core::ptr::NonNull;
 
 use iqdio::MAX_OUTPUT_QUEUES;
 use iqdio::Reason;
-use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region, SendError};
+use iqdio::driver::{DriverConfig, DriverError, Indicators, QueueDriver, Region, SendError};
+use iqdio::qdio::{QUEUE_BUFFERS, SlsbState};
 use iqdio_hvc::{
     BLOCK_MAX, EstablishBlock, HVC_BROADCAST, HVC_DEREGISTER_QUEUE_SET, HVC_ESTABLISH,
     HVC_JOIN_GROUP, HVC_LEAVE_GROUP, HVC_REGISTER_ADDRESS, RC_OK, SL_LEN, encode_sl,
@@ -21,6 +22,13 @@ use crate::rt::{self, HvcSiga, hvc};
 pub const MAX_PARTITIONS: usize = 8;
 
 pub use iqdio_hvc::{MFS, parse_option as parse};
+
+/// Build-time switch `IQDIO_CQ=1` (`cargo xtask stress --completion-queue`): the queue
+/// set has a completion queue and sends with SIGA WRITEQ, its receive ring is small
+/// and it takes its input less often than it sends (receivers slower than senders), so
+/// buffers go PENDING (0xA3) and complete through their QAOBs instead of being
+/// refused.
+pub const CQ: bool = parse(option_env!("IQDIO_CQ"), 0) != 0;
 
 /// IPv4 address of partition `core`.
 pub fn v4(core: usize) -> IpAddr {
@@ -68,7 +76,22 @@ pub struct Stats {
     pub pongs: u64,
     /// Pings received (each answered with a pong).
     pub pings: u64,
+    /// Completion queue: buffers that went PENDING.
+    pub pending: u64,
+    /// Completion queue: pending buffers completed delivered (`aorc` 0).
+    pub completed: u64,
+    /// Completion queue: pending buffers completed with an error (their frames sent
+    /// again, counted in `refused_unreachable`).
+    pub completed_with_error: u64,
+    /// Completion queue: sends that waited for completions first (pending capacity
+    /// or data slot taken; not a refusal, nothing sent twice).
+    pub waited: u64,
+    /// Flushes of a frame a busy SIGA had left primed (the frame is not primed twice).
+    pub busy: u64,
 }
+
+/// A frame in flight: (dst, kind, seq, len), enough to build it again.
+type FrameId = (usize, u8, u32, usize);
 
 /// One partition.
 pub struct Node {
@@ -87,6 +110,10 @@ pub struct Node {
     pub rx_data: [u64; MAX_PARTITIONS],
     /// Pings received and not answered yet: (peer, seq).
     pending_pongs: heapless::Deque<(usize, u32), 16>,
+    /// Completion queue: the frame of each output buffer that went PENDING.
+    in_flight: [Option<FrameId>; QUEUE_BUFFERS],
+    /// Completion queue: frames whose buffer completed with an error, to send again.
+    resend: heapless::Deque<FrameId, QUEUE_BUFFERS>,
     /// Its end-to-end counts.
     pub stats: Stats,
 }
@@ -100,22 +127,26 @@ struct EstablishArea {
     block: [u8; BLOCK_MAX],
     input_sl: [u8; SL_LEN],
     output_sls: [[u8; SL_LEN]; MAX_OUTPUT_QUEUES],
+    completion_sl: [u8; SL_LEN],
 }
 
 static ESTABLISH: spin::Mutex<EstablishArea> = spin::Mutex::new(EstablishArea {
     block: [0; BLOCK_MAX],
     input_sl: [0; SL_LEN],
     output_sls: [[0; SL_LEN]; MAX_OUTPUT_QUEUES],
+    completion_sl: [0; SL_LEN],
 });
 
 /// The queue set every scenario's partitions use: 16 input buffers, two output queues
 /// (a unicast one and the multicast queue, as the hypervisor's fabric offers and
-/// Linux's qeth uses) of 8 buffers each.
+/// Linux's qeth uses) of 8 buffers each; with [`CQ`], 4 input buffers, 16 output buffers
+/// and a completion queue.
 pub fn driver_config() -> DriverConfig {
     DriverConfig {
-        rx_buffers: 16,
-        tx_buffers: 8,
+        rx_buffers: if CQ { 4 } else { 16 },
+        tx_buffers: if CQ { 16 } else { 8 },
         output_queues: 2,
+        completion_queue: CQ,
         ..DriverConfig::new(0, MFS)
     }
 }
@@ -162,6 +193,13 @@ pub fn establish_params(sch: u16, p: &iqdio::QueueSetParams) -> u64 {
         area.input_sl.as_ptr() as u64,
         &sls[..p.output_queues().min(MAX_OUTPUT_QUEUES)],
     );
+    let block = match &p.completion_queue {
+        Some(cq) => {
+            area.completion_sl = encode_sl(&cq.sbals);
+            block.with_completion_queue(area.completion_sl.as_ptr() as u64, cq.slsb)
+        }
+        None => block,
+    };
     area.block = block.encode();
     hvc(
         HVC_ESTABLISH,
@@ -224,6 +262,8 @@ impl Node {
             rx_seq: [0; MAX_PARTITIONS],
             rx_data: [0; MAX_PARTITIONS],
             pending_pongs: heapless::Deque::new(),
+            in_flight: [None; QUEUE_BUFFERS],
+            resend: heapless::Deque::new(),
             stats: Stats::default(),
         };
         node.register()?;
@@ -273,11 +313,42 @@ impl Node {
         let mut scratch = SCRATCH.lock();
         build(&mut scratch[..len], self.core, dst, kind, seq);
         loop {
-            match self.queue.send(&HvcSiga, dest, &scratch[..len]) {
+            let result = match self.queue.send(&HvcSiga, dest, &scratch[..len]) {
+                // Busy past the driver's retries (another core's tick holds the queue
+                // while it delivers pending buffers): the frame stays primed, so it is
+                // flushed, never primed a second time.
+                Err(SendError::Siga(s)) if s.is_busy() => self.flush_busy(deadline_ns),
+                other => other,
+            };
+            match result {
                 Ok(()) => {
                     self.stats.sent += 1;
                     self.stats.sent_bytes += len as u64;
+                    let n = self.queue.last_primed();
+                    if self.queue.output_state(n) == SlsbState::OUTPUT_PENDING {
+                        // Taken: delivered later, its data held until its QAOB completes.
+                        self.stats.pending += 1;
+                        if let Some(slot) = self.in_flight.get_mut(usize::from(n)) {
+                            *slot = Some((dst, kind, seq, len));
+                        }
+                    }
                     return true;
+                }
+                Err(SendError::Driver(DriverError::PendingFull | DriverError::NoFreeBuffer))
+                    if CQ =>
+                {
+                    // Not refused: wait for our completions (the hypervisor's tick
+                    // delivers the pending buffers once their receivers have room).
+                    self.stats.waited += 1;
+                    drop(scratch);
+                    self.wait_for_input(deadline_ns);
+                    self.poll();
+                    if rt::now_ns() > deadline_ns {
+                        return false;
+                    }
+                    scratch = SCRATCH.lock();
+                    build(&mut scratch[..len], self.core, dst, kind, seq);
+                    continue;
                 }
                 Err(SendError::Refused(Reason::TargetFull)) => self.stats.refused_full += 1,
                 Err(SendError::Refused(Reason::Unreachable)) => self.stats.refused_unreachable += 1,
@@ -294,6 +365,31 @@ impl Node {
             self.poll();
             scratch = SCRATCH.lock();
             build(&mut scratch[..len], self.core, dst, kind, seq);
+        }
+    }
+
+    /// Flushes the frame a busy SIGA left primed, until a SIGA is not busy or the
+    /// deadline passes: `Ok` once it was delivered or went PENDING, else its refusal or
+    /// the SIGA's error.
+    fn flush_busy(&mut self, deadline_ns: u64) -> Result<(), SendError> {
+        loop {
+            self.stats.busy += 1;
+            match self.queue.flush(&HvcSiga) {
+                Ok(r) if r.pending > 0 => {}
+                Ok(r) => {
+                    return match r.refused.first() {
+                        Some(&(_, reason)) => Err(SendError::Refused(reason)),
+                        None => Ok(()),
+                    };
+                }
+                Err(s) if s.is_busy() => {}
+                Err(s) => return Err(SendError::Siga(s)),
+            }
+            if rt::now_ns() > deadline_ns {
+                return Err(SendError::Siga(iqdio::SigaStatus::of_error(
+                    iqdio::SigaError::Busy,
+                )));
+            }
         }
     }
 
@@ -356,10 +452,42 @@ impl Node {
                 None => break,
             }
         }
+        total += self.take_completions();
         while let Some((peer, seq)) = self.pending_pongs.pop_front() {
             self.send(peer, PONG, seq, 64, rt::now_ns() + 5_000_000_000);
         }
+        while let Some((dst, kind, seq, len)) = self.resend.pop_front() {
+            self.send(dst, kind, seq, len, rt::now_ns() + 5_000_000_000);
+        }
         total
+    }
+
+    /// Takes the completion queue: counts each completion, and queues the frame of a
+    /// buffer that completed with an error to be sent again (counted as a refusal).
+    /// Returns the completions taken.
+    fn take_completions(&mut self) -> usize {
+        let in_flight = &mut self.in_flight;
+        let resend = &mut self.resend;
+        let stats = &mut self.stats;
+        self.queue.complete(|c| {
+            let frame = in_flight
+                .get_mut(usize::from(c.buffer))
+                .and_then(Option::take);
+            if c.delivered() {
+                stats.completed += 1;
+            } else {
+                stats.completed_with_error += 1;
+                stats.refused_unreachable += 1;
+                if let Some(f) = frame {
+                    let _ = resend.push_back(f);
+                }
+            }
+        })
+    }
+
+    /// Buffers sent that are still pending at the fabric.
+    pub fn pending(&self) -> usize {
+        self.queue.pending_tx()
     }
 
     /// The idle path: resets the indicator bytes high → low, and if nothing is
@@ -371,14 +499,14 @@ impl Node {
             if self.indicators.take() {
                 self.queue.take_initiative();
             }
-            if self.queue.has_input() {
+            if self.queue.has_input() || self.queue.has_completions() {
                 return true;
             }
             let q = &self.queue;
             if !rt::wait_until(deadline_ns, || {
-                rt::pending_interrupts() > 0 || q.has_input()
+                rt::pending_interrupts() > 0 || q.has_input() || q.has_completions()
             }) {
-                return self.queue.has_input();
+                return self.queue.has_input() || self.queue.has_completions();
             }
         }
     }

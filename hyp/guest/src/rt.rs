@@ -81,12 +81,30 @@ impl iqdio::Siga for HvcSiga {
             0,
             0,
         );
-        SigaStatus {
-            // The hypervisor answers 0-3; anything else would be its bug, read as
-            // "not operational".
-            condition_code: ConditionCode::from_raw(cc).unwrap_or(ConditionCode::Cc3),
-            busy: u32::try_from(busy).unwrap_or(0),
-        }
+        status(cc, busy)
+    }
+
+    /// SIGA WRITEQ: the QAOB's address goes in x4 (iqdio-hvc's register convention).
+    fn siga_writeq(&self, subchannel: u16, queue_mask: u32, qaob: u64) -> SigaStatus {
+        let (cc, busy) = hvc(
+            HVC_SIGA,
+            u64::from(SigaFunction::WriteQ.code()),
+            u64::from(subchannel),
+            u64::from(queue_mask),
+            qaob,
+            0,
+        );
+        status(cc, busy)
+    }
+}
+
+/// What a SIGA call returned in x0 and x1.
+fn status(cc: u64, busy: u64) -> SigaStatus {
+    SigaStatus {
+        // The hypervisor answers 0-3; anything else would be its bug, read as "not
+        // operational".
+        condition_code: ConditionCode::from_raw(cc).unwrap_or(ConditionCode::Cc3),
+        busy: u32::try_from(busy).unwrap_or(0),
     }
 }
 

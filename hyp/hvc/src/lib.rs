@@ -11,7 +11,7 @@
 //!
 //! | call | x0 | x1 | x2 | x3 | x4 | x5-x6 | returns |
 //! |---|---|---|---|---|---|---|---|
-//! | SIGA | `0xC600_0001` | function code (0 write, 3 write-multiple) | subchannel | queue mask | | | x0 condition code, x1 busy bit `0x8000_0000` with cc2 |
+//! | SIGA | `0xC600_0001` | function code (0 write, 3 write-multiple, 4 WRITEQ) | subchannel | queue mask | QAOB address (WRITEQ; 0 otherwise) | | x0 condition code, x1 busy bit `0x8000_0000` with cc2 |
 //! | establish | `0xC600_0002` | subchannel | guest address of the [establish block](EstablishBlock) | | | | x0 return code |
 //! | register address | `0xC600_0003` | subchannel | family 4 or 6 | IPv6 high 64 bits (0 for IPv4) | IPv6 low 64 bits, or the IPv4 address | | x0 return code |
 //! | deregister address | `0xC600_0004` | as register | | | | | x0 return code |
@@ -65,7 +65,9 @@ use iqdio::{MAX_OUTPUT_QUEUES, Mfs, QueueAddresses, QueueSetParams};
 /// service), function 0 (DEN 0028 section 6.2).
 pub const VENDOR_HYP_BASE: u64 = 0xC600_0000;
 
-/// SIGA: x1 function code, x2 subchannel, x3 queue mask.
+/// SIGA: x1 function code, x2 subchannel, x3 queue mask, x4 the QAOB's guest address
+/// for WRITEQ (function code 4; Linux's `qdio_siga_output` passes it in a register as
+/// well, `drivers/s390/cio/qdio_main.c`), ignored by the others.
 pub const HVC_SIGA: u64 = VENDOR_HYP_BASE | 1;
 /// Establish a queue set: x1 subchannel, x2 guest address of the establish block.
 pub const HVC_ESTABLISH: u64 = VENDOR_HYP_BASE | 2;
@@ -280,7 +282,8 @@ pub const fn ip_from_registers(family: u64, x3: u64, x4: u64) -> Option<IpAddr> 
 /// 0x01   1     flags: 0x01 interrupt immediately (the override), 0x02 layer 2 (the
 ///              queue set carries Ethernet frames, `QueueSetParams::layer2`), other
 ///              bits zero
-/// 0x02   1     input queues: 1
+/// 0x02   1     input queues: 1, or 2 with a completion queue (Linux's `struct qdr`
+///              counts the completion queue as the second input queue, `QETH_CQ_ENABLED`)
 /// 0x03   1     output queues: n, 1 to 4 (at most the hypervisor fabric's, else 0xF012)
 /// 0x04   4     reserved
 /// 0x08   8     global summary byte address
@@ -290,7 +293,9 @@ pub const fn ip_from_registers(family: u64, x3: u64, x4: u64) -> Option<IpAddr> 
 ///                                       0x30 SLSB address 8, 0x38 reserved 8
 /// 0x40   32    output queue 0 descriptor: same layout from 0x40
 /// ...          output queue k's at 0x40 + 32 k
-/// 0x40 + 32 n  end (96 bytes with one output queue, 192 with four)
+/// 0x40 + 32 n  end without a completion queue (96 bytes with one output queue, 192
+///              with four); with one (input queues 2), its descriptor, same layout,
+/// 0x60 + 32 n  end (128 to 224 bytes)
 /// ```
 ///
 /// With two output queues or more the highest-numbered is the multicast queue (as the
@@ -319,6 +324,8 @@ pub struct EstablishBlock {
     pub outputs: [QueueDescriptor; MAX_OUTPUT_QUEUES],
     /// Output queues: 1 to 4.
     pub output_queues: u8,
+    /// The completion queue's storage list and SLSB, if the queue set has one.
+    pub completion_queue: Option<QueueDescriptor>,
 }
 
 /// One queue descriptor of an [`EstablishBlock`]: where its storage list and its SLSB
@@ -333,8 +340,11 @@ pub struct QueueDescriptor {
 
 /// Bytes of an [`EstablishBlock`] with one output queue.
 pub const BLOCK_LEN: usize = block_len(1);
-/// Most bytes of an [`EstablishBlock`] (four output queues).
-pub const BLOCK_MAX: usize = block_len(MAX_OUTPUT_QUEUES as u8);
+/// Most bytes of an [`EstablishBlock`] (four output queues and a completion queue).
+pub const BLOCK_MAX: usize = block_len(MAX_OUTPUT_QUEUES as u8) + DESCRIPTOR_LEN;
+/// The index [`EstablishBlock::params`] asks the completion queue's storage list by
+/// (after output queues 0 to 3).
+pub const COMPLETION_SL: usize = MAX_OUTPUT_QUEUES;
 /// Bytes before the output descriptors: the part that says how many there are.
 pub const BLOCK_HEAD: usize = OUTPUT_DESCRIPTOR;
 /// Bytes of a storage list.
@@ -374,9 +384,45 @@ impl EstablishBlock {
             .filter(|n| (1..=MAX_OUTPUT_QUEUES as u8).contains(n))
     }
 
-    /// Bytes of this block ([`block_len`] of its output queue count).
+    /// Bytes of the block whose first [`BLOCK_HEAD`] bytes are `head`: [`block_len`] of
+    /// its output queue count, and a descriptor more when its input queue count is 2
+    /// (a completion queue); `None` for counts the format does not allow.
+    pub fn len_of(head: &[u8]) -> Option<usize> {
+        let outputs = Self::output_queues_of(head)?;
+        let cq = match head.get(2)? {
+            1 => 0,
+            2 => DESCRIPTOR_LEN,
+            _ => return None,
+        };
+        Some(block_len(outputs) + cq)
+    }
+
+    /// Bytes of this block ([`block_len`] of its output queue count, and a descriptor
+    /// more with a completion queue).
     pub const fn byte_len(&self) -> usize {
         block_len(self.output_queues)
+            + if self.completion_queue.is_some() {
+                DESCRIPTOR_LEN
+            } else {
+                0
+            }
+    }
+
+    /// The storage list address [`params`](Self::params) asks for by `k`: output
+    /// queue `k`'s, or the completion queue's for [`COMPLETION_SL`].
+    pub fn storage_list(&self, k: usize) -> Option<u64> {
+        if k == COMPLETION_SL {
+            return self.completion_queue.map(|d| d.sl);
+        }
+        (k < usize::from(self.output_queues))
+            .then(|| self.outputs.get(k).map(|d| d.sl))
+            .flatten()
+    }
+
+    /// This block with a completion queue (its storage list and SLSB).
+    pub const fn with_completion_queue(mut self, sl: u64, slsb: u64) -> Self {
+        self.completion_queue = Some(QueueDescriptor { sl, slsb });
+        self
     }
 
     /// The block's bytes: the first [`byte_len`](Self::byte_len) of the array (the rest
@@ -388,7 +434,11 @@ impl EstablishBlock {
         } else {
             0
         } | if self.layer2 { FLAG_LAYER2 } else { 0 };
-        b[2] = 1;
+        b[2] = if self.completion_queue.is_some() {
+            2
+        } else {
+            1
+        };
         b[3] = self.output_queues;
         put64(&mut b, 0x08, self.global_indicator);
         put64(&mut b, 0x10, self.middle_indicator);
@@ -400,7 +450,11 @@ impl EstablishBlock {
                 .enumerate()
                 .map(|(k, d)| (OUTPUT_DESCRIPTOR + DESCRIPTOR_LEN * k, d)),
         );
-        for (at, d) in descriptors {
+        let cq = self
+            .completion_queue
+            .as_ref()
+            .map(|d| (block_len(self.output_queues), d));
+        for (at, d) in descriptors.chain(cq) {
             put64(&mut b, at + 0x08, d.sl);
             put64(&mut b, at + 0x10, d.slsb);
         }
@@ -408,22 +462,24 @@ impl EstablishBlock {
     }
 
     /// Decodes a block of exactly its own length, or `None` if it is malformed:
-    /// format other than 0, unknown flags, an input queue count other than 1, an output
-    /// queue count outside 1 to 4 or other than the bytes given say, non-zero reserved
-    /// bytes.
+    /// format other than 0, unknown flags, an input queue count other than 1 or 2, an
+    /// output queue count outside 1 to 4, counts other than the bytes given say,
+    /// non-zero reserved bytes.
     pub fn decode(b: &[u8]) -> Option<Self> {
         let outputs = Self::output_queues_of(b)?;
-        if b.len() != block_len(outputs)
+        if Some(b.len()) != Self::len_of(b)
             || b[0] != 0
             || b[1] & !(FLAG_INTERRUPT_IMMEDIATELY | FLAG_LAYER2) != 0
-            || b[2] != 1
             || b[4..8].iter().any(|&x| x != 0)
         {
             return None;
         }
+        let cq_at = block_len(outputs);
+        let cq = b.len() > cq_at;
         let starts = core::iter::once(INPUT_DESCRIPTOR)
-            .chain((0..usize::from(outputs)).map(|k| OUTPUT_DESCRIPTOR + DESCRIPTOR_LEN * k));
-        let mut descriptors = [QueueDescriptor::default(); 1 + MAX_OUTPUT_QUEUES];
+            .chain((0..usize::from(outputs)).map(|k| OUTPUT_DESCRIPTOR + DESCRIPTOR_LEN * k))
+            .chain(cq.then_some(cq_at));
+        let mut descriptors = [QueueDescriptor::default(); 2 + MAX_OUTPUT_QUEUES];
         for (d, at) in descriptors.iter_mut().zip(starts) {
             if be64(b, at) != 0 || be64(b, at + 0x18) != 0 {
                 return None;
@@ -433,7 +489,18 @@ impl EstablishBlock {
                 slsb: be64(b, at + 0x10),
             };
         }
-        let [input, outs @ ..] = descriptors;
+        let [input, o0, o1, o2, o3, last] = descriptors;
+        let mut outs = [o0, o1, o2, o3];
+        // With four output queues the completion queue's descriptor is the sixth; with
+        // fewer it is the one after the last output queue's.
+        let completion = if !cq {
+            None
+        } else if usize::from(outputs) == MAX_OUTPUT_QUEUES {
+            Some(last)
+        } else {
+            let d = outs.get_mut(usize::from(outputs))?;
+            Some(core::mem::take(d))
+        };
         Some(Self {
             interrupt_immediately: b[1] & FLAG_INTERRUPT_IMMEDIATELY != 0,
             layer2: b[1] & FLAG_LAYER2 != 0,
@@ -443,12 +510,15 @@ impl EstablishBlock {
             input,
             outputs: outs,
             output_queues: outputs,
+            completion_queue: completion,
         })
     }
 
     /// The fabric's parameters from this block and its storage lists, read at the
     /// descriptors' addresses: the input queue's, then output queue `k`'s from
-    /// `output_sl(k)` (`None` stops: a list that could not be read). The interrupt
+    /// `output_sl(k)`, then, with a completion queue, its list from
+    /// `output_sl(COMPLETION_SL)` (`None` stops: a list that could not be read;
+    /// [`storage_list`](Self::storage_list) names each address). The interrupt
     /// cookie is 0: it is not the partition's to give; the hypervisor sets its own
     /// before it establishes.
     pub fn params(
@@ -488,6 +558,13 @@ impl EstablishBlock {
                     .ok()?;
             }
         }
+        if let Some(d) = self.completion_queue {
+            output_sl(COMPLETION_SL, &mut sl)?;
+            p.completion_queue = Some(QueueAddresses {
+                sbals: decode_sl(&sl),
+                slsb: d.slsb,
+            });
+        }
         Some(p)
     }
 
@@ -515,6 +592,7 @@ impl EstablishBlock {
                 .output_queues()
                 .min(output_sls.len())
                 .min(MAX_OUTPUT_QUEUES) as u8,
+            completion_queue: None,
         }
     }
 }
@@ -594,6 +672,7 @@ mod tests {
             },
             outputs,
             output_queues: 1,
+            completion_queue: None,
         }
     }
 
@@ -651,12 +730,58 @@ mod tests {
                 assert_eq!(EstablishBlock::decode(&raw[..len + 0x20]), None);
             }
         }
-        assert_eq!(BLOCK_MAX, 0xC0);
+        assert_eq!(BLOCK_MAX, 0xE0);
         let mut raw = block().encode();
         for bad in [0, 5, 0xff] {
             raw[3] = bad;
             assert_eq!(EstablishBlock::output_queues_of(&raw), None);
         }
+    }
+
+    #[test]
+    fn a_completion_queue_is_the_second_input_queue_after_the_outputs() {
+        for n in 1..=4u8 {
+            let want = block_of(n).with_completion_queue(0x8000_4000, 0x8000_3300);
+            let raw = want.encode();
+            let len = want.byte_len();
+            let at = 0x40 + 0x20 * usize::from(n);
+            assert_eq!(len, at + 0x20);
+            assert_eq!(raw[2], 2);
+            assert_eq!(EstablishBlock::len_of(&raw[..BLOCK_HEAD]), Some(len));
+            assert_eq!(&raw[at + 8..at + 16], &[0, 0, 0, 0, 0x80, 0, 0x40, 0]);
+            assert_eq!(&raw[at + 16..at + 24], &[0, 0, 0, 0, 0x80, 0, 0x33, 0]);
+            assert_eq!(EstablishBlock::decode(&raw[..len]), Some(want));
+            // Without its descriptor, or with the count 1 and the descriptor: malformed.
+            assert_eq!(EstablishBlock::decode(&raw[..len - 0x20]), None);
+            let mut one = raw;
+            one[2] = 1;
+            assert_eq!(EstablishBlock::decode(&one[..len]), None);
+            for reserved in [at, at + 0x1f] {
+                let mut bad = raw;
+                bad[reserved] = 1;
+                assert_eq!(EstablishBlock::decode(&bad[..len]), None);
+            }
+            assert_eq!(want.storage_list(COMPLETION_SL), Some(0x8000_4000));
+            let cq_sl: [u64; QUEUE_BUFFERS] =
+                core::array::from_fn(|i| 0xB000_0000 + 256 * i as u64);
+            let z = encode_sl(&[0; QUEUE_BUFFERS]);
+            let p = want
+                .params(&z, |k, sl| {
+                    if k == COMPLETION_SL {
+                        *sl = encode_sl(&cq_sl);
+                    }
+                    Some(())
+                })
+                .unwrap();
+            let got = p.completion_queue.clone().unwrap();
+            assert_eq!((got.sbals, got.slsb), (cq_sl, 0x8000_3300));
+            assert_eq!(p.output_queues(), usize::from(n));
+        }
+        assert_eq!(EstablishBlock::len_of(&[0, 0, 3, 1]), None);
+        assert_eq!(block().storage_list(COMPLETION_SL), None);
+        let z = encode_sl(&[0; QUEUE_BUFFERS]);
+        let p = block().params(&z, |_, _| Some(())).unwrap();
+        assert!(p.completion_queue.is_none());
     }
 
     #[test]

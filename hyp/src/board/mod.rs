@@ -86,6 +86,7 @@ pub use interrupts::{
 pub use layout::{MAX_CORES, WINDOW_SIZE, main_stack_bounds, partition_window};
 pub use smp::{JobError, cores, online, run_on_all, run_on_all_until};
 pub use timer::{Delay, cancel_alarm, frequency, now_ns, now_us, set_alarm, ticks};
+pub(crate) use timer::{arm_wakeup, disarm_wakeup};
 pub use uart::{EMERGENCY_MARKER, Emergency, emergency};
 
 /// How the machine stops: the QEMU process exit status (semihosting `SYS_EXIT`).

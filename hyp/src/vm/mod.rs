@@ -33,7 +33,7 @@ pub mod vgic;
 use core::cell::UnsafeCell;
 use core::net::IpAddr;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use iqdio::{
     BROADCAST_GROUP, CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptDelivery,
@@ -266,6 +266,46 @@ pub(crate) fn record_exit(core: usize, lpar: LparId) {
     }
 }
 
+/// How often a core that runs a partition gives the fabric its delay tick
+/// ([`Fabric::expire_delays`]): interrupts whose delay ran out are raised, and buffers
+/// pending for a receiver that has room again (SIGA WRITEQ) are delivered and
+/// completed, even when every sender has fallen silent.
+pub const TICK_NS: u64 = 1_000_000;
+
+/// When each core's timer next fires for the tick (ns, [`board::now_ns`]).
+static NEXT_TICK: [AtomicU64; MAX_CORES] = [const { AtomicU64::new(0) }; MAX_CORES];
+/// When the fabric's next tick is due, for all cores: the first core whose timer fires
+/// after it takes the tick (one `expire_delays` per period for the whole machine, not
+/// one per core: each holds a sender's queue while it delivers, and a SIGA that finds
+/// it held is busy).
+static FABRIC_TICK: AtomicU64 = AtomicU64::new(0);
+
+/// The fabric's delay tick for the partition on `core`, called from its trap after an
+/// interrupt: IRQs are masked and the trap interrupted the partition, never a fabric
+/// entry (the hypervisor's own fabric calls run masked), so this is thread context as
+/// the fabric's execution contract means it, and `expire_delays` may wait for locks.
+/// The core's EL1 physical timer (the board's wake-up timer, idle while the core runs
+/// a partition) is armed for the next tick, so the tick comes while the partition
+/// sleeps in WFI too.
+pub(crate) fn tick(core: usize) {
+    let Some(next) = NEXT_TICK.get(core) else {
+        return;
+    };
+    let now = board::now_ns();
+    if now >= next.load(Ordering::Relaxed) {
+        next.store(now + TICK_NS, Ordering::Relaxed);
+        let due = FABRIC_TICK.load(Ordering::Relaxed);
+        if now >= due
+            && FABRIC_TICK
+                .compare_exchange(due, now + TICK_NS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            FABRIC.expire_delays();
+        }
+    }
+    board::arm_wakeup(next.load(Ordering::Relaxed));
+}
+
 /// Records how the partition on this core ended (trap handler, before [`board::LEAVE`]).
 pub(crate) fn set_outcome(core: usize, outcome: Outcome) {
     // SAFETY: this core's slot, see `CoreVms`.
@@ -327,6 +367,8 @@ pub fn run_partition(image: &[u8], args: [u64; 4]) -> Result<Outcome, StartError
     );
     vgic::clear();
     RUNNING_LPAR[core].store(lpar, Ordering::Release);
+    NEXT_TICK[core].store(board::now_ns() + TICK_NS, Ordering::Relaxed);
+    board::arm_wakeup(board::now_ns() + TICK_NS);
     stage2::activate(vmid(lpar), root);
     // SAFETY: the stage-2 tables, VMID, HCR_EL2 and EL1 reset state are set for this
     // partition; called from a job (SP_EL0, not in an exception handler); `regs` is
@@ -336,6 +378,7 @@ pub fn run_partition(image: &[u8], args: [u64; 4]) -> Result<Outcome, StartError
         board::run_vcpu(regs);
     }
     stage2::deactivate();
+    board::disarm_wakeup();
     RUNNING_LPAR[core].store(NONE, Ordering::Release);
     vgic::clear();
     // A partition that exited or was stopped already left the fabric; this catches

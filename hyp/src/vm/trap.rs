@@ -16,7 +16,7 @@
 use iqdio::{LparId, SigaError, SigaStatus};
 use iqdio_hvc::{
     BLOCK_HEAD, BLOCK_MAX, CONSOLE_MAX, Call, EstablishBlock, RC_BAD_ARGUMENT, RC_BAD_BLOCK, RC_OK,
-    RC_OUTSIDE_MEMORY, SL_LEN, block_len, ip_from_registers, mac_from_register,
+    RC_OUTSIDE_MEMORY, SL_LEN, ip_from_registers, mac_from_register,
 };
 
 use super::{FABRIC, Outcome, barrier, set_outcome};
@@ -57,6 +57,7 @@ pub(crate) extern "C" fn guest_exit(regs: &mut VcpuRegs, kind: u64) -> u64 {
     match kind {
         KIND_IRQ => {
             board::exceptions::handle_irq();
+            super::tick(core);
             RESUME
         }
         KIND_SYNC => sync(core, lpar, regs),
@@ -123,7 +124,7 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
     };
     let rc = match call {
         Call::Siga => {
-            let (cc, busy) = siga(lpar, x1, x2, x3);
+            let (cc, busy) = siga(lpar, x1, x2, x3, x4);
             regs.x[1] = busy;
             cc
         }
@@ -222,14 +223,15 @@ fn hvc(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
     RESUME
 }
 
-/// SIGA: the condition code and the busy bit, exactly what crosses the trap.
-fn siga(lpar: LparId, function: u64, sch: u64, mask: u64) -> (u64, u64) {
+/// SIGA: the condition code and the busy bit, exactly what crosses the trap. `qaob` is
+/// the QAOB address a WRITEQ carries (x4); the fabric checks it against the window.
+fn siga(lpar: LparId, function: u64, sch: u64, mask: u64, qaob: u64) -> (u64, u64) {
     let result = match (
         u32::try_from(function),
         subchannel(sch),
         u32::try_from(mask),
     ) {
-        (Ok(f), Some(sch), Ok(mask)) => FABRIC.siga(lpar, sch, f, mask).map(|_| ()),
+        (Ok(f), Some(sch), Ok(mask)) => FABRIC.siga_aob(lpar, sch, f, mask, qaob).map(|_| ()),
         // A subchannel number no subchannel has is not IQDIO; the rest names nothing.
         (_, None, _) => Err(SigaError::NotIqdio),
         (Err(_), _, _) => Err(SigaError::InvalidFunction),
@@ -239,10 +241,10 @@ fn siga(lpar: LparId, function: u64, sch: u64, mask: u64) -> (u64, u64) {
     (status.condition_code as u64, u64::from(status.busy))
 }
 
-/// Establish: read the block's head for its output queue count, then the whole block
-/// once and decode that copy, then each storage list once, and hand the fabric the
-/// copies (it checks every address in them against the window, and refuses more output
-/// queues than it offers, 0xF012).
+/// Establish: read the block's head for its queue counts, then the whole block once
+/// and decode that copy, then each storage list once (the completion queue's too, when
+/// it has one), and hand the fabric the copies (it checks every address in them against
+/// the window, and refuses more output queues than it offers, 0xF012).
 fn establish(lpar: LparId, sch: u64, block_addr: u64) -> u64 {
     let Some(sch) = subchannel(sch) else {
         return RC_BAD_ARGUMENT;
@@ -254,12 +256,12 @@ fn establish(lpar: LparId, sch: u64, block_addr: u64) -> u64 {
     if FABRIC.copy_from_partition(lpar, block_addr, head).is_none() {
         return RC_OUTSIDE_MEMORY;
     }
-    let Some(outputs) = EstablishBlock::output_queues_of(head) else {
+    let Some(len) = EstablishBlock::len_of(head) else {
         return RC_BAD_BLOCK;
     };
     // The whole block, read again: a count changed meanwhile no longer matches the
     // length, and the copy does not decode.
-    let Some(whole) = raw.get_mut(..block_len(outputs)) else {
+    let Some(whole) = raw.get_mut(..len) else {
         return RC_BAD_BLOCK;
     };
     if FABRIC
@@ -279,7 +281,7 @@ fn establish(lpar: LparId, sch: u64, block_addr: u64) -> u64 {
         return RC_OUTSIDE_MEMORY;
     }
     let params = block.params(&input, |k, sl| {
-        let addr = block.outputs.get(k)?.sl;
+        let addr = block.storage_list(k)?;
         FABRIC.copy_from_partition(lpar, addr, sl)
     });
     let Some(mut params) = params else {

@@ -64,6 +64,10 @@ impl Siga for MaskedPort<'_> {
     fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus {
         masked(|| self.0.siga(subchannel, function, queue_mask))
     }
+
+    fn siga_writeq(&self, subchannel: u16, queue_mask: u32, qaob: u64) -> SigaStatus {
+        masked(|| self.0.siga_writeq(subchannel, queue_mask, qaob))
+    }
 }
 
 /// Partition `lpar`'s SIGA port on `fabric`, masked.
