@@ -173,7 +173,8 @@ impl EthRoute {
         let mut dest = [0u8; 6];
         dest.copy_from_slice(&head[..6]);
         let tci = if u16::from_be_bytes([head[12], head[13]]) == TPID_8021Q {
-            let t = prefix.get(14..16)?;
+            // The tag and the EtherType after it: 18 bytes in all.
+            let t = prefix.get(14..ETH_ROUTING)?;
             Some(u16::from_be_bytes([t[0], t[1]]))
         } else {
             None
@@ -235,5 +236,10 @@ mod tests {
         assert_eq!(MacCast::of(&[0x02, 0, 0, 0, 0, 7]), MacCast::Unicast);
         assert!(L2Header::for_frame(&f[..13]).is_none());
         assert!(EthRoute::read(&f[..15]).is_none(), "tagged but cut short");
+        // Found by the layer2 fuzz target: a tagged frame of 16 or 17 bytes (its TCI
+        // but not its whole EtherType) was routed.
+        assert!(EthRoute::read(&f[..16]).is_none(), "tagged, no EtherType");
+        assert!(EthRoute::read(&f[..17]).is_none(), "tagged, half an EtherType");
+        assert!(EthRoute::read(&f[..18]).is_some());
     }
 }
