@@ -239,7 +239,10 @@ mod tests {
         // Found by the layer2 fuzz target: a tagged frame of 16 or 17 bytes (its TCI
         // but not its whole EtherType) was routed.
         assert!(EthRoute::read(&f[..16]).is_none(), "tagged, no EtherType");
-        assert!(EthRoute::read(&f[..17]).is_none(), "tagged, half an EtherType");
+        assert!(
+            EthRoute::read(&f[..17]).is_none(),
+            "tagged, half an EtherType"
+        );
         assert!(EthRoute::read(&f[..18]).is_some());
     }
 }
