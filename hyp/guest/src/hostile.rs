@@ -262,6 +262,25 @@ pub fn refusals(lpar: usize) -> ! {
         "leaving a group it is not a member of",
         rc_is(rc, u64::from(RegistrationError::NotFound.code())),
     );
+    // Joining groups until the fabric says no: its address quota or the target table
+    // (which groups share with addresses) ends it, with that code; then every group it
+    // got is left again, so the table is as before.
+    let group = |k: u16| IpAddr::V4(core::net::Ipv4Addr::new(239, 9, (k >> 8) as u8, k as u8));
+    let (mut joined, mut last) = (0u16, 0u64);
+    while joined < 1024 {
+        last = node::join_group(0, group(joined));
+        if last != 0 {
+            break;
+        }
+        joined += 1;
+    }
+    let full = last == u64::from(RegistrationError::AddressQuota.code())
+        || last == u64::from(RegistrationError::TableFull.code());
+    let left = (0..joined).all(|k| node::leave_group(0, group(k)) == 0);
+    t.expect(
+        "joining groups until its quota or the group table is full",
+        full && left,
+    );
     // SIGA on a subchannel it never established (another partition's number 0 is its
     // own here: the LPAR comes from the trap, never from a register).
     let r = HvcSiga.siga(1, SigaFunction::Write, 1 << 31);
