@@ -324,12 +324,13 @@ mod image {
             }
             let t = r.traps;
             defmt::println!(
-                "partition {}: linux ran {} ms, ERET to init {} ms; traps gic {}, uart {}, hvc {}, timer {}, other irq {}, aborts {}, other {}",
+                "partition {}: linux ran {} ms, ERET to init {} ms; traps gic {}, uart {}, virtio {}, hvc {}, timer {}, other irq {}, aborts {}, other {}",
                 core,
                 r.ran_ns / 1_000_000,
                 r.to_init_ns.map_or(0, |ns| ns / 1_000_000),
                 t.gic,
                 t.uart,
+                t.virtio,
                 t.hvc,
                 t.timer,
                 t.irq,

@@ -15,6 +15,10 @@
 //! 0x4440_0000  unmapped
 //! 0x5000_0000  partition windows, 48 MiB each, 64 MiB apart (16 MiB unmapped guard)
 //! 0x7000_0000  unmapped up to the end of RAM at 0x8000_0000 (QEMU `-m 1G`)
+//! 0x8000_0000  the Linux guests' windows (`vm::linux::CONFIG`), 2 MiB blocks (normal,
+//!              XN), exactly as many as the build's guests have; the rest of 2-4 GiB
+//!              unmapped. The hypervisor reads and writes them only through the
+//!              window-checked `vm::linux` guest memory (the virtio rings and buffers).
 //! ```
 
 /// Most cores the board supports: the stack region and the window map have 8 slots.
@@ -49,6 +53,19 @@ pub const PAGETABLE_L2_DEVICE: usize = 0x4400_0000;
 pub const PAGETABLE_L2_RAM: usize = 0x4400_1000;
 /// The level-3 table for the stack region; fixed by `linker/image.ld`.
 pub const PAGETABLE_L3_STACKS: usize = 0x4400_2000;
+/// The two level-2 tables for the third and fourth GiB (the Linux guests' windows);
+/// fixed by `linker/image.ld`.
+pub const PAGETABLE_L2_LINUX: usize = 0x4400_3000;
+
+/// Where the Linux guests' windows are physically: `[start, end)`, empty without
+/// Linux guests (the build's `IQDIO_LINUX_*`, see `vm::linux::CONFIG`).
+pub const LINUX_WINDOWS: (usize, usize) = {
+    let c = crate::vm::linux::CONFIG;
+    let start = c.phys as usize;
+    (start, start + c.guests * ((c.ram_mib as usize) << 20))
+};
+/// The part of the physical address space the Linux window tables cover: 2-4 GiB.
+const LINUX_SPAN: (usize, usize) = (0x8000_0000, 0x1_0000_0000);
 
 /// Start of the stack region (one 2 MiB block mapped page by page).
 pub const STACKS_BASE: usize = 0x4420_0000;
@@ -78,6 +95,10 @@ const _: () = {
     assert!(WINDOWS_BASE + MAX_CORES * WINDOW_STRIDE <= RAM_BASE + RAM_SIZE);
     assert!(WINDOW_SIZE.is_multiple_of(2 << 20) && WINDOW_SIZE < WINDOW_STRIDE);
     assert!(IMAGE_END <= PAGETABLE_L2_DEVICE);
+    // The Linux windows fit the two tables, in whole 2 MiB blocks.
+    assert!(LINUX_WINDOWS.0 == LINUX_WINDOWS.1 || LINUX_WINDOWS.0 >= LINUX_SPAN.0);
+    assert!(LINUX_WINDOWS.1 <= LINUX_SPAN.1);
+    assert!(LINUX_WINDOWS.0.is_multiple_of(2 << 20) && LINUX_WINDOWS.1.is_multiple_of(2 << 20));
 };
 
 /// Memory window of partition `core`: where that partition's queues and buffers live.
@@ -165,11 +186,29 @@ const BLOCK_2M: usize = 2 << 20;
 #[repr(C, align(4096))]
 pub(crate) struct Table(pub(crate) [usize; 512]);
 
-/// Level 1: the first GiB through the device table, the second through the RAM table.
+/// Level 1: the first GiB through the device table, the second through the RAM table,
+/// the third and fourth through the Linux window tables.
 pub(crate) const fn root_table() -> [usize; 512] {
     let mut t = [0; 512];
     t[0] = PAGETABLE_L2_DEVICE | DESC_TABLE;
     t[1] = PAGETABLE_L2_RAM | DESC_TABLE;
+    t[2] = PAGETABLE_L2_LINUX | DESC_TABLE;
+    t[3] = (PAGETABLE_L2_LINUX + PAGE_SIZE) | DESC_TABLE;
+    t
+}
+
+/// Level 2 for 2..4 GiB (two tables): the Linux guests' windows as 2 MiB blocks of
+/// normal memory (the guests map it normal write-back too), never executable.
+const fn l2_linux() -> [Table; 2] {
+    let mut t = [Table([0; 512]), Table([0; 512])];
+    let mut i = 0;
+    while i < 1024 {
+        let addr = LINUX_SPAN.0 + i * BLOCK_2M;
+        if addr >= LINUX_WINDOWS.0 && addr < LINUX_WINDOWS.1 {
+            t[i / 512].0[i % 512] = addr | NORMAL_XN | DESC_BLOCK;
+        }
+        i += 1;
+    }
     t
 }
 
@@ -241,6 +280,10 @@ static L2_RAM: Table = l2_ram();
 #[unsafe(link_section = ".pagetables.l3_stacks")]
 static L3_STACKS: Table = l3_stacks();
 
+#[used]
+#[unsafe(link_section = ".pagetables.l2_linux")]
+static L2_LINUX: [Table; 2] = l2_linux();
+
 /// Checks that the linker put the tables where the level-1 table says they are.
 ///
 /// The link already asserts it; this also keeps the tables' object in the link.
@@ -248,4 +291,5 @@ pub(crate) fn tables_in_place() -> bool {
     core::ptr::addr_of!(L2_DEVICE).addr() == PAGETABLE_L2_DEVICE
         && core::ptr::addr_of!(L2_RAM).addr() == PAGETABLE_L2_RAM
         && core::ptr::addr_of!(L3_STACKS).addr() == PAGETABLE_L3_STACKS
+        && core::ptr::addr_of!(L2_LINUX).addr() == PAGETABLE_L2_LINUX
 }

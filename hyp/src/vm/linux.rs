@@ -16,6 +16,8 @@
 //! IPA 0x080A_0000  its redistributor     unmapped: stage-2 fault -> vdev::vgic
 //! IPA 0x0900_0000  PL011                 unmapped: stage-2 fault -> vdev::vpl011,
 //!                                        printed `partition N: <line>`
+//! IPA 0x0A00_3E00  virtio-mmio (512 B)   unmapped: stage-2 fault -> a
+//!                                        vdev::virtio_net::VirtioNet, SPI 47
 //! IPA 0x4000_0000  RAM, 512 MiB          2 MiB blocks -> its physical window
 //! anything else    nothing: a load or store there is reflected into the guest as a
 //!                  synchronous external abort (a process gets SIGBUS, as under KVM)
@@ -30,6 +32,16 @@
 //! (`partition N: linux powered off`), SYSTEM_RESET ends it too (`linux reset`, or
 //! `linux panicked` when its console said `Kernel panic`): a restart would need a
 //! pristine copy of the Image, which the running kernel has overwritten.
+//!
+//! **The network device** (issue 16, first step): a virtio-net device over MMIO
+//! (`vdev::virtio_net`, virtio 1.2 §4.2 and §5.1) with MAC `02:49:51:44:00:<LPAR id>`
+//! ("IQD", locally administered) and the MTU the fabric's MFS leaves ([`vnet_mtu`]). Its
+//! rings are read and written through [`GuestRam`], the guest's window as the
+//! hypervisor maps it (`board::layout::LINUX_WINDOWS`), every access checked against
+//! the window. Its interrupt is SPI 47 (INTID 79), made pending in the vGIC whenever
+//! the device asks for one. The rings are not yet the guest's queue set on the fabric:
+//! a transmitted frame is checked, counted as not sent and its buffer returned; the
+//! receive buffers the driver posts stay posted (nothing arrives).
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +49,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use iqdio_vdev::esr::{self, AbortKind, GuestContext, MmioAccess, Trap};
 use iqdio_vdev::psci::{self, Psci};
 use iqdio_vdev::vgic::Vgic;
+use iqdio_vdev::virtio_net::{
+    self as vnet, Completion, Effect, GuestMemory, OutsideWindow, Queue, VirtioNet,
+};
 use iqdio_vdev::vpl011::Pl011;
 
 use super::vgic::{LIST_REGISTERS, empty_list_registers, write_lr};
@@ -69,6 +84,30 @@ const LINE: usize = 200;
 const GICD: (u64, u64) = (0x0800_0000, 0x1_0000);
 const GICR: (u64, u64) = (0x080A_0000, 0x2_0000);
 const UART: (u64, u64) = (0x0900_0000, 0x1000);
+/// The virtio-mmio network device: QEMU's `virt` slot for its first virtio device
+/// (hw/arm/virt.c: the highest of its 32 transports), as xtask's `QEMU_FIRST_VIRTIO`.
+const VIRTIO: (u64, u64) = (0x0A00_3E00, vnet::WINDOW_SIZE);
+/// The device's interrupt: SPI 47 (the tree's `interrupts = <0 47 1>`).
+pub const VIRTIO_INTID: u32 = 32 + 47;
+
+/// The MTU the guest's device offers: the fabric's maximum frame size less the 32-byte
+/// `qeth_hdr_layer2` that shares the output SBAL's MFS budget and an Ethernet header
+/// with one 802.1Q tag (the device model accepts frames up to MTU + 18), capped at
+/// 65535 (the config field is 16 bits).
+pub const fn vnet_mtu() -> u16 {
+    let mtu = super::MFS.bytes() - iqdio::qdio::HEADER_SIZE - vnet::ETH_HLEN_VLAN as usize;
+    if mtu > u16::MAX as usize {
+        u16::MAX
+    } else {
+        mtu as u16
+    }
+}
+
+/// The MAC of the guest with LPAR id `lpar`: `02:49:51:44:00:<lpar>`, a locally
+/// administered unicast address ("IQD").
+pub const fn vnet_mac(lpar: u8) -> [u8; 6] {
+    [0x02, b'I', b'Q', b'D', 0, lpar]
+}
 
 /// Where the xtask put the guests, given at build time (decimal numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +157,8 @@ pub struct Traps {
     pub gic: u64,
     /// Emulated accesses to the UART.
     pub uart: u64,
+    /// Emulated accesses to the virtio-net device.
+    pub virtio: u64,
     /// HVCs (PSCI, SMCCC).
     pub hvc: u64,
     /// Virtual timer interrupts (PPI 27 at EL2).
@@ -161,11 +202,118 @@ impl Report {
     }
 }
 
+/// The guest's RAM as the hypervisor sees it: IPA `[ipa, ipa + size)` is physical
+/// `[pa, pa + size)`, mapped in the hypervisor's own tables (`board::layout::LINUX_WINDOWS`).
+/// Every access is checked against the window first; the copies are volatile (the guest
+/// runs on this memory too), 16-bit indices single aligned accesses.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestRam {
+    ipa: u64,
+    pa: u64,
+    size: u64,
+}
+
+impl GuestRam {
+    /// The window of Linux guest `index` in this build, if the hypervisor maps it (the
+    /// mapped span is exactly the build's guests' windows, so `index` past the last
+    /// guest has none).
+    pub fn of_guest(index: usize) -> Option<Self> {
+        let size = CONFIG.ram_mib << 20;
+        let pa = CONFIG.phys.checked_add((index as u64).checked_mul(size)?)?;
+        let (start, end) = crate::board::layout::LINUX_WINDOWS;
+        (pa >= start as u64 && pa.checked_add(size)? <= end as u64).then_some(Self {
+            ipa: CONFIG.ram_ipa,
+            pa,
+            size,
+        })
+    }
+
+    /// The physical address of `[ipa, ipa + len)`, if it lies wholly in the window.
+    fn at(&self, ipa: u64, len: u64) -> Result<usize, OutsideWindow> {
+        let off = ipa.checked_sub(self.ipa).ok_or(OutsideWindow)?;
+        let end = off.checked_add(len).ok_or(OutsideWindow)?;
+        if len == 0 || end > self.size {
+            return Err(OutsideWindow);
+        }
+        usize::try_from(self.pa + off).map_err(|_| OutsideWindow)
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn contains(&self, ipa: u64, len: u64) -> bool {
+        self.at(ipa, len).is_ok()
+    }
+
+    fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), OutsideWindow> {
+        let pa = self.at(ipa, buf.len() as u64)?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            let p = core::ptr::with_exposed_provenance::<u8>(pa + i);
+            // SAFETY: `at` checked the range lies in this guest's window, which the
+            // hypervisor maps as normal memory and nothing of its own lives in.
+            *b = unsafe { p.read_volatile() };
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, ipa: u64, data: &[u8]) -> Result<(), OutsideWindow> {
+        let pa = self.at(ipa, data.len() as u64)?;
+        for (i, &b) in data.iter().enumerate() {
+            let p = core::ptr::with_exposed_provenance_mut::<u8>(pa + i);
+            // SAFETY: as in `read`: inside the guest's mapped window.
+            unsafe { p.write_volatile(b) };
+        }
+        Ok(())
+    }
+
+    fn read_u16(&self, ipa: u64) -> Result<u16, OutsideWindow> {
+        let pa = self.at(ipa, 2)?;
+        if pa % 2 != 0 {
+            return Err(OutsideWindow);
+        }
+        let p = core::ptr::with_exposed_provenance::<u16>(pa);
+        // SAFETY: inside the window (checked), 2-aligned: one single-copy-atomic load.
+        Ok(u16::from_le(unsafe { p.read_volatile() }))
+    }
+
+    fn write_u16(&mut self, ipa: u64, value: u16) -> Result<(), OutsideWindow> {
+        let pa = self.at(ipa, 2)?;
+        if pa % 2 != 0 {
+            return Err(OutsideWindow);
+        }
+        let p = core::ptr::with_exposed_provenance_mut::<u16>(pa);
+        // SAFETY: inside the window (checked), 2-aligned: one single-copy-atomic store.
+        unsafe { p.write_volatile(value.to_le()) };
+        Ok(())
+    }
+}
+
+/// What the guest's network device did, for its closing line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetReport {
+    /// Transmit chains taken off the ring.
+    pub tx_chains: u64,
+    /// Frames among them that passed the device's checks but were not sent: the rings
+    /// are not on the fabric yet.
+    pub tx_unsent: u64,
+    /// Interrupts made pending in the vGIC.
+    pub interrupts: u64,
+    /// Times the driver set DRIVER_OK (the device went live).
+    pub live: u64,
+}
+
+struct Net {
+    dev: VirtioNet,
+    ram: GuestRam,
+    report: NetReport,
+}
+
 struct Guest {
     lpar: u8,
     vgic: Vgic,
     uart: Pl011<LINE>,
     psci: Psci,
+    /// The network device, when the guest's window is mapped for it.
+    net: Option<Net>,
     /// What this core wrote into each list register, to retire it once emptied.
     lrs: [u64; LIST_REGISTERS],
     panicking: bool,
@@ -176,12 +324,21 @@ struct Guest {
 }
 
 impl Guest {
-    fn new(lpar: u8) -> Self {
+    fn new(lpar: u8, index: usize) -> Self {
+        let net = GuestRam::of_guest(index).and_then(|ram| {
+            let dev = VirtioNet::new(vnet_mac(lpar), vnet_mtu()).ok()?;
+            Some(Net {
+                dev,
+                ram,
+                report: NetReport::default(),
+            })
+        });
         Self {
             lpar,
             vgic: Vgic::new(GUEST_MPIDR),
             uart: Pl011::new(),
             psci: Psci::new(GUEST_MPIDR),
+            net,
             lrs: [0; LIST_REGISTERS],
             panicking: false,
             report: Report {
@@ -246,7 +403,7 @@ pub fn run(index: usize) -> Report {
     let window = (CONFIG.ram_mib << 20) as usize;
     let pa = CONFIG.phys + index as u64 * (CONFIG.ram_mib << 20);
     // SAFETY: this core's slot, nothing runs on it yet (see `Slots`).
-    unsafe { *GUESTS.0[core].get() = Some(Guest::new(lpar)) };
+    unsafe { *GUESTS.0[core].get() = Some(Guest::new(lpar, index)) };
     let root = stage2::build_at(core, CONFIG.ram_ipa, pa, window);
     let mut regs = VcpuRegs::new();
     regs.x[0] = CONFIG.dtb;
@@ -314,7 +471,7 @@ pub fn run(index: usize) -> Report {
         let Some(g) = slot.take() else {
             return Report {
                 end: End::Stopped("lost its state"),
-                ..Guest::new(lpar).report
+                ..Guest::new(lpar, usize::MAX).report
             };
         };
         let mut report = g.report;
@@ -332,6 +489,7 @@ fn diff(a: Traps, b: Traps) -> Traps {
     Traps {
         gic: a.gic.saturating_sub(b.gic),
         uart: a.uart.saturating_sub(b.uart),
+        virtio: a.virtio.saturating_sub(b.virtio),
         hvc: a.hvc.saturating_sub(b.hvc),
         timer: a.timer.saturating_sub(b.timer),
         irq: a.irq.saturating_sub(b.irq),
@@ -549,6 +707,24 @@ fn mmio(g: &mut Guest, regs: &mut VcpuRegs, access: MmioAccess, far: u64) -> boo
         } else {
             g.uart.read(off, access.size)
         }
+    } else if let Some(off) = within(ipa, VIRTIO)
+        && let Some(net) = g.net.as_mut()
+    {
+        g.report.traps.virtio += 1;
+        let before = net.dev.interrupt_pending();
+        let (raw, completion_wants_irq) = if access.write {
+            let effect = net.dev.write(off, access.size, value, &net.ram);
+            (0, device_effect(net, effect))
+        } else {
+            (net.dev.read(off, access.size), false)
+        };
+        // A new reason to interrupt (InterruptStatus went from clear to set, or a
+        // completion asked for one): one edge for the vGIC, which latches it.
+        if completion_wants_irq || (!before && net.dev.interrupt_pending()) {
+            net.report.interrupts += 1;
+            let _ = g.vgic.raise(VIRTIO_INTID);
+        }
+        raw
     } else {
         return reflect(g, regs, far, Some(ipa), AbortKind::Data);
     };
@@ -560,6 +736,50 @@ fn mmio(g: &mut Guest, regs: &mut VcpuRegs, access: MmioAccess, far: u64) -> boo
     }
     regs.elr += 4;
     false
+}
+
+/// Carries out what a register write asked of the hypervisor; true when a completion
+/// asked for a used buffer notification.
+fn device_effect(net: &mut Net, effect: Effect) -> bool {
+    match effect {
+        Effect::Notify(Queue::Tx) => transmit(net),
+        // Receive buffers stay posted until frames arrive (nothing arrives yet); the
+        // device takes them off the ring when it has a frame for one.
+        Effect::Notify(Queue::Rx) => false,
+        Effect::Live => {
+            net.report.live += 1;
+            false
+        }
+        // Nothing is held across traps yet: every transmit chain is completed in the
+        // notification that offered it, no receive chain is taken.
+        Effect::Reset | Effect::QueueStopped(_) | Effect::NeedsReset(_) | Effect::None => false,
+    }
+}
+
+/// Takes every available transmit chain, checks its frame and returns the chain. The
+/// frames are not sent anywhere yet (counted in [`NetReport::tx_unsent`]). At most one
+/// ring's worth per notification: the guest does not run meanwhile, so the ring cannot
+/// grow under the loop, but the bound does not depend on that.
+fn transmit(net: &mut Net) -> bool {
+    let mut raise = false;
+    for _ in 0..vnet::QUEUE_NUM_MAX {
+        let chain = match net.dev.pop(Queue::Tx, &mut net.ram) {
+            Ok(Some(chain)) => chain,
+            // An empty ring, or a violation (DEVICE_NEEDS_RESET is set and counted;
+            // the caller sees the config interrupt through `interrupt_pending`).
+            Ok(None) | Err(_) => break,
+        };
+        net.report.tx_chains += 1;
+        if net.dev.transmit(&chain, &net.ram).is_ok() {
+            net.report.tx_unsent += 1;
+        }
+        match net.dev.complete_transmit(chain, &mut net.ram) {
+            Ok(Completion::Interrupt) => raise = true,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    raise
 }
 
 /// One line of the guest's console: printed with the partition's prefix, and watched
@@ -669,6 +889,30 @@ fn end(g: &mut Guest, how: End) -> bool {
         console_line(g, &mut copy[..n]);
     }
     g.report.end = how;
+    if let Some(net) = &g.net {
+        let d = &net.dev;
+        let m = d.mac();
+        let ig = d.ignored();
+        defmt::println!(
+            "partition {}: virtio-net {=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x} mtu {}, live {}, status {=u32:#x}, accesses {}, tx chains {} (not sent: not on the fabric yet {}), interrupts {}, bad rings {}, ignored accesses {}",
+            g.lpar,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5],
+            d.mtu(),
+            net.report.live,
+            d.status(),
+            g.report.traps.virtio,
+            net.report.tx_chains,
+            net.report.tx_unsent,
+            net.report.interrupts,
+            d.violations().total(),
+            ig.bad_width + ig.unknown + ig.wrong_direction + ig.no_queue + ig.refused
+        );
+    }
     match how {
         End::PoweredOff => defmt::println!("partition {}: linux powered off", g.lpar),
         End::Panicked => defmt::println!("partition {}: linux panicked", g.lpar),

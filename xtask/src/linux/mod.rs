@@ -768,7 +768,8 @@ pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<Hy
         initrd,
         // A panic resets the guest at once (PSCI SYSTEM_RESET), which ends it alone.
         extra_bootargs: "panic=-1".to_string(),
-        virtio: None,
+        // The hypervisor's virtio-net device (hyp/src/vm/linux.rs: the same slot and SPI).
+        virtio: Some(QEMU_FIRST_VIRTIO),
     };
     let first_core = smp - guests;
     let mut loader = Vec::new();
