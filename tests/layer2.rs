@@ -445,3 +445,37 @@ fn a_frame_rewritten_during_siga_reaches_no_one_outside_its_vlan() {
 fn iqdio_base() -> u64 {
     common::GUEST_BASE
 }
+
+#[test]
+fn a_full_target_table_refuses_more_macs_and_vlans_with_0xe006() {
+    // The test fabric's target table has 4096 places; with the quota out of the way,
+    // MACs fill it (addresses, groups, MACs and VLANs share it), then 0xE006.
+    let cfg = FabricConfig {
+        addresses_per_partition: u16::MAX,
+        ..FabricConfig::default()
+    };
+    let f = fabric(TestPlatform::manual(), cfg);
+    let _p = Raw::new(
+        &f,
+        1,
+        Mode {
+            cq: false,
+            layer2: true,
+        },
+    );
+    let mut n = 0u32;
+    let full = loop {
+        let m = [0x02, 0, 0, (n >> 16) as u8, (n >> 8) as u8, n as u8];
+        match f.register_mac(1, 0, m) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n <= 4096, "more MACs than the table has places");
+    };
+    assert_eq!(full, RegistrationError::TableFull);
+    assert_eq!(n, 4096);
+    assert_eq!(f.join_vlan(1, 0, 10), Err(RegistrationError::TableFull));
+    // One out, one in.
+    f.deregister_mac(1, 0, [0x02, 0, 0, 0, 0, 0]).unwrap();
+    f.join_vlan(1, 0, 10).unwrap();
+}
