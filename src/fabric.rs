@@ -1635,8 +1635,10 @@ impl<
     }
 
     /// The delay fallback without a send: raises an interrupt for every summary byte
-    /// that has stayed pending longer than the delay. An embedding calls this from a
-    /// periodic timer. Returns the interrupts raised.
+    /// that has stayed pending longer than the delay, and (thread context only) delivers
+    /// and completes the buffers SIGA WRITEQ left PENDING whose receivers have room
+    /// again (the completion queue: see [`SigaFunction::WriteQ`]). An embedding calls
+    /// this from a periodic timer, with interrupts masked. Returns the interrupts raised.
     ///
     /// It waits for the fabric's locks, so it follows the execution contract of the
     /// [crate docs](crate#execution-contract): where the platform says the call may
