@@ -514,25 +514,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         ip: IpAddr,
         owner: SourceKey,
     ) -> Result<SlotRef, RegistrationError> {
-        let key = IpKey::from(&ip);
-        if self.target.contains(&self.seed(), &key) {
-            return Err(RegistrationError::DuplicateFound);
-        }
-        let slot = self
-            .source(&owner)
-            .ok_or(RegistrationError::SourceNotRegistered)?;
-        self.target
-            .insert_new(
-                &self.seed(),
-                key,
-                TargetEntry {
-                    slot,
-                    owner,
-                    group: false,
-                },
-            )
-            .map_err(|()| RegistrationError::TableFull)?;
-        Ok(slot)
+        self.add_unique(IpKey::from(&ip), owner)
     }
 
     /// As [`add_member`](Self::add_member), for any group key.
@@ -544,6 +526,19 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         if self.members_key(key).any(|e| e.owner == owner) {
             return Err(RegistrationError::DuplicateFound);
         }
+        self.insert_entry(key, owner, true)
+    }
+
+    /// Inserts an entry under `key` for the queue set `owner` (unique or a group
+    /// membership: the caller checked for a duplicate), linked to the queue control of
+    /// its source entry [patent: "look the issuer's LPAR-ID.SUBCHANNEL# up in the source
+    /// table"].
+    fn insert_entry(
+        &mut self,
+        key: IpKey,
+        owner: SourceKey,
+        group: bool,
+    ) -> Result<SlotRef, RegistrationError> {
         let slot = self
             .source(&owner)
             .ok_or(RegistrationError::SourceNotRegistered)?;
@@ -554,7 +549,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
                 TargetEntry {
                     slot,
                     owner,
-                    group: true,
+                    group,
                 },
             )
             .map_err(|()| RegistrationError::TableFull)?;
@@ -602,21 +597,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         if self.unique(key).is_some() {
             return Err(RegistrationError::DuplicateFound);
         }
-        let slot = self
-            .source(&owner)
-            .ok_or(RegistrationError::SourceNotRegistered)?;
-        self.target
-            .insert_new(
-                &self.seed(),
-                key,
-                TargetEntry {
-                    slot,
-                    owner,
-                    group: false,
-                },
-            )
-            .map_err(|()| RegistrationError::TableFull)?;
-        Ok(slot)
+        self.insert_entry(key, owner, false)
     }
 
     /// The unique entry under `key`.
@@ -665,14 +646,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         ip: &IpAddr,
         owner: SourceKey,
     ) -> Result<(), RegistrationError> {
-        match self.target(ip) {
-            Some(e) if e.owner == owner => {
-                self.target
-                    .remove_one(&self.seed(), &IpKey::from(ip), |e| !e.group);
-                Ok(())
-            }
-            _ => Err(RegistrationError::NotFound),
-        }
+        self.remove_unique(IpKey::from(ip), owner)
     }
 
     /// Removes every target entry of `owner`, then its source entry [choice: mirror of
