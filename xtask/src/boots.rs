@@ -191,9 +191,10 @@ pub fn check_multicast(run: &BootRun, smp: u32) -> Vec<TestResult> {
 }
 
 /// The hostile scenario: a clean exit, and a last line
-/// `hostile: attempts A, stopped P, refused R, escaped 0; partitions P, frames sent S,
-/// delivered S, lost 0, corrupted 0` in which every attempt was stopped or refused and
-/// the other `-smp` − 1 partitions' traffic all arrived.
+/// `hostile: attempts A, stopped P, refused R, escaped 0; bad rings T tried, T refused;
+/// partitions P, frames sent S, delivered S, lost 0, corrupted 0` in which every attempt
+/// was stopped or refused, every bad virtio ring refused, and the other `-smp` − 1
+/// partitions' traffic all arrived.
 pub fn check_hostile(run: &BootRun, smp: u32) -> Vec<TestResult> {
     let mut results = check_exit_pass(run, smp);
     let last = last_line(run);
@@ -204,6 +205,8 @@ pub fn check_hostile(run: &BootRun, smp: u32) -> Vec<TestResult> {
                 && h.stopped > 0
                 && h.refused > 0
                 && h.stopped + h.refused == h.attempts
+                && h.rings_tried > 0
+                && h.rings_refused == h.rings_tried
                 && p.partitions + 1 == smp
                 && p.sent > 0
                 && p.delivered == p.sent

@@ -229,7 +229,8 @@ pub fn multicast_line(line: &str) -> Option<MulticastLine> {
     })
 }
 
-/// The hostile scenario's tally: `hostile: attempts A, stopped P, refused R, escaped E`.
+/// The hostile scenario's tally: `hostile: attempts A, stopped P, refused R, escaped E;
+/// bad rings T tried, T2 refused`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostileLine {
     /// Attempts made.
@@ -238,23 +239,31 @@ pub struct HostileLine {
     pub stopped: u64,
     /// Attempts refused with a code.
     pub refused: u64,
-    /// Attempts that got through.
+    /// Attempts, bad rings and canaries that got through.
     pub escaped: u64,
+    /// Bad virtio rings presented to the partition's device.
+    pub rings_tried: u64,
+    /// Bad rings the device refused (DEVICE_NEEDS_RESET or a refused register write).
+    pub rings_refused: u64,
 }
 
-/// Parses `hostile: attempts A, stopped P, refused R, escaped E; ` followed by a
-/// partitions line (exactly).
+/// Parses `hostile: attempts A, stopped P, refused R, escaped E; bad rings T tried, T2
+/// refused; ` followed by a partitions line (exactly).
 pub fn hostile_line(line: &str) -> Option<(HostileLine, PartitionsLine)> {
     let rest = line.trim_end().strip_prefix("hostile: attempts ")?;
     let (a, rest) = rest.split_once(", stopped ")?;
     let (s, rest) = rest.split_once(", refused ")?;
     let (r, rest) = rest.split_once(", escaped ")?;
-    let (e, rest) = rest.split_once("; ")?;
+    let (e, rest) = rest.split_once("; bad rings ")?;
+    let (rt, rest) = rest.split_once(" tried, ")?;
+    let (rr, rest) = rest.split_once(" refused; ")?;
     let tally = HostileLine {
         attempts: a.parse().ok()?,
         stopped: s.parse().ok()?,
         refused: r.parse().ok()?,
         escaped: e.parse().ok()?,
+        rings_tried: rt.parse().ok()?,
+        rings_refused: rr.parse().ok()?,
     };
     Some((tally, partitions_line(rest)?))
 }
@@ -293,7 +302,7 @@ mod tests {
     #[test]
     fn reads_the_hostile_line() {
         let (h, p) = hostile_line(
-            "hostile: attempts 26, stopped 9, refused 17, escaped 0; partitions 3, frames sent 6400, delivered 6400, lost 0, corrupted 0",
+            "hostile: attempts 26, stopped 9, refused 17, escaped 0; bad rings 31 tried, 30 refused; partitions 3, frames sent 6400, delivered 6400, lost 0, corrupted 0",
         )
         .unwrap();
         assert_eq!(
@@ -302,12 +311,21 @@ mod tests {
                 attempts: 26,
                 stopped: 9,
                 refused: 17,
-                escaped: 0
+                escaped: 0,
+                rings_tried: 31,
+                rings_refused: 30,
             }
         );
         assert_eq!((p.partitions, p.sent, p.delivered), (3, 6400, 6400));
         assert_eq!(
             hostile_line("hostile: attempts 1, stopped 1, refused 0, escaped 0"),
+            None
+        );
+        // The line before the bad rings joined: no longer the scenario's.
+        assert_eq!(
+            hostile_line(
+                "hostile: attempts 26, stopped 9, refused 17, escaped 0; partitions 3, frames sent 6400, delivered 6400, lost 0, corrupted 0"
+            ),
             None
         );
     }

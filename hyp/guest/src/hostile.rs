@@ -3,7 +3,8 @@
 //! stores, through SBALEs, through the establish block and through the console call.
 //!
 //! The hypervisor runs it several times: run 0 makes every attempt that must end in a
-//! refusal code and reports (attempts, refused, escaped); run k > 0 makes stop attempt k,
+//! refusal code, then drives a virtio-net device with bad rings (`crate::badring`), and
+//! reports (attempts, refused, escaped, bad rings tried, bad rings refused); run k > 0 makes stop attempt k,
 //! which must end the partition: the hypervisor stops it (stage-2 fault, SMC, unknown
 //! HVC), or, for an undefined instruction (taken at EL1 by the partition's own vectors),
 //! its own handler ends it with a panic exit. Execution that goes on after a stop
@@ -311,12 +312,19 @@ pub fn refusals(lpar: usize) -> ! {
         t.refused,
         t.escaped
     );
+    // The virtio-net device the hypervisor gave this run, driven with bad rings: their
+    // escapes are escapes too.
+    let rings = crate::badring::run(lpar);
+    t.escaped += rings.escaped;
     let status = if t.escaped == 0 {
         ExitStatus::Pass
     } else {
         ExitStatus::Failure
     };
-    rt::exit(status, [t.attempts, t.refused, t.escaped, 0, 0])
+    rt::exit(
+        status,
+        [t.attempts, t.refused, t.escaped, rings.tried, rings.refused],
+    )
 }
 
 /// The layer-2 cases: the other layer's calls and frames, then, on a layer-2 queue set

@@ -14,6 +14,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(target_os = "none")]
+mod badring;
+#[cfg(target_os = "none")]
 mod demo;
 #[cfg(target_os = "none")]
 mod hostile;

@@ -1013,6 +1013,10 @@ pub mod hostile {
     pub const UART: u64 = 0x0900_0000;
     /// Stop attempts: runs 1..=STOP_ATTEMPTS of the hostile partition.
     pub const STOP_ATTEMPTS: u64 = 9;
+    /// The hostile partition's virtio-net device (its refusal run only): QEMU `virt`'s
+    /// first virtio-mmio slot, where a Linux guest finds its device too; 512 bytes
+    /// (`iqdio_vdev::virtio_net::WINDOW_SIZE`), unmapped at stage 2 and emulated.
+    pub const VIRTIO_NET: u64 = 0x0A00_3E00;
 }
 
 /// What the multicast scenario's two sides agree on (`cargo xtask run --scenario

@@ -18,7 +18,8 @@
 //!              stage-1 tables, then its
 //!              queues and buffers
 //! 0x8300_0000  end of the window (48 MiB)  (16 MiB unmapped guard follows)
-//! anything else: stage-2 fault -> the partition is stopped
+//! anything else: stage-2 fault -> the partition is stopped (but for the
+//!              virtio-net slot of a partition given a device, see [`vnetdev`])
 //! ```
 //!
 //! A Linux guest ([`linux`]) is a partition of another kind: its own layout (RAM at IPA
@@ -29,6 +30,8 @@ pub mod linux;
 pub mod stage2;
 pub mod trap;
 pub mod vgic;
+pub mod vnetdev;
+pub mod window_ram;
 
 use core::cell::UnsafeCell;
 use core::net::IpAddr;

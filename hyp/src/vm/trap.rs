@@ -7,7 +7,11 @@
 //! establish block, its storage lists and console text through
 //! [`iqdio::Fabric::copy_from_partition`], read once into the hypervisor's own copy.
 //!
-//! A stage-2 fault, an undefined instruction, an HVC this interface does not have (or
+//! A partition the hypervisor gave a virtio-net device ([`super::vnetdev`], the hostile
+//! scenario's attacker) has its loads and stores in the device's slot emulated, its
+//! rings read and written through its window's check.
+//!
+//! Any other stage-2 fault, an undefined instruction, an HVC this interface does not have (or
 //! with an immediate other than 0), an SMC, or an SError stops the partition:
 //! `partition N stopped: <what> at <address>` is printed, it leaves the fabric (its
 //! queue sets are deregistered, so its senders get 0x11 from then on), and its core
@@ -81,6 +85,8 @@ fn sync(core: usize, lpar: LparId, regs: &mut VcpuRegs) -> u64 {
         ),
         // ELR is the SMC itself (TSC trap).
         EC_SMC64 => stop(core, lpar, "SMC", regs.elr),
+        // The virtio-net slot of a partition given a device (the hostile one).
+        EC_DABT_LOWER if super::vnetdev::emulate(core, regs, esr, far, hpfar) => RESUME,
         EC_DABT_LOWER => {
             let what = if esr & (1 << 6) != 0 {
                 "stage-2 fault (data write)"
