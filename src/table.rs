@@ -543,15 +543,7 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
             .source(&owner)
             .ok_or(RegistrationError::SourceNotRegistered)?;
         self.target
-            .insert_new(
-                &self.seed(),
-                key,
-                TargetEntry {
-                    slot,
-                    owner,
-                    group,
-                },
-            )
+            .insert_new(&self.seed(), key, TargetEntry { slot, owner, group })
             .map_err(|()| RegistrationError::TableFull)?;
         Ok(slot)
     }

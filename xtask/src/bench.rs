@@ -26,6 +26,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::linux::qemunet;
+
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -36,6 +38,12 @@ pub struct BenchArgs {
     /// Measure nothing: write the report again from the last run's results.
     #[arg(long)]
     report_only: bool,
+    /// Only the Linux network figure (issue 16): 16 MiB over TCP each way between two
+    /// Linux guests over iqdio (`cargo xtask run --scenario linux-net`) and between two
+    /// plain QEMUs joined by `-netdev socket`; updates `ratios.linux_tcp_vs_qemu_net`
+    /// in results.json and its section of results.md, nothing else.
+    #[arg(long, conflicts_with_all = ["quick", "report_only"])]
+    linux_net: bool,
 }
 
 /// Frame sizes of the throughput comparison (as `benches/support/mod.rs`).
@@ -114,6 +122,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     // instruction counts, kept for `--report-only`.
     let run_file = criterion.join("iqdio-run.json");
     let start = Instant::now();
+    let out = root.join("docs/bench");
+    if args.linux_net {
+        let details = measure_linux_net(&root, &criterion)?;
+        report_linux_net(&criterion, &out)?;
+        eprintln!(
+            "xtask: bench (linux-net): wrote docs/bench/results.json, results.md in {:.0} s",
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(if details["ratio"].is_number() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let run: Value = if args.report_only {
         serde_json::from_str(
             &fs::read_to_string(&run_file).with_context(|| {
@@ -133,6 +155,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let _ = fs::remove_file(criterion.join("iqdio-tcp.json"));
         run_tcp(&root, &criterion, args.quick)?;
         let instructions = count_instructions(&root)?;
+        // A failure here leaves the figure out; the rest of the report stands.
+        if let Err(error) = measure_linux_net(&root, &criterion) {
+            eprintln!("xtask: bench: linux_tcp_vs_qemu_net not measured: {error:#}");
+        }
         let run = json!({
             "mode": if args.quick { "quick" } else { "full" },
             "measured": utc_now(),
@@ -156,7 +182,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     });
     let mode = run["mode"].as_str().unwrap_or("?");
     let doc = results.json(machine, &run);
-    let out = root.join("docs/bench");
     fs::create_dir_all(&out)?;
     fs::write(
         out.join("results.json"),
@@ -165,6 +190,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     fs::write(out.join("results.md"), results.markdown(&doc))?;
     plot(&results, &doc, &out.join("throughput.png"))?;
     results.summary(&doc);
+    report_linux_net(&criterion, &out)?;
     eprintln!(
         "xtask: bench ({mode}): wrote docs/bench/results.json, results.md, throughput.png in {:.0} s",
         start.elapsed().as_secs_f64()
@@ -240,6 +266,39 @@ fn run_tcp(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
     if !status.success() {
         bail!("cargo bench --bench tcp failed: {status}");
     }
+    Ok(())
+}
+
+/// Issue 16's figure (`linux::qemunet`): both sides measured, kept in
+/// `criterion/iqdio-linux-net.json` (removed first, so a failed run leaves none).
+fn measure_linux_net(root: &Path, criterion: &Path) -> Result<Value> {
+    let file = criterion.join(qemunet::RESULT_FILE);
+    let _ = fs::remove_file(&file);
+    let mut details = qemunet::measure(qemunet::BYTES)?;
+    details["measured"] = json!(utc_now());
+    details["commit"] = json!(command_line_in(
+        "git",
+        &["describe", "--always", "--dirty"],
+        root
+    ));
+    fs::create_dir_all(criterion)?;
+    fs::write(&file, serde_json::to_string_pretty(&details)?)?;
+    Ok(details)
+}
+
+/// Writes the kept figure, if any, into results.json and results.md.
+fn report_linux_net(criterion: &Path, out: &Path) -> Result<()> {
+    let Ok(text) = fs::read_to_string(criterion.join(qemunet::RESULT_FILE)) else {
+        return Ok(());
+    };
+    let details: Value = serde_json::from_str(&text)?;
+    qemunet::write_report(out, &details)?;
+    eprintln!(
+        "xtask: bench:   linux_tcp_vs_qemu_net  {:>10} (reported, no target)",
+        details["ratio"]
+            .as_f64()
+            .map_or("n/a".into(), |v| format!("{v:.2}"))
+    );
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod dtb;
 pub mod fetch;
 pub mod hypboots;
 pub mod layout;
+pub mod qemunet;
 
 use std::{
     fs,
@@ -441,13 +442,67 @@ pub fn check_console(lines: &[String], exit: Option<i32>, expect: &Expect) -> Ve
     verdicts
 }
 
-/// A running QEMU, killed when dropped (a timeout, an error, Ctrl-C unwinding).
-struct QemuGuard(Child);
+/// A running QEMU whose console lines go, tagged, to a channel as they come; killed
+/// when dropped (a timeout, an error, unwinding). Used by the bare boot and by the two
+/// QEMUs of the network comparison ([`qemunet`]).
+pub(crate) struct RunningQemu {
+    child: Child,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
 
-impl Drop for QemuGuard {
+impl RunningQemu {
+    /// Starts QEMU with `args` (the command line echoed); each console line is sent as
+    /// `(tag, line)`.
+    pub(crate) fn spawn(
+        args: &[String],
+        tag: usize,
+        tx: mpsc::Sender<(usize, String)>,
+    ) -> Result<Self> {
+        let qemu = qemu::qemu_binary();
+        eprintln!("xtask: {qemu} {}", args.join(" "));
+        let mut child = Command::new(&qemu)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {qemu}"))?;
+        let stdout = child.stdout.take().context("QEMU's stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut line = Vec::new();
+            // Lines as bytes: a console may carry stray non-UTF-8 bytes.
+            while stdout.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                line.clear();
+                if tx.send((tag, text)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            reader: Some(reader),
+        })
+    }
+
+    /// QEMU's exit code once it has exited (-1 for a signal), `None` while it runs.
+    pub(crate) fn exit_code(&mut self) -> Result<Option<i32>> {
+        Ok(self
+            .child
+            .try_wait()
+            .context("polling QEMU")?
+            .map(|status| status.code().unwrap_or(-1)))
+    }
+}
+
+impl Drop for RunningQemu {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 
@@ -463,82 +518,69 @@ struct Console {
 
 /// Runs QEMU, echoing the console, until it exits or `timeout` passes.
 fn run_qemu(args: &[String], timeout: Duration) -> Result<Console> {
-    let qemu = qemu::qemu_binary();
-    eprintln!("xtask: {qemu} {}", args.join(" "));
     let start = Instant::now();
-    let child = Command::new(&qemu)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {qemu}"))?;
-    let mut guard = QemuGuard(child);
-    let stdout = guard.0.stdout.take().context("QEMU's stdout")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut stdout = BufReader::new(stdout);
-        let mut line = Vec::new();
-        // Lines as bytes: a console may carry stray non-UTF-8 bytes.
-        while stdout.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-            line.clear();
-            if tx.send(text).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = start + timeout;
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let mut qemu = RunningQemu::spawn(args, 0, tx)?;
     let mut lines = Vec::new();
     let mut to_init = None;
-    let mut exit = None;
-    let mut take = |line: String, lines: &mut Vec<String>| {
+    let [exit] = collect([&mut qemu], &rx, start + timeout, |_, line| {
         if to_init.is_none() && line.contains(MARK) {
             to_init = Some(start.elapsed());
         }
         println!("{line}");
         lines.push(line);
-    };
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            eprintln!(
-                "xtask: QEMU did not stop within {} s: killed",
-                timeout.as_secs()
-            );
-            break;
-        }
-        match rx.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
-            Ok(line) => take(line, &mut lines),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                exit = Some(
-                    guard
-                        .0
-                        .wait()
-                        .context("waiting for QEMU")?
-                        .code()
-                        .unwrap_or(-1),
-                );
-                break;
-            }
-        }
-        if let Some(status) = guard.0.try_wait().context("polling QEMU")? {
-            while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-                take(line, &mut lines);
-            }
-            exit = Some(status.code().unwrap_or(-1));
-            break;
-        }
+    })?;
+    if exit.is_none() {
+        eprintln!(
+            "xtask: QEMU did not stop within {} s: killed",
+            timeout.as_secs()
+        );
     }
-    drop(guard);
-    let _ = reader.join();
+    drop(qemu);
     Ok(Console {
         lines,
         exit,
         to_init,
         elapsed: start.elapsed(),
     })
+}
+
+/// Hands every console line of `qemus` (tagged as spawned) to `take` until all of them
+/// have exited or `deadline` passes; their exit codes, `None` for one still running
+/// at the deadline (its caller drops it, which kills it).
+pub(crate) fn collect<const N: usize>(
+    mut qemus: [&mut RunningQemu; N],
+    rx: &mpsc::Receiver<(usize, String)>,
+    deadline: Instant,
+    mut take: impl FnMut(usize, String),
+) -> Result<[Option<i32>; N]> {
+    let mut exits = [None; N];
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(exits);
+        }
+        match rx.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
+            Ok((tag, line)) => take(tag, line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // Every reader done: the QEMUs are exiting; poll them.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        for (exit, qemu) in exits.iter_mut().zip(qemus.iter_mut()) {
+            if exit.is_none() {
+                *exit = qemu.exit_code()?;
+            }
+        }
+        if exits.iter().all(Option::is_some) {
+            // Exited; take what is still in the pipes.
+            while let Ok((tag, line)) = rx.recv_timeout(Duration::from_millis(200)) {
+                take(tag, line);
+            }
+            return Ok(exits);
+        }
+    }
 }
 
 /// `cargo xtask linux-bare`: fetch (or take) the kernel, build the initramfs and the
@@ -705,6 +747,10 @@ pub const HYP_WORKLOAD: &str = "echo \"iqdio-guest: idle 2 s\"\nsleep 2\n";
 /// each, never mapped in the hypervisor's own tables.
 pub const HYP_LINUX_PHYS: u64 = QEMU_RAM_BASE + 1024 * MIB;
 
+/// The `-cpu` of a run with Linux guests (see [`HypGuests::qemu_extra`]); the QEMU
+/// network comparison ([`qemunet`]) boots its guests with the same.
+pub const HYP_GUEST_CPU: &str = "max,pauth-impdef=on,sve=off,sme=off";
+
 /// What `cargo xtask run --scenario linux` adds to a hypervisor run.
 #[derive(Clone, Debug)]
 pub struct HypGuests {
@@ -724,7 +770,7 @@ impl HypGuests {
     /// the memory for their windows, and the loader arguments.
     pub fn qemu_extra(&self) -> qemu::Extra {
         qemu::Extra {
-            cpu: Some("max,pauth-impdef=on,sve=off,sme=off".to_string()),
+            cpu: Some(HYP_GUEST_CPU.to_string()),
             memory: Some(self.memory.clone()),
             args: self.loader.clone(),
         }
