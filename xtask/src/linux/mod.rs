@@ -777,16 +777,18 @@ impl HypGuests {
     }
 }
 
-/// Fetches (or takes from the cache) the kernel and busybox, builds the initramfs
-/// (`guest_init` as its workload, else [`HYP_WORKLOAD`]) and one device tree per guest,
-/// and places `guests` Linux guests for the hypervisor: guest k (on core
-/// `smp - guests + k`) at [`HYP_LINUX_PHYS`] + k * 512 MiB.
-pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<HypGuests> {
-    if guests == 0 || guests > smp {
-        bail!("--linux-guests {guests}: between 1 and the core count ({smp})");
-    }
-    let out = out_dir();
-    fs::create_dir_all(&out)?;
+/// The kernel and busybox fetched (or taken from the cache), and the files every
+/// Linux guest of a hypervisor run shares: the initramfs around `workload` (with
+/// `script` as `/guest-init`), written as `out/<initrd>`, `panic=-1`, and the
+/// virtio-net slot of the hypervisor's device. The QEMU network comparison
+/// ([`qemunet`]) boots its guests from the same.
+pub fn hyp_guest_files(
+    out: &Path,
+    initrd: &str,
+    workload: &str,
+    script: Option<&[u8]>,
+) -> Result<(Fetched, GuestFiles)> {
+    fs::create_dir_all(out)?;
     let cache = fetch::Cache::new(cargo::target_dir().join("linux-guest"));
     let fetched = cache.get()?;
     let header = fetch::image_header(&fs::read(&fetched.image)?)?;
@@ -796,6 +798,31 @@ pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<Hy
             header.text_offset
         );
     }
+    let initrd = out.join(initrd);
+    fs::write(&initrd, initramfs(&fetched, workload, script)?)?;
+    let files = GuestFiles {
+        image: fetched.image.clone(),
+        image_size: header.image_size,
+        initrd_len: fs::metadata(&initrd)?.len(),
+        initrd,
+        // A panic resets the guest at once (PSCI SYSTEM_RESET), which ends it alone
+        // (under plain QEMU, -no-reboot ends QEMU).
+        extra_bootargs: "panic=-1".to_string(),
+        // The hypervisor's virtio-net device (hyp/src/vm/linux.rs: the same slot and SPI).
+        virtio: Some(QEMU_FIRST_VIRTIO),
+    };
+    Ok((fetched, files))
+}
+
+/// Fetches (or takes from the cache) the kernel and busybox, builds the initramfs
+/// (`guest_init` as its workload, else [`HYP_WORKLOAD`]) and one device tree per guest,
+/// and places `guests` Linux guests for the hypervisor: guest k (on core
+/// `smp - guests + k`) at [`HYP_LINUX_PHYS`] + k * 512 MiB.
+pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<HypGuests> {
+    if guests == 0 || guests > smp {
+        bail!("--linux-guests {guests}: between 1 and the core count ({smp})");
+    }
+    let out = out_dir();
     let script = match guest_init {
         Some(file) => Some(fs::read(file).with_context(|| format!("reading {}", file.display()))?),
         None => None,
@@ -805,18 +832,7 @@ pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<Hy
     } else {
         HYP_WORKLOAD
     };
-    let initrd = out.join("initrd-hyp.gz");
-    fs::write(&initrd, initramfs(&fetched, workload, script.as_deref())?)?;
-    let files = GuestFiles {
-        image: fetched.image.clone(),
-        image_size: header.image_size,
-        initrd_len: fs::metadata(&initrd)?.len(),
-        initrd,
-        // A panic resets the guest at once (PSCI SYSTEM_RESET), which ends it alone.
-        extra_bootargs: "panic=-1".to_string(),
-        // The hypervisor's virtio-net device (hyp/src/vm/linux.rs: the same slot and SPI).
-        virtio: Some(QEMU_FIRST_VIRTIO),
-    };
+    let (fetched, files) = hyp_guest_files(&out, "initrd-hyp.gz", workload, script.as_deref())?;
     let first_core = smp - guests;
     let mut loader = Vec::new();
     let mut entry = None;

@@ -44,13 +44,13 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    BARE_BASE, GuestBoot, GuestFiles, HYP_GUEST_CPU, QEMU_FIRST_VIRTIO, RunningQemu,
-    bare_arguments, boot_stub, collect, fetch, guest_boot,
+    BARE_BASE, GuestBoot, HYP_GUEST_CPU, RunningQemu, bare_arguments, boot_stub, collect,
+    guest_boot, hyp_guest_files,
     hypboots::{VIRTIO_NET_MTU, virtio_net_mac},
-    initramfs,
     layout::Placement,
+    out_dir,
 };
-use crate::{cargo, qemu};
+use crate::qemu;
 
 /// The "cores" of the two guests: the linux-net scenario's Linux guests (`-smp 3`, core
 /// 0 the smoltcp partition), whose MACs and addresses the QEMU guests take.
@@ -343,25 +343,8 @@ echo "iqdio-net: done"
 /// the pair, and returns its run and the side its lines give.
 pub fn measure_qemu(bytes: u64, mtu: u32, timeout: Duration) -> Result<(PairRun, Result<Side>)> {
     qemu::ensure_installed()?;
-    let out = cargo::target_dir()
-        .join("linux-guest")
-        .join("out")
-        .join("qemu-net");
-    fs::create_dir_all(&out)?;
-    let cache = fetch::Cache::new(cargo::target_dir().join("linux-guest"));
-    let fetched = cache.get()?;
-    let header = fetch::image_header(&fs::read(&fetched.image)?)?;
-    let initrd = out.join("initrd.gz");
-    fs::write(&initrd, initramfs(&fetched, &workload(bytes), None)?)?;
-    let files = GuestFiles {
-        image: fetched.image.clone(),
-        image_size: header.image_size,
-        initrd_len: fs::metadata(&initrd)?.len(),
-        initrd,
-        // As under the hypervisor: a panic ends the guest (and -no-reboot its QEMU).
-        extra_bootargs: "panic=-1".to_string(),
-        virtio: Some(QEMU_FIRST_VIRTIO),
-    };
+    let out = out_dir().join("qemu-net");
+    let (fetched, files) = hyp_guest_files(&out, "initrd.gz", &workload(bytes), None)?;
     // No stage 2: each guest's window is its QEMU's own RAM, at the bare boot's base.
     let boot = guest_boot(0, Placement::identity(BARE_BASE), &files, &out)?;
     let stub = out.join("boot-stub.bin");
@@ -626,6 +609,7 @@ pub fn with_section(text: &str, section: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linux::{GuestFiles, QEMU_FIRST_VIRTIO};
 
     #[test]
     fn tcp_to_lines_parse_and_others_do_not() {
