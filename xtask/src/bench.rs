@@ -13,6 +13,9 @@
 //! 3. `docs/bench/results.json`, `docs/bench/results.md` and the plot
 //!    `docs/bench/throughput.png` (plotters, bitmap backend, embedded DejaVu font).
 //!
+//! `--instructions` runs step 2 alone and prints its counts (and a 64 B send's
+//! instructions beyond its two frame copies), writing nothing.
+//!
 //! Benchmarks measure; nothing here fails on a missed target.
 
 use std::{
@@ -44,6 +47,11 @@ pub struct BenchArgs {
     /// in results.json and its section of results.md, nothing else.
     #[arg(long, conflicts_with_all = ["quick", "report_only"])]
     linux_net: bool,
+    /// Only the callgrind instruction counts (step 2), printed and not written to the
+    /// report: a fast figure that does not depend on the machine's load, for working on
+    /// the send path.
+    #[arg(long, conflicts_with_all = ["quick", "report_only", "linux_net"])]
+    instructions: bool,
 }
 
 /// Frame sizes of the throughput comparison (as `benches/support/mod.rs`).
@@ -135,6 +143,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         });
+    }
+    if args.instructions {
+        let counts = count_instructions(&root)?;
+        for size in ["64", "56k"] {
+            if let Some(beyond) = beyond_copy(&counts, size) {
+                eprintln!(
+                    "xtask: bench: send_{size} beyond its two frame copies: {beyond:.1} instructions"
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let run: Value = if args.report_only {
         serde_json::from_str(
@@ -386,6 +405,15 @@ fn callgrind(exe: &Path, op: &str, size: u64, n: u64, addresses: Option<u64>) ->
         .context("no `summary:` line in callgrind's output")
 }
 
+/// Instructions of a send of `size` (`64`, `56k`) beyond its two frame copies, from
+/// [`count_instructions`]' counts.
+fn beyond_copy(counts: &Value, size: &str) -> Option<f64> {
+    let get = |key: String| counts.get(key).and_then(Value::as_f64);
+    // A send copies the frame twice: into the output buffer (prime), and from it into
+    // the receiver's input buffer (the fabric).
+    Some(get(format!("send_{size}"))? - 2.0 * get(format!("memcpy_{size}"))?)
+}
+
 /// Median time of one iteration of a criterion benchmark, in nanoseconds.
 fn median_ns(criterion: &Path, id: &str) -> Result<f64> {
     let path = criterion.join(id).join("new/estimates.json");
@@ -506,9 +534,7 @@ impl Results {
     }
 
     fn beyond_copy(&self, size: &str) -> Option<f64> {
-        // A send copies the frame twice: into the output buffer (prime), and from it
-        // into the receiver's input buffer (the fabric).
-        Some(self.instr(&format!("send_{size}"))? - 2.0 * self.instr(&format!("memcpy_{size}"))?)
+        beyond_copy(&self.instructions, size)
     }
 
     fn json(&self, machine: Value, run: &Value) -> Value {
