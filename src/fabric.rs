@@ -4,18 +4,22 @@ use core::net::IpAddr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{QueueField, RegistrationError, SigaError, SigaStatus};
-use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, Window, Windows};
+use crate::guest::{
+    GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, SliceCache, Window, Windows,
+};
 use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
 use crate::platform::{CallContext, InterruptTarget, Platform};
 use crate::qdio::l2::{EthRoute, Mac, MacCast};
 use crate::qdio::{CastType, qaob};
 use crate::qdio::{Mfs, QUEUE_BUFFERS, Reason, SBAL_SIZE, SLSB_LEN, Sbale, SlsbState};
 use crate::queue::{
-    CompletionRing, CounterSnapshot, Inbound, IndicatorBytes, LiveRing, MAX_OUTPUT_QUEUES,
-    Outbound, PendingList, QueueControl, QueueRing, next, prev,
+    CompletionRing, CounterSnapshot, Inbound, IndicatorBytes, LiveInbound, LiveRing,
+    MAX_OUTPUT_QUEUES, Outbound, PendingList, QueueControl, QueueRing, next, prev,
 };
 use crate::sync::{ReadGuard, TableLock, WriteGuard};
-use crate::table::{HashSeed, IpKey, LparId, QueueTable, SlotRef, SourceKey, TargetEntry};
+use crate::table::{
+    HashSeed, IpKey, LastTarget, LparId, QueueTable, SlotRef, SourceKey, TargetEntry,
+};
 use crate::transfer::{Fault, Outgoing, RxFault, deliver, parse_outgoing_into};
 
 /// LPAR ids there are: every `u8`.
@@ -543,6 +547,12 @@ impl<M: GuestMemory, const S: usize> PartitionRecord<M, S> {
 /// `M::EMPTY`) with the default settings: see [`Fabric::init_in_place`].
 struct State<const Q: usize, const A: usize, const L: usize, const S: usize, M> {
     config: StoredConfig,
+    /// Counts the exclusive acquisitions of the table lock ([`Fabric::update`]): every
+    /// change of a partition's memory, a queue set or the tables starts a new epoch,
+    /// so what a send works out under the shared lock (translations kept in a
+    /// [`SliceCache`], a sender's last target) stays true while the epoch does. Starts
+    /// at 0, which no cache matches, and the first update makes it 1.
+    epoch: u64,
     /// Partition slot of each LPAR id, plus one (0: unknown). 512 bytes whatever `L`,
     /// for a lookup in one step: a send finds its issuer and its receiver here.
     slot_of: [u16; LPAR_IDS],
@@ -557,6 +567,7 @@ impl<const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMem
     const fn new(config: &FabricConfig) -> Self {
         Self {
             config: StoredConfig::new(config),
+            epoch: 0,
             slot_of: [0; LPAR_IDS],
             partitions: [PartitionRecord::FREE; L],
             table: QueueTable::new(config.hash_seed),
@@ -1072,6 +1083,8 @@ impl<
             };
             out.pending = PendingList::EMPTY;
             out.layer2 = params.layer2;
+            out.slsbs = SliceCache::EMPTY;
+            out.last_target = LastTarget::EMPTY;
             qc.pending_hint.store(0, Ordering::Relaxed);
         }
         {
@@ -1086,6 +1099,8 @@ impl<
                 interrupt_immediately: params.interrupt_immediately,
                 cookie: params.interrupt_cookie,
                 owner: key,
+                slsb_live: SliceCache::EMPTY,
+                indicators_live: SliceCache::EMPTY,
             };
         }
         qc.counters.reset();
@@ -1750,10 +1765,13 @@ impl<
         if !self.may_wait() {
             return Err(RegistrationError::InterruptContext);
         }
-        let st = self.state.write_then(|| {
+        let mut st = self.state.write_then(|| {
             lock_point!(self, TableExclusiveWaiting);
         });
         lock_point!(self, TableExclusive);
+        // A new epoch: what sends kept from the last one is stale. Never 0 again
+        // (`max`), which would wrap only after 2^64 updates anyway.
+        st.epoch = st.epoch.wrapping_add(1).max(1);
         Ok(st)
     }
 
@@ -1971,6 +1989,8 @@ impl<
             cursors,
             pending,
             layer2,
+            slsbs,
+            last_target,
             ..
         } = out;
         let kind = QueueKind {
@@ -1984,12 +2004,13 @@ impl<
         let (Some(ring), Some(cursor)) = (rings.get(qi), cursors.get_mut(qi)) else {
             return false;
         };
-        // Translated once per buffer: the hypervisor may have remapped the memory
-        // since the last call (never during one: it waits for the table lock). An
-        // SLSB it unmapped leaves nothing to send.
-        let Some(ring) = ring.live(issuer) else {
+        // Translated once per epoch: the hypervisor may have remapped the memory
+        // since the last call (never during one: it waits for the table lock, and
+        // starts a new epoch). An SLSB it unmapped leaves nothing to send.
+        let Some(slsb) = slsbs.get_or(st.epoch, qi, || ring.slsb_slice(issuer)) else {
             return false;
         };
+        let ring = ring.live_at(slsb);
         let n = *cursor;
         // Acquire pairs with the program's Release store of 0x62: its SBAL and
         // data writes are visible.
@@ -2007,7 +2028,7 @@ impl<
             return true;
         };
         let outcome = match writeq {
-            None => self.send_buffer(st, sender, &sbal, kind, None, report),
+            None => self.send_buffer(st, sender, &sbal, kind, None, last_target, report),
             Some(qaob) => match qaob_slice(issuer, qaob) {
                 Some(slice) => {
                     let wq = WriteQ {
@@ -2016,7 +2037,7 @@ impl<
                         queue: q,
                         pending,
                     };
-                    self.send_buffer(st, sender, &sbal, kind, Some(wq), report)
+                    self.send_buffer(st, sender, &sbal, kind, Some(wq), last_target, report)
                 }
                 None => refuse(Reason::QaobInvalid),
             },
@@ -2070,6 +2091,7 @@ impl<
         sbal: &Sbal,
         kind: QueueKind,
         writeq: Option<WriteQ<'_>>,
+        last_target: &mut LastTarget,
         report: &mut SigaReport,
     ) -> BufferOutcome {
         let mut outgoing = Outgoing::empty();
@@ -2094,7 +2116,10 @@ impl<
             CastType::Broadcast => Some(BROADCAST_GROUP),
         };
         let Some(group) = group else {
-            let Some(entry) = st.table.target(&outgoing.dest) else {
+            let Some(entry) = st
+                .table
+                .target_cached(&outgoing.dest, st.epoch, last_target)
+            else {
                 return refuse(Reason::Unreachable);
             };
             let delivered = match &writeq {
@@ -2249,7 +2274,9 @@ impl<
         let interrupt = {
             let mut inb = tqc.inbound.lock();
             lock_point!(self, Inbound);
-            if let Err(reason) = self.fill(&mut inb, outgoing, &receiver.memory) {
+            // Translated once for the fill and the signal, and kept for the epoch.
+            let live = inb.live(&receiver.memory, st.epoch)?;
+            if let Err(reason) = self.fill(&mut inb, &live, outgoing, &receiver.memory) {
                 if reason == Reason::TargetFull {
                     tqc.counters.refused_full();
                 }
@@ -2259,7 +2286,7 @@ impl<
                 .received(outgoing.frames() as u64, outgoing.payload);
             let stamp = receiver.summary_since(inb.summary);
             let delay_ns = st.config.interrupt_delay_ns();
-            self.signal(&mut inb, tqc, stamp, &receiver.memory, delay_ns)
+            self.signal(&inb, &live, tqc, stamp, delay_ns)
         };
         if let Some(t) = interrupt {
             let delivered = self.platform.raise_interrupt(t).delivered();
@@ -2273,19 +2300,17 @@ impl<
         Ok(())
     }
 
-    /// Fills the receiver's next input buffer (under its inbound lock).
-    fn fill(&self, inb: &mut Inbound, out: &Outgoing, rx_memory: &M) -> Result<(), Reason> {
-        let Inbound {
-            active,
-            ring,
-            cursor,
-            ..
-        } = inb;
-        if !*active {
-            return Err(Reason::TargetNotActive);
-        }
-        // Translated per buffer, as the sender's (see `send_next`).
-        let ring = ring.live(rx_memory).ok_or(Reason::TargetBufferInvalid)?;
+    /// Fills the receiver's next input buffer (under its inbound lock), `live` its
+    /// translated structures ([`Inbound::live`]: the control is active).
+    fn fill(
+        &self,
+        inb: &mut Inbound,
+        live: &LiveInbound,
+        out: &Outgoing,
+        rx_memory: &M,
+    ) -> Result<(), Reason> {
+        let Inbound { ring, cursor, .. } = inb;
+        let ring = ring.live_at(live.slsb);
         let n = *cursor;
         // Acquire pairs with the receiver's Release store of 0x41: its SBALE writes
         // (addresses, capacities) are visible.
@@ -2327,25 +2352,23 @@ impl<
     /// Sets the receiver's completion vector low → high and makes the interrupt
     /// decision; returns the interrupt to raise, if any. `stamp` is the fallback's time
     /// stamp of the receiver's summary byte, shared by every queue set naming it.
+    ///
+    /// `live`: the receiver's structures ([`Inbound::live`], so the control is
+    /// active); indicators that do not translate interrupt rather than leave the
+    /// delivery unannounced.
     fn signal(
         &self,
-        inb: &mut Inbound,
+        inb: &Inbound,
+        live: &LiveInbound,
         tqc: &QueueControl<O>,
         stamp: &AtomicU64,
-        rx_memory: &M,
         delay_ns: u64,
     ) -> Option<InterruptTarget> {
-        let (ring, ind) = inb.ring()?;
-        let target = InterruptTarget {
-            lpar: inb.owner.lpar,
-            subchannel: inb.owner.subchannel,
-            cookie: inb.cookie,
-        };
-        // Both were translated in `fill` a moment ago, under the same locks; should
-        // either fail now, interrupt rather than leave the delivery unannounced.
-        let (Some(ring), Some(ind)) = (ring.live(rx_memory), ind.live(rx_memory)) else {
+        let target = inb.interrupt_target();
+        let Some(ind) = live.indicators else {
             return Some(target);
         };
+        let ring = inb.ring.live_at(live.slsb);
         let cursor = inb.cursor;
         let seen = initiative::signal(&ind.queue, &ind.middle, &ind.global, || {
             receiver_polling(&ring, cursor)

@@ -327,6 +327,63 @@ pub enum SbalError {
     HostMisaligned,
 }
 
+/// `N` [`GuestSlice`]s of `LEN` bytes kept from one call of the fabric to the next,
+/// tagged with the epoch of the memory they were translated in (issue 12: the send
+/// path translated the receiver's SLSB and indicator bytes on every delivery, the
+/// SLSB twice, and the sender's SLSB on every buffer).
+///
+/// The fabric numbers its epochs: every exclusive acquisition of its table lock, the
+/// only way a partition's memory (or a queue set's addresses) changes, starts a new
+/// one, and sends run under the shared lock. A slice kept in epoch `e` is handed back
+/// only while the epoch is still `e`, so it is what a translation in the memory of now
+/// would give. Only pointers are kept (the length is the type's), null for none: an
+/// empty cache is all-zero bytes, as the fabric's `.bss` start wants.
+#[derive(Clone, Copy, Debug)]
+pub struct SliceCache<const N: usize, const LEN: usize> {
+    epoch: u64,
+    ptrs: [*mut u8; N],
+}
+
+// SAFETY: the cache holds GuestSlices' pointers; they are only turned back into
+// GuestSlices (see `get_or`), whose Send and Sync reasoning holds.
+unsafe impl<const N: usize, const LEN: usize> Send for SliceCache<N, LEN> {}
+// SAFETY: as for Send.
+unsafe impl<const N: usize, const LEN: usize> Sync for SliceCache<N, LEN> {}
+
+impl<const N: usize, const LEN: usize> SliceCache<N, LEN> {
+    /// Nothing kept (all-zero bytes).
+    pub const EMPTY: Self = Self {
+        epoch: 0,
+        ptrs: [core::ptr::null_mut(); N],
+    };
+
+    /// Slice `i` of `epoch`: the one kept, or else `translate`'s, kept from now on (if
+    /// it is `LEN` bytes long). A new epoch forgets every slice of the last.
+    #[inline(always)]
+    pub fn get_or(
+        &mut self,
+        epoch: u64,
+        i: usize,
+        translate: impl FnOnce() -> Option<GuestSlice>,
+    ) -> Option<GuestSlice> {
+        if self.epoch != epoch {
+            *self = Self {
+                epoch,
+                ..Self::EMPTY
+            };
+        }
+        let kept = self.ptrs.get_mut(i)?;
+        if let Some(ptr) = NonNull::new(*kept) {
+            return Some(GuestSlice { ptr, len: LEN });
+        }
+        let s = translate()?;
+        if s.len == LEN {
+            *kept = s.ptr.as_ptr();
+        }
+        Some(s)
+    }
+}
+
 /// A checked range of guest memory. Its accessors never leave the range: an offset
 /// past its end reads 0 and writes nothing (and trips a debug assertion, as it would
 /// be a fabric bug, never a partition's doing).

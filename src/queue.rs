@@ -4,10 +4,11 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError};
+use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, SliceCache};
+use crate::platform::InterruptTarget;
 use crate::qdio::{QUEUE_BUFFERS, Reason, SLSB_LEN};
 use crate::sync::Mutex;
-use crate::table::{SlotRef, SourceKey, TargetEntry};
+use crate::table::{LastTarget, SlotRef, SourceKey, TargetEntry};
 
 /// One queue in guest memory: the guest addresses of its 128 SBALs and of the SLSB of
 /// their 128 state bytes, checked when the queue set is established.
@@ -66,10 +67,20 @@ impl QueueRing {
     /// it).
     #[inline(always)]
     pub(crate) fn live<M: GuestMemory>(&self, memory: &M) -> Option<LiveRing<'_>> {
-        Some(LiveRing {
-            slsb: memory.slice(self.slsb, SLSB_LEN as u64)?,
-            ring: self,
-        })
+        Some(self.live_at(self.slsb_slice(memory)?))
+    }
+
+    /// The SLSB translated through `memory`.
+    #[inline(always)]
+    pub(crate) fn slsb_slice<M: GuestMemory>(&self, memory: &M) -> Option<GuestSlice> {
+        memory.slice(self.slsb, SLSB_LEN as u64)
+    }
+
+    /// The ring over its SLSB translated already (by [`slsb_slice`](Self::slsb_slice),
+    /// kept in a [`SliceCache`]).
+    #[inline(always)]
+    pub(crate) fn live_at(&self, slsb: GuestSlice) -> LiveRing<'_> {
+        LiveRing { slsb, ring: self }
     }
 }
 
@@ -259,6 +270,10 @@ pub(crate) struct Outbound<const O: usize> {
     pub(crate) pending: PendingList,
     /// Established in layer-2 mode.
     pub(crate) layer2: bool,
+    /// Per queue, its SLSB translated in the issuer's memory once per fabric epoch.
+    pub(crate) slsbs: SliceCache<O, SLSB_LEN>,
+    /// The last unicast target this set sent to ([`LastTarget`]).
+    pub(crate) last_target: LastTarget,
 }
 
 impl<const O: usize> Outbound<O> {
@@ -293,6 +308,7 @@ pub(crate) struct IndicatorBytes {
 }
 
 /// The indicator bytes translated, for one use.
+#[derive(Clone, Copy)]
 pub(crate) struct LiveIndicators {
     pub(crate) queue: GuestSlice,
     pub(crate) middle: GuestSlice,
@@ -306,15 +322,6 @@ impl IndicatorBytes {
         middle: 0,
         global: 0,
     };
-
-    /// The three bytes translated through `memory`, or `None` if one no longer is.
-    pub(crate) fn live<M: GuestMemory>(&self, memory: &M) -> Option<LiveIndicators> {
-        Some(LiveIndicators {
-            queue: memory.slice(self.queue, 1)?,
-            middle: memory.slice(self.middle, 1)?,
-            global: memory.slice(self.global, 1)?,
-        })
-    }
 }
 
 /// The receiver side of a queue control: the input queue, its cursor, its indicators
@@ -337,6 +344,19 @@ pub(crate) struct Inbound {
     pub(crate) cookie: u64,
     /// The owner, for the interrupt's target.
     pub(crate) owner: SourceKey,
+    /// `ring`'s SLSB, translated in the receiver's memory once per fabric epoch
+    /// ([`Inbound::live`]).
+    pub(crate) slsb_live: SliceCache<1, SLSB_LEN>,
+    /// The three indicator bytes, likewise.
+    pub(crate) indicators_live: SliceCache<3, 1>,
+}
+
+/// The receiver's structures a delivery writes, translated: its input SLSB and, unless
+/// one no longer translates, its indicator bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct LiveInbound {
+    pub(crate) slsb: GuestSlice,
+    pub(crate) indicators: Option<LiveIndicators>,
 }
 
 impl Inbound {
@@ -344,6 +364,49 @@ impl Inbound {
     #[inline(always)]
     pub(crate) fn ring(&self) -> Option<(&QueueRing, &IndicatorBytes)> {
         self.active.then_some((&self.ring, &self.indicators))
+    }
+
+    /// The interrupt that announces a delivery to this control's owner.
+    pub(crate) fn interrupt_target(&self) -> InterruptTarget {
+        InterruptTarget {
+            lpar: self.owner.lpar,
+            subchannel: self.owner.subchannel,
+            cookie: self.cookie,
+        }
+    }
+
+    /// The input SLSB and the indicator bytes translated through `memory`, the
+    /// receiver's, in the fabric's `epoch`: the first delivery of an epoch translates
+    /// them, the next ones reuse that (a delivery used to translate the SLSB twice and
+    /// the indicators once, seven translations with the SBAL's and the element's; now
+    /// those two). [`TargetNotActive`](Reason::TargetNotActive) when the control is
+    /// not in use, [`TargetBufferInvalid`](Reason::TargetBufferInvalid) when the SLSB
+    /// does not translate; indicators that do not are `None` (and are not kept).
+    #[inline(always)]
+    pub(crate) fn live<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        epoch: u64,
+    ) -> Result<LiveInbound, Reason> {
+        if !self.active {
+            return Err(Reason::TargetNotActive);
+        }
+        let (ring, ind) = (&self.ring, &self.indicators);
+        let slsb = self
+            .slsb_live
+            .get_or(epoch, 0, || ring.slsb_slice(memory))
+            .ok_or(Reason::TargetBufferInvalid)?;
+        let cache = &mut self.indicators_live;
+        let mut byte = |i: usize, addr: u64| cache.get_or(epoch, i, || memory.slice(addr, 1));
+        let indicators = match (byte(0, ind.queue), byte(1, ind.middle), byte(2, ind.global)) {
+            (Some(queue), Some(middle), Some(global)) => Some(LiveIndicators {
+                queue,
+                middle,
+                global,
+            }),
+            _ => None,
+        };
+        Ok(LiveInbound { slsb, indicators })
     }
 }
 
@@ -388,6 +451,8 @@ impl<const O: usize> QueueControl<O> {
                 },
                 pending: PendingList::EMPTY,
                 layer2: false,
+                slsbs: SliceCache::EMPTY,
+                last_target: LastTarget::EMPTY,
             })),
             pending_hint: core::sync::atomic::AtomicU8::new(0),
             inbound: Aligned(Mutex::new(Inbound {
@@ -402,6 +467,8 @@ impl<const O: usize> QueueControl<O> {
                     lpar: 0,
                     subchannel: 0,
                 },
+                slsb_live: SliceCache::EMPTY,
+                indicators_live: SliceCache::EMPTY,
             })),
             counters: Counters::new(),
         }

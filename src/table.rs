@@ -439,6 +439,23 @@ impl<K: TableKey, V: Zero, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
     }
 }
 
+/// A sender's last unicast target lookup ([`QueueTable::target_cached`]), kept under
+/// its outbound lock. All-zero bytes (epoch 0, which matches no epoch): none.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LastTarget {
+    epoch: u64,
+    key: IpKey,
+    entry: TargetEntry,
+}
+
+impl LastTarget {
+    pub(crate) const EMPTY: Self = Self {
+        epoch: 0,
+        key: IpKey::ZERO,
+        entry: TargetEntry::ZERO,
+    };
+}
+
 /// Source and target tables. `Q` and `A` are capacities (powers of two).
 pub(crate) struct QueueTable<const Q: usize, const A: usize, H = SipHash13> {
     /// The seed XOR [`FabricConfig::DEFAULT_SEED`](crate::FabricConfig::DEFAULT_SEED):
@@ -623,6 +640,33 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         self.target
             .get(&self.seed(), &IpKey::from(ip))
             .filter(|e| !e.group)
+    }
+
+    /// [`target`](Self::target) through a sender's `last` lookup: when the sender
+    /// names the address it named last, in the same fabric `epoch` (no update of the
+    /// table since: updates start a new epoch), the entry found then is the answer
+    /// without hashing (issue 12: the keyed hash and the probe were 190 of a 64 B
+    /// send's instructions, for what a sender usually asks again and again).
+    ///
+    /// The keyed hash keeps its purpose: whatever misses the cache goes through it, so
+    /// a partition still cannot make anyone's lookups slow by choosing keys; what a
+    /// hit or a miss takes tells a sender only whether it named the same address
+    /// twice, which it knows. Only hits are kept (an unreachable address is looked up
+    /// every time, as before).
+    #[inline]
+    pub(crate) fn target_cached(
+        &self,
+        ip: &IpAddr,
+        epoch: u64,
+        last: &mut LastTarget,
+    ) -> Option<TargetEntry> {
+        let key = IpKey::from(ip);
+        if last.epoch == epoch && epoch != 0 && last.key == key {
+            return Some(last.entry);
+        }
+        let entry = self.target.get(&self.seed(), &key).filter(|e| !e.group)?;
+        *last = LastTarget { epoch, key, entry };
+        Some(entry)
     }
 
     /// Slots a lookup of `ip` reads (the cost of a send to it, hit or miss).

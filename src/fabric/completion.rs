@@ -237,7 +237,14 @@ impl<
             lock_point!(self, Inbound);
             let stamp = sender.record.summary_since(inb.summary);
             let delay_ns = st.config.interrupt_delay_ns();
-            self.signal(&mut inb, qc, stamp, &sender.record.memory, delay_ns)
+            match inb.live(&sender.record.memory, st.epoch) {
+                Ok(live) => self.signal(&inb, &live, qc, stamp, delay_ns),
+                // Deregistered: no one to tell.
+                Err(Reason::TargetNotActive) => None,
+                // Its SLSB does not translate (nor then, as `signal` has it for the
+                // indicators, can the receiver be seen polling): interrupt.
+                Err(_) => Some(inb.interrupt_target()),
+            }
         };
         if let Some(t) = interrupt {
             let delivered = self.platform.raise_interrupt(t).delivered();
