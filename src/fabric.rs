@@ -675,11 +675,12 @@ impl Entry {
     }
 }
 
-/// The queue a buffer comes from: the multicast queue or not, layer 2 or 3.
-#[derive(Clone, Copy)]
-struct QueueKind {
+/// The queue a buffer comes from (the multicast queue or not, layer 2 or 3), and the
+/// sender's last target lookup, kept under its outbound lock.
+struct FromQueue<'a> {
     multicast: bool,
     layer2: bool,
+    last_target: &'a mut LastTarget,
 }
 
 /// What a SIGA WRITEQ brings to one buffer's send: its QAOB (checked) and the sender's
@@ -1993,9 +1994,10 @@ impl<
             last_target,
             ..
         } = out;
-        let kind = QueueKind {
+        let mut from = FromQueue {
             multicast,
             layer2: *layer2,
+            last_target,
         };
         if !*active || qi >= usize::from(*queues) {
             return false;
@@ -2028,7 +2030,7 @@ impl<
             return true;
         };
         let outcome = match writeq {
-            None => self.send_buffer(st, sender, &sbal, kind, None, last_target, report),
+            None => self.send_buffer(st, sender, &sbal, &mut from, None, report),
             Some(qaob) => match qaob_slice(issuer, qaob) {
                 Some(slice) => {
                     let wq = WriteQ {
@@ -2037,7 +2039,7 @@ impl<
                         queue: q,
                         pending,
                     };
-                    self.send_buffer(st, sender, &sbal, kind, Some(wq), last_target, report)
+                    self.send_buffer(st, sender, &sbal, &mut from, Some(wq), report)
                 }
                 None => refuse(Reason::QaobInvalid),
             },
@@ -2089,9 +2091,8 @@ impl<
         st: &State<Q, A, L, S, M>,
         sender: &Sender<'_, M, S, O>,
         sbal: &Sbal,
-        kind: QueueKind,
+        from: &mut FromQueue<'_>,
         writeq: Option<WriteQ<'_>>,
-        last_target: &mut LastTarget,
         report: &mut SigaReport,
     ) -> BufferOutcome {
         let mut outgoing = Outgoing::empty();
@@ -2099,8 +2100,8 @@ impl<
             sbal,
             &sender.record.memory,
             st.config.mfs(),
-            kind.multicast,
-            kind.layer2,
+            from.multicast,
+            from.layer2,
             &mut outgoing,
         ) {
             return BufferOutcome::Refused(f);
@@ -2118,7 +2119,7 @@ impl<
         let Some(group) = group else {
             let Some(entry) = st
                 .table
-                .target_cached(&outgoing.dest, st.epoch, last_target)
+                .target_cached(&outgoing.dest, st.epoch, from.last_target)
             else {
                 return refuse(Reason::Unreachable);
             };
