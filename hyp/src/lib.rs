@@ -26,3 +26,9 @@
 pub mod board;
 #[cfg(target_os = "none")]
 pub mod vm;
+
+/// The linux-net console parser's host tests (the module is `vm::netlines` on the
+/// target; it uses nothing of the board but its per-core slots).
+#[cfg(all(test, not(target_os = "none")))]
+#[path = "vm/netlines.rs"]
+mod netlines;

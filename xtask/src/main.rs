@@ -46,9 +46,10 @@ enum Command {
     /// IQDIO_MFS, IQDIO_SCENARIO), so changing one rebuilds only the image. The exit
     /// status is the image's: 0 pass, 1 failure, 2 panic, 3 fault, 124 timeout.
     Run {
-        /// Cores, one partition each (QEMU `-smp`), 2 to 8.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=8))]
-        smp: u32,
+        /// Cores, one partition each (QEMU `-smp`), 2 to 8; 4 if omitted, 3 for
+        /// `--scenario linux-net`.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..=8))]
+        smp: Option<u32>,
         /// Frames each partition sends (IQDIO_FRAMES); the image's default if omitted.
         #[arg(long, value_name = "K")]
         frames: Option<u64>,
@@ -58,8 +59,11 @@ enum Command {
         /// Scenario to run (IQDIO_SCENARIO): `partitions` (the default), `tcp`,
         /// `multicast` (groups, broadcast and unicast, every copy checked), `l2` (TCP
         /// over layer 2 on two VLANs, 4 cores or more),
-        /// `hostile` (3 cores or more), or `linux` (Debian's arm64 kernel in the last
-        /// `--linux-guests` partitions, the demo among the others).
+        /// `hostile` (3 cores or more), `linux` (Debian's arm64 kernel in the last
+        /// `--linux-guests` partitions, the demo among the others), or `linux-net`
+        /// (a smoltcp partition on core 0 and a Linux guest on every other core, on one
+        /// layer-2 LAN through their virtio-net devices: pings, TCP transfers, checksums;
+        /// ends with the `linux-net:` line).
         #[arg(long, value_name = "NAME")]
         scenario: Option<String>,
         /// Stop QEMU after this many seconds.
@@ -69,10 +73,14 @@ enum Command {
         /// the bare-metal partitions before them).
         #[arg(long, value_name = "N", default_value_t = 2)]
         linux_guests: u32,
-        /// With `--scenario linux`: run this shell script in every Linux guest instead
-        /// of the idle workload, and print its console lines.
+        /// With `--scenario linux` or `linux-net`: run this shell script in every Linux
+        /// guest instead of the workload, and print its console lines.
         #[arg(long, value_name = "FILE")]
         guest_init: Option<std::path::PathBuf>,
+        /// With `--scenario linux-net`: bytes each Linux guest sends each other one
+        /// over TCP (a multiple of 4096).
+        #[arg(long, value_name = "BYTES", default_value_t = linux::netload::DEFAULT_BYTES)]
+        net_bytes: u64,
     },
     /// Run everything: host tests, clippy (host and target), the bare-metal library
     /// build, and the test boots under QEMU.
@@ -188,6 +196,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             timeout,
             linux_guests,
             guest_init,
+            net_bytes,
         } => {
             let frames = frames.map(|k| k.to_string());
             let mut env: Vec<(&str, &str)> = [
@@ -199,11 +208,20 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             .filter_map(|(key, value)| Some((key, value?)))
             .collect();
             let linux = scenario.as_deref() == Some("linux");
-            if guest_init.is_some() && !linux {
-                anyhow::bail!("--guest-init needs --scenario linux");
+            let linux_net = scenario.as_deref() == Some("linux-net");
+            if guest_init.is_some() && !linux && !linux_net {
+                anyhow::bail!("--guest-init needs --scenario linux or linux-net");
             }
+            let smp = smp.unwrap_or(if linux_net { 3 } else { 4 });
             let guests = if linux {
-                Some(linux::hyp_guests(smp, linux_guests, guest_init.as_deref())?)
+                Some(linux::hyp_guests(
+                    smp,
+                    linux_guests,
+                    guest_init.as_deref(),
+                    linux::HYP_WORKLOAD,
+                )?)
+            } else if linux_net {
+                Some(linux::net_guests(smp, net_bytes, guest_init.as_deref())?)
             } else {
                 None
             };

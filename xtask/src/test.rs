@@ -296,54 +296,89 @@ fn loom(tally: &mut Tally) -> Result<()> {
 /// Builds each image once per environment and runs the boots of [`TEST_BOOTS`].
 /// The Linux test boots (`linux::hypboots`): the kernel is fetched once (cached in
 /// target/linux-guest), then each boot builds its initramfs around its script and
-/// rebuilds only the hypervisor image.
+/// rebuilds only the hypervisor image; last the linux-net scenario's boot.
 fn linux_boots(tally: &mut Tally) -> Result<()> {
     use crate::linux::{self, hypboots::LINUX_BOOTS};
     for boot in LINUX_BOOTS {
-        let start = Instant::now();
-        let name = format!("boot {}", boot.name);
-        let prepared = (|| -> Result<_> {
-            let script = cargo::target_dir()
-                .join("linux-guest")
-                .join("out")
-                .join("test-guest-init.sh");
-            std::fs::create_dir_all(script.parent().unwrap_or(&script))?;
-            std::fs::write(&script, boot.script)?;
-            let guests = linux::hyp_guests(boot.smp, 1, Some(&script))?;
-            let mut env: Vec<(&str, &str)> =
-                vec![("IQDIO_SCENARIO", "linux"), ("IQDIO_FRAMES", "200")];
-            env.extend(guests.env.iter().map(|(k, v)| (*k, v.as_str())));
-            let elf = cargo::build_image("hyp", &env, None)?;
-            Ok((elf, guests.qemu_extra()))
-        })();
-        let (elf, extra) = match prepared {
-            Ok(p) => p,
-            Err(error) => {
-                tally.failed += 1;
-                tally.failures.push(format!("{name}: {error:#}"));
-                tally.step(&name, start.elapsed(), format!("FAILED: {error:#}"));
-                continue;
-            }
-        };
-        let run = qemu::boot_with(&elf, boot.smp, 300, true, &extra)?;
-        let results = (boot.check)(&run, boot.smp);
-        let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
-        tally.passed += (results.len() - failed.len()) as u64;
-        tally.failed += failed.len() as u64;
-        for result in &failed {
-            tally
-                .failures
-                .push(format!("{name}: {}: {}", result.name, result.detail));
-        }
-        let summary = format!(
-            "{} of {} passed; {} in {:.2} s",
-            results.len() - failed.len(),
-            results.len(),
-            run.outcome,
-            run.elapsed.as_secs_f64()
-        );
-        tally.step(&name, start.elapsed(), summary);
+        linux_boot(
+            tally,
+            &format!("boot {}", boot.name),
+            boot.smp,
+            || {
+                let script = cargo::target_dir()
+                    .join("linux-guest")
+                    .join("out")
+                    .join("test-guest-init.sh");
+                std::fs::create_dir_all(script.parent().unwrap_or(&script))?;
+                std::fs::write(&script, boot.script)?;
+                let guests = linux::hyp_guests(boot.smp, 1, Some(&script), linux::HYP_WORKLOAD)?;
+                Ok((
+                    guests,
+                    &[("IQDIO_SCENARIO", "linux"), ("IQDIO_FRAMES", "200")],
+                ))
+            },
+            |run| (boot.check)(run, boot.smp),
+        )?;
     }
+    let (smp, bytes) = (3, linux::netload::TEST_BYTES);
+    linux_boot(
+        tally,
+        "boot linux-net -smp 3",
+        smp,
+        || {
+            let guests = linux::net_guests(smp, bytes, None)?;
+            Ok((guests, &[("IQDIO_SCENARIO", "linux-net")]))
+        },
+        |run| linux::hypboots::check_linux_net(run, smp, bytes),
+    )
+}
+
+/// One Linux test boot: `prepare` places the guests and names the image's settings,
+/// the image is built with them and booted, `check` turns the run into results.
+fn linux_boot(
+    tally: &mut Tally,
+    name: &str,
+    smp: u32,
+    prepare: impl FnOnce() -> Result<(
+        crate::linux::HypGuests,
+        &'static [(&'static str, &'static str)],
+    )>,
+    check: impl FnOnce(&qemu::BootRun) -> Vec<TestResult>,
+) -> Result<()> {
+    let start = Instant::now();
+    let prepared = prepare().and_then(|(guests, settings)| {
+        let mut env: Vec<(&str, &str)> = settings.to_vec();
+        env.extend(guests.env.iter().map(|(k, v)| (*k, v.as_str())));
+        let elf = cargo::build_image("hyp", &env, None)?;
+        Ok((elf, guests.qemu_extra()))
+    });
+    let (elf, extra) = match prepared {
+        Ok(p) => p,
+        Err(error) => {
+            tally.failed += 1;
+            tally.failures.push(format!("{name}: {error:#}"));
+            tally.step(name, start.elapsed(), format!("FAILED: {error:#}"));
+            return Ok(());
+        }
+    };
+    let run = qemu::boot_with(&elf, smp, 300, true, &extra)?;
+    let results = check(&run);
+    let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
+    tally.passed += (results.len() - failed.len()) as u64;
+    tally.failed += failed.len() as u64;
+    for result in &failed {
+        tally
+            .failures
+            .push(format!("{name}: {}: {}", result.name, result.detail));
+    }
+    let summary = format!(
+        "{} of {} passed; {} in {:.2} s",
+        results.len() - failed.len(),
+        results.len(),
+        run.outcome,
+        run.elapsed.as_secs_f64()
+    );
+    tally.step(name, start.elapsed(), summary);
     Ok(())
 }
 

@@ -27,15 +27,12 @@ use iqdio_hvc::{
 };
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
-use smoltcp::time::Instant;
-use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address,
-};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use crate::node::{self, MAX_PARTITIONS, MFS, v4, v6};
 use crate::rt::{self, HvcSiga, hvc};
 use crate::say;
-use crate::tcp::{BYTES, pattern};
+use crate::tcp::{BYTES, ip, now, pattern};
 
 /// The server's TCP port.
 const PORT: u16 = 5000;
@@ -45,20 +42,27 @@ const LIMIT_NS: u64 = 240_000_000_000;
 /// neighbour discovery retry about once a second).
 const CROSS_TRY_NS: u64 = 3_000_000_000;
 use iqdio_hvc::scenario::L2_VLANS as VLANS;
-const SOCKET_BUF: usize = 64 * 1024;
+/// Size of each of [`Buffers::big`].
+pub const SOCKET_BUF: usize = 64 * 1024;
 const SMALL_BUF: usize = 4 * 1024;
 const RX_LEN: usize = rx_buffer_len(MFS);
 const TX_LEN: usize = tx_buffer_len(MFS);
 
-/// The stack's memory, off the stack.
-struct Buffers {
-    dev_rx: [u8; RX_LEN],
-    dev_tx: [u8; TX_LEN],
-    big: [[u8; SOCKET_BUF]; MAX_PARTITIONS],
-    small: [[u8; SMALL_BUF]; MAX_PARTITIONS],
+/// The stack's memory, off the stack (the linux-net scenario's smoltcp partition's
+/// too).
+pub struct Buffers {
+    /// The device's staging buffer for a received frame.
+    pub dev_rx: [u8; RX_LEN],
+    /// Its staging buffer for a frame to send.
+    pub dev_tx: [u8; TX_LEN],
+    /// Socket buffers of a connection's bulk direction.
+    pub big: [[u8; SOCKET_BUF]; MAX_PARTITIONS],
+    /// Socket buffers of a connection's other direction.
+    pub small: [[u8; SMALL_BUF]; MAX_PARTITIONS],
 }
 
-static BUFFERS: spin::Mutex<Buffers> = spin::Mutex::new(Buffers {
+/// The one set of [`Buffers`] (a partition plays one scenario).
+pub static BUFFERS: spin::Mutex<Buffers> = spin::Mutex::new(Buffers {
     dev_rx: [0; RX_LEN],
     dev_tx: [0; TX_LEN],
     big: [[0; SOCKET_BUF]; MAX_PARTITIONS],
@@ -75,21 +79,11 @@ pub const fn mac(core: usize) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, core as u8 + 1]
 }
 
-fn now() -> Instant {
-    Instant::from_micros((rt::now_ns() / 1000) as i64)
-}
-
-fn ip(a: IpAddr) -> IpAddress {
-    match a {
-        IpAddr::V4(a) => IpAddress::Ipv4(Ipv4Address::from_octets(a.octets())),
-        IpAddr::V6(a) => IpAddress::Ipv6(Ipv6Address::from_octets(a.octets())),
-    }
-}
-
 /// The queue set in layer-2 mode, set up through the hypervisor: established, its
-/// MAC registered, a member of its VLAN, receiving the IPv6 all-nodes and its
-/// solicited-node group MACs.
-fn attach(core: usize) -> Result<(Indicators, QueueDriver), &'static str> {
+/// MAC ([`mac`]) registered, a member of VLAN `vlan` (0: the untagged LAN, whose
+/// members get every broadcast frame of it), receiving the IPv6 all-nodes and its
+/// solicited-node group MACs. The linux-net scenario's smoltcp partition uses it too.
+pub fn attach(core: usize, vlan: u16) -> Result<(Indicators, QueueDriver), &'static str> {
     let mut region = node::region();
     let ind = Indicators::new(&mut region).map_err(|_| "indicators")?;
     let config = DriverConfig {
@@ -106,7 +100,7 @@ fn attach(core: usize) -> Result<(Indicators, QueueDriver), &'static str> {
     };
     let calls = [
         (HVC_REGISTER_MAC, mac_to_register(mac(core)), "register MAC"),
-        (HVC_JOIN_VLAN, u64::from(vlan(core)), "join VLAN"),
+        (HVC_JOIN_VLAN, u64::from(vlan), "join VLAN"),
         (
             HVC_REGISTER_GROUP_MAC,
             mac_to_register(IPV6_ALL_NODES_MAC),
@@ -330,7 +324,7 @@ pub fn run(core: usize, n: usize) -> ! {
         say!("l2: needs 4 partitions or more (two per VLAN)");
         rt::exit(ExitStatus::Failure, [0; 5]);
     }
-    let (_ind, mut queue) = match attach(core) {
+    let (_ind, mut queue) = match attach(core, vlan(core)) {
         Ok(q) => q,
         Err(e) => {
             say!("l2: attach failed: {}", e);

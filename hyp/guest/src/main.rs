@@ -1,7 +1,7 @@
 //! The partition program: what each partition runs at EL1 under the iqdio hypervisor
 //! (`iqdio-hyp`). It reaches the fabric only through HVC (`iqdio-hvc`): its queue
-//! driver, the demo traffic, smoltcp in the TCP and layer-2 scenarios, the multicast
-//! scenario, and
+//! driver, the demo traffic, smoltcp in the TCP and layer-2 scenarios and beside the
+//! Linux guests of linux-net, the multicast scenario, and
 //! the hostile partition of the hostile scenario are all here.
 //!
 //! The hypervisor starts it at its ELF entry with x0 = its LPAR id, x1 = the partitions
@@ -21,6 +21,8 @@ mod demo;
 mod hostile;
 #[cfg(target_os = "none")]
 mod l2;
+#[cfg(target_os = "none")]
+mod linuxnet;
 #[cfg(target_os = "none")]
 mod mcast;
 #[cfg(target_os = "none")]
@@ -61,6 +63,7 @@ fn main(lpar: u64, partitions: u64, scenario: u64, arg: u64) -> ! {
         scenario::HOSTILE => hostile::stop_attempt(arg),
         scenario::MULTICAST => mcast::run(lpar, n),
         scenario::L2 => l2::run(lpar, n),
+        scenario::LINUX_NET => linuxnet::run(lpar, n),
         scenario::PROBE_TRAP => probe::trap_round_trip(),
         scenario::PROBE_WAIT => probe::wait_for_frame(lpar, n),
         scenario::PROBE_SEND => probe::send_frame(lpar, n, arg as usize),

@@ -58,22 +58,25 @@ pub fn pattern(core: usize, offset: usize) -> u8 {
     ((offset >> 8) as u8) ^ (offset as u8).wrapping_mul(31) ^ (core as u8).wrapping_mul(0x5B)
 }
 
-fn now() -> Instant {
+/// smoltcp's clock: the partition's counter (every smoltcp scenario's).
+pub fn now() -> Instant {
     Instant::from_micros((rt::now_ns() / 1000) as i64)
 }
 
-fn ipv4(core: usize) -> IpAddress {
-    match v4(core) {
+/// An address as smoltcp spells it (every smoltcp scenario's).
+pub fn ip(a: core::net::IpAddr) -> IpAddress {
+    match a {
         core::net::IpAddr::V4(a) => IpAddress::Ipv4(Ipv4Address::from_octets(a.octets())),
         core::net::IpAddr::V6(a) => IpAddress::Ipv6(Ipv6Address::from_octets(a.octets())),
     }
 }
 
+fn ipv4(core: usize) -> IpAddress {
+    ip(v4(core))
+}
+
 fn ipv6(core: usize) -> IpAddress {
-    match v6(core) {
-        core::net::IpAddr::V4(a) => IpAddress::Ipv4(Ipv4Address::from_octets(a.octets())),
-        core::net::IpAddr::V6(a) => IpAddress::Ipv6(Ipv6Address::from_octets(a.octets())),
-    }
+    ip(v6(core))
 }
 
 /// Runs partition `core`'s side of the scenario on its own core.

@@ -1132,6 +1132,10 @@ pub mod scenario {
     pub const L2: u64 = 4;
     /// The VLANs of the [`L2`] scenario: partition k is on `L2_VLANS[k % 2]`.
     pub const L2_VLANS: [u16; 2] = [10, 20];
+    /// linux-net: partition 0 is a smoltcp partition on the Linux guests' untagged
+    /// layer-2 LAN (the guests are the other partitions, their virtio-net rings their
+    /// queue sets); it answers pings and serves TCP echo to each guest.
+    pub const LINUX_NET: u64 = 5;
     /// Self-test probe: HVC round trips keep the registers.
     pub const PROBE_TRAP: u64 = 16;
     /// Self-test probe: sleep in WFI until a frame arrives.

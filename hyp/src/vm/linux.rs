@@ -814,6 +814,7 @@ fn console_line(g: &mut Guest, text: &mut [u8]) {
     if body.starts_with(PANIC) {
         g.panicking = true;
     }
+    super::netlines::line(usize::from(g.lpar), body);
     let line = core::str::from_utf8(text).unwrap_or("?");
     defmt::println!("partition {}: {=str}", g.lpar, line);
 }

@@ -27,6 +27,7 @@
 
 pub mod elf;
 pub mod linux;
+pub mod netlines;
 pub mod stage2;
 pub mod trap;
 pub mod vgic;

@@ -14,6 +14,13 @@
 //!   from the LPAR id, the MTU the fabric's MFS leaves, and the carrier up
 //!   (`LOWER_UP`); the hypervisor's closing line for the device says the driver made
 //!   it live, and no ring was bad.
+//! - `linux-net -smp 3` (its own image: `IQDIO_SCENARIO=linux-net`): the scenario of
+//!   `cargo xtask run --scenario linux-net` with 1 MiB transfers
+//!   ([`netload::TEST_BYTES`](super::netload::TEST_BYTES)): the `linux-net:` line must
+//!   say both guests finished with every ping and ping6 back, the transfers' bytes all
+//!   there with equal checksums, both guests' exchanges with the smoltcp partition done,
+//!   frames through the fabric with one copy each and no bad ring; each guest printed
+//!   its `tcp to` throughput, and the run passed.
 
 use crate::{
     boots::TestResult,
@@ -307,6 +314,147 @@ pub fn check_virtio_net(run: &BootRun, smp: u32) -> Vec<TestResult> {
     results
 }
 
+/// The linux-net scenario's last line, `linux-net: guests G, ping N/N, ping6 N/N, tcp
+/// bytes B, checksums equal, smoltcp connections C, fabric frames F, copies per frame
+/// 1.00, bad rings R`, as values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSummary {
+    /// G.
+    pub guests: u64,
+    /// ping: (received, sent).
+    pub ping: (u64, u64),
+    /// ping6: (received, sent).
+    pub ping6: (u64, u64),
+    /// B.
+    pub tcp_bytes: u64,
+    /// `equal` (or `differ`).
+    pub checksums_equal: bool,
+    /// C.
+    pub smoltcp_connections: u64,
+    /// F.
+    pub fabric_frames: u64,
+    /// Copies per frame as printed (two decimals).
+    pub copies_per_frame: String,
+    /// R.
+    pub bad_rings: u64,
+}
+
+/// Parses the linux-net summary line.
+pub fn net_summary(line: &str) -> Option<NetSummary> {
+    let mut fields = line.strip_prefix("linux-net: ")?.split(", ");
+    let mut field = |key: &str| fields.next()?.strip_prefix(key).map(str::to_string);
+    let number = |s: Option<String>| s?.parse::<u64>().ok();
+    let pair = |s: Option<String>| {
+        let s = s?;
+        let (a, b) = s.split_once('/')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    };
+    let guests = number(field("guests "))?;
+    let ping = pair(field("ping "))?;
+    let ping6 = pair(field("ping6 "))?;
+    let tcp_bytes = number(field("tcp bytes "))?;
+    let checksums_equal = match field("checksums ")?.as_str() {
+        "equal" => true,
+        "differ" => false,
+        _ => return None,
+    };
+    Some(NetSummary {
+        guests,
+        ping,
+        ping6,
+        tcp_bytes,
+        checksums_equal,
+        smoltcp_connections: number(field("smoltcp connections "))?,
+        fabric_frames: number(field("fabric frames "))?,
+        copies_per_frame: field("copies per frame ")?,
+        bad_rings: number(field("bad rings "))?,
+    })
+}
+
+/// The linux-net test boot on `smp` cores with `bytes` per transfer: the summary's
+/// fields, each guest's `tcp to` line per peer, and a passing run.
+pub fn check_linux_net(run: &BootRun, smp: u32, bytes: u64) -> Vec<TestResult> {
+    let mut results = Vec::new();
+    let guests = u64::from(smp) - 1;
+    let line = run.lines.iter().rev().find_map(|l| net_summary(&l.message));
+    match line {
+        Some(s) => {
+            let all_back = |(got, sent): (u64, u64)| sent > 0 && got == sent;
+            expect(
+                &mut results,
+                "guests",
+                s.guests == guests,
+                format!("{} guests, expected {guests}", s.guests),
+            );
+            expect(
+                &mut results,
+                "ping",
+                all_back(s.ping),
+                format!("ping {:?}", s.ping),
+            );
+            expect(
+                &mut results,
+                "ping6",
+                all_back(s.ping6),
+                format!("ping6 {:?}", s.ping6),
+            );
+            let want = guests * (guests - 1) * bytes;
+            expect(
+                &mut results,
+                "tcp bytes, checksums equal",
+                s.tcp_bytes == want && s.checksums_equal,
+                format!(
+                    "tcp bytes {} (expected {want}), checksums equal {}",
+                    s.tcp_bytes, s.checksums_equal
+                ),
+            );
+            expect(
+                &mut results,
+                "smoltcp connections",
+                s.smoltcp_connections == guests,
+                format!("{} (expected {guests})", s.smoltcp_connections),
+            );
+            expect(
+                &mut results,
+                "one copy per frame",
+                s.fabric_frames > 0 && s.copies_per_frame == "1.00",
+                format!(
+                    "fabric frames {}, copies per frame {}",
+                    s.fabric_frames, s.copies_per_frame
+                ),
+            );
+            expect(
+                &mut results,
+                "bad rings",
+                s.bad_rings == 0,
+                format!("bad rings {}", s.bad_rings),
+            );
+        }
+        None => expect(&mut results, "summary", false, "no `linux-net:` line"),
+    }
+    for core in 1..smp {
+        let prefix = format!("partition {core}: linux-net: tcp to ");
+        let sent = run
+            .lines
+            .iter()
+            .filter(|l| l.message.starts_with(&prefix) && l.message.contains(" MiB/s"))
+            .count() as u64;
+        expect(
+            &mut results,
+            &format!("partition {core} throughput"),
+            sent == guests - 1,
+            format!("{sent} `tcp to` lines, expected {}", guests - 1),
+        );
+    }
+    expect(
+        &mut results,
+        "exit",
+        run.outcome == Outcome::Pass,
+        run.outcome.to_string(),
+    );
+    results
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -404,6 +552,63 @@ mod tests {
         assert_eq!(
             bad(&check_virtio_net(&run(Outcome::Pass, &lines), 3)),
             ["device live, no bad ring"]
+        );
+    }
+
+    const NET_LAST: &str = "linux-net: guests 2, ping 8/8, ping6 8/8, tcp bytes 2097152, checksums equal, smoltcp connections 2, fabric frames 4242, copies per frame 1.00, bad rings 0";
+
+    #[test]
+    fn the_linux_net_line_parses_and_each_field_is_checked() {
+        let s = net_summary(NET_LAST).unwrap();
+        assert_eq!((s.guests, s.ping, s.ping6), (2, (8, 8), (8, 8)));
+        assert_eq!((s.tcp_bytes, s.checksums_equal), (2 << 20, true));
+        assert_eq!((s.smoltcp_connections, s.fabric_frames), (2, 4242));
+        assert_eq!((s.copies_per_frame.as_str(), s.bad_rings), ("1.00", 0));
+        assert_eq!(net_summary("linux-net: guests 2, ping 8"), None);
+        let tcp_to = [
+            "partition 1: linux-net: tcp to 10.0.0.3 1048576 bytes in 900 ms, 1.11 MiB/s",
+            "partition 2: linux-net: tcp to 10.0.0.2 1048576 bytes in 950 ms, 1.05 MiB/s",
+        ];
+        let failed = |last: &str, outcome| {
+            let mut lines = tcp_to.to_vec();
+            lines.push(last);
+            check_linux_net(&run(outcome, &lines), 3, 1 << 20)
+                .into_iter()
+                .filter(|t| !t.passed)
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+        };
+        assert!(failed(NET_LAST, Outcome::Pass).is_empty());
+        for (from, to, name) in [
+            ("ping 8/8", "ping 7/8", "ping"),
+            ("ping6 8/8", "ping6 0/0", "ping6"),
+            (
+                "checksums equal",
+                "checksums differ",
+                "tcp bytes, checksums equal",
+            ),
+            (
+                "tcp bytes 2097152",
+                "tcp bytes 2097151",
+                "tcp bytes, checksums equal",
+            ),
+            ("connections 2", "connections 1", "smoltcp connections"),
+            ("per frame 1.00", "per frame 2.00", "one copy per frame"),
+            ("frames 4242", "frames 0", "one copy per frame"),
+            ("bad rings 0", "bad rings 3", "bad rings"),
+        ] {
+            assert_eq!(
+                failed(&NET_LAST.replace(from, to), Outcome::Pass),
+                [name],
+                "{to}"
+            );
+        }
+        assert_eq!(failed(NET_LAST, Outcome::Failure), ["exit"]);
+        assert_eq!(failed("linux: guests 2", Outcome::Pass), ["summary"]);
+        let one = check_linux_net(&run(Outcome::Pass, &[tcp_to[0], NET_LAST]), 3, 1 << 20);
+        assert!(
+            one.iter()
+                .any(|t| !t.passed && t.name == "partition 2 throughput")
         );
     }
 

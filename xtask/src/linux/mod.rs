@@ -16,6 +16,7 @@ pub mod dtb;
 pub mod fetch;
 pub mod hypboots;
 pub mod layout;
+pub mod netload;
 pub mod qemunet;
 
 use std::{
@@ -815,10 +816,15 @@ pub fn hyp_guest_files(
 }
 
 /// Fetches (or takes from the cache) the kernel and busybox, builds the initramfs
-/// (`guest_init` as its workload, else [`HYP_WORKLOAD`]) and one device tree per guest,
-/// and places `guests` Linux guests for the hypervisor: guest k (on core
-/// `smp - guests + k`) at [`HYP_LINUX_PHYS`] + k * 512 MiB.
-pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<HypGuests> {
+/// (`guest_init` as its workload, else `workload`, e.g. [`HYP_WORKLOAD`]) and one device
+/// tree per guest, and places `guests` Linux guests for the hypervisor: guest k (on
+/// core `smp - guests + k`) at [`HYP_LINUX_PHYS`] + k * 512 MiB.
+pub fn hyp_guests(
+    smp: u32,
+    guests: u32,
+    guest_init: Option<&Path>,
+    workload: &str,
+) -> Result<HypGuests> {
     if guests == 0 || guests > smp {
         bail!("--linux-guests {guests}: between 1 and the core count ({smp})");
     }
@@ -830,7 +836,7 @@ pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<Hy
     let workload = if script.is_some() {
         GUEST_INIT_WORKLOAD
     } else {
-        HYP_WORKLOAD
+        workload
     };
     let (fetched, files) = hyp_guest_files(&out, "initrd-hyp.gz", workload, script.as_deref())?;
     let first_core = smp - guests;
@@ -864,6 +870,17 @@ pub fn hyp_guests(smp: u32, guests: u32, guest_init: Option<&Path>) -> Result<Hy
         loader,
         memory: format!("{memory_mib}M"),
     })
+}
+
+/// The Linux guests of `cargo xtask run --scenario linux-net` on `smp` cores: one on
+/// every core but core 0 (the smoltcp partition's), each running the
+/// [`netload`] workload with `bytes` per transfer (or `guest_init`).
+pub fn net_guests(smp: u32, bytes: u64, guest_init: Option<&Path>) -> Result<HypGuests> {
+    if smp < 2 {
+        bail!("--scenario linux-net needs 2 cores or more (the smoltcp partition and a guest)");
+    }
+    let workload = netload::NetPlan::linux_net(smp, bytes).workload()?;
+    hyp_guests(smp, smp - 1, guest_init, &workload)
 }
 
 #[cfg(test)]
