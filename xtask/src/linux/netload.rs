@@ -14,15 +14,16 @@
 //! 2. eth0's addresses (`accept_dad` 0 first: busybox `ip` has no `nodad`, and a
 //!    tentative address would not answer for a second), 16 MiB (or [`NetPlan::bytes`])
 //!    of `/dev/urandom` and its sha256;
-//! 3. waits until every peer answers a ping and a ping6 (up to 120 s: the other guest
-//!    may still be booting);
+//! 3. waits until every peer answers a ping and a ping6 (up to [`WAIT_S`] for all: the
+//!    other guest may still be booting);
 //! 4. `ping` and `ping6` of each peer, [`NetPlan::pings`] requests each:
 //!    `iqdio-net: ping <ip> <received>/<sent>`;
 //! 5. the exchange with each smoltcp partition: [`ECHO_BYTES`] random bytes to its TCP
 //!    echo port, compared byte by byte (`cmp`) with what comes back:
 //!    `iqdio-net: smoltcp <ip> <bytes> bytes ok` (or `failed`);
 //! 6. the transfers: each guest sends its data to every other Linux guest with busybox
-//!    `nc` (again while the connection is refused), then its sha256 on the second port.
+//!    `nc` (again while the connection is refused, up to 10 times), then its sha256 on
+//!    the second port (a listener gives up after [`LISTEN_S`]).
 //!    Guests take turns in node order (one sends once everything from the guests before
 //!    it has arrived), so each transfer has the LAN to itself and its time is the
 //!    transfer's own: `iqdio-net: tcp to <ip> <bytes> bytes in <ms> ms`, from just
@@ -58,6 +59,13 @@ pub const SUM_PORT: u16 = 6000;
 pub const DEFAULT_BYTES: u64 = 16 << 20;
 /// The transfer size of the test boot.
 pub const TEST_BYTES: u64 = 1 << 20;
+/// Seconds a guest waits for all its peers to answer (the other guests may still be
+/// booting).
+pub const WAIT_S: u32 = 120;
+/// Seconds a listener waits for its data: a sender that never comes (its guest failed)
+/// ends the listener, not the whole workload. Past any transfer's need, short of the
+/// hypervisor's 400 s limit of a run.
+pub const LISTEN_S: u32 = 300;
 /// The transfer size's unit (`dd` block size).
 const BLOCK: u64 = 4096;
 
@@ -172,6 +180,8 @@ impl NetPlan {
              DATA_PORT={DATA_PORT}\n\
              SUM_PORT={SUM_PORT}\n\
              PINGS={pings}\n\
+             WAIT_S={WAIT_S}\n\
+             LISTEN_S={LISTEN_S}\n\
              {SCRIPT}",
             smoltcp = smoltcp.join(" "),
             bytes = self.bytes,
@@ -194,9 +204,9 @@ size() {
     n=$(wc -c < "$1" 2>/dev/null)
     echo $((${n:-0}))
 }
-# `ping` or `ping6` ($1) $2 until it answers (its neighbour entry resolved), for 120 s.
+# `ping` or `ping6` ($1) $2 until it answers (its neighbour entry resolved), until
+# $until (ms of uptime).
 wait_for() {
-    until=$(($(now_ms) + 120000))
     while [ "$(now_ms)" -lt $until ]; do
         $1 -c 1 -W 1 "$2" > /dev/null 2>&1 && return 0
     done
@@ -209,7 +219,7 @@ ping_peer() {
         sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\2\/\1/p')
     echo "iqdio-net: $1 $2 ${counts:-0/$PINGS}"
 }
-# nc to $1 port $2 from file $3 into file $4, again (up to 30 times) while it fails to
+# nc to $1 port $2 from file $3 into file $4, again (up to 10 times) while it fails to
 # connect; t0 and t1 bracket the run that succeeded.
 send() {
     tries=0
@@ -220,7 +230,7 @@ send() {
             return 0
         fi
         tries=$((tries + 1))
-        if [ $tries -ge 30 ]; then
+        if [ $tries -ge 10 ]; then
             echo "iqdio-guest: linux-net: nc $1 $2 failed $tries times"
             return 1
         fi
@@ -247,9 +257,9 @@ netload() {
     for n in $LINUX_NODES; do
         k=$(field $n 1)
         [ $k = $me ] && continue
-        nc -l -p $((DATA_PORT + k)) < /tmp/hold > /tmp/from.$k &
+        timeout $LISTEN_S nc -l -p $((DATA_PORT + k)) < /tmp/hold > /tmp/from.$k &
         eval "data_pid_$k=\$!"
-        nc -l -p $((SUM_PORT + k)) < /tmp/hold > /tmp/sum.$k &
+        timeout $LISTEN_S nc -l -p $((SUM_PORT + k)) < /tmp/hold > /tmp/sum.$k &
         eval "sum_pid_$k=\$!"
     done
     echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
@@ -271,6 +281,7 @@ netload() {
         peers4="$peers4 $(field $n 2)"
         peers6="$peers6 $(field $n 3)"
     done
+    until=$(($(now_ms) + WAIT_S * 1000))
     for a in $peers4; do wait_for ping $a; done
     for a in $peers6; do wait_for ping6 $a; done
     for a in $peers4; do ping_peer ping $a; done
