@@ -486,6 +486,10 @@ mod tests {
         assert_eq!((t.ping6, t.ping6_lines), ([8, 10], 2));
         assert_eq!((t.sent_lines, t.sent_bytes), (1, 16 << 20));
         assert_eq!(t.sent[0], Some((addr("10.0.0.3"), 16 << 20, 8000)));
+        assert_eq!(
+            t.sent[0].map(|(a, ..)| a.as_str().to_string()).as_deref(),
+            Some("10.0.0.3")
+        );
         assert_eq!((t.received_ok, t.received_mismatch), (1, 0));
         assert_eq!((t.smoltcp_ok, t.smoltcp_bytes), (1, 1 << 20));
         assert_eq!(t.malformed, 1);
