@@ -15,10 +15,13 @@
 //! listens on a loopback port chosen at run time, the second connects once the port is
 //! listening (QEMU's `net/socket.c`: Ethernet frames over one TCP stream, each behind
 //! its 4-byte length). Both QEMUs are killed on every path out (a guard each), and a
-//! run has a time limit.
+//! run has a time limit. The guests run the linux-net workload ([`super::netload`],
+//! generated for the two Linux guests alone: there is no smoltcp partition here), so
+//! they configure, find each other, ping, and take turns sending exactly as under the
+//! hypervisor.
 //!
-//! **The iqdio side.** `cargo xtask run --scenario linux-net` (the same executable,
-//! as a child process), whose guests run the same workload over the fabric.
+//! **The iqdio side.** `cargo xtask run --scenario linux-net --net-bytes B` (the same
+//! executable, as a child process), whose guests run that workload over the fabric.
 //!
 //! **The figure.** Each side's guests print the contract's
 //! `iqdio-net: tcp to <ip> <bytes> bytes in <ms> ms` line, measured by the sending
@@ -48,6 +51,7 @@ use super::{
     guest_boot, hyp_guest_files,
     hypboots::{VIRTIO_NET_MTU, virtio_net_mac},
     layout::Placement,
+    netload::{NetNode, NetPlan},
     out_dir,
 };
 use crate::qemu;
@@ -288,63 +292,25 @@ fn run_pair(boot: &GuestBoot, stub: &Path, mtu: u32, timeout: Duration) -> Resul
     })
 }
 
-/// What the QEMU side's guests run (shell lines; the workload of the `/init`).
-pub fn workload(bytes: u64) -> String {
-    TRANSFER.replace("@BYTES@", &bytes.to_string())
+/// What the QEMU side's guests run: the linux-net workload ([`NetPlan::workload`]) of
+/// the two Linux guests alone (no smoltcp partition on this LAN).
+pub fn plan(bytes: u64) -> NetPlan {
+    NetPlan {
+        linux: CORES
+            .iter()
+            .map(|&k| NetNode::linux_guest(k as u8))
+            .collect(),
+        smoltcp: Vec::new(),
+        ..NetPlan::linux_net(3, bytes)
+    }
 }
-
-/// The transfer part of the linux-net workload (the contract's lines): each guest
-/// finds its core from its MAC, configures its address, sends `@BYTES@` random bytes
-/// to the other and receives as many, then compares the checksum the sender sent.
-const TRANSFER: &str = r#"mac=$(cat /sys/class/net/eth0/address)
-k=$((0x${mac##*:}))
-me=10.0.0.$((k + 1))
-if [ "$k" = 1 ]; then peer=10.0.0.3; else peer=10.0.0.2; fi
-echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
-ip addr add $me/24 dev eth0
-ip link set eth0 up
-ms() { read -r up rest < /proc/uptime; echo $(( ${up%.*} * 1000 + 10 * (1${up#*.} - 100) )); }
-dd if=/dev/urandom of=/tmp/out bs=65536 count=$((@BYTES@ / 65536)) 2> /dev/null
-sum=$(sha256sum < /tmp/out)
-# A listener's stdin stays open (a FIFO this shell holds): at its EOF busybox nc would
-# half-close the connection, and the sender's nc exits when it reads that, before it
-# has sent everything.
-mkfifo /tmp/hold
-exec 3<> /tmp/hold
-nc -l -p 5001 <&3 > /tmp/in &
-data=$!
-nc -l -p 5002 <&3 > /tmp/in.sha &
-shasum=$!
-i=0
-until ping -c 1 -W 1 $peer > /dev/null 2>&1 || [ $i -ge 60 ]; do i=$((i + 1)); done
-n=0
-while [ $n -lt 100 ]; do
-    t0=$(ms)
-    if nc $peer 5001 < /tmp/out; then
-        t1=$(ms)
-        echo "iqdio-net: tcp to $peer $(wc -c < /tmp/out) bytes in $((t1 - t0)) ms"
-        break
-    fi
-    n=$((n + 1))
-    sleep 1
-done
-n=0
-until echo "${sum%% *}" | nc $peer 5002 || [ $n -ge 100 ]; do n=$((n + 1)); sleep 1; done
-wait $data
-wait $shasum
-got=$(sha256sum < /tmp/in)
-got=${got%% *}
-if [ "$got" = "$(cat /tmp/in.sha)" ]; then verdict=ok; else verdict=mismatch; fi
-echo "iqdio-net: tcp from $peer $(wc -c < /tmp/in) bytes sha256 $got $verdict"
-echo "iqdio-net: done"
-"#;
 
 /// The QEMU side: builds the initramfs around the workload and the guests' tree, boots
 /// the pair, and returns its run and the side its lines give.
 pub fn measure_qemu(bytes: u64, mtu: u32, timeout: Duration) -> Result<(PairRun, Result<Side>)> {
     qemu::ensure_installed()?;
     let out = out_dir().join("qemu-net");
-    let (fetched, files) = hyp_guest_files(&out, "initrd.gz", &workload(bytes), None)?;
+    let (fetched, files) = hyp_guest_files(&out, "initrd.gz", &plan(bytes).workload()?, None)?;
     // No stage 2: each guest's window is its QEMU's own RAM, at the bare boot's base.
     let boot = guest_boot(0, Placement::identity(BARE_BASE), &files, &out)?;
     let stub = out.join("boot-stub.bin");
@@ -419,11 +385,11 @@ pub struct IqdioRun {
 pub fn measure_iqdio(bytes: u64, timeout: Duration) -> Result<(IqdioRun, Result<Side>)> {
     let start = Instant::now();
     let exe = std::env::current_exe().context("this executable's path")?;
-    let timeout = timeout.as_secs().to_string();
+    let (bytes_arg, timeout) = (bytes.to_string(), timeout.as_secs().to_string());
     let args: Vec<&str> = IQDIO_RUN
         .iter()
         .copied()
-        .chain(["--timeout", &timeout])
+        .chain(["--net-bytes", &bytes_arg, "--timeout", &timeout])
         .collect();
     eprintln!("xtask: linux-net: cargo xtask {}", args.join(" "));
     let mut child = ChildTree(
@@ -727,19 +693,17 @@ mod tests {
     }
 
     #[test]
-    fn the_workload_sends_the_size_asked_and_prints_the_contract_lines() {
-        let w = workload(1 << 20);
-        assert!(w.contains("count=$((1048576 / 65536))"));
-        assert!(!w.contains("@BYTES@"));
-        for line in [
-            "echo \"iqdio-net: tcp to $peer ",
-            "echo \"iqdio-net: tcp from $peer ",
-            "echo \"iqdio-net: done\"",
-        ] {
-            assert!(w.contains(line), "{line}");
+    fn the_qemu_guests_run_linux_nets_workload_without_the_smoltcp_partition() {
+        let plan = plan(1 << 20);
+        let scenario = NetPlan::linux_net(3, 1 << 20);
+        assert_eq!(plan.linux, scenario.linux);
+        assert!(plan.smoltcp.is_empty());
+        assert_eq!((plan.bytes, plan.pings), (scenario.bytes, scenario.pings));
+        // The MACs the QEMU devices get are the nodes' own.
+        for (node, core) in plan.linux.iter().zip(CORES) {
+            assert_eq!(node.mac_text(), virtio_net_mac(core));
+            assert_eq!(node.ipv4.to_string(), guest_ip(core));
         }
-        // Listeners first, then the sends.
-        assert!(w.find("nc -l -p 5001").unwrap() < w.find("nc $peer 5001").unwrap());
     }
 
     fn details() -> Value {
