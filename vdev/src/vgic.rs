@@ -652,6 +652,36 @@ impl Vgic {
         ))
     }
 
+    /// A list register that still holds an interrupt (`lr`, read back from the hardware
+    /// at a trap): if the model latched the same interrupt again meanwhile, the value to
+    /// write back so the new edge is not lost, and the latch is consumed.
+    ///
+    /// The case this exists for: the guest's timer fires again while the guest is still
+    /// in its handler for the previous tick (it re-armed a deadline that passed before
+    /// its EOI, which TCG makes common). EL2 masks the timer and raises 27, but 27's LR
+    /// is active, so the raise stays in the model; the guest's EOI then empties the LR
+    /// without a trap, and with the timer masked and the guest in WFI nothing brings EL2
+    /// back to inject it: the guest sleeps for ever. Here an active LR becomes pending
+    /// and active (state 0b11, IHI 0069 12.4.6), so the guest takes the interrupt again
+    /// right after its EOI; a pending one absorbs the edge (two edges before the guest
+    /// acknowledged the first are one interrupt, as on a physical GIC). `None` when
+    /// nothing was latched, the LR is invalid, or it has HW = 1 (pending and active is
+    /// not allowed then; the physical GIC re-signals such interrupts itself).
+    pub fn merge_pending(&mut self, lr: u64) -> Option<u64> {
+        let intid = lr_vintid(lr);
+        let state = lr_state(lr);
+        if intid >= INTID_LIMIT
+            || state == 0
+            || ICH_LR0_EL2::HW.is_set(lr)
+            || !bit(&self.in_lr, intid)
+            || !bit(&self.pending, intid)
+        {
+            return None;
+        }
+        set_bit(&mut self.pending, intid, false);
+        Some((lr & !ICH_LR0_EL2::State::SET.value) | ICH_LR0_EL2::State::PendingAndActive.value)
+    }
+
     /// An LR the hardware emptied (its state read 00 in ICH_ELRSR_EL2 after the guest's
     /// EOI): its vINTID may be injected again. `lr` is the value read back from the LR.
     pub fn lr_retired(&mut self, lr: u64) {
@@ -876,6 +906,38 @@ mod tests {
         );
         gic.lr_retired(lr & !(3 << 62));
         assert_eq!(gic.next_lr(), Some(lr));
+    }
+
+    #[test]
+    fn a_tick_raised_while_its_lr_is_active_becomes_pending_and_active() {
+        let mut gic = Vgic::new(MPIDR0);
+        linux_boot(&mut gic);
+        gic.raise(VTIMER_PPI).unwrap();
+        let lr = gic.next_lr().unwrap();
+        // Nothing latched: nothing to merge.
+        assert_eq!(gic.merge_pending(lr), None);
+        // The guest acknowledged it (active), then the timer fired again.
+        let active = (lr & !(3 << 62)) | (2 << 62);
+        gic.raise(VTIMER_PPI).unwrap();
+        let merged = gic.merge_pending(active).unwrap();
+        assert_eq!(lr_state(merged), 3);
+        assert_eq!(
+            merged & !(3 << 62),
+            lr & !(3 << 62),
+            "only the state changes"
+        );
+        assert!(!gic.is_pending(VTIMER_PPI), "the latch is consumed");
+        assert_eq!(gic.merge_pending(merged), None);
+        // Raised again while still pending in its LR: absorbed, not a second interrupt.
+        gic.raise(VTIMER_PPI).unwrap();
+        assert_eq!(lr_state(gic.merge_pending(lr).unwrap()), 3);
+        assert!(!gic.is_pending(VTIMER_PPI));
+        // An emptied LR or a hardware one is left alone.
+        gic.raise(VTIMER_PPI).unwrap();
+        assert_eq!(gic.merge_pending(lr & !(3 << 62)), None);
+        gic.set_hardware(VTIMER_PPI, true).unwrap();
+        assert_eq!(gic.merge_pending(active | (1 << 61)), None);
+        assert!(gic.is_pending(VTIMER_PPI));
     }
 
     #[test]

@@ -54,7 +54,7 @@ use iqdio_vdev::virtio_net::{
 };
 use iqdio_vdev::vpl011::Pl011;
 
-use super::vgic::{LIST_REGISTERS, empty_list_registers, write_lr};
+use super::vgic::{LIST_REGISTERS, empty_list_registers, read_lr, write_lr};
 use super::{RUNNING_LPAR, SCTLR_EL1_RESET, SPSR_EL1H_MASKED, parse, set_sctlr_el1, stage2, vmid};
 use crate::board::{self, KIND_IRQ, KIND_SYNC, LEAVE, MAX_CORES, RESUME, VcpuRegs};
 
@@ -563,13 +563,22 @@ pub(crate) fn guest_exit(core: usize, regs: &mut VcpuRegs, kind: u64) -> u64 {
     RESUME
 }
 
-/// Retires the list registers the guest emptied and fills free ones from the model.
+/// Retires the list registers the guest emptied, adds an interrupt raised again while
+/// its register is still held to that register ([`Vgic::merge_pending`]: else the
+/// guest's EOI would empty it without a trap and the new edge would wait for a trap
+/// that may never come), and fills free ones from the model.
 fn refill(g: &mut Guest) {
     let empty = empty_list_registers();
     for (n, lr) in g.lrs.iter_mut().enumerate() {
-        if empty & (1 << n) != 0 && *lr != 0 {
+        if *lr == 0 {
+            continue;
+        }
+        if empty & (1 << n) != 0 {
             g.vgic.lr_retired(*lr);
             *lr = 0;
+        } else if let Some(v) = g.vgic.merge_pending(read_lr(n)) {
+            write_lr(n, v);
+            *lr = v;
         }
     }
     for n in 0..LIST_REGISTERS {
