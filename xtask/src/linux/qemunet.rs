@@ -79,8 +79,10 @@ pub struct TcpTo {
     pub ms: u64,
 }
 
-/// The line prefix of the contract.
+/// The sender's line of the contract.
 const TCP_TO: &str = "iqdio-net: tcp to ";
+/// The receiver's line of the contract.
+const TCP_FROM: &str = "iqdio-net: tcp from ";
 
 /// Parses a `tcp to` line anywhere in a console line (the hypervisor puts
 /// `partition N: ` before a guest's lines).
@@ -108,16 +110,18 @@ pub struct Side {
 }
 
 impl Side {
-    /// The side from its console lines.
+    /// The side from its console lines: for each direction its sender's `tcp to` line
+    /// and its receiver's `tcp from <sender> <bytes> bytes sha256 <hex> ok` (a transfer
+    /// that arrived damaged or short does not count).
     pub fn from_lines<S: AsRef<str>>(lines: &[S], bytes: u64) -> Result<Self> {
         let found: Vec<TcpTo> = lines.iter().filter_map(|l| tcp_to(l.as_ref())).collect();
-        let one = |core: u32| -> Result<TcpTo> {
-            let ip = guest_ip(core);
-            let mut to = found.iter().filter(|t| t.to == ip);
-            let Some(t) = to.next() else {
+        let one = |from: u32, to: u32| -> Result<TcpTo> {
+            let (from, ip) = (guest_ip(from), guest_ip(to));
+            let mut sent = found.iter().filter(|t| t.to == ip);
+            let Some(t) = sent.next() else {
                 bail!("no `{TCP_TO}{ip}` line");
             };
-            if to.next().is_some() {
+            if sent.next().is_some() {
                 bail!("more than one `{TCP_TO}{ip}` line");
             }
             if t.bytes != bytes || t.ms == 0 {
@@ -127,10 +131,20 @@ impl Side {
                     t.ms
                 );
             }
+            let arrived = format!("{TCP_FROM}{from} {bytes} bytes sha256 ");
+            if !lines.iter().any(|l| {
+                let l = l.as_ref();
+                l.find(&arrived)
+                    .is_some_and(|at| l[at + arrived.len()..].ends_with(" ok"))
+            }) {
+                bail!(
+                    "{ip} did not report {bytes} bytes from {from} with the sender's sha256 (`{arrived}<hex> ok`)"
+                );
+            }
             Ok(t.clone())
         };
         Ok(Self {
-            directions: [one(CORES[1])?, one(CORES[0])?],
+            directions: [one(CORES[0], CORES[1])?, one(CORES[1], CORES[0])?],
         })
     }
 
@@ -604,10 +618,12 @@ mod tests {
         }
     }
 
-    const BOTH: [&str; 3] = [
+    const BOTH: [&str; 5] = [
         "iqdio-net: tcp to 10.0.0.3 1000 bytes in 500 ms",
         "[    3.1] random kernel line",
+        "partition 2: iqdio-net: tcp from 10.0.0.2 1000 bytes sha256 ab12 ok",
         "iqdio-net: tcp to 10.0.0.2 1000 bytes in 250 ms",
+        "iqdio-net: tcp from 10.0.0.3 1000 bytes sha256 cd34 ok",
     ];
 
     #[test]
@@ -624,13 +640,33 @@ mod tests {
     }
 
     #[test]
-    fn a_side_with_a_missing_short_or_doubled_direction_is_refused() {
-        assert!(Side::from_lines(&BOTH[..2], 1000).is_err());
+    fn a_side_with_a_missing_short_doubled_or_damaged_direction_is_refused() {
+        let without = |i: usize| {
+            let mut lines = BOTH.to_vec();
+            lines.remove(i);
+            lines
+        };
+        assert!(Side::from_lines(&without(0), 1000).is_err());
+        assert!(Side::from_lines(&without(3), 1000).is_err());
+        // Each receiver's confirmation is needed.
+        assert!(Side::from_lines(&without(2), 1000).is_err());
+        assert!(Side::from_lines(&without(4), 1000).is_err());
         assert!(Side::from_lines(&BOTH, 2000).is_err());
-        let doubled = [BOTH[0], BOTH[0], BOTH[2]];
+        let doubled = [BOTH.to_vec(), vec![BOTH[0]]].concat();
         assert!(Side::from_lines(&doubled, 1000).is_err());
-        let zero = [BOTH[0], "iqdio-net: tcp to 10.0.0.2 1000 bytes in 0 ms"];
-        assert!(Side::from_lines(&zero, 1000).is_err());
+        let swap = |from: &str, to: &str| -> Vec<String> {
+            BOTH.iter().map(|l| l.replace(from, to)).collect()
+        };
+        assert!(Side::from_lines(&swap("250 ms", "0 ms"), 1000).is_err());
+        assert!(Side::from_lines(&swap("cd34 ok", "cd34 mismatch"), 1000).is_err());
+        assert!(
+            Side::from_lines(
+                &swap("10.0.0.3 1000 bytes sha256", "10.0.0.3 999 bytes sha256"),
+                1000
+            )
+            .is_err()
+        );
+        assert!(Side::from_lines(&swap("nothing", "nothing"), 1000).is_ok());
     }
 
     #[test]
