@@ -7,9 +7,10 @@
 //!
 //! (a) registration and deregistration against a concurrent send, and a registration
 //!     that a write-multiple lets in between its buffers;
-//! (b) the fabric setting the completion vector against the receiver's reset-and-poll,
-//!     and against a receiver that stops polling: the receiver either takes the frame,
-//!     whole, or gets an interrupt;
+//! (b) the fabric setting the completion vector against the receiver's reset-and-poll
+//!     (whose reset reads first and writes only a byte it found set), and against a
+//!     receiver that stops polling: the receiver either takes the frame, whole, or
+//!     gets an interrupt, or finds the summary still set at its next poll;
 //! (c) two partitions sending to each other at once: no deadlock;
 //! (d) the completion queue: a pending buffer's delivery (at the sender's next SIGA or
 //!     the tick) against the receiver's refill, delivered and completed exactly once;
@@ -226,6 +227,49 @@ fn reset_and_poll_never_loses_initiative() {
             match got.as_slice() {
                 [] => assert!(raised, "the receiver would sleep on a frame"),
                 [frame] => assert_eq!(frame, &[1, 2, 3]),
+                more => panic!("unexpected frames {more:?}"),
+            }
+        });
+    }
+}
+
+/// The receiver's poll reads each indicator byte before it resets it and writes
+/// nothing when it reads 0 (`IndicatorByte::reset`). One poll against two sends in a
+/// row: every frame the poll did not take is still announced, by an interrupt raised
+/// since, or by the global summary byte left set for the next poll. A poll that read
+/// 0 while the first send's set was already in the byte must not turn the second
+/// send's "summary pending, no interrupt" into a lost wake-up. With the summary idle,
+/// and left pending by earlier work.
+#[test]
+fn a_poll_that_reads_zero_writes_nothing_and_loses_nothing() {
+    for pending in [false, true] {
+        model(move || {
+            let fab = new_fabric();
+            let mut a = part_with(&fab, 1, 2);
+            let mut b = part(&fab, 2);
+            if pending {
+                a.q.send(&fab.port(1), v4(2, 0), &[7]).unwrap();
+                assert_eq!(take_all(&mut b), vec![vec![7]]);
+            }
+            let raised_before = fab.platform().raised[2].load(Ordering::SeqCst);
+            let f = fab.clone();
+            let sender = loom::thread::spawn(move || {
+                a.q.send(&f.port(1), v4(2, 0), &[1]).unwrap();
+                a.q.send(&f.port(1), v4(2, 0), &[2]).unwrap();
+                a
+            });
+            b.ind.take();
+            b.q.take_initiative();
+            let got = take_all(&mut b);
+            let _a = sender.join().unwrap();
+            let raised = fab.platform().raised[2].load(Ordering::SeqCst) > raised_before;
+            let frames: Vec<&[u8]> = got.iter().map(Vec::as_slice).collect();
+            match frames.as_slice() {
+                [[1], [2]] => {}
+                [] | [[1]] => assert!(
+                    raised || b.ind.pending(),
+                    "a frame neither taken nor announced: {got:?}"
+                ),
                 more => panic!("unexpected frames {more:?}"),
             }
         });
