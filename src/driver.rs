@@ -277,6 +277,7 @@ impl Dest {
     }
 
     /// The next hop the frame header names.
+    #[inline]
     pub const fn next_hop(&self) -> IpAddr {
         match *self {
             Self::Unicast(ip) | Self::Group(ip) => ip,
@@ -286,6 +287,7 @@ impl Dest {
     }
 
     /// The cast type the frame header names.
+    #[inline]
     pub const fn cast(&self) -> CastType {
         match self {
             Self::Unicast(_) => CastType::Unicast,
@@ -324,6 +326,7 @@ impl Dest {
 }
 
 impl From<IpAddr> for Dest {
+    #[inline]
     fn from(ip: IpAddr) -> Self {
         Self::of(ip)
     }
@@ -669,6 +672,7 @@ impl TxQueue {
         self.ring[usize::from(n) % QUEUE_BUFFERS]
     }
 
+    #[inline]
     fn state(&self, n: u8) -> SlsbState {
         SlsbState(QueueDriver::state(&self.slsb, n, Ordering::Acquire))
     }
@@ -961,6 +965,7 @@ impl QueueDriver {
     /// The output queue a frame to `dest` goes on: queue 0 for unicast, the multicast
     /// queue for the rest ([`DriverError::NoMulticastQueue`] without one), and
     /// [`DriverError::InvalidDest`] for a destination not of its kind.
+    #[inline]
     pub fn queue_for(&self, dest: &Dest) -> Result<u8, DriverError> {
         if self.cfg.layer2 {
             return Err(DriverError::WrongLayer);
@@ -978,6 +983,7 @@ impl QueueDriver {
     /// Whether a frame to `dest` may go on output queue `q`: the queue exists, and a
     /// multicast, broadcast or anycast frame goes on the multicast queue only (the
     /// fabric refuses it on a unicast queue, 0x27); unicast may go on any.
+    #[inline]
     fn check_queue(&self, q: u8, dest: &Dest) -> Result<(), DriverError> {
         if self.cfg.layer2 {
             return Err(DriverError::WrongLayer);
@@ -994,10 +1000,12 @@ impl QueueDriver {
         Ok(())
     }
 
+    #[inline]
     fn txq(&self, q: u8) -> Result<&TxQueue, DriverError> {
         self.tx.get(usize::from(q)).ok_or(DriverError::InvalidDest)
     }
 
+    #[inline]
     fn txq_mut(&mut self, q: u8) -> Result<&mut TxQueue, DriverError> {
         self.tx
             .get_mut(usize::from(q))
@@ -1021,10 +1029,12 @@ impl QueueDriver {
         self.in_ring[usize::from(n) % QUEUE_BUFFERS]
     }
 
+    #[inline]
     fn state(slsb: &Chunk, n: u8, order: Ordering) -> u8 {
         slsb.mem.load(usize::from(n) % QUEUE_BUFFERS, order)
     }
 
+    #[inline]
     fn set_state(slsb: &Chunk, n: u8, s: SlsbState, order: Ordering) {
         slsb.mem.store(usize::from(n) % QUEUE_BUFFERS, s.0, order);
     }
@@ -1665,6 +1675,7 @@ impl QueueDriver {
     }
 
     /// Buffers primed since the last SIGA, over every output queue.
+    #[inline]
     fn primed_total(&self) -> usize {
         self.tx.iter().map(|tq| usize::from(tq.primed)).sum()
     }
@@ -1779,6 +1790,7 @@ impl QueueDriver {
     }
 
     /// The QAOB of output buffer `n` of queue `q`, when that queue sends with WRITEQ.
+    #[inline]
     fn qaob_index(&self, q: u8, n: u8) -> Option<usize> {
         if !self.uses_writeq(q) {
             return None;
