@@ -668,6 +668,7 @@ impl Vgic {
     /// nothing was latched, the LR is invalid, or it has HW = 1 (pending and active is
     /// not allowed then; the physical GIC re-signals such interrupts itself).
     pub fn merge_pending(&mut self, lr: u64) -> Option<u64> {
+        const LR_STATE_ACTIVE: u8 = 0b10;
         let intid = lr_vintid(lr);
         let state = lr_state(lr);
         if intid >= INTID_LIMIT
@@ -679,7 +680,13 @@ impl Vgic {
             return None;
         }
         set_bit(&mut self.pending, intid, false);
-        Some((lr & !ICH_LR0_EL2::State::SET.value) | ICH_LR0_EL2::State::PendingAndActive.value)
+        // Only an active LR takes the edge as pending and active. A pending one (or one
+        // pending and active already) absorbs it: the CPU interface signals only LRs
+        // in state pending (QEMU's `hppvi_index` skips any other), so a pending LR made
+        // pending and active would never be taken, its interrupt lost for good.
+        (state == LR_STATE_ACTIVE).then_some(
+            (lr & !ICH_LR0_EL2::State::SET.value) | ICH_LR0_EL2::State::PendingAndActive.value,
+        )
     }
 
     /// An LR the hardware emptied (its state read 00 in ICH_ELRSR_EL2 after the guest's
@@ -928,9 +935,10 @@ mod tests {
         );
         assert!(!gic.is_pending(VTIMER_PPI), "the latch is consumed");
         assert_eq!(gic.merge_pending(merged), None);
-        // Raised again while still pending in its LR: absorbed, not a second interrupt.
+        // Raised again while still pending in its LR: absorbed, not a second interrupt,
+        // and the LR left pending (pending and active would never be signalled).
         gic.raise(VTIMER_PPI).unwrap();
-        assert_eq!(lr_state(gic.merge_pending(lr).unwrap()), 3);
+        assert_eq!(gic.merge_pending(lr), None);
         assert!(!gic.is_pending(VTIMER_PPI));
         // An emptied LR or a hardware one is left alone.
         gic.raise(VTIMER_PPI).unwrap();
