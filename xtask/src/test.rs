@@ -311,13 +311,14 @@ fn linux_boots(tally: &mut Tally) -> Result<()> {
                     .join("test-guest-init.sh");
                 std::fs::create_dir_all(script.parent().unwrap_or(&script))?;
                 std::fs::write(&script, boot.script)?;
-                let guests = linux::hyp_guests(boot.smp, 1, Some(&script), linux::HYP_WORKLOAD)?;
+                let guests =
+                    linux::hyp_guests(boot.smp, boot.guests, Some(&script), linux::HYP_WORKLOAD)?;
                 Ok((
                     guests,
                     &[("IQDIO_SCENARIO", "linux"), ("IQDIO_FRAMES", "200")],
                 ))
             },
-            |run| (boot.check)(run, boot.smp),
+            |run| (boot.check)(run, boot.smp, boot.guests),
         )?;
     }
     let (smp, bytes) = (3, linux::netload::TEST_BYTES);

@@ -33,15 +33,20 @@
 //! `linux panicked` when its console said `Kernel panic`): a restart would need a
 //! pristine copy of the Image, which the running kernel has overwritten.
 //!
-//! **The network device** (issue 16, first step): a virtio-net device over MMIO
-//! (`vdev::virtio_net`, virtio 1.2 §4.2 and §5.1) with MAC `02:49:51:44:00:<LPAR id>`
-//! ("IQD", locally administered) and the MTU the fabric's MFS leaves ([`vnet_mtu`]). Its
-//! rings are read and written through [`GuestRam`], the guest's window as the
-//! hypervisor maps it (`board::layout::LINUX_WINDOWS`), every access checked against
-//! the window. Its interrupt is SPI 47 (INTID 79), made pending in the vGIC whenever
-//! the device asks for one. The rings are not yet the guest's queue set on the fabric:
-//! a transmitted frame is checked, counted as not sent and its buffer returned; the
-//! receive buffers the driver posts stay posted (nothing arrives).
+//! **The network device** (issue 16): a virtio-net device over MMIO (`vdev::virtio_net`,
+//! virtio 1.2 §4.2 and §5.1) with MAC `02:49:51:44:00:<LPAR id>` ("IQD", locally
+//! administered) and the MTU the fabric's MFS gives ([`vnet_mtu`]). Its rings are read
+//! and written through [`GuestRam`], the guest's window as the hypervisor maps it
+//! (`board::layout::LINUX_WINDOWS`), every access checked against the window. Its
+//! interrupt is SPI 47 (INTID 79), made pending in the vGIC whenever the device asks for
+//! one. **The rings are the guest's layer-2 queue set on the fabric** ([`super::vnet`]):
+//! the guest is a partition of the fabric whose memory is its RAM and a queue area of
+//! hypervisor memory its stage 2 never maps; a transmit notification becomes output
+//! SBALs whose elements are the frame's own buffers behind a `qeth_hdr_layer2` the
+//! hypervisor writes, and one SIGA for the guest; its posted receive buffers are the
+//! input queue's SBALs, which the fabric fills with one copy per frame, and its SGI
+//! makes the guest's core take them and raise SPI 47. The closing line counts both
+//! ways (`partition N: virtio-net ...`).
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -49,12 +54,11 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use iqdio_vdev::esr::{self, AbortKind, GuestContext, MmioAccess, Trap};
 use iqdio_vdev::psci::{self, Psci};
 use iqdio_vdev::vgic::Vgic;
-use iqdio_vdev::virtio_net::{
-    self as vnet, Completion, Effect, GuestMemory, OutsideWindow, Queue, VirtioNet,
-};
+use iqdio_vdev::virtio_net::{self as vnet, Effect, GuestMemory, OutsideWindow, Queue, VirtioNet};
 use iqdio_vdev::vpl011::Pl011;
 
 use super::vgic::{LIST_REGISTERS, empty_list_registers, read_lr, write_lr};
+use super::vnet::{FabricCounts, Wire, WireCounts};
 use super::{RUNNING_LPAR, SCTLR_EL1_RESET, SPSR_EL1H_MASKED, parse, set_sctlr_el1, stage2, vmid};
 use crate::board::{self, KIND_IRQ, KIND_SYNC, LEAVE, MAX_CORES, RESUME, VcpuRegs};
 
@@ -90,12 +94,19 @@ const VIRTIO: (u64, u64) = (0x0A00_3E00, vnet::WINDOW_SIZE);
 /// The device's interrupt: SPI 47 (the tree's `interrupts = <0 47 1>`).
 pub const VIRTIO_INTID: u32 = 32 + 47;
 
-/// The MTU the guest's device offers: the fabric's maximum frame size less the 32-byte
-/// `qeth_hdr_layer2` that shares the output SBAL's MFS budget and an Ethernet header
-/// with one 802.1Q tag (the device model accepts frames up to MTU + 18), capped at
-/// 65535 (the config field is 16 bits).
+/// The MTU the guest's device offers: the fabric's, MFS less 8 KiB (57344 with the
+/// default 64 KiB), as Linux's qeth gives a HiperSockets device
+/// (`qeth_get_mtu_outof_framesize`, `drivers/s390/net/qeth_core_main.c`), capped at
+/// 65535 (the config field is 16 bits). What a frame needs beyond it (a tagged
+/// Ethernet header, 18 bytes, and the 32-byte `qeth_hdr_layer2`) fits the MFS, and a
+/// whole frame fits the receive buffers Linux's `virtio_net` posts for it: with an MTU
+/// above 1500 it posts "big packets" (`add_recvbuf_big`, `drivers/net/virtio_net.c`),
+/// a 12-byte header descriptor, the rest of that page (4080 bytes) and whole pages,
+/// of which one input SBAL takes 15 elements after the header slot: 61 424 bytes,
+/// more than 57344 + 18. An MTU closer to the MFS would make the largest frames too big
+/// for the receiver's buffer, refused (0x04) on every try.
 pub const fn vnet_mtu() -> u16 {
-    let mtu = super::MFS.bytes() - iqdio::qdio::HEADER_SIZE - vnet::ETH_HLEN_VLAN as usize;
+    let mtu = super::MFS.mtu();
     if mtu > u16::MAX as usize {
         u16::MAX
     } else {
@@ -193,6 +204,8 @@ pub struct Report {
     pub idle_traps: Traps,
     /// Nanoseconds of that idle span.
     pub idle_ns: u64,
+    /// What its network device did (all zero without one).
+    pub net: NetReport,
 }
 
 impl Report {
@@ -226,6 +239,11 @@ impl GuestRam {
             pa,
             size,
         })
+    }
+
+    /// The window: its IPA, physical address and size.
+    pub fn bounds(&self) -> (u64, u64, u64) {
+        (self.ipa, self.pa, self.size)
     }
 
     /// The physical address of `[ipa, ipa + len)`, if it lies wholly in the window.
@@ -287,24 +305,43 @@ impl GuestMemory for GuestRam {
     }
 }
 
-/// What the guest's network device did, for its closing line.
+/// What the guest's network device did, for its closing line and the run's summary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetReport {
-    /// Transmit chains taken off the ring.
-    pub tx_chains: u64,
-    /// Frames among them that passed the device's checks but were not sent: the rings
-    /// are not on the fabric yet.
-    pub tx_unsent: u64,
-    /// Interrupts made pending in the vGIC.
-    pub interrupts: u64,
     /// Times the driver set DRIVER_OK (the device went live).
     pub live: u64,
+    /// Interrupts made pending in the vGIC.
+    pub interrupts: u64,
+    /// Its queue set on the fabric: frames sent, refused, delivered, ...
+    pub wire: WireCounts,
+    /// The fabric's own counters of its queue set, over every establishment:
+    /// `frames_received` are the copies the fabric made into its receive buffers.
+    pub fabric: FabricCounts,
+    /// Ring violations the device model counted (DEVICE_NEEDS_RESET).
+    pub bad_rings: u64,
 }
 
 struct Net {
     dev: VirtioNet,
     ram: GuestRam,
+    wire: Wire,
     report: NetReport,
+}
+
+impl Net {
+    /// Raises the device's interrupt for a new reason (a completion asked for one, or
+    /// InterruptStatus went from clear to set since `before`): one edge for the vGIC,
+    /// which latches it. A ring violation withdraws the queue set (no frame may land in
+    /// buffers the driver takes back at its reset).
+    fn settle(&mut self, vgic: &mut Vgic, before: bool, completion_wants_irq: bool) {
+        if self.dev.status() & vnet::S_DEVICE_NEEDS_RESET != 0 {
+            self.wire.withdraw(true);
+        }
+        if completion_wants_irq || (!before && self.dev.interrupt_pending()) {
+            self.report.interrupts += 1;
+            let _ = vgic.raise(VIRTIO_INTID);
+        }
+    }
 }
 
 struct Guest {
@@ -327,9 +364,11 @@ impl Guest {
     fn new(lpar: u8, index: usize) -> Self {
         let net = GuestRam::of_guest(index).and_then(|ram| {
             let dev = VirtioNet::new(vnet_mac(lpar), vnet_mtu()).ok()?;
+            let wire = Wire::new(lpar, usize::from(lpar), &ram)?;
             Some(Net {
                 dev,
                 ram,
+                wire,
                 report: NetReport::default(),
             })
         });
@@ -351,6 +390,7 @@ impl Guest {
                 ran_ns: 0,
                 idle_traps: Traps::default(),
                 idle_ns: 0,
+                net: NetReport::default(),
             },
             start_ns: 0,
             idle_from: None,
@@ -439,6 +479,16 @@ pub fn run(index: usize) -> Report {
         // SAFETY: on this core, IRQs masked; the reference ends with the closure.
         if let Some(g) = unsafe { guest(core) } {
             g.start_ns = board::now_ns();
+            // On the fabric from here on; the queue set comes at DRIVER_OK.
+            if let Some(net) = g.net.as_mut()
+                && let Err(e) = net.wire.attach()
+            {
+                defmt::error!(
+                    "partition {}: virtio-net: the fabric refused the partition: {=u16:#x}",
+                    lpar,
+                    e.code()
+                );
+            }
         }
     });
     // SAFETY: stage 2, VMID, HCR_EL2 and the EL1 reset state are set for this guest; a
@@ -468,12 +518,16 @@ pub fn run(index: usize) -> Report {
     critical_section::with(|_| {
         // SAFETY: on this core, IRQs masked; the guest no longer runs.
         let slot = unsafe { &mut *GUESTS.0[core].get() };
-        let Some(g) = slot.take() else {
+        let Some(mut g) = slot.take() else {
             return Report {
                 end: End::Stopped("lost its state"),
                 ..Guest::new(lpar, usize::MAX).report
             };
         };
+        if let Some(net) = g.net.as_mut() {
+            net.wire.detach();
+            g.report.net = net_report(net);
+        }
         let mut report = g.report;
         report.ran_ns = end_ns.saturating_sub(g.start_ns);
         if let Some((from, traps)) = g.idle_from {
@@ -558,6 +612,11 @@ pub(crate) fn guest_exit(core: usize, regs: &mut VcpuRegs, kind: u64) -> u64 {
     }
     // SAFETY: as above.
     if let Some(g) = unsafe { guest(core) } {
+        if let Some(net) = g.net.as_mut() {
+            let before = net.dev.interrupt_pending();
+            let wants = net.wire.service(&mut net.dev, &mut net.ram);
+            net.settle(&mut g.vgic, before, wants);
+        }
         refill(g);
     }
     RESUME
@@ -727,12 +786,7 @@ fn mmio(g: &mut Guest, regs: &mut VcpuRegs, access: MmioAccess, far: u64) -> boo
         } else {
             (net.dev.read(off, access.size), false)
         };
-        // A new reason to interrupt (InterruptStatus went from clear to set, or a
-        // completion asked for one): one edge for the vGIC, which latches it.
-        if completion_wants_irq || (!before && net.dev.interrupt_pending()) {
-            net.report.interrupts += 1;
-            let _ = g.vgic.raise(VIRTIO_INTID);
-        }
+        net.settle(&mut g.vgic, before, completion_wants_irq);
         raw
     } else {
         return reflect(g, regs, far, Some(ipa), AbortKind::Data);
@@ -751,44 +805,34 @@ fn mmio(g: &mut Guest, regs: &mut VcpuRegs, access: MmioAccess, far: u64) -> boo
 /// asked for a used buffer notification.
 fn device_effect(net: &mut Net, effect: Effect) -> bool {
     match effect {
-        Effect::Notify(Queue::Tx) => transmit(net),
-        // Receive buffers stay posted until frames arrive (nothing arrives yet); the
-        // device takes them off the ring when it has a frame for one.
-        Effect::Notify(Queue::Rx) => false,
-        Effect::Live => {
-            net.report.live += 1;
+        Effect::Notify(Queue::Tx) => net.wire.transmit(&mut net.dev, &mut net.ram),
+        Effect::Notify(Queue::Rx) => {
+            net.wire.post_rx(&mut net.dev, &mut net.ram);
             false
         }
-        // Nothing is held across traps yet: every transmit chain is completed in the
-        // notification that offered it, no receive chain is taken.
-        Effect::Reset | Effect::QueueStopped(_) | Effect::NeedsReset(_) | Effect::None => false,
+        Effect::Live => {
+            net.report.live += 1;
+            net.wire.establish();
+            net.wire.post_rx(&mut net.dev, &mut net.ram);
+            false
+        }
+        // The driver takes its buffers back: so does the fabric, first.
+        Effect::Reset | Effect::QueueStopped(_) | Effect::NeedsReset(_) => {
+            net.wire.withdraw(true);
+            false
+        }
+        Effect::None => false,
     }
 }
 
-/// Takes every available transmit chain, checks its frame and returns the chain. The
-/// frames are not sent anywhere yet (counted in [`NetReport::tx_unsent`]). At most one
-/// ring's worth per notification: the guest does not run meanwhile, so the ring cannot
-/// grow under the loop, but the bound does not depend on that.
-fn transmit(net: &mut Net) -> bool {
-    let mut raise = false;
-    for _ in 0..vnet::QUEUE_NUM_MAX {
-        let chain = match net.dev.pop(Queue::Tx, &mut net.ram) {
-            Ok(Some(chain)) => chain,
-            // An empty ring, or a violation (DEVICE_NEEDS_RESET is set and counted;
-            // the caller sees the config interrupt through `interrupt_pending`).
-            Ok(None) | Err(_) => break,
-        };
-        net.report.tx_chains += 1;
-        if net.dev.transmit(&chain, &net.ram).is_ok() {
-            net.report.tx_unsent += 1;
-        }
-        match net.dev.complete_transmit(chain, &mut net.ram) {
-            Ok(Completion::Interrupt) => raise = true,
-            Ok(_) => {}
-            Err(_) => break,
-        }
+/// The device's figures for the report.
+fn net_report(net: &Net) -> NetReport {
+    NetReport {
+        wire: net.wire.counts,
+        fabric: net.wire.fabric_counts(),
+        bad_rings: net.dev.violations().total(),
+        ..net.report
     }
-    raise
 }
 
 /// One line of the guest's console: printed with the partition's prefix, and watched
@@ -899,12 +943,16 @@ fn end(g: &mut Guest, how: End) -> bool {
         console_line(g, &mut copy[..n]);
     }
     g.report.end = how;
-    if let Some(net) = &g.net {
+    if let Some(net) = g.net.as_mut() {
+        // The guest is gone: so is its queue set, whose final counters the line gives.
+        net.wire.withdraw(false);
+        let r = net_report(net);
         let d = &net.dev;
         let m = d.mac();
         let ig = d.ignored();
+        let w = &r.wire;
         defmt::println!(
-            "partition {}: virtio-net {=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x} mtu {}, live {}, status {=u32:#x}, accesses {}, tx chains {} (not sent: not on the fabric yet {}), interrupts {}, bad rings {}, ignored accesses {}",
+            "partition {}: virtio-net {=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x}:{=u8:02x} mtu {}, live {}, status {=u32:#x}, accesses {}, tx chains {}, tx sent {}, tx refused {}, tx dropped {}, rx delivered {}, rx bad {}, rx discarded {}, copies {}, group copies {}, sigas {}, withdrawn {}, interrupts {}, bad rings {}, ignored accesses {}",
             g.lpar,
             m[0],
             m[1],
@@ -913,15 +961,36 @@ fn end(g: &mut Guest, how: End) -> bool {
             m[4],
             m[5],
             d.mtu(),
-            net.report.live,
+            r.live,
             d.status(),
             g.report.traps.virtio,
-            net.report.tx_chains,
-            net.report.tx_unsent,
-            net.report.interrupts,
-            d.violations().total(),
+            w.tx_chains,
+            w.tx_sent,
+            w.tx_refused,
+            w.tx_dropped,
+            w.rx_delivered,
+            w.rx_bad,
+            w.rx_discarded,
+            r.fabric.frames_received,
+            r.fabric.group_copies,
+            w.sigas,
+            w.withdrawn,
+            r.interrupts,
+            r.bad_rings,
             ig.bad_width + ig.unknown + ig.wrong_direction + ig.no_queue + ig.refused
         );
+        for (reason, n) in iqdio::Reason::ALL.iter().zip(w.tx_refused_by) {
+            if n > 0 {
+                defmt::println!(
+                    "partition {}: virtio-net tx refused {} x sbalf15 {=u8:#04x} ({=str})",
+                    g.lpar,
+                    n,
+                    reason.code(),
+                    reason.describe()
+                );
+            }
+        }
+        g.report.net = r;
     }
     match how {
         End::PoweredOff => defmt::println!("partition {}: linux powered off", g.lpar),

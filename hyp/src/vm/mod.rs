@@ -31,6 +31,7 @@ pub mod netlines;
 pub mod stage2;
 pub mod trap;
 pub mod vgic;
+pub mod vnet;
 pub mod vnetdev;
 pub mod window_ram;
 
@@ -40,8 +41,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use iqdio::{
-    BROADCAST_GROUP, CallContext, CounterSnapshot, Fabric, FabricConfig, InterruptDelivery,
-    InterruptTarget, LparId, Platform, Window, Windows,
+    BROADCAST_GROUP, CallContext, CounterSnapshot, Fabric, FabricConfig, GuestMemory,
+    InterruptDelivery, InterruptTarget, LparId, Platform, RegistrationError, Window, Windows,
 };
 
 use crate::board::{self, MAX_CORES, VcpuRegs};
@@ -56,12 +57,132 @@ pub const GUEST_WINDOW: usize = board::WINDOW_SIZE;
 /// The fabric type of the hypervisor, sized for what it runs: a partition per core
 /// ([`MAX_CORES`], 8), each with one queue set, two addresses (IPv4 and IPv6), up to
 /// four memberships (the multicast scenario's three groups and the broadcast domain)
-/// and one window; 64 target-table slots keep the table at most three quarters full
-/// (48 entries); two output queues per set (one unicast, one multicast, as Linux's
-/// qeth has at least). About 31 KiB, all-zero at build time, so the static below lands
-/// in `.bss` (`cargo xtask test` checks that in the image, and that it is at most
-/// 32 KiB).
-pub type HypFabric = Fabric<HypPlatform, 8, 64, MAX_CORES, 1, Windows<1>, 2>;
+/// and its memory as a [`HypMemory`] (one window, and for a Linux guest the queue area
+/// of [`vnet`]); 64 target-table slots keep the table at most three quarters full (48
+/// entries); two output queues per set (one unicast, one multicast, as Linux's qeth
+/// has at least). Under 32 KiB (the row "the hypervisor image" of `tests/sizes.rs`,
+/// with `Windows<1>`, plus 8 bytes per partition for the queue area's pointer), all-zero
+/// at build time, so the static below lands in `.bss` (`cargo xtask test` checks that
+/// in the image, and that it is at most 32 KiB).
+pub type HypFabric = Fabric<HypPlatform, 8, 64, MAX_CORES, 1, HypMemory, 2>;
+
+/// A partition's memory as the hypervisor's fabric knows it: one window (a bare-metal
+/// partition's, or a Linux guest's RAM) and, for a Linux guest, the queue area of
+/// [`vnet`] at [`GUEST_BASE`] ([`vnet::AREA`] bytes of the core's partition window).
+///
+/// Why not `Windows<2>`: with the fabric's per-epoch caches it would make
+/// [`HypFabric`] 32 896 bytes, over the 32 KiB the image allows it; the area's guest
+/// address and length are fixed, so its host address is all a partition needs to
+/// keep (8 bytes more than `Windows<1>`: 32 704 bytes in all).
+#[derive(Clone, Copy, Debug)]
+pub struct HypMemory {
+    main: Windows<1>,
+    /// The queue area's host address; `None` (all-zero) for a bare-metal partition.
+    area: Option<NonNull<u8>>,
+}
+
+// SAFETY: the area pointer names memory that `with_area`'s contract makes valid for
+// any thread, touched only through the fabric's atomic and copy accessors (as
+// `Window`'s memory is, which is Send and Sync for the same reason).
+unsafe impl Send for HypMemory {}
+// SAFETY: as for Send: shared use only reads the bounds.
+unsafe impl Sync for HypMemory {}
+
+impl HypMemory {
+    /// The memory of one window.
+    pub fn new(window: Window) -> Result<Self, RegistrationError> {
+        Ok(Self {
+            main: Windows::new(&[window])?,
+            area: None,
+        })
+    }
+
+    /// A Linux guest's memory: its RAM window, and the queue area at [`GUEST_BASE`],
+    /// [`vnet::AREA`] bytes from `area`. Refused as `Windows::new` refuses: the RAM
+    /// overlapping the area in guest or host addresses (0xF004), `area` not 256-aligned
+    /// (0xF010).
+    ///
+    /// # Safety
+    ///
+    /// As [`Window::new`]'s, for `area .. area + vnet::AREA`.
+    pub unsafe fn with_area(ram: Window, area: NonNull<u8>) -> Result<Self, RegistrationError> {
+        let main = Windows::new(&[ram])?;
+        let this = Self {
+            main,
+            area: Some(area),
+        };
+        let end = ram.guest_base().saturating_add(ram.len());
+        if ram.guest_base() < GUEST_BASE + vnet::AREA && GUEST_BASE < end {
+            return Err(RegistrationError::OverlappingWindows);
+        }
+        if (area.as_ptr().addr() as u64) % iqdio::HOST_ALIGN != GUEST_BASE % iqdio::HOST_ALIGN {
+            return Err(RegistrationError::MisalignedWindow);
+        }
+        let mut ranges = this.host_ranges();
+        if let (Some(a), Some(b)) = (ranges.next(), ranges.next())
+            && a.0 < b.1
+            && b.0 < a.1
+        {
+            return Err(RegistrationError::OverlappingWindows);
+        }
+        Ok(this)
+    }
+
+    /// The queue area's host address of `[guest, guest + len)`, if it lies in it.
+    fn area_translate(&self, guest: u64, len: u64) -> Option<NonNull<u8>> {
+        let host = self.area?;
+        let off = guest.checked_sub(GUEST_BASE)?;
+        let end = off.checked_add(len)?;
+        if len == 0 || end > vnet::AREA {
+            return None;
+        }
+        // In bounds (checked above) of the area `with_area`'s contract makes valid.
+        NonNull::new(host.as_ptr().wrapping_add(off as usize))
+    }
+
+    /// The host ranges `[start, end)` of the window and the area.
+    fn host_ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let window = self.main.windows().iter().filter_map(|w| {
+            let host = self.main.translate(w.guest_base(), w.len())?;
+            let start = host.as_ptr().addr();
+            Some((start, start.saturating_add(usize::try_from(w.len()).ok()?)))
+        });
+        let area = self.area.map(|a| {
+            let start = a.as_ptr().addr();
+            (start, start.saturating_add(vnet::AREA as usize))
+        });
+        window.chain(area)
+    }
+}
+
+// SAFETY: `translate` returns the window's translation (`Windows`' own, sound by its
+// impl) or a range inside the queue area, which `with_area`'s contract makes valid and
+// which it refused to let overlap the window in guest or host addresses; neither
+// wraps (`Windows` refuses wrapping windows; the area's range was checked against its
+// fixed length). `overlaps` compares every host range of both memories.
+unsafe impl GuestMemory for HypMemory {
+    const EMPTY: Self = Self {
+        main: <Windows<1> as GuestMemory>::EMPTY,
+        area: None,
+    };
+
+    fn translate(&self, guest: u64, len: u64) -> Option<NonNull<u8>> {
+        self.main
+            .translate(guest, len)
+            .or_else(|| self.area_translate(guest, len))
+    }
+
+    fn overlaps(&self, other: &Self) -> bool {
+        self.host_ranges()
+            .any(|(a0, a1)| other.host_ranges().any(|(b0, b1)| a0 < b1 && b0 < a1))
+    }
+}
+
+/// Makes partition `lpar` known to the fabric with one window (the hypervisor's own
+/// partitions: the SIGA measurement's, the self-test's); with IRQs masked.
+pub fn add_partition(lpar: LparId, window: Window) -> Result<(), RegistrationError> {
+    FABRIC.add_partition_memory(lpar, HypMemory::new(window)?)
+}
 
 pub use iqdio_hvc::{MFS, parse_option as parse};
 
@@ -348,7 +469,7 @@ pub fn run_partition(image: &[u8], args: [u64; 4]) -> Result<Outcome, StartError
     // SAFETY: the window outlives the partition's registration (it is removed below,
     // before the window is used again), and Rust code does not reference it otherwise.
     let window = unsafe { Window::new(GUEST_BASE, host, len) };
-    masked(|| FABRIC.add_partition(lpar, &[window])).map_err(|e| StartError::Fabric(e.code()))?;
+    masked(|| add_partition(lpar, window)).map_err(|e| StartError::Fabric(e.code()))?;
     // A new partition: no memberships yet, nothing recorded for this run.
     MEMBERSHIPS[core].store(0, Ordering::Relaxed);
     *EXITS[core].lock() = None;

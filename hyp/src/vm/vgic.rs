@@ -78,6 +78,12 @@ pub fn choose(lrs: [u64; LIST_REGISTERS], empty: u64, vintid: u64) -> Option<usi
 /// The partition interrupt arrived at this core (IRQ context): if the core runs a
 /// partition, make the adapter interrupt pending for it.
 pub fn partition_interrupt(core: usize) {
+    // A Linux guest has no adapter interrupt: its queue set feeds its virtio-net
+    // device, which the core's next trap exit serves (`vnet`).
+    if super::linux::runs_linux(core) {
+        super::vnet::fabric_interrupt(core);
+        return;
+    }
     if super::running_lpar(core).is_none() {
         return;
     }

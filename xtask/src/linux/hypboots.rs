@@ -9,11 +9,15 @@
 //! - `linux panic`: `echo c > /proc/sysrq-trigger` panics the kernel; with `panic=-1` it
 //!   resets through PSCI, which ends that guest alone (`partition N: linux panicked`),
 //!   while the bare-metal partitions' traffic completes.
-//! - `linux virtio-net`: the guest's virtio-net device (hyp/src/vm/linux.rs) is probed
-//!   by Linux's own drivers: `ip link` lists eth0 with the MAC the hypervisor derives
-//!   from the LPAR id, the MTU the fabric's MFS leaves, and the carrier up
-//!   (`LOWER_UP`); the hypervisor's closing line for the device says the driver made
-//!   it live, and no ring was bad.
+//! - `linux virtio-net`: two guests (`-smp 4`, cores 2 and 3) whose virtio-net devices
+//!   (hyp/src/vm/linux.rs, hyp/src/vm/vnet.rs) are probed by Linux's own drivers: `ip
+//!   link` lists eth0 with the MAC the hypervisor derives from the LPAR id, the MTU the
+//!   fabric's MFS gives, and the carrier up (`LOWER_UP`); each guest takes its contract
+//!   addresses and pings the other over IPv4 and IPv6 through the fabric (ARP and
+//!   neighbour discovery included, no static entries), every ping answered; the
+//!   hypervisor's closing line for each device says the driver made it live, no ring
+//!   was bad, frames went out and came in, and the fabric made one copy per frame
+//!   delivered.
 //! - `linux-net -smp 3` (its own image: `IQDIO_SCENARIO=linux-net`): the scenario of
 //!   `cargo xtask run --scenario linux-net` with 1 MiB transfers
 //!   ([`netload::TEST_BYTES`](super::netload::TEST_BYTES)): the `linux-net:` line must
@@ -31,12 +35,14 @@ use crate::{
 pub struct LinuxBoot {
     /// Shown in the summary.
     pub name: &'static str,
-    /// QEMU `-smp`; the Linux guest is on the last core.
+    /// QEMU `-smp`; the Linux guests are on the last cores.
     pub smp: u32,
+    /// Linux guests (`--linux-guests`).
+    pub guests: u32,
     /// The guest's `--guest-init` script.
     pub script: &'static str,
-    /// Turns the run into test results.
-    pub check: fn(&BootRun, u32) -> Vec<TestResult>,
+    /// Turns the run into test results (given `smp` and `guests`).
+    pub check: fn(&BootRun, u32, u32) -> Vec<TestResult>,
 }
 
 /// Addresses the devmem boot reads: no memory and no device of the guest's.
@@ -47,18 +53,21 @@ pub const LINUX_BOOTS: &[LinuxBoot] = &[
     LinuxBoot {
         name: "linux devmem -smp 3",
         smp: 3,
+        guests: 1,
         script: "for a in 0x80000000 0x0a000000; do\n    devmem $a 32\n    echo \"iqdio-guest: devmem $a exited $?\"\ndone\n",
         check: check_devmem,
     },
     LinuxBoot {
         name: "linux panic -smp 3",
         smp: 3,
+        guests: 1,
         script: "echo c > /proc/sysrq-trigger\necho \"iqdio-guest: still running after the panic\"\n",
         check: check_panic,
     },
     LinuxBoot {
-        name: "linux virtio-net -smp 3",
-        smp: 3,
+        name: "linux virtio-net -smp 4",
+        smp: 4,
+        guests: 2,
         script: VIRTIO_NET_SCRIPT,
         check: check_virtio_net,
     },
@@ -68,7 +77,10 @@ pub const LINUX_BOOTS: &[LinuxBoot] = &[
 /// device says the link is up), then prints `ip link show eth0` line by line. The wait
 /// spins on the shell's own `read` rather than `sleep`: a guest looping on `sleep 0.1`
 /// under the hypervisor hangs in about half the runs (2 of 4 with no virtio node in the
-/// tree at all; cause not found yet), which this boot is not about.
+/// tree at all; cause not found yet), which this boot is not about. Then the contract's
+/// addresses (`10.0.0.(k+1)/24`, `fd00::(k+1)/64`, k from the MAC's last byte) and
+/// pings to the other guest (cores 2 and 3: the peer is k xor 1) until one is answered,
+/// then [`PINGS`] each over IPv4 and IPv6.
 const VIRTIO_NET_SCRIPT: &str = r#"i=0
 state=
 while [ $i -lt 200000 ]; do
@@ -78,11 +90,31 @@ while [ $i -lt 200000 ]; do
 done
 echo "iqdio-guest: eth0 operstate $state after $i reads"
 ip link show eth0 | while read -r l; do echo "iqdio-guest: ip link: $l"; done
+mac=$(cat /sys/class/net/eth0/address)
+k=$((0x${mac##*:}))
+peer=$((k ^ 1))
+ip addr add 10.0.0.$((k + 1))/24 dev eth0
+echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
+ip -6 addr add fd00::$(printf %x $((k + 1)))/64 dev eth0
+p4=10.0.0.$((peer + 1))
+p6=fd00::$(printf %x $((peer + 1)))
+i=0
+while [ $i -lt 60 ] && ! ping -c 1 -W 1 $p4 > /dev/null 2>&1; do
+    i=$((i + 1))
+done
+echo "iqdio-guest: $p4 answered after $i tries"
+r=$(ping -c 3 $p4 | awk '/packets transmitted/ {print $4 "/" $1}')
+echo "iqdio-net: ping $p4 $r"
+r=$(ping6 -c 3 $p6 | awk '/packets transmitted/ {print $4 "/" $1}')
+echo "iqdio-net: ping6 $p6 $r"
 "#;
 
-/// The MTU the hypervisor's device offers with the default MFS (64 KiB): less the
-/// 32-byte `qeth_hdr_layer2` and a tagged Ethernet header (`vm::linux::vnet_mtu`).
-pub const VIRTIO_NET_MTU: u32 = 64 * 1024 - 32 - 18;
+/// Pings per direction and protocol in the virtio-net boot's script.
+pub const PINGS: u32 = 3;
+
+/// The MTU the hypervisor's device offers with the default MFS (64 KiB): the fabric's,
+/// MFS less 8 KiB, as Linux's qeth gives a HiperSockets device (`vm::linux::vnet_mtu`).
+pub const VIRTIO_NET_MTU: u32 = 64 * 1024 - 8 * 1024;
 
 /// The MAC the hypervisor gives the guest with LPAR id `lpar` (`vm::linux::vnet_mac`).
 pub fn virtio_net_mac(lpar: u32) -> String {
@@ -143,9 +175,10 @@ fn expect(results: &mut Vec<TestResult>, name: &str, ok: bool, detail: impl Into
     });
 }
 
-/// The common part: one guest booted (its init printed `uname -r`), the summary line
-/// is there with the bare-metal traffic complete, and the defmt stream decoded.
-fn common(run: &BootRun, smp: u32, powered_off: u64) -> Vec<TestResult> {
+/// The common part: the last guest booted (its init printed `uname -r`), the summary
+/// line is there with every guest booted and the bare-metal traffic complete, and the
+/// defmt stream decoded.
+fn common(run: &BootRun, smp: u32, guests: u32, powered_off: u64) -> Vec<TestResult> {
     let mut results = Vec::new();
     let guest = smp - 1;
     expect(
@@ -161,8 +194,8 @@ fn common(run: &BootRun, smp: u32, powered_off: u64) -> Vec<TestResult> {
             expect(
                 &mut results,
                 "summary",
-                s.guests == 1
-                    && s.booted == 1
+                s.guests == u64::from(guests)
+                    && s.booted == u64::from(guests)
                     && s.powered_off == powered_off
                     && !s.kernel.is_empty(),
                 format!("{s:?}"),
@@ -170,7 +203,7 @@ fn common(run: &BootRun, smp: u32, powered_off: u64) -> Vec<TestResult> {
             expect(
                 &mut results,
                 "bare-metal traffic",
-                p == u64::from(smp) - 1
+                p == u64::from(smp - guests)
                     && sent > 0
                     && sent == delivered
                     && lost == 0
@@ -191,9 +224,9 @@ fn common(run: &BootRun, smp: u32, powered_off: u64) -> Vec<TestResult> {
 
 /// The devmem boot: both reads killed by SIGBUS after an abort reflected from EL0,
 /// then a normal power-off and a passing run.
-pub fn check_devmem(run: &BootRun, smp: u32) -> Vec<TestResult> {
+pub fn check_devmem(run: &BootRun, smp: u32, guests: u32) -> Vec<TestResult> {
     let guest = smp - 1;
-    let mut results = common(run, smp, 1);
+    let mut results = common(run, smp, guests, u64::from(guests));
     for address in FOREIGN {
         expect(
             &mut results,
@@ -232,9 +265,9 @@ pub fn check_devmem(run: &BootRun, smp: u32) -> Vec<TestResult> {
 
 /// The panic boot: the guest panicked and ended alone, the others' traffic completed;
 /// the image exits 1 because a guest did not power off (and nothing worse).
-pub fn check_panic(run: &BootRun, smp: u32) -> Vec<TestResult> {
+pub fn check_panic(run: &BootRun, smp: u32, guests: u32) -> Vec<TestResult> {
     let guest = smp - 1;
-    let mut results = common(run, smp, 0);
+    let mut results = common(run, smp, guests, 0);
     expect(
         &mut results,
         "panicked alone",
@@ -254,57 +287,97 @@ pub fn check_panic(run: &BootRun, smp: u32) -> Vec<TestResult> {
     results
 }
 
-/// The virtio-net boot: eth0 probed with the partition's MAC and MTU, carrier up, the
-/// device made live with no bad ring, then a normal power-off and a passing run.
-pub fn check_virtio_net(run: &BootRun, smp: u32) -> Vec<TestResult> {
-    let guest = smp - 1;
-    let mac = virtio_net_mac(guest);
-    let mut results = common(run, smp, 1);
-    let prefix = format!("partition {guest}: iqdio-guest: ip link: ");
-    let link = |text: &str| {
-        run.lines.iter().any(|l| {
-            l.message
-                .strip_prefix(&prefix)
-                .is_some_and(|r| r.contains(text))
-        })
-    };
-    expect(
-        &mut results,
-        "eth0 listed",
-        run.lines.iter().any(|l| {
-            l.message.strip_prefix(&prefix).is_some_and(|r| {
-                r.contains(": eth0: <")
-                    && r.contains(",UP,")
-                    && r.contains("LOWER_UP")
-                    && r.contains(&format!(" mtu {VIRTIO_NET_MTU} "))
+/// The number after `key` in a device line (`..., key N, ...`).
+fn device_field(line: &str, key: &str) -> Option<u64> {
+    let rest = line.split(", ").find_map(|f| f.strip_prefix(key))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The virtio-net boot, for each guest: eth0 probed with the partition's MAC and MTU,
+/// carrier up; its pings to the other guest all answered, over IPv4 and IPv6; the
+/// device made live with no bad ring, frames sent and delivered through the fabric,
+/// one fabric copy per frame delivered; then a normal power-off and a passing run.
+pub fn check_virtio_net(run: &BootRun, smp: u32, guests: u32) -> Vec<TestResult> {
+    let mut results = common(run, smp, guests, u64::from(guests));
+    for guest in smp - guests..smp {
+        let mac = virtio_net_mac(guest);
+        let peer = guest ^ 1;
+        let prefix = format!("partition {guest}: iqdio-guest: ip link: ");
+        let link = |text: &str| {
+            run.lines.iter().any(|l| {
+                l.message
+                    .strip_prefix(&prefix)
+                    .is_some_and(|r| r.contains(text))
             })
-        }),
-        format!("no `eth0: <...,UP,LOWER_UP> mtu {VIRTIO_NET_MTU}` line from ip link"),
-    );
-    expect(
-        &mut results,
-        "eth0 MAC",
-        link(&format!("link/ether {mac} ")),
-        format!("no `link/ether {mac}` line from ip link"),
-    );
-    let device = run.lines.iter().find_map(|l| {
-        l.message
-            .strip_prefix(&format!("partition {guest}: virtio-net {mac} "))
-    });
-    expect(
-        &mut results,
-        "device live, no bad ring",
-        device.is_some_and(|d| {
-            d.contains(&format!("mtu {VIRTIO_NET_MTU}, live 1,")) && d.contains(", bad rings 0,")
-        }),
-        format!("device line: {device:?}"),
-    );
-    expect(
-        &mut results,
-        "powered off",
-        has(run, &format!("partition {guest}: linux powered off")),
-        "no `linux powered off`",
-    );
+        };
+        expect(
+            &mut results,
+            &format!("partition {guest}: eth0 listed"),
+            run.lines.iter().any(|l| {
+                l.message.strip_prefix(&prefix).is_some_and(|r| {
+                    r.contains(": eth0: <")
+                        && r.contains(",UP,")
+                        && r.contains("LOWER_UP")
+                        && r.contains(&format!(" mtu {VIRTIO_NET_MTU} "))
+                })
+            }),
+            format!("no `eth0: <...,UP,LOWER_UP> mtu {VIRTIO_NET_MTU}` line from ip link"),
+        );
+        expect(
+            &mut results,
+            &format!("partition {guest}: eth0 MAC"),
+            link(&format!("link/ether {mac} ")),
+            format!("no `link/ether {mac}` line from ip link"),
+        );
+        for (what, ip) in [
+            ("ping", format!("10.0.0.{}", peer + 1)),
+            ("ping6", format!("fd00::{:x}", peer + 1)),
+        ] {
+            let line = format!("partition {guest}: iqdio-net: {what} {ip} {PINGS}/{PINGS}");
+            expect(
+                &mut results,
+                &format!("partition {guest}: {what} {ip}"),
+                has(run, &line),
+                format!("no `{line}`"),
+            );
+        }
+        let device = run.lines.iter().find_map(|l| {
+            l.message
+                .strip_prefix(&format!("partition {guest}: virtio-net {mac} "))
+        });
+        expect(
+            &mut results,
+            &format!("partition {guest}: device live, no bad ring"),
+            device.is_some_and(|d| {
+                d.contains(&format!("mtu {VIRTIO_NET_MTU}, live 1,"))
+                    && d.contains(", bad rings 0,")
+            }),
+            format!("device line: {device:?}"),
+        );
+        let figures = device.map(|d| {
+            [
+                "tx sent ",
+                "rx delivered ",
+                "rx bad ",
+                "rx discarded ",
+                "copies ",
+            ]
+            .map(|key| device_field(d, key))
+        });
+        expect(
+            &mut results,
+            &format!("partition {guest}: frames through the fabric, one copy each"),
+            matches!(figures, Some([Some(tx), Some(rx), Some(bad), Some(discarded), Some(copies)])
+                if tx > 0 && rx > 0 && copies == rx + bad + discarded),
+            format!("tx sent, rx delivered, bad, discarded, copies: {figures:?}"),
+        );
+        expect(
+            &mut results,
+            &format!("partition {guest}: powered off"),
+            has(run, &format!("partition {guest}: linux powered off")),
+            "no `linux powered off`",
+        );
+    }
     expect(
         &mut results,
         "exit",
@@ -508,50 +581,59 @@ mod tests {
                 .map(|t| t.name.clone())
                 .collect::<Vec<_>>()
         };
-        assert!(bad(&check_devmem(&run(Outcome::Pass, &lines), 3)).is_empty());
+        assert!(bad(&check_devmem(&run(Outcome::Pass, &lines), 3, 1)).is_empty());
         lines[4] = "partition 2: iqdio-guest: devmem 0x0a000000 exited 0";
         assert_eq!(
-            bad(&check_devmem(&run(Outcome::Pass, &lines), 3)),
+            bad(&check_devmem(&run(Outcome::Pass, &lines), 3, 1)),
             ["devmem 0x0a000000 SIGBUS"]
         );
     }
 
     #[test]
-    fn virtio_net_needs_the_link_the_mac_and_a_live_device() {
-        let mut lines = vec![
-            "partition 2: iqdio-guest: uname -r 6.1.0-57-cloud-arm64",
-            "partition 2: iqdio-guest: ip link: 2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 65486 qdisc fq_codel qlen 1000",
-            "partition 2: iqdio-guest: ip link: link/ether 02:49:51:44:00:02 brd ff:ff:ff:ff:ff:ff",
-            "partition 2: virtio-net 02:49:51:44:00:02 mtu 65486, live 1, status 0x0, accesses 64, tx chains 2 (not sent: not on the fabric yet 2), interrupts 2, bad rings 0, ignored accesses 0",
-            "partition 2: linux powered off",
-            LAST,
-        ];
-        let bad = |r: &[TestResult]| {
-            r.iter()
+    fn virtio_net_needs_the_link_the_mac_pings_and_the_fabric() {
+        const LAST2: &str = "linux: guests 2, booted 2, kernel 6.1.0-57-cloud-arm64, powered off 2; partitions 2, frames sent 800, delivered 800, lost 0, corrupted 0";
+        let mut lines: Vec<String> = Vec::new();
+        for (k, peer) in [(2, 3), (3, 2)] {
+            lines.extend([
+                format!("partition {k}: iqdio-guest: uname -r 6.1.0-57-cloud-arm64"),
+                format!("partition {k}: iqdio-guest: ip link: 2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 57344 qdisc fq_codel qlen 1000"),
+                format!("partition {k}: iqdio-guest: ip link: link/ether 02:49:51:44:00:0{k} brd ff:ff:ff:ff:ff:ff"),
+                format!("partition {k}: iqdio-net: ping 10.0.0.{} 3/3", peer + 1),
+                format!("partition {k}: iqdio-net: ping6 fd00::{} 3/3", peer + 1),
+                format!("partition {k}: virtio-net 02:49:51:44:00:0{k} mtu 57344, live 1, status 0x0, accesses 213, tx chains 33, tx sent 33, tx refused 0, tx dropped 0, rx delivered 25, rx bad 0, rx discarded 0, copies 25, group copies 2, sigas 33, withdrawn 1, interrupts 58, bad rings 0, ignored accesses 0"),
+                format!("partition {k}: linux powered off"),
+            ]);
+        }
+        lines.push(LAST2.to_string());
+        let bad = |lines: &[String]| {
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            check_virtio_net(&run(Outcome::Pass, &refs), 4, 2)
+                .iter()
                 .filter(|t| !t.passed)
                 .map(|t| t.name.clone())
                 .collect::<Vec<_>>()
         };
-        assert!(bad(&check_virtio_net(&run(Outcome::Pass, &lines), 3)).is_empty());
-        let down = lines[1].replace(",LOWER_UP", "");
-        let other_mac = lines[2].replace(":02 brd", ":03 brd");
-        let broken = lines[3].replace("bad rings 0", "bad rings 1");
-        let mut bad_lines = lines.clone();
-        bad_lines[1] = &down;
+        assert!(bad(&lines).is_empty(), "{:?}", bad(&lines));
+        let broken = |i: usize, from: &str, to: &str| {
+            let mut l = lines.clone();
+            l[i] = l[i].replace(from, to);
+            bad(&l)
+        };
+        assert_eq!(broken(1, ",LOWER_UP", ""), ["partition 2: eth0 listed"]);
+        assert_eq!(broken(2, ":02 brd", ":03 brd"), ["partition 2: eth0 MAC"]);
+        assert_eq!(broken(10, "3/3", "2/3"), ["partition 3: ping 10.0.0.3"]);
+        assert_eq!(broken(11, "3/3", "0/3"), ["partition 3: ping6 fd00::3"]);
         assert_eq!(
-            bad(&check_virtio_net(&run(Outcome::Pass, &bad_lines), 3)),
-            ["eth0 listed"]
+            broken(5, "bad rings 0", "bad rings 1"),
+            ["partition 2: device live, no bad ring"]
         );
-        bad_lines = lines.clone();
-        bad_lines[2] = &other_mac;
         assert_eq!(
-            bad(&check_virtio_net(&run(Outcome::Pass, &bad_lines), 3)),
-            ["eth0 MAC"]
+            broken(12, "copies 25,", "copies 26,"),
+            ["partition 3: frames through the fabric, one copy each"]
         );
-        lines[3] = &broken;
         assert_eq!(
-            bad(&check_virtio_net(&run(Outcome::Pass, &lines), 3)),
-            ["device live, no bad ring"]
+            broken(12, "rx delivered 25", "rx delivered 0"),
+            ["partition 3: frames through the fabric, one copy each"]
         );
     }
 
@@ -621,7 +703,7 @@ mod tests {
             last,
         ];
         assert!(
-            check_panic(&run(Outcome::Failure, &lines), 3)
+            check_panic(&run(Outcome::Failure, &lines), 3, 1)
                 .iter()
                 .all(|t| t.passed)
         );
@@ -629,13 +711,13 @@ mod tests {
         let lossy = last.replace("delivered 800, lost 0", "delivered 700, lost 100");
         let lines = [lines[0], lines[1], lossy.as_str()];
         assert!(
-            check_panic(&run(Outcome::Failure, &lines), 3)
+            check_panic(&run(Outcome::Failure, &lines), 3, 1)
                 .iter()
                 .any(|t| !t.passed && t.name == "bare-metal traffic")
         );
         // A fault of the whole machine is no pass.
         assert!(
-            check_panic(&run(Outcome::Fault, &lines[..2]), 3)
+            check_panic(&run(Outcome::Fault, &lines[..2]), 3, 1)
                 .iter()
                 .any(|t| !t.passed && t.name == "exit")
         );

@@ -171,7 +171,7 @@ fn send_from_hypervisor(dest: IpAddr) -> Option<Result<(), SendError>> {
     // SAFETY: core 0's window, which no partition uses in this case.
     let mut region = unsafe { Region::new(host, vm::GUEST_BASE, len) }.ok()?;
     vm::masked(|| {
-        FABRIC.add_partition(LPAR, &[region.window()]).ok()?;
+        vm::add_partition(LPAR, region.window()).ok()?;
         let config = DriverConfig {
             rx_buffers: 2,
             tx_buffers: 2,
