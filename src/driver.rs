@@ -277,6 +277,7 @@ impl Dest {
     }
 
     /// The next hop the frame header names.
+    #[inline]
     pub const fn next_hop(&self) -> IpAddr {
         match *self {
             Self::Unicast(ip) | Self::Group(ip) => ip,
@@ -286,6 +287,7 @@ impl Dest {
     }
 
     /// The cast type the frame header names.
+    #[inline]
     pub const fn cast(&self) -> CastType {
         match self {
             Self::Unicast(_) => CastType::Unicast,
@@ -324,6 +326,7 @@ impl Dest {
 }
 
 impl From<IpAddr> for Dest {
+    #[inline]
     fn from(ip: IpAddr) -> Self {
         Self::of(ip)
     }
@@ -669,6 +672,7 @@ impl TxQueue {
         self.ring[usize::from(n) % QUEUE_BUFFERS]
     }
 
+    #[inline]
     fn state(&self, n: u8) -> SlsbState {
         SlsbState(QueueDriver::state(&self.slsb, n, Ordering::Acquire))
     }
@@ -961,6 +965,7 @@ impl QueueDriver {
     /// The output queue a frame to `dest` goes on: queue 0 for unicast, the multicast
     /// queue for the rest ([`DriverError::NoMulticastQueue`] without one), and
     /// [`DriverError::InvalidDest`] for a destination not of its kind.
+    #[inline]
     pub fn queue_for(&self, dest: &Dest) -> Result<u8, DriverError> {
         if self.cfg.layer2 {
             return Err(DriverError::WrongLayer);
@@ -978,6 +983,7 @@ impl QueueDriver {
     /// Whether a frame to `dest` may go on output queue `q`: the queue exists, and a
     /// multicast, broadcast or anycast frame goes on the multicast queue only (the
     /// fabric refuses it on a unicast queue, 0x27); unicast may go on any.
+    #[inline]
     fn check_queue(&self, q: u8, dest: &Dest) -> Result<(), DriverError> {
         if self.cfg.layer2 {
             return Err(DriverError::WrongLayer);
@@ -994,10 +1000,12 @@ impl QueueDriver {
         Ok(())
     }
 
+    #[inline]
     fn txq(&self, q: u8) -> Result<&TxQueue, DriverError> {
         self.tx.get(usize::from(q)).ok_or(DriverError::InvalidDest)
     }
 
+    #[inline]
     fn txq_mut(&mut self, q: u8) -> Result<&mut TxQueue, DriverError> {
         self.tx
             .get_mut(usize::from(q))
@@ -1021,10 +1029,12 @@ impl QueueDriver {
         self.in_ring[usize::from(n) % QUEUE_BUFFERS]
     }
 
+    #[inline]
     fn state(slsb: &Chunk, n: u8, order: Ordering) -> u8 {
         slsb.mem.load(usize::from(n) % QUEUE_BUFFERS, order)
     }
 
+    #[inline]
     fn set_state(slsb: &Chunk, n: u8, s: SlsbState, order: Ordering) {
         slsb.mem.store(usize::from(n) % QUEUE_BUFFERS, s.0, order);
     }
@@ -1137,7 +1147,10 @@ impl QueueDriver {
             lens.push(p.len()).map_err(|_| DriverError::TooLarge)?;
         }
         let mut layout = TxLayout::default();
-        let n = self.layout(q, &lens, &mut layout)?;
+        let n = match lens.as_slice() {
+            [len] => self.layout_one(q, *len, &mut layout)?,
+            _ => self.layout(q, &lens, &mut layout)?,
+        };
         let data = self.txq(q)?.data.mem;
         for (p, &at) in packets.iter().zip(layout.starts.iter()) {
             data.write(at + HEADER_SIZE, p);
@@ -1200,7 +1213,7 @@ impl QueueDriver {
         F: FnOnce(&mut [u8]) -> R,
     {
         let mut layout = TxLayout::default();
-        let n = match self.layout(q, &[len], &mut layout) {
+        let n = match self.layout_one(q, len, &mut layout) {
             Ok(n) => n,
             Err(e) => return Err((write, e)),
         };
@@ -1273,27 +1286,10 @@ impl QueueDriver {
     /// each is cut into elements at page boundaries. Into the caller's `layout`
     /// (empty): returned by value, its 400 bytes were copied twice a send.
     fn layout(&self, q: u8, lens: &[usize], layout: &mut TxLayout) -> Result<u8, DriverError> {
-        let tq = self.txq(q)?;
-        if tq.primed >= self.cfg.tx_buffers {
-            return Err(DriverError::NoFreeBuffer);
-        }
-        let n = tq.next;
-        if tq.state(n).owned_by_fabric() {
-            return Err(DriverError::NoFreeBuffer);
-        }
-        if let Some((cq, i)) = self.cq.as_ref().zip(self.qaob_index(q, n)) {
-            // The slot's data belongs to a pending buffer until its QAOB completes.
-            if cq.is_held(i) {
-                return Err(DriverError::NoFreeBuffer);
-            }
-            if cq.held_count() + self.writeq_primed() >= PENDING_PER_QUEUE_SET {
-                return Err(DriverError::PendingFull);
-            }
-        }
+        let (tq, n, slot) = self.next_free(q)?;
         if lens.is_empty() || lens.iter().any(|&l| l > usize::from(u16::MAX)) {
             return Err(DriverError::InvalidFrame);
         }
-        let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
         let slot_end = slot + self.cfg.mfs.bytes();
         let mut off = slot;
         let mut total = 0usize;
@@ -1329,6 +1325,81 @@ impl QueueDriver {
         }
         if let Some(last) = layout.elements.last_mut() {
             last.eflags |= Eflags::LAST_ENTRY.bits();
+        }
+        Ok(n)
+    }
+
+    /// Output queue `q`, its next buffer and where that buffer's slot starts in the
+    /// queue's data, if the program may prime it: fewer than `tx_buffers` primed, not
+    /// owned by the fabric, and with a completion queue its data not held by a
+    /// pending buffer and room in the pending list. The checks every layout starts
+    /// with.
+    #[inline]
+    fn next_free(&self, q: u8) -> Result<(&TxQueue, u8, usize), DriverError> {
+        let tq = self.txq(q)?;
+        if tq.primed >= self.cfg.tx_buffers {
+            return Err(DriverError::NoFreeBuffer);
+        }
+        let n = tq.next;
+        if tq.state(n).owned_by_fabric() {
+            return Err(DriverError::NoFreeBuffer);
+        }
+        if let Some((cq, i)) = self.cq.as_ref().zip(self.qaob_index(q, n)) {
+            // The slot's data belongs to a pending buffer until its QAOB completes.
+            if cq.is_held(i) {
+                return Err(DriverError::NoFreeBuffer);
+            }
+            if cq.held_count() + self.writeq_primed() >= PENDING_PER_QUEUE_SET {
+                return Err(DriverError::PendingFull);
+            }
+        }
+        let slot = usize::from(n % self.cfg.tx_buffers) * self.cfg.mfs.bytes();
+        Ok((tq, n, slot))
+    }
+
+    /// [`layout`](Self::layout) of one frame of `len` packet bytes, the common send,
+    /// in straight-line code when header and packet fit in two pages: the frame starts
+    /// the (page-aligned) slot, so its header never straddles a page, and it takes one
+    /// element, or two cut at the page boundary. The same checks, in the same order,
+    /// and the same elements as the general layout (the crate's tests compare the
+    /// two); a larger frame takes the general one.
+    #[inline]
+    fn layout_one(&self, q: u8, len: usize, layout: &mut TxLayout) -> Result<u8, DriverError> {
+        let bytes = HEADER_SIZE + len;
+        if bytes > 2 * PAGE {
+            return self.layout(q, &[len], layout);
+        }
+        let (tq, n, slot) = self.next_free(q)?;
+        if len > usize::from(u16::MAX) {
+            return Err(DriverError::InvalidFrame);
+        }
+        if bytes > self.cfg.mfs.bytes() {
+            return Err(DriverError::TooLarge);
+        }
+        let addr = tq.data.guest + slot as u64;
+        // An empty `layout` (the callers' contract) has room for 16 of each: no push
+        // below fails.
+        let _ = layout.starts.push(slot);
+        if bytes <= PAGE {
+            let _ = layout.elements.push(Sbale {
+                eflags: Fragment::None.bits() | Eflags::LAST_ENTRY.bits(),
+                length: bytes as u32,
+                addr,
+                ..Sbale::default()
+            });
+        } else {
+            let _ = layout.elements.push(Sbale {
+                eflags: Fragment::First.bits(),
+                length: PAGE as u32,
+                addr,
+                ..Sbale::default()
+            });
+            let _ = layout.elements.push(Sbale {
+                eflags: Fragment::Last.bits() | Eflags::LAST_ENTRY.bits(),
+                length: (bytes - PAGE) as u32,
+                addr: addr + PAGE as u64,
+                ..Sbale::default()
+            });
         }
         Ok(n)
     }
@@ -1604,6 +1675,7 @@ impl QueueDriver {
     }
 
     /// Buffers primed since the last SIGA, over every output queue.
+    #[inline]
     fn primed_total(&self) -> usize {
         self.tx.iter().map(|tq| usize::from(tq.primed)).sum()
     }
@@ -1674,7 +1746,7 @@ impl QueueDriver {
         };
         let mut layout = TxLayout::default();
         let m = self
-            .layout(q, &[len], &mut layout)
+            .layout_one(q, len, &mut layout)
             .map_err(SendError::Driver)?;
         let at = layout.starts.first().copied().unwrap_or(0);
         GuestSlice::copy(&data, slot + HEADER_SIZE, &data, at + HEADER_SIZE, len);
@@ -1718,6 +1790,7 @@ impl QueueDriver {
     }
 
     /// The QAOB of output buffer `n` of queue `q`, when that queue sends with WRITEQ.
+    #[inline]
     fn qaob_index(&self, q: u8, n: u8) -> Option<usize> {
         if !self.uses_writeq(q) {
             return None;
@@ -2315,5 +2388,72 @@ impl QueueDriver {
     /// Whether the driver is polling.
     pub fn is_polling(&self) -> bool {
         self.polling
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(C, align(4096))]
+    #[derive(Clone, Copy)]
+    struct Page([u8; PAGE]);
+
+    /// The straight-line layout of one frame gives what the general layout gives, for
+    /// every length around the one- and two-element bounds, the maximum frame size
+    /// and the header's length field, and the same errors (no free buffer, a queue
+    /// that does not exist).
+    #[test]
+    fn layout_one_matches_the_general_layout() {
+        let cfg = DriverConfig::new(0, Mfs::K16);
+        let mut pages = vec![Page([0; PAGE]); 1 + cfg.footprint() / PAGE];
+        let len = pages.len() * PAGE;
+        let host = NonNull::from(pages.as_mut_slice()).cast::<u8>();
+        // SAFETY: the pages outlive the driver (both die at the end of the test) and
+        // are touched only through the driver.
+        let mut region = unsafe { Region::new(host, 0x4000_0000, len) }.unwrap();
+        let ind = Indicators::new(&mut region).unwrap();
+        let mut d = QueueDriver::new(&mut region, &ind, cfg).unwrap();
+        let mfs = cfg.mfs.bytes();
+        let mut lens = vec![
+            0,
+            1,
+            64,
+            1500,
+            usize::from(u16::MAX),
+            usize::from(u16::MAX) + 1,
+        ];
+        for edge in [PAGE, 2 * PAGE, mfs] {
+            lens.extend([
+                edge - HEADER_SIZE - 1,
+                edge - HEADER_SIZE,
+                edge - HEADER_SIZE + 1,
+            ]);
+        }
+        let compare = |d: &QueueDriver, q: u8| {
+            for &len in &lens {
+                let (mut one, mut general) = (TxLayout::default(), TxLayout::default());
+                let a = d.layout_one(q, len, &mut one);
+                let b = d.layout(q, &[len], &mut general);
+                assert_eq!(a, b, "length {len}");
+                if a.is_ok() {
+                    assert_eq!(one.starts, general.starts, "length {len}");
+                    assert_eq!(one.elements, general.elements, "length {len}");
+                }
+            }
+        };
+        // Every buffer of the ring in turn (slots at different offsets), then all
+        // primed: no free buffer.
+        for _ in 0..cfg.tx_buffers {
+            compare(&d, 0);
+            compare(&d, 1);
+            d.prime(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), &[1, 2, 3])
+                .unwrap();
+        }
+        compare(&d, 0);
+        assert_eq!(
+            d.layout_one(0, 64, &mut TxLayout::default()),
+            Err(DriverError::NoFreeBuffer)
+        );
     }
 }

@@ -500,6 +500,7 @@ impl<M: GuestMemory, const S: usize> PartitionRecord<M, S> {
         &self.summaries[usize::from(i) % S].since_ns
     }
 
+    #[inline]
     fn subchannel(&self, sch: u16) -> Option<Subchannel> {
         self.subchannels
             .iter()
@@ -1881,7 +1882,7 @@ impl<
         }
         let mut st = self.state.read_in(usize::from(lpar));
         lock_point!(self, TableShared);
-        let slot = issuer_slot(&st, lpar, subchannel)?;
+        let (slot, issuer) = issuer_slot(&st, lpar, subchannel)?;
         // A slot's index is below Q by construction; `get` keeps a panic path out of SIGA.
         let Some(qc) = self.controls.get(usize::from(slot.index)) else {
             return Err(SigaError::QueuesNotActive);
@@ -1921,13 +1922,23 @@ impl<
         let writeq = (function == SigaFunction::WriteQ).then_some(qaob);
         let issuer_key = SourceKey { lpar, subchannel };
         let mut report = SigaReport::default();
-        if let Some(issuer) = st.partition(lpar) {
-            let sender = Sender {
-                key: issuer_key,
-                record: issuer,
-                qc,
-            };
-            self.flush_pending(&st, &sender, &mut out, &mut report);
+        let sender = Sender {
+            key: issuer_key,
+            record: issuer,
+            qc,
+        };
+        self.flush_pending(&st, &sender, &mut out, &mut report);
+        if function == SigaFunction::Write && queue_mask.is_power_of_two() {
+            // The common send, straight: SIGA write of one queue handles one buffer,
+            // so there is nothing to step out between and no loop over the queues;
+            // the issuer's record found above serves. The mask was checked against
+            // the established queues; a queue beyond `O` is skipped as the loop
+            // below skips it.
+            let q = queue_mask.leading_zeros();
+            if q < queues.min(O as u32) {
+                self.send_next(&st, &sender, &mut out, q as u8, None, &mut report);
+            }
+            return Ok(report);
         }
         let mut handled = 0usize;
         'queues: for q in 0..queues.min(O as u32) as u8 {
@@ -1942,7 +1953,7 @@ impl<
                     drop(st);
                     st = self.state.read_in(usize::from(lpar));
                     lock_point!(self, TableShared);
-                    if issuer_slot(&st, lpar, subchannel) != Ok(slot) {
+                    if issuer_slot(&st, lpar, subchannel).map(|(s, _)| s) != Ok(slot) {
                         // Deregistered (and perhaps re-established) meanwhile.
                         break 'queues;
                     }
@@ -2407,18 +2418,19 @@ impl<
     }
 }
 
-/// The slot of `lpar`'s active queue set on `subchannel`, or why a SIGA on it fails.
+/// The slot of `lpar`'s active queue set on `subchannel` and the partition's record (the
+/// send uses it, no second lookup), or why a SIGA on it fails.
 fn issuer_slot<const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>(
     st: &State<Q, A, L, S, M>,
     lpar: LparId,
     subchannel: u16,
-) -> Result<SlotRef, SigaError> {
+) -> Result<(SlotRef, &PartitionRecord<M, S>), SigaError> {
     let issuer = st.partition(lpar).ok_or(SigaError::NotIqdio)?;
     match issuer.subchannel(subchannel) {
         None => Err(SigaError::NotIqdio),
         Some(Subchannel::Inactive) => Err(SigaError::QueuesNotActive),
         Some(Subchannel::Active(_)) if issuer.suspended => Err(SigaError::Suspended),
-        Some(Subchannel::Active(slot)) => Ok(slot),
+        Some(Subchannel::Active(slot)) => Ok((slot, issuer)),
     }
 }
 
@@ -2428,6 +2440,7 @@ fn issuer_slot<const Q: usize, const A: usize, const L: usize, const S: usize, M
 /// still read 0x82 are the receiver's backlog; the first one behind those is the newest
 /// it consumed. The walk is bounded by the ring and, for a polling receiver that keeps
 /// up, ends at the first step.
+#[inline]
 fn receiver_polling(ring: &LiveRing<'_>, cursor: u8) -> bool {
     // Start at the buffer just filled: a receiver polling on another core may have
     // taken it already (0x81 on it, 0x80 on the one before).

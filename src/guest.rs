@@ -600,6 +600,7 @@ impl Sbal {
     }
 
     /// Reads element `element` once (two relaxed 8-byte loads).
+    #[inline]
     pub fn load(&self, element: usize) -> Sbale {
         let Some([w0, w1]) = self.words(element) else {
             return Sbale::default();
@@ -612,6 +613,7 @@ impl Sbal {
 
     /// Writes element `element` (two relaxed 8-byte stores; the SLSB store that hands
     /// the buffer over publishes them).
+    #[inline]
     pub fn store(&self, element: usize, sbale: &Sbale) {
         let Some([w0, w1]) = self.words(element) else {
             return;

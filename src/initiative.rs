@@ -6,11 +6,15 @@
 //! - The fabric **sets low → high** ([`INDICATOR_SET`]): queue byte, middle byte, then
 //!   swaps the global byte, whose old value says whether the summary was idle.
 //! - The receiver **polls high → low and resets each byte before it processes what the
-//!   byte announces** (an atomic swap to 0). A set that races with a reset re-arms the
-//!   tier above, so no initiative is lost: either the receiver's swap reads the set
-//!   (and, through acquire/release, sees the frame), or the set comes after the swap,
-//!   and then the global byte goes from idle to pending, which raises an interrupt
-//!   unless the receiver is polling.
+//!   byte announces** (an acquire load, then an atomic swap to 0 only when the load
+//!   read the byte set, so that an idle poll writes nothing: a receiver polling on
+//!   another core does not pull the line away from the fabric on every round). A set
+//!   that races with a reset re-arms the tier above, so no initiative is lost: either
+//!   the receiver's swap reads the set (and, through acquire/release, sees the frame),
+//!   or the set comes after the swap, and then the global byte goes from idle to
+//!   pending, which raises an interrupt unless the receiver is polling; or the load
+//!   read 0 before the set, which then stays in the byte for the next poll (and the
+//!   swap that set it found the summary idle and decided as above).
 //!
 //! After setting the bytes, the fabric decides whether the receiver needs an interrupt
 //! ([`decide`]), a pure function of the state it observed.
@@ -32,7 +36,9 @@ pub trait IndicatorByte {
     /// Sets the byte and returns whether it was set already (AcqRel).
     fn swap_set(&self) -> bool;
     /// Resets the byte and returns whether it was set (AcqRel: a set seen here makes
-    /// the stores before that set visible).
+    /// the stores before that set visible). Reads first and writes only a byte it
+    /// found set, so a poll that finds nothing leaves the cache line shared with the
+    /// fabric instead of taking it exclusive on every poll.
     fn reset(&self) -> bool;
     /// Whether the byte is set (Acquire).
     fn is_set(&self) -> bool;
@@ -48,7 +54,13 @@ impl IndicatorByte for GuestSlice {
     }
 
     fn reset(&self) -> bool {
-        self.swap(0, 0, Ordering::AcqRel) != 0
+        // A 0 read here leaves the byte alone. If a set raced with the load (a 0 read
+        // while the set is already in the byte's modification order), the byte stays
+        // set: the next poll finds it, and the fabric's swap of the global byte reads
+        // "pending", as it would for a set the receiver had not polled yet. The set
+        // whose swap found the summary idle decided an interrupt (or saw the receiver
+        // polling), as before; nothing announced is lost, only a write saved.
+        self.load(0, Ordering::Acquire) != 0 && self.swap(0, 0, Ordering::AcqRel) != 0
     }
 
     fn is_set(&self) -> bool {

@@ -619,6 +619,7 @@ impl Counters {
     }
 
     /// A buffer sent on output queue `queue` (outbound lock held).
+    #[inline]
     pub(crate) fn sent(&self, queue: u8, frames: u64, bytes: u64) {
         add_locked(&self.tx.sbals_sent, 1);
         add_locked(&self.tx.frames_sent, frames);
@@ -666,6 +667,7 @@ impl Counters {
     }
 
     /// A buffer received (inbound lock held).
+    #[inline]
     pub(crate) fn received(&self, frames: u64, bytes: u64) {
         add_locked(&self.rx.sbals_received, 1);
         add_locked(&self.rx.frames_received, frames);
@@ -696,6 +698,7 @@ impl Counters {
     }
 
     /// A delivery to this queue that raised no interrupt (inbound lock held).
+    #[inline]
     pub(crate) fn suppressed(&self) {
         add_locked(&self.rx.interrupts_suppressed, 1);
     }

@@ -7,9 +7,10 @@
 //!
 //! (a) registration and deregistration against a concurrent send, and a registration
 //!     that a write-multiple lets in between its buffers;
-//! (b) the fabric setting the completion vector against the receiver's reset-and-poll,
-//!     and against a receiver that stops polling: the receiver either takes the frame,
-//!     whole, or gets an interrupt;
+//! (b) the fabric setting the completion vector against the receiver's reset-and-poll
+//!     (whose reset reads first and writes only a byte it found set), and against a
+//!     receiver that stops polling: the receiver either takes the frame, whole, or
+//!     gets an interrupt, or finds the summary still set at its next poll;
 //! (c) two partitions sending to each other at once: no deadlock;
 //! (d) the completion queue: a pending buffer's delivery (at the sender's next SIGA or
 //!     the tick) against the receiver's refill, delivered and completed exactly once;
@@ -196,6 +197,40 @@ fn take_all(p: &mut Part) -> Vec<Vec<u8>> {
     got
 }
 
+/// One model run of (b): partitions 1 → 2, the sender with `tx_buffers` output
+/// buffers, the receiver's summary left pending by an earlier frame it took without
+/// resetting its bytes if `pending`. The sender sends `frames` in a row on a thread
+/// of its own while the receiver polls once, high → low, each byte reset before the
+/// work it announces is looked at. Returns what the poll took, whether an interrupt
+/// was raised for the receiver since, and the receiver.
+fn poll_against_sends(
+    pending: bool,
+    tx_buffers: u8,
+    frames: &'static [&'static [u8]],
+) -> (Vec<Vec<u8>>, bool, Part) {
+    let fab = new_fabric();
+    let mut a = part_with(&fab, 1, tx_buffers);
+    let mut b = part(&fab, 2);
+    if pending {
+        a.q.send(&fab.port(1), v4(2, 0), &[7]).unwrap();
+        assert_eq!(take_all(&mut b), vec![vec![7]]);
+    }
+    let raised_before = fab.platform().raised[2].load(Ordering::SeqCst);
+    let f = fab.clone();
+    let sender = loom::thread::spawn(move || {
+        for frame in frames {
+            a.q.send(&f.port(1), v4(2, 0), frame).unwrap();
+        }
+        a
+    });
+    b.ind.take();
+    b.q.take_initiative();
+    let got = take_all(&mut b);
+    let _a = sender.join().unwrap();
+    let raised = fab.platform().raised[2].load(Ordering::SeqCst) > raised_before;
+    (got, raised, b)
+}
+
 /// The receiver polls high → low with the real driver while the real fabric delivers:
 /// it either finds the frame, whole (the SBALEs it reads through 0x82 are the ones the
 /// fabric wrote), or the fabric raised an interrupt for it. With the summary idle, and
@@ -204,28 +239,35 @@ fn take_all(p: &mut Part) -> Vec<Vec<u8>> {
 fn reset_and_poll_never_loses_initiative() {
     for pending in [false, true] {
         model(move || {
-            let fab = new_fabric();
-            let mut a = part(&fab, 1);
-            let mut b = part(&fab, 2);
-            if pending {
-                a.q.send(&fab.port(1), v4(2, 0), &[7]).unwrap();
-                assert_eq!(take_all(&mut b), vec![vec![7]]);
-            }
-            let raised_before = fab.platform().raised[2].load(Ordering::SeqCst);
-            let f = fab.clone();
-            let sender = loom::thread::spawn(move || {
-                a.q.send(&f.port(1), v4(2, 0), &[1, 2, 3]).unwrap();
-                a
-            });
-            // High -> low, each byte reset before the work it announces is looked at.
-            b.ind.take();
-            b.q.take_initiative();
-            let got = take_all(&mut b);
-            let _a = sender.join().unwrap();
-            let raised = fab.platform().raised[2].load(Ordering::SeqCst) > raised_before;
+            let (got, raised, _b) = poll_against_sends(pending, 1, &[&[1, 2, 3]]);
             match got.as_slice() {
                 [] => assert!(raised, "the receiver would sleep on a frame"),
                 [frame] => assert_eq!(frame, &[1, 2, 3]),
+                more => panic!("unexpected frames {more:?}"),
+            }
+        });
+    }
+}
+
+/// The receiver's poll reads each indicator byte before it resets it and writes
+/// nothing when it reads 0 (`IndicatorByte::reset`). One poll against two sends in a
+/// row: every frame the poll did not take is still announced, by an interrupt raised
+/// since, or by the global summary byte left set for the next poll. A poll that read
+/// 0 while the first send's set was already in the byte must not turn the second
+/// send's "summary pending, no interrupt" into a lost wake-up. With the summary idle,
+/// and left pending by earlier work.
+#[test]
+fn a_poll_that_reads_zero_writes_nothing_and_loses_nothing() {
+    for pending in [false, true] {
+        model(move || {
+            let (got, raised, b) = poll_against_sends(pending, 2, &[&[1], &[2]]);
+            let frames: Vec<&[u8]> = got.iter().map(Vec::as_slice).collect();
+            match frames.as_slice() {
+                [[1], [2]] => {}
+                [] | [[1]] => assert!(
+                    raised || b.ind.pending(),
+                    "a frame neither taken nor announced: {got:?}"
+                ),
                 more => panic!("unexpected frames {more:?}"),
             }
         });

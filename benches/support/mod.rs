@@ -166,7 +166,17 @@ impl Partition {
     /// frames) and registers the partition, its queue sets and one IPv4 address per
     /// queue set ([`v4`]).
     pub fn new<P: Platform>(fabric: &BenchFabric<P>, lpar: u8, subchannels: u16) -> Self {
-        let cfg = DriverConfig::new(0, Mfs::K64);
+        Self::with_config(fabric, lpar, subchannels, DriverConfig::new(0, Mfs::K64))
+    }
+
+    /// As [`new`](Self::new), each queue set's driver configured as `cfg` (its
+    /// subchannel number set per queue set).
+    pub fn with_config<P: Platform>(
+        fabric: &BenchFabric<P>,
+        lpar: u8,
+        subchannels: u16,
+        cfg: DriverConfig,
+    ) -> Self {
         let mut ram = GuestRam::new(PAGE + cfg.footprint() * usize::from(subchannels));
         let mut region = ram.region();
         let window: Window = region.window();

@@ -94,6 +94,7 @@ impl L3Header {
     }
 
     /// Decodes a header, checking id, cast bits and address family.
+    #[inline]
     pub fn decode(b: &[u8; HEADER_SIZE]) -> Result<Self, HeaderError> {
         if b[0] != ID_LAYER3 {
             return Err(HeaderError::Id(b[0]));
@@ -133,6 +134,7 @@ impl L3Header {
     }
 
     /// Encodes the header to its 32 bytes.
+    #[inline]
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[0] = ID_LAYER3;
