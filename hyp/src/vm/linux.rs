@@ -54,11 +54,12 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use iqdio_vdev::esr::{self, AbortKind, GuestContext, MmioAccess, Trap};
 use iqdio_vdev::psci::{self, Psci};
 use iqdio_vdev::vgic::Vgic;
-use iqdio_vdev::virtio_net::{self as vnet, Effect, GuestMemory, OutsideWindow, Queue, VirtioNet};
+use iqdio_vdev::virtio_net::{self as vnet, Effect, Queue, VirtioNet};
 use iqdio_vdev::vpl011::Pl011;
 
 use super::vgic::{LIST_REGISTERS, empty_list_registers, read_lr, write_lr};
 use super::vnet::{FabricCounts, Wire, WireCounts};
+use super::window_ram::WindowRam;
 use super::{RUNNING_LPAR, SCTLR_EL1_RESET, SPSR_EL1H_MASKED, parse, set_sctlr_el1, stage2, vmid};
 use crate::board::{self, KIND_IRQ, KIND_SYNC, LEAVE, MAX_CORES, RESUME, VcpuRegs};
 
@@ -216,93 +217,22 @@ impl Report {
 }
 
 /// The guest's RAM as the hypervisor sees it: IPA `[ipa, ipa + size)` is physical
-/// `[pa, pa + size)`, mapped in the hypervisor's own tables (`board::layout::LINUX_WINDOWS`).
-/// Every access is checked against the window first; the copies are volatile (the guest
-/// runs on this memory too), 16-bit indices single aligned accesses.
-#[derive(Clone, Copy, Debug)]
-pub struct GuestRam {
-    ipa: u64,
-    pa: u64,
-    size: u64,
-}
+/// `[pa, pa + size)`, mapped in the hypervisor's own tables (`board::layout::LINUX_WINDOWS`),
+/// every access checked against the window ([`WindowRam`]).
+pub type GuestRam = WindowRam;
 
-impl GuestRam {
-    /// The window of Linux guest `index` in this build, if the hypervisor maps it (the
-    /// mapped span is exactly the build's guests' windows, so `index` past the last
-    /// guest has none).
-    pub fn of_guest(index: usize) -> Option<Self> {
-        let size = CONFIG.ram_mib << 20;
-        let pa = CONFIG.phys.checked_add((index as u64).checked_mul(size)?)?;
-        let (start, end) = crate::board::layout::LINUX_WINDOWS;
-        (pa >= start as u64 && pa.checked_add(size)? <= end as u64).then_some(Self {
-            ipa: CONFIG.ram_ipa,
-            pa,
-            size,
-        })
-    }
-
-    /// The window: its IPA, physical address and size.
-    pub fn bounds(&self) -> (u64, u64, u64) {
-        (self.ipa, self.pa, self.size)
-    }
-
-    /// The physical address of `[ipa, ipa + len)`, if it lies wholly in the window.
-    fn at(&self, ipa: u64, len: u64) -> Result<usize, OutsideWindow> {
-        let off = ipa.checked_sub(self.ipa).ok_or(OutsideWindow)?;
-        let end = off.checked_add(len).ok_or(OutsideWindow)?;
-        if len == 0 || end > self.size {
-            return Err(OutsideWindow);
-        }
-        usize::try_from(self.pa + off).map_err(|_| OutsideWindow)
-    }
-}
-
-impl GuestMemory for GuestRam {
-    fn contains(&self, ipa: u64, len: u64) -> bool {
-        self.at(ipa, len).is_ok()
-    }
-
-    fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), OutsideWindow> {
-        let pa = self.at(ipa, buf.len() as u64)?;
-        for (i, b) in buf.iter_mut().enumerate() {
-            let p = core::ptr::with_exposed_provenance::<u8>(pa + i);
-            // SAFETY: `at` checked the range lies in this guest's window, which the
-            // hypervisor maps as normal memory and nothing of its own lives in.
-            *b = unsafe { p.read_volatile() };
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, ipa: u64, data: &[u8]) -> Result<(), OutsideWindow> {
-        let pa = self.at(ipa, data.len() as u64)?;
-        for (i, &b) in data.iter().enumerate() {
-            let p = core::ptr::with_exposed_provenance_mut::<u8>(pa + i);
-            // SAFETY: as in `read`: inside the guest's mapped window.
-            unsafe { p.write_volatile(b) };
-        }
-        Ok(())
-    }
-
-    fn read_u16(&self, ipa: u64) -> Result<u16, OutsideWindow> {
-        let pa = self.at(ipa, 2)?;
-        if pa % 2 != 0 {
-            return Err(OutsideWindow);
-        }
-        let p = core::ptr::with_exposed_provenance::<u16>(pa);
-        // SAFETY: inside the window (checked), 2-aligned: one single-copy-atomic load.
-        Ok(u16::from_le(unsafe { p.read_volatile() }))
-    }
-
-    fn write_u16(&mut self, ipa: u64, value: u16) -> Result<(), OutsideWindow> {
-        let pa = self.at(ipa, 2)?;
-        if pa % 2 != 0 {
-            return Err(OutsideWindow);
-        }
-        let p = core::ptr::with_exposed_provenance_mut::<u16>(pa);
-        // SAFETY: inside the window (checked), 2-aligned: one single-copy-atomic store.
-        unsafe { p.write_volatile(value.to_le()) };
-        Ok(())
-    }
+/// The window of Linux guest `index` in this build, if the hypervisor maps it (the
+/// mapped span is exactly the build's guests' windows, so `index` past the last guest
+/// has none).
+pub fn guest_ram(index: usize) -> Option<GuestRam> {
+    let size = CONFIG.ram_mib << 20;
+    let pa = CONFIG.phys.checked_add((index as u64).checked_mul(size)?)?;
+    let (start, end) = crate::board::layout::LINUX_WINDOWS;
+    // SAFETY: inside the Linux windows the hypervisor maps as normal memory for the
+    // whole run (checked here); this guest's own, holding nothing of the hypervisor's,
+    // and touched by it only through this type's raw accesses and the fabric's.
+    (pa >= start as u64 && pa.checked_add(size)? <= end as u64)
+        .then(|| unsafe { WindowRam::new(CONFIG.ram_ipa, pa, size) })
 }
 
 /// What the guest's network device did, for its closing line and the run's summary.
@@ -362,7 +292,7 @@ struct Guest {
 
 impl Guest {
     fn new(lpar: u8, index: usize) -> Self {
-        let net = GuestRam::of_guest(index).and_then(|ram| {
+        let net = guest_ram(index).and_then(|ram| {
             let dev = VirtioNet::new(vnet_mac(lpar), vnet_mtu()).ok()?;
             let wire = Wire::new(lpar, usize::from(lpar), &ram)?;
             Some(Net {

@@ -8,8 +8,7 @@
 //! single aligned loads and stores, as the model's ordering notes ask.
 //!
 //! The bare-metal partition's device ([`super::vnetdev`]) uses it over the partition's
-//! window. `linux::GuestRam` is the same thing over a Linux guest's RAM: it can become a
-//! constructor of this type (its own copy predates this module).
+//! window; `linux::GuestRam` is this type over a Linux guest's RAM.
 
 use iqdio_vdev::virtio_net::{GuestMemory, OutsideWindow};
 
@@ -33,6 +32,11 @@ impl WindowRam {
     /// meanwhile (the partition and the fabric touch it through raw accesses only).
     pub const unsafe fn new(ipa: u64, pa: u64, size: u64) -> Self {
         Self { ipa, pa, size }
+    }
+
+    /// The window: its guest address, physical address and size.
+    pub fn bounds(&self) -> (u64, u64, u64) {
+        (self.ipa, self.pa, self.size)
     }
 
     /// The physical address of `[ipa, ipa + len)`, if it lies wholly in the window.
