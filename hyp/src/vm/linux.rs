@@ -71,6 +71,14 @@ pub const VTIMER_INTID: u32 = 27;
 /// into its boot; without these it traps (EC 0x18) (LINUX-GUESTS.md, checked).
 const HCR_APK_API: u64 = 1 << 40 | 1 << 41;
 
+/// HCR_EL2.TWI (bit 13): the guest's WFI traps, so an idle guest comes back to EL2
+/// before it sleeps ([`idle`]). WFE does not trap (spin-lock waits stay native).
+const HCR_TWI: u64 = 1 << 13;
+
+/// CNTV_CTL_EL0.ENABLE and ISTATUS.
+const CNTV_ENABLE: u64 = 1 << 0;
+const CNTV_ISTATUS: u64 = 1 << 2;
+
 /// The guest's MPIDR (VMPIDR_EL2): affinity 0 with the RES1 bit 31, as its tree's one
 /// CPU node (`reg = <0>`) and its redistributor's GICR_TYPER say.
 const GUEST_MPIDR: u64 = 1 << 31;
@@ -179,6 +187,8 @@ pub struct Traps {
     pub irq: u64,
     /// Aborts reflected into the guest.
     pub aborts: u64,
+    /// WFIs (the guest going idle, trapped to check its wake-up, see [`idle`]).
+    pub wfi: u64,
     /// Anything else.
     pub other: u64,
 }
@@ -207,6 +217,9 @@ pub struct Report {
     pub idle_ns: u64,
     /// What its network device did (all zero without one).
     pub net: NetReport,
+    /// Times an idle guest's expired virtual timer was found masked with no tick on its
+    /// way and the tick was raised again ([`idle`]).
+    pub ticks_reraised: u64,
 }
 
 impl Report {
@@ -321,6 +334,7 @@ impl Guest {
                 idle_traps: Traps::default(),
                 idle_ns: 0,
                 net: NetReport::default(),
+                ticks_reraised: 0,
             },
             start_ns: 0,
             idle_from: None,
@@ -404,7 +418,7 @@ pub fn run(index: usize) -> Report {
     RUNNING_LPAR[core].store(lpar, Ordering::Release);
     LINUX_ON[core].store(true, Ordering::Relaxed);
     board::gic::set_ppi_enabled(core, VTIMER_INTID, true);
-    stage2::activate_with(vmid(lpar), root, HCR_APK_API);
+    stage2::activate_with(vmid(lpar), root, HCR_APK_API | HCR_TWI);
     critical_section::with(|_| {
         // SAFETY: on this core, IRQs masked; the reference ends with the closure.
         if let Some(g) = unsafe { guest(core) } {
@@ -478,6 +492,7 @@ fn diff(a: Traps, b: Traps) -> Traps {
         timer: a.timer.saturating_sub(b.timer),
         irq: a.irq.saturating_sub(b.irq),
         aborts: a.aborts.saturating_sub(b.aborts),
+        wfi: a.wfi.saturating_sub(b.wfi),
         other: a.other.saturating_sub(b.other),
     }
 }
@@ -542,14 +557,70 @@ pub(crate) fn guest_exit(core: usize, regs: &mut VcpuRegs, kind: u64) -> u64 {
     }
     // SAFETY: as above.
     if let Some(g) = unsafe { guest(core) } {
-        if let Some(net) = g.net.as_mut() {
-            let before = net.dev.interrupt_pending();
-            let wants = net.wire.service(&mut net.dev, &mut net.ram);
-            net.settle(&mut g.vgic, before, wants);
-        }
+        service(g);
         refill(g);
     }
     RESUME
+}
+
+/// What the fabric delivered to the guest's network device since its last exit, and
+/// output buffers a busy SIGA left; the device's interrupt raised if it asks.
+fn service(g: &mut Guest) {
+    if let Some(net) = g.net.as_mut() {
+        let before = net.dev.interrupt_pending();
+        let wants = net.wire.service(&mut net.dev, &mut net.ram);
+        net.settle(&mut g.vgic, before, wants);
+    }
+}
+
+/// The guest is about to sleep in WFI (trapped by [`HCR_TWI`]): make sure something
+/// will wake it, then sleep here in its place until a physical interrupt arrives (its
+/// timer's PPI, an SGI for its network device, the hypervisor's own), which the trap
+/// entry takes as soon as the guest resumes.
+///
+/// What could otherwise be lost is the virtual timer: EL2 masks it (IMASK) when its
+/// PPI fires and hands vINTID 27 to the guest, whose handler unmasks it by
+/// reprogramming. Should 27 never reach the guest's handler, the timer stays masked and
+/// a sleeping guest never wakes (the hang seen as "stops after its init's last line").
+/// So: a timer that is enabled, expired and masked, with 27 neither pending in the
+/// model nor in a list register, is raised again (counted in
+/// [`Report::ticks_reraised`], the first time printed). The network device is
+/// serviced (a frame the fabric delivered without an interrupt is not left waiting for
+/// the next tick), the list registers refilled; with one pending the guest takes it at
+/// once, else this core waits.
+fn idle(g: &mut Guest) {
+    service(g);
+    let ctl: u64;
+    // SAFETY: reading this core's virtual timer control (the guest's, E2H = 0) has no
+    // side effects.
+    unsafe {
+        core::arch::asm!("mrs {}, cntv_ctl_el0", out(reg) ctl, options(nomem, nostack, preserves_flags))
+    };
+    let expired_masked = CNTV_ENABLE | CNTV_ISTATUS | CNTV_IMASK;
+    let held = |g: &Guest| {
+        g.lrs
+            .iter()
+            .any(|&lr| lr != 0 && iqdio_vdev::vgic::lr_vintid(lr) == VTIMER_INTID)
+    };
+    if ctl & expired_masked == expired_masked && !g.vgic.is_pending(VTIMER_INTID) && !held(g) {
+        if g.report.ticks_reraised == 0 {
+            defmt::println!(
+                "partition {}: virtual timer expired and masked with no tick pending: raised again",
+                g.lpar
+            );
+        }
+        g.report.ticks_reraised += 1;
+        let _ = g.vgic.raise(VTIMER_INTID);
+    }
+    refill(g);
+    let empty = empty_list_registers();
+    let pending = (0..LIST_REGISTERS)
+        .any(|n| empty & (1 << n) == 0 && iqdio_vdev::vgic::lr_state(read_lr(n)) & 1 != 0);
+    if !pending {
+        // SAFETY: WFI only suspends this core until an interrupt is pending (IRQs are
+        // masked at EL2: the interrupt is taken after the return to the guest).
+        unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
+    }
 }
 
 /// Retires the list registers the guest emptied, adds an interrupt raised again while
@@ -633,8 +704,9 @@ fn sync(g: &mut Guest, regs: &mut VcpuRegs) -> bool {
             false
         }
         Trap::Wfx { .. } => {
-            g.report.traps.other += 1;
+            g.report.traps.wfi += 1;
             regs.elr += 4;
+            idle(g);
             false
         }
         Trap::SysReg(_) => end(g, End::Stopped("trapped system register")),
