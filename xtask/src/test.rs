@@ -39,6 +39,25 @@ impl Tally {
         eprintln!("xtask: == {name}: {summary} ({:.1} s)", took.as_secs_f64());
         self.steps.push((name.to_string(), took, summary));
     }
+
+    /// A test boot's checks: each result counted, each failure named, one step line.
+    fn boot(&mut self, name: &str, start: Instant, results: &[TestResult], run: &qemu::BootRun) {
+        let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
+        self.passed += (results.len() - failed.len()) as u64;
+        self.failed += failed.len() as u64;
+        for result in &failed {
+            self.failures
+                .push(format!("{name}: {}: {}", result.name, result.detail));
+        }
+        let summary = format!(
+            "{} of {} passed; {} in {:.2} s",
+            results.len() - failed.len(),
+            results.len(),
+            run.outcome,
+            run.elapsed.as_secs_f64()
+        );
+        self.step(name, start.elapsed(), summary);
+    }
 }
 
 /// A step that must succeed: counts one failure if it does not (and nothing if it does).
@@ -363,23 +382,7 @@ fn linux_boot(
         }
     };
     let run = qemu::boot_with(&elf, smp, 300, true, &extra)?;
-    let results = check(&run);
-    let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
-    tally.passed += (results.len() - failed.len()) as u64;
-    tally.failed += failed.len() as u64;
-    for result in &failed {
-        tally
-            .failures
-            .push(format!("{name}: {}: {}", result.name, result.detail));
-    }
-    let summary = format!(
-        "{} of {} passed; {} in {:.2} s",
-        results.len() - failed.len(),
-        results.len(),
-        run.outcome,
-        run.elapsed.as_secs_f64()
-    );
-    tally.step(name, start.elapsed(), summary);
+    tally.boot(name, start, &check(&run), &run);
     Ok(())
 }
 
@@ -431,22 +434,7 @@ fn test_boots(tally: &mut Tally) -> Result<()> {
             // The image's own layout (issue 17 item 2), once per default hyp image.
             results.extend(image::check_hyp_fabric(&elf));
         }
-        let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
-        tally.passed += (results.len() - failed.len()) as u64;
-        tally.failed += failed.len() as u64;
-        for result in &failed {
-            tally
-                .failures
-                .push(format!("{name}: {}: {}", result.name, result.detail));
-        }
-        let summary = format!(
-            "{} of {} passed; {} in {:.2} s",
-            results.len() - failed.len(),
-            results.len(),
-            run.outcome,
-            run.elapsed.as_secs_f64()
-        );
-        tally.step(&name, start.elapsed(), summary);
+        tally.boot(&name, start, &results, &run);
     }
     Ok(())
 }
