@@ -125,6 +125,19 @@ pub fn attach(core: usize, vlan: u16) -> Result<(Indicators, QueueDriver), &'sta
 /// What one partition reports: (connections completed, bytes moved, failed, crossed).
 type Report = [u64; 4];
 
+/// The smoltcp interface of partition `core` on its Ethernet device: its MAC, its
+/// IPv4 /24 and IPv6 /64 addresses, random seed `seed_base + core`.
+pub fn interface<D: smoltcp::phy::Device>(core: usize, seed_base: u64, dev: &mut D) -> Interface {
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac(core))));
+    config.random_seed = seed_base + core as u64;
+    let mut iface = Interface::new(config, dev, now());
+    iface.update_ip_addrs(|a| {
+        let _ = a.push(IpCidr::new(ip(v4(core)), 24));
+        let _ = a.push(IpCidr::new(ip(v6(core)), 64));
+    });
+    iface
+}
+
 /// Runs partition `core`'s side: a server (partitions 0 and 1) or a client.
 fn play(core: usize, n: usize, queue: &mut QueueDriver) -> Result<Report, &'static str> {
     let mut guard = BUFFERS.lock();
@@ -132,13 +145,7 @@ fn play(core: usize, n: usize, queue: &mut QueueDriver) -> Result<Report, &'stat
     let mut dev =
         IqdioDevice::new_ethernet(queue, HvcSiga, &mut b.dev_rx, &mut b.dev_tx, vlan(core))
             .map_err(|_| "device")?;
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac(core))));
-    config.random_seed = 0x12_0000 + core as u64;
-    let mut iface = Interface::new(config, &mut dev, now());
-    iface.update_ip_addrs(|a| {
-        let _ = a.push(IpCidr::new(ip(v4(core)), 24));
-        let _ = a.push(IpCidr::new(ip(v6(core)), 64));
-    });
+    let mut iface = interface(core, 0x12_0000, &mut dev);
     let mut storage = [SocketStorage::EMPTY; MAX_PARTITIONS];
     let mut sockets = SocketSet::new(&mut storage[..]);
     let start = rt::now_ns();

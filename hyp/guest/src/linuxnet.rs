@@ -25,15 +25,14 @@
 use iqdio::driver::Indicators;
 use iqdio::phy::IqdioDevice;
 use iqdio_hvc::ExitStatus;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::iface::{SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::l2::{self, BUFFERS};
-use crate::node::{MAX_PARTITIONS, v4, v6};
+use crate::node::MAX_PARTITIONS;
 use crate::rt::{self, HvcSiga};
 use crate::say;
-use crate::tcp::{ip, now};
+use crate::tcp::now;
 
 /// The echo port (RFC 862).
 pub const PORT: u16 = 7;
@@ -98,13 +97,7 @@ fn serve(core: usize, guests: usize) -> Result<Report, &'static str> {
     let mut dev =
         IqdioDevice::new_ethernet(&mut queue, HvcSiga, &mut b.dev_rx, &mut b.dev_tx, VLAN)
             .map_err(|_| "device")?;
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(l2::mac(core))));
-    config.random_seed = 0x1e7_0000 + core as u64;
-    let mut iface = Interface::new(config, &mut dev, now());
-    iface.update_ip_addrs(|a| {
-        let _ = a.push(IpCidr::new(ip(v4(core)), 24));
-        let _ = a.push(IpCidr::new(ip(v6(core)), 64));
-    });
+    let mut iface = l2::interface(core, 0x1e7_0000, &mut dev);
     let mut storage = [SocketStorage::EMPTY; MAX_PARTITIONS];
     let mut sockets = SocketSet::new(&mut storage[..]);
     // Each connection echoes: the big buffers shared out, half each way (128 KiB each
