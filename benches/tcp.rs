@@ -2,8 +2,8 @@
 //! same payload from a client thread to a server thread, both ways of carrying it.
 //!
 //! ```text
-//! cargo bench -p iqdio --features smoltcp --bench tcp            # 64 MiB, 3 runs each
-//! IQDIO_TCP_QUICK=1 cargo bench -p iqdio --features smoltcp --bench tcp   # 16 MiB
+//! cargo bench -p iqdio-bench --bench tcp            # 64 MiB, 3 runs each
+//! IQDIO_TCP_QUICK=1 cargo bench -p iqdio-bench --bench tcp   # 16 MiB
 //! ```
 //!
 //! - **iqdio**: two partitions on one fabric, each thread a smoltcp `Interface` over an

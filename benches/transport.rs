@@ -5,8 +5,8 @@
 //! against a sleeping receiver.
 //!
 //! ```text
-//! cargo bench --bench transport                  # everything (criterion defaults)
-//! cargo bench --bench transport -- cycle/iqdio   # a filter
+//! cargo bench -p iqdio-bench --bench transport               # everything (criterion defaults)
+//! cargo bench -p iqdio-bench --bench transport -- cycle/iqdio   # a filter
 //! cargo xtask bench [--quick]                    # everything + results under docs/bench
 //! ```
 //!
@@ -135,7 +135,7 @@ fn copy(c: &mut Criterion) {
         let mut dst = Buf::zeroed(size);
         for (name, f) in fns {
             // Checked once here, not after the benchmark: a filter that skips it
-            // (`cargo bench --bench transport -- stream/`) leaves `dst` untouched.
+            // (`cargo bench -p iqdio-bench --bench transport -- stream/`) leaves `dst` untouched.
             // SAFETY: two distinct buffers of `size` bytes, no other thread.
             unsafe { f(dst.as_mut_ptr(), src.as_ptr(), size) };
             assert_eq!(&dst[..], &src[..], "{name} copies the frame");

@@ -1,5 +1,5 @@
 //! Model checking with loom (`cargo xtask loom`, i.e. `RUSTFLAGS="--cfg iqdio_loom" cargo
-//! test --release --test loom`). Under `cfg(iqdio_loom)` the table lock, the queue
+//! test --profile loom --test loom`). Under `cfg(iqdio_loom)` the table lock, the queue
 //! locks, the fences and every atomic access to guest memory (SLSB bytes, indicator
 //! bytes, SBALE words) are loom's (src/sync.rs), so loom explores the interleavings and
 //! the weak-memory outcomes of the real fabric (`Fabric::siga`) and the real driver

@@ -1,10 +1,10 @@
 //! `cargo xtask bench [--quick]`: the transport benchmarks (issue 5), the deterministic
 //! instruction counts, and their report under `docs/bench/`.
 //!
-//! 1. `cargo bench --bench transport` (criterion; `--quick`: short warm-up and
+//! 1. `cargo bench -p iqdio-bench --bench transport` (criterion; `--quick`: short warm-up and
 //!    measurement, 10 samples), results read from
 //!    `target/criterion/<group>/<function>/<parameter>/new/estimates.json` (the median).
-//!    Then `cargo bench --bench tcp --features smoltcp` (`benches/tcp.rs`; `--quick`:
+//!    Then `cargo bench -p iqdio-bench --bench tcp` (`benches/tcp.rs`; `--quick`:
 //!    16 MiB instead of 64), TCP over the smoltcp device against Linux TCP loopback,
 //!    read from `target/criterion/iqdio-tcp.json`.
 //! 2. `valgrind --tool=callgrind` on `examples/send_cost.rs` (release): instructions
@@ -232,9 +232,9 @@ fn cargo() -> std::ffi::OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
-/// `cargo bench --bench transport`, results under `criterion`.
+/// `cargo bench -p iqdio-bench --bench transport`, results under `criterion`.
 fn run_criterion(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
-    let mut args = vec!["bench", "-p", "iqdio", "--bench", "transport", "--"];
+    let mut args = vec!["bench", "-p", "iqdio-bench", "--bench", "transport", "--"];
     if quick {
         args.extend([
             "--warm-up-time",
@@ -258,18 +258,10 @@ fn run_criterion(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
     Ok(())
 }
 
-/// `cargo bench --bench tcp --features smoltcp`: TCP over iqdio against loopback,
+/// `cargo bench -p iqdio-bench --bench tcp`: TCP over iqdio against loopback,
 /// written to `criterion/iqdio-tcp.json`.
 fn run_tcp(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
-    let args = [
-        "bench",
-        "-p",
-        "iqdio",
-        "--features",
-        "smoltcp",
-        "--bench",
-        "tcp",
-    ];
+    let args = ["bench", "-p", "iqdio-bench", "--bench", "tcp"];
     eprintln!("xtask: bench: cargo {}", args.join(" "));
     let mut command = Command::new(cargo());
     command

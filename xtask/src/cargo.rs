@@ -132,8 +132,6 @@ pub fn command(args: &[&str]) -> Command {
 /// and removes the others, so a stray variable in the caller's shell cannot change an
 /// image.
 pub const IMAGE_ENV: &[&str] = &[
-    "IQDIO_SELFTEST_FAIL",
-    "IQDIO_SELFTEST_INJECT",
     "IQDIO_FRAMES",
     "IQDIO_CQ",
     "IQDIO_MFS",
@@ -165,16 +163,15 @@ pub const GUEST_BIN: &str = "guest";
 /// `env` sets build-time variables the images read with `option_env!` (all others of
 /// [`IMAGE_ENV`] are removed). `target_dir` builds elsewhere than the shared build
 /// directory.
-pub fn build_image(bin: &str, env: &[(&str, &str)], target_dir: Option<&Path>) -> Result<PathBuf> {
+pub fn build_image(bin: &str, env: &[(&str, &str)]) -> Result<PathBuf> {
     ensure_toolchain()?;
-    let guest = build_bin(GUEST_PACKAGE, GUEST_BIN, env, &[], target_dir)?;
+    let guest = build_bin(GUEST_PACKAGE, GUEST_BIN, env, &[])?;
     let guest = guest.display().to_string();
     build_bin(
         IMAGE_PACKAGE,
         bin,
         env,
         &[("IQDIO_GUEST_ELF", guest.as_str())],
-        target_dir,
     )
 }
 
@@ -185,7 +182,6 @@ fn build_bin(
     bin: &str,
     env: &[(&str, &str)],
     extra: &[(&str, &str)],
-    target_dir: Option<&Path>,
 ) -> Result<PathBuf> {
     let mut command = command(&[
         "build",
@@ -204,9 +200,6 @@ fn build_bin(
     command.env_remove("IQDIO_GUEST_ELF");
     for (key, value) in env.iter().chain(extra) {
         command.env(key, value);
-    }
-    if let Some(dir) = target_dir {
-        command.env("CARGO_TARGET_DIR", dir);
     }
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
     eprintln!(

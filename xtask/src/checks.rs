@@ -18,10 +18,10 @@ pub struct CheckRun {
     pub success: bool,
 }
 
-/// `RUSTFLAGS="--cfg iqdio_loom" cargo test --release --test loom`, in its own target
+/// `RUSTFLAGS="--cfg iqdio_loom" cargo test --profile loom --test loom`, in its own target
 /// directory (a different cfg would otherwise rebuild everything each time).
 pub fn loom() -> Result<CheckRun> {
-    let mut command = cargo::command(&["test", "--release", "--test", "loom"]);
+    let mut command = cargo::command(&["test", "--profile", "loom", "--test", "loom"]);
     command
         .env("RUSTFLAGS", "--cfg iqdio_loom")
         .env("CARGO_TARGET_DIR", cargo::target_dir().join("loom"))

@@ -18,6 +18,7 @@ mod linux;
 mod panics;
 mod parse;
 mod qemu;
+mod settings;
 mod stress;
 mod test;
 
@@ -153,13 +154,13 @@ enum Command {
         /// Cores (QEMU `-smp`), 2 to 8.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=8))]
         smp: u32,
-        /// Make this case fail on purpose (IQDIO_SELFTEST_FAIL). Builds in a separate
-        /// target directory, so the normal build stays cached.
+        /// Make this case fail on purpose. Written into a copy of the built image (its
+        /// settings block), so the normal build stays as it is.
         #[arg(long, value_name = "CASE")]
         fail: Option<String>,
-        /// Add a case that fails the hard way (IQDIO_SELFTEST_INJECT): `panic`,
-        /// `stack-overflow`, `null`, `hang`, `hang-masked`. Shows each failure path ends
-        /// the boot with the right status. Builds in the separate target directory too.
+        /// Add a case that fails the hard way: `panic`, `stack-overflow`, `null`, `hang`,
+        /// `hang-masked`. Shows each failure path ends the boot with the right status.
+        /// Written into a copy of the built image too.
         #[arg(long, value_name = "KIND", value_parser = ["panic", "stack-overflow", "null", "hang", "hang-masked"])]
         inject: Option<String>,
         /// Boot this many times (stops at the first failing boot).
@@ -230,7 +231,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 env.extend(guests.env.iter().map(|(k, v)| (*k, v.as_str())));
                 extra = guests.qemu_extra();
             }
-            let elf = cargo::build_image("hyp", &env, None)?;
+            let elf = cargo::build_image("hyp", &env)?;
             let run = qemu::boot_with(&elf, smp, timeout, true, &extra)?;
             // On a pass, the image's own last line stays the last line.
             if run.outcome != Outcome::Pass {
@@ -268,17 +269,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             repeat,
             timeout,
         } => {
-            let env: Vec<(&str, &str)> = [
-                ("IQDIO_SELFTEST_FAIL", fail.as_deref()),
-                ("IQDIO_SELFTEST_INJECT", inject.as_deref()),
-            ]
-            .into_iter()
-            .filter_map(|(key, value)| Some((key, value?)))
-            .collect();
-            // A failing build gets its own target directory, so the normal one stays
-            // cached (only the image itself is rebuilt between failure kinds).
-            let target_dir = (!env.is_empty()).then(|| cargo::target_dir().join("selftest-fail"));
-            let elf = cargo::build_image("selftest", &env, target_dir.as_deref())?;
+            let built = cargo::build_image("selftest", &[])?;
+            // The failure settings go into a copy of the one cached image: nothing is
+            // rebuilt per failure kind.
+            let elf = if fail.is_some() || inject.is_some() {
+                settings::selftest_copy(&built, fail.as_deref(), inject.as_deref())?
+            } else {
+                built
+            };
             for round in 1..=repeat {
                 let run = qemu::boot(&elf, smp, timeout, true)?;
                 let results = boots::check_selftest(&run, smp);

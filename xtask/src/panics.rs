@@ -143,7 +143,7 @@ pub fn run() -> Result<ExitCode> {
 
 /// Runs the check, prints what it found; true when no panic path is reachable.
 pub fn check() -> Result<bool> {
-    let elf = cargo::build_image(IMAGE, &[], None)?;
+    let elf = cargo::build_image(IMAGE, &[])?;
     let output = Command::new("llvm-objdump")
         .args(["-d", "--no-show-raw-insn", "-C"])
         .arg(&elf)

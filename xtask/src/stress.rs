@@ -133,7 +133,7 @@ pub fn image(frames: u64, smp: u32, cq: bool) -> Result<StressRun> {
     if cq {
         env.push(("IQDIO_CQ", "1"));
     }
-    let elf = cargo::build_image("hyp", &env, None)?;
+    let elf = cargo::build_image("hyp", &env)?;
     qemu::ensure_installed()?;
     let boot = qemu::boot(&elf, smp, 1200, true)?;
     let text: String = boot

@@ -292,7 +292,9 @@ fn stress_image_cq(tally: &mut Tally) {
 /// The loom model checks, each test counted.
 fn loom(tally: &mut Tally) -> Result<()> {
     let name = "loom";
-    eprintln!("xtask: == {name}: RUSTFLAGS=\"--cfg iqdio_loom\" cargo test --release --test loom");
+    eprintln!(
+        "xtask: == {name}: RUSTFLAGS=\"--cfg iqdio_loom\" cargo test --profile loom --test loom"
+    );
     let start = Instant::now();
     let run = checks::loom()?;
     tally.passed += run.passed;
@@ -369,7 +371,7 @@ fn linux_boot(
     let prepared = prepare().and_then(|(guests, settings)| {
         let mut env: Vec<(&str, &str)> = settings.to_vec();
         env.extend(guests.env.iter().map(|(k, v)| (*k, v.as_str())));
-        let elf = cargo::build_image("hyp", &env, None)?;
+        let elf = cargo::build_image("hyp", &env)?;
         Ok((elf, guests.qemu_extra()))
     });
     let (elf, extra) = match prepared {
@@ -408,7 +410,7 @@ fn test_boots(tally: &mut Tally) -> Result<()> {
         {
             Some((_, _, elf)) => elf.clone(),
             None => {
-                let elf = match cargo::build_image(boot.bin, boot.env, None) {
+                let elf = match cargo::build_image(boot.bin, boot.env) {
                     Ok(elf) => Some(elf),
                     Err(error) => {
                         eprintln!("xtask: {error:#}");

@@ -2,16 +2,16 @@
 //! purpose, a panic, a stack overflow, a hung case and a machine that never stops each
 //! end `cargo xtask selftest` with a non-zero status and say what failed.
 //!
-//! The images are built with `IQDIO_SELFTEST_FAIL` / `IQDIO_SELFTEST_INJECT` in the
-//! separate target directory `target/selftest-fail`, so the main build cache stays as
-//! it is. The boots run one at a time (they share that directory's image).
+//! Each boot is the one cached self-test image with its settings block written by the
+//! xtask (`--fail`, `--inject`), so nothing is rebuilt per failure kind. The boots run
+//! one at a time (the first one builds the image).
 
 use std::{
     process::{Command, Output},
     sync::Mutex,
 };
 
-/// One boot at a time: every boot rebuilds the same image path.
+/// One boot at a time: the first builds the image the others boot.
 static BOOTS: Mutex<()> = Mutex::new(());
 
 fn selftest(args: &[&str]) -> (Option<i32>, String) {

@@ -12,10 +12,10 @@
 //! boots it (at several `-smp`) and counts each case as one test; `cargo xtask selftest`
 //! boots it alone.
 //!
-//! Setting `IQDIO_SELFTEST_FAIL=<case>` at build time makes that case fail on purpose
-//! (the xtask's own test uses it to show a failing case fails the run), and
-//! `IQDIO_SELFTEST_INJECT=<kind>` adds a case that panics, faults or hangs (see
-//! `selftest/inject.rs`).
+//! `cargo xtask selftest --fail <case>` makes that case fail on purpose (the xtask's own
+//! test uses it to show a failing case fails the run), and `--inject <kind>` adds a case
+//! that panics, faults or hangs (see `selftest/inject.rs`). Both are written into a copy
+//! of the built image, not compiled in (see `selftest/settings.rs`).
 //!
 //! To add a module of cases: write `src/bin/selftest/<name>.rs` with
 //! `pub const CASES: &[Case] = &[...]` and add `<name>` to the `case_modules!` line.
@@ -41,6 +41,7 @@ macro_rules! case_modules {
 mod suite {
     pub mod harness;
     pub mod inject;
+    pub mod settings;
 
     // One line per module of cases: add yours here.
     case_modules!(board, fabric, vm);

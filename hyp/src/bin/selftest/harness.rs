@@ -22,9 +22,6 @@ pub struct Case {
     pub run: fn() -> Result<(), &'static str>,
 }
 
-/// The case to fail on purpose, from the build environment (empty means none).
-const FAIL_ON_PURPOSE: Option<&str> = option_env!("IQDIO_SELFTEST_FAIL");
-
 /// Extra time after a case's limit before the alarm declares it hung.
 const HANG_GRACE_MS: u64 = 1_000;
 
@@ -38,15 +35,12 @@ static FAILED: AtomicU32 = AtomicU32::new(0);
 static JOB_FAILURES: critical_section::Mutex<Cell<[Option<&'static str>; MAX_CORES]>> =
     critical_section::Mutex::new(Cell::new([None; MAX_CORES]));
 
-fn fail_on_purpose() -> Option<&'static str> {
-    FAIL_ON_PURPOSE.filter(|name| !name.is_empty())
-}
-
 /// Runs every case of every module, prints the summary and stops the machine.
 pub fn run(modules: &'static [&'static [Case]]) -> ! {
-    let injected = super::inject::KIND.is_some_and(|kind| !kind.is_empty());
+    let injected = super::settings::inject().get().is_some();
     let total = modules.iter().map(|cases| cases.len()).sum::<usize>() + usize::from(injected);
-    let forced = fail_on_purpose();
+    let fail = super::settings::fail();
+    let forced = fail.get();
     let forced_unknown = forced.is_some_and(|name| {
         !modules
             .iter()
@@ -59,15 +53,12 @@ pub fn run(modules: &'static [&'static [Case]]) -> ! {
         board::cores()
     );
     if let Some(name) = forced {
-        defmt::warn!(
-            "selftest: case {=str} fails on purpose (IQDIO_SELFTEST_FAIL)",
-            name
-        );
+        defmt::warn!("selftest: case {=str} fails on purpose (--fail)", name);
     }
     if forced_unknown {
         FAILED.fetch_add(1, Ordering::Relaxed);
         defmt::println!(
-            "selftest: case IQDIO_SELFTEST_FAIL result=FAIL time_us=0 reason=names no case: {=str}",
+            "selftest: case fail_on_purpose result=FAIL time_us=0 reason=names no case: {=str}",
             forced.unwrap_or("")
         );
     }
@@ -104,7 +95,7 @@ fn run_case(case: &'static Case, fail_on_purpose: bool) {
         result = Err("timeout: the case took longer than its limit");
     }
     if fail_on_purpose {
-        result = Err("failed on purpose (IQDIO_SELFTEST_FAIL)");
+        result = Err("failed on purpose (--fail)");
     }
     report(case.name, elapsed / 1000, result);
 }

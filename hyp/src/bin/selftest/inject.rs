@@ -1,6 +1,7 @@
 //! Failures on purpose, to show that each one stops the run with the right outcome: the
-//! `inject` case runs only when the image is built with `IQDIO_SELFTEST_INJECT=<kind>`
-//! (`cargo xtask selftest --inject <kind>`; the xtask's own tests use it).
+//! `inject` case runs only when the boot's settings name a kind
+//! (`cargo xtask selftest --inject <kind>`, see `settings.rs`; the xtask's own tests use
+//! it).
 //!
 //! | kind             | what happens                          | QEMU exit  |
 //! |------------------|---------------------------------------|------------|
@@ -14,10 +15,7 @@ use core::hint::black_box;
 
 use super::harness::{self, Case};
 
-/// The kind of failure to inject, if any.
-pub const KIND: Option<&str> = option_env!("IQDIO_SELFTEST_INJECT");
-
-/// The injected case (run before all others when `KIND` is set).
+/// The injected case (run before all others when the settings name a kind).
 pub static CASE: Case = Case {
     name: "inject",
     timeout_ms: 2_000,
@@ -25,7 +23,7 @@ pub static CASE: Case = Case {
 };
 
 fn run() -> Result<(), &'static str> {
-    match KIND.unwrap_or("") {
+    match super::settings::inject().get().unwrap_or("") {
         "panic" => harness::run_on_all(|core| {
             if core == 1 {
                 panic!("injected panic");
@@ -52,7 +50,7 @@ fn run() -> Result<(), &'static str> {
                 core::hint::spin_loop();
             }
         }),
-        _ => Err("IQDIO_SELFTEST_INJECT names no known kind"),
+        _ => Err("--inject names no known kind"),
     }
 }
 
