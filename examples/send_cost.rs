@@ -4,6 +4,7 @@
 //! ```text
 //! send_cost send    SIZE N [ADDRESSES]   # N cycles; do_send = QueueDriver::send
 //! send_cost receive SIZE N [ADDRESSES]   # the same run; do_receive = poll + take
+//! send_cost siga    SIZE N [ADDRESSES]   # the same run; do_siga = the fabric's SIGA alone
 //! send_cost memcpy  SIZE N               # N copies of SIZE bytes; do_copy
 //! ```
 //!
@@ -11,6 +12,9 @@
 //! `valgrind --tool=callgrind --toggle-collect='*do_send*' send_cost send 64 N`
 //! counts only it, and instructions per operation are
 //! `(total(N2) − total(N1)) / (N2 − N1)`, free of setup. `cargo xtask bench` does this.
+//! `siga` splits a send into its two sides: `do_siga` is the fabric's part of it (the
+//! SIGA the driver issues through the [`Siga`] trait, as a hypervisor's trap would
+//! hand it over), so `send` minus `siga` is the program's side (prime, SLSB, outcome).
 //! `ADDRESSES` fills the fabric's target table to that many registered addresses (the
 //! sends then go round 8 of the receiver's addresses); without it only the pair's own
 //! two are registered.
@@ -26,12 +30,38 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
+use iqdio::{Siga, SigaFunction, SigaStatus};
 use support::{BenchFabric, Buf, Pair, QuietPlatform, fabric, frame, lookup_setup};
 
 /// One send: prime, SIGA (the fabric's lookup, copy and signal).
 #[inline(never)]
 fn do_send(fab: &BenchFabric<QuietPlatform>, pair: &mut Pair, dest: IpAddr) {
     let port = fab.port(pair.tx.lpar);
+    pair.tx.queues[0]
+        .send(&port, dest, black_box(&pair.frame))
+        .expect("send to a polling receiver");
+}
+
+/// The fabric's side of a send: SIGA as the driver issues it (the port's direct call).
+#[inline(never)]
+fn do_siga<S: Siga>(port: &S, subchannel: u16, function: SigaFunction, mask: u32) -> SigaStatus {
+    port.siga(subchannel, function, mask)
+}
+
+/// A [`Siga`] that hands every call to [`do_siga`], so that callgrind can count the
+/// fabric's part of a send apart from the driver's.
+struct Counted<S>(S);
+
+impl<S: Siga> Siga for Counted<S> {
+    fn siga(&self, subchannel: u16, function: SigaFunction, queue_mask: u32) -> SigaStatus {
+        do_siga(&self.0, subchannel, function, queue_mask)
+    }
+}
+
+/// The same send as [`do_send`], its SIGA through [`Counted`] (not counted itself).
+#[inline(never)]
+fn send_counted(fab: &BenchFabric<QuietPlatform>, pair: &mut Pair, dest: IpAddr) {
+    let port = Counted(fab.port(pair.tx.lpar));
     pair.tx.queues[0]
         .send(&port, dest, black_box(&pair.frame))
         .expect("send to a polling receiver");
@@ -58,7 +88,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parse = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
     let (Some(what), Some(size), Some(n)) = (args.first(), parse(1), parse(2)) else {
-        eprintln!("usage: send_cost send|receive|memcpy SIZE N [ADDRESSES]");
+        eprintln!("usage: send_cost send|receive|siga|memcpy SIZE N [ADDRESSES]");
         return ExitCode::from(2);
     };
     if !(1..=56 << 10).contains(&size) {
@@ -66,7 +96,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match what.as_str() {
-        "send" | "receive" => {
+        "send" | "receive" | "siga" => {
             let fab = fabric(QuietPlatform::default());
             let (mut pair, _filler, dests) = match parse(3) {
                 Some(total) => {
@@ -83,7 +113,11 @@ fn main() -> ExitCode {
             };
             let mut bytes = 0;
             for i in 0..n {
-                do_send(&fab, &mut pair, dests[i % dests.len()]);
+                if what == "siga" {
+                    send_counted(&fab, &mut pair, dests[i % dests.len()]);
+                } else {
+                    do_send(&fab, &mut pair, dests[i % dests.len()]);
+                }
                 bytes += do_receive(&mut pair);
             }
             // A polling receiver gets no interrupt, except for the very first frame:

@@ -153,7 +153,7 @@ pub unsafe fn fill(dst: *mut u8, value: u8, n: usize) {
 
 /// Copies a Rust slice into partition memory (the checked frame header, a program's
 /// bytes in the tests): [`copy`] with a source that nothing else can write while it is
-/// borrowed.
+/// borrowed, always inlined.
 ///
 /// Under Miri the source is read plainly: an atomic view of bytes behind a shared
 /// reference would claim write permission that the reference does not have (Stacked
@@ -163,7 +163,7 @@ pub unsafe fn fill(dst: *mut u8, value: u8, n: usize) {
 ///
 /// `dst .. dst + src.len()` must be valid for writes, with no Rust reference to it
 /// other than to atomics (as for [`copy`]); `src` is not inside it.
-#[inline]
+#[inline(always)]
 pub unsafe fn copy_from_slice(dst: *mut u8, src: &[u8]) {
     #[cfg(miri)]
     for (i, b) in src.iter().enumerate() {
@@ -172,11 +172,29 @@ pub unsafe fn copy_from_slice(dst: *mut u8, src: &[u8]) {
     }
     #[cfg(not(miri))]
     // SAFETY: forwarded contract; a borrowed slice never overlaps partition memory that
-    // Rust code holds no reference to, so `copy`'s overlap handling is not needed but
-    // harmless.
+    // Rust code holds no reference to, so no overlap handling is needed: front to back
+    // is right. Straight into `forward`, which is always inlined: with a length the
+    // caller knows (the 32-byte header) the size dispatch folds to the one block.
     unsafe {
-        copy(dst, src.as_ptr(), src.len())
+        forward(dst, src.as_ptr(), src.len())
     }
+}
+
+/// Copies partition memory into a Rust slice (the frame header read once to check it,
+/// a received frame copied out): [`copy`] into a destination that cannot overlap the
+/// source, so without the overlap test, and always inlined (a header's length is a
+/// constant there, and the size dispatch folds).
+///
+/// # Safety
+///
+/// `src .. src + dst.len()` must be valid for reads, with no Rust reference to it
+/// other than to atomics (as for [`copy`]).
+#[inline(always)]
+pub unsafe fn copy_to_slice(dst: &mut [u8], src: *const u8) {
+    // SAFETY: the caller's contract for the source; the destination is an exclusive
+    // borrow of local memory, which partition memory (never referenced by Rust code)
+    // cannot overlap, so front to back is right.
+    unsafe { forward(dst.as_mut_ptr(), src, dst.len()) }
 }
 
 /// Front-to-back copy of `n` bytes.

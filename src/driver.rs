@@ -268,6 +268,7 @@ impl Dest {
     /// The destination an address names by itself: a multicast address a
     /// [`Group`](Self::Group), 255.255.255.255 [`Broadcast`](Self::Broadcast), any
     /// other [`Unicast`](Self::Unicast).
+    #[inline]
     pub const fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) if v4.is_broadcast() => Self::Broadcast(v4),
@@ -316,6 +317,7 @@ impl Dest {
     }
 
     /// Whether the address fits the kind.
+    #[inline]
     const fn valid(&self) -> bool {
         match self {
             Self::Group(ip) => ip.is_multicast(),
@@ -1785,6 +1787,7 @@ impl QueueDriver {
     /// Whether output queue `q` sends with SIGA WRITEQ: a completion queue, and `q` a
     /// unicast queue (not the multicast queue, where the fabric refuses WRITEQ; Linux
     /// attaches no QAOB there either, `qeth_flush_buffers`).
+    #[inline]
     pub fn uses_writeq(&self, q: u8) -> bool {
         self.cq.is_some() && usize::from(q) < self.tx.len() && self.multicast_queue() != Some(q)
     }

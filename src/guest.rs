@@ -499,6 +499,7 @@ impl GuestSlice {
     }
 
     /// Copies `dst.len()` bytes at `offset` into local memory.
+    #[inline]
     pub fn read(&self, offset: usize, dst: &mut [u8]) {
         if !self.in_range(offset, dst.len()) {
             return;
@@ -506,10 +507,11 @@ impl GuestSlice {
         // SAFETY: source in range (checked above), destination a local slice that
         // cannot overlap guest memory (no Rust reference to guest memory exists); the
         // copy primitive is sound against a partition writing the source (module docs).
-        unsafe { crate::copy::copy(dst.as_mut_ptr(), self.ptr.as_ptr().add(offset), dst.len()) };
+        unsafe { crate::copy::copy_to_slice(dst, self.ptr.as_ptr().add(offset)) };
     }
 
     /// Copies `src` from local memory to `offset`.
+    #[inline]
     pub fn write(&self, offset: usize, src: &[u8]) {
         if !self.in_range(offset, src.len()) {
             return;
@@ -535,6 +537,7 @@ impl GuestSlice {
     /// guest: the fabric's one copy of a frame. The ranges may overlap (a partition may
     /// point an output and an input element at the same bytes); the copy then behaves
     /// as `memmove`.
+    #[inline]
     pub fn copy(
         src: &GuestSlice,
         src_offset: usize,

@@ -45,10 +45,12 @@ pub trait IndicatorByte {
 }
 
 impl IndicatorByte for GuestSlice {
+    #[inline]
     fn set(&self) {
         self.store(0, INDICATOR_SET, Ordering::Release);
     }
 
+    #[inline]
     fn swap_set(&self) -> bool {
         self.swap(0, INDICATOR_SET, Ordering::AcqRel) != 0
     }

@@ -492,11 +492,12 @@ impl<T> core::ops::Deref for Aligned<T> {
 }
 
 /// The sender's counters: written under the queue control's outbound lock.
+///
+/// Buffers, frames and bytes sent are counted per output queue only; the queue set's
+/// totals are their sums, added up when read ([`Counters::snapshot`]): a send updates
+/// three counters, not six.
 #[repr(C, align(128))]
 struct TxCounters {
-    frames_sent: AtomicU64,
-    bytes_sent: AtomicU64,
-    sbals_sent: AtomicU64,
     errors: [AtomicU64; REASONS],
     /// Written without the lock (a SIGA that did not get it).
     busy: AtomicU64,
@@ -548,6 +549,7 @@ pub(crate) struct Counters {
 }
 
 /// Adds `by` to a counter whose writers are serialised by a lock the caller holds.
+#[inline(always)]
 fn add_locked(c: &AtomicU64, by: u64) {
     c.store(
         c.load(Ordering::Relaxed).wrapping_add(by),
@@ -559,9 +561,6 @@ impl Counters {
     const fn new() -> Self {
         Self {
             tx: TxCounters {
-                frames_sent: AtomicU64::new(0),
-                bytes_sent: AtomicU64::new(0),
-                sbals_sent: AtomicU64::new(0),
                 errors: [const { AtomicU64::new(0) }; REASONS],
                 busy: AtomicU64::new(0),
                 per_queue: [const { [const { AtomicU64::new(0) }; 3] }; MAX_OUTPUT_QUEUES],
@@ -589,9 +588,6 @@ impl Counters {
     /// Zeroes every counter (under the exclusive table lock: no send is running).
     pub(crate) fn reset(&self) {
         let all = [
-            &self.tx.frames_sent,
-            &self.tx.bytes_sent,
-            &self.tx.sbals_sent,
             &self.tx.busy,
             &self.rx.frames_received,
             &self.rx.bytes_received,
@@ -618,12 +614,10 @@ impl Counters {
         }
     }
 
-    /// A buffer sent on output queue `queue` (outbound lock held).
+    /// A buffer sent on output queue `queue` (outbound lock held; `queue` is below
+    /// the fabric's `O`, at most [`MAX_OUTPUT_QUEUES`], so it always counts).
     #[inline]
     pub(crate) fn sent(&self, queue: u8, frames: u64, bytes: u64) {
-        add_locked(&self.tx.sbals_sent, 1);
-        add_locked(&self.tx.frames_sent, frames);
-        add_locked(&self.tx.bytes_sent, bytes);
         if let Some(q) = self.tx.per_queue.get(usize::from(queue)) {
             add_locked(&q[0], 1);
             add_locked(&q[1], frames);
@@ -716,10 +710,25 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let output_queues: [OutputQueueCounts; MAX_OUTPUT_QUEUES] = core::array::from_fn(|q| {
+            let c = &self.tx.per_queue[q];
+            OutputQueueCounts {
+                sbals: get(&c[0]),
+                frames: get(&c[1]),
+                bytes: get(&c[2]),
+            }
+        });
+        // The totals are the queues' sums (see `TxCounters`); wrapping, as each
+        // counter wraps.
+        let total = |f: fn(&OutputQueueCounts) -> u64| {
+            output_queues
+                .iter()
+                .fold(0u64, |sum, c| sum.wrapping_add(f(c)))
+        };
         CounterSnapshot {
-            frames_sent: get(&self.tx.frames_sent),
-            bytes_sent: get(&self.tx.bytes_sent),
-            sbals_sent: get(&self.tx.sbals_sent),
+            frames_sent: total(|c| c.frames),
+            bytes_sent: total(|c| c.bytes),
+            sbals_sent: total(|c| c.sbals),
             frames_received: get(&self.rx.frames_received),
             bytes_received: get(&self.rx.bytes_received),
             sbals_received: get(&self.rx.sbals_received),
@@ -730,14 +739,7 @@ impl Counters {
             interrupts_raised: get(&self.rx.interrupts_raised),
             interrupts_dropped: get(&self.rx.interrupts_dropped),
             interrupts_suppressed: get(&self.rx.interrupts_suppressed),
-            output_queues: core::array::from_fn(|q| {
-                let c = &self.tx.per_queue[q];
-                OutputQueueCounts {
-                    sbals: get(&c[0]),
-                    frames: get(&c[1]),
-                    bytes: get(&c[2]),
-                }
-            }),
+            output_queues,
             group_copies: get(&self.tx.group_copies),
             group_skipped: get(&self.tx.group_skipped),
             group_missed: get(&self.rx.group_missed),

@@ -151,6 +151,7 @@ impl IpKey {
 }
 
 impl From<&IpAddr> for IpKey {
+    #[inline]
     fn from(ip: &IpAddr) -> Self {
         let mut b = [0u8; 17];
         ip.encode(&mut b);

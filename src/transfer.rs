@@ -90,6 +90,7 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// Frames in the SBAL.
+    #[inline]
     pub fn frames(&self) -> usize {
         self.frames.len()
     }
@@ -581,7 +582,10 @@ pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -
         .get(usize::from(f.first)..=usize::from(f.last))?;
     dst.write(0, &f.header);
     let routed = f.routed_len();
-    if let Some(eth) = f.eth.get(..usize::from(f.eth_len)) {
+    // Layer 3 has no routing bytes after the header: no (empty) copy for them.
+    if f.eth_len > 0
+        && let Some(eth) = f.eth.get(..usize::from(f.eth_len))
+    {
         dst.write(HEADER_SIZE, eth);
     }
     // The packet: the sender's elements in order, from the end of the routed bytes

@@ -14,7 +14,8 @@
 //!    `docs/bench/throughput.png` (plotters, bitmap backend, embedded DejaVu font).
 //!
 //! `--instructions` runs step 2 alone and prints its counts (and a 64 B send's
-//! instructions beyond its two frame copies), writing nothing.
+//! instructions beyond its two frame copies, and how they split between the driver
+//! and the fabric's SIGA, `send_cost siga`), writing nothing.
 //!
 //! Benchmarks measure; nothing here fails on a missed target.
 
@@ -152,6 +153,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     "xtask: bench: send_{size} beyond its two frame copies: {beyond:.1} instructions"
                 );
             }
+        }
+        if let Some((driver, fabric)) = send_sides(&counts) {
+            eprintln!(
+                "xtask: bench: send_64 by side: the fabric's SIGA {fabric:.1} (its one frame copy included), the driver {driver:.1} (its copy included)"
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -336,8 +342,9 @@ fn count_instructions(root: &Path) -> Result<Value> {
     }
     let exe = target_dir(root).join("release/examples/send_cost");
     let mut counts = serde_json::Map::new();
-    let runs: [(&str, &str, u64, Option<u64>); 8] = [
+    let runs: [(&str, &str, u64, Option<u64>); 9] = [
         ("send_64", "send", 64, None),
+        ("siga_64", "siga", 64, None),
         ("send_56k", "send", K56, None),
         ("receive_64", "receive", 64, None),
         ("receive_56k", "receive", K56, None),
@@ -361,6 +368,7 @@ fn callgrind(exe: &Path, op: &str, size: u64, n: u64, addresses: Option<u64>) ->
     let function = match op {
         "send" => "*do_send*",
         "receive" => "*do_receive*",
+        "siga" => "*do_siga*",
         _ => "*do_copy*",
     };
     let out = std::env::temp_dir().join(format!("iqdio-callgrind-{}.out", std::process::id()));
@@ -404,6 +412,14 @@ fn beyond_copy(counts: &Value, size: &str) -> Option<f64> {
     // A send copies the frame twice: into the output buffer (prime), and from it into
     // the receiver's input buffer (the fabric).
     Some(get(format!("send_{size}"))? - 2.0 * get(format!("memcpy_{size}"))?)
+}
+
+/// A 64 B send's instructions split into the driver's side (prime, SLSB, outcome:
+/// `send_64 - siga_64`) and the fabric's SIGA (`siga_64`), each with its one copy.
+fn send_sides(counts: &Value) -> Option<(f64, f64)> {
+    let get = |key: &str| counts.get(key).and_then(Value::as_f64);
+    let fabric = get("siga_64")?;
+    Some((get("send_64")? - fabric, fabric))
 }
 
 /// Median time of one iteration of a criterion benchmark, in nanoseconds.
