@@ -1144,6 +1144,9 @@ impl QueueDriver {
     ) -> Result<u8, DriverError> {
         let dest = dest.into();
         self.check_queue(q, &dest)?;
+        if let [packet] = packets {
+            return self.prime_one(q, dest, packet);
+        }
         let mut lens = heapless::Vec::<usize, SBALES_PER_SBAL>::new();
         for p in packets {
             lens.push(p.len()).map_err(|_| DriverError::TooLarge)?;
@@ -1158,6 +1161,22 @@ impl QueueDriver {
             data.write(at + HEADER_SIZE, p);
         }
         self.commit(q, n, dest, &lens, &layout);
+        Ok(n)
+    }
+
+    /// One frame to `dest` copied into the next buffer of output queue `q`, which the
+    /// caller checked carries it ([`check_queue`](Self::check_queue), or `q` from
+    /// [`queue_for`](Self::queue_for)): the common send, in straight line
+    /// ([`layout_one`](Self::layout_one)), without the frame lists of the general
+    /// [`prime_frames_on`](Self::prime_frames_on).
+    #[inline]
+    fn prime_one(&mut self, q: u8, dest: Dest, packet: &[u8]) -> Result<u8, DriverError> {
+        let mut layout = TxLayout::default();
+        let n = self.layout_one(q, packet.len(), &mut layout)?;
+        // The layout holds one frame: its header at the slot's start.
+        let at = layout.starts.first().copied().unwrap_or(0);
+        self.txq(q)?.data.mem.write(at + HEADER_SIZE, packet);
+        self.commit(q, n, dest, &[packet.len()], &layout);
         Ok(n)
     }
 
@@ -1475,9 +1494,8 @@ impl QueueDriver {
         let dest = dest.into();
         let q = self.queue_for(&dest).map_err(SendError::Driver)?;
         self.flush_pending(siga)?;
-        let n = self
-            .prime_frames_on(q, dest, &[packet])
-            .map_err(SendError::Driver)?;
+        // `queue_for` chose a queue that carries `dest`.
+        let n = self.prime_one(q, dest, packet).map_err(SendError::Driver)?;
         self.siga_write_on(siga, q, n)
     }
 

@@ -500,7 +500,7 @@ impl<M: GuestMemory, const S: usize> PartitionRecord<M, S> {
         &self.summaries[usize::from(i) % S].since_ns
     }
 
-    #[inline]
+    #[inline(always)]
     fn subchannel(&self, sch: u16) -> Option<Subchannel> {
         self.subchannels
             .iter()
@@ -2097,6 +2097,10 @@ impl<
     /// own queue set ([`Fabric::register_group`]). With `writeq`, a unicast buffer
     /// whose receiver is full (or has earlier pending buffers of this set waiting)
     /// goes pending instead of being refused, while the pending list has room.
+    ///
+    /// Always inlined into [`send_next`](Self::send_next), its one caller, so that
+    /// SIGA write's copy (`writeq` a constant `None`) drops the WRITEQ branches.
+    #[inline(always)]
     fn send_buffer(
         &self,
         st: &State<Q, A, L, S, M>,
@@ -2368,6 +2372,10 @@ impl<
     /// `live`: the receiver's structures ([`Inbound::live`], so the control is
     /// active); indicators that do not translate interrupt rather than leave the
     /// delivery unannounced.
+    ///
+    /// Always inlined: [`deliver_to`](Self::deliver_to) is its one caller, once a
+    /// delivery.
+    #[inline(always)]
     fn signal(
         &self,
         inb: &Inbound,
