@@ -33,7 +33,10 @@ mod image {
     use iqdio::driver::{DriverConfig, Indicators, QueueDriver, Region};
     use iqdio_hvc::{ExitStatus, measure};
     use iqdio_hyp::board::{self, ExitCode, MAX_CORES};
-    use iqdio_hyp::vm::{self, FABRIC, GUEST_IMAGE, MFS, Outcome, StartError};
+    use iqdio_hyp::vm::{self, FABRIC, MFS, Outcome, StartError};
+
+    /// The partition program this image embeds (see `iqdio_hyp::guest_image!`).
+    static GUEST_IMAGE: &[u8] = iqdio_hyp::guest_image!();
 
     /// The scenario the partitions play (x2 at their entry; see the partition program).
     const SCENARIO: Option<&str> = option_env!("IQDIO_SCENARIO");

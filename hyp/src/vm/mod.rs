@@ -271,8 +271,18 @@ pub fn masked<R>(f: impl FnOnce() -> R) -> R {
 /// [`CONFIG`] and a boot-time seed before any partition runs.
 pub static FABRIC: HypFabric = Fabric::new(HypPlatform, FabricConfig::DEFAULT);
 
-/// The partition program, embedded at build time (`IQDIO_GUEST_ELF`, see build.rs).
-pub static GUEST_IMAGE: &[u8] = include_bytes!(env!("IQDIO_GUEST_IMAGE"));
+/// The partition program, embedded at build time (`IQDIO_GUEST_ELF`, see build.rs):
+/// `static GUEST_IMAGE: &[u8] = iqdio_hyp::guest_image!();` in an image's bin.
+///
+/// A bin includes it, not this library: a program built with other settings
+/// (`IQDIO_FRAMES`, `IQDIO_CQ`) then rebuilds only the bin that embeds it, not the
+/// library under it (each test boot's image costs seconds less).
+#[macro_export]
+macro_rules! guest_image {
+    () => {
+        include_bytes!(env!("IQDIO_GUEST_IMAGE"))
+    };
+}
 
 /// How a partition ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,9 +12,12 @@ use iqdio_hvc::scenario::{
 };
 use iqdio_hvc::ExitStatus;
 use iqdio_hyp::board::{self, MAX_CORES};
-use iqdio_hyp::vm::{self, FABRIC, GUEST_IMAGE, MFS, Outcome, stage2};
+use iqdio_hyp::vm::{self, FABRIC, MFS, Outcome, stage2};
 
 use super::harness::{self, Case, job_failed};
+
+/// The partition program this image embeds (see `iqdio_hyp::guest_image!`).
+static GUEST_IMAGE: &[u8] = iqdio_hyp::guest_image!();
 
 /// The hypervisor cases, in order.
 pub const CASES: &[Case] = &[
