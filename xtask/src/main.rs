@@ -214,6 +214,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 anyhow::bail!("--guest-init needs --scenario linux or linux-net");
             }
             let smp = smp.unwrap_or(if linux_net { 3 } else { 4 });
+            // The bare-metal cores beside the guests play the demo, which takes a pair.
+            if linux && smp.checked_sub(linux_guests) == Some(1) {
+                anyhow::bail!(
+                    "--scenario linux --linux-guests {linux_guests} --smp {smp} leaves one bare-metal partition, and the demo beside the guests needs none or at least two: use --smp {} or {}",
+                    smp + 1,
+                    linux_guests
+                );
+            }
             let guests = if linux {
                 Some(linux::hyp_guests(
                     smp,
