@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 600)]
         timeout: u64,
         /// Linux guests in `--scenario linux` (on the last cores; the demo runs among
-        /// the bare-metal partitions before them).
+        /// the bare-metal partitions before them, so those are none or at least two).
         #[arg(long, value_name = "N", default_value_t = 2)]
         linux_guests: u32,
         /// With `--scenario linux` or `linux-net`: run this shell script in every Linux
