@@ -796,6 +796,16 @@ pub struct QueueDriver {
     acked: Option<u8>,
     /// The input buffer lent in place by `hold_single`, not yet handed back.
     held: Option<u8>,
+    /// For each input buffer, how many of its SBAL's first elements its next
+    /// [`arm`](Self::arm) rewrites: all it arms until the fabric filled it, then the
+    /// elements the fabric wrote ([`gather`](Self::gather) walks exactly those: the
+    /// fabric writes the elements it delivers into and no other, the last with
+    /// `LAST_ENTRY`, and an armed element carries no `LAST_ENTRY`), all again after
+    /// an error buffer (0x8F: the fabric wrote its error elements). The others still
+    /// hold what the last arm wrote: only this driver and the fabric write the
+    /// receiver's SBALs. A 64 KiB MFS arms 16 elements; a one-frame buffer of up to
+    /// 4 KiB is re-armed with one store (receive_64: -150 instructions).
+    rx_rearm: [u8; QUEUE_BUFFERS],
     rx: RxCounters,
     /// The completion queue, when [`DriverConfig::completion_queue`] is set.
     cq: Option<Cq>,
@@ -855,6 +865,7 @@ impl QueueDriver {
             polling: false,
             acked: None,
             held: None,
+            rx_rearm: [Self::arm_elements(&cfg); QUEUE_BUFFERS],
             rx: RxCounters::default(),
             cq: None,
         };
@@ -1064,9 +1075,14 @@ impl QueueDriver {
         let slot = usize::from(n % self.cfg.rx_buffers);
         let base = self.rx_data.guest + (slot * self.cfg.mfs.bytes()) as u64;
         // The MFS's elements, then (if room) an empty one that ends the list: the
-        // fabric reads no further.
+        // fabric reads no further. Only the first `rx_rearm` of them: the rest hold
+        // what the last arm of this buffer wrote.
         let k = self.cfg.mfs.rx_elements();
-        for i in 0..(k + 1).min(SBALES_PER_SBAL) {
+        let rewrite = self
+            .rx_rearm
+            .get(usize::from(n))
+            .map_or(SBALES_PER_SBAL, |&r| usize::from(r));
+        for i in 0..rewrite.min(k + 1).min(SBALES_PER_SBAL) {
             let e = if i < k {
                 Sbale {
                     addr: base + (i * RX_ELEMENT_SIZE) as u64,
@@ -1080,6 +1096,12 @@ impl QueueDriver {
         }
         // Release pairs with the fabric's Acquire load of 0x41: the SBALEs are seen.
         Self::set_state(&self.in_slsb, n, SlsbState::INPUT_EMPTY, Ordering::Release);
+    }
+
+    /// The elements [`arm`](Self::arm) writes into an input buffer's SBAL: the MFS's
+    /// and, if room, the empty one that ends the list.
+    fn arm_elements(cfg: &DriverConfig) -> u8 {
+        (cfg.mfs.rx_elements() + 1).min(SBALES_PER_SBAL) as u8
     }
 
     /// Output buffers of queue 0 free to prime now.
@@ -2166,7 +2188,8 @@ impl QueueDriver {
         let state = self.input_state(n);
         let mut frames = 0;
         if state == SlsbState::INPUT_PRIMED {
-            let (handed, bad) = self.gather(n, &mut f);
+            let (handed, bad, walked) = self.gather(n, &mut f);
+            self.set_rearm(n, walked);
             frames = handed;
             self.rx.frames += frames as u64;
             self.rx.bad_frames += bad.total();
@@ -2174,6 +2197,7 @@ impl QueueDriver {
             self.rx.short_frames += bad.short;
         } else if state == SlsbState::INPUT_ERROR {
             self.rx.error_buffers += 1;
+            self.set_rearm(n, SBALES_PER_SBAL);
         } else {
             return None;
         }
@@ -2207,12 +2231,13 @@ impl QueueDriver {
         let slot_mem = self.rx_data.mem.sub(slot, self.cfg.mfs.bytes())?;
         // The packet as a range of the buffer's slot (where `gather` lends it from).
         let mut packet = None;
-        let (frames, bad) = self.gather(n, &mut |frame: &RxFrame<'_>| {
+        let (frames, bad, walked) = self.gather(n, &mut |frame: &RxFrame<'_>| {
             packet = frame.contiguous().and_then(|bytes| {
                 let at = (bytes.as_ptr() as usize).checked_sub(slot_mem.host_addr())?;
                 slot_mem.sub(at, bytes.len())
             });
         });
+        self.set_rearm(n, walked);
         let packet = packet.filter(|_| frames == 1 && bad.total() == 0)?;
         self.rx.frames += 1;
         self.held = Some(n);
@@ -2227,10 +2252,19 @@ impl QueueDriver {
         }
     }
 
+    /// Records that input buffer `n`'s next arm rewrites its first `elements` elements
+    /// (at least what an arm writes would be rewritten anyway: see `rx_rearm`).
+    fn set_rearm(&mut self, n: u8, elements: usize) {
+        if let Some(r) = self.rx_rearm.get_mut(usize::from(n)) {
+            *r = elements.min(SBALES_PER_SBAL) as u8;
+        }
+    }
+
     /// Walks the elements of input buffer `n` (0x82) once and calls `f` for each
-    /// sound frame; returns the frames handed to `f` and the frames counted bad. Moves
-    /// no state and no counter.
-    fn gather(&self, n: u8, f: &mut impl FnMut(&RxFrame<'_>)) -> (usize, BadFrames) {
+    /// sound frame; returns the frames handed to `f`, the frames counted bad and the
+    /// elements walked (up to the first `LAST_ENTRY`, or all 16). Moves no state and
+    /// no counter.
+    fn gather(&self, n: u8, f: &mut impl FnMut(&RxFrame<'_>)) -> (usize, BadFrames, usize) {
         let mut frames = 0;
         let mut bad = BadFrames::default();
         let sbal = self.in_sbal(n);
@@ -2244,6 +2278,7 @@ impl QueueDriver {
         let mut bytes = 0usize;
         let mut broken = false;
         let mut open = false;
+        let mut walked = SBALES_PER_SBAL;
         for i in 0..SBALES_PER_SBAL {
             // Each element read once; only this copy is used.
             let e = sbal.load(i);
@@ -2289,6 +2324,7 @@ impl QueueDriver {
                 (bytes, broken, open) = (0, false, false);
             }
             if e.is_last_entry() {
+                walked = i + 1;
                 break;
             }
         }
@@ -2296,7 +2332,7 @@ impl QueueDriver {
             // LAST_ENTRY on a first or middle element, or none in 16 elements.
             bad.other += 1;
         }
-        (frames, bad)
+        (frames, bad, walked)
     }
 
     /// A gathered frame, if it is one: unbroken, its header whole in its first

@@ -5,7 +5,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{QueueField, RegistrationError, SigaError, SigaStatus};
 use crate::guest::{
-    GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, SliceCache, Window, Windows,
+    GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, SliceCache, SliceSet, Window, Windows,
 };
 use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
 use crate::platform::{CallContext, InterruptTarget, Platform};
@@ -1101,8 +1101,7 @@ impl<
                 interrupt_immediately: params.interrupt_immediately,
                 cookie: params.interrupt_cookie,
                 owner: key,
-                slsb_live: SliceCache::EMPTY,
-                indicators_live: SliceCache::EMPTY,
+                live: SliceSet::EMPTY,
             };
         }
         qc.counters.reset();
@@ -2427,7 +2426,9 @@ impl<
 }
 
 /// The slot of `lpar`'s active queue set on `subchannel` and the partition's record (the
-/// send uses it, no second lookup), or why a SIGA on it fails.
+/// send uses it, no second lookup), or why a SIGA on it fails. Always inlined: the
+/// SIGA is its one caller, and a call returned the pair through the stack.
+#[inline(always)]
 fn issuer_slot<const Q: usize, const A: usize, const L: usize, const S: usize, M: GuestMemory>(
     st: &State<Q, A, L, S, M>,
     lpar: LparId,

@@ -4,7 +4,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, SliceCache};
+use crate::guest::{GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, SliceCache, SliceSet};
 use crate::platform::InterruptTarget;
 use crate::qdio::{QUEUE_BUFFERS, Reason, SLSB_LEN};
 use crate::sync::Mutex;
@@ -344,11 +344,9 @@ pub(crate) struct Inbound {
     pub(crate) cookie: u64,
     /// The owner, for the interrupt's target.
     pub(crate) owner: SourceKey,
-    /// `ring`'s SLSB, translated in the receiver's memory once per fabric epoch
-    /// ([`Inbound::live`]).
-    pub(crate) slsb_live: SliceCache<1, SLSB_LEN>,
-    /// The three indicator bytes, likewise.
-    pub(crate) indicators_live: SliceCache<3, 1>,
+    /// `ring`'s SLSB and the three indicator bytes, translated in the receiver's
+    /// memory once per fabric epoch ([`Inbound::live`]).
+    pub(crate) live: SliceSet<4>,
 }
 
 /// The receiver's structures a delivery writes, translated: its input SLSB and, unless
@@ -379,9 +377,10 @@ impl Inbound {
     /// receiver's, in the fabric's `epoch`: the first delivery of an epoch translates
     /// them, the next ones reuse that (a delivery used to translate the SLSB twice and
     /// the indicators once, seven translations with the SBAL's and the element's; now
-    /// those two). [`TargetNotActive`](Reason::TargetNotActive) when the control is
-    /// not in use, [`TargetBufferInvalid`](Reason::TargetBufferInvalid) when the SLSB
-    /// does not translate; indicators that do not are `None` (and are not kept).
+    /// those two) from one [`SliceSet`]. [`TargetNotActive`](Reason::TargetNotActive)
+    /// when the control is not in use, [`TargetBufferInvalid`](Reason::TargetBufferInvalid)
+    /// when the SLSB does not translate; indicators that do not are `None` (and nothing
+    /// is kept: the next delivery translates again).
     #[inline(always)]
     pub(crate) fn live<M: GuestMemory>(
         &mut self,
@@ -392,21 +391,31 @@ impl Inbound {
             return Err(Reason::TargetNotActive);
         }
         let (ring, ind) = (&self.ring, &self.indicators);
-        let slsb = self
-            .slsb_live
-            .get_or(epoch, 0, || ring.slsb_slice(memory))
-            .ok_or(Reason::TargetBufferInvalid)?;
-        let cache = &mut self.indicators_live;
-        let mut byte = |i: usize, addr: u64| cache.get_or(epoch, i, || memory.slice(addr, 1));
-        let indicators = match (byte(0, ind.queue), byte(1, ind.middle), byte(2, ind.global)) {
-            (Some(queue), Some(middle), Some(global)) => Some(LiveIndicators {
-                queue,
-                middle,
-                global,
-            }),
-            _ => None,
-        };
-        Ok(LiveInbound { slsb, indicators })
+        let kept = self.live.get_or(epoch, [SLSB_LEN, 1, 1, 1], || {
+            let byte = |addr: u64| memory.slice(addr, 1);
+            Some([
+                ring.slsb_slice(memory)?,
+                byte(ind.queue)?,
+                byte(ind.middle)?,
+                byte(ind.global)?,
+            ])
+        });
+        if let Some([slsb, queue, middle, global]) = kept {
+            return Ok(LiveInbound {
+                slsb,
+                indicators: Some(LiveIndicators {
+                    queue,
+                    middle,
+                    global,
+                }),
+            });
+        }
+        // Something does not translate (and nothing is kept): the SLSB alone, or why not.
+        let slsb = ring.slsb_slice(memory).ok_or(Reason::TargetBufferInvalid)?;
+        Ok(LiveInbound {
+            slsb,
+            indicators: None,
+        })
     }
 }
 
@@ -467,8 +476,7 @@ impl<const O: usize> QueueControl<O> {
                     lpar: 0,
                     subchannel: 0,
                 },
-                slsb_live: SliceCache::EMPTY,
-                indicators_live: SliceCache::EMPTY,
+                live: SliceSet::EMPTY,
             })),
             counters: Counters::new(),
         }
