@@ -656,7 +656,9 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
     /// hit or a miss takes tells a sender only whether it named the same address
     /// twice, which it knows. Only hits are kept (an unreachable address is looked up
     /// every time, as before).
-    #[inline]
+    ///
+    /// The hit is always inlined into the send; the miss is a call of its own.
+    #[inline(always)]
     pub(crate) fn target_cached(
         &self,
         ip: &IpAddr,
@@ -667,6 +669,13 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
         if last.epoch == epoch && epoch != 0 && last.key == key {
             return Some(last.entry);
         }
+        self.target_missed(key, epoch, last)
+    }
+
+    /// [`target_cached`](Self::target_cached) when `last` does not answer: the keyed
+    /// lookup, kept in `last` if it finds an entry.
+    #[inline(never)]
+    fn target_missed(&self, key: IpKey, epoch: u64, last: &mut LastTarget) -> Option<TargetEntry> {
         let entry = self.target.get(&self.seed(), &key).filter(|e| !e.group)?;
         *last = LastTarget { epoch, key, entry };
         Some(entry)
