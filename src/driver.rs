@@ -2189,7 +2189,7 @@ impl QueueDriver {
         let mut frames = 0;
         if state == SlsbState::INPUT_PRIMED {
             let (handed, bad, walked) = self.gather(n, &mut f);
-            self.set_rearm(n, walked);
+            self.set_rearm(n, walked, &bad);
             frames = handed;
             self.rx.frames += frames as u64;
             self.rx.bad_frames += bad.total();
@@ -2197,7 +2197,7 @@ impl QueueDriver {
             self.rx.short_frames += bad.short;
         } else if state == SlsbState::INPUT_ERROR {
             self.rx.error_buffers += 1;
-            self.set_rearm(n, SBALES_PER_SBAL);
+            self.rx_rearm_all(n);
         } else {
             return None;
         }
@@ -2237,7 +2237,7 @@ impl QueueDriver {
                 slot_mem.sub(at, bytes.len())
             });
         });
-        self.set_rearm(n, walked);
+        self.set_rearm(n, walked, &bad);
         let packet = packet.filter(|_| frames == 1 && bad.total() == 0)?;
         self.rx.frames += 1;
         self.held = Some(n);
@@ -2253,10 +2253,23 @@ impl QueueDriver {
     }
 
     /// Records that input buffer `n`'s next arm rewrites its first `elements` elements
-    /// (at least what an arm writes would be rewritten anyway: see `rx_rearm`).
-    fn set_rearm(&mut self, n: u8, elements: usize) {
+    /// (at least what an arm writes would be rewritten anyway: see `rx_rearm`), or all
+    /// of them when `gather` counted a bad frame: the elements no longer say which ones
+    /// the fabric wrote (the program overwrote its own buffer, say), and an element
+    /// left as the fabric wrote it would shrink the buffer for every later frame.
+    fn set_rearm(&mut self, n: u8, walked: usize, bad: &BadFrames) {
+        if bad.total() != 0 {
+            return self.rx_rearm_all(n);
+        }
         if let Some(r) = self.rx_rearm.get_mut(usize::from(n)) {
-            *r = elements.min(SBALES_PER_SBAL) as u8;
+            *r = walked.min(SBALES_PER_SBAL) as u8;
+        }
+    }
+
+    /// Input buffer `n`'s next arm rewrites every element.
+    fn rx_rearm_all(&mut self, n: u8) {
+        if let Some(r) = self.rx_rearm.get_mut(usize::from(n)) {
+            *r = SBALES_PER_SBAL as u8;
         }
     }
 

@@ -477,3 +477,46 @@ fn rearmed_input_buffers_take_any_frame_after_any_other() {
     );
     w.guards();
 }
+
+/// A program that breaks its own input buffer (here `LAST_ENTRY` added to the first
+/// element of a four-element frame) loses that frame, counted, and nothing more: the
+/// buffer's next arm rewrites every element, not only those the driver walked, so a
+/// frame of the whole MFS fits the buffer on the ring's next lap.
+#[test]
+fn a_buffer_the_program_broke_is_rearmed_whole() {
+    let mut w = Pair::new();
+    let port = w.fab.port(1);
+    let max = 64 * 1024 - HEADER_SIZE;
+    let sbal = w.b.queues[0].params().input_sbals[0];
+    let big = payload((1, 0), 0, 3 * 4096 + 100);
+    w.a.queues[0].send(&port, v4(2, 0), &big).unwrap();
+    let e0 = Sbale::decode(&raw_el(&w.b.ram, sbal, 0));
+    w.b.ram.write(
+        sbal,
+        &Sbale {
+            eflags: e0.eflags | 0x40,
+            ..e0
+        }
+        .encode(),
+    );
+    assert!(
+        take(&mut w.b, 0).is_empty(),
+        "the broken frame is not handed over"
+    );
+    assert_eq!(w.b.queues[0].rx_counters().bad_frames, 1, "it is counted");
+    // Buffers 1 to 127, then buffer 0 again with a frame of the whole MFS.
+    for i in 1..=128u32 {
+        let p = payload((1, 0), i, if i == 128 { max } else { 64 });
+        w.a.queues[0]
+            .send(&port, v4(2, 0), &p)
+            .unwrap_or_else(|e| panic!("send {i} of {} bytes: {e:?}", p.len()));
+        let got = take(&mut w.b, 0);
+        assert_eq!(got.len(), 1, "send {i}");
+        assert!(
+            got[0].1 == p,
+            "send {i} of {} bytes arrived changed",
+            p.len()
+        );
+    }
+    w.guards();
+}
