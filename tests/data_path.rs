@@ -46,6 +46,21 @@ impl Pair {
     fn guards(&self) {
         assert!(self.a.ram.guards_intact() && self.b.ram.guards_intact());
     }
+
+    /// A sends B frame `p` (send `i` of a test) and B takes exactly it, whole.
+    fn send_whole(&mut self, i: u32, p: &[u8]) {
+        let port = self.fab.port(1);
+        self.a.queues[0]
+            .send(&port, v4(2, 0), p)
+            .unwrap_or_else(|e| panic!("send {i} of {} bytes: {e:?}", p.len()));
+        let got = take(&mut self.b, 0);
+        assert_eq!(got.len(), 1, "send {i}");
+        assert!(
+            got[0].1 == p,
+            "send {i} of {} bytes arrived changed",
+            p.len()
+        );
+    }
 }
 
 /// Partition memory written with atomics, as another core of the partition writes it
@@ -444,7 +459,6 @@ fn refusal_writes_only_the_sflags_bytes() {
 #[test]
 fn rearmed_input_buffers_take_any_frame_after_any_other() {
     let mut w = Pair::new();
-    let port = w.fab.port(1);
     let max = 64 * 1024 - HEADER_SIZE;
     let sizes = [
         64,
@@ -457,16 +471,7 @@ fn rearmed_input_buffers_take_any_frame_after_any_other() {
     ];
     for i in 0..3 * 128 + 7 {
         let p = payload((1, 0), i as u32, sizes[i % sizes.len()]);
-        w.a.queues[0]
-            .send(&port, v4(2, 0), &p)
-            .unwrap_or_else(|e| panic!("send {i} of {} bytes: {e:?}", p.len()));
-        let got = take(&mut w.b, 0);
-        assert_eq!(got.len(), 1, "send {i}");
-        assert!(
-            got[0].1 == p,
-            "send {i} of {} bytes arrived changed",
-            p.len()
-        );
+        w.send_whole(i as u32, &p);
     }
     assert_eq!(
         w.b.queues[0].rx_counters(),
@@ -507,16 +512,7 @@ fn a_buffer_the_program_broke_is_rearmed_whole() {
     // Buffers 1 to 127, then buffer 0 again with a frame of the whole MFS.
     for i in 1..=128u32 {
         let p = payload((1, 0), i, if i == 128 { max } else { 64 });
-        w.a.queues[0]
-            .send(&port, v4(2, 0), &p)
-            .unwrap_or_else(|e| panic!("send {i} of {} bytes: {e:?}", p.len()));
-        let got = take(&mut w.b, 0);
-        assert_eq!(got.len(), 1, "send {i}");
-        assert!(
-            got[0].1 == p,
-            "send {i} of {} bytes arrived changed",
-            p.len()
-        );
+        w.send_whole(i, &p);
     }
     w.guards();
 }
