@@ -83,6 +83,24 @@ fn cycle(c: &mut Criterion) {
         });
         drop(pair);
 
+        // The same with the smallest rings the driver takes (2 input buffers, 1
+        // output buffer): a cycle has one frame in flight.
+        let fab = fabric(WakePlatform::default());
+        let one = DriverConfig {
+            rx_buffers: 2,
+            tx_buffers: 1,
+            ..DriverConfig::new(0, Mfs::K64)
+        };
+        let mut pair = Pair::with_config(&fab, 1, size, one);
+        let mut seq = 0u64;
+        g.bench_with_input(BenchmarkId::new("iqdio_zc_1", size), &size, |b, _| {
+            b.iter(|| {
+                seq += 1;
+                black_box(pair.cycle_in_place(&fab, seq))
+            })
+        });
+        drop(pair);
+
         // memcpy: the frame copied once, source and destination reused (cache-warm).
         let src = frame(size);
         let mut dst = Buf::zeroed(size);

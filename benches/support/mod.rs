@@ -254,8 +254,18 @@ pub struct Pair {
 impl Pair {
     /// Partitions `lpar` (sender) and `lpar + 1` (receiver, polling), frames of `size`.
     pub fn new<P: Platform>(fabric: &BenchFabric<P>, lpar: u8, size: usize) -> Self {
-        let tx = Partition::new(fabric, lpar, 1);
-        let mut rx = Partition::new(fabric, lpar + 1, 1);
+        Self::with_config(fabric, lpar, size, DriverConfig::new(0, Mfs::K64))
+    }
+
+    /// As [`new`](Self::new), both partitions' drivers configured as `cfg`.
+    pub fn with_config<P: Platform>(
+        fabric: &BenchFabric<P>,
+        lpar: u8,
+        size: usize,
+        cfg: DriverConfig,
+    ) -> Self {
+        let tx = Partition::with_config(fabric, lpar, 1, cfg);
+        let mut rx = Partition::with_config(fabric, lpar + 1, 1, cfg);
         rx.queues[0].start_polling();
         Self {
             tx,
