@@ -342,10 +342,11 @@ fn count_instructions(root: &Path) -> Result<Value> {
     }
     let exe = target_dir(root).join("release/examples/send_cost");
     let mut counts = serde_json::Map::new();
-    let runs: [(&str, &str, u64, Option<u64>); 9] = [
+    let runs: [(&str, &str, u64, Option<u64>); 10] = [
         ("send_64", "send", 64, None),
         ("siga_64", "siga", 64, None),
         ("send_56k", "send", K56, None),
+        ("siga_56k", "siga", K56, None),
         ("receive_64", "receive", 64, None),
         ("receive_56k", "receive", K56, None),
         ("memcpy_64", "memcpy", 64, None),
