@@ -197,11 +197,27 @@ fn streaming(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("iqdio", size), &size, |b, &size| {
             b.iter_custom(|iters| stream_in_place(&fab, &mut tx, &mut rx, size, iters))
         });
+        if let Some(k) = packed_per_buffer(size) {
+            g.bench_with_input(BenchmarkId::new("iqdio_packed", size), &size, |b, &size| {
+                b.iter_custom(|iters| stream_packed(&fab, &mut tx, &mut rx, size, k, iters))
+            });
+        }
         g.bench_with_input(BenchmarkId::new("spsc", size), &size, |b, &size| {
             b.iter_custom(|iters| spsc_stream(size, iters))
         });
     }
     g.finish();
+}
+
+/// Frames the packed stream puts into one output buffer at `size` (none above 1500 B,
+/// where a buffer carries one or two frames anyway): 16 frames of 64 B (one element
+/// each, the SBAL's 16), 8 of 1500 B (a page boundary cuts some in two: 11 elements).
+fn packed_per_buffer(size: usize) -> Option<usize> {
+    match size {
+        0..=64 => Some(16),
+        65..=1500 => Some(8),
+        _ => None,
+    }
 }
 
 /// The streaming partitions' driver configuration: [`RING_SLOTS`] input buffers (the
@@ -290,6 +306,98 @@ fn stream_in_place(
                         Err(e) => panic!("send: {e:?}"),
                     }
                 }
+            }
+            let mut spins = 0;
+            while !done.load(Ordering::Acquire) {
+                backoff(&mut spins);
+            }
+            start.elapsed()
+        });
+        sender.join().expect("sender")
+    })
+}
+
+/// Streams `iters` frames of `size` bytes from `tx` to `rx` (on another thread),
+/// zero-copy, `per_buffer` frames written in place into each output buffer and sent
+/// with one SIGA, as Linux's qeth packs frames that share a next hop into one buffer
+/// (`qeth_iqd_may_bulk`, `drivers/s390/net/qeth_core_main.c`) and defers the SIGA
+/// while the stack has more to send (`xmit_more`). The receiver takes a buffer's
+/// frames in place, one `receive` call each buffer. Returns the time until the
+/// receiver has read the last frame.
+///
+/// The sender keeps at most `RING_SLOTS - 2` buffers in flight (the receiver counts
+/// the buffers it took, as the spsc consumer counts its slots); a buffer refused
+/// anyway (target full) has its frames written again into the next buffer, as a
+/// program that still holds them would.
+fn stream_packed(
+    fab: &BenchFabric<WakePlatform>,
+    tx: &mut Partition,
+    rx: &mut Partition,
+    size: usize,
+    per_buffer: usize,
+    iters: u64,
+) -> Duration {
+    let dest = v4(rx.lpar, 0);
+    let go = Barrier::new(2);
+    let taken = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let port = fab.port(tx.lpar);
+    let lens = [size; 16];
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin(1);
+            rx.queues[0].start_polling();
+            let (mut got, mut buffers) = (0u64, 0u64);
+            let mut spins = 0;
+            go.wait();
+            while got < iters {
+                rx.indicators.take();
+                rx.queues[0].take_initiative();
+                while let Some(n) = rx.queues[0].receive(|f| {
+                    for p in f.pieces() {
+                        black_box((p.first(), p.last()));
+                    }
+                }) {
+                    got += n as u64;
+                    buffers += 1;
+                    // Release: the buffer was read (and re-armed) before the sender
+                    // counts it free.
+                    taken.store(buffers, Ordering::Release);
+                    spins = 0;
+                }
+                if got < iters {
+                    backoff(&mut spins);
+                }
+            }
+            let _ = rx.queues[0].stop_polling();
+            done.store(true, Ordering::Release);
+        });
+        let sender = s.spawn(|| {
+            pin(0);
+            go.wait();
+            let start = Instant::now();
+            let (mut seq, mut sent) = (0u64, 0u64);
+            while seq < iters {
+                let k = per_buffer.min((iters - seq) as usize);
+                let mut spins = 0;
+                while sent - taken.load(Ordering::Acquire) >= (RING_SLOTS - 2) as u64 {
+                    backoff(&mut spins);
+                }
+                loop {
+                    tx.queues[0]
+                        .prime_frames_with(dest, &lens[..k], |i, b| {
+                            support::stamp(b, seq + i as u64)
+                        })
+                        .expect("a free output buffer");
+                    let report = tx.queues[0].flush(&port).expect("SIGA");
+                    match report.refused.first() {
+                        None => break,
+                        Some((_, Reason::TargetFull)) => backoff(&mut spins),
+                        Some((_, r)) => panic!("refused: {r:?}"),
+                    }
+                }
+                seq += k as u64;
+                sent += 1;
             }
             let mut spins = 0;
             while !done.load(Ordering::Acquire) {

@@ -5,6 +5,8 @@
 //! send_cost send    SIZE N [ADDRESSES]   # N cycles; do_send = QueueDriver::send
 //! send_cost receive SIZE N [ADDRESSES]   # the same run; do_receive = poll + take
 //! send_cost siga    SIZE N [ADDRESSES]   # the same run; do_siga = the fabric's SIGA alone
+//! send_cost packed  SIZE N [ADDRESSES]   # N buffers of 16 frames; do_send_packed
+//! send_cost packed_receive SIZE N [ADDRESSES]  # the same run; do_receive (16 frames)
 //! send_cost memcpy  SIZE N               # N copies of SIZE bytes; do_copy
 //! ```
 //!
@@ -40,6 +42,24 @@ fn do_send(fab: &BenchFabric<QuietPlatform>, pair: &mut Pair, dest: IpAddr) {
     pair.tx.queues[0]
         .send(&port, dest, black_box(&pair.frame))
         .expect("send to a polling receiver");
+}
+
+/// Frames [`do_send_packed`] puts into one output buffer: an SBAL's 16 elements, one a
+/// frame (up to 4064 bytes of packet each).
+const PACKED: usize = 16;
+
+/// [`PACKED`] frames for one destination copied into one output buffer and sent with
+/// one SIGA (`prime_frames` + `flush`), as Linux's qeth packs frames that share a next
+/// hop (`qeth_iqd_may_bulk`).
+#[inline(never)]
+fn do_send_packed(fab: &BenchFabric<QuietPlatform>, pair: &mut Pair, dest: IpAddr) {
+    let port = fab.port(pair.tx.lpar);
+    let frame: &[u8] = black_box(&pair.frame);
+    let frames = [frame; PACKED];
+    let q = &mut pair.tx.queues[0];
+    q.prime_frames(dest, &frames).expect("a free output buffer");
+    let report = q.flush(&port).expect("SIGA");
+    assert!(report.refused.is_empty(), "delivered");
 }
 
 /// The fabric's side of a send: SIGA as the driver issues it (the port's direct call).
@@ -88,7 +108,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parse = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
     let (Some(what), Some(size), Some(n)) = (args.first(), parse(1), parse(2)) else {
-        eprintln!("usage: send_cost send|receive|siga|memcpy SIZE N [ADDRESSES]");
+        eprintln!(
+            "usage: send_cost send|receive|siga|packed|packed_receive|memcpy SIZE N [ADDRESSES]"
+        );
         return ExitCode::from(2);
     };
     if !(1..=56 << 10).contains(&size) {
@@ -96,7 +118,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match what.as_str() {
-        "send" | "receive" | "siga" => {
+        "send" | "receive" | "siga" | "packed" | "packed_receive" => {
+            let packed = what.starts_with("packed");
+            if packed && size > 4064 {
+                eprintln!("send_cost: packed frames are at most 4064 bytes (one element each)");
+                return ExitCode::from(2);
+            }
             let fab = fabric(QuietPlatform::default());
             let (mut pair, _filler, dests) = match parse(3) {
                 Some(total) => {
@@ -115,6 +142,8 @@ fn main() -> ExitCode {
             for i in 0..n {
                 if what == "siga" {
                     send_counted(&fab, &mut pair, dests[i % dests.len()]);
+                } else if packed {
+                    do_send_packed(&fab, &mut pair, dests[i % dests.len()]);
                 } else {
                     do_send(&fab, &mut pair, dests[i % dests.len()]);
                 }
@@ -123,7 +152,8 @@ fn main() -> ExitCode {
             // A polling receiver gets no interrupt, except for the very first frame:
             // until it has consumed a buffer, nothing reads 0x81.
             let interrupts = fab.platform().interrupts.load(Ordering::Relaxed);
-            if bytes != n * size || interrupts > 1 {
+            let frames = if packed { n * PACKED } else { n };
+            if bytes != frames * size || interrupts > 1 {
                 eprintln!("send_cost: {bytes} bytes received, {interrupts} interrupts");
                 return ExitCode::FAILURE;
             }

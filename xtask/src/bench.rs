@@ -342,8 +342,10 @@ fn count_instructions(root: &Path) -> Result<Value> {
     }
     let exe = target_dir(root).join("release/examples/send_cost");
     let mut counts = serde_json::Map::new();
-    let runs: [(&str, &str, u64, Option<u64>); 10] = [
+    let runs: [(&str, &str, u64, Option<u64>); 12] = [
         ("send_64", "send", 64, None),
+        ("send_64_packed_16", "packed", 64, None),
+        ("receive_64_packed_16", "packed_receive", 64, None),
         ("siga_64", "siga", 64, None),
         ("send_56k", "send", K56, None),
         ("siga_56k", "siga", K56, None),
@@ -370,6 +372,8 @@ fn callgrind(exe: &Path, op: &str, size: u64, n: u64, addresses: Option<u64>) ->
         "send" => "*do_send*",
         "receive" => "*do_receive*",
         "siga" => "*do_siga*",
+        "packed" => "*do_send_packed*",
+        "packed_receive" => "*do_receive*",
         _ => "*do_copy*",
     };
     let out = std::env::temp_dir().join(format!("iqdio-callgrind-{}.out", std::process::id()));
@@ -601,6 +605,11 @@ impl Results {
                     "spsc_64": self.t("cycle/iqdio/64") / self.t("cycle/spsc/64"),
                     "udp_1500": self.t("cycle/udp/1500") / self.t("cycle/iqdio/1500"),
                 },
+                "stream_packed": {
+                    "ns_per_frame_64": self.t("stream/iqdio_packed/64"),
+                    "ns_per_frame_1500": self.t("stream/iqdio_packed/1500"),
+                    "stream_spsc_64": self.t("stream/iqdio_packed/64") / self.t("stream/spsc/64"),
+                },
                 "smallest_rings": {
                     "memcpy_56k": self.t(&format!("cycle/memcpy/{K56}")) / self.t(&format!("cycle/iqdio_zc_1/{K56}")),
                     "spsc_64": self.t("cycle/iqdio_zc_1/64") / self.t("cycle/spsc/64"),
@@ -758,6 +767,17 @@ impl Results {
             f0(self.beyond_copy("56k"))
         );
         s += &format!(
+            "| the fabric's SIGA alone (`send_cost siga`) | {} | {} |\n",
+            f0(self.instr("siga_64")),
+            f0(self.instr("siga_56k"))
+        );
+        s += &format!(
+            "\n16 frames of 64 B packed into one output buffer and sent with one SIGA \
+             (`send_cost packed`): {} instructions a frame to send (prime + SIGA), {} to receive.\n",
+            f0(self.instr("send_64_packed_16").map(|n| n / 16.0)),
+            f0(self.instr("receive_64_packed_16").map(|n| n / 16.0))
+        );
+        s += &format!(
             "\n64 B send to one of 8 addresses with 16 registered addresses: {} instructions; with 4096: {}.\n",
             f0(self.instr("send_64_16_addresses")),
             f0(self.instr("send_64_4096_addresses"))
@@ -804,6 +824,15 @@ impl Results {
                 size as f64 / t(format!("copy/memcpy/{size}")),
             );
         }
+        s += &format!(
+            "\nPacked (`stream/iqdio_packed`): the sender writes 16 frames of 64 B (8 of 1500 B) \
+             into one output buffer and sends them with one SIGA, as Linux's qeth packs frames \
+             for one next hop (`qeth_iqd_may_bulk`): {:.0} ns a frame at 64 B ({:.2} times \
+             the spsc ring's), {:.0} ns at 1500 B.\n",
+            self.t("stream/iqdio_packed/64"),
+            self.t("stream/iqdio_packed/64") / self.t("stream/spsc/64"),
+            self.t("stream/iqdio_packed/1500"),
+        );
         if let (Some(i), Some(l)) = (
             self.tcp["iqdio_bytes_per_s"].as_f64(),
             self.tcp["loopback_bytes_per_s"].as_f64(),
