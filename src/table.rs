@@ -869,6 +869,8 @@ mod tests {
     }
 
     #[test]
+    // 20 000 steps of safe code: hours under Miri, which the other table tests cover.
+    #[cfg_attr(miri, ignore)]
     fn the_table_agrees_with_a_model_under_churn() {
         // A small table, so runs wrap around its end and removals shift them back.
         let mut t = HashTable::<IpAddr, u32, 64>::new();
@@ -913,6 +915,8 @@ mod tests {
     /// offline to share one bucket of the unkeyed FNV table, the bucket of an address
     /// another partition registers afterwards.
     #[test]
+    // A million hashes to find the colliding addresses, all safe code: hours under Miri.
+    #[cfg_attr(miri, ignore)]
     fn colliding_addresses_do_not_slow_the_others_lookups() {
         const A: usize = 4096;
         let victim = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 1));
