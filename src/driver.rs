@@ -521,7 +521,18 @@ pub struct RxFrame<'a> {
     /// Packet bytes: what the elements hold after the header, which the header's
     /// length was checked to equal.
     len: usize,
-    pieces: &'a [(GuestSlice, usize)],
+    /// The slot of the input buffer being received: every piece lies inside it.
+    slot: GuestSlice,
+    /// The frame's elements' bytes (header included), one `(offset, length)` range
+    /// of `slot` per element, each checked to lie inside it.
+    pieces: &'a [(usize, usize)],
+    /// Whether the pieces lie one after the other in the slot (always so for a frame
+    /// the fabric put into a buffer this driver armed), making the frame one range
+    /// of it, from the first piece's start, of header and packet bytes:
+    /// [`copy_to`](Self::copy_to) then copies the packet in one call, and
+    /// [`contiguous`](Self::contiguous) lends it as one slice. Never a range across
+    /// two slots or windows: it is a range of the one slot.
+    whole: bool,
 }
 
 impl RxFrame<'_> {
@@ -563,10 +574,10 @@ impl RxFrame<'_> {
     /// frame, so they end before [`QueueDriver::receive`] hands the buffer back.
     pub fn pieces(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let mut skip = HEADER_SIZE;
-        self.pieces.iter().filter_map(move |(piece, len)| {
-            let from = skip.min(*len);
+        self.pieces.iter().filter_map(move |&(at, len)| {
+            let from = skip.min(len);
             skip -= from;
-            (from < *len).then(|| Self::bytes(piece, from, len - from))
+            (from < len).then(|| self.bytes(at + from, len - from))
         })
     }
 
@@ -575,40 +586,50 @@ impl RxFrame<'_> {
     /// its elements are consecutive pages of one slot); `None` otherwise, and for an
     /// empty packet.
     pub fn contiguous(&self) -> Option<&[u8]> {
-        let (first, _) = self.pieces.first()?;
-        let mut end = first.host_addr();
-        for (piece, len) in self.pieces {
-            if piece.host_addr() != end {
-                return None;
-            }
-            end += len;
-        }
-        (self.len > 0).then(|| Self::bytes(first, HEADER_SIZE, self.len))
+        let at = self.whole_at()?;
+        (self.len > 0).then(|| self.bytes(at + HEADER_SIZE, self.len))
     }
 
-    /// `len` bytes at `offset` of a piece (or of the pieces after it, for
-    /// [`contiguous`](Self::contiguous), which checked they are adjacent), borrowed.
-    fn bytes(piece: &GuestSlice, offset: usize, len: usize) -> &[u8] {
-        let ptr = piece.host_ptr().as_ptr().wrapping_add(offset);
+    /// Where the frame starts in the slot, when it is one range of it (`whole`).
+    #[inline(always)]
+    fn whole_at(&self) -> Option<usize> {
+        self.pieces
+            .first()
+            .filter(|_| self.whole)
+            .map(|&(at, _)| at)
+    }
+
+    /// `len` bytes at `offset` of the slot (inside a piece, or the frame's whole
+    /// range), borrowed.
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        let ptr = self.slot.host_ptr().as_ptr().wrapping_add(offset);
         // SAFETY: the bytes lie in the slot of the input buffer being received (each
-        // piece was checked to lie inside it by `receive`, and adjacent pieces make
-        // one range of it): a buffer the fabric handed over (0x82) and that is not
-        // armed again before `receive` returns, so nothing writes these bytes while
-        // the frame, and so this borrow, lives.
+        // piece, and the whole range, was checked to lie inside it by `gather`): a
+        // buffer the fabric handed over (0x82) and that is not armed again before
+        // `receive` returns, so nothing writes these bytes while the frame, and so
+        // this borrow, lives.
         unsafe { core::slice::from_raw_parts(ptr, len) }
     }
 
     /// Copies the packet into `out`; returns the bytes copied (at most `out.len()`).
+    /// One copy when the pieces lie one after the other in the slot (as for
+    /// [`contiguous`](Self::contiguous)), else one per piece.
     pub fn copy_to(&self, out: &mut [u8]) -> usize {
+        if let Some(at) = self.whole_at() {
+            // The whole range holds the header and then exactly `len` packet bytes.
+            let n = out.len().min(self.len);
+            self.slot.read(at + HEADER_SIZE, &mut out[..n]);
+            return n;
+        }
         let mut skip = HEADER_SIZE;
         let mut done = 0;
-        for (piece, len) in self.pieces {
-            if skip >= *len {
+        for &(at, len) in self.pieces {
+            if skip >= len {
                 skip -= len;
                 continue;
             }
             let n = (len - skip).min(out.len() - done);
-            piece.read(skip, &mut out[done..done + n]);
+            self.slot.read(at + skip, &mut out[done..done + n]);
             done += n;
             skip = 0;
             if done == out.len() {
@@ -2283,12 +2304,21 @@ impl QueueDriver {
         let sbal = self.in_sbal(n);
         let slot = usize::from(n % self.cfg.rx_buffers) * self.cfg.mfs.bytes();
         let slot_guest = self.rx_data.guest + slot as u64;
-        let slot_mem = self.rx_data.mem.sub(slot, self.cfg.mfs.bytes());
-        // The frame being gathered: its pieces, its bytes, whether an element of
-        // it was unusable. Frames are delimited by the fragment flags alone, so a
-        // bad element costs its own frame and no other.
-        let mut pieces = heapless::Vec::<(GuestSlice, usize), SBALES_PER_SBAL>::new();
-        let mut bytes = 0usize;
+        // The data always holds every slot; were it not so, no piece would be inside
+        // the empty slice, and every frame would be counted bad.
+        let slot_mem = self
+            .rx_data
+            .mem
+            .sub(slot, self.cfg.mfs.bytes())
+            .unwrap_or(GuestSlice::EMPTY);
+        let slot_len = slot_mem.len() as u64;
+        // The frame being gathered: its pieces (ranges of the slot), whether they
+        // follow one another there and where the last ends, whether an element of it
+        // was unusable. Frames are delimited by the fragment flags alone, so a bad
+        // element costs its own frame and no other.
+        let mut pieces = heapless::Vec::<(usize, usize), SBALES_PER_SBAL>::new();
+        let mut end = 0usize;
+        let mut contiguous = true;
         let mut broken = false;
         let mut open = false;
         let mut walked = SBALES_PER_SBAL;
@@ -2301,32 +2331,29 @@ impl QueueDriver {
                 // The open frame never got its last element.
                 bad.other += 1;
                 pieces.clear();
-                (bytes, broken) = (0, false);
+                broken = false;
             }
             // A middle or last element with no frame open is a piece of a frame
             // whose start is lost: gather it as a broken frame, counted once.
             broken |= !starts && !open;
             open = true;
-            let len = e.length as usize;
             // Inside this buffer's own slot, which the driver armed it with: the
             // frame is then lent in place (`RxFrame::pieces`), and no other slot,
             // which the fabric may be filling, is ever borrowed.
-            let piece = e
-                .addr
-                .checked_sub(slot_guest)
-                .and_then(|off| usize::try_from(off).ok())
-                .and_then(|off| slot_mem.and_then(|m| m.sub(off, len)))
-                .filter(|_| len > 0);
-            match piece {
-                // At most 16 elements, so the push cannot fail.
-                Some(p) if !broken => {
-                    let _ = pieces.push((p, len));
-                    bytes += len;
+            let len = u64::from(e.length);
+            match e.addr.checked_sub(slot_guest) {
+                Some(off) if !broken && len > 0 && len <= slot_len && off <= slot_len - len => {
+                    // Inside the slot, so both fit a usize.
+                    let (at, len) = (off as usize, len as usize);
+                    contiguous = pieces.is_empty() || (contiguous && at == end);
+                    end = at + len;
+                    // At most 16 elements, so the push cannot fail.
+                    let _ = pieces.push((at, len));
                 }
                 _ => broken = true,
             }
             if matches!(frag, Fragment::None | Fragment::Last) {
-                match self.check_frame(&pieces, bytes, broken) {
+                match self.check_frame(slot_mem, &pieces, contiguous, broken) {
                     Ok(frame) => {
                         f(&frame);
                         frames += 1;
@@ -2334,7 +2361,7 @@ impl QueueDriver {
                     Err(why) => bad.count(why),
                 }
                 pieces.clear();
-                (bytes, broken, open) = (0, false, false);
+                (broken, open) = (false, false);
             }
             if e.is_last_entry() {
                 walked = i + 1;
@@ -2350,22 +2377,31 @@ impl QueueDriver {
 
     /// A gathered frame, if it is one: unbroken, its header whole in its first
     /// element, decoding as the queue set's layer, and with a length that matches the
-    /// bytes after it; on layer 2 an Ethernet frame of at least 14 bytes. Inlined into
-    /// [`gather`](Self::gather), its one caller: the frame is built in place there
-    /// rather than returned through the stack (receive_64 -7).
+    /// bytes after it; on layer 2 an Ethernet frame of at least 14 bytes. `pieces`
+    /// are ranges of `slot`; `contiguous` says each starts where the one before ends.
+    /// Inlined into [`gather`](Self::gather), its one caller: the frame is built in
+    /// place there rather than returned through the stack (receive_64 -7).
     #[inline(always)]
     fn check_frame<'p>(
         &self,
-        pieces: &'p [(GuestSlice, usize)],
-        bytes: usize,
+        slot: GuestSlice,
+        pieces: &'p [(usize, usize)],
+        contiguous: bool,
         broken: bool,
     ) -> Result<RxFrame<'p>, BadFrame> {
-        let (first, first_len) = pieces.first().ok_or(BadFrame::Other)?;
-        if broken || *first_len < HEADER_SIZE {
+        let &(first, first_len) = pieces.first().ok_or(BadFrame::Other)?;
+        if broken || first_len < HEADER_SIZE {
             return Err(BadFrame::Other);
         }
+        // The frame's bytes. Adjacent pieces make one range of the slot, from the
+        // first piece's start to the last one's end (inside the slot, as they are).
+        let bytes = if contiguous {
+            pieces.last().map_or(first_len, |&(at, l)| at + l - first)
+        } else {
+            pieces.iter().map(|&(_, l)| l).sum()
+        };
         let mut raw = [0u8; HEADER_SIZE];
-        first.read(0, &mut raw);
+        slot.read(first, &mut raw);
         let len = bytes - HEADER_SIZE;
         let (header, length) = if self.cfg.layer2 {
             let h = L2Header::decode(&raw).ok_or(if L3Header::decode(&raw).is_ok() {
@@ -2393,7 +2429,9 @@ impl QueueDriver {
         Ok(RxFrame {
             header,
             len,
+            slot,
             pieces,
+            whole: contiguous,
         })
     }
 
@@ -2476,17 +2514,24 @@ mod tests {
     /// every length around the one- and two-element bounds, the maximum frame size
     /// and the header's length field, and the same errors (no free buffer, a queue
     /// that does not exist).
-    #[test]
-    fn layout_one_matches_the_general_layout() {
-        let cfg = DriverConfig::new(0, Mfs::K16);
+    /// A driver of `cfg` over pages of its own, which it returns too: they must
+    /// outlive the driver.
+    fn driver(cfg: DriverConfig) -> (Vec<Page>, QueueDriver) {
         let mut pages = vec![Page([0; PAGE]); 1 + cfg.footprint() / PAGE];
         let len = pages.len() * PAGE;
         let host = NonNull::from(pages.as_mut_slice()).cast::<u8>();
-        // SAFETY: the pages outlive the driver (both die at the end of the test) and
-        // are touched only through the driver.
+        // SAFETY: the caller keeps the pages as long as the driver (the vector's heap
+        // buffer does not move with it), and they are touched only through the driver.
         let mut region = unsafe { Region::new(host, 0x4000_0000, len) }.unwrap();
         let ind = Indicators::new(&mut region).unwrap();
-        let mut d = QueueDriver::new(&mut region, &ind, cfg).unwrap();
+        let d = QueueDriver::new(&mut region, &ind, cfg).unwrap();
+        (pages, d)
+    }
+
+    #[test]
+    fn layout_one_matches_the_general_layout() {
+        let cfg = DriverConfig::new(0, Mfs::K16);
+        let (_pages, mut d) = driver(cfg);
         let mfs = cfg.mfs.bytes();
         let mut lens = vec![
             0,
@@ -2528,5 +2573,67 @@ mod tests {
             d.layout_one(0, 64, &mut TxLayout::default()),
             Err(DriverError::NoFreeBuffer)
         );
+    }
+
+    /// A frame received in three elements reads the same, copied out whole or in
+    /// part, lent in pieces or as one slice, whether its elements lie one after the
+    /// other in the buffer's slot (one copy, one slice) or not (the program may
+    /// rewrite its own input SBAL: a copy per piece, no one slice).
+    #[test]
+    fn a_frame_in_adjacent_or_scattered_elements_reads_the_same() {
+        let (_pages, mut d) = driver(DriverConfig::new(0, Mfs::K16));
+        let packet: Vec<u8> = (0..6000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut frame = L3Header::unicast(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 6000)
+            .encode()
+            .to_vec();
+        frame.extend_from_slice(&packet);
+        for offsets in [[0, 2000, 4096], [0, 8192, 12288], [4096, 2000, 8192]] {
+            let n = d.rx_next;
+            let slot = usize::from(n % d.cfg.rx_buffers) * d.cfg.mfs.bytes();
+            let sbal = d.in_sbal(n);
+            let (mut from, lens) = (0, [2000, 2096, 1936]);
+            for (i, (&at, &len)) in offsets.iter().zip(&lens).enumerate() {
+                d.rx_data.mem.write(slot + at, &frame[from..from + len]);
+                let mut eflags = Fragment::for_element(i, 3).bits();
+                if i == 2 {
+                    eflags |= Eflags::LAST_ENTRY.bits();
+                }
+                let addr = d.rx_data.guest + (slot + at) as u64;
+                let length = len as u32;
+                sbal.store(
+                    i,
+                    &Sbale {
+                        eflags,
+                        length,
+                        addr,
+                        ..Sbale::default()
+                    },
+                );
+                from += len;
+            }
+            QueueDriver::set_state(&d.in_slsb, n, SlsbState::INPUT_PRIMED, Ordering::Release);
+            let adjacent = offsets == [0, 2000, 4096];
+            let mut seen = 0;
+            let got = d.receive(|f| {
+                assert_eq!(f.len(), packet.len());
+                let mut out = vec![0; 7000];
+                assert_eq!(f.copy_to(&mut out), packet.len());
+                assert_eq!(&out[..packet.len()], packet, "{offsets:?}");
+                // Short of the packet, ending inside the second piece.
+                let mut part = vec![0; 2500];
+                assert_eq!(f.copy_to(&mut part), part.len());
+                assert_eq!(part, packet[..part.len()], "{offsets:?}");
+                let joined: Vec<u8> = f.pieces().flatten().copied().collect();
+                assert_eq!(joined, packet, "{offsets:?}");
+                assert_eq!(f.pieces().count(), 3);
+                assert_eq!(f.contiguous().is_some(), adjacent, "{offsets:?}");
+                if let Some(bytes) = f.contiguous() {
+                    assert_eq!(bytes, packet);
+                }
+                seen += 1;
+            });
+            assert_eq!((got, seen), (Some(1), 1), "{offsets:?}");
+            assert_eq!(d.rx_counters().bad_frames, 0);
+        }
     }
 }
