@@ -95,10 +95,6 @@ impl Outgoing {
         self.frames.len()
     }
 
-    fn element(&self, i: u8) -> Option<GuestSlice> {
-        self.elements.get(usize::from(i)).copied()
-    }
-
     /// An empty descriptor, to parse into with [`parse_outgoing_into`].
     ///
     /// Not a `const fn`, and `total` and `payload` pass through `black_box`: a
@@ -532,12 +528,17 @@ pub enum RxFault {
     BufferInvalid(u8),
 }
 
-/// Plan of one receive element: which frame it carries and how many bytes.
-#[derive(Clone, Copy, Debug, Default)]
+/// Plan of one receive element, made and checked in one pass before anything is
+/// written: the bytes it gets (checked to lie in the receiver's memory) and the
+/// element as it will be stored.
+#[derive(Clone, Copy, Debug)]
 struct RxUse {
-    bytes: usize,
-    position: u8, // index of this element within its frame
-    of: u8,       // elements the frame takes
+    /// The element's first `bytes` bytes; [`GuestSlice::EMPTY`] when they do not
+    /// translate (the plan is then refused, after `TooLarge` had its chance).
+    target: GuestSlice,
+    /// What [`deliver_general`] stores: the receiver's address and `scount`, the
+    /// frame's bytes in it and the fragment flags (`LAST_ENTRY` added on the last).
+    element: Sbale,
 }
 
 /// Copies the frames of `out` into the receive SBAL `rx`, each frame starting in a
@@ -614,138 +615,150 @@ pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -
 
 /// The general path of [`deliver`]: any number of frames, each across as many
 /// receive elements as it needs.
+///
+/// Two passes over the receive elements. The plan reads each armed element once, as
+/// far as the frames need them (an element of length 0 ends the list), and checks
+/// its bytes at once: nothing is written unless every frame fits (else `TooLarge`)
+/// and every element used translates (else `BufferInvalid` naming the first that does
+/// not; `TooLarge` takes precedence, as the whole plan is made before either is
+/// returned). Then the copy walks the frames, the sender's elements and the planned
+/// elements in step, one copy call for each piece that lies in one sender and one
+/// receiver element, and the used elements are stored last.
 pub fn deliver_general<M: GuestMemory>(
     out: &Outgoing,
     rx: &Sbal,
     rx_memory: &M,
 ) -> Result<u8, RxFault> {
-    // The armed elements, read once each and only as far as the plan needs them (in
-    // vectors: nothing is zeroed first). An element of length 0 ends the list.
-    let mut armed = heapless::Vec::<Sbale, SBALES_PER_SBAL>::new();
-    let mut ended = false;
-
-    // Plan: which receive element carries what.
+    // In a vector: nothing is zeroed first.
     let mut plan = heapless::Vec::<RxUse, SBALES_PER_SBAL>::new();
+    let mut invalid: Option<u8> = None;
     for f in &out.frames {
         let start = plan.len();
         let mut remaining = f.bytes;
+        // Fragment flags as if the element were not the frame's last, which the end
+        // of the frame corrects (`First` for its first element, `Middle` after).
+        let mut fragment = Fragment::First;
         while remaining > 0 {
             let used = plan.len();
-            if used == armed.len() && !ended && used < SBALES_PER_SBAL {
-                let a = rx.load(used);
-                if a.length == 0 {
-                    ended = true;
-                } else {
-                    // used < 16: the push cannot fail.
-                    let _ = armed.push(a);
-                }
-            }
-            let Some(a) = armed.get(used) else {
+            if used >= SBALES_PER_SBAL {
                 return Err(RxFault::TooLarge);
-            };
+            }
+            let a = rx.load(used);
+            if a.length == 0 {
+                return Err(RxFault::TooLarge);
+            }
             let n = remaining.min(a.length as usize);
-            // used < armed.len() <= 16: the push cannot fail.
-            let _ = plan.push(RxUse {
-                bytes: n,
-                position: (used - start) as u8,
-                of: 0,
+            let target = rx_memory.slice(a.addr, n as u64).unwrap_or_else(|| {
+                invalid.get_or_insert(used as u8);
+                GuestSlice::EMPTY
             });
+            // used < 16 (checked above): the push cannot fail.
+            let _ = plan.push(RxUse {
+                target,
+                element: Sbale {
+                    eflags: fragment.bits(),
+                    scount: a.scount,
+                    sflags: 0,
+                    length: n as u32,
+                    addr: a.addr,
+                },
+            });
+            fragment = Fragment::Middle;
             remaining -= n;
         }
-        let of = (plan.len() - start) as u8;
-        for p in plan.get_mut(start..).into_iter().flatten() {
-            p.of = of;
+        // The frame's last element: `Last`, or no fragment flag when it is the only
+        // one. (A frame has at least one element: parse refuses empty elements.)
+        let single = plan.len() - start == 1;
+        if let Some(p) = plan.last_mut() {
+            p.element.eflags = if single {
+                Fragment::None.bits()
+            } else {
+                Fragment::Last.bits()
+            };
         }
     }
-    let used = plan.len();
-
-    // Check every element the plan uses before writing any.
-    let mut targets = heapless::Vec::<GuestSlice, SBALES_PER_SBAL>::new();
-    for (i, (p, a)) in plan.iter().zip(armed.iter()).enumerate() {
-        let t = rx_memory
-            .slice(a.addr, p.bytes as u64)
-            .ok_or(RxFault::BufferInvalid(i as u8))?;
-        // As many as the plan's entries, at most 16: the push cannot fail.
-        let _ = targets.push(t);
+    if let Some(i) = invalid {
+        return Err(RxFault::BufferInvalid(i));
     }
 
     // Copy, frame by frame, into the planned elements; the plan was made in the same
-    // order, so `rx_i` walks it in step. A frame's first 32 bytes come from the header
-    // checked in `parse_outgoing_into`, the rest from the sender's elements, starting
-    // after the header in its first element (which holds it whole: checked there too).
-    let mut rx_i = 0usize;
+    // order, so `targets` walks it in step. A frame's first bytes come from the header
+    // (and layer-2 routing bytes) checked in `parse_outgoing_into`, the rest from the
+    // sender's elements, starting after them in its first element (which holds the
+    // header whole: checked there too).
+    let mut targets = plan.iter().map(|p| p.target);
     for f in &out.frames {
+        let Some(mut dst) = targets.next() else { break };
+        let mut dst_off = 0usize;
         let routed = f.routed_len();
-        let mut head = [0u8; HEADER_SIZE + ETH_ROUTING];
-        if let Some(h) = head.get_mut(..HEADER_SIZE) {
+        let eth = f.eth.get(..usize::from(f.eth_len)).unwrap_or(&[]);
+        if dst.len() >= routed {
+            // The common case: the routed bytes lie in the frame's first element.
+            dst.write(0, &f.header);
+            if !eth.is_empty() {
+                dst.write(HEADER_SIZE, eth);
+            }
+            dst_off = routed;
+        } else {
+            // Receive elements smaller than the routed bytes: piece by piece.
+            let mut head = [0u8; HEADER_SIZE + ETH_ROUTING];
+            let (h, e) = head.split_at_mut(HEADER_SIZE);
             h.copy_from_slice(&f.header);
-        }
-        if let (Some(h), Some(e)) = (
-            head.get_mut(HEADER_SIZE..routed),
-            f.eth.get(..usize::from(f.eth_len)),
-        ) {
-            h.copy_from_slice(e);
-        }
-        let mut pos = 0usize; // bytes of the frame written so far
-        // The sender's bytes start after the routed ones, which may run past the
-        // first element on layer 2.
-        let mut src = f.first;
-        let mut src_off = routed;
-        while let Some(s) = out.element(src) {
-            if src_off < s.len() || src >= f.last {
-                break;
+            if let Some(e) = e.get_mut(..eth.len()) {
+                e.copy_from_slice(eth);
             }
-            src_off -= s.len();
-            src += 1;
-        }
-        while pos < f.bytes && rx_i < used {
-            let (Some(&dst), Some(p)) = (targets.get(rx_i), plan.get(rx_i)) else {
-                break;
-            };
-            let want = p.bytes;
-            let mut dst_off = 0usize;
-            while dst_off < want {
-                let n = if pos < routed {
-                    let n = (want - dst_off).min(routed - pos);
-                    dst.write(dst_off, head.get(pos..pos + n).unwrap_or(&[]));
-                    n
-                } else {
-                    let Some(s) = out.element(src) else { break };
-                    if src_off >= s.len() {
-                        // Only a first element of exactly the header's size ends here
-                        // (parse refuses empty elements): the payload starts in the next.
-                        src += 1;
-                        src_off = 0;
-                        continue;
-                    }
-                    let n = (want - dst_off).min(s.len() - src_off);
-                    GuestSlice::copy(&s, src_off, &dst, dst_off, n);
-                    src_off += n;
-                    n
-                };
-                dst_off += n;
+            let mut pos = 0usize;
+            while pos < routed {
+                if dst_off == dst.len() {
+                    let Some(next) = targets.next() else { break };
+                    dst = next;
+                    dst_off = 0;
+                }
+                let n = (routed - pos).min(dst.len() - dst_off);
+                dst.write(dst_off, head.get(pos..pos + n).unwrap_or(&[]));
                 pos += n;
+                dst_off += n;
             }
-            rx_i += 1;
+        }
+        // The sender's bytes after the routed ones (which may run past the first
+        // element on layer 2), into the planned elements. The sources add up to the
+        // frame's bytes, as do the planned elements: they run out together.
+        let mut sources = out
+            .elements
+            .get(usize::from(f.first)..=usize::from(f.last))
+            .unwrap_or(&[])
+            .iter();
+        let mut src_off = routed;
+        let Some(mut src) = sources.next() else {
+            continue;
+        };
+        loop {
+            if src_off >= src.len() {
+                src_off -= src.len();
+                let Some(next) = sources.next() else { break };
+                src = next;
+                continue;
+            }
+            if dst_off == dst.len() {
+                let Some(next) = targets.next() else { break };
+                dst = next;
+                dst_off = 0;
+            }
+            let n = (src.len() - src_off).min(dst.len() - dst_off);
+            GuestSlice::copy(src, src_off, &dst, dst_off, n);
+            src_off += n;
+            dst_off += n;
         }
     }
 
-    // Zipped rather than indexed: no bounds check (and no panic path) on the send path.
-    for (i, (p, a)) in plan.iter().zip(armed.iter()).take(used).enumerate() {
-        let mut eflags = Fragment::for_element(usize::from(p.position), usize::from(p.of)).bits();
+    // The elements, stored once every byte is in place.
+    let used = plan.len();
+    for (i, p) in plan.iter().enumerate() {
+        let mut e = p.element;
         if i + 1 == used {
-            eflags |= Eflags::LAST_ENTRY.bits();
+            e.eflags |= Eflags::LAST_ENTRY.bits();
         }
-        rx.store(
-            i,
-            &Sbale {
-                eflags,
-                scount: a.scount,
-                sflags: 0,
-                length: p.bytes as u32,
-                addr: a.addr,
-            },
-        );
+        rx.store(i, &e);
     }
     Ok(used as u8)
 }
