@@ -268,8 +268,8 @@ pub fn parse_general<M: GuestMemory>(
     layer2: bool,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
-    let sbales = load_elements(sbal)?;
-    parse_elements(&sbales, memory, mfs, multicast_queue, layer2, out)
+    let last = scan_elements(|i| Some(sbal.load(i)), true, memory, out)?;
+    check_frames(mfs, multicast_queue, layer2, last, out)
 }
 
 /// Reads each element of `sbal` once, up to the first `LAST_ENTRY` (into a vector:
@@ -301,71 +301,117 @@ pub fn parse_elements<M: GuestMemory>(
     layer2: bool,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
-    let sbales = sbales.get(..SBALES_PER_SBAL).unwrap_or(sbales);
-    let Some(last) = sbales.len().checked_sub(1) else {
-        return Err(Fault::at(Reason::NoLastEntry, SBALES_PER_SBAL - 1));
-    };
+    let last = scan_elements(|i| sbales.get(i).copied(), false, memory, out)?;
+    check_frames(mfs, multicast_queue, layer2, last, out)
+}
+
+/// The element checks of [`parse_general`] and [`parse_elements`], in one pass that
+/// takes each element once from `load` (up to 16, until it returns `None`, and with
+/// `until_last_entry` until the first `LAST_ENTRY`): it checks the element, translates
+/// it into `out`'s elements, and delimits the frames by their fragment flags into
+/// `out`'s frames (headers still to check, [`check_frames`]). Returns the last
+/// element's index.
+///
+/// One pass, the faults in the order separate passes over the elements found them:
+/// with `until_last_entry`, no `LAST_ENTRY` in 16 elements (`NoLastEntry`, 15) before
+/// anything else; then the first element that is empty (`ZeroLength`) or outside the
+/// issuer's memory (`AddressOutsideMemory`); then the first fragment flag out of order,
+/// and a frame still open after the last element (`FragmentOrder`). So the first fault
+/// of each kind is kept while the pass goes on, and they are returned in that order.
+#[inline(always)]
+fn scan_elements<M: GuestMemory>(
+    mut load: impl FnMut(usize) -> Option<Sbale>,
+    until_last_entry: bool,
+    memory: &M,
+    out: &mut Outgoing,
+) -> Result<usize, Fault> {
     out.frames.clear();
     out.elements.clear();
     let elements = &mut out.elements;
-    for (i, e) in sbales.iter().enumerate() {
-        if e.length == 0 {
-            return Err(Fault::at(Reason::ZeroLength, i));
-        }
-        let slice = memory
-            .slice(e.addr, u64::from(e.length))
-            .ok_or(Fault::at(Reason::AddressOutsideMemory, i))?;
-        // At most 16 elements (`last` < 16): the push cannot fail.
-        let _ = elements.push(slice);
-    }
-
     let frames = &mut out.frames;
-    let mut open: Option<FrameSpan> = None;
-    for (i, e) in sbales.iter().enumerate() {
+    let mut element_fault: Option<Fault> = None;
+    let mut order_fault: Option<Fault> = None;
+    // The frame begun and not yet ended: its first element and its bytes so far.
+    let mut open: Option<(u8, usize)> = None;
+    let mut last: Option<usize> = None;
+    let mut ended = !until_last_entry;
+    for i in 0..SBALES_PER_SBAL {
+        let Some(e) = load(i) else { break };
+        last = Some(i);
         let len = e.length as usize;
-        let idx = i as u8;
-        let span = match (e.fragment(), open.take()) {
-            (Fragment::None, None) => Some(FrameSpan {
-                first: idx,
-                last: idx,
-                bytes: len,
-                header: [0; HEADER_SIZE],
-                eth: [0; ETH_ROUTING],
-                eth_len: 0,
-            }),
-            (Fragment::First, None) => {
-                open = Some(FrameSpan {
-                    first: idx,
+        if element_fault.is_none() {
+            if len == 0 {
+                element_fault = Some(Fault::at(Reason::ZeroLength, i));
+            } else if let Some(slice) = memory.slice(e.addr, u64::from(e.length)) {
+                // At most 16 elements: the push cannot fail.
+                let _ = elements.push(slice);
+            } else {
+                element_fault = Some(Fault::at(Reason::AddressOutsideMemory, i));
+            }
+        }
+        if order_fault.is_none() {
+            let idx = i as u8;
+            let span = match (e.fragment(), open) {
+                (Fragment::None, None) => Some((idx, len)),
+                (Fragment::First, None) => {
+                    open = Some((idx, len));
+                    None
+                }
+                (Fragment::Middle, Some((first, bytes))) => {
+                    open = Some((first, bytes + len));
+                    None
+                }
+                (Fragment::Last, Some((first, bytes))) => {
+                    open = None;
+                    Some((first, bytes + len))
+                }
+                _ => {
+                    order_fault = Some(Fault::at(Reason::FragmentOrder, i));
+                    None
+                }
+            };
+            if let Some((first, bytes)) = span {
+                // At most 16 elements, so at most 16 frames: the push cannot fail.
+                let _ = frames.push(FrameSpan {
+                    first,
                     last: idx,
-                    bytes: len,
+                    bytes,
                     header: [0; HEADER_SIZE],
                     eth: [0; ETH_ROUTING],
                     eth_len: 0,
                 });
-                None
             }
-            (Fragment::Middle, Some(mut f)) => {
-                f.last = idx;
-                f.bytes += len;
-                open = Some(f);
-                None
-            }
-            (Fragment::Last, Some(mut f)) => {
-                f.last = idx;
-                f.bytes += len;
-                Some(f)
-            }
-            _ => return Err(Fault::at(Reason::FragmentOrder, i)),
-        };
-        if let Some(f) = span {
-            // At most 16 elements, so at most 16 frames: the push cannot fail.
-            let _ = frames.push(f);
         }
+        if until_last_entry && e.is_last_entry() {
+            ended = true;
+            break;
+        }
+    }
+    let last = match last {
+        Some(last) if ended => last,
+        _ => return Err(Fault::at(Reason::NoLastEntry, SBALES_PER_SBAL - 1)),
+    };
+    if let Some(f) = element_fault.or(order_fault) {
+        return Err(f);
     }
     if open.is_some() {
         return Err(Fault::at(Reason::FragmentOrder, last));
     }
+    Ok(last)
+}
 
+/// The frame checks of [`parse_outgoing_into`], over the frames [`scan_elements`]
+/// delimited (`last` the last element's index): each header read once and checked,
+/// one destination for all, the whole within the MFS.
+fn check_frames(
+    mfs: Mfs,
+    multicast_queue: bool,
+    layer2: bool,
+    last: usize,
+    out: &mut Outgoing,
+) -> Result<(), Fault> {
+    let elements = &out.elements;
+    let frames = &mut out.frames;
     if layer2 {
         return parse_layer2(mfs, multicast_queue, last, out);
     }
