@@ -1367,23 +1367,24 @@ impl QueueDriver {
                 return Err(DriverError::TooLarge);
             }
             layout.starts.push(off).map_err(|_| DriverError::TooLarge)?;
-            let first_el = layout.elements.len();
-            let mut at = off;
-            while at < frame_end {
-                let end = ((at / PAGE + 1) * PAGE).min(frame_end);
-                layout
-                    .elements
-                    .push(Sbale {
-                        addr: tq.data.guest + at as u64,
-                        length: (end - at) as u32,
-                        ..Sbale::default()
-                    })
-                    .map_err(|_| DriverError::TooLarge)?;
-                at = end;
+            // One element per page the frame touches, cut at page boundaries: room
+            // for them checked once (what a failing push would say), each written
+            // with its fragment position in the one pass.
+            let count = (frame_end - 1) / PAGE - off / PAGE + 1;
+            if layout.elements.len() + count > SBALES_PER_SBAL {
+                return Err(DriverError::TooLarge);
             }
-            let count = layout.elements.len() - first_el;
-            for (i, e) in layout.elements[first_el..].iter_mut().enumerate() {
-                e.eflags = Fragment::for_element(i, count).bits();
+            let mut at = off;
+            for i in 0..count {
+                let end = ((at / PAGE + 1) * PAGE).min(frame_end);
+                // Room checked above: the push cannot fail.
+                let _ = layout.elements.push(Sbale {
+                    eflags: Fragment::for_element(i, count).bits(),
+                    addr: tq.data.guest + at as u64,
+                    length: (end - at) as u32,
+                    ..Sbale::default()
+                });
+                at = end;
             }
             off = frame_end;
         }
@@ -2634,6 +2635,74 @@ mod tests {
             });
             assert_eq!((got, seen), (Some(1), 1), "{offsets:?}");
             assert_eq!(d.rx_counters().bad_frames, 0);
+        }
+    }
+
+    /// The general layout of several frames: each frame's header never straddles a
+    /// page, each frame is cut into elements at page boundaries with its fragment
+    /// positions, the last element ends the list, and more than 16 elements (or a
+    /// slot overflow) is `TooLarge`: checked against a plain element-by-element
+    /// rendering of those rules.
+    #[test]
+    fn the_general_layout_cuts_frames_at_pages() {
+        let cfg = DriverConfig::new(0, Mfs::K64);
+        let (_pages, d) = driver(cfg);
+        let reference = |lens: &[usize]| -> Result<(Vec<usize>, Vec<Sbale>), DriverError> {
+            let guest = d.txq(0).unwrap().data.guest;
+            let (mut starts, mut elements) = (Vec::new(), Vec::new());
+            let (mut off, mut total) = (0usize, 0usize);
+            for &len in lens {
+                if off % PAGE + HEADER_SIZE > PAGE {
+                    off = off.next_multiple_of(PAGE);
+                }
+                let end = off + HEADER_SIZE + len;
+                total += HEADER_SIZE + len;
+                if end > cfg.mfs.bytes() || total > cfg.mfs.bytes() {
+                    return Err(DriverError::TooLarge);
+                }
+                starts.push(off);
+                let mut cuts = vec![off];
+                cuts.extend((off / PAGE + 1..=(end - 1) / PAGE).map(|p| p * PAGE));
+                cuts.push(end);
+                let count = cuts.len() - 1;
+                for (i, w) in cuts.windows(2).enumerate() {
+                    elements.push(Sbale {
+                        eflags: Fragment::for_element(i, count).bits(),
+                        addr: guest + w[0] as u64,
+                        length: (w[1] - w[0]) as u32,
+                        ..Sbale::default()
+                    });
+                }
+                off = end;
+            }
+            if starts.len() > SBALES_PER_SBAL || elements.len() > SBALES_PER_SBAL {
+                return Err(DriverError::TooLarge);
+            }
+            if let Some(last) = elements.last_mut() {
+                last.eflags |= Eflags::LAST_ENTRY.bits();
+            }
+            Ok((starts, elements))
+        };
+        let cases: Vec<Vec<usize>> = vec![
+            vec![57344 - HEADER_SIZE],
+            vec![57344 - HEADER_SIZE + 1],
+            vec![0; 16],
+            vec![0; 17],
+            vec![4000, 4000, 4000],
+            vec![PAGE - 2 * HEADER_SIZE + 1, 10, 5000],
+            vec![3 * PAGE; 5],
+            vec![3 * PAGE + 100; 4],
+            vec![6000; 8],
+            vec![4070; 8],
+            vec![4070; 9],
+            vec![9000, 20000, 1, 1500, 64],
+        ];
+        for lens in cases {
+            let mut layout = TxLayout::default();
+            let got = d
+                .layout(0, &lens, &mut layout)
+                .map(|_| (layout.starts.to_vec(), layout.elements.to_vec()));
+            assert_eq!(got, reference(&lens), "{lens:?}");
         }
     }
 }
