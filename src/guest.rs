@@ -688,13 +688,11 @@ impl Sbal {
         let Some([w0, w1]) = self.words(element) else {
             return;
         };
-        let b = sbale.encode();
-        let mut lo = [0u8; 8];
-        let mut hi = [0u8; 8];
-        lo.copy_from_slice(&b[..8]);
-        hi.copy_from_slice(&b[8..]);
-        w0.store(u64::from_ne_bytes(lo), Ordering::Relaxed);
-        w1.store(u64::from_ne_bytes(hi), Ordering::Relaxed);
+        // `Sbale::encode`'s bytes in memory order (see `Sbale::to_words`), without the
+        // 16-byte array.
+        let [lo, hi] = sbale.to_words();
+        w0.store(lo.to_be(), Ordering::Relaxed);
+        w1.store(hi.to_be(), Ordering::Relaxed);
     }
 
     /// Sets element `element`'s `sflags`, the one byte of it the fabric owns on a

@@ -133,6 +133,22 @@ impl Sbale {
         ]
     }
 
+    /// The element as its two 8-byte words, each the number its 8 bytes are in
+    /// big-endian order: `eflags | reserved (0) | scount | sflags | length` and
+    /// `addr`. The same bytes as [`encode`](Self::encode): `to_be` of each word is
+    /// what a native-endian 8-byte store writes them with, on any host (what
+    /// `Sbal::store` does, without going through the 16-byte array).
+    #[inline(always)]
+    pub(crate) const fn to_words(self) -> [u64; 2] {
+        [
+            ((self.eflags as u64) << 56)
+                | ((self.scount as u64) << 40)
+                | ((self.sflags as u64) << 32)
+                | self.length as u64,
+            self.addr,
+        ]
+    }
+
     /// The element flags other than the fragment field.
     pub const fn flags(&self) -> Eflags {
         Eflags::from_bits_truncate(self.eflags)
@@ -174,6 +190,21 @@ mod tests {
         assert!(e.is_last_entry());
         assert_eq!(e.fragment(), Fragment::Last);
         assert_eq!(e.flags(), Eflags::LAST_ENTRY | Eflags::FRAGMENT_MASK);
+    }
+
+    #[test]
+    fn words_are_the_encoded_bytes() {
+        let e = Sbale {
+            eflags: 0x4C,
+            scount: 0x5A,
+            sflags: 0x10,
+            length: 0x0102_0304,
+            addr: 0x1122_3344_5566_7788,
+        };
+        let [w0, w1] = e.to_words();
+        let b = e.encode();
+        assert_eq!(w0.to_be_bytes(), b[..8]);
+        assert_eq!(w1.to_be_bytes(), b[8..]);
     }
 
     #[test]
