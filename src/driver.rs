@@ -662,6 +662,48 @@ struct TxLayout {
     elements: heapless::Vec<Sbale, SBALES_PER_SBAL>,
 }
 
+/// Where [`QueueDriver::place_one`] put one frame of up to two pages: output buffer
+/// `n`, whose slot starts at `slot` in the queue's data (guest address `addr`), the
+/// frame's `bytes` (header and packet) from there.
+struct OneFrame {
+    n: u8,
+    slot: usize,
+    addr: u64,
+    bytes: usize,
+}
+
+impl OneFrame {
+    /// The frame's elements, as the general layout cuts them: one holding it whole, or
+    /// (over a page) the first page and the rest; the last with `LAST_ENTRY`. The
+    /// count in use comes second.
+    #[inline]
+    fn elements(&self) -> ([Sbale; 2], usize) {
+        if self.bytes <= PAGE {
+            let whole = Sbale {
+                eflags: Fragment::None.bits() | Eflags::LAST_ENTRY.bits(),
+                length: self.bytes as u32,
+                addr: self.addr,
+                ..Sbale::default()
+            };
+            ([whole, Sbale::default()], 1)
+        } else {
+            let first = Sbale {
+                eflags: Fragment::First.bits(),
+                length: PAGE as u32,
+                addr: self.addr,
+                ..Sbale::default()
+            };
+            let last = Sbale {
+                eflags: Fragment::Last.bits() | Eflags::LAST_ENTRY.bits(),
+                length: (self.bytes - PAGE) as u32,
+                addr: self.addr + PAGE as u64,
+                ..Sbale::default()
+            };
+            ([first, last], 2)
+        }
+    }
+}
+
 /// One output queue: its ring of SBALs, its SLSB, the data of its buffers and its
 /// cursor.
 struct TxQueue {
@@ -1212,15 +1254,25 @@ impl QueueDriver {
     /// [`queue_for`](Self::queue_for)): the common send, in straight line
     /// ([`layout_one`](Self::layout_one)), without the frame lists of the general
     /// [`prime_frames_on`](Self::prime_frames_on).
+    ///
+    /// A frame of up to two pages is placed by [`place_one`](Self::place_one) and
+    /// handed over by [`commit_one`](Self::commit_one), with no [`TxLayout`] in
+    /// between (the same checks, elements and bytes as `layout_one` and `commit`).
     #[inline]
     fn prime_one(&mut self, q: u8, dest: Dest, packet: &[u8]) -> Result<u8, DriverError> {
-        let mut layout = TxLayout::default();
-        let n = self.layout_one(q, packet.len(), &mut layout)?;
-        // The layout holds one frame: its header at the slot's start.
-        let at = layout.starts.first().copied().unwrap_or(0);
-        self.txq(q)?.data.mem.write(at + HEADER_SIZE, packet);
-        self.commit(q, n, dest, &[packet.len()], &layout);
-        Ok(n)
+        if HEADER_SIZE + packet.len() > 2 * PAGE {
+            let mut layout = TxLayout::default();
+            let n = self.layout(q, &[packet.len()], &mut layout)?;
+            // The layout holds one frame: its header at the slot's start.
+            let at = layout.starts.first().copied().unwrap_or(0);
+            self.txq(q)?.data.mem.write(at + HEADER_SIZE, packet);
+            self.commit(q, n, dest, &[packet.len()], &layout);
+            return Ok(n);
+        }
+        let one = self.place_one(q, packet.len())?;
+        self.txq(q)?.data.mem.write(one.slot + HEADER_SIZE, packet);
+        self.commit_one(q, dest, packet.len(), &one);
+        Ok(one.n)
     }
 
     /// Primes one frame of `len` packet bytes to `dest`, written in place (zero-copy
@@ -1423,17 +1475,34 @@ impl QueueDriver {
     }
 
     /// [`layout`](Self::layout) of one frame of `len` packet bytes, the common send,
-    /// in straight-line code when header and packet fit in two pages: the frame starts
-    /// the (page-aligned) slot, so its header never straddles a page, and it takes one
-    /// element, or two cut at the page boundary. The same checks, in the same order,
-    /// and the same elements as the general layout (the crate's tests compare the
-    /// two); a larger frame takes the general one.
+    /// in straight-line code when header and packet fit in two pages
+    /// ([`place_one`](Self::place_one)); a larger frame takes the general one. The
+    /// same checks, in the same order, and the same elements as the general layout
+    /// (the crate's tests compare the two).
     #[inline]
     fn layout_one(&self, q: u8, len: usize, layout: &mut TxLayout) -> Result<u8, DriverError> {
-        let bytes = HEADER_SIZE + len;
-        if bytes > 2 * PAGE {
+        if HEADER_SIZE + len > 2 * PAGE {
             return self.layout(q, &[len], layout);
         }
+        let one = self.place_one(q, len)?;
+        // An empty `layout` (the callers' contract) has room for 16 of each: no push
+        // below fails.
+        let _ = layout.starts.push(one.slot);
+        let (elements, k) = one.elements();
+        for e in elements.iter().take(k) {
+            let _ = layout.elements.push(*e);
+        }
+        Ok(one.n)
+    }
+
+    /// The general layout's checks for one frame of `len` packet bytes whose header and
+    /// packet fit in two pages (the caller's to know): it starts the (page-aligned)
+    /// slot of the queue's next free buffer, so its header never straddles a page, and
+    /// takes one element, or two cut at the page boundary ([`OneFrame::elements`]).
+    #[inline]
+    fn place_one(&self, q: u8, len: usize) -> Result<OneFrame, DriverError> {
+        let bytes = HEADER_SIZE + len;
+        debug_assert!(bytes <= 2 * PAGE);
         let (tq, n, slot) = self.next_free(q)?;
         if len > usize::from(u16::MAX) {
             return Err(DriverError::InvalidFrame);
@@ -1441,32 +1510,51 @@ impl QueueDriver {
         if bytes > self.cfg.mfs.bytes() {
             return Err(DriverError::TooLarge);
         }
-        let addr = tq.data.guest + slot as u64;
-        // An empty `layout` (the callers' contract) has room for 16 of each: no push
-        // below fails.
-        let _ = layout.starts.push(slot);
-        if bytes <= PAGE {
-            let _ = layout.elements.push(Sbale {
-                eflags: Fragment::None.bits() | Eflags::LAST_ENTRY.bits(),
-                length: bytes as u32,
-                addr,
-                ..Sbale::default()
-            });
-        } else {
-            let _ = layout.elements.push(Sbale {
-                eflags: Fragment::First.bits(),
-                length: PAGE as u32,
-                addr,
-                ..Sbale::default()
-            });
-            let _ = layout.elements.push(Sbale {
-                eflags: Fragment::Last.bits() | Eflags::LAST_ENTRY.bits(),
-                length: (bytes - PAGE) as u32,
-                addr: addr + PAGE as u64,
-                ..Sbale::default()
-            });
+        Ok(OneFrame {
+            n,
+            slot,
+            addr: tq.data.guest + slot as u64,
+            bytes,
+        })
+    }
+
+    /// The header of a frame of `len` packet bytes at `at` of the output data `data`
+    /// (its packet written after it): a layer-3 header naming `dest`'s next hop and
+    /// cast type, or the layer-2 header of the Ethernet frame there.
+    #[inline]
+    fn frame_header(
+        data: &GuestSlice,
+        framing: Framing,
+        at: usize,
+        len: usize,
+    ) -> [u8; HEADER_SIZE] {
+        // The layouts checked every length against u16::MAX.
+        match framing {
+            Framing::Layer3(dest) => L3Header {
+                cast: dest.cast(),
+                length: len as u16,
+                vlan: None,
+                next_hop: dest.next_hop(),
+            }
+            .encode(),
+            Framing::Layer2 => {
+                // The frame's first bytes, as written in place.
+                let mut prefix = [0u8; ETH_ROUTING];
+                let k = len.min(ETH_ROUTING);
+                data.read(at + HEADER_SIZE, &mut prefix[..k]);
+                // The layer-2 callers checked the frame is at least 14 bytes; should
+                // it not be, a unicast header with its length goes out and the
+                // fabric refuses the frame with its code.
+                Self::l2_header(&prefix[..k], len)
+                    .unwrap_or(L2Header {
+                        flags: MacCast::Unicast.flag(),
+                        pkt_length: len as u16,
+                        vlan_tci: None,
+                        seq_no: 0,
+                    })
+                    .encode()
+            }
         }
-        Ok(n)
     }
 
     /// Writes the frames' headers (next hop and cast type of `dest`) and the buffer's
@@ -1484,35 +1572,23 @@ impl QueueDriver {
         let Ok(tq) = self.txq_mut(q) else {
             return;
         };
-        for (&len, &at) in lens.iter().zip(layout.starts.iter()) {
-            // `layout` checked every length against u16::MAX.
-            let header = match framing {
-                Framing::Layer3(dest) => L3Header {
-                    cast: dest.cast(),
-                    length: len as u16,
-                    vlan: None,
-                    next_hop: dest.next_hop(),
+        match framing {
+            // The frames of one buffer share their destination: one header encoded,
+            // each frame's with its own length.
+            Framing::Layer3(_) => {
+                let mut header = Self::frame_header(&tq.data.mem, framing, 0, 0);
+                for (&len, &at) in lens.iter().zip(layout.starts.iter()) {
+                    // `layout` checked every length against u16::MAX.
+                    L3Header::encode_length(&mut header, len as u16);
+                    tq.data.mem.write(at, &header);
                 }
-                .encode(),
-                Framing::Layer2 => {
-                    // The frame's first bytes, as written in place.
-                    let mut prefix = [0u8; ETH_ROUTING];
-                    let k = len.min(ETH_ROUTING);
-                    tq.data.mem.read(at + HEADER_SIZE, &mut prefix[..k]);
-                    // The layer-2 callers checked the frame is at least 14 bytes; should
-                    // it not be, a unicast header with its length goes out and the
-                    // fabric refuses the frame with its code.
-                    Self::l2_header(&prefix[..k], len)
-                        .unwrap_or(L2Header {
-                            flags: MacCast::Unicast.flag(),
-                            pkt_length: len as u16,
-                            vlan_tci: None,
-                            seq_no: 0,
-                        })
-                        .encode()
+            }
+            Framing::Layer2 => {
+                for (&len, &at) in lens.iter().zip(layout.starts.iter()) {
+                    let header = Self::frame_header(&tq.data.mem, framing, at, len);
+                    tq.data.mem.write(at, &header);
                 }
-            };
-            tq.data.mem.write(at, &header);
+            }
         }
         // Only the elements in use: the fabric reads up to the first LAST_ENTRY.
         let sbal = tq.sbal(n);
@@ -1523,6 +1599,28 @@ impl QueueDriver {
         // and elements written above (in place or copied) are seen by its copy.
         Self::set_state(&tq.slsb, n, SlsbState::OUTPUT_PRIMED, Ordering::Release);
         tq.next = (n + 1) % QUEUE_BUFFERS as u8;
+        tq.primed += 1;
+    }
+
+    /// [`commit`](Self::commit) of the one frame [`place_one`](Self::place_one) placed:
+    /// its header, its one or two elements, then buffer `one.n` to the fabric (0x62);
+    /// the packet is in place by now.
+    #[inline]
+    fn commit_one(&mut self, q: u8, dest: impl Into<Framing>, len: usize, one: &OneFrame) {
+        let framing = dest.into();
+        let Ok(tq) = self.txq_mut(q) else {
+            return;
+        };
+        let header = Self::frame_header(&tq.data.mem, framing, one.slot, len);
+        tq.data.mem.write(one.slot, &header);
+        let sbal = tq.sbal(one.n);
+        let (elements, k) = one.elements();
+        for (i, e) in elements.iter().take(k).enumerate() {
+            sbal.store(i, e);
+        }
+        // Release pairs with the fabric's Acquire load of 0x62, as in `commit`.
+        Self::set_state(&tq.slsb, one.n, SlsbState::OUTPUT_PRIMED, Ordering::Release);
+        tq.next = (one.n + 1) % QUEUE_BUFFERS as u8;
         tq.primed += 1;
     }
 

@@ -133,6 +133,16 @@ impl L3Header {
         })
     }
 
+    /// Sets the `length` field of the encoded header `b` (bytes 0x08-0x09), the one
+    /// field in which the headers of frames packed for one destination differ: what
+    /// [`encode`](Self::encode) writes there.
+    #[inline(always)]
+    pub(crate) fn encode_length(b: &mut [u8; HEADER_SIZE], length: u16) {
+        let [hi, lo] = length.to_be_bytes();
+        b[8] = hi;
+        b[9] = lo;
+    }
+
     /// Encodes the header to its 32 bytes.
     #[inline]
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
@@ -185,6 +195,18 @@ mod tests {
         assert_eq!(&b[0x0C..0x0E], &[0x0A, 0xBC]);
         assert_eq!(&b[0x10..0x20], &ip.octets());
         assert_eq!(L3Header::decode(&b), Ok(h));
+    }
+
+    #[test]
+    fn encode_length_patches_what_encode_writes() {
+        let ip: Ipv6Addr = "fd00::1:2".parse().unwrap();
+        for next_hop in [IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), IpAddr::V6(ip)] {
+            let mut b = L3Header::unicast(next_hop, 0).encode();
+            for length in [0, 1, 0x1234, u16::MAX] {
+                L3Header::encode_length(&mut b, length);
+                assert_eq!(b, L3Header::unicast(next_hop, length).encode());
+            }
+        }
     }
 
     #[test]
