@@ -1521,7 +1521,7 @@ impl QueueDriver {
     /// The header of a frame of `len` packet bytes at `at` of the output data `data`
     /// (its packet written after it): a layer-3 header naming `dest`'s next hop and
     /// cast type, or the layer-2 header of the Ethernet frame there.
-    #[inline]
+    #[inline(always)]
     fn frame_header(
         data: &GuestSlice,
         framing: Framing,
