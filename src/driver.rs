@@ -1822,10 +1822,12 @@ impl QueueDriver {
     /// own.
     pub(crate) fn flush_pending<S: Siga + ?Sized>(&mut self, siga: &S) -> Result<(), SendError> {
         loop {
-            let before = self.primed_total();
-            if before == 0 {
+            // Nothing primed, the common case, is found without the sum (a walk that
+            // stops at the first queue with a primed buffer).
+            if self.tx.iter().all(|tq| tq.primed == 0) {
                 return Ok(());
             }
+            let before = self.primed_total();
             // Earlier primed buffers go first, in ring order; a flush that ended early
             // leaves some primed, and another sends them.
             self.flush(siga).map_err(SendError::Siga)?;
