@@ -1499,7 +1499,7 @@ impl QueueDriver {
     /// packet fit in two pages (the caller's to know): it starts the (page-aligned)
     /// slot of the queue's next free buffer, so its header never straddles a page, and
     /// takes one element, or two cut at the page boundary ([`OneFrame::elements`]).
-    #[inline]
+    #[inline(always)]
     fn place_one(&self, q: u8, len: usize) -> Result<OneFrame, DriverError> {
         let bytes = HEADER_SIZE + len;
         debug_assert!(bytes <= 2 * PAGE);
