@@ -1426,6 +1426,18 @@ impl QueueDriver {
             if layout.elements.len() + count > SBALES_PER_SBAL {
                 return Err(DriverError::TooLarge);
             }
+            if count == 1 {
+                // The frame lies in one page (packed small frames): its one element,
+                // what the loop below writes for it, without the loop.
+                let _ = layout.elements.push(Sbale {
+                    eflags: Fragment::None.bits(),
+                    addr: tq.data.guest + off as u64,
+                    length: (frame_end - off) as u32,
+                    ..Sbale::default()
+                });
+                off = frame_end;
+                continue;
+            }
             let mut at = off;
             for i in 0..count {
                 let end = ((at / PAGE + 1) * PAGE).min(frame_end);
