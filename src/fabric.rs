@@ -1830,7 +1830,9 @@ impl<
 
     /// SIGA WRITEQ: sends the next primed buffer of the one unicast queue `queue_mask`
     /// names, with the QAOB at guest address `qaob` (256 bytes, 256-aligned, in the
-    /// sender's memory). If the receiver is full, the buffer is left PENDING (0xA3),
+    /// sender's memory, and not the QAOB of a buffer of this queue set still pending or
+    /// with its completion not yet posted; else the buffer is refused, sbalf15 0x2A).
+    /// If the receiver is full, the buffer is left PENDING (0xA3),
     /// its elements recorded in the QAOB, and completes later (see
     /// [`SigaFunction::WriteQ`]).
     pub fn siga_writeq(
@@ -2041,6 +2043,16 @@ impl<
         };
         let outcome = match writeq {
             None => self.send_buffer(st, sender, &sbal, &mut from, None, report),
+            // A QAOB still on the pending list (its buffer waiting, or delivered with
+            // its completion not yet posted) belongs to the buffer that named it: a
+            // second buffer naming it would overwrite that buffer's record (its frames
+            // lost, the second's delivered twice) and have the address posted twice.
+            // Refused always, not only when this buffer would go pending (known only
+            // after its parse and delivery attempt): one rule, checked first, and
+            // nothing is written into the QAOB. Linux never reuses a QAOB in flight;
+            // iqdio's driver cannot (one QAOB per output buffer slot, and a slot is not
+            // primed again while its QAOB is held).
+            Some(qaob) if pending.holds_qaob(qaob) => refuse(Reason::QaobInvalid),
             Some(qaob) => match qaob_slice(issuer, qaob) {
                 Some(slice) => {
                     let wq = WriteQ {

@@ -206,6 +206,14 @@ impl PendingList {
             .any(|p| !p.done && p.target.slot == slot)
     }
 
+    /// Whether a buffer on the list (waiting, or finished with its completion not yet
+    /// posted) has its QAOB at guest address `qaob`. Reads no entry when the list is
+    /// empty, the common case.
+    #[inline]
+    pub(crate) fn holds_qaob(&self, qaob: u64) -> bool {
+        self.len != 0 && self.entries().iter().any(|p| p.qaob == qaob)
+    }
+
     /// Appends `p`; `false` when the list is full.
     pub(crate) fn push(&mut self, p: Pending) -> bool {
         match self.entries.get_mut(usize::from(self.len)) {

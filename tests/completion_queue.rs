@@ -9,7 +9,7 @@ mod common;
 
 use common::raw::*;
 use common::{GUEST_BASE, TestFabric, TestPlatform, fabric, v4};
-use iqdio::qdio::{Reason, Sbale, qaob};
+use iqdio::qdio::{L3Header, Reason, Sbale, qaob};
 use iqdio::{FabricConfig, PENDING_PER_QUEUE_SET, SigaError, SigaFunction};
 
 fn world(cq: bool) -> (std::sync::Arc<TestFabric>, Raw, Raw) {
@@ -254,4 +254,87 @@ fn writeq_needs_a_completion_queue_and_one_unicast_queue() {
         .unwrap();
     assert_eq!((r.delivered, r.pending), (0, 1), "receiver full: pending");
     assert_eq!(a.slsb(OUT_SLSB, 0), 0xA3);
+}
+
+/// A WRITEQ naming a QAOB that is still on the sender's pending list: the second
+/// buffer's record would overwrite the first's in the shared QAOB, and both pending
+/// entries would deliver the second buffer's elements (the first's frames lost, the
+/// second's twice). The fabric refuses the second buffer at once with 0x2A, writes
+/// nothing into the QAOB, and delivers the buffer the QAOB belongs to as before. Until
+/// its completion is posted the QAOB stays in flight: refused also when the receiver
+/// has room and the pending buffer was delivered but the completion queue was full.
+#[test]
+fn a_writeq_naming_a_qaob_still_pending_is_refused_with_0x2a() {
+    let (f, a, b) = world(true);
+    // Receiver full: buffer 0 goes pending with QAOB 0.
+    a.prime(0, v4(2, 0), 0xA0, 100);
+    let r = f.siga_writeq(1, 0, Q0, a.qaob(0)).unwrap();
+    assert_eq!((r.buffers, r.pending), (1, 1));
+    assert_eq!(a.slsb(OUT_SLSB, 0), 0xA3);
+    let recorded = a.qaob_bytes(0);
+    // Buffer 1 names the same QAOB while it is pending: refused, nothing written.
+    a.prime(1, v4(2, 0), 0xB1, 200);
+    let r = f.siga_writeq(1, 0, Q0, a.qaob(0)).unwrap();
+    assert_eq!((r.buffers, r.delivered, r.pending, r.refused), (1, 0, 0, 1));
+    assert_eq!(a.slsb(OUT_SLSB, 1), 0xAF);
+    assert_eq!(
+        a.element(OUT_SBALS, 1, 15).sflags,
+        Reason::QaobInvalid.code()
+    );
+    assert_eq!(a.element(OUT_SBALS, 1, 14).sflags & 0x0F, 0);
+    assert_eq!(
+        a.qaob_bytes(0),
+        recorded,
+        "the pending buffer's QAOB untouched"
+    );
+    assert_eq!(a.slsb(OUT_SLSB, 0), 0xA3);
+    let c = f.counters_of(1, 0).unwrap();
+    assert_eq!((c.pending, c.completed, c.completed_with_error), (1, 0, 0));
+    assert_eq!(c.errors_for(Reason::QaobInvalid), 1);
+    assert_eq!((c.errors_total(), c.sbals_sent), (1, 0));
+    // The receiver refills; the completion queue has no empty buffer. The next WRITEQ
+    // delivers buffer 0 first, but its completion waits, so QAOB 0 is still in flight:
+    // buffer 2 naming it is refused although the receiver has room.
+    b.arm_input(0);
+    b.arm_input(1);
+    a.prime(2, v4(2, 0), 0xC2, 300);
+    let r = f.siga_writeq(1, 0, Q0, a.qaob(0)).unwrap();
+    assert_eq!(
+        (r.completed, r.delivered, r.pending, r.refused),
+        (0, 0, 0, 1)
+    );
+    assert_eq!(a.slsb(OUT_SLSB, 2), 0xAF);
+    assert_eq!(
+        a.element(OUT_SBALS, 2, 15).sflags,
+        Reason::QaobInvalid.code()
+    );
+    assert_eq!(b.slsb(IN_SLSB, 1), 0x41, "only buffer 0 delivered");
+    // The completion queue gets a buffer: the next WRITEQ posts QAOB 0's completion,
+    // then its own buffer (with another QAOB) goes to the receiver's next buffer.
+    a.set_slsb(CQ_SLSB, 0, 0x41);
+    a.prime(3, v4(2, 0), 0xD3, 50);
+    let r = f.siga_writeq(1, 0, Q0, a.qaob(3)).unwrap();
+    assert_eq!(
+        (r.completed, r.delivered, r.pending, r.refused),
+        (1, 1, 0, 0)
+    );
+    assert_eq!(a.completions(0), [a.qaob(0)]);
+    assert_eq!(a.qaob_bytes(0)[qaob::AORC], 0);
+    // Buffer 0's frame exactly once and intact, then buffer 3's; 1's and 2's never.
+    let mut want = L3Header::unicast(v4(2, 0), 100).encode().to_vec();
+    want.extend(std::iter::repeat_n(0xA0, 100));
+    assert_eq!(b.received(0).unwrap(), want);
+    assert_eq!(b.received_tag(1), 0xD3);
+    assert_eq!(b.slsb(IN_SLSB, 2), 0x00, "nothing more delivered");
+    let c = f.counters_of(1, 0).unwrap();
+    assert_eq!((c.pending, c.completed, c.completed_with_error), (1, 1, 0));
+    assert_eq!((c.sbals_sent, c.frames_sent, c.bytes_sent), (2, 2, 150));
+    assert_eq!(c.errors_for(Reason::QaobInvalid), 2);
+    assert_eq!(c.errors_total(), 2);
+    let cb = f.counters_of(2, 0).unwrap();
+    assert_eq!(
+        (cb.sbals_received, cb.frames_received, cb.bytes_received),
+        (2, 2, 150)
+    );
+    assert!(a.ram.guards_intact() && b.ram.guards_intact());
 }

@@ -14,9 +14,11 @@
 //!
 //! A pending buffer keeps its place: later buffers of the same set to the same receiver
 //! go pending behind it (while the list has room), so a receiver sees one sender's
-//! frames in order. Deregistering either side completes the pending buffers it
-//! concerns at once with an error code (0x15 for the sender's own, 0x12 for a receiver
-//! that went away): none is stranded.
+//! frames in order. A QAOB stays the pending buffer's until its completion is posted:
+//! a WRITEQ naming it meanwhile is refused at once (0x2A, in `send_next`), before
+//! anything is written into it. Deregistering either side completes the pending
+//! buffers it concerns at once with an error code (0x15 for the sender's own, 0x12 for
+//! a receiver that went away): none is stranded.
 
 use super::*;
 use crate::qdio::Eflags;

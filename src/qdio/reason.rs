@@ -63,8 +63,9 @@ pub enum Reason {
     /// The frames of one SBAL name different next hops.
     MixedDestinations = 0x29,
     /// SIGA WRITEQ named a QAOB that is not 256-aligned or not wholly in the
-    /// sender's memory, or a pending buffer's QAOB no longer describes a buffer
-    /// (`sb_count` not 1 to 16).
+    /// sender's memory, or one a pending buffer of the queue set still holds (its
+    /// completion not yet posted), or a pending buffer's QAOB no longer describes a
+    /// buffer (`sb_count` not 1 to 16).
     QaobInvalid = 0x2A,
     /// A frame of the other layer: a layer-3 header (id 0x01) on a queue set
     /// established in layer 2, or a layer-2 header (0x02) on a layer-3 set.
@@ -166,7 +167,7 @@ impl Reason {
             Self::ShortHeader => "first element shorter than the header",
             Self::MixedDestinations => "frames for several next hops in one SBAL",
             Self::Cancelled => "pending buffer cancelled: its queue set was deregistered",
-            Self::QaobInvalid => "QAOB misaligned, outside memory, or not a buffer's",
+            Self::QaobInvalid => "QAOB misaligned, outside memory, in flight, or not a buffer's",
             Self::WrongLayer => "frame header of the other layer than the queue set's",
             Self::EthernetFrame => "Ethernet frame shorter than its MACs, EtherType and tag",
             Self::VlanMismatch => "header VLAN disagrees with the frame's 802.1Q tag",
