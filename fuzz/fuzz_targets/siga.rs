@@ -18,8 +18,10 @@
 //! byte outside a window was read). After every SIGA: its condition code is the one
 //! the rules give; a SIGA that ran handled exactly the primed (0x62) buffers from the
 //! queue's cursor (one for SIGA write, all consecutive ones for write-multiple) and
-//! each of them now reads 0xA1 or 0xAF, an 0xAF with a documented sbalf15 reason; each
-//! queue's counters grew by the buffers it completed 0xA1. When no handled buffer's
+//! each of them now reads 0xA1 or 0xAF (0xA3 for WRITEQ), an 0xAF with a documented
+//! sbalf15 reason, and a WRITEQ naming a QAOB still pending (not posted by the SIGA's
+//! flush of A's pending buffers) exactly 0xAF with 0x2A at element 0; each queue's
+//! counters grew by the buffers it completed 0xA1. When no handled buffer's
 //! elements reach into a structure the SIGA writes (an SLSB, another handled SBAL),
 //! each outcome is predicted from the buffer before the call: a parse fault is that
 //! 0xAF reason and element, a group buffer (multicast or broadcast on the multicast
@@ -183,7 +185,8 @@ struct World {
     members: BTreeSet<(u8, IpAddr)>,
     /// A's completion queue is established.
     a_cq: bool,
-    /// The QAOBs of A's buffers that went PENDING and are not posted yet.
+    /// The QAOBs of A's buffers that went PENDING and are not posted yet (each once:
+    /// a WRITEQ naming one of them is refused with 0x2A).
     pending: Vec<u64>,
     /// The next completion-queue buffer the fabric fills, mirrored.
     cq_cursor: u8,
@@ -527,6 +530,9 @@ impl World {
                 if lpar != 1 {
                     return;
                 }
+                // What the SIGA's flush of A's pending buffers posted comes off the
+                // model's list first: a QAOB still on it is in flight.
+                self.scan_cq();
                 let mut per_queue = [0u64; 4];
                 let (mut unicast_delivered, mut group_members) = (0, 0);
                 for (&(q, n), p) in handled.iter().zip(&predicted) {
@@ -534,6 +540,25 @@ impl World {
                     let sbal = out_sbal(A_BASE, q, n);
                     let code = self.a.read(sbal + 15 * 16 + 3, 1)[0];
                     let element = self.a.read(sbal + 14 * 16 + 3, 1)[0] & 0x0F;
+                    // A valid QAOB still pending (its buffer waiting, or delivered
+                    // with its completion not yet posted: this SIGA's flush did not
+                    // post it) belongs to that buffer: refused at once with 0x2A,
+                    // whatever the buffer holds, so it is never on the list twice.
+                    // Otherwise a valid QAOB is never the buffer's 0x2A.
+                    if fc == 4 && qaob_valid {
+                        if self.pending.contains(&qaob) {
+                            assert_eq!(
+                                (state, code, element),
+                                (0xAF, Reason::QaobInvalid.code(), 0),
+                                "queue {q} buffer {n}: QAOB {qaob:#x} still pending"
+                            );
+                            continue;
+                        }
+                        assert!(
+                            state != 0xAF || code != Reason::QaobInvalid.code(),
+                            "queue {q} buffer {n}: QAOB {qaob:#x} not pending, refused 0x2A"
+                        );
+                    }
                     match state {
                         0xA1 => per_queue[q] += 1,
                         0xA3 if fc == 4 => {
@@ -616,7 +641,6 @@ impl World {
                 assert!(received >= copies + from_pending);
                 assert!(received <= u64::from(r.delivered) + copies + from_pending);
                 self.buffers_delivered += received;
-                self.scan_cq();
             }
         }
     }
