@@ -511,8 +511,9 @@ fn completions_within(queue: &mut QueueDriver, ns: u64) -> heapless::Vec<u8, 16>
 /// The completion queue's attempts (SIGA WRITEQ and QAOBs), on a queue set with a
 /// completion queue that replaces its first one (the hypervisor's fabric gives a
 /// partition one) and sends to itself (two input buffers, taken only when told). A
-/// QAOB elsewhere or misaligned: 0xAF, 0x2A. A QAOB rewritten while its buffer is
-/// pending, to name the hypervisor's memory: completes with 0x22 and delivers nothing.
+/// QAOB elsewhere or misaligned: 0xAF, 0x2A. Another buffer naming the QAOB of a
+/// buffer still pending: 0xAF, 0x2A. A QAOB rewritten while its buffer is pending, to
+/// name the hypervisor's memory: completes with 0x22 and delivers nothing.
 /// Its completion queue made full (every buffer taken from the fabric): the completion
 /// waits, and comes once one is armed.
 fn qaob_cases(t: &mut Tally, region: &mut Region, indicators: &Indicators) {
@@ -574,6 +575,22 @@ fn qaob_cases(t: &mut Tally, region: &mut Region, indicators: &Indicators) {
     let n = tx.last_primed();
     let pending = tx.output_state(n) == SlsbState::OUTPUT_PENDING;
     t.expect("a buffer to a full receiver goes PENDING", pending);
+    // Another buffer naming that QAOB while it is still pending: refused 0x2A, the
+    // QAOB left as it was (the case below still finds the pending buffer's record).
+    let in_flight = tx.qaob_address(0, n).unwrap_or(0);
+    let refused = match tx.prime(own_receiver(), &[0x52; 64]) {
+        Ok(m) => {
+            let status = HvcSiga.siga_writeq(0, 1 << 31, in_flight);
+            let ok = status.is_done()
+                && tx.output_state(m) == SlsbState::OUTPUT_ERROR
+                && tx.reason(m) == Reason::QaobInvalid
+                && tx.output_state(n) == SlsbState::OUTPUT_PENDING;
+            let _ = tx.flush(&HvcSiga);
+            ok
+        }
+        Err(_) => false,
+    };
+    t.expect("WRITEQ naming the QAOB of a buffer still pending", refused);
     // Rewrite the pending buffer's recorded element to name the hypervisor's memory.
     if let Some(q) = tx.qaob_address(0, n) {
         let field = core::ptr::with_exposed_provenance_mut::<u64>((q as usize) + qaob::SBA);
