@@ -638,13 +638,21 @@ pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -
     // The packet: the sender's elements in order, from the end of the routed bytes
     // (parse checked that the first holds the header whole, and that the elements add
     // up to `bytes`).
-    let mut at = 0usize; // frame offset of the element's start
-    for s in sources {
-        let skip = routed.saturating_sub(at).min(s.len());
-        let n = s.len() - skip;
-        let n = n.min(f.bytes.saturating_sub(at + skip));
-        GuestSlice::copy(s, skip, &dst, at + skip, n);
-        at += s.len();
+    if let [s] = sources {
+        // One element (the common small frame): the loop below with `at` 0, without
+        // the loop.
+        let skip = routed.min(s.len());
+        let n = (s.len() - skip).min(f.bytes.saturating_sub(skip));
+        GuestSlice::copy(s, skip, &dst, skip, n);
+    } else {
+        let mut at = 0usize; // frame offset of the element's start
+        for s in sources {
+            let skip = routed.saturating_sub(at).min(s.len());
+            let n = s.len() - skip;
+            let n = n.min(f.bytes.saturating_sub(at + skip));
+            GuestSlice::copy(s, skip, &dst, at + skip, n);
+            at += s.len();
+        }
     }
     rx.store(
         0,
