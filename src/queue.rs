@@ -408,22 +408,28 @@ impl Inbound {
                 byte(ind.global)?,
             ])
         });
-        if let Some([slsb, queue, middle, global]) = kept {
-            return Ok(LiveInbound {
+        let (slsb, indicators) = match kept {
+            Some([slsb, queue, middle, global]) => (
                 slsb,
-                indicators: Some(LiveIndicators {
+                Some(LiveIndicators {
                     queue,
                     middle,
                     global,
                 }),
-            });
-        }
-        // Something does not translate (and nothing is kept): the SLSB alone, or why not.
-        let slsb = ring.slsb_slice(memory).ok_or(Reason::TargetBufferInvalid)?;
-        Ok(LiveInbound {
-            slsb,
-            indicators: None,
-        })
+            ),
+            // Something does not translate (and nothing is kept): the SLSB alone, or
+            // why not.
+            None => (
+                ring.slsb_slice(memory).ok_or(Reason::TargetBufferInvalid)?,
+                None,
+            ),
+        };
+        // Every path gives an SLSB of `SLSB_LEN` bytes (`slsb_slice` asks for that
+        // many); taken as a sub-slice of that constant length, so that the state
+        // accesses of the fill and of the polling check need no bounds checks of
+        // their own (a shorter one, which cannot occur, would not translate).
+        let slsb = slsb.sub(0, SLSB_LEN).ok_or(Reason::TargetBufferInvalid)?;
+        Ok(LiveInbound { slsb, indicators })
     }
 }
 
