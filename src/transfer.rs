@@ -627,6 +627,7 @@ pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -
     let sources = out
         .elements
         .get(usize::from(f.first)..=usize::from(f.last))?;
+    let (mut s, mut rest) = sources.split_first()?;
     dst.write(0, &f.header);
     let routed = f.routed_len();
     // Layer 3 has no routing bytes after the header: no (empty) copy for them.
@@ -637,22 +638,20 @@ pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -
     }
     // The packet: the sender's elements in order, from the end of the routed bytes
     // (parse checked that the first holds the header whole, and that the elements add
-    // up to `bytes`).
-    if let [s] = sources {
-        // One element (the common small frame): the loop below with `at` 0, without
-        // the loop.
-        let skip = routed.min(s.len());
-        let n = (s.len() - skip).min(f.bytes.saturating_sub(skip));
-        GuestSlice::copy(s, skip, &dst, skip, n);
-    } else {
-        let mut at = 0usize; // frame offset of the element's start
-        for s in sources {
-            let skip = routed.saturating_sub(at).min(s.len());
-            let n = s.len() - skip;
-            let n = n.min(f.bytes.saturating_sub(at + skip));
-            GuestSlice::copy(s, skip, &dst, at + skip, n);
-            at += s.len();
-        }
+    // up to `bytes`). One copy call site (with two, the copy was left out of line),
+    // and a frame in one element, the common small frame, is the walk's first step
+    // with no loop around it.
+    let mut at = 0usize; // frame offset of the element's start
+    loop {
+        let skip = routed.saturating_sub(at).min(s.len());
+        let n = s.len() - skip;
+        let n = n.min(f.bytes.saturating_sub(at + skip));
+        GuestSlice::copy(s, skip, &dst, at + skip, n);
+        let Some((next, more)) = rest.split_first() else {
+            break;
+        };
+        at += s.len();
+        (s, rest) = (next, more);
     }
     rx.store(
         0,
