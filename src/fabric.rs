@@ -93,7 +93,10 @@ impl FabricConfig {
 /// at boot ([`Fabric::set_config`]). One XOR per field read.
 #[derive(Clone, Copy, Debug)]
 struct StoredConfig {
-    mfs_kib: u32,
+    /// The MFS's variant number (`Mfs as u8`, 0 to 3), not its KiB: read on every
+    /// send, where turning 16/24/40/64 back into an `Mfs` took a dozen instructions
+    /// and this takes a mask.
+    mfs: u8,
     interrupt_delay_ns: u64,
     queue_sets_per_partition: u8,
     addresses_per_partition: u16,
@@ -104,7 +107,7 @@ impl StoredConfig {
 
     const fn new(c: &FabricConfig) -> Self {
         Self {
-            mfs_kib: c.mfs.kib() ^ Self::D.mfs.kib(),
+            mfs: c.mfs as u8 ^ Self::D.mfs as u8,
             interrupt_delay_ns: c.interrupt_delay_ns ^ Self::D.interrupt_delay_ns,
             queue_sets_per_partition: c.queue_sets_per_partition ^ Self::D.queue_sets_per_partition,
             addresses_per_partition: c.addresses_per_partition ^ Self::D.addresses_per_partition,
@@ -112,8 +115,13 @@ impl StoredConfig {
     }
 
     fn mfs(&self) -> Mfs {
-        // Every stored value came from an `Mfs`: the fallback is never taken.
-        Mfs::from_kib(self.mfs_kib ^ Self::D.mfs.kib()).unwrap_or(Self::D.mfs)
+        // Every stored value came from an `Mfs` (0 to 3): the mask changes none.
+        match (self.mfs ^ Self::D.mfs as u8) & 3 {
+            0 => Mfs::K16,
+            1 => Mfs::K24,
+            2 => Mfs::K40,
+            _ => Mfs::K64,
+        }
     }
 
     fn interrupt_delay_ns(&self) -> u64 {
@@ -2824,6 +2832,21 @@ mod completion;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stored settings give back every MFS they were made from, and the default's
+    /// are zero (the all-zero fabric).
+    #[test]
+    fn stored_config_keeps_each_mfs() {
+        for mfs in [Mfs::K16, Mfs::K24, Mfs::K40, Mfs::K64] {
+            let c = FabricConfig {
+                mfs,
+                ..FabricConfig::DEFAULT
+            };
+            assert_eq!(StoredConfig::new(&c).mfs(), mfs);
+            assert_eq!(StoredConfig::new(&c).config(c.hash_seed).mfs, mfs);
+        }
+        assert_eq!(StoredConfig::new(&FabricConfig::DEFAULT).mfs, 0);
+    }
 
     #[test]
     fn sort_by_start_sorts_what_core_sorts() {
