@@ -1990,6 +1990,10 @@ impl<
 
     /// Sends the output buffer at queue `q`'s cursor if it is primed; false if it is
     /// not (or the queue is gone). `writeq`: SIGA WRITEQ's QAOB address.
+    ///
+    /// Always inlined into [`siga_inner`](Self::siga_inner)'s two calls, so that the
+    /// one-buffer SIGA write makes no call (and saves the registers) to send it.
+    #[inline(always)]
     fn send_next(
         &self,
         st: &State<Q, A, L, S, M>,
