@@ -2165,7 +2165,7 @@ impl<
                 // Behind this set's earlier pending buffers to the same receiver: in
                 // order, so pending too.
                 Some(wq) if wq.pending.waits_for(entry.slot) => Err(Reason::TargetFull),
-                _ => self.deliver_to(st, entry, &outgoing, report),
+                _ => self.deliver_to_inlined(st, entry, &outgoing, report),
             };
             return match (delivered, writeq) {
                 (Ok(()), _) => BufferOutcome::Delivered {
@@ -2289,6 +2289,20 @@ impl<
     /// signals it, raises its interrupt if the decision says so (after its inbound
     /// lock is released).
     fn deliver_to(
+        &self,
+        st: &State<Q, A, L, S, M>,
+        entry: TargetEntry,
+        outgoing: &Outgoing,
+        report: &mut SigaReport,
+    ) -> Result<(), Reason> {
+        self.deliver_to_inlined(st, entry, outgoing, report)
+    }
+
+    /// [`deliver_to`](Self::deliver_to), always inlined: the unicast send's one
+    /// delivery makes no call for it (group, layer-2 and pending deliveries call
+    /// `deliver_to`, which holds one copy of it).
+    #[inline(always)]
+    fn deliver_to_inlined(
         &self,
         st: &State<Q, A, L, S, M>,
         entry: TargetEntry,
