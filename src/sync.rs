@@ -270,15 +270,26 @@ impl<T> Mutex<T> {
     }
 
     /// Takes the lock, spinning (on a plain load, so the line stays shared while
-    /// held) until it is free.
-    #[inline]
+    /// held) until it is free. The first attempt is inlined into the caller, the
+    /// spinning is a call of its own.
+    #[inline(always)]
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        match self.try_lock() {
+            Some(g) => g,
+            None => self.lock_contended(),
+        }
+    }
+
+    /// [`lock`](Self::lock) after a first attempt failed.
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) -> MutexGuard<'_, T> {
         loop {
-            if let Some(g) = self.try_lock() {
-                return g;
-            }
             while self.locked.load(Ordering::Relaxed) {
                 spin_hint();
+            }
+            if let Some(g) = self.try_lock() {
+                return g;
             }
         }
     }
