@@ -1905,8 +1905,7 @@ impl<
         // `drivers/s390/cio/qdio_main.c`); a bit naming a queue the set did not
         // establish, or no bit at all, is cc1.
         let queues = u32::from(out.queues);
-        let established = u32::MAX.checked_shl(32 - queues).unwrap_or(0);
-        if queue_mask == 0 || queue_mask & !established != 0 {
+        if queue_mask == 0 || unestablished(queue_mask, queues) != 0 {
             return Err(SigaError::InvalidQueueMask);
         }
         let limit = match function {
@@ -2481,6 +2480,15 @@ fn issuer_slot<const Q: usize, const A: usize, const L: usize, const S: usize, M
     }
 }
 
+/// The bits of a SIGA queue mask that name no queue of a set that established
+/// `queues` output queues (queue n is bit `1 << (31 - n)`, so the established ones are
+/// the top `queues` bits): shifted out, the rest is left (and moved up, which does not
+/// change whether any is).
+#[inline]
+fn unestablished(queue_mask: u32, queues: u32) -> u32 {
+    (u64::from(queue_mask) << queues.min(32)) as u32
+}
+
 /// Whether the receiver is polling: its newest consumed input buffer reads 0x81.
 ///
 /// `cursor` is the next buffer the fabric will fill, so the buffers behind it that
@@ -2850,6 +2858,34 @@ mod completion;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `unestablished` finds a bit beyond the established queues exactly when the
+    /// mask of those queues (the top `queues` bits) does not cover the mask.
+    #[test]
+    fn unestablished_matches_the_established_mask() {
+        let mut masks: Vec<u32> = (0..32).map(|b| 1u32 << b).collect();
+        masks.extend([
+            0,
+            u32::MAX,
+            0xF000_0000,
+            0xC000_0000,
+            0x8000_0001,
+            0x1234_5678,
+        ]);
+        for queues in 0..=40u32 {
+            let established = u32::MAX
+                .checked_shl(32u32.saturating_sub(queues))
+                .unwrap_or(0);
+            let established = if queues >= 32 { u32::MAX } else { established };
+            for &m in &masks {
+                assert_eq!(
+                    unestablished(m, queues) != 0,
+                    m & !established != 0,
+                    "mask {m:#x}, {queues} queues"
+                );
+            }
+        }
+    }
 
     /// The stored settings give back every MFS they were made from, and the default's
     /// are zero (the all-zero fabric).
