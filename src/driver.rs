@@ -1128,6 +1128,7 @@ impl QueueDriver {
     }
 
     /// The SLSB state of input buffer `n`.
+    #[inline]
     pub fn input_state(&self, n: u8) -> SlsbState {
         SlsbState(Self::state(&self.in_slsb, n, Ordering::Acquire))
     }
@@ -2380,6 +2381,7 @@ impl QueueDriver {
 
     /// Hands back the input buffer [`hold_single`](Self::hold_single) lent, if any:
     /// acknowledged and re-armed as [`receive`](Self::receive) does.
+    #[inline]
     pub(crate) fn release_held(&mut self) {
         if let Some(n) = self.held.take() {
             self.consume(n);
