@@ -614,6 +614,7 @@ impl RxFrame<'_> {
     /// Copies the packet into `out`; returns the bytes copied (at most `out.len()`).
     /// One copy when the pieces lie one after the other in the slot (as for
     /// [`contiguous`](Self::contiguous)), else one per piece.
+    #[inline]
     pub fn copy_to(&self, out: &mut [u8]) -> usize {
         if let Some(at) = self.whole_at() {
             // The whole range holds the header and then exactly `len` packet bytes.
@@ -621,6 +622,13 @@ impl RxFrame<'_> {
             self.slot.read(at + HEADER_SIZE, &mut out[..n]);
             return n;
         }
+        self.copy_pieces_to(out)
+    }
+
+    /// [`copy_to`](Self::copy_to) of a frame whose pieces do not follow one another:
+    /// one copy per piece. Out of line, so that the one-copy path inlines alone.
+    #[inline(never)]
+    fn copy_pieces_to(&self, out: &mut [u8]) -> usize {
         let mut skip = HEADER_SIZE;
         let mut done = 0;
         for &(at, len) in self.pieces {
