@@ -109,21 +109,25 @@ impl L3Header {
         };
         let length = u16::from_be_bytes([b[8], b[9]]);
         let vlan = (b[0x0B] & EXT_VLAN != 0).then(|| u16::from_be_bytes([b[0x0C], b[0x0D]]));
+        // The next hop as one big-endian number (bytes 0x10-0x1F), as `encode` writes
+        // it: an IPv4 address is its low 32 bits, the 96 above them zero.
         let mut addr = [0u8; 16];
         addr.copy_from_slice(&b[0x10..0x20]);
+        let hop = u128::from_be_bytes(addr);
+        let above_v4 = hop >> 32;
         let next_hop = if flags & FLAG_IPV6 != 0 {
-            let v6 = Ipv6Addr::from(addr);
-            // An IPv4 address dressed as IPv6 (::a.b.c.d or ::ffff:a.b.c.d) is a
+            // An IPv4 address dressed as IPv6 (::a.b.c.d or ::ffff:a.b.c.d, what
+            // `Ipv6Addr::to_ipv4` converts: bits 127-32 are 0 or 0xFFFF) is a
             // program that set the flag by mistake, not a next hop.
-            if v6.to_ipv4().is_some() {
+            if above_v4 == 0 || above_v4 == 0xFFFF {
                 return Err(HeaderError::AddressFamily);
             }
-            IpAddr::V6(v6)
+            IpAddr::V6(Ipv6Addr::from_bits(hop))
         } else {
-            if addr[..12].iter().any(|&x| x != 0) {
+            if above_v4 != 0 {
                 return Err(HeaderError::AddressFamily);
             }
-            IpAddr::V4(Ipv4Addr::new(addr[12], addr[13], addr[14], addr[15]))
+            IpAddr::V4(Ipv4Addr::from_bits(hop as u32))
         };
         Ok(Self {
             cast,
@@ -249,6 +253,59 @@ mod tests {
         b[0x1A] = 0xFF;
         b[0x1B] = 0xFF;
         assert_eq!(L3Header::decode(&b), Err(HeaderError::AddressFamily));
+    }
+
+    /// The next hop decoded as one number refuses and builds what the byte-wise
+    /// form did (`Ipv6Addr::to_ipv4` under the IPv6 flag, bytes 0x10-0x1B zero
+    /// under IPv4), for addresses with one or two bytes set (0x01, 0xFF) anywhere,
+    /// on top of zero and of the ::ffff:0:0/96 prefix, under both flags.
+    #[test]
+    fn next_hop_as_one_number_matches_the_bytewise_checks() {
+        let mut bases = vec![[0u8; 16]];
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xFF;
+        mapped[11] = 0xFF;
+        bases.push(mapped);
+        let mut addrs = Vec::new();
+        for base in bases {
+            addrs.push(base);
+            for i in 0..16 {
+                for v in [0x01, 0xFF] {
+                    let mut a = base;
+                    a[i] = v;
+                    addrs.push(a);
+                    for j in 0..16 {
+                        let mut b = a;
+                        b[j] = 0xFF;
+                        addrs.push(b);
+                    }
+                }
+            }
+        }
+        for addr in addrs {
+            for flags in [0x06u8, 0x86] {
+                let mut b = [0u8; HEADER_SIZE];
+                b[0] = ID_LAYER3;
+                b[1] = flags;
+                b[0x10..0x20].copy_from_slice(&addr);
+                let want = if flags & FLAG_IPV6 != 0 {
+                    let v6 = Ipv6Addr::from(addr);
+                    v6.to_ipv4()
+                        .map_or(Ok(IpAddr::V6(v6)), |_| Err(HeaderError::AddressFamily))
+                } else if addr[..12].iter().any(|&x| x != 0) {
+                    Err(HeaderError::AddressFamily)
+                } else {
+                    Ok(IpAddr::V4(Ipv4Addr::new(
+                        addr[12], addr[13], addr[14], addr[15],
+                    )))
+                };
+                assert_eq!(
+                    L3Header::decode(&b).map(|h| h.next_hop),
+                    want,
+                    "{addr:02x?} {flags:#x}"
+                );
+            }
+        }
     }
 
     #[test]
