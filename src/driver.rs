@@ -622,29 +622,36 @@ impl RxFrame<'_> {
             self.slot.read(at + HEADER_SIZE, &mut out[..n]);
             return n;
         }
-        self.copy_pieces_to(out)
+        Self::copy_pieces_to(self.slot, self.pieces, self.len, out)
     }
 
     /// [`copy_to`](Self::copy_to) of a frame whose pieces do not follow one another:
-    /// one copy per piece. Out of line, so that the one-copy path inlines alone.
+    /// one copy per piece. Out of line, so that the one-copy path inlines alone; it
+    /// takes the frame's parts rather than the frame, which so never leaves the
+    /// caller's registers (its header is not stored for this call).
     #[inline(never)]
-    fn copy_pieces_to(&self, out: &mut [u8]) -> usize {
+    fn copy_pieces_to(
+        slot: GuestSlice,
+        pieces: &[(usize, usize)],
+        frame_len: usize,
+        out: &mut [u8],
+    ) -> usize {
         let mut skip = HEADER_SIZE;
         let mut done = 0;
-        for &(at, len) in self.pieces {
+        for &(at, len) in pieces {
             if skip >= len {
                 skip -= len;
                 continue;
             }
             let n = (len - skip).min(out.len() - done);
-            self.slot.read(at + skip, &mut out[done..done + n]);
+            slot.read(at + skip, &mut out[done..done + n]);
             done += n;
             skip = 0;
             if done == out.len() {
                 break;
             }
         }
-        done.min(self.len())
+        done.min(frame_len)
     }
 }
 
