@@ -2408,6 +2408,7 @@ impl QueueDriver {
     /// of them when `gather` counted a bad frame: the elements no longer say which ones
     /// the fabric wrote (the program overwrote its own buffer, say), and an element
     /// left as the fabric wrote it would shrink the buffer for every later frame.
+    #[inline]
     fn set_rearm(&mut self, n: u8, walked: usize, bad: &BadFrames) {
         if bad.total() != 0 {
             return self.rx_rearm_all(n);
