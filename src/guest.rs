@@ -685,12 +685,18 @@ impl Sbal {
     /// the buffer over publishes them).
     #[inline]
     pub fn store(&self, element: usize, sbale: &Sbale) {
+        // `Sbale::encode`'s bytes in memory order (see `Sbale::to_words`), without the
+        // 16-byte array.
+        self.store_words(element, sbale.to_words());
+    }
+
+    /// Writes element `element` given as its two words ([`Sbale::to_words`]), as
+    /// [`store`](Self::store) does (two relaxed 8-byte stores).
+    #[inline(always)]
+    pub(crate) fn store_words(&self, element: usize, [lo, hi]: [u64; 2]) {
         let Some([w0, w1]) = self.words(element) else {
             return;
         };
-        // `Sbale::encode`'s bytes in memory order (see `Sbale::to_words`), without the
-        // 16-byte array.
-        let [lo, hi] = sbale.to_words();
         w0.store(lo.to_be(), Ordering::Relaxed);
         w1.store(hi.to_be(), Ordering::Relaxed);
     }

@@ -585,10 +585,16 @@ struct RxUse {
     /// The element's first `bytes` bytes; [`GuestSlice::EMPTY`] when they do not
     /// translate (the plan is then refused, after `TooLarge` had its chance).
     target: GuestSlice,
-    /// What [`deliver_general`] stores: the receiver's address and `scount`, the
-    /// frame's bytes in it and the fragment flags (`LAST_ENTRY` added on the last).
-    element: Sbale,
+    /// What [`deliver_general`] stores, as the element's two words
+    /// ([`Sbale::to_words`]): the receiver's address and `scount`, the frame's bytes
+    /// in it and the fragment flags (`LAST_ENTRY` added on the last).
+    words: [u64; 2],
 }
+
+/// [`Eflags::LAST_ENTRY`] in an element's first word ([`Sbale::to_words`]).
+const LAST_ENTRY_WORD: u64 = (Eflags::LAST_ENTRY.bits() as u64) << 56;
+/// The fragment field in an element's first word ([`Sbale::to_words`]).
+const FRAGMENT_WORD: u64 = (Eflags::FRAGMENT_MASK.bits() as u64) << 56;
 
 /// Copies the frames of `out` into the receive SBAL `rx`, each frame starting in a
 /// fresh element, and rewrites the used elements (lengths, fragment flags,
@@ -711,13 +717,14 @@ pub fn deliver_general<M: GuestMemory>(
             // used < 16 (checked above): the push cannot fail.
             let _ = plan.push(RxUse {
                 target,
-                element: Sbale {
+                words: Sbale {
                     eflags: fragment.bits(),
                     scount: a.scount,
                     sflags: 0,
                     length: n as u32,
                     addr: a.addr,
-                },
+                }
+                .to_words(),
             });
             fragment = Fragment::Middle;
             remaining -= n;
@@ -726,11 +733,12 @@ pub fn deliver_general<M: GuestMemory>(
         // one. (A frame has at least one element: parse refuses empty elements.)
         let single = plan.len() - start == 1;
         if let Some(p) = plan.last_mut() {
-            p.element.eflags = if single {
+            let bits = if single {
                 Fragment::None.bits()
             } else {
                 Fragment::Last.bits()
             };
+            p.words[0] = (p.words[0] & !FRAGMENT_WORD) | (u64::from(bits) << 56);
         }
     }
     if let Some(i) = invalid {
@@ -809,12 +817,12 @@ pub fn deliver_general<M: GuestMemory>(
 
     // The elements, stored once every byte is in place.
     let used = plan.len();
-    for (i, p) in plan.iter().enumerate() {
-        let mut e = p.element;
-        if i + 1 == used {
-            e.eflags |= Eflags::LAST_ENTRY.bits();
+    if let Some((last, rest)) = plan.split_last() {
+        for (i, p) in rest.iter().enumerate() {
+            rx.store_words(i, p.words);
         }
-        rx.store(i, &e);
+        let [w0, w1] = last.words;
+        rx.store_words(rest.len(), [w0 | LAST_ENTRY_WORD, w1]);
     }
     Ok(used as u8)
 }
