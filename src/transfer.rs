@@ -334,8 +334,11 @@ fn scan_elements<M: GuestMemory>(
     let frames = &mut out.frames;
     let mut element_fault: Option<Fault> = None;
     let mut order_fault: Option<Fault> = None;
-    // The frame begun and not yet ended: its first element and its bytes so far.
-    let mut open: Option<(u8, usize)> = None;
+    // Whether a frame is begun and not yet ended, and the last frame begun: its first
+    // element and its bytes so far.
+    let mut open = false;
+    let mut first = 0u8;
+    let mut bytes = 0usize;
     let mut last: Option<usize> = None;
     let mut ended = !until_last_entry;
     for i in 0..SBALES_PER_SBAL {
@@ -353,36 +356,33 @@ fn scan_elements<M: GuestMemory>(
             }
         }
         if order_fault.is_none() {
-            let idx = i as u8;
-            let span = match (e.fragment(), open) {
-                (Fragment::None, None) => Some((idx, len)),
-                (Fragment::First, None) => {
-                    open = Some((idx, len));
-                    None
+            // The fragment field as a state machine on whether a frame is open: a
+            // `Middle` or `Last` element continues the open frame, a `None` or `First`
+            // one begins a new frame, and any other pairing is out of order; a `None`
+            // or `Last` element ends its frame.
+            let bits = e.eflags & Eflags::FRAGMENT_MASK.bits();
+            let continues = bits >= Fragment::Middle.bits();
+            if continues != open {
+                order_fault = Some(Fault::at(Reason::FragmentOrder, i));
+            } else {
+                if !continues {
+                    first = i as u8;
+                    bytes = 0;
                 }
-                (Fragment::Middle, Some((first, bytes))) => {
-                    open = Some((first, bytes + len));
-                    None
+                bytes += len;
+                let ends = bits == Fragment::None.bits() || bits == Fragment::Last.bits();
+                open = !ends;
+                if ends {
+                    // At most 16 elements, so at most 16 frames: the push cannot fail.
+                    let _ = frames.push(FrameSpan {
+                        first,
+                        last: i as u8,
+                        bytes,
+                        header: [0; HEADER_SIZE],
+                        eth: [0; ETH_ROUTING],
+                        eth_len: 0,
+                    });
                 }
-                (Fragment::Last, Some((first, bytes))) => {
-                    open = None;
-                    Some((first, bytes + len))
-                }
-                _ => {
-                    order_fault = Some(Fault::at(Reason::FragmentOrder, i));
-                    None
-                }
-            };
-            if let Some((first, bytes)) = span {
-                // At most 16 elements, so at most 16 frames: the push cannot fail.
-                let _ = frames.push(FrameSpan {
-                    first,
-                    last: idx,
-                    bytes,
-                    header: [0; HEADER_SIZE],
-                    eth: [0; ETH_ROUTING],
-                    eth_len: 0,
-                });
             }
         }
         if until_last_entry && e.is_last_entry() {
@@ -397,7 +397,7 @@ fn scan_elements<M: GuestMemory>(
     if let Some(f) = element_fault.or(order_fault) {
         return Err(f);
     }
-    if open.is_some() {
+    if open {
         return Err(Fault::at(Reason::FragmentOrder, last));
     }
     Ok(last)
