@@ -752,6 +752,16 @@ impl TxQueue {
         self.ring[usize::from(n) % QUEUE_BUFFERS]
     }
 
+    /// Hands buffer `n`, its frames, headers and elements written, to the fabric
+    /// (0x62) and moves the cursor past it. Release pairs with the fabric's Acquire
+    /// load of 0x62: what was written (in place or copied) is seen by its copy.
+    #[inline(always)]
+    fn hand_over(&mut self, n: u8) {
+        QueueDriver::set_state(&self.slsb, n, SlsbState::OUTPUT_PRIMED, Ordering::Release);
+        self.next = (n + 1) % QUEUE_BUFFERS as u8;
+        self.primed += 1;
+    }
+
     #[inline]
     fn state(&self, n: u8) -> SlsbState {
         SlsbState(QueueDriver::state(&self.slsb, n, Ordering::Acquire))
@@ -1625,11 +1635,7 @@ impl QueueDriver {
         for (i, e) in layout.elements.iter().take(SBALES_PER_SBAL).enumerate() {
             sbal.store(i, e);
         }
-        // Release pairs with the fabric's Acquire load of 0x62: the packets, headers
-        // and elements written above (in place or copied) are seen by its copy.
-        Self::set_state(&tq.slsb, n, SlsbState::OUTPUT_PRIMED, Ordering::Release);
-        tq.next = (n + 1) % QUEUE_BUFFERS as u8;
-        tq.primed += 1;
+        tq.hand_over(n);
     }
 
     /// [`commit`](Self::commit) of the one frame [`place_one`](Self::place_one) placed:
@@ -1648,10 +1654,7 @@ impl QueueDriver {
         for (i, e) in elements.iter().take(k).enumerate() {
             sbal.store(i, e);
         }
-        // Release pairs with the fabric's Acquire load of 0x62, as in `commit`.
-        Self::set_state(&tq.slsb, one.n, SlsbState::OUTPUT_PRIMED, Ordering::Release);
-        tq.next = (one.n + 1) % QUEUE_BUFFERS as u8;
-        tq.primed += 1;
+        tq.hand_over(one.n);
     }
 
     /// Primes one frame to `dest` and sends it with SIGA write on its queue (the mask
