@@ -80,7 +80,10 @@ pub const LINUX_BOOTS: &[LinuxBoot] = &[
 /// tree at all; cause not found yet), which this boot is not about. Then the contract's
 /// addresses (`10.0.0.(k+1)/24`, `fd00::(k+1)/64`, k from the MAC's last byte) and
 /// pings to the other guest (cores 2 and 3: the peer is k xor 1) until one is answered,
-/// then [`PINGS`] each over IPv4 and IPv6.
+/// then [`PINGS`] each over IPv4 and IPv6. Last it waits (reading, again, not sleeping)
+/// until it has answered the peer's [`PINGS`] ping6 requests, the peer's last pings:
+/// a guest that powered off as soon as its own pings were back left the slower one's
+/// ping6 requests unanswered (`ping6 fd00::4 2/3` in one run of two).
 const VIRTIO_NET_SCRIPT: &str = r#"i=0
 state=
 while [ $i -lt 200000 ]; do
@@ -107,6 +110,16 @@ r=$(ping -c 3 $p4 | awk '/packets transmitted/ {print $4 "/" $1}')
 echo "iqdio-net: ping $p4 $r"
 r=$(ping6 -c 3 $p6 | awk '/packets transmitted/ {print $4 "/" $1}')
 echo "iqdio-net: ping6 $p6 $r"
+i=0
+n=0
+while [ $i -lt 20000 ]; do
+    while read -r name value; do
+        [ "$name" = Icmp6OutEchoReplies ] && n=$value
+    done < /proc/net/snmp6
+    [ "$n" -ge 3 ] && break
+    i=$((i + 1))
+done
+echo "iqdio-guest: $n ping6 requests answered after $i reads"
 "#;
 
 /// Pings per direction and protocol in the virtio-net boot's script.
@@ -341,6 +354,13 @@ pub fn check_virtio_net(run: &BootRun, smp: u32, guests: u32) -> Vec<TestResult>
                 format!("no `{line}`"),
             );
         }
+        let answered = format!("partition {guest}: iqdio-guest: {PINGS} ping6 requests answered");
+        expect(
+            &mut results,
+            &format!("partition {guest}: the peer's ping6 answered"),
+            run.lines.iter().any(|l| l.message.starts_with(&answered)),
+            format!("no `{answered}`: powered off before the peer's last ping6"),
+        );
         let device = run.lines.iter().find_map(|l| {
             l.message
                 .strip_prefix(&format!("partition {guest}: virtio-net {mac} "))
@@ -600,6 +620,7 @@ mod tests {
                 format!("partition {k}: iqdio-guest: ip link: link/ether 02:49:51:44:00:0{k} brd ff:ff:ff:ff:ff:ff"),
                 format!("partition {k}: iqdio-net: ping 10.0.0.{} 3/3", peer + 1),
                 format!("partition {k}: iqdio-net: ping6 fd00::{} 3/3", peer + 1),
+                format!("partition {k}: iqdio-guest: 3 ping6 requests answered after 7 reads"),
                 format!("partition {k}: virtio-net 02:49:51:44:00:0{k} mtu 57344, live 1, status 0x0, accesses 213, tx chains 33, tx sent 33, tx refused 0, tx dropped 0, rx delivered 25, rx bad 0, rx discarded 0, copies 25, group copies 2, sigas 33, withdrawn 1, interrupts 58, bad rings 0, ignored accesses 0"),
                 format!("partition {k}: linux powered off"),
             ]);
@@ -621,18 +642,22 @@ mod tests {
         };
         assert_eq!(broken(1, ",LOWER_UP", ""), ["partition 2: eth0 listed"]);
         assert_eq!(broken(2, ":02 brd", ":03 brd"), ["partition 2: eth0 MAC"]);
-        assert_eq!(broken(10, "3/3", "2/3"), ["partition 3: ping 10.0.0.3"]);
-        assert_eq!(broken(11, "3/3", "0/3"), ["partition 3: ping6 fd00::3"]);
+        assert_eq!(broken(11, "3/3", "2/3"), ["partition 3: ping 10.0.0.3"]);
+        assert_eq!(broken(12, "3/3", "0/3"), ["partition 3: ping6 fd00::3"]);
         assert_eq!(
-            broken(5, "bad rings 0", "bad rings 1"),
+            broken(5, "3 ping6", "2 ping6"),
+            ["partition 2: the peer's ping6 answered"]
+        );
+        assert_eq!(
+            broken(6, "bad rings 0", "bad rings 1"),
             ["partition 2: device live, no bad ring"]
         );
         assert_eq!(
-            broken(12, "copies 25,", "copies 26,"),
+            broken(14, "copies 25,", "copies 26,"),
             ["partition 3: frames through the fabric, one copy each"]
         );
         assert_eq!(
-            broken(12, "rx delivered 25", "rx delivered 0"),
+            broken(14, "rx delivered 25", "rx delivered 0"),
             ["partition 3: frames through the fabric, one copy each"]
         );
     }
