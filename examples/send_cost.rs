@@ -5,6 +5,7 @@
 //! send_cost send    SIZE N [ADDRESSES]   # N cycles; do_send = QueueDriver::send
 //! send_cost receive SIZE N [ADDRESSES]   # the same run; do_receive = poll + take
 //! send_cost siga    SIZE N [ADDRESSES]   # the same run; do_siga = the fabric's SIGA alone
+//! send_cost in_place SIZE N [ADDRESSES]  # N cycles; do_send_in_place = send_with
 //! send_cost packed  SIZE N [ADDRESSES]   # N buffers of 16 frames; do_send_packed
 //! send_cost packed_receive SIZE N [ADDRESSES]  # the same run; do_receive (16 frames)
 //! send_cost memcpy  SIZE N               # N copies of SIZE bytes; do_copy
@@ -41,6 +42,19 @@ fn do_send(fab: &BenchFabric<QuietPlatform>, pair: &mut Pair, dest: IpAddr) {
     let port = fab.port(pair.tx.lpar);
     pair.tx.queues[0]
         .send(&port, dest, black_box(&pair.frame))
+        .expect("send to a polling receiver");
+}
+
+/// One send written in place (zero-copy transmit): `send_with` hands the frame's bytes
+/// in the output buffer to the program, which stamps them ([`support::stamp`]), then
+/// SIGA; the fabric's copy is the send's only one.
+#[inline(never)]
+fn do_send_in_place(fab: &BenchFabric<QuietPlatform>, pair: &mut Pair, dest: IpAddr, seq: u64) {
+    let port = fab.port(pair.tx.lpar);
+    let len = pair.frame.len();
+    pair.tx.queues[0]
+        .send_with(&port, dest, len, |b| support::stamp(b, seq))
+        .map_err(|(_, e)| e)
         .expect("send to a polling receiver");
 }
 
@@ -109,7 +123,7 @@ fn main() -> ExitCode {
     let parse = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
     let (Some(what), Some(size), Some(n)) = (args.first(), parse(1), parse(2)) else {
         eprintln!(
-            "usage: send_cost send|receive|siga|packed|packed_receive|memcpy SIZE N [ADDRESSES]"
+            "usage: send_cost send|receive|siga|in_place|packed|packed_receive|memcpy SIZE N [ADDRESSES]"
         );
         return ExitCode::from(2);
     };
@@ -118,7 +132,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match what.as_str() {
-        "send" | "receive" | "siga" | "packed" | "packed_receive" => {
+        "send" | "receive" | "siga" | "in_place" | "packed" | "packed_receive" => {
             let packed = what.starts_with("packed");
             if packed && size > 4064 {
                 eprintln!("send_cost: packed frames are at most 4064 bytes (one element each)");
@@ -142,6 +156,8 @@ fn main() -> ExitCode {
             for i in 0..n {
                 if what == "siga" {
                     send_counted(&fab, &mut pair, dests[i % dests.len()]);
+                } else if what == "in_place" {
+                    do_send_in_place(&fab, &mut pair, dests[i % dests.len()], i as u64);
                 } else if packed {
                     do_send_packed(&fab, &mut pair, dests[i % dests.len()]);
                 } else {

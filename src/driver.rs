@@ -1354,8 +1354,23 @@ impl QueueDriver {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
+        if HEADER_SIZE + len <= 2 * PAGE {
+            // The common frame: placed and committed as `prime_one`'s, without the
+            // layout's lists (`layout_one` says why they agree).
+            let one = match self.place_one(q, len) {
+                Ok(one) => one,
+                Err(e) => return Err((write, e)),
+            };
+            let bytes = self.tx_bytes(q, one.slot + HEADER_SIZE, len);
+            let r = write(bytes);
+            let dest = route(bytes).filter(|d| self.check_queue(q, d).is_ok());
+            if let Some(dest) = dest {
+                self.commit_one(q, dest, len, &one);
+            }
+            return Ok((one.n, r, dest));
+        }
         let mut layout = TxLayout::default();
-        let n = match self.layout_one(q, len, &mut layout) {
+        let n = match self.layout(q, &[len], &mut layout) {
             Ok(n) => n,
             Err(e) => return Err((write, e)),
         };
@@ -1641,7 +1656,7 @@ impl QueueDriver {
     /// [`commit`](Self::commit) of the one frame [`place_one`](Self::place_one) placed:
     /// its header, its one or two elements, then buffer `one.n` to the fabric (0x62);
     /// the packet is in place by now.
-    #[inline]
+    #[inline(always)]
     fn commit_one(&mut self, q: u8, dest: impl Into<Framing>, len: usize, one: &OneFrame) {
         let framing = dest.into();
         let Ok(tq) = self.txq_mut(q) else {
@@ -1895,9 +1910,11 @@ impl QueueDriver {
             .queue_for(&dest)
             .map_err(|e| (None, SendError::Driver(e)))?;
         self.flush_pending(siga).map_err(|e| (None, e))?;
-        let (n, r) = self
-            .prime_with(dest, len, write)
-            .map_err(|e| (None, SendError::Driver(e)))?;
+        // `prime_with` on the queue chosen above.
+        let (n, r) = match self.prime_routed_on(q, len, write, |_| Some(dest)) {
+            Ok((n, r, _)) => (n, r),
+            Err((_, e)) => return Err((None, SendError::Driver(e))),
+        };
         match self.siga_write_on(siga, q, n) {
             Ok(()) => Ok(r),
             Err(e) => Err((Some(r), e)),
@@ -1941,13 +1958,28 @@ impl QueueDriver {
             self.check_queue(q, &dest).map_err(SendError::Driver)?;
             (Framing::Layer3(dest), usize::from(header.length))
         };
-        let mut layout = TxLayout::default();
-        let m = self
-            .layout_one(q, len, &mut layout)
-            .map_err(SendError::Driver)?;
-        let at = layout.starts.first().copied().unwrap_or(0);
-        GuestSlice::copy(&data, slot + HEADER_SIZE, &data, at + HEADER_SIZE, len);
-        self.commit(q, m, framing, &[len], &layout);
+        let m = if HEADER_SIZE + len <= 2 * PAGE {
+            // The common frame, as `prime_routed_on` places it.
+            let one = self.place_one(q, len).map_err(SendError::Driver)?;
+            GuestSlice::copy(
+                &data,
+                slot + HEADER_SIZE,
+                &data,
+                one.slot + HEADER_SIZE,
+                len,
+            );
+            self.commit_one(q, framing, len, &one);
+            one.n
+        } else {
+            let mut layout = TxLayout::default();
+            let m = self
+                .layout(q, &[len], &mut layout)
+                .map_err(SendError::Driver)?;
+            let at = layout.starts.first().copied().unwrap_or(0);
+            GuestSlice::copy(&data, slot + HEADER_SIZE, &data, at + HEADER_SIZE, len);
+            self.commit(q, m, framing, &[len], &layout);
+            m
+        };
         self.siga_write_on(siga, q, m)
     }
 
@@ -1957,6 +1989,7 @@ impl QueueDriver {
     /// With a completion queue, on a WRITEQ queue: SIGA WRITEQ with the buffer's QAOB;
     /// a buffer left PENDING (0xA3) is taken (`Ok`), its data held until
     /// [`complete`](Self::complete) reports it.
+    #[inline(always)]
     pub(crate) fn siga_write_on<S: Siga + ?Sized>(
         &mut self,
         siga: &S,

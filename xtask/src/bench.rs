@@ -342,8 +342,10 @@ fn count_instructions(root: &Path) -> Result<Value> {
     }
     let exe = target_dir(root).join("release/examples/send_cost");
     let mut counts = serde_json::Map::new();
-    let runs: [(&str, &str, u64, Option<u64>); 12] = [
+    let runs: [(&str, &str, u64, Option<u64>); 14] = [
         ("send_64", "send", 64, None),
+        ("send_in_place_64", "in_place", 64, None),
+        ("send_in_place_56k", "in_place", K56, None),
         ("send_64_packed_16", "packed", 64, None),
         ("receive_64_packed_16", "packed_receive", 64, None),
         ("siga_64", "siga", 64, None),
@@ -370,6 +372,7 @@ fn count_instructions(root: &Path) -> Result<Value> {
 fn callgrind(exe: &Path, op: &str, size: u64, n: u64, addresses: Option<u64>) -> Result<u64> {
     let function = match op {
         "send" => "*do_send*",
+        "in_place" => "*do_send_in_place*",
         "receive" => "*do_receive*",
         "siga" => "*do_siga*",
         "packed" => "*do_send_packed*",
