@@ -482,9 +482,7 @@ impl GuestSlice {
         self.len
     }
 
-    /// Whether the slice is empty (for clippy's `len_without_is_empty` when the type
-    /// is public, with `fuzzing`).
-    #[cfg(feature = "fuzzing")]
+    /// Whether the slice is empty ([`EMPTY`](Self::EMPTY), or no bytes).
     pub const fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -604,7 +602,10 @@ impl GuestSlice {
     /// guest: the fabric's one copy of a frame. The ranges may overlap (a partition may
     /// point an output and an input element at the same bytes); the copy then behaves
     /// as `memmove`.
-    #[inline]
+    ///
+    /// Always inlined: the transfer paths each have a call site, and out of line the
+    /// call and its dispatch cost the small frames' copies more than the copy.
+    #[inline(always)]
     pub fn copy(
         src: &GuestSlice,
         src_offset: usize,

@@ -86,6 +86,13 @@ pub struct Outgoing {
     /// Layer 2: the destination MAC and VLAN all frames carry (`None` on layer 3,
     /// where `dest` is the route).
     pub route: Option<EthRoute>,
+    /// The buffer's one frame as one slice, when it spans several elements that follow
+    /// one another in the sender's memory (each starts where the one before ended) and
+    /// translate as one range ([`GuestMemory::translate`]: contiguous in host memory
+    /// too); [`GuestSlice::EMPTY`] otherwise (several frames, one element, a gap).
+    /// [`deliver_whole`] copies such a frame with one call of the copy primitive
+    /// instead of one an element: the driver's large frames, over consecutive pages.
+    whole: GuestSlice,
 }
 
 impl Outgoing {
@@ -117,6 +124,7 @@ impl Outgoing {
             route: None,
             total: zero,
             payload: zero as u64,
+            whole: GuestSlice::EMPTY,
         }
     }
 }
@@ -211,6 +219,7 @@ pub fn parse_small<M: GuestMemory>(
     };
     out.elements.clear();
     out.frames.clear();
+    out.whole = GuestSlice::EMPTY;
     // Two pushes at most: neither fails.
     let _ = out.elements.push(head);
     let mut bytes = head.len();
@@ -220,6 +229,13 @@ pub fn parse_small<M: GuestMemory>(
         };
         bytes += tail.len();
         let _ = out.elements.push(tail);
+        // As `scan_elements` has it: the two elements as one range when the second
+        // starts where the first ended (the rest of this path does not use it).
+        if e1.addr == e0.addr.wrapping_add(u64::from(e0.length)) {
+            out.whole = memory
+                .slice(e0.addr, bytes as u64)
+                .unwrap_or(GuestSlice::EMPTY);
+        }
     }
     let mut raw = [0u8; HEADER_SIZE];
     head.read(0, &mut raw);
@@ -330,6 +346,7 @@ fn scan_elements<M: GuestMemory>(
 ) -> Result<usize, Fault> {
     out.frames.clear();
     out.elements.clear();
+    out.whole = GuestSlice::EMPTY;
     let elements = &mut out.elements;
     let frames = &mut out.frames;
     let mut element_fault: Option<Fault> = None;
@@ -339,6 +356,11 @@ fn scan_elements<M: GuestMemory>(
     let mut open = false;
     let mut first = 0u8;
     let mut bytes = 0usize;
+    // The last frame's guest range while its elements follow one another: where it
+    // starts, where the next element must start to continue it, and whether all have.
+    let mut run_start = 0u64;
+    let mut run_next = 0u64;
+    let mut run = false;
     let mut last: Option<usize> = None;
     let mut ended = !until_last_entry;
     for i in 0..SBALES_PER_SBAL {
@@ -368,7 +390,12 @@ fn scan_elements<M: GuestMemory>(
                 if !continues {
                     first = i as u8;
                     bytes = 0;
+                    run_start = e.addr;
+                    run = true;
+                } else {
+                    run &= e.addr == run_next;
                 }
+                run_next = e.addr.wrapping_add(u64::from(e.length));
                 bytes += len;
                 let ends = bits == Fragment::None.bits() || bits == Fragment::Last.bits();
                 open = !ends;
@@ -399,6 +426,16 @@ fn scan_elements<M: GuestMemory>(
     }
     if open {
         return Err(Fault::at(Reason::FragmentOrder, last));
+    }
+    // One frame over several elements, one after the other: the frame as one range,
+    // if it translates as one (as each element did).
+    if let [f] = frames.as_slice()
+        && f.first < f.last
+        && run
+    {
+        out.whole = memory
+            .slice(run_start, f.bytes as u64)
+            .unwrap_or(GuestSlice::EMPTY);
     }
     Ok(last)
 }
@@ -612,6 +649,11 @@ pub fn deliver<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -> Resu
     if let Some(used) = deliver_small(out, rx, rx_memory) {
         return Ok(used);
     }
+    if !out.whole.is_empty()
+        && let Some(used) = deliver_whole(out, rx, rx_memory)
+    {
+        return Ok(used);
+    }
     deliver_general(out, rx, rx_memory)
 }
 
@@ -673,6 +715,85 @@ pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -
         },
     );
     Some(1)
+}
+
+/// The path of [`deliver`] for a buffer's one frame over several elements that follow
+/// one another in the sender's memory ([`Outgoing::whole`]), into receive elements that
+/// follow one another too (each starts where the one before ended) and translate as
+/// one range: the frame is copied with one call of the copy primitive, where
+/// [`deliver_general`] makes one for each piece that lies in one sender and one
+/// receiver element (a 56 KiB frame over pages: 14, each paying the primitive's
+/// start-up). The same bytes go to the same places, and it writes what the general
+/// path writes: the checked header (and layer-2 routing bytes), the rest of the frame
+/// from the sender's memory, then the used elements (the frame's bytes in each, `First`,
+/// `Middle`, `Last` with `LAST_ENTRY`, the receiver's address and `scount`). Each
+/// receive element is read once. `None`, with nothing written, when the case does not
+/// apply or a check fails (too few elements, an empty one, a gap, a range that does not
+/// translate as one): the general path then decides, and names any refusal.
+fn deliver_whole<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -> Option<u8> {
+    let [f] = out.frames.as_slice() else {
+        return None;
+    };
+    let src = out.whole;
+    let routed = f.routed_len();
+    if src.len() != f.bytes || f.bytes < routed {
+        return None;
+    }
+    // The receive elements the frame fills, as they will be stored: element 0 gives
+    // the start, each next must begin where the one before ended.
+    let mut words = heapless::Vec::<[u64; 2], SBALES_PER_SBAL>::new();
+    let start = rx.load(0).addr;
+    let mut next = start;
+    let mut remaining = f.bytes;
+    while remaining > 0 {
+        // 16 elements used and bytes left: the frame does not fit (the general path
+        // says so).
+        if words.is_full() {
+            return None;
+        }
+        let a = rx.load(words.len());
+        if a.length == 0 || a.addr != next {
+            return None;
+        }
+        let n = remaining.min(a.length as usize);
+        let fragment = if words.is_empty() {
+            Fragment::First
+        } else if n == remaining {
+            Fragment::Last
+        } else {
+            Fragment::Middle
+        };
+        let w = Sbale {
+            eflags: fragment.bits(),
+            scount: a.scount,
+            sflags: 0,
+            length: n as u32,
+            addr: a.addr,
+        }
+        .to_words();
+        // Not full (checked above): the push cannot fail.
+        let _ = words.push(w);
+        next = a.addr.checked_add(n as u64)?;
+        remaining -= n;
+    }
+    if words.len() < 2 {
+        return None;
+    }
+    let dst = rx_memory.slice(start, f.bytes as u64)?;
+    dst.write(0, &f.header);
+    if f.eth_len > 0
+        && let Some(eth) = f.eth.get(..usize::from(f.eth_len))
+    {
+        dst.write(HEADER_SIZE, eth);
+    }
+    GuestSlice::copy(&src, routed, &dst, routed, f.bytes - routed);
+    let (last, rest) = words.split_last()?;
+    for (i, w) in rest.iter().take(SBALES_PER_SBAL).enumerate() {
+        rx.store_words(i, *w);
+    }
+    let [w0, w1] = *last;
+    rx.store_words(rest.len(), [w0 | LAST_ENTRY_WORD, w1]);
+    Some(words.len() as u8)
 }
 
 /// The general path of [`deliver`]: any number of frames, each across as many
@@ -1034,8 +1155,11 @@ mod tests {
     /// shapes programs send (one frame in one, two or three elements; two frames),
     /// sometimes any flags, empty or short elements, elements outside the memory.
     /// Half the time (`dirty`) with deliberate faults, else well-formed but for sizes.
+    /// Half the time each element starts where the one before ended (the driver's
+    /// frames over consecutive pages, [`Outgoing::whole`]), else 64 bytes after it.
     fn random_outgoing(rng: &mut Rng, ram: &mut BigRam) -> Vec<Sbale> {
         let dirty = rng.one_in(2);
+        let gap = if rng.one_in(2) { 0 } else { 64 };
         const LAST: u8 = 0x40;
         let shapes: [&[u8]; 6] = [
             &[LAST],
@@ -1074,7 +1198,7 @@ mod tests {
                 addr,
                 ..Sbale::default()
             });
-            at = (at + u64::from(length) + 64).min(BIG - 1);
+            at = (at + u64::from(length) + gap).min(BIG - 1);
         }
         // Data: random bytes, then a header at each frame's first element sized for
         // the frame it starts (fragments up to the next None/First), sometimes wrong.
@@ -1111,9 +1235,11 @@ mod tests {
     }
 
     /// Random armed elements for the receiver's SBAL at 0: capacities around the
-    /// frame's size, sometimes empty, sometimes outside the memory.
+    /// frame's size, sometimes empty, sometimes outside the memory; half the time each
+    /// starting where the one before ended, else 128 bytes after it.
     fn random_armed(rng: &mut Rng, total: usize) -> Vec<Sbale> {
         let n = 1 + rng.below(4);
+        let gap = if rng.one_in(2) { 0 } else { 128 };
         let mut at = 0x1000u64;
         (0..n)
             .map(|_| {
@@ -1130,7 +1256,7 @@ mod tests {
                     1 => u64::MAX - 4,
                     _ => at,
                 };
-                at = (at + u64::from(length) + 128).min(BIG - 1);
+                at = (at + u64::from(length) + gap).min(BIG - 1);
                 Sbale {
                     length,
                     addr,
@@ -1152,6 +1278,7 @@ mod tests {
         let mut tx_ram = Box::new(BigRam([0; 24 * 4096]));
         let mut rx_a = Box::new(BigRam([0; 24 * 4096]));
         let (mut parsed_fast, mut delivered_fast, mut refused) = (0, 0, 0);
+        let mut delivered_whole = 0;
         let rounds = if cfg!(miri) { 4 } else { 5_000 };
         for _ in 0..rounds {
             let elements = random_outgoing(&mut rng, &mut tx_ram);
@@ -1190,8 +1317,22 @@ mod tests {
                 sa.store(i, a);
                 sb.store(i, a);
             }
+            let mut rx_c = rx_a.clone();
+            let pristine = rx_a.clone();
+            let mc = big_memory(&mut rx_c);
+            let sc = mc.sbal(0).unwrap();
             let want = deliver_general(&general, &sa, &ma);
             let got = deliver(&general, &sb, &mb);
+            // The one-copy path, alone: where it takes the frame, exactly what the
+            // general path does; where it does not, nothing written.
+            match deliver_whole(&general, &sc, &mc) {
+                Some(used) => {
+                    delivered_whole += 1;
+                    assert_eq!(want, Ok(used), "whole: {elements:?} into {armed:?}");
+                    assert!(rx_a.0 == rx_c.0, "whole: {elements:?} {armed:?}");
+                }
+                None => assert!(rx_c.0 == pristine.0, "whole: wrote, then declined"),
+            }
             assert_eq!(want, got, "deliver of {elements:?} into {armed:?}");
             assert!(
                 rx_a.0 == rx_b.0,
@@ -1202,15 +1343,74 @@ mod tests {
             }
         }
         println!(
-            "{parsed_fast} fast parses, {delivered_fast} one-frame deliveries, {refused} refused, of {rounds}"
+            "{parsed_fast} fast parses, {delivered_fast} one-frame deliveries ({delivered_whole} with one copy), {refused} refused, of {rounds}"
         );
         if !cfg!(miri) {
+            assert!(delivered_whole > 0, "one-copy deliveries: {delivered_whole}");
             assert!(parsed_fast > rounds / 10, "fast parses: {parsed_fast}");
             assert!(
                 delivered_fast > rounds / 10,
                 "one-frame deliveries: {delivered_fast}"
             );
             assert!(refused > rounds / 10, "refusals: {refused}");
+        }
+    }
+
+    /// The one-copy path takes the driver's large frame: one frame over consecutive
+    /// pages, into receive pages that follow one another; it stores the elements the
+    /// general path would (`First`, `Middle`, `Last` with `LAST_ENTRY`, each page's
+    /// bytes, the receiver's `scount`). A gap on either side leaves it to the general
+    /// path, which delivers the same bytes.
+    #[test]
+    fn one_copy_takes_a_frame_over_consecutive_pages() {
+        let (mut tx_ram, mut rx_ram) = (Box::new(BigRam([0; 24 * 4096])), Box::new(BigRam([0; 24 * 4096])));
+        let (tx, rx) = (big_memory(&mut tx_ram), big_memory(&mut rx_ram));
+        let hop = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1));
+        let len = 2 * 4096 + 1000; // three pages, the last partly used
+        let mut frame = L3Header::unicast(hop, (len - HEADER_SIZE) as u16).encode().to_vec();
+        frame.extend((0..len - HEADER_SIZE).map(|i| (i * 7) as u8));
+        let sbal = tx.sbal(0).unwrap();
+        let rx_sbal = rx.sbal(0).unwrap();
+        for (tx_gap, rx_gap) in [(0u64, 0u64), (64, 0), (0, 64)] {
+            // The sender's three elements (a gap before the second, if any).
+            let starts = [0x1000, 0x2000 + tx_gap, 0x3000 + tx_gap];
+            let lengths = [4096u32, 4096, 1000];
+            for (i, (&at, &n)) in starts.iter().zip(&lengths).enumerate() {
+                let from = i * 4096;
+                tx.slice(at, u64::from(n)).unwrap().write(0, &frame[from..from + n as usize]);
+                let flags = [0x04, 0x08, 0x0C | 0x40][i];
+                set(&sbal, i, flags, at, n);
+            }
+            let mut out = Outgoing::empty();
+            parse_outgoing_into(&sbal, &tx, Mfs::K16, false, false, &mut out).unwrap();
+            assert_eq!(out.whole.len(), if tx_gap == 0 { len } else { 0 });
+            // Four armed pages at 0x8000 (a gap before the second, if any).
+            for i in 0..4u64 {
+                let gap = if i > 0 { rx_gap } else { 0 };
+                rx_sbal.store(
+                    i as usize,
+                    &Sbale {
+                        addr: 0x8000 + i * 4096 + gap,
+                        length: 4096,
+                        scount: 7,
+                        ..Sbale::default()
+                    },
+                );
+            }
+            let one = deliver_whole(&out, &rx_sbal, &rx);
+            let taken = tx_gap == 0 && rx_gap == 0;
+            assert_eq!(one, taken.then_some(3), "gaps {tx_gap} {rx_gap}");
+            if !taken {
+                assert_eq!(deliver(&out, &rx_sbal, &rx), Ok(3));
+            }
+            let mut got = Vec::new();
+            for i in 0..3 {
+                let e = rx_sbal.load(i);
+                let want_flags = [0x04, 0x08, 0x0C | 0x40][i];
+                assert_eq!((e.eflags, e.length, e.scount), (want_flags, lengths[i], 7));
+                got.extend(read(&rx, e.addr, e.length as usize));
+            }
+            assert_eq!(got, frame, "gaps {tx_gap} {rx_gap}");
         }
     }
 
