@@ -1262,11 +1262,9 @@ impl QueueDriver {
         for p in packets {
             lens.push(p.len()).map_err(|_| DriverError::TooLarge)?;
         }
+        // Several frames (one went through `prime_one` above).
         let mut layout = TxLayout::default();
-        let n = match lens.as_slice() {
-            [len] => self.layout_one(q, *len, &mut layout)?,
-            _ => self.layout(q, &lens, &mut layout)?,
-        };
+        let n = self.layout(q, &lens, &mut layout)?;
         let data = self.txq(q)?.data.mem;
         for (p, &at) in packets.iter().zip(layout.starts.iter()) {
             data.write(at + HEADER_SIZE, p);
@@ -1277,9 +1275,8 @@ impl QueueDriver {
 
     /// One frame to `dest` copied into the next buffer of output queue `q`, which the
     /// caller checked carries it ([`check_queue`](Self::check_queue), or `q` from
-    /// [`queue_for`](Self::queue_for)): the common send, in straight line
-    /// ([`layout_one`](Self::layout_one)), without the frame lists of the general
-    /// [`prime_frames_on`](Self::prime_frames_on).
+    /// [`queue_for`](Self::queue_for)): the common send, in straight line, without
+    /// the frame lists of the general [`prime_frames_on`](Self::prime_frames_on).
     ///
     /// The frame is placed by [`place_one`](Self::place_one) and handed over by
     /// [`commit_one`](Self::commit_one), with no [`TxLayout`] in between (the same
@@ -1345,8 +1342,8 @@ impl QueueDriver {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        // Placed and committed as `prime_one`'s, without the layout's lists
-        // (`layout_one` says why they agree).
+        // Placed and committed as `prime_one`'s, without the layout's lists (the
+        // test `layout_one_matches_the_general_layout` says why they agree).
         let one = match self.place_one(q, len) {
             Ok(one) => one,
             Err(e) => return Err((write, e)),
@@ -1502,11 +1499,11 @@ impl QueueDriver {
         Ok((tq, n, slot))
     }
 
-    /// [`layout`](Self::layout) of one frame of `len` packet bytes, the common send,
-    /// in straight-line code ([`place_one`](Self::place_one)). The same checks, in the
-    /// same order, and the same elements as the general layout (the crate's tests
-    /// compare the two).
-    #[inline]
+    /// [`layout`](Self::layout) of one frame of `len` packet bytes, in straight-line
+    /// code ([`place_one`](Self::place_one) and [`OneFrame::element`], which every
+    /// one-frame send uses). The same checks, in the same order, and the same elements
+    /// as the general layout: `layout_one_matches_the_general_layout` compares the two.
+    #[cfg(test)]
     fn layout_one(&self, q: u8, len: usize, layout: &mut TxLayout) -> Result<u8, DriverError> {
         let one = self.place_one(q, len)?;
         // An empty `layout` (the callers' contract) has room for 16 of each: no push
