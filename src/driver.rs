@@ -2666,7 +2666,10 @@ mod tests {
 
     #[test]
     fn layout_one_matches_the_general_layout() {
-        for mfs in [Mfs::K16, Mfs::K24, Mfs::K40, Mfs::K64] {
+        // Under Miri (every step interpreted) the MFS of the most elements alone.
+        let all = [Mfs::K16, Mfs::K24, Mfs::K40, Mfs::K64];
+        let mfss: &[Mfs] = if cfg!(miri) { &all[3..] } else { &all };
+        for &mfs in mfss {
             layout_one_matches_the_general_layout_at(mfs);
         }
     }
