@@ -6,6 +6,7 @@
 //! send_cost receive SIZE N [ADDRESSES]   # the same run; do_receive = poll + take
 //! send_cost siga    SIZE N [ADDRESSES]   # the same run; do_siga = the fabric's SIGA alone
 //! send_cost in_place SIZE N [ADDRESSES]  # N cycles; do_send_in_place = send_with
+//! send_cost in_place_receive SIZE N [ADDRESSES]  # the same run; do_receive_in_place
 //! send_cost packed  SIZE N [ADDRESSES]   # N buffers of 16 frames; do_send_packed
 //! send_cost packed_receive SIZE N [ADDRESSES]  # the same run; do_receive (16 frames)
 //! send_cost memcpy  SIZE N               # N copies of SIZE bytes; do_copy
@@ -107,6 +108,14 @@ fn do_receive(pair: &mut Pair) -> usize {
     pair.rx.take(&mut pair.out)
 }
 
+/// The receiver's side of the zero-copy cycle (`in_place` and `in_place_receive`
+/// runs): poll the indicators, take the buffer reading its frames where they landed
+/// (the first and last byte of each piece), refill.
+#[inline(never)]
+fn do_receive_in_place(pair: &mut Pair) -> usize {
+    pair.rx.take_in_place()
+}
+
 /// One copy of the frame with the primitive the fabric and the driver copy partition
 /// memory with (`iqdio::copy`), so that "beyond its copies" subtracts what the copies
 /// really cost.
@@ -123,7 +132,7 @@ fn main() -> ExitCode {
     let parse = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
     let (Some(what), Some(size), Some(n)) = (args.first(), parse(1), parse(2)) else {
         eprintln!(
-            "usage: send_cost send|receive|siga|in_place|packed|packed_receive|memcpy SIZE N [ADDRESSES]"
+            "usage: send_cost send|receive|siga|in_place|in_place_receive|packed|packed_receive|memcpy SIZE N [ADDRESSES]"
         );
         return ExitCode::from(2);
     };
@@ -132,7 +141,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match what.as_str() {
-        "send" | "receive" | "siga" | "in_place" | "packed" | "packed_receive" => {
+        "send" | "receive" | "siga" | "in_place" | "in_place_receive" | "packed"
+        | "packed_receive" => {
+            let in_place = what.starts_with("in_place");
             let packed = what.starts_with("packed");
             if packed && size > 4064 {
                 eprintln!("send_cost: packed frames are at most 4064 bytes (one element each)");
@@ -156,14 +167,18 @@ fn main() -> ExitCode {
             for i in 0..n {
                 if what == "siga" {
                     send_counted(&fab, &mut pair, dests[i % dests.len()]);
-                } else if what == "in_place" {
+                } else if in_place {
                     do_send_in_place(&fab, &mut pair, dests[i % dests.len()], i as u64);
                 } else if packed {
                     do_send_packed(&fab, &mut pair, dests[i % dests.len()]);
                 } else {
                     do_send(&fab, &mut pair, dests[i % dests.len()]);
                 }
-                bytes += do_receive(&mut pair);
+                bytes += if in_place {
+                    do_receive_in_place(&mut pair)
+                } else {
+                    do_receive(&mut pair)
+                };
             }
             // A polling receiver gets no interrupt, except for the very first frame:
             // until it has consumed a buffer, nothing reads 0x81.

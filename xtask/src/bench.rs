@@ -342,10 +342,12 @@ fn count_instructions(root: &Path) -> Result<Value> {
     }
     let exe = target_dir(root).join("release/examples/send_cost");
     let mut counts = serde_json::Map::new();
-    let runs: [(&str, &str, u64, Option<u64>); 14] = [
+    let runs: [(&str, &str, u64, Option<u64>); 16] = [
         ("send_64", "send", 64, None),
         ("send_in_place_64", "in_place", 64, None),
         ("send_in_place_56k", "in_place", K56, None),
+        ("receive_in_place_64", "in_place_receive", 64, None),
+        ("receive_in_place_56k", "in_place_receive", K56, None),
         ("send_64_packed_16", "packed", 64, None),
         ("receive_64_packed_16", "packed_receive", 64, None),
         ("siga_64", "siga", 64, None),
@@ -373,6 +375,7 @@ fn callgrind(exe: &Path, op: &str, size: u64, n: u64, addresses: Option<u64>) ->
     let function = match op {
         "send" => "*do_send*",
         "in_place" => "*do_send_in_place*",
+        "in_place_receive" => "*do_receive_in_place*",
         "receive" => "*do_receive*",
         "siga" => "*do_siga*",
         "packed" => "*do_send_packed*",
@@ -767,6 +770,14 @@ impl Results {
             (
                 "receiver: poll indicators + take + copy out + refill",
                 "receive",
+            ),
+            (
+                "zero-copy cycle: `send_with` (frame stamped in place) + SIGA",
+                "send_in_place",
+            ),
+            (
+                "zero-copy cycle: poll + take (frame read in place) + refill",
+                "receive_in_place",
             ),
             ("one copy of the frame (the copy primitive)", "memcpy"),
         ] {
