@@ -29,6 +29,14 @@
 //! every descriptor and header once into a local before checking it, and delivers that
 //! checked header, not a second copy.
 //!
+//! A frame over several elements that follow one another in guest memory is copied
+//! with one call (`transfer::deliver_whole`) only through a slice that
+//! [`GuestMemory::translate`] gave for the whole range: its contract says the whole
+//! range is the partition's and contiguous in host memory, so the one copy touches the
+//! bytes the per-element copies would, through one pointer the embedder vouches for
+//! (never two slices that merely lie side by side in host memory, which may be two
+//! allocations).
+//!
 //! The module is crate-private (public, hidden, only with feature `fuzzing`): its
 //! handles are `Copy` and carry no lifetime, so only the fabric, which drops them when
 //! a partition is removed, and the driver, on its own partition's memory, hold them.
