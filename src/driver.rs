@@ -2666,9 +2666,10 @@ mod tests {
 
     #[test]
     fn layout_one_matches_the_general_layout() {
-        // Under Miri (every step interpreted) the MFS of the most elements alone.
+        // Under Miri (every step interpreted; the 64 KiB MFS alone ran for more than
+        // 12 minutes) the smallest, whose frames still span up to five pages.
         let all = [Mfs::K16, Mfs::K24, Mfs::K40, Mfs::K64];
-        let mfss: &[Mfs] = if cfg!(miri) { &all[3..] } else { &all };
+        let mfss: &[Mfs] = if cfg!(miri) { &all[..1] } else { &all };
         for &mfs in mfss {
             layout_one_matches_the_general_layout_at(mfs);
         }
