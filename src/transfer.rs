@@ -1346,7 +1346,10 @@ mod tests {
             "{parsed_fast} fast parses, {delivered_fast} one-frame deliveries ({delivered_whole} with one copy), {refused} refused, of {rounds}"
         );
         if !cfg!(miri) {
-            assert!(delivered_whole > 0, "one-copy deliveries: {delivered_whole}");
+            assert!(
+                delivered_whole > 0,
+                "one-copy deliveries: {delivered_whole}"
+            );
             assert!(parsed_fast > rounds / 10, "fast parses: {parsed_fast}");
             assert!(
                 delivered_fast > rounds / 10,
@@ -1363,11 +1366,16 @@ mod tests {
     /// path, which delivers the same bytes.
     #[test]
     fn one_copy_takes_a_frame_over_consecutive_pages() {
-        let (mut tx_ram, mut rx_ram) = (Box::new(BigRam([0; 24 * 4096])), Box::new(BigRam([0; 24 * 4096])));
+        let (mut tx_ram, mut rx_ram) = (
+            Box::new(BigRam([0; 24 * 4096])),
+            Box::new(BigRam([0; 24 * 4096])),
+        );
         let (tx, rx) = (big_memory(&mut tx_ram), big_memory(&mut rx_ram));
         let hop = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1));
         let len = 2 * 4096 + 1000; // three pages, the last partly used
-        let mut frame = L3Header::unicast(hop, (len - HEADER_SIZE) as u16).encode().to_vec();
+        let mut frame = L3Header::unicast(hop, (len - HEADER_SIZE) as u16)
+            .encode()
+            .to_vec();
         frame.extend((0..len - HEADER_SIZE).map(|i| (i * 7) as u8));
         let sbal = tx.sbal(0).unwrap();
         let rx_sbal = rx.sbal(0).unwrap();
@@ -1377,7 +1385,9 @@ mod tests {
             let lengths = [4096u32, 4096, 1000];
             for (i, (&at, &n)) in starts.iter().zip(&lengths).enumerate() {
                 let from = i * 4096;
-                tx.slice(at, u64::from(n)).unwrap().write(0, &frame[from..from + n as usize]);
+                tx.slice(at, u64::from(n))
+                    .unwrap()
+                    .write(0, &frame[from..from + n as usize]);
                 let flags = [0x04, 0x08, 0x0C | 0x40][i];
                 set(&sbal, i, flags, at, n);
             }
