@@ -55,6 +55,20 @@ impl FrameSpan {
     fn routed_len(&self) -> usize {
         HEADER_SIZE + usize::from(self.eth_len)
     }
+
+    /// Writes the routed bytes (the checked header, and on layer 2 the Ethernet
+    /// routing bytes read with it) at the start of `dst`, which holds them whole (the
+    /// callers' to know). Layer 3 has no routing bytes after the header: no (empty)
+    /// copy for them.
+    #[inline(always)]
+    fn write_routed(&self, dst: &GuestSlice) {
+        dst.write(0, &self.header);
+        if self.eth_len > 0
+            && let Some(eth) = self.eth.get(..usize::from(self.eth_len))
+        {
+            dst.write(HEADER_SIZE, eth);
+        }
+    }
 }
 
 /// A checked outgoing SBAL: its elements translated, its frames delimited, its
@@ -679,14 +693,8 @@ pub fn deliver_small<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -
         .elements
         .get(usize::from(f.first)..=usize::from(f.last))?;
     let (mut s, mut rest) = sources.split_first()?;
-    dst.write(0, &f.header);
     let routed = f.routed_len();
-    // Layer 3 has no routing bytes after the header: no (empty) copy for them.
-    if f.eth_len > 0
-        && let Some(eth) = f.eth.get(..usize::from(f.eth_len))
-    {
-        dst.write(HEADER_SIZE, eth);
-    }
+    f.write_routed(&dst);
     // The packet: the sender's elements in order, from the end of the routed bytes
     // (parse checked that the first holds the header whole, and that the elements add
     // up to `bytes`). One copy call site (with two, the copy was left out of line),
@@ -780,20 +788,25 @@ fn deliver_whole<M: GuestMemory>(out: &Outgoing, rx: &Sbal, rx_memory: &M) -> Op
         return None;
     }
     let dst = rx_memory.slice(start, f.bytes as u64)?;
-    dst.write(0, &f.header);
-    if f.eth_len > 0
-        && let Some(eth) = f.eth.get(..usize::from(f.eth_len))
-    {
-        dst.write(HEADER_SIZE, eth);
-    }
+    f.write_routed(&dst);
     GuestSlice::copy(&src, routed, &dst, routed, f.bytes - routed);
-    let (last, rest) = words.split_last()?;
-    for (i, w) in rest.iter().take(SBALES_PER_SBAL).enumerate() {
-        rx.store_words(i, *w);
-    }
-    let [w0, w1] = *last;
-    rx.store_words(rest.len(), [w0 | LAST_ENTRY_WORD, w1]);
+    store_used(rx, &words, |w| *w);
     Some(words.len() as u8)
+}
+
+/// Stores the receive elements a delivery used, in order, each as its two words
+/// (`words` of each), `LAST_ENTRY` added to the last: once every byte is in place.
+#[inline(always)]
+fn store_used<T>(rx: &Sbal, used: &[T], words: impl Fn(&T) -> [u64; 2]) {
+    if let Some((last, rest)) = used.split_last() {
+        // At most 15 before the last: `take` changes nothing but lets the compiler
+        // see each index in range, without the store's own check.
+        for (i, u) in rest.iter().take(SBALES_PER_SBAL).enumerate() {
+            rx.store_words(i, words(u));
+        }
+        let [w0, w1] = words(last);
+        rx.store_words(rest.len(), [w0 | LAST_ENTRY_WORD, w1]);
+    }
 }
 
 /// The general path of [`deliver`]: any number of frames, each across as many
@@ -938,15 +951,7 @@ pub fn deliver_general<M: GuestMemory>(
 
     // The elements, stored once every byte is in place.
     let used = plan.len();
-    if let Some((last, rest)) = plan.split_last() {
-        // At most 15 before the last: `take` changes nothing but lets the compiler
-        // see each index in range, without the store's own check.
-        for (i, p) in rest.iter().take(SBALES_PER_SBAL).enumerate() {
-            rx.store_words(i, p.words);
-        }
-        let [w0, w1] = last.words;
-        rx.store_words(rest.len(), [w0 | LAST_ENTRY_WORD, w1]);
-    }
+    store_used(rx, &plan, |p| p.words);
     Ok(used as u8)
 }
 
