@@ -181,10 +181,118 @@ pub fn parse_outgoing_into<M: GuestMemory>(
     layer2: bool,
     out: &mut Outgoing,
 ) -> Result<(), Fault> {
-    if !layer2 && parse_small(sbal, memory, mfs, multicast_queue, out) {
+    if !layer2
+        && (parse_small(sbal, memory, mfs, multicast_queue, out)
+            || parse_run(sbal, memory, mfs, multicast_queue, out))
+    {
         return Ok(());
     }
     parse_general(sbal, memory, mfs, multicast_queue, layer2, out)
+}
+
+/// The large-frame path of [`parse_outgoing_into`]: an SBAL of one frame over three
+/// to 16 elements that follow one another in the issuer's memory (each starts where
+/// the one before ended: the driver's frames over consecutive pages), as `First`,
+/// `Middle`s, then `Last` with `LAST_ENTRY`. It reads each element once and checks it
+/// (not empty, where the run continues, its fragment flag), then translates the run
+/// as one range, once, and takes each element's bytes from it, where
+/// [`scan_elements`] translates each element on its own: a range that translates
+/// whole has every part of it translated (the trait's contract), to the same bytes.
+/// Then the checks of [`parse_small`]: the header whole in the first element,
+/// well-formed, of a cast type the queue carries, with a length that matches the
+/// elements, and the frame within the MFS.
+///
+/// Returns true with `out` filled as [`parse_general`] fills it (the one frame, its
+/// elements, the run as `whole`). Otherwise false, with `out` unspecified and nothing
+/// else done: [`parse_general`] reads the SBAL again and names any fault.
+#[inline]
+fn parse_run<M: GuestMemory>(
+    sbal: &Sbal,
+    memory: &M,
+    mfs: Mfs,
+    multicast_queue: bool,
+    out: &mut Outgoing,
+) -> bool {
+    const SHAPE: u8 = Eflags::LAST_ENTRY.bits() | Eflags::FRAGMENT_MASK.bits();
+    const FIRST: u8 = 0x04; // Fragment::First, not the last entry
+    const MIDDLE: u8 = 0x08; // Fragment::Middle, not the last entry
+    const LAST_AND_LAST: u8 = Eflags::LAST_ENTRY.bits() | 0x0C; // Fragment::Last
+    let e0 = sbal.load(0);
+    if e0.eflags & SHAPE != FIRST || (e0.length as usize) < HEADER_SIZE {
+        return false;
+    }
+    let start = e0.addr;
+    // Each element's length, and where the next one must start.
+    let mut lengths = [0u32; SBALES_PER_SBAL];
+    lengths[0] = e0.length;
+    let Some(mut next) = start.checked_add(u64::from(e0.length)) else {
+        return false;
+    };
+    let mut last = 0;
+    for (i, length) in lengths.iter_mut().enumerate().skip(1) {
+        let e = sbal.load(i);
+        if e.length == 0 || e.addr != next {
+            return false;
+        }
+        *length = e.length;
+        next = match next.checked_add(u64::from(e.length)) {
+            Some(n) => n,
+            None => return false,
+        };
+        match e.eflags & SHAPE {
+            MIDDLE => {}
+            // Two elements are `parse_small`'s: a buffer it declined goes to the
+            // general path.
+            LAST_AND_LAST if i >= 2 => {
+                last = i;
+                break;
+            }
+            _ => return false,
+        }
+    }
+    if last == 0 {
+        return false;
+    }
+    let bytes = next - start;
+    if bytes > mfs.bytes() as u64 {
+        return false;
+    }
+    let Some(whole) = memory.slice(start, bytes) else {
+        return false;
+    };
+    out.elements.clear();
+    out.frames.clear();
+    let mut at = 0usize;
+    for &length in &lengths[..=last] {
+        let Some(element) = whole.sub(at, length as usize) else {
+            return false;
+        };
+        // At most 16 elements: the push cannot fail.
+        let _ = out.elements.push(element);
+        at += length as usize;
+    }
+    let mut raw = [0u8; HEADER_SIZE];
+    whole.read(0, &mut raw);
+    let Ok(header) = L3Header::decode(&raw) else {
+        return false;
+    };
+    if !cast_allowed(&header, multicast_queue) || usize::from(header.length) + HEADER_SIZE != at {
+        return false;
+    }
+    let _ = out.frames.push(FrameSpan {
+        first: 0,
+        last: last as u8,
+        bytes: at,
+        header: raw,
+        eth: [0; ETH_ROUTING],
+        eth_len: 0,
+    });
+    out.whole = whole;
+    out.dest = header.next_hop;
+    out.cast = header.cast;
+    out.total = at;
+    out.payload = u64::from(header.length);
+    true
 }
 
 /// The fast path of [`parse_outgoing_into`] (issue 12 item 5): an SBAL whose first
@@ -1166,13 +1274,20 @@ mod tests {
         let dirty = rng.one_in(2);
         let gap = if rng.one_in(2) { 0 } else { 64 };
         const LAST: u8 = 0x40;
-        let shapes: [&[u8]; 6] = [
+        // One frame over all 16 elements (`parse_run`'s longest).
+        let mut sixteen = [0x08u8; SBALES_PER_SBAL];
+        (sixteen[0], sixteen[15]) = (0x04, 0x0C | LAST);
+        let shapes: [&[u8]; 10] = [
             &[LAST],
             &[0x04, 0x0C | LAST],
             &[0x04, 0x08, 0x0C | LAST],
             &[0x00, LAST],
             &[0x04, 0x0C, LAST],
             &[0x04],
+            &[0x04, 0x08, 0x08, 0x08, 0x0C | LAST],
+            &sixteen,
+            &[0x04, 0x08, 0x08 | LAST],
+            &[0x04, 0x08, 0x0C, LAST],
         ];
         let flags: Vec<u8> = if dirty && rng.one_in(8) {
             (0..1 + rng.below(4)).map(|_| rng.next() as u8).collect()
@@ -1283,6 +1398,7 @@ mod tests {
         let mut tx_ram = Box::new(BigRam([0; 24 * 4096]));
         let mut rx_a = Box::new(BigRam([0; 24 * 4096]));
         let (mut parsed_fast, mut delivered_fast, mut refused) = (0, 0, 0);
+        let mut parsed_run = 0;
         let mut delivered_whole = 0;
         let rounds = if cfg!(miri) { 4 } else { 5_000 };
         for _ in 0..rounds {
@@ -1304,6 +1420,12 @@ mod tests {
             if parse_small(&sbal, &tx, mfs, multicast_queue, &mut probe) {
                 parsed_fast += 1;
                 assert!(g.is_ok(), "the fast path accepted what the general refused");
+            }
+            let mut run = Outgoing::empty();
+            if parse_run(&sbal, &tx, mfs, multicast_queue, &mut run) {
+                parsed_run += 1;
+                assert!(g.is_ok(), "the run path accepted what the general refused");
+                assert_eq!(format!("{general:?}"), format!("{run:?}"));
             }
             if g.is_err() {
                 refused += 1;
@@ -1348,9 +1470,10 @@ mod tests {
             }
         }
         println!(
-            "{parsed_fast} fast parses, {delivered_fast} one-frame deliveries ({delivered_whole} with one copy), {refused} refused, of {rounds}"
+            "{parsed_fast} fast parses, {parsed_run} runs, {delivered_fast} one-frame deliveries ({delivered_whole} with one copy), {refused} refused, of {rounds}"
         );
         if !cfg!(miri) {
+            assert!(parsed_run > rounds / 50, "run parses: {parsed_run}");
             assert!(
                 delivered_whole > 0,
                 "one-copy deliveries: {delivered_whole}"
