@@ -1522,6 +1522,20 @@ mod tests {
             let mut out = Outgoing::empty();
             parse_outgoing_into(&sbal, &tx, Mfs::K16, false, false, &mut out).unwrap();
             assert_eq!(out.whole.len(), if tx_gap == 0 { len } else { 0 });
+            // The run path takes the consecutive pages, with one translation, and gives
+            // what the general path gives; a gap is the general path's.
+            let mut run = Outgoing::empty();
+            assert_eq!(
+                parse_run(&sbal, &tx, Mfs::K16, false, &mut run),
+                tx_gap == 0,
+                "gap {tx_gap}"
+            );
+            let mut general = Outgoing::empty();
+            parse_general(&sbal, &tx, Mfs::K16, false, false, &mut general).unwrap();
+            assert_eq!(format!("{general:?}"), format!("{out:?}"));
+            if tx_gap == 0 {
+                assert_eq!(format!("{general:?}"), format!("{run:?}"));
+            }
             // Four armed pages at 0x8000 (a gap before the second, if any).
             for i in 0..4u64 {
                 let gap = if i > 0 { rx_gap } else { 0 };
