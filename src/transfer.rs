@@ -196,8 +196,12 @@ pub fn parse_outgoing_into<M: GuestMemory>(
 /// `Middle`s, then `Last` with `LAST_ENTRY`. It reads each element once and checks it
 /// (not empty, where the run continues, its fragment flag), then translates the run
 /// as one range, once, and takes each element's bytes from it, where
-/// [`scan_elements`] translates each element on its own: a range that translates
-/// whole has every part of it translated (the trait's contract), to the same bytes.
+/// [`scan_elements`] translates each element on its own. Sound: every element lies
+/// inside the range the embedder's translation vouched for (as for `deliver_whole`'s
+/// one copy, which uses the same range). The same bytes: a range translates only when
+/// it is contiguous in host memory ([`GuestMemory::translate`]), so each element's
+/// part of it is where the element translates on its own (the differential test
+/// compares the two descriptors, element pointers included).
 /// Then the checks of [`parse_small`]: the header whole in the first element,
 /// well-formed, of a cast type the queue carries, with a length that matches the
 /// elements, and the frame within the MFS.
