@@ -267,7 +267,7 @@ fn parse_run<M: GuestMemory>(
     out.elements.clear();
     out.frames.clear();
     let mut at = 0usize;
-    for &length in &lengths[..=last] {
+    for &length in lengths.iter().take(last + 1) {
         let Some(element) = whole.sub(at, length as usize) else {
             return false;
         };
