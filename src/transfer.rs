@@ -190,6 +190,18 @@ pub fn parse_outgoing_into<M: GuestMemory>(
     parse_general(sbal, memory, mfs, multicast_queue, layer2, out)
 }
 
+/// The bits of an element's flags that the general parse looks at: `LAST_ENTRY` and
+/// the fragment field; the fast paths compare them with the shapes below.
+const SHAPE: u8 = Eflags::LAST_ENTRY.bits() | Eflags::FRAGMENT_MASK.bits();
+/// A whole frame (`Fragment::None`) that ends the list.
+const WHOLE_AND_LAST: u8 = Eflags::LAST_ENTRY.bits();
+/// A frame's first element (`Fragment::First`), not the last entry.
+const FIRST: u8 = 0x04;
+/// A frame's middle element (`Fragment::Middle`), not the last entry.
+const MIDDLE: u8 = 0x08;
+/// A frame's last element (`Fragment::Last`) that ends the list.
+const LAST_AND_LAST: u8 = Eflags::LAST_ENTRY.bits() | 0x0C;
+
 /// The large-frame path of [`parse_outgoing_into`]: an SBAL of one frame over three
 /// to 16 elements that follow one another in the issuer's memory (each starts where
 /// the one before ended: the driver's frames over consecutive pages), as `First`,
@@ -217,10 +229,6 @@ fn parse_run<M: GuestMemory>(
     multicast_queue: bool,
     out: &mut Outgoing,
 ) -> bool {
-    const SHAPE: u8 = Eflags::LAST_ENTRY.bits() | Eflags::FRAGMENT_MASK.bits();
-    const FIRST: u8 = 0x04; // Fragment::First, not the last entry
-    const MIDDLE: u8 = 0x08; // Fragment::Middle, not the last entry
-    const LAST_AND_LAST: u8 = Eflags::LAST_ENTRY.bits() | 0x0C; // Fragment::Last
     let e0 = sbal.load(0);
     if e0.eflags & SHAPE != FIRST || (e0.length as usize) < HEADER_SIZE {
         return false;
@@ -319,11 +327,6 @@ pub fn parse_small<M: GuestMemory>(
     multicast_queue: bool,
     out: &mut Outgoing,
 ) -> bool {
-    // The bits the general path looks at: LAST_ENTRY and the fragment field.
-    const SHAPE: u8 = Eflags::LAST_ENTRY.bits() | Eflags::FRAGMENT_MASK.bits();
-    const WHOLE_AND_LAST: u8 = Eflags::LAST_ENTRY.bits(); // Fragment::None
-    const FIRST: u8 = 0x04; // Fragment::First, not the last entry
-    const LAST_AND_LAST: u8 = Eflags::LAST_ENTRY.bits() | 0x0C; // Fragment::Last
     let e0 = sbal.load(0);
     let second = match e0.eflags & SHAPE {
         WHOLE_AND_LAST => None,
