@@ -13,6 +13,9 @@
 //! 3. `docs/bench/results.json`, `docs/bench/results.md` and the plot
 //!    `docs/bench/throughput.png` (plotters, bitmap backend, embedded DejaVu font).
 //!
+//! `--against REV [FILTER]` compares the working tree with a commit instead, both
+//! builds run alternately (`ab.rs`), and writes nothing.
+//!
 //! `--instructions` runs step 2 alone and prints its counts (and a 64 B send's
 //! instructions beyond its two frame copies, and how they split between the driver
 //! and the fabric's SIGA, `send_cost siga`), writing nothing.
@@ -53,6 +56,22 @@ pub struct BenchArgs {
     /// the send path.
     #[arg(long, conflicts_with_all = ["quick", "report_only", "linux_net"])]
     instructions: bool,
+    /// Compare the working tree with this commit, at the same time (see `ab.rs`): both
+    /// builds of `benches/transport.rs` run alternately, `--rounds` times, on the
+    /// benchmarks FILTER matches; prints each one's medians and the ratio of their
+    /// means, writing nothing under `docs/bench/`.
+    #[arg(long, value_name = "REV", conflicts_with_all = ["quick", "report_only", "linux_net", "instructions"])]
+    against: Option<String>,
+    /// With `--against`: rounds, each running both builds once.
+    #[arg(long, default_value_t = 3, requires = "against", value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+    /// With `--against`: criterion's measurement time a benchmark, in seconds.
+    #[arg(long, default_value_t = 3, requires = "against", value_parser = clap::value_parser!(u32).range(1..=60))]
+    seconds: u32,
+    /// With `--against`: criterion's filter, a regular expression over benchmark ids
+    /// (for example `'^cycle/iqdio_zc/(64|57344)$'`); every benchmark if omitted.
+    #[arg(requires = "against", value_name = "FILTER")]
+    filter: Option<String>,
 }
 
 /// Frame sizes of the throughput comparison (as `benches/support/mod.rs`).
@@ -132,6 +151,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let run_file = criterion.join("iqdio-run.json");
     let start = Instant::now();
     let out = root.join("docs/bench");
+    if let Some(rev) = args.against {
+        crate::ab::run(&crate::ab::AbArgs {
+            rev,
+            rounds: args.rounds,
+            seconds: args.seconds,
+            filter: args.filter,
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.linux_net {
         let details = measure_linux_net(&root, &criterion)?;
         report_linux_net(&criterion, &out)?;

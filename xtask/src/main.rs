@@ -7,6 +7,7 @@
 //! cargo xtask selftest --smp 8    # boot the on-target self-test alone
 //! ```
 
+mod ab;
 mod bench;
 mod boots;
 mod cargo;
