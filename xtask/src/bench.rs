@@ -1068,7 +1068,9 @@ fn plot(results: &Results, doc: &Value, path: &Path) -> Result<()> {
             (48f64..80_000f64)
                 .log_scale()
                 .with_key_points(SIZES.map(|s| s as f64).to_vec()),
-            ((lo / 2.0)..(hi * 2.0)).log_scale(),
+            // Two decades of room below the lowest point: the legend sits there, in
+            // the lower right, under the curves rather than over them.
+            ((lo / 100.0)..(hi * 2.0)).log_scale(),
         )?;
     chart
         .configure_mesh()
@@ -1078,8 +1080,10 @@ fn plot(results: &Results, doc: &Value, path: &Path) -> Result<()> {
         .y_label_formatter(&|y| {
             if *y >= 1.0 {
                 format!("{y:.0}")
-            } else {
+            } else if *y >= 0.01 {
                 format!("{y:.2}")
+            } else {
+                format!("{y:.3}")
             }
         })
         .label_style(("sans-serif", 16))
