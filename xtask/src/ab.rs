@@ -185,13 +185,16 @@ fn run_bench(exe: &Path, root: &Path, criterion: &Path, args: &AbArgs) -> Result
     ])
     .args(args.filter.as_deref())
     .current_dir(root.join("benches"))
-    .env("CRITERION_HOME", criterion)
-    .stderr(Stdio::null());
+    .env("CRITERION_HOME", criterion);
+    // Criterion's progress lines go to standard error: kept, and shown on a failure.
     let out = c
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
-        bail!("{} failed: {}", exe.display(), out.status);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        bail!("{} failed: {}\n{tail}", exe.display(), out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
