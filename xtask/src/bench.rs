@@ -25,7 +25,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitCode, Stdio},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -33,6 +33,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::cargo;
 use crate::linux::qemunet;
 
 /// Options of `cargo xtask bench`.
@@ -144,8 +145,8 @@ impl Cmp {
 
 /// Runs the benchmarks and writes the report.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let root = workspace_root();
-    let criterion = target_dir(&root).join("criterion");
+    let root = cargo::workspace_root();
+    let criterion = cargo::target_dir().join("criterion");
     // What a report needs besides criterion's files: the run's circumstances and the
     // instruction counts, kept for `--report-only`.
     let run_file = criterion.join("iqdio-run.json");
@@ -251,21 +252,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-        .to_path_buf()
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d))
-}
-
-fn cargo() -> std::ffi::OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
-}
-
 /// `cargo bench -p iqdio-bench --bench transport`, results under `criterion`.
 fn run_criterion(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
     let mut args = vec!["bench", "-p", "iqdio-bench", "--bench", "transport", "--"];
@@ -280,7 +266,7 @@ fn run_criterion(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
         ]);
     }
     eprintln!("xtask: bench: cargo {}", args.join(" "));
-    let status = Command::new(cargo())
+    let status = Command::new(cargo::cargo())
         .args(&args)
         .current_dir(root)
         .env("CRITERION_HOME", criterion)
@@ -297,7 +283,7 @@ fn run_criterion(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
 fn run_tcp(root: &Path, criterion: &Path, quick: bool) -> Result<()> {
     let args = ["bench", "-p", "iqdio-bench", "--bench", "tcp"];
     eprintln!("xtask: bench: cargo {}", args.join(" "));
-    let mut command = Command::new(cargo());
+    let mut command = Command::new(cargo::cargo());
     command
         .args(args)
         .current_dir(root)
@@ -354,7 +340,7 @@ fn count_instructions(root: &Path) -> Result<Value> {
         return Ok(json!({}));
     }
     eprintln!("xtask: bench: cargo build --release -p iqdio --example send_cost");
-    let status = Command::new(cargo())
+    let status = Command::new(cargo::cargo())
         .args([
             "build",
             "--release",
@@ -368,7 +354,7 @@ fn count_instructions(root: &Path) -> Result<Value> {
     if !status.success() {
         bail!("building examples/send_cost.rs failed: {status}");
     }
-    let exe = target_dir(root).join("release/examples/send_cost");
+    let exe = cargo::target_dir().join("release/examples/send_cost");
     let mut counts = serde_json::Map::new();
     let runs: [(&str, &str, u64, Option<u64>); 16] = [
         ("send_64", "send", 64, None),
