@@ -130,8 +130,7 @@ fn path_str(p: &Path) -> Result<String> {
 /// `cargo bench -p iqdio-bench --bench transport --no-run` in `dir` (into `target` if
 /// given); the executable cargo names.
 fn build(dir: &Path, target: Option<&Path>) -> Result<PathBuf> {
-    let mut c = Command::new(cargo::cargo());
-    c.args([
+    let mut c = cargo::command(&[
         "bench",
         "-p",
         "iqdio-bench",
@@ -139,9 +138,8 @@ fn build(dir: &Path, target: Option<&Path>) -> Result<PathBuf> {
         "transport",
         "--no-run",
         "--message-format=json-render-diagnostics",
-    ])
-    .current_dir(dir)
-    .stderr(Stdio::inherit());
+    ]);
+    c.current_dir(dir).stderr(Stdio::inherit());
     if let Some(t) = target {
         c.env("CARGO_TARGET_DIR", t);
     }
@@ -153,17 +151,8 @@ fn build(dir: &Path, target: Option<&Path>) -> Result<PathBuf> {
             out.status
         );
     }
-    executable(&String::from_utf8_lossy(&out.stdout))
+    cargo::executable_from_messages(&String::from_utf8_lossy(&out.stdout), "transport")
         .context("cargo named no executable for benches/transport.rs")
-}
-
-/// The `transport` bench's executable from cargo's JSON messages.
-fn executable(messages: &str) -> Option<PathBuf> {
-    messages
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "transport")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 /// Copies `exe` to `to` (a later build may overwrite cargo's copy); returns `to`.
@@ -325,10 +314,11 @@ tiny/x                  time:   [400.00 ps 500.00 ps 600.00 ps]
         let messages = r#"{"reason":"compiler-artifact","target":{"name":"iqdio"},"executable":null}
 {"reason":"compiler-artifact","target":{"name":"transport"},"executable":"/t/release/deps/transport-1"}
 {"reason":"build-finished","success":true}"#;
+        let find = |m| cargo::executable_from_messages(m, "transport");
         assert_eq!(
-            executable(messages),
+            find(messages),
             Some(PathBuf::from("/t/release/deps/transport-1"))
         );
-        assert_eq!(executable("{\"reason\":\"build-finished\"}"), None);
+        assert_eq!(find("{\"reason\":\"build-finished\"}"), None);
     }
 }
