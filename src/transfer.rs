@@ -214,9 +214,9 @@ const LAST_AND_LAST: u8 = Eflags::LAST_ENTRY.bits() | 0x0C;
 /// it is contiguous in host memory ([`GuestMemory::translate`]), so each element's
 /// part of it is where the element translates on its own (the differential test
 /// compares the two descriptors, element pointers included).
-/// Then the checks of [`parse_small`]: the header whole in the first element,
-/// well-formed, of a cast type the queue carries, with a length that matches the
-/// elements, and the frame within the MFS.
+/// Then the frame checks it shares with [`parse_small`] ([`one_frame`]): the header
+/// well-formed (whole in the first element, checked above), of a cast type the queue
+/// carries, with a length that matches the elements, and the frame within the MFS.
 ///
 /// Returns true with `out` filled as [`parse_general`] fills it (the one frame, its
 /// elements, the run as `whole`). Otherwise false, with `out` unspecified and nothing
@@ -265,11 +265,8 @@ fn parse_run<M: GuestMemory>(
     if last == 0 {
         return false;
     }
-    let bytes = next - start;
-    if bytes > mfs.bytes() as u64 {
-        return false;
-    }
-    let Some(whole) = memory.slice(start, bytes) else {
+    // The MFS is `one_frame`'s to check, with the rest.
+    let Some(whole) = memory.slice(start, next - start) else {
         return false;
     };
     out.elements.clear();
@@ -283,28 +280,8 @@ fn parse_run<M: GuestMemory>(
         let _ = out.elements.push(element);
         at += length as usize;
     }
-    let mut raw = [0u8; HEADER_SIZE];
-    whole.read(0, &mut raw);
-    let Ok(header) = L3Header::decode(&raw) else {
-        return false;
-    };
-    if !cast_allowed(&header, multicast_queue) || usize::from(header.length) + HEADER_SIZE != at {
-        return false;
-    }
-    let _ = out.frames.push(FrameSpan {
-        first: 0,
-        last: last as u8,
-        bytes: at,
-        header: raw,
-        eth: [0; ETH_ROUTING],
-        eth_len: 0,
-    });
     out.whole = whole;
-    out.dest = header.next_hop;
-    out.cast = header.cast;
-    out.total = at;
-    out.payload = u64::from(header.length);
-    true
+    one_frame(&whole, at, mfs, multicast_queue, out)
 }
 
 /// The fast path of [`parse_outgoing_into`] (issue 12 item 5): an SBAL whose first
@@ -366,6 +343,23 @@ pub fn parse_small<M: GuestMemory>(
                 .unwrap_or(GuestSlice::EMPTY);
         }
     }
+    one_frame(&head, bytes, mfs, multicast_queue, out)
+}
+
+/// The frame checks and the descriptor of the fast paths ([`parse_small`],
+/// [`parse_run`]), once `out.elements` holds the buffer's one frame, `bytes` in all,
+/// its header at the start of `head`: the header read once, well-formed, of a cast
+/// type the queue carries, with a length that matches the elements, the frame within
+/// the MFS. True with the frame and the destination in `out`; false, with `out`
+/// unspecified, when a check fails.
+#[inline(always)]
+fn one_frame(
+    head: &GuestSlice,
+    bytes: usize,
+    mfs: Mfs,
+    multicast_queue: bool,
+    out: &mut Outgoing,
+) -> bool {
     let mut raw = [0u8; HEADER_SIZE];
     head.read(0, &mut raw);
     let Ok(header) = L3Header::decode(&raw) else {
