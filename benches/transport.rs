@@ -265,9 +265,11 @@ fn stream_in_place(
             let mut got = 0u64;
             let mut spins = 0;
             go.wait();
+            // Polling (0x81 on the newest consumed buffer), the receiver finds its
+            // work in the SLSB and leaves its indicator bytes alone, as Linux's qeth
+            // does under NAPI: resetting them for every frame would pull three cache
+            // lines back from the sender's core each time the fabric sets them.
             while got < iters {
-                rx.indicators.take();
-                rx.queues[0].take_initiative();
                 while let Some(n) = rx.queues[0].receive(|f| {
                     for p in f.pieces() {
                         black_box((p.first(), p.last()));
@@ -280,6 +282,11 @@ fn stream_in_place(
                     backoff(&mut spins);
                 }
             }
+            // To stop polling, the bytes are reset high -> low first (see
+            // `QueueDriver::stop_polling`); nothing more is sent, so whatever it
+            // reports is already taken.
+            rx.indicators.take();
+            rx.queues[0].take_initiative();
             let _ = rx.queues[0].stop_polling();
             done.store(true, Ordering::Release);
         });
@@ -350,9 +357,11 @@ fn stream_packed(
             let (mut got, mut buffers) = (0u64, 0u64);
             let mut spins = 0;
             go.wait();
+            // Polling (0x81 on the newest consumed buffer), the receiver finds its
+            // work in the SLSB and leaves its indicator bytes alone, as Linux's qeth
+            // does under NAPI: resetting them for every frame would pull three cache
+            // lines back from the sender's core each time the fabric sets them.
             while got < iters {
-                rx.indicators.take();
-                rx.queues[0].take_initiative();
                 while let Some(n) = rx.queues[0].receive(|f| {
                     for p in f.pieces() {
                         black_box((p.first(), p.last()));
@@ -369,6 +378,11 @@ fn stream_packed(
                     backoff(&mut spins);
                 }
             }
+            // To stop polling, the bytes are reset high -> low first (see
+            // `QueueDriver::stop_polling`); nothing more is sent, so whatever it
+            // reports is already taken.
+            rx.indicators.take();
+            rx.queues[0].take_initiative();
             let _ = rx.queues[0].stop_polling();
             done.store(true, Ordering::Release);
         });
@@ -717,9 +731,12 @@ fn stream(
             let mut spins = 0;
             go.wait();
             loop {
-                // High → low: reset each indicator before taking what it announces.
-                rx.indicators.take();
-                rx.queues[0].take_initiative();
+                // Sleeping, high → low: reset each indicator before taking what it
+                // announces. Polling, the SLSB alone (see `stream_in_place`).
+                if !polling {
+                    rx.indicators.take();
+                    rx.queues[0].take_initiative();
+                }
                 while let Some(n) = rx.queues[0].receive(|f| {
                     f.copy_to(&mut out);
                 }) {
@@ -738,7 +755,10 @@ fn stream(
                 }
             }
             if polling {
-                // Nothing more is sent, so whatever it reports is already taken.
+                // High → low, then stop; nothing more is sent, so whatever it reports
+                // is already taken.
+                rx.indicators.take();
+                rx.queues[0].take_initiative();
                 let _ = rx.queues[0].stop_polling();
             }
             done.store(true, Ordering::Release);

@@ -2314,6 +2314,13 @@ impl QueueDriver {
 
     /// Resets this queue's indicator byte; true if it was set. Call after
     /// [`Indicators::take`] (high → low), before taking the frames.
+    ///
+    /// A driver that is polling ([`start_polling`](Self::start_polling)) need not: it
+    /// finds its work in the SLSB ([`receive`](Self::receive)) and may leave its bytes
+    /// set, so that it does not pull their cache lines from the fabric's core at every
+    /// frame. Linux's qeth polls so under NAPI: its thin-interrupt handler resets the
+    /// DSCI (`tiqdio_thinint_handler`), its poll reads only the SLSB. It then resets
+    /// them, high → low, before [`stop_polling`](Self::stop_polling).
     pub fn take_initiative(&self) -> bool {
         self.queue_ind.mem.reset()
     }
@@ -2606,7 +2613,11 @@ impl QueueDriver {
     }
 
     /// Starts polling: from now on the newest consumed buffer reads 0x81, and the
-    /// fabric raises no interrupt for deliveries while it does.
+    /// fabric raises no interrupt for deliveries while it does, except its fallback:
+    /// one per interrupt delay while the summary byte stays set.
+    ///
+    /// While polling, [`receive`](Self::receive) alone finds the work: the indicator
+    /// bytes may stay set (see [`take_initiative`](Self::take_initiative)).
     pub fn start_polling(&mut self) {
         self.polling = true;
     }
@@ -2615,6 +2626,13 @@ impl QueueDriver {
     /// queue indicator and the next buffer, to close the race with a send that saw
     /// 0x81 and so raised no interrupt. Returns true when work is waiting: the caller
     /// must take it rather than sleep.
+    ///
+    /// A poller that left its indicator bytes set resets them first, high → low
+    /// ([`Indicators::take`], then [`take_initiative`](Self::take_initiative)): a queue
+    /// byte left set reads as work here (as a DSCI still set sends Linux's
+    /// `qdio_start_irq` back to polling), and a summary left set makes the next
+    /// delivery find it pending and raise no interrupt (only the fallback, a delay
+    /// later).
     pub fn stop_polling(&mut self) -> bool {
         self.polling = false;
         let acked = self.acked.take();

@@ -16,6 +16,13 @@
 //!   read 0 before the set, which then stays in the byte for the next poll (and the
 //!   swap that set it found the summary idle and decided as above).
 //!
+//! A receiver that polls (its newest consumed buffer reads 0x81) needs none of the
+//! bytes to find its work: it reads its SLSB, and may leave them set while it polls,
+//! as Linux's qeth does under NAPI. The fabric then raises nothing (the receiver
+//! polls, and the summary stays pending) but the fallback, once per delay. Before it
+//! stops polling it resets them, high → low, so that the next delivery finds the
+//! summary idle and interrupts.
+//!
 //! After setting the bytes, the fabric decides whether the receiver needs an interrupt
 //! ([`decide`]), a pure function of the state it observed.
 

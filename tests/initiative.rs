@@ -157,6 +157,54 @@ fn a_receiver_that_polls_forever_gets_at_most_one_interrupt_per_delay() {
     );
 }
 
+/// A poller that leaves its bytes set (as the streaming benchmark's receiver and
+/// Linux's NAPI poll do) goes idle by resetting them high -> low before it stops
+/// polling. Each step of that sequence is needed: a queue byte left set makes
+/// `stop_polling` report work, and a summary left set keeps the next delivery from
+/// interrupting until the fallback.
+#[test]
+fn a_poller_that_left_its_bytes_set_resets_them_to_sleep() {
+    let (platform, fab, mut a, mut b) = setup();
+    let port = fab.port(1);
+    let send = |a: &mut Partition| a.queues[0].send(&port, v4(2, 0), &[5; 20]).unwrap();
+    platform.set_clock(10);
+    b.queues[0].start_polling();
+    for _ in 0..20 {
+        send(&mut a);
+        assert_eq!(b.queues[0].receive(|f| assert_eq!(f.len(), 20)), Some(1));
+    }
+    // The first delivery found no consumed buffer at 0x81 yet: it interrupted. None
+    // since.
+    assert_eq!(platform.raised(2), 1, "no interrupt after the first");
+    assert!(b.indicators.pending(), "the bytes were left set");
+
+    // Skipping the resets: the queue byte reads as work.
+    assert!(b.queues[0].stop_polling(), "queue byte left set");
+    // Resetting the queue byte but not the summary: no work, yet the next delivery
+    // finds the summary pending and raises nothing; the receiver would sleep on it
+    // until the fallback.
+    assert!(b.queues[0].take_initiative());
+    assert!(!b.queues[0].stop_polling());
+    send(&mut a);
+    assert_eq!(platform.raised(2), 1, "summary left pending: no interrupt");
+    platform.set_clock(10 + DELAY);
+    send(&mut a);
+    assert_eq!(platform.raised(2), 2, "only the fallback wakes it");
+    while b.queues[0].receive(|_| {}).is_some() {}
+
+    // The sequence: start polling again, take frames leaving the bytes set, then reset
+    // high -> low, stop polling (no work), and the next delivery interrupts at once.
+    b.queues[0].start_polling();
+    send(&mut a);
+    assert_eq!(b.queues[0].receive(|_| {}), Some(1));
+    assert_eq!(platform.raised(2), 2);
+    assert!(b.indicators.take(), "summary and middle byte were set");
+    assert!(b.queues[0].take_initiative(), "queue byte was set");
+    assert!(!b.queues[0].stop_polling(), "nothing waiting");
+    send(&mut a);
+    assert_eq!(platform.raised(2), 3, "idle summary: interrupt at once");
+}
+
 #[test]
 fn a_sleeping_receiver_is_woken_for_every_frame_it_must_take() {
     // Real clock; the receiver sleeps until its interrupt and must never miss one.

@@ -310,6 +310,37 @@ fn stopping_polling_never_loses_initiative() {
     });
 }
 
+/// A receiver that polled without resetting its bytes (they stay set, as under
+/// Linux's NAPI) goes idle while the real fabric delivers: it resets them high → low,
+/// then stops polling. Either the re-check finds the work, or the fabric, having seen
+/// 0x80 and the summary idle, raised an interrupt. Without the summary's reset, a
+/// delivery after the 0x80 finds it pending and raises nothing: this test fails.
+#[test]
+fn a_poller_that_left_its_bytes_set_goes_idle_without_losing_initiative() {
+    model(|| {
+        let fab = new_fabric();
+        let mut a = part(&fab, 1);
+        let mut b = part(&fab, 2);
+        b.q.start_polling();
+        a.q.send(&fab.port(1), v4(2, 0), &[7]).unwrap();
+        assert_eq!(take_all(&mut b), vec![vec![7]]);
+        assert!(b.ind.pending(), "the bytes were left set");
+        let raised_before = fab.platform().raised[2].load(Ordering::SeqCst);
+        let f = fab.clone();
+        let sender = loom::thread::spawn(move || {
+            a.q.send(&f.port(1), v4(2, 0), &[9, 9]).unwrap();
+            a
+        });
+        b.ind.take();
+        b.q.take_initiative();
+        let work = b.q.stop_polling();
+        let _a = sender.join().unwrap();
+        let raised = fab.platform().raised[2].load(Ordering::SeqCst) > raised_before;
+        assert!(work || raised, "a send was neither found nor announced");
+        assert_eq!(take_all(&mut b), vec![vec![9, 9]]);
+    });
+}
+
 /// A write-multiple steps out of a waiting registration's way between its two
 /// buffers and comes back to the same queue set: every interleaving delivers both
 /// buffers, in order, and the registration completes.
