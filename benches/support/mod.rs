@@ -205,13 +205,21 @@ impl Partition {
         }
     }
 
-    /// The receiver's side of one cycle: poll the indicators high → low, take the
-    /// next buffer, copy its frames out into `out` (refilling the buffer). Returns the
-    /// bytes copied.
+    /// The indicator bytes high → low, unless the queue polls: a polling receiver
+    /// finds its work in the SLSB and leaves them set (`QueueDriver::take_initiative`).
+    fn initiative(&mut self) {
+        if !self.queues[0].is_polling() {
+            self.indicators.take();
+            self.queues[0].take_initiative();
+        }
+    }
+
+    /// The receiver's side of one cycle: the indicators ([`initiative`](Self::initiative)),
+    /// take the next buffer, copy its frames out into `out` (refilling the buffer).
+    /// Returns the bytes copied.
     pub fn take(&mut self, out: &mut [u8]) -> usize {
-        self.indicators.take();
+        self.initiative();
         let q = &mut self.queues[0];
-        q.take_initiative();
         let mut got = 0;
         q.receive(|f| got += f.copy_to(out));
         got
@@ -220,9 +228,8 @@ impl Partition {
     /// Takes the next received buffer reading its frames in place (zero-copy): the
     /// packet's first and last byte of each piece, as a consumer that looks at them.
     pub fn take_in_place(&mut self) -> usize {
-        self.indicators.take();
+        self.initiative();
         let q = &mut self.queues[0];
-        q.take_initiative();
         let mut got = 0;
         q.receive(|f| {
             for p in f.pieces() {
