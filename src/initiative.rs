@@ -29,7 +29,7 @@
 use core::sync::atomic::Ordering;
 
 use crate::guest::GuestSlice;
-use crate::sync::fence;
+use crate::sync::{fence, fence_after_rmw};
 
 /// The value the fabric writes into an indicator byte; 0 means reset.
 pub const INDICATOR_SET: u8 = 0x01;
@@ -40,7 +40,9 @@ pub const INDICATOR_SET: u8 = 0x01;
 pub trait IndicatorByte {
     /// Sets the byte (Release: what was stored before is visible to whoever sees it).
     fn set(&self);
-    /// Sets the byte and returns whether it was set already (AcqRel).
+    /// Sets the byte and returns whether it was set already (AcqRel), with one atomic
+    /// read-modify-write: [`signal`]'s SeqCst fence after it is the crate's
+    /// `fence_after_rmw`, which on x86-64 relies on it.
     fn swap_set(&self) -> bool;
     /// Resets the byte and returns whether it was set (AcqRel: a set seen here makes
     /// the stores before that set visible). Reads first and writes only a byte it
@@ -104,7 +106,8 @@ pub fn signal<B: IndicatorByte + ?Sized>(
     queue.set();
     middle.set();
     let summary_was_pending = global.swap_set();
-    fence(Ordering::SeqCst);
+    // The swap is a read-modify-write: on x86-64 it fences already.
+    fence_after_rmw();
     Signalled {
         summary_was_pending,
         receiver_polling: polling(),
