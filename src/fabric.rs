@@ -2150,13 +2150,13 @@ impl<
             // Anycast (IPv6, Linux sends it on the multicast queue) reaches the one
             // queue set that registered the address, as unicast does.
             CastType::Unicast | CastType::Anycast => None,
-            CastType::Multicast => Some(outgoing.dest),
+            CastType::Multicast => Some(outgoing.dest.ip()),
             CastType::Broadcast => Some(BROADCAST_GROUP),
         };
         let Some(group) = group else {
             let Some(entry) = st
                 .table
-                .target_cached(&outgoing.dest, st.epoch, from.last_target)
+                .target_cached(outgoing.dest, st.epoch, from.last_target)
             else {
                 return refuse(Reason::Unreachable);
             };

@@ -12,6 +12,7 @@
 use core::net::IpAddr;
 
 use crate::error::RegistrationError;
+use crate::transfer::NextHop;
 
 /// A partition's id (LPAR id).
 pub type LparId = u8;
@@ -147,32 +148,6 @@ impl IpKey {
         let mut b = [0u8; 17];
         b[0] = TAG_BRIDGE;
         Self(b)
-    }
-
-    /// Whether this key is `IpKey::from(ip)`, compared as words without building that
-    /// key first (the send's cached-target check: a 17-byte key on the stack and a
-    /// byte-wise compare cost about 20 instructions a send more, callgrind). The same
-    /// answer as `*self == IpKey::from(ip)`: the version byte, the octets, and for
-    /// IPv4 the zero padding (a unit test compares the two).
-    #[inline(always)]
-    pub(crate) fn is(&self, ip: &IpAddr) -> bool {
-        let b = &self.0;
-        let mut lo = [0u8; 8];
-        lo.copy_from_slice(&b[..8]);
-        let lo = u64::from_le_bytes(lo);
-        match ip {
-            IpAddr::V4(a) => {
-                let mut hi = [0u8; 8];
-                hi.copy_from_slice(&b[8..16]);
-                let want = 4 | u64::from(u32::from_le_bytes(a.octets())) << 8;
-                lo == want && u64::from_le_bytes(hi) == 0 && b[16] == 0
-            }
-            IpAddr::V6(a) => {
-                let mut rest = [0u8; 16];
-                rest.copy_from_slice(&b[1..17]);
-                b[0] == 6 && u128::from_le_bytes(rest) == u128::from_le_bytes(a.octets())
-            }
-        }
     }
 }
 
@@ -471,14 +446,16 @@ impl<K: TableKey, V: Zero, const N: usize, H: KeyHash> HashTable<K, V, N, H> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LastTarget {
     epoch: u64,
-    key: IpKey,
+    /// The next hop looked up, as the send's descriptor holds it: the hit check is
+    /// two words and a flag compared, no key built.
+    hop: NextHop,
     entry: TargetEntry,
 }
 
 impl LastTarget {
     pub(crate) const EMPTY: Self = Self {
         epoch: 0,
-        key: IpKey::ZERO,
+        hop: NextHop { bits: 0, v6: false },
         entry: TargetEntry::ZERO,
     };
 }
@@ -687,23 +664,28 @@ impl<const Q: usize, const A: usize, H: KeyHash> QueueTable<Q, A, H> {
     #[inline(always)]
     pub(crate) fn target_cached(
         &self,
-        ip: &IpAddr,
+        hop: NextHop,
         epoch: u64,
         last: &mut LastTarget,
     ) -> Option<TargetEntry> {
-        if last.epoch == epoch && epoch != 0 && last.key.is(ip) {
+        if last.epoch == epoch && epoch != 0 && last.hop == hop {
             return Some(last.entry);
         }
-        self.target_missed(ip, epoch, last)
+        self.target_missed(hop, epoch, last)
     }
 
     /// [`target_cached`](Self::target_cached) when `last` does not answer: the keyed
     /// lookup, kept in `last` if it finds an entry.
     #[inline(never)]
-    fn target_missed(&self, ip: &IpAddr, epoch: u64, last: &mut LastTarget) -> Option<TargetEntry> {
-        let key = IpKey::from(ip);
+    fn target_missed(
+        &self,
+        hop: NextHop,
+        epoch: u64,
+        last: &mut LastTarget,
+    ) -> Option<TargetEntry> {
+        let key = IpKey::from(&hop.ip());
         let entry = self.target.get(&self.seed(), &key).filter(|e| !e.group)?;
-        *last = LastTarget { epoch, key, entry };
+        *last = LastTarget { epoch, hop, entry };
         Some(entry)
     }
 
@@ -763,43 +745,6 @@ mod tests {
 
     fn v4(last: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
-    }
-
-    /// `IpKey::is` answers as comparing with the key built from the address, for
-    /// keys of both versions, of the other tags, and with stray bytes in the padding.
-    #[test]
-    fn ip_key_is_matches_equality() {
-        let ips = [
-            v4(1),
-            v4(2),
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V4(Ipv4Addr::new(255, 255, 255, 255)),
-            IpAddr::V4(Ipv4Addr::new(6, 0, 0, 0)),
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
-            IpAddr::V6(Ipv6Addr::new(0x0a00, 0x0001, 0, 0, 0, 0, 0, 0)),
-        ];
-        let mut keys: Vec<IpKey> = ips.iter().map(IpKey::from).collect();
-        keys.extend([
-            IpKey::ZERO,
-            IpKey::mac(&[2, 0, 0, 0, 0, 1]),
-            IpKey::vlan(1),
-            IpKey::group_mac(&[1, 0, 0x5e, 0, 0, 1]),
-            IpKey::bridge(),
-        ]);
-        for (i, at) in [(0, 5), (1, 8), (2, 16)] {
-            let mut k = IpKey::from(&ips[i]);
-            k.0[at] = 1;
-            keys.push(k);
-        }
-        let mut v6 = IpKey::from(&ips[6]);
-        v6.0[0] = 4;
-        keys.push(v6);
-        for k in &keys {
-            for ip in &ips {
-                assert_eq!(k.is(ip), *k == IpKey::from(ip), "{k:?} {ip}");
-            }
-        }
     }
 
     #[test]

@@ -71,6 +71,49 @@ impl FrameSpan {
     }
 }
 
+/// A next hop as the fabric's lookup compares it: the header's 16-byte field as one
+/// number (an IPv4 address its low 32 bits) and whether the header says IPv6.
+///
+/// [`Outgoing`] keeps its destination so rather than as an `IpAddr`: a copy of the
+/// enum was stored in pieces (1, 2, 2, 8 and 4 bytes), and the lookup's 4-byte load
+/// of an IPv4 next hop straddled two of them, a store-forwarding stall on every send
+/// (`perf annotate`). A `u128` and a flag are stored whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// The address's bits: `Ipv4Addr::to_bits` or `Ipv6Addr::to_bits`.
+    pub bits: u128,
+    /// Whether it is an IPv6 address.
+    pub v6: bool,
+}
+
+impl NextHop {
+    /// The address.
+    #[inline(always)]
+    pub const fn ip(self) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(core::net::Ipv6Addr::from_bits(self.bits))
+        } else {
+            IpAddr::V4(core::net::Ipv4Addr::from_bits(self.bits as u32))
+        }
+    }
+}
+
+impl From<IpAddr> for NextHop {
+    #[inline(always)]
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => Self {
+                bits: u128::from(a.to_bits()),
+                v6: false,
+            },
+            IpAddr::V6(a) => Self {
+                bits: a.to_bits(),
+                v6: true,
+            },
+        }
+    }
+}
+
 /// A checked outgoing SBAL: its elements translated, its frames delimited, its
 /// destination read once from the frame headers.
 ///
@@ -94,7 +137,7 @@ pub struct Outgoing {
     /// Packet bytes in all frames (headers excluded).
     pub payload: u64,
     /// The next hop all frames name.
-    pub dest: IpAddr,
+    pub dest: NextHop,
     /// The cast type all frames carry.
     pub cast: CastType,
     /// Layer 2: the destination MAC and VLAN all frames carry (`None` on layer 3,
@@ -133,7 +176,7 @@ impl Outgoing {
         Self {
             elements: heapless::Vec::new(),
             frames: heapless::Vec::new(),
-            dest: IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED),
+            dest: NextHop { bits: 0, v6: false },
             cast: CastType::Unicast,
             route: None,
             total: zero,
@@ -379,7 +422,7 @@ fn one_frame(
         eth: [0; ETH_ROUTING],
         eth_len: 0,
     });
-    out.dest = header.next_hop;
+    out.dest = NextHop::from(header.next_hop);
     out.cast = header.cast;
     out.total = bytes;
     out.payload = u64::from(header.length);
@@ -621,7 +664,8 @@ fn check_frames(
     if total > mfs.bytes() {
         return Err(Fault::at(Reason::TooLarge, last));
     }
-    (out.dest, out.cast) = dest.ok_or(Fault::at(Reason::FragmentOrder, last))?;
+    let (dest, cast) = dest.ok_or(Fault::at(Reason::FragmentOrder, last))?;
+    (out.dest, out.cast) = (NextHop::from(dest), cast);
     out.route = None;
     out.total = total;
     out.payload = payload;
@@ -722,7 +766,7 @@ fn parse_layer2(
         MacCast::Broadcast => CastType::Broadcast,
     };
     out.route = Some(route);
-    out.dest = IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED);
+    out.dest = NextHop { bits: 0, v6: false };
     out.total = total;
     out.payload = payload;
     Ok(())
@@ -1077,6 +1121,27 @@ mod tests {
     #[repr(C, align(4096))]
     struct Ram([u8; 3 * 4096]);
 
+    /// A next hop goes into the descriptor and comes back out as the same address, and
+    /// two hops are equal (the fabric's cached-target check) exactly when their
+    /// addresses are: an IPv4 address never equals the IPv6 one of the same bits.
+    #[test]
+    fn a_next_hop_keeps_its_address() {
+        let ips = [
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(255, 255, 255, 255)),
+            IpAddr::V6(core::net::Ipv6Addr::UNSPECIFIED),
+            IpAddr::V6(core::net::Ipv6Addr::from_bits(0x0a00_0001)),
+            IpAddr::V6(core::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
+        ];
+        for a in ips {
+            assert_eq!(NextHop::from(a).ip(), a);
+            for b in ips {
+                assert_eq!(NextHop::from(a) == NextHop::from(b), a == b, "{a} {b}");
+            }
+        }
+    }
+
     fn memory(ram: &mut Ram) -> Memory {
         // SAFETY: the RAM outlives the test's uses of the memory, and is reached only
         // through it from here on.
@@ -1120,7 +1185,7 @@ mod tests {
         set(&out_sbal, 0, Fragment::First.bits(), 0x1000, 32);
         set(&out_sbal, 1, Fragment::Last.bits() | 0x40, 0x1800, 100);
         let out = parse_outgoing(&out_sbal, &tx, Mfs::K16).unwrap();
-        assert_eq!(out.dest, routed);
+        assert_eq!(out.dest.ip(), routed);
 
         // Now the sender changes next hop, length and cast in its header.
         let mut forged = L3Header {
@@ -1586,7 +1651,7 @@ mod tests {
             }
             let mut out = Outgoing::empty();
             assert!(parse_small(&sbal, &tx, Mfs::K16, false, &mut out));
-            assert_eq!((out.dest, out.total, out.payload), (hop, 96, 64));
+            assert_eq!((out.dest.ip(), out.total, out.payload), (hop, 96, 64));
             let rx_sbal = rx.sbal(0).unwrap();
             set(&rx_sbal, 0, 0, 0x2000, 4096);
             assert_eq!(deliver_small(&out, &rx_sbal, &rx), Some(1));

@@ -661,7 +661,7 @@ impl World {
             Err(f) => Predicted::Fault(f.reason, f.element),
             Ok(()) => match out.cast {
                 CastType::Multicast => Predicted::Group {
-                    members: self.others_in(out.dest),
+                    members: self.others_in(out.dest.ip()),
                 },
                 CastType::Broadcast => Predicted::Group {
                     members: self.others_in(BROADCAST_GROUP),

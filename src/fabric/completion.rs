@@ -140,7 +140,10 @@ impl<
         // WRITEQ is for unicast queues of layer-3 sets only: unicast cast.
         parse_elements(sbales, memory, st.config.mfs(), false, false, &mut outgoing)
             .map_err(|f| f.reason)?;
-        let entry = st.table.target(&outgoing.dest).ok_or(Reason::Unreachable)?;
+        let entry = st
+            .table
+            .target(&outgoing.dest.ip())
+            .ok_or(Reason::Unreachable)?;
         self.deliver_to(st, entry, &outgoing, report)?;
         Ok((outgoing.frames() as u16, outgoing.payload))
     }
