@@ -274,71 +274,55 @@ fn a_poll_that_reads_zero_writes_nothing_and_loses_nothing() {
     }
 }
 
+/// One model run: a receiver that polls takes a frame, then stops polling while the
+/// real fabric delivers another. With `resets`, its poll reset the indicator bytes
+/// high → low before taking; without, it left them set and resets them only to go
+/// idle, before `stop_polling`. Either the re-check finds the work, or the fabric,
+/// having seen 0x80 (and the summary idle), raised an interrupt; the frame is whole.
+fn stop_polling_against_a_send(resets: bool) {
+    let fab = new_fabric();
+    let mut a = part(&fab, 1);
+    let mut b = part(&fab, 2);
+    b.q.start_polling();
+    a.q.send(&fab.port(1), v4(2, 0), &[7]).unwrap();
+    if resets {
+        b.ind.take();
+        b.q.take_initiative();
+    }
+    assert_eq!(take_all(&mut b), vec![vec![7]]);
+    assert_eq!(b.ind.pending(), !resets, "the bytes left set, or reset");
+    let raised_before = fab.platform().raised[2].load(Ordering::SeqCst);
+    let f = fab.clone();
+    let sender = loom::thread::spawn(move || {
+        a.q.send(&f.port(1), v4(2, 0), &[9, 9]).unwrap();
+        a
+    });
+    if !resets {
+        b.ind.take();
+        b.q.take_initiative();
+    }
+    let work = b.q.stop_polling();
+    let _a = sender.join().unwrap();
+    let raised = fab.platform().raised[2].load(Ordering::SeqCst) > raised_before;
+    assert!(work || raised, "a send was neither found nor announced");
+    assert_eq!(take_all(&mut b), vec![vec![9, 9]]);
+}
+
 /// A receiver that stops polling (the real driver's 0x81 → 0x80 and re-check) while
 /// the real fabric delivers: either the re-check finds the work or the fabric, having
 /// seen 0x80, raised an interrupt.
 #[test]
 fn stopping_polling_never_loses_initiative() {
-    model(|| {
-        let fab = new_fabric();
-        let mut a = part(&fab, 1);
-        let mut b = part(&fab, 2);
-        // The receiver polls: one frame taken, its buffer marked 0x81, bytes reset.
-        b.q.start_polling();
-        a.q.send(&fab.port(1), v4(2, 0), &[7]).unwrap();
-        b.ind.take();
-        b.q.take_initiative();
-        assert_eq!(take_all(&mut b), vec![vec![7]]);
-        let raised_before = fab.platform().raised[2].load(Ordering::SeqCst);
-        let f = fab.clone();
-        let sender = loom::thread::spawn(move || {
-            a.q.send(&f.port(1), v4(2, 0), &[9, 9]).unwrap();
-            a
-        });
-        let work = b.q.stop_polling();
-        let _a = sender.join().unwrap();
-        let raised = fab.platform().raised[2].load(Ordering::SeqCst) > raised_before;
-        assert!(
-            work || raised,
-            "a send that saw 0x81 left the receiver asleep"
-        );
-        if work {
-            b.ind.take();
-            b.q.take_initiative();
-            assert_eq!(take_all(&mut b), vec![vec![9, 9]]);
-        }
-    });
+    model(|| stop_polling_against_a_send(true));
 }
 
-/// A receiver that polled without resetting its bytes (they stay set, as under
-/// Linux's NAPI) goes idle while the real fabric delivers: it resets them high → low,
-/// then stops polling. Either the re-check finds the work, or the fabric, having seen
-/// 0x80 and the summary idle, raised an interrupt. Without the summary's reset, a
-/// delivery after the 0x80 finds it pending and raises nothing: this test fails.
+/// The same for a receiver that polled without resetting its bytes (they stay set, as
+/// under Linux's NAPI) and resets them high → low to go idle. Without the summary's
+/// reset, a delivery after the 0x80 finds it pending and raises nothing: this test
+/// fails.
 #[test]
 fn a_poller_that_left_its_bytes_set_goes_idle_without_losing_initiative() {
-    model(|| {
-        let fab = new_fabric();
-        let mut a = part(&fab, 1);
-        let mut b = part(&fab, 2);
-        b.q.start_polling();
-        a.q.send(&fab.port(1), v4(2, 0), &[7]).unwrap();
-        assert_eq!(take_all(&mut b), vec![vec![7]]);
-        assert!(b.ind.pending(), "the bytes were left set");
-        let raised_before = fab.platform().raised[2].load(Ordering::SeqCst);
-        let f = fab.clone();
-        let sender = loom::thread::spawn(move || {
-            a.q.send(&f.port(1), v4(2, 0), &[9, 9]).unwrap();
-            a
-        });
-        b.ind.take();
-        b.q.take_initiative();
-        let work = b.q.stop_polling();
-        let _a = sender.join().unwrap();
-        let raised = fab.platform().raised[2].load(Ordering::SeqCst) > raised_before;
-        assert!(work || raised, "a send was neither found nor announced");
-        assert_eq!(take_all(&mut b), vec![vec![9, 9]]);
-    });
+    model(|| stop_polling_against_a_send(false));
 }
 
 /// A write-multiple steps out of a waiting registration's way between its two
