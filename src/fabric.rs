@@ -2452,6 +2452,18 @@ impl<
         let seen = initiative::signal(&ind.queue, &ind.middle, &ind.global, || {
             receiver_polling(&ring, cursor)
         });
+        // A delivery to a polling receiver with its summary pending (streaming) is
+        // decided without the clock: no read of it, no stamp.
+        if let Some(decision) = initiative::decide_without_clock(
+            inb.interrupt_immediately,
+            seen.summary_was_pending,
+            seen.receiver_polling,
+        ) {
+            if !decision.raises() {
+                tqc.counters.suppressed();
+            }
+            return decision.raises().then_some(target);
+        }
         let now = self.platform.now_ns();
         let since = stamp.load(Ordering::Relaxed);
         let input = DecisionInput {

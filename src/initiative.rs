@@ -179,6 +179,28 @@ pub enum Decision {
     Suppress(SuppressReason),
 }
 
+/// [`decide`]'s answer where it does not depend on the time, and the time stamp is not
+/// written ([`Decision::restamps`] false): a summary that was already pending, with the
+/// override set (raise) or the receiver polling (none). `None` otherwise: then the
+/// fabric reads its clock and calls [`decide`]. A streaming delivery to a polling
+/// receiver takes this path, and reads no clock.
+pub const fn decide_without_clock(
+    interrupt_immediately: bool,
+    summary_was_pending: bool,
+    receiver_polling: bool,
+) -> Option<Decision> {
+    if !summary_was_pending {
+        return None;
+    }
+    if interrupt_immediately {
+        Some(Decision::Raise(RaiseReason::Override))
+    } else if receiver_polling {
+        Some(Decision::Suppress(SuppressReason::Polling))
+    } else {
+        None
+    }
+}
+
 impl Decision {
     /// Whether an interrupt is raised.
     pub const fn raises(self) -> bool {
@@ -196,15 +218,27 @@ impl Decision {
 /// The interrupt decision (step p) \[sister patents\]\[linux\]:
 ///
 /// 1. the override "interrupt immediately" raises at once;
-/// 2. a summary pending for longer than the delay raises (the fallback), even while
-///    the receiver claims to poll, so a receiver that never clears is still woken,
-///    at most once per delay;
-/// 3. a polling receiver (0x81) gets none;
-/// 4. a summary already pending gets none: the receiver will poll;
-/// 5. a summary that this delivery moved from idle to pending raises.
+/// 2. a polling receiver (0x81) whose summary was already pending gets none: the
+///    fabric does not interrupt a queue in that state \[linux\], and the receiver finds
+///    its work in its SLSB;
+/// 3. a summary pending for longer than the delay raises (the fallback), at most once
+///    per delay;
+/// 4. a polling receiver gets none;
+/// 5. a summary already pending gets none: the receiver will poll;
+/// 6. a summary that this delivery moved from idle to pending raises.
+///
+/// A receiver that claims to poll and never clears is still woken once per delay,
+/// by the timer's run of the fallback ([`Fabric::expire_delays`], which looks at the
+/// summary alone), not by the deliveries: rule 2 is what lets a delivery to a polling
+/// receiver decide without reading the clock ([`decide_without_clock`]).
+///
+/// [`Fabric::expire_delays`]: crate::Fabric::expire_delays
 pub const fn decide(input: &DecisionInput) -> Decision {
     if input.interrupt_immediately {
         return Decision::Raise(RaiseReason::Override);
+    }
+    if input.receiver_polling && input.summary_was_pending {
+        return Decision::Suppress(SuppressReason::Polling);
     }
     if input.summary_was_pending
         && input.now_ns.saturating_sub(input.pending_since_ns) >= input.delay_ns
@@ -281,15 +315,60 @@ mod tests {
         );
     }
 
+    /// A polling receiver whose summary stays pending gets no interrupt from a
+    /// delivery, however old the summary: its fallback is the timer's
+    /// (`tests/initiative.rs` shows the timer waking it).
     #[test]
-    fn polling_receiver_that_never_clears_gets_the_fallback() {
+    fn polling_receiver_with_a_pending_summary_gets_none_from_a_delivery() {
         let i = DecisionInput {
             receiver_polling: true,
             summary_was_pending: true,
             now_ns: 10_000,
             ..BASE
         };
-        assert_eq!(decide(&i), Decision::Raise(RaiseReason::DelayExpired));
+        assert_eq!(decide(&i), Decision::Suppress(SuppressReason::Polling));
+        assert!(!decide(&i).restamps(&i), "the stamp keeps its time");
+        let not_polling = DecisionInput {
+            receiver_polling: false,
+            ..i
+        };
+        assert_eq!(
+            decide(&not_polling),
+            Decision::Raise(RaiseReason::DelayExpired)
+        );
+    }
+
+    /// Where `decide_without_clock` answers, `decide` gives the same at every time and
+    /// writes no stamp; where it does not, `decide` depends on the time or restamps.
+    #[test]
+    fn the_answer_without_the_clock_is_decide_at_any_time() {
+        for override_ in [false, true] {
+            for pending in [false, true] {
+                for polling in [false, true] {
+                    let early = decide_without_clock(override_, pending, polling);
+                    let at = |now_ns| DecisionInput {
+                        interrupt_immediately: override_,
+                        summary_was_pending: pending,
+                        receiver_polling: polling,
+                        now_ns,
+                        ..BASE
+                    };
+                    let times = [0, 1_500, 1_999, 2_000, u64::MAX];
+                    match early {
+                        Some(d) => {
+                            for now in times {
+                                assert_eq!(decide(&at(now)), d);
+                                assert!(!d.restamps(&at(now)));
+                            }
+                        }
+                        None => assert!(times.iter().any(|&now| {
+                            let d = decide(&at(now));
+                            d.restamps(&at(now)) || d != decide(&at(0))
+                        })),
+                    }
+                }
+            }
+        }
     }
 
     #[test]
