@@ -2613,8 +2613,9 @@ impl QueueDriver {
     }
 
     /// Starts polling: from now on the newest consumed buffer reads 0x81, and the
-    /// fabric raises no interrupt for deliveries while it does, except its fallback:
-    /// one per interrupt delay while the summary byte stays set.
+    /// fabric raises no interrupt for deliveries while it does. Only the timer's run
+    /// of the fallback (`Fabric::expire_delays`) interrupts a poller whose summary
+    /// byte stays set, once per interrupt delay.
     ///
     /// While polling, [`receive`](Self::receive) alone finds the work: the indicator
     /// bytes may stay set (see [`take_initiative`](Self::take_initiative)).

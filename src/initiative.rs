@@ -18,10 +18,10 @@
 //!
 //! A receiver that polls (its newest consumed buffer reads 0x81) needs none of the
 //! bytes to find its work: it reads its SLSB, and may leave them set while it polls,
-//! as Linux's qeth does under NAPI. The fabric then raises nothing (the receiver
-//! polls, and the summary stays pending) but the fallback, once per delay. Before it
-//! stops polling it resets them, high → low, so that the next delivery finds the
-//! summary idle and interrupts.
+//! as Linux's qeth does under NAPI. Its deliveries then raise nothing (the receiver
+//! polls, and the summary stays pending: [`decide`], rule 2); only the timer's run of
+//! the fallback interrupts it, once per delay. Before it stops polling it resets them,
+//! high → low, so that the next delivery finds the summary idle and interrupts.
 //!
 //! After setting the bytes, the fabric decides whether the receiver needs an interrupt
 //! ([`decide`]), a pure function of the state it observed.
