@@ -455,7 +455,7 @@ pub(crate) struct LastTarget {
 impl LastTarget {
     pub(crate) const EMPTY: Self = Self {
         epoch: 0,
-        hop: NextHop { bits: 0, v6: false },
+        hop: NextHop::UNSPECIFIED,
         entry: TargetEntry::ZERO,
     };
 }

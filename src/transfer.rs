@@ -87,6 +87,9 @@ pub struct NextHop {
 }
 
 impl NextHop {
+    /// 0.0.0.0: an empty descriptor's and an empty cached target's (all-zero bytes).
+    pub const UNSPECIFIED: Self = Self { bits: 0, v6: false };
+
     /// The address.
     #[inline(always)]
     pub const fn ip(self) -> IpAddr {
@@ -176,7 +179,7 @@ impl Outgoing {
         Self {
             elements: heapless::Vec::new(),
             frames: heapless::Vec::new(),
-            dest: NextHop { bits: 0, v6: false },
+            dest: NextHop::UNSPECIFIED,
             cast: CastType::Unicast,
             route: None,
             total: zero,
@@ -766,7 +769,7 @@ fn parse_layer2(
         MacCast::Broadcast => CastType::Broadcast,
     };
     out.route = Some(route);
-    out.dest = NextHop { bits: 0, v6: false };
+    out.dest = NextHop::UNSPECIFIED;
     out.total = total;
     out.payload = payload;
     Ok(())
