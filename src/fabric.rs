@@ -7,7 +7,7 @@ use crate::error::{QueueField, RegistrationError, SigaError, SigaStatus};
 use crate::guest::{
     GuestMemory, GuestSlice, MemoryExt, Sbal, SbalError, SliceCache, SliceSet, Window, Windows,
 };
-use crate::initiative::{self, Decision, DecisionInput, SuppressReason, decide};
+use crate::initiative::{self, Decision, DecisionInput, Signalled, SuppressReason, decide};
 use crate::platform::{CallContext, InterruptTarget, Platform};
 use crate::qdio::l2::{EthRoute, Mac, MacCast};
 use crate::qdio::{CastType, qaob};
@@ -2454,20 +2454,33 @@ impl<
         });
         // A delivery to a polling receiver with its summary pending (streaming) is
         // decided without the clock: no read of it, no stamp.
-        if let Some(decision) = initiative::decide_without_clock(
+        let decision = initiative::decide_without_clock(
             inb.interrupt_immediately,
             seen.summary_was_pending,
             seen.receiver_polling,
-        ) {
-            if !decision.raises() {
-                tqc.counters.suppressed();
-            }
-            return decision.raises().then_some(target);
+        )
+        .unwrap_or_else(|| self.decide_now(inb.interrupt_immediately, seen, stamp, delay_ns));
+        if !decision.raises() {
+            tqc.counters.suppressed();
         }
+        decision.raises().then_some(target)
+    }
+
+    /// The interrupt decision that depends on the time ([`signal`](Self::signal) when
+    /// `decide_without_clock` has no answer): reads the clock, decides, and restamps
+    /// the summary when the decision says so.
+    #[inline(always)]
+    fn decide_now(
+        &self,
+        interrupt_immediately: bool,
+        seen: Signalled,
+        stamp: &AtomicU64,
+        delay_ns: u64,
+    ) -> Decision {
         let now = self.platform.now_ns();
         let since = stamp.load(Ordering::Relaxed);
         let input = DecisionInput {
-            interrupt_immediately: inb.interrupt_immediately,
+            interrupt_immediately,
             summary_was_pending: seen.summary_was_pending,
             pending_since_ns: since,
             now_ns: now,
@@ -2490,10 +2503,7 @@ impl<
                 stamp.store(now, Ordering::Relaxed);
             }
         }
-        if !decision.raises() {
-            tqc.counters.suppressed();
-        }
-        decision.raises().then_some(target)
+        decision
     }
 }
 

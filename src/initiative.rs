@@ -234,11 +234,16 @@ impl Decision {
 ///
 /// [`Fabric::expire_delays`]: crate::Fabric::expire_delays
 pub const fn decide(input: &DecisionInput) -> Decision {
+    // Rules 1 and 2 where the summary was pending: the same answer without the time.
+    if let Some(decision) = decide_without_clock(
+        input.interrupt_immediately,
+        input.summary_was_pending,
+        input.receiver_polling,
+    ) {
+        return decision;
+    }
     if input.interrupt_immediately {
         return Decision::Raise(RaiseReason::Override);
-    }
-    if input.receiver_polling && input.summary_was_pending {
-        return Decision::Suppress(SuppressReason::Polling);
     }
     if input.summary_was_pending
         && input.now_ns.saturating_sub(input.pending_since_ns) >= input.delay_ns
