@@ -282,12 +282,8 @@ fn stream_in_place(
                     backoff(&mut spins);
                 }
             }
-            // To stop polling, the bytes are reset high -> low first (see
-            // `QueueDriver::stop_polling`); nothing more is sent, so whatever it
-            // reports is already taken.
-            rx.indicators.take();
-            rx.queues[0].take_initiative();
-            let _ = rx.queues[0].stop_polling();
+            // Nothing more is sent, so whatever it reports is already taken.
+            let _ = rx.stop_polling();
             done.store(true, Ordering::Release);
         });
         // The sender on a thread of its own too, so that pinning leaves the bench's
@@ -357,10 +353,7 @@ fn stream_packed(
             let (mut got, mut buffers) = (0u64, 0u64);
             let mut spins = 0;
             go.wait();
-            // Polling (0x81 on the newest consumed buffer), the receiver finds its
-            // work in the SLSB and leaves its indicator bytes alone, as Linux's qeth
-            // does under NAPI: resetting them for every frame would pull three cache
-            // lines back from the sender's core each time the fabric sets them.
+            // Polling, the SLSB alone (see `stream_in_place`).
             while got < iters {
                 while let Some(n) = rx.queues[0].receive(|f| {
                     for p in f.pieces() {
@@ -378,12 +371,8 @@ fn stream_packed(
                     backoff(&mut spins);
                 }
             }
-            // To stop polling, the bytes are reset high -> low first (see
-            // `QueueDriver::stop_polling`); nothing more is sent, so whatever it
-            // reports is already taken.
-            rx.indicators.take();
-            rx.queues[0].take_initiative();
-            let _ = rx.queues[0].stop_polling();
+            // Nothing more is sent, so whatever it reports is already taken.
+            let _ = rx.stop_polling();
             done.store(true, Ordering::Release);
         });
         let sender = s.spawn(|| {
@@ -733,10 +722,7 @@ fn stream(
             loop {
                 // Sleeping, high → low: reset each indicator before taking what it
                 // announces. Polling, the SLSB alone (see `stream_in_place`).
-                if !polling {
-                    rx.indicators.take();
-                    rx.queues[0].take_initiative();
-                }
+                rx.initiative();
                 while let Some(n) = rx.queues[0].receive(|f| {
                     f.copy_to(&mut out);
                 }) {
@@ -755,11 +741,8 @@ fn stream(
                 }
             }
             if polling {
-                // High → low, then stop; nothing more is sent, so whatever it reports
-                // is already taken.
-                rx.indicators.take();
-                rx.queues[0].take_initiative();
-                let _ = rx.queues[0].stop_polling();
+                // Nothing more is sent, so whatever it reports is already taken.
+                let _ = rx.stop_polling();
             }
             done.store(true, Ordering::Release);
         });

@@ -263,11 +263,24 @@ impl Partition {
 
     /// The indicator bytes high → low, unless the queue polls: a polling receiver
     /// finds its work in the SLSB and leaves them set (`QueueDriver::take_initiative`).
-    fn initiative(&mut self) {
+    pub fn initiative(&mut self) {
         if !self.queues[0].is_polling() {
-            self.indicators.take();
-            self.queues[0].take_initiative();
+            self.reset_indicators();
         }
+    }
+
+    /// Resets the partition's and queue 0's indicator bytes, high → low.
+    fn reset_indicators(&mut self) {
+        self.indicators.take();
+        self.queues[0].take_initiative();
+    }
+
+    /// Stops queue 0 polling the way a poller that left its indicator bytes set must:
+    /// the bytes high → low, then `QueueDriver::stop_polling` (whose result it
+    /// returns: work waiting).
+    pub fn stop_polling(&mut self) -> bool {
+        self.reset_indicators();
+        self.queues[0].stop_polling()
     }
 
     /// The receiver's side of one cycle: the indicators ([`initiative`](Self::initiative)),
