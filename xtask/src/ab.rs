@@ -43,6 +43,7 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let ab = cargo::target_dir().join("ab");
     fs::create_dir_all(&ab)?;
     let worktree = ab.join("worktree");
+    let worktree_str = path_str(&worktree)?;
     let commit = git(&root, &["rev-parse", "--short", &args.rev])?;
     eprintln!(
         "xtask: bench --against: {} ({commit}) in {}",
@@ -51,12 +52,7 @@ pub fn run(args: &AbArgs) -> Result<()> {
     );
     // A worktree left by an earlier run goes first (it may be at another commit).
     if worktree.exists() {
-        if git(
-            &root,
-            &["worktree", "remove", "--force", &path_str(&worktree)?],
-        )
-        .is_err()
-        {
+        if git(&root, &["worktree", "remove", "--force", &worktree_str]).is_err() {
             fs::remove_dir_all(&worktree)
                 .with_context(|| format!("removing {}", worktree.display()))?;
         }
@@ -64,20 +60,11 @@ pub fn run(args: &AbArgs) -> Result<()> {
     }
     git(
         &root,
-        &[
-            "worktree",
-            "add",
-            "--detach",
-            &path_str(&worktree)?,
-            &commit,
-        ],
+        &["worktree", "add", "--detach", &worktree_str, &commit],
     )?;
     let base = build(&worktree, Some(&ab.join("target")))
         .with_context(|| format!("building the benchmarks at {commit}"));
-    let _ = git(
-        &root,
-        &["worktree", "remove", "--force", &path_str(&worktree)?],
-    );
+    let _ = git(&root, &["worktree", "remove", "--force", &worktree_str]);
     let base = keep(&base?, &ab.join(format!("transport-{commit}")))?;
     let head = keep(
         &build(&root, None).context("building the working tree's benchmarks")?,
