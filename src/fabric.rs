@@ -16,7 +16,7 @@ use crate::queue::{
     CompletionRing, CounterSnapshot, Inbound, IndicatorBytes, LiveInbound, LiveRing,
     MAX_OUTPUT_QUEUES, Outbound, PendingList, QueueControl, QueueRing, next, prev,
 };
-use crate::sync::{ReadGuard, TableLock, WriteGuard};
+use crate::sync::{MutexGuard, ReadGuard, TableLock, WriteGuard};
 use crate::table::{
     HashSeed, IpKey, LastTarget, LparId, QueueTable, SlotRef, SourceKey, TargetEntry,
 };
@@ -789,7 +789,7 @@ impl<
         // writes below go to fields of it through raw pointers, no reference to the
         // uninitialised parts is made. All-zero is a valid value of every field not
         // written afterwards: `TableLock` and the queue `Mutex`es (free: zero flags
-        // and reader counts), `QueueControl` (atomics, `active: false`, plain
+        // and reader counts), `QueueControl` (atomics, send hints zero: none, `active: false`, plain
         // integers), `State`'s `slot_of`, `in_use`, `QueueTable` (free slots are
         // `used: false` with zero keys and values, all plain integers; the seed as
         // its XOR with the default, zero for the default, then set in place) and
@@ -910,8 +910,9 @@ impl<
             let Some(qc) = self.controls.get(usize::from(slot.index)) else {
                 continue;
             };
-            // No send holds these: sends hold the table lock shared, we hold it
-            // exclusive.
+            // No send holds these for long: sends hold the table lock shared (counted,
+            // or pinned by the outbound lock, which a hinted SIGA takes only to find
+            // this update waiting and let go), we hold it exclusive.
             let out = qc.outbound.lock();
             lock_point!(self, Outbound);
             let inb = qc.inbound.lock();
@@ -1077,7 +1078,8 @@ impl<
             return Err(e);
         }
         st.in_use[index] = true;
-        // No send can hold these locks: sends hold the table lock shared.
+        // No send can hold these locks for long: sends hold the table lock shared
+        // (counted, or pinned by the outbound lock: see `update`).
         {
             let mut out = qc.outbound.lock();
             lock_point!(self, Outbound);
@@ -1533,8 +1535,9 @@ impl<
             let Some(qc) = self.controls.get(usize::from(slot.index)) else {
                 continue;
             };
-            // No send holds these: sends hold the table lock shared, and we hold it
-            // exclusive.
+            // No send holds these for long: sends hold the table lock shared (counted,
+            // or pinned by the outbound lock, which a hinted SIGA takes only to find
+            // this update waiting and let go), and we hold it exclusive.
             let outbound = qc.outbound.lock();
             lock_point!(self, Outbound);
             let inbound = qc.inbound.lock();
@@ -1777,6 +1780,12 @@ impl<
         let mut st = self.state.write_then(|| {
             lock_point!(self, TableExclusiveWaiting);
         });
+        // The counted readers are out; the pinned ones (hinted SIGAs) hold their
+        // outbound lock instead: take and release each, so that each is either out or
+        // will see the update waiting (`TableLock::read_pinned`).
+        for qc in &self.controls {
+            drop(qc.outbound.lock());
+        }
         lock_point!(self, TableExclusive);
         // A new epoch: what sends kept from the last one is stale. Never 0 again
         // (`max`), which would wrap only after 2^64 updates anyway.
@@ -1899,6 +1908,83 @@ impl<
         Ok(report)
     }
 
+    /// A SIGA's way in through its issuer's send hint: the queue control the issuer's
+    /// last SIGA used, its outbound lock taken, and the tables pinned by that lock
+    /// rather than counted ([`TableLock::read_pinned`]): two locked instructions fewer
+    /// than [`enter_counted`](Self::enter_counted). `None`, with nothing held, when the
+    /// hint is not the issuer's, the lock is busy, an update is under way or the hint
+    /// is stale (the control is no longer active, or another queue set's): the counted
+    /// entry then answers, with the same checks and errors as ever. The control's
+    /// index comes back with the guards.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn enter_hinted(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+    ) -> Option<(
+        MutexGuard<'_, Outbound<O>>,
+        ReadGuard<'_, State<Q, A, L, S, M>>,
+        &QueueControl<O>,
+        usize,
+    )> {
+        let hint = &self
+            .controls
+            .get(hint_slot::<Q>(lpar, subchannel))?
+            .send_hint;
+        let index = SendHint::index(hint.load(Ordering::Relaxed), lpar, subchannel)?;
+        let qc = self.controls.get(index)?;
+        let out = qc.outbound.try_lock()?;
+        lock_point!(self, Outbound);
+        // SAFETY: `out` was taken just above by a read-modify-write of the lock, which
+        // every update takes and releases after barring readers and before it writes
+        // the tables (`update`); it is held as long as the guard: both are returned
+        // together, and siga_into drops them together.
+        let st = unsafe { self.state.read_pinned() }?;
+        lock_point!(self, TableShared);
+        // Established by the issuer and not released since (deregistration clears
+        // `active` under the update, and a new owner's establishment rewrites `owner`).
+        (out.active && out.cq.owner == SourceKey { lpar, subchannel })
+            .then_some((out, st, qc, index))
+    }
+
+    /// A SIGA's way in by the table lock, counted: finds the issuer's queue set, takes
+    /// its outbound lock, and leaves the issuer's send hint at it for the next SIGA
+    /// ([`enter_hinted`](Self::enter_hinted)).
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn enter_counted(
+        &self,
+        lpar: LparId,
+        subchannel: u16,
+    ) -> Result<
+        (
+            MutexGuard<'_, Outbound<O>>,
+            ReadGuard<'_, State<Q, A, L, S, M>>,
+            &QueueControl<O>,
+            usize,
+        ),
+        SigaError,
+    > {
+        let st = self.state.read_in(usize::from(lpar));
+        lock_point!(self, TableShared);
+        let (slot, _) = issuer_slot(&st, lpar, subchannel)?;
+        // A slot's index is below Q by construction; `get` keeps a panic path out of SIGA.
+        let Some(qc) = self.controls.get(usize::from(slot.index)) else {
+            return Err(SigaError::QueuesNotActive);
+        };
+        let Some(out) = qc.outbound.try_lock() else {
+            qc.counters.busy();
+            return Err(SigaError::Busy);
+        };
+        lock_point!(self, Outbound);
+        if let Some(hinted) = self.controls.get(hint_slot::<Q>(lpar, subchannel)) {
+            let hint = SendHint::pack(lpar, subchannel, slot.index);
+            hinted.send_hint.store(hint, Ordering::Relaxed);
+        }
+        Ok((out, st, qc, usize::from(slot.index)))
+    }
+
     /// The SIGA, its counts added to `report` (see [`siga_inner`](Self::siga_inner)).
     #[inline(never)]
     fn siga_into(
@@ -1913,18 +1999,17 @@ impl<
         if !self.may_wait() {
             return Err(SigaError::InterruptContext);
         }
-        let mut st = self.state.read_in(usize::from(lpar));
-        lock_point!(self, TableShared);
+        let (mut out, mut st, qc, index) = match self.enter_hinted(lpar, subchannel) {
+            Some(entered) => entered,
+            None => self.enter_counted(lpar, subchannel)?,
+        };
+        // The issuer, its queue set active, from the tables the entry holds (counted or
+        // pinned); a hinted entry found the control active and owned by the issuer,
+        // which the tables confirm.
         let (slot, issuer) = issuer_slot(&st, lpar, subchannel)?;
-        // A slot's index is below Q by construction; `get` keeps a panic path out of SIGA.
-        let Some(qc) = self.controls.get(usize::from(slot.index)) else {
+        if usize::from(slot.index) != index {
             return Err(SigaError::QueuesNotActive);
-        };
-        let Some(mut out) = qc.outbound.try_lock() else {
-            qc.counters.busy();
-            return Err(SigaError::Busy);
-        };
-        lock_point!(self, Outbound);
+        }
         // Queue n is bit 1 << (31 - n) (Linux's `qdio_siga_output`,
         // `drivers/s390/cio/qdio_main.c`); a bit naming a queue the set did not
         // establish, or no bit at all, is cc1.
@@ -2523,6 +2608,39 @@ fn issuer_slot<const Q: usize, const A: usize, const L: usize, const S: usize, M
         Some(Subchannel::Active(_)) if issuer.suspended => Err(SigaError::Suspended),
         Some(Subchannel::Active(slot)) => Ok((slot, issuer)),
     }
+}
+
+/// A send hint: an issuer (`LPAR.subchannel`) and the index of the queue control its
+/// last SIGA found, packed in a word (bits 0-15 the index, 32-47 the subchannel, 48-55
+/// the LPAR, bit 56 set), so that a hint is read and written whole.
+struct SendHint;
+
+impl SendHint {
+    /// The issuer's half of a hint (its upper 32 bits).
+    #[inline(always)]
+    fn key(lpar: LparId, subchannel: u16) -> u32 {
+        1 << 24 | u32::from(lpar) << 16 | u32::from(subchannel)
+    }
+
+    /// The hint for `lpar.subchannel` at queue control `index`.
+    #[inline(always)]
+    fn pack(lpar: LparId, subchannel: u16, index: u16) -> u64 {
+        u64::from(Self::key(lpar, subchannel)) << 32 | u64::from(index)
+    }
+
+    /// The queue control index `hint` gives, if it is a hint for `lpar.subchannel`.
+    #[inline(always)]
+    fn index(hint: u64, lpar: LparId, subchannel: u16) -> Option<usize> {
+        ((hint >> 32) as u32 == Self::key(lpar, subchannel)).then_some(hint as u16 as usize)
+    }
+}
+
+/// Which of the `Q` queue controls (a power of two) keeps `lpar.subchannel`'s send
+/// hint: distinct for up to `Q` consecutive LPARs of one subchannel number (31 is odd),
+/// and a collision only sends a SIGA the counted way.
+#[inline(always)]
+fn hint_slot<const Q: usize>(lpar: LparId, subchannel: u16) -> usize {
+    (usize::from(lpar) * 31 + usize::from(subchannel)) & (Q - 1)
 }
 
 /// The bits of a SIGA queue mask that name no queue of a set that established

@@ -442,6 +442,12 @@ pub(crate) struct QueueControl<const O: usize> {
     /// Bumped whenever the slot is freed, so a stale [`SlotRef`](crate::table::SlotRef)
     /// never reaches a new owner. Written under the exclusive table lock only.
     pub(crate) generation: AtomicU32,
+    /// A send hint (the fabric's `SendHint`): where the last SIGA of an issuer whose
+    /// hint lives here (by `hint_slot`, not necessarily this control's owner) found
+    /// its queue control. Never trusted: a SIGA checks it under the lock it pins the
+    /// tables with. Zero is "no hint". It sits in the padding before the outbound
+    /// lock's aligned line, costing no bytes.
+    pub(crate) send_hint: core::sync::atomic::AtomicU64,
     /// The outbound lock and what it guards.
     pub(crate) outbound: Aligned<Mutex<Outbound<O>>>,
     /// The inbound lock and what it guards.
@@ -458,6 +464,7 @@ impl<const O: usize> QueueControl<O> {
     pub(crate) fn new() -> Self {
         Self {
             generation: AtomicU32::new(0),
+            send_hint: core::sync::atomic::AtomicU64::new(0),
             outbound: Aligned(Mutex::new(Outbound {
                 active: false,
                 queues: 0,

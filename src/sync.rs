@@ -369,6 +369,10 @@ impl<T> Drop for MutexGuard<'_, T> {
 #[cfg(iqdio_loom)]
 pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
 
+/// The guard of a [`Mutex`] under loom.
+#[cfg(iqdio_loom)]
+pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
 #[cfg(iqdio_loom)]
 impl<T> Mutex<T> {
     pub(crate) fn new(v: T) -> Self {
@@ -408,6 +412,18 @@ struct ReaderSlot(AtomicU32);
 /// ordered one before the other, so either the reader sees the writer (and backs off)
 /// or the writer sees the reader (and waits for it). (Fences rather than SeqCst
 /// accesses: loom models the fences exactly.)
+///
+/// A reader may also be *pinned* rather than counted ([`read_pinned`](Self::read_pinned)):
+/// it holds a lock that every writer takes, and releases, after raising `writer` and
+/// before it writes (the fabric's queue controls' outbound locks, which its updates
+/// take in turn once the counted readers are out). Such a reader takes that lock, then
+/// reads `writer` with Acquire, and writes no count. Either the writer took the lock
+/// after the reader released it, and so waited for the reader (its reads of the data
+/// happen before the writer's writes); or the reader took it after the writer released
+/// it, which makes the writer's raising of `writer` happen before the reader's load,
+/// so the reader sees the flag (or the writer's Release of it, with the writer's writes
+/// before it) and backs off. No fence is needed: the lock's Release and Acquire order
+/// it. A send saves the count's two read-modify-writes.
 pub(crate) struct TableLock<T> {
     /// A writer holds or awaits the lock.
     writer: AtomicBool,
@@ -459,11 +475,34 @@ impl<T> TableLock<T> {
             slot.fetch_add(1, Ordering::Relaxed);
             fence_after_rmw();
             if !self.writer.load(Ordering::Acquire) {
-                return ReadGuard { lock: self, slot };
+                return ReadGuard {
+                    lock: self,
+                    slot: Some(slot),
+                };
             }
             // A writer came: step back out of its way and wait.
             slot.fetch_sub(1, Ordering::Release);
         }
+    }
+
+    /// Shared access for a reader pinned by a lock it holds rather than counted in a
+    /// slot (see the type's docs): `None` while a writer holds or awaits the lock,
+    /// when the caller must release its lock and take the counted way in (`read_in`,
+    /// which waits).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds a lock that it took with an Acquire read-modify-write and that
+    /// every writer of this lock's data takes and releases after `write_then` returns
+    /// and before it writes the data; the caller holds it until after the guard is
+    /// dropped, and reads the data only through the guard.
+    #[inline(always)]
+    pub(crate) unsafe fn read_pinned(&self) -> Option<ReadGuard<'_, T>> {
+        // Acquire pairs with the last writer's Release in WriteGuard::drop.
+        (!self.writer.load(Ordering::Acquire)).then_some(ReadGuard {
+            lock: self,
+            slot: None,
+        })
     }
 
     /// Takes the lock shared (reader slot 0) if that needs no waiting: `None` while a
@@ -479,7 +518,10 @@ impl<T> TableLock<T> {
         slot.fetch_add(1, Ordering::Relaxed);
         fence_after_rmw();
         if !self.writer.load(Ordering::Acquire) {
-            return Some(ReadGuard { lock: self, slot });
+            return Some(ReadGuard {
+                lock: self,
+                slot: Some(slot),
+            });
         }
         slot.fetch_sub(1, Ordering::Release);
         None
@@ -528,7 +570,8 @@ fn new_slots() -> [ReaderSlot; READER_SLOTS] {
 /// Shared access to a [`TableLock`]'s data.
 pub(crate) struct ReadGuard<'a, T> {
     lock: &'a TableLock<T>,
-    slot: &'a AtomicU32,
+    /// The reader slot it counted itself in; `None` for a pinned reader.
+    slot: Option<&'a AtomicU32>,
 }
 
 impl<T> ReadGuard<'_, T> {
@@ -553,7 +596,10 @@ impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
         // Release pairs with the writer's Acquire loads of the slot (its wait for the
         // slot to drain, after its SeqCst fence): our reads happen before its writes.
-        self.slot.fetch_sub(1, Ordering::Release);
+        // A pinned reader has no count: the lock it holds is released after this.
+        if let Some(slot) = self.slot {
+            slot.fetch_sub(1, Ordering::Release);
+        }
     }
 }
 

@@ -163,6 +163,99 @@ fn registration_against_a_concurrent_send() {
     });
 }
 
+/// A first send, taken by the receiver: it leaves the sender's send hint at its
+/// queue control, so that the sender's next SIGA takes the hinted entry (its outbound
+/// lock pins the tables: no reader count), which the models below run against updates.
+fn warm(fab: &LoomFabric, a: &mut Part, b: &mut Part) {
+    a.q.send(&fab.port(1), v4(2, 0), &[7]).unwrap();
+    assert_eq!(b.q.receive(|_| {}), Some(1));
+}
+
+/// As `deregistration_against_a_concurrent_send`, the send a hinted one: the update
+/// takes and releases the sender's outbound lock before it writes, so the send either
+/// ends before the update or sees it waiting and takes the counted entry after it.
+#[test]
+fn deregistration_against_a_concurrent_hinted_send() {
+    model(|| {
+        let fab = new_fabric();
+        let mut a = part(&fab, 1);
+        let mut b = part(&fab, 2);
+        warm(&fab, &mut a, &mut b);
+        let f = fab.clone();
+        let sender = loom::thread::spawn(move || {
+            let r = a.q.send(&f.port(1), v4(2, 0), &[1, 2, 3]);
+            (r, a)
+        });
+        let last = fab.deregister_queue_set(2, 0).unwrap();
+        let (r, a) = sender.join().unwrap();
+        let got = b.q.receive(|_| {}).is_some();
+        match r {
+            Ok(()) => assert!(got && last.frames_received == 2),
+            Err(SendError::Refused(Reason::Unreachable)) => {
+                assert!(!got && last.frames_received == 1)
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+        let s = a.q.output_state(0).0;
+        assert!(s == 0xA1 || s == 0xAF);
+        assert_eq!(fab.address_count(), 1);
+    });
+}
+
+/// The sender's own queue set deregistered during its hinted SIGA: the SIGA either
+/// delivers before the update, or finds its queue set gone (the hint, now stale, is
+/// checked against the tables), as a counted SIGA would; never a frame from a queue
+/// set that is no longer there.
+#[test]
+fn a_hinted_send_against_the_deregistration_of_its_queue_set() {
+    model(|| {
+        let fab = new_fabric();
+        let mut a = part(&fab, 1);
+        let mut b = part(&fab, 2);
+        warm(&fab, &mut a, &mut b);
+        let f = fab.clone();
+        let sender = loom::thread::spawn(move || {
+            let r = a.q.send(&f.port(1), v4(2, 0), &[4]);
+            (r, a)
+        });
+        let last = fab.deregister_queue_set(1, 0).unwrap();
+        let (r, mut a) = sender.join().unwrap();
+        let got = b.q.receive(|_| {}).is_some();
+        match r {
+            Ok(()) => assert!(got && last.frames_sent == 2),
+            Err(SendError::Siga(_)) => assert!(!got && last.frames_sent == 1),
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+        // The stale hint answers as the counted entry does.
+        assert!(matches!(
+            a.q.send(&fab.port(1), v4(2, 0), &[5]),
+            Err(SendError::Siga(_)) | Err(SendError::Driver(_))
+        ));
+    });
+}
+
+/// As `registration_against_a_concurrent_send`, the send a hinted one.
+#[test]
+fn registration_against_a_concurrent_hinted_send() {
+    model(|| {
+        let fab = new_fabric();
+        let mut a = part(&fab, 1);
+        let mut b = part(&fab, 2);
+        warm(&fab, &mut a, &mut b);
+        fab.deregister_address(2, 0, v4(2, 0)).unwrap();
+        let f = fab.clone();
+        let sender = loom::thread::spawn(move || a.q.send(&f.port(1), v4(2, 0), &[9]));
+        fab.register_address(2, 0, v4(2, 0)).unwrap();
+        let r = sender.join().unwrap();
+        let got = b.q.receive(|_| {}).is_some();
+        match r {
+            Ok(()) => assert!(got),
+            Err(SendError::Refused(Reason::Unreachable)) => assert!(!got),
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    });
+}
+
 #[test]
 fn two_partitions_sending_to_each_other_do_not_deadlock() {
     model(|| {
