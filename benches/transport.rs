@@ -20,7 +20,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -178,7 +178,8 @@ const STREAM_SIZES: [usize; 4] = [64, 1500, 16 << 10, 56 << 10];
 /// writes a stamp in place, the fabric copies, the receiver reads in place) against a
 /// `heapless::spsc` ring of [`RING_SLOTS`] frame slots between the same two threads
 /// (the producer stamps the slot, the consumer reads it in place). Time per frame;
-/// memcpy's is in the `copy` group.
+/// memcpy's is in the `copy` group. At 64 and 1500 B, also the ring with the
+/// protocol's per-frame fence (`spsc_fenced`: see [`spsc_stream`]).
 ///
 /// The same working set on both sides: the receiver arms [`RING_SLOTS`] input buffers
 /// ([`stream_config`]), the ring has as many slots, and each ring slot is as large as
@@ -203,8 +204,13 @@ fn streaming(c: &mut Criterion) {
             });
         }
         g.bench_with_input(BenchmarkId::new("spsc", size), &size, |b, &size| {
-            b.iter_custom(|iters| spsc_stream(size, iters))
+            b.iter_custom(|iters| spsc_stream(size, iters, false))
         });
+        if size <= 1500 {
+            g.bench_with_input(BenchmarkId::new("spsc_fenced", size), &size, |b, &size| {
+                b.iter_custom(|iters| spsc_stream(size, iters, true))
+            });
+        }
     }
     g.finish();
 }
@@ -416,7 +422,16 @@ fn stream_packed(
 /// as large as an iqdio input buffer's data (the MFS: see [`streaming`]): the producer
 /// stamps the next free slot and enqueues its length; the consumer dequeues, reads the
 /// slot in place, and frees it (a counter the producer waits on).
-fn spsc_stream(size: usize, iters: u64) -> Duration {
+///
+/// `fenced` (`stream/spsc_fenced`): the ring with what iqdio's interrupt decision adds
+/// to each frame and nothing else. The consumer writes a mark after each frame, as a
+/// polling receiver marks its newest buffer 0x81. After each enqueue the producer
+/// issues a SeqCst fence and reads that mark, as the fabric does after it sets the
+/// summary byte (`initiative::signal`). The fence is the protocol's: without it, a
+/// send and a receiver that stops polling at the same moment can miss each other.
+/// It measures the floor that the fence and the mark's line set for a one-frame
+/// SIGA, on the same two threads.
+fn spsc_stream(size: usize, iters: u64, fenced: bool) -> Duration {
     let stride = stream_config().mfs.bytes();
     assert!(size <= stride, "a frame fits its slot");
     let mut slots = Buf::zeroed(RING_SLOTS * stride);
@@ -424,8 +439,9 @@ fn spsc_stream(size: usize, iters: u64) -> Duration {
     let mut queue: Queue<usize, RING_SLOTS> = Queue::new();
     let (mut producer, mut consumer) = queue.split();
     let freed = AtomicU64::new(0);
+    let mark = AtomicU8::new(0);
     let go = Barrier::new(2);
-    let (go, freed) = (&go, &freed);
+    let (go, freed, mark) = (&go, &freed, &mark);
     std::thread::scope(|s| {
         s.spawn(move || {
             pin(1);
@@ -442,6 +458,9 @@ fn spsc_stream(size: usize, iters: u64) -> Duration {
                         let slot = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
                         black_box((slot.first(), slot.last()));
                         got += 1;
+                        if fenced {
+                            mark.store(got as u8, Ordering::Relaxed);
+                        }
                         // Release: the reads above happen before the producer reuses it.
                         freed.store(got, Ordering::Release);
                         spins = 0;
@@ -467,6 +486,10 @@ fn spsc_stream(size: usize, iters: u64) -> Duration {
                 support::stamp(slot, seq);
                 while producer.enqueue(size).is_err() {
                     backoff(&mut spins);
+                }
+                if fenced {
+                    fence(Ordering::SeqCst);
+                    black_box(mark.load(Ordering::Relaxed));
                 }
             }
             let mut spins = 0;
