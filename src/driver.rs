@@ -57,7 +57,7 @@ use crate::qdio::{
     CastType, Eflags, Fragment, HEADER_SIZE, L3Header, Mfs, QUEUE_BUFFERS, RX_ELEMENT_SIZE, Reason,
     SBAL_SIZE, SBALES_PER_SBAL, SLSB_LEN, Sbale, SlsbState,
 };
-use crate::queue::{MAX_OUTPUT_QUEUES, PENDING_PER_QUEUE_SET};
+use crate::queue::{MAX_OUTPUT_QUEUES, PENDING_PER_QUEUE_SET, prev};
 
 /// Page size the driver aligns data buffers to; frames are split at page boundaries.
 const PAGE: usize = 4096;
@@ -675,6 +675,8 @@ impl From<Dest> for Framing {
 struct TxLayout {
     starts: heapless::Vec<usize, SBALES_PER_SBAL>,
     elements: heapless::Vec<Sbale, SBALES_PER_SBAL>,
+    /// The output buffer's data slot (an index, not an offset).
+    slot: u8,
 }
 
 /// Where [`QueueDriver::place_one`] put one frame: output buffer `n`, whose slot
@@ -682,6 +684,8 @@ struct TxLayout {
 /// (header and packet, at most the MFS) from there.
 struct OneFrame {
     n: u8,
+    /// The slot's index ([`TxQueue::hand_over`] records it).
+    index: u8,
     slot: usize,
     addr: u64,
     bytes: usize,
@@ -730,11 +734,17 @@ struct TxQueue {
     next: u8,
     /// Buffers primed since the last SIGA (they end at `next`).
     primed: u8,
+    /// The data slot each output buffer was last primed with
+    /// ([`QueueDriver::next_free`] chooses it; [`hand_over`](Self::hand_over) records
+    /// it).
+    slot_of: [u8; QUEUE_BUFFERS],
 }
 
 impl TxQueue {
-    /// The queue over its three pieces of region; every buffer 0xA0.
-    fn new(sbals: Chunk, slsb: Chunk, data: Chunk) -> Result<Self, DriverError> {
+    /// The queue over its three pieces of region; every buffer 0xA0. Every buffer
+    /// starts as if it had used the last of the `tx_buffers` slots, so that buffer 0,
+    /// whose predecessor was never sent, takes slot 0.
+    fn new(sbals: Chunk, slsb: Chunk, data: Chunk, tx_buffers: u8) -> Result<Self, DriverError> {
         let q = Self {
             ring: QueueDriver::ring(&sbals)?,
             sbals,
@@ -742,6 +752,7 @@ impl TxQueue {
             data,
             next: 0,
             primed: 0,
+            slot_of: [tx_buffers.wrapping_sub(1); QUEUE_BUFFERS],
         };
         q.slsb.mem.fill(0, SLSB_LEN, SlsbState::OUTPUT_NOT_INIT.0);
         q.slsb.mem.model_atomics();
@@ -752,11 +763,15 @@ impl TxQueue {
         self.ring[usize::from(n) % QUEUE_BUFFERS]
     }
 
-    /// Hands buffer `n`, its frames, headers and elements written, to the fabric
-    /// (0x62) and moves the cursor past it. Release pairs with the fabric's Acquire
-    /// load of 0x62: what was written (in place or copied) is seen by its copy.
+    /// Hands buffer `n`, its frames, headers and elements written in data slot
+    /// `slot`, to the fabric (0x62) and moves the cursor past it. Release pairs with
+    /// the fabric's Acquire load of 0x62: what was written (in place or copied) is
+    /// seen by its copy.
     #[inline(always)]
-    fn hand_over(&mut self, n: u8) {
+    fn hand_over(&mut self, n: u8, slot: u8) {
+        if let Some(s) = self.slot_of.get_mut(usize::from(n)) {
+            *s = slot;
+        }
         QueueDriver::set_state(&self.slsb, n, SlsbState::OUTPUT_PRIMED, Ordering::Release);
         self.next = (n + 1) % QUEUE_BUFFERS as u8;
         self.primed += 1;
@@ -926,7 +941,7 @@ impl QueueDriver {
         let tx_data = region.alloc(tx_bytes, PAGE)?;
         let rx_data = region.alloc(usize::from(cfg.rx_buffers) * cfg.mfs.bytes(), PAGE)?;
         let mut tx = heapless::Vec::new();
-        let mut queue = Some(TxQueue::new(out_sbals, out_slsb, tx_data)?);
+        let mut queue = Some(TxQueue::new(out_sbals, out_slsb, tx_data, cfg.tx_buffers)?);
         for _ in 0..queues {
             let q = match queue.take() {
                 Some(q) => q,
@@ -934,6 +949,7 @@ impl QueueDriver {
                     region.alloc(ring, PAGE)?,
                     region.alloc(SLSB_LEN, 256)?,
                     region.alloc(tx_bytes, PAGE)?,
+                    cfg.tx_buffers,
                 )?,
             };
             // At most MAX_OUTPUT_QUEUES (checked above): the push cannot fail.
@@ -1134,11 +1150,14 @@ impl QueueDriver {
         usize::from(n & self.cfg.rx_buffers.wrapping_sub(1))
     }
 
-    /// The data slot of output buffer `n` of a queue: `n % tx_buffers`, a mask (see
-    /// [`rx_slot`](Self::rx_slot); `tx_buffers` is a power of two too).
+    /// The data slot output buffer `n` of queue `q` was last primed with (see
+    /// [`next_free`](Self::next_free)).
     #[inline(always)]
-    fn tx_slot(&self, n: u8) -> usize {
-        usize::from(n & self.cfg.tx_buffers.wrapping_sub(1))
+    fn tx_slot(&self, q: u8, n: u8) -> usize {
+        self.tx
+            .get(usize::from(q))
+            .and_then(|tq| tq.slot_of.get(usize::from(n)))
+            .map_or(0, |&s| usize::from(s))
     }
 
     fn in_sbal(&self, n: u8) -> Sbal {
@@ -1430,10 +1449,11 @@ impl QueueDriver {
     /// each is cut into elements at page boundaries. Into the caller's `layout`
     /// (empty): returned by value, its 400 bytes were copied twice a send.
     fn layout(&self, q: u8, lens: &[usize], layout: &mut TxLayout) -> Result<u8, DriverError> {
-        let (tq, n, slot) = self.next_free(q)?;
+        let (tq, n, index, slot) = self.next_free(q)?;
         if lens.is_empty() || lens.iter().any(|&l| l > usize::from(u16::MAX)) {
             return Err(DriverError::InvalidFrame);
         }
+        layout.slot = index;
         let slot_end = slot + self.cfg.mfs.bytes();
         let mut off = slot;
         let mut total = 0usize;
@@ -1491,8 +1511,12 @@ impl QueueDriver {
     /// owned by the fabric, and with a completion queue its data not held by a
     /// pending buffer and room in the pending list. The checks every layout starts
     /// with.
-    #[inline]
-    fn next_free(&self, q: u8) -> Result<(&TxQueue, u8, usize), DriverError> {
+    ///
+    /// Returns the queue, the buffer, the slot's index and its offset in the data.
+    /// Always inlined into its two callers, the layouts: out of line, its result came
+    /// back through the stack (+16 instructions a send).
+    #[inline(always)]
+    fn next_free(&self, q: u8) -> Result<(&TxQueue, u8, u8, usize), DriverError> {
         let tq = self.txq(q)?;
         if tq.primed >= self.cfg.tx_buffers {
             return Err(DriverError::NoFreeBuffer);
@@ -1501,7 +1525,24 @@ impl QueueDriver {
         if tq.state(n).owned_by_fabric() {
             return Err(DriverError::NoFreeBuffer);
         }
-        if let Some((cq, i)) = self.cq.as_ref().zip(self.qaob_index(q, n)) {
+        // The slot: the one the buffer before used, if the fabric has delivered that
+        // buffer (0xA1: its data is free, and still in this core's cache), else the
+        // one after it. Buffers primed before a SIGA so take consecutive slots (at
+        // most `tx_buffers` of them, so distinct), and a buffer refused (0xAF) or
+        // pending (0xA3) keeps its slot until the round comes back to it: at least
+        // `tx_buffers - 1` primes later, as with a fixed slot per buffer. A stream of
+        // one-buffer SIGAs writes one slot over and over, not `tx_buffers` in turn
+        // (`cycle/iqdio_zc/57344`: 0.9 of the time on a 1 MiB L2).
+        let before = prev(n);
+        let last = tq.slot_of[usize::from(before) % QUEUE_BUFFERS];
+        let reuse = tq.state(before) == SlsbState::OUTPUT_EMPTY
+            && (self.cq.is_none() || !self.qaob_slot(q, last).is_some_and(|(cq, i)| cq.is_held(i)));
+        let slot = if reuse {
+            last
+        } else {
+            last.wrapping_add(1) & self.cfg.tx_buffers.wrapping_sub(1)
+        };
+        if let Some((cq, i)) = self.qaob_slot(q, slot) {
             // The slot's data belongs to a pending buffer until its QAOB completes.
             if cq.is_held(i) {
                 return Err(DriverError::NoFreeBuffer);
@@ -1510,8 +1551,7 @@ impl QueueDriver {
                 return Err(DriverError::PendingFull);
             }
         }
-        let slot = self.tx_slot(n) * self.cfg.mfs.bytes();
-        Ok((tq, n, slot))
+        Ok((tq, n, slot, usize::from(slot) * self.cfg.mfs.bytes()))
     }
 
     /// [`layout`](Self::layout) of one frame of `len` packet bytes, in straight-line
@@ -1538,7 +1578,7 @@ impl QueueDriver {
     #[inline(always)]
     fn place_one(&self, q: u8, len: usize) -> Result<OneFrame, DriverError> {
         let bytes = HEADER_SIZE + len;
-        let (tq, n, slot) = self.next_free(q)?;
+        let (tq, n, index, slot) = self.next_free(q)?;
         if len > usize::from(u16::MAX) {
             return Err(DriverError::InvalidFrame);
         }
@@ -1547,6 +1587,7 @@ impl QueueDriver {
         }
         Ok(OneFrame {
             n,
+            index,
             slot,
             addr: tq.data.guest + slot as u64,
             bytes,
@@ -1632,7 +1673,7 @@ impl QueueDriver {
         for (i, e) in layout.elements.iter().take(SBALES_PER_SBAL).enumerate() {
             sbal.store(i, e);
         }
-        tq.hand_over(n);
+        tq.hand_over(n, layout.slot);
     }
 
     /// [`commit`](Self::commit) of the one frame [`place_one`](Self::place_one) placed:
@@ -1664,7 +1705,7 @@ impl QueueDriver {
                 sbal.store(i, &one.element(i, k));
             }
         }
-        tq.hand_over(one.n);
+        tq.hand_over(one.n, one.index);
     }
 
     /// Primes one frame to `dest` and sends it with SIGA write on its queue (the mask
@@ -1935,7 +1976,7 @@ impl QueueDriver {
         let data = self.txq(q).map_err(SendError::Driver)?.data.mem;
         // The refused buffer's first frame, as the driver laid it out: its header in
         // the slot's first bytes (a slot starts page-aligned) and its packet after.
-        let slot = self.tx_slot(n) * self.cfg.mfs.bytes();
+        let slot = self.tx_slot(q, n) * self.cfg.mfs.bytes();
         let mut raw = [0u8; HEADER_SIZE];
         data.read(slot, &mut raw);
         let (framing, len) = if self.cfg.layer2 {
@@ -2006,12 +2047,22 @@ impl QueueDriver {
     /// The QAOB of output buffer `n` of queue `q`, when that queue sends with WRITEQ.
     #[inline]
     fn qaob_index(&self, q: u8, n: u8) -> Option<usize> {
+        // Without a completion queue, nothing to look up (the send's common case).
+        self.cq.as_ref()?;
+        let slot = u8::try_from(self.tx_slot(q, n)).ok()?;
+        self.qaob_slot(q, slot).map(|(_, i)| i)
+    }
+
+    /// The completion queue and the QAOB of data slot `slot` of queue `q` (one per
+    /// slot), when that queue sends with WRITEQ.
+    #[inline]
+    fn qaob_slot(&self, q: u8, slot: u8) -> Option<(&Cq, usize)> {
         if !self.uses_writeq(q) {
             return None;
         }
         let tx = usize::from(self.cfg.tx_buffers);
-        let i = usize::from(q) * tx + self.tx_slot(n);
-        self.cq.as_ref().filter(|cq| i < cq.count).map(|_| i)
+        let i = usize::from(q) * tx + usize::from(slot);
+        self.cq.as_ref().filter(|cq| i < cq.count).map(|cq| (cq, i))
     }
 
     /// Buffers primed (not yet sent) on the WRITEQ queues.

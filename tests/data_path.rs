@@ -516,3 +516,70 @@ fn a_buffer_the_program_broke_is_rearmed_whole() {
     }
     w.guards();
 }
+
+// ---------------------------------------------------------------------------------
+// The driver's output slots: the one just delivered is written again.
+// ---------------------------------------------------------------------------------
+
+/// A's output buffers take their data slots as `next_free` chooses them. A buffer
+/// whose predecessor was delivered (0xA1) reuses that buffer's slot, still in cache,
+/// so a stream of one-buffer SIGAs writes one slot. Buffers primed before one SIGA
+/// take consecutive slots, distinct, and every frame arrives whole. A refused buffer
+/// keeps its slot: the next buffer takes another, and `resend` moves the frame from
+/// the refused slot intact.
+#[test]
+fn output_slots_reuse_the_delivered_one_and_spare_the_rest() {
+    let mut w = Pair::new();
+    let fab = w.fab.clone();
+    let port = fab.port(1);
+    let slot_bytes = Mfs::K64.bytes() as u64;
+    let addr_of = |w: &Pair, n: u8| {
+        let sbal = w.a.queues[0].params().output_sbals[usize::from(n)];
+        el_addr(&w.a.ram, sbal)
+    };
+    // One frame a SIGA: buffers 0, 1, 2 share buffer 0's slot.
+    let mut sent = Vec::new();
+    for i in 0..3u8 {
+        let frame = vec![i; 100 + usize::from(i)];
+        w.send_whole(u32::from(i), &frame);
+        sent.push(addr_of(&w, i));
+    }
+    assert!(sent.iter().all(|&a| a == sent[0]), "one slot: {sent:x?}");
+
+    // Four frames primed, then one flush: four slots, one after another (mod 4).
+    for i in 0..4u8 {
+        w.a.queues[0].prime(v4(2, 0), &[0x40 + i; 300]).unwrap();
+    }
+    let r = w.a.queues[0].flush(&port).unwrap();
+    assert_eq!(r.delivered, 4);
+    let slots: Vec<u64> = (3..7u8)
+        .map(|n| (addr_of(&w, n) - sent[0]).div_euclid(slot_bytes))
+        .collect();
+    let mut distinct = slots.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "four distinct slots: {slots:?}");
+    let got = take(&mut w.b, 0);
+    assert_eq!(got.len(), 4);
+    for (i, (_, data)) in got.iter().enumerate() {
+        assert_eq!(data, &vec![0x40 + i as u8; 300], "frame {i} arrived whole");
+    }
+
+    // A frame to nobody is refused (0xAF) and keeps its slot: the next buffer,
+    // delivered, takes another one, and the refused frame still reads back whole.
+    let refused = w.a.queues[0].prime(v4(9, 0), &[0xEE; 200]).unwrap();
+    let r = w.a.queues[0].flush(&port).unwrap();
+    assert_eq!(r.refused.len(), 1);
+    w.send_whole(10, &[0x11; 120]);
+    let after = refused.wrapping_add(1);
+    assert_ne!(
+        addr_of(&w, after),
+        addr_of(&w, refused),
+        "the refused slot is spared"
+    );
+    let mut raw = vec![0u8; 200];
+    w.a.ram
+        .read(addr_of(&w, refused) + HEADER_SIZE as u64, &mut raw);
+    assert_eq!(raw, vec![0xEE; 200], "the refused frame is intact");
+    w.guards();
+}
