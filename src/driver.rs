@@ -763,15 +763,19 @@ impl TxQueue {
         self.ring[usize::from(n) % QUEUE_BUFFERS]
     }
 
+    /// The data slot buffer `n` was last primed with.
+    #[inline(always)]
+    fn slot(&self, n: u8) -> u8 {
+        self.slot_of[usize::from(n) % QUEUE_BUFFERS]
+    }
+
     /// Hands buffer `n`, its frames, headers and elements written in data slot
     /// `slot`, to the fabric (0x62) and moves the cursor past it. Release pairs with
     /// the fabric's Acquire load of 0x62: what was written (in place or copied) is
     /// seen by its copy.
     #[inline(always)]
     fn hand_over(&mut self, n: u8, slot: u8) {
-        if let Some(s) = self.slot_of.get_mut(usize::from(n)) {
-            *s = slot;
-        }
+        self.slot_of[usize::from(n) % QUEUE_BUFFERS] = slot;
         QueueDriver::set_state(&self.slsb, n, SlsbState::OUTPUT_PRIMED, Ordering::Release);
         self.next = (n + 1) % QUEUE_BUFFERS as u8;
         self.primed += 1;
@@ -1153,11 +1157,8 @@ impl QueueDriver {
     /// The data slot output buffer `n` of queue `q` was last primed with (see
     /// [`next_free`](Self::next_free)).
     #[inline(always)]
-    fn tx_slot(&self, q: u8, n: u8) -> usize {
-        self.tx
-            .get(usize::from(q))
-            .and_then(|tq| tq.slot_of.get(usize::from(n)))
-            .map_or(0, |&s| usize::from(s))
+    fn tx_slot(&self, q: u8, n: u8) -> u8 {
+        self.tx.get(usize::from(q)).map_or(0, |tq| tq.slot(n))
     }
 
     fn in_sbal(&self, n: u8) -> Sbal {
@@ -1534,9 +1535,9 @@ impl QueueDriver {
         // one-buffer SIGAs writes one slot over and over, not `tx_buffers` in turn
         // (`cycle/iqdio_zc/57344`: 0.9 of the time on a 1 MiB L2).
         let before = prev(n);
-        let last = tq.slot_of[usize::from(before) % QUEUE_BUFFERS];
+        let last = tq.slot(before);
         let reuse = tq.state(before) == SlsbState::OUTPUT_EMPTY
-            && (self.cq.is_none() || !self.qaob_slot(q, last).is_some_and(|(cq, i)| cq.is_held(i)));
+            && !self.qaob_slot(q, last).is_some_and(|(cq, i)| cq.is_held(i));
         let slot = if reuse {
             last
         } else {
@@ -1976,7 +1977,7 @@ impl QueueDriver {
         let data = self.txq(q).map_err(SendError::Driver)?.data.mem;
         // The refused buffer's first frame, as the driver laid it out: its header in
         // the slot's first bytes (a slot starts page-aligned) and its packet after.
-        let slot = self.tx_slot(q, n) * self.cfg.mfs.bytes();
+        let slot = usize::from(self.tx_slot(q, n)) * self.cfg.mfs.bytes();
         let mut raw = [0u8; HEADER_SIZE];
         data.read(slot, &mut raw);
         let (framing, len) = if self.cfg.layer2 {
@@ -2049,8 +2050,7 @@ impl QueueDriver {
     fn qaob_index(&self, q: u8, n: u8) -> Option<usize> {
         // Without a completion queue, nothing to look up (the send's common case).
         self.cq.as_ref()?;
-        let slot = u8::try_from(self.tx_slot(q, n)).ok()?;
-        self.qaob_slot(q, slot).map(|(_, i)| i)
+        self.qaob_slot(q, self.tx_slot(q, n)).map(|(_, i)| i)
     }
 
     /// The completion queue and the QAOB of data slot `slot` of queue `q` (one per

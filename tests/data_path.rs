@@ -525,8 +525,8 @@ fn a_buffer_the_program_broke_is_rearmed_whole() {
 /// whose predecessor was delivered (0xA1) reuses that buffer's slot, still in cache,
 /// so a stream of one-buffer SIGAs writes one slot. Buffers primed before one SIGA
 /// take consecutive slots, distinct, and every frame arrives whole. A refused buffer
-/// keeps its slot: the next buffer takes another, and `resend` moves the frame from
-/// the refused slot intact.
+/// keeps its slot: the next buffer takes another, and the refused frame stays intact
+/// there (what `resend` reads).
 #[test]
 fn output_slots_reuse_the_delivered_one_and_spare_the_rest() {
     let mut w = Pair::new();
