@@ -111,6 +111,28 @@ fn cycle(c: &mut Criterion) {
             })
         });
 
+        // memcpy into a ring: the frame copied once, from one cache-warm source into
+        // the next of 16 slots of 64 KiB (iqdio's 16 input buffers of the MFS, the
+        // driver's default), each 4 KiB piece's first and last byte read back, as the
+        // zero-copy receiver reads its input elements: the one copy of `iqdio_zc` over
+        // the same working set in the same rotation, nothing else.
+        if size >= 16 << 10 {
+            let stride = DriverConfig::new(0, Mfs::K64).mfs.bytes();
+            let mut slots = Buf::zeroed(RING_SLOTS * stride);
+            let mut next = 0usize;
+            g.bench_with_input(BenchmarkId::new("memcpy_ring", size), &size, |b, _| {
+                b.iter(|| {
+                    let at = next * stride;
+                    next = (next + 1) % RING_SLOTS;
+                    let slot = &mut slots[at..at + size];
+                    slot.copy_from_slice(black_box(&src));
+                    for piece in black_box(&*slot).chunks(support::PAGE) {
+                        black_box((piece.first(), piece.last()));
+                    }
+                })
+            });
+        }
+
         // spsc: a plain ring of 16 frame slots, as iqdio's 16 input buffers; the
         // producer copies the frame into the next slot and enqueues its length, the
         // consumer dequeues and copies it out.
@@ -179,7 +201,8 @@ const STREAM_SIZES: [usize; 4] = [64, 1500, 16 << 10, 56 << 10];
 /// `heapless::spsc` ring of [`RING_SLOTS`] frame slots between the same two threads
 /// (the producer stamps the slot, the consumer reads it in place). Time per frame;
 /// memcpy's is in the `copy` group. At 64 and 1500 B, also the ring with the
-/// protocol's per-frame fence (`spsc_fenced`: see [`spsc_stream`]).
+/// protocol's per-frame fence (`spsc_fenced`), at 16 and 56 KiB the ring with the
+/// frame's one copy (`spsc_copy`): see [`spsc_stream`].
 ///
 /// The same working set on both sides: the receiver arms [`RING_SLOTS`] input buffers
 /// ([`stream_config`]), the ring has as many slots, and each ring slot is as large as
@@ -204,11 +227,15 @@ fn streaming(c: &mut Criterion) {
             });
         }
         g.bench_with_input(BenchmarkId::new("spsc", size), &size, |b, &size| {
-            b.iter_custom(|iters| spsc_stream(size, iters, false))
+            b.iter_custom(|iters| spsc_stream(size, iters, RingMode::Stamp))
         });
         if size <= 1500 {
             g.bench_with_input(BenchmarkId::new("spsc_fenced", size), &size, |b, &size| {
-                b.iter_custom(|iters| spsc_stream(size, iters, true))
+                b.iter_custom(|iters| spsc_stream(size, iters, RingMode::Fenced))
+            });
+        } else {
+            g.bench_with_input(BenchmarkId::new("spsc_copy", size), &size, |b, &size| {
+                b.iter_custom(|iters| spsc_stream(size, iters, RingMode::Copy))
             });
         }
     }
@@ -431,7 +458,18 @@ fn stream_packed(
 /// send and a receiver that stops polling at the same moment can miss each other.
 /// It measures the floor that the fence and the mark's line set for a one-frame
 /// SIGA, on the same two threads.
-fn spsc_stream(size: usize, iters: u64, fenced: bool) -> Duration {
+///
+/// `Copy` (`stream/spsc_copy`, 16 and 56 KiB): the producer copies a whole frame into
+/// the slot (memcpy, from one page-aligned frame it keeps, as a sender's output buffer
+/// stays in its cache), and the consumer reads the first and last byte of each 4 KiB
+/// piece, as iqdio's streaming receiver reads its input elements. That is the one copy
+/// a frame takes through iqdio, into the same 16 slots of 64 KiB in the same rotation,
+/// with nothing else: the floor that working set sets for `stream_56k`, on the same
+/// two threads.
+fn spsc_stream(size: usize, iters: u64, mode: RingMode) -> Duration {
+    let fenced = mode == RingMode::Fenced;
+    let source = frame(size);
+    let source = &source;
     let stride = stream_config().mfs.bytes();
     assert!(size <= stride, "a frame fits its slot");
     let mut slots = Buf::zeroed(RING_SLOTS * stride);
@@ -456,7 +494,13 @@ fn spsc_stream(size: usize, iters: u64, fenced: bool) -> Duration {
                         // queue's Release/Acquire orders it) and does not write it
                         // again until `freed` says so.
                         let slot = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
-                        black_box((slot.first(), slot.last()));
+                        if mode == RingMode::Copy {
+                            for piece in slot.chunks(support::PAGE) {
+                                black_box((piece.first(), piece.last()));
+                            }
+                        } else {
+                            black_box((slot.first(), slot.last()));
+                        }
                         got += 1;
                         if fenced {
                             mark.store(got as u8, Ordering::Relaxed);
@@ -483,6 +527,9 @@ fn spsc_stream(size: usize, iters: u64, fenced: bool) -> Duration {
                 // SAFETY: slot `seq % 16` is free (checked above) and only this thread
                 // writes slots; the buffer outlives the scope.
                 let slot = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, size) };
+                if mode == RingMode::Copy {
+                    slot.copy_from_slice(source);
+                }
                 support::stamp(slot, seq);
                 while producer.enqueue(size).is_err() {
                     backoff(&mut spins);
@@ -500,6 +547,18 @@ fn spsc_stream(size: usize, iters: u64, fenced: bool) -> Duration {
         });
         producer.join().expect("producer")
     })
+}
+
+/// What the producer and the consumer of [`spsc_stream`] do with each frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RingMode {
+    /// The producer stamps the slot, the consumer reads its first and last byte.
+    Stamp,
+    /// As `Stamp`, with the protocol's per-frame fence and mark.
+    Fenced,
+    /// The producer copies the whole frame into the slot, the consumer reads each
+    /// 4 KiB piece's first and last byte.
+    Copy,
 }
 
 /// Slots of the spsc rings, and the input buffers the streaming receiver arms at once
