@@ -38,6 +38,11 @@ fn record(key: &str, value: f64) {
     EXTRA.lock().unwrap().insert(key.to_string(), value);
 }
 
+/// The paired 64 B stream's ratios (`stream/paired/64`: iqdio's time over the spsc
+/// ring's, the two run back to back), one per measured call; their median goes to
+/// [`EXTRA`] as `stream_spsc_64_paired`.
+static PAIRED: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+
 /// Sums and counts of the averages written with [`EXTRA`].
 static AVERAGES: Mutex<BTreeMap<String, (f64, f64)>> = Mutex::new(BTreeMap::new());
 
@@ -229,6 +234,30 @@ fn streaming(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("spsc", size), &size, |b, &size| {
             b.iter_custom(|iters| spsc_stream(size, iters, RingMode::Stamp))
         });
+        if size == 64 {
+            // Paired: each call streams its frames through iqdio, then as many through
+            // the spsc ring, on the same two pinned threads, and keeps the ratio of the
+            // two times. This machine's two-core timings are bimodal (its two vCPUs
+            // land close together or apart, and that can change between two
+            // benchmarks of one run), so the ratio of two benchmarks' medians can set
+            // one mode against the other; one call's two halves, a few milliseconds
+            // apart, see the same. Criterion times iqdio's half.
+            g.bench_with_input(BenchmarkId::new("paired", size), &size, |b, &size| {
+                b.iter_custom(|iters| {
+                    let t = stream_in_place(&fab, &mut tx, &mut rx, size, iters);
+                    let ring = spsc_stream(size, iters, RingMode::Stamp);
+                    // Calls of a few frames (criterion's first warm-up ones) are mostly
+                    // the threads' start: left out.
+                    if iters >= PAIRED_MIN_FRAMES {
+                        PAIRED
+                            .lock()
+                            .unwrap()
+                            .push(t.as_secs_f64() / ring.as_secs_f64());
+                    }
+                    t
+                })
+            });
+        }
         if size <= 1500 {
             g.bench_with_input(BenchmarkId::new("spsc_fenced", size), &size, |b, &size| {
                 b.iter_custom(|iters| spsc_stream(size, iters, RingMode::Fenced))
@@ -241,6 +270,9 @@ fn streaming(c: &mut Criterion) {
     }
     g.finish();
 }
+
+/// The fewest frames a call of `stream/paired` must stream for its ratio to count.
+const PAIRED_MIN_FRAMES: u64 = 1000;
 
 /// Frames the packed stream puts into one output buffer at `size` (none above 1500 B,
 /// where a buffer carries one or two frames anyway): 16 frames of 64 B (one element
@@ -860,6 +892,20 @@ fn write_extra(_: &mut Criterion) {
     let mut extra = EXTRA.lock().unwrap().clone();
     for (k, (total, count)) in AVERAGES.lock().unwrap().iter() {
         extra.insert(k.clone(), total / count);
+    }
+    let mut paired = PAIRED.lock().unwrap().clone();
+    paired.sort_by(f64::total_cmp);
+    if let (Some(first), Some(last)) = (paired.first(), paired.last()) {
+        let mid = paired.len() / 2;
+        let median = if paired.len() % 2 == 1 {
+            paired[mid]
+        } else {
+            (paired[mid - 1] + paired[mid]) / 2.0
+        };
+        extra.insert("stream_spsc_64_paired".into(), median);
+        extra.insert("stream_spsc_64_paired_min".into(), *first);
+        extra.insert("stream_spsc_64_paired_max".into(), *last);
+        extra.insert("stream_spsc_64_paired_calls".into(), paired.len() as f64);
     }
     let body: Vec<String> = extra
         .iter()

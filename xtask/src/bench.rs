@@ -487,6 +487,8 @@ fn criterion_ids() -> Vec<String> {
         // The spsc ring with the protocol's per-frame fence (`details.stream_fenced`).
         ids.push(format!("stream/spsc_fenced/{size}"));
     }
+    // The paired 64 B stream (`ratios.stream_spsc_64`).
+    ids.push("stream/paired/64".to_string());
     for size in [16 << 10, K56] {
         // One copy into the same ring, one thread and two (`details.one_copy_ring`).
         ids.push(format!("cycle/memcpy_ring/{size}"));
@@ -557,7 +559,7 @@ impl Results {
             // under "details").
             "memcpy_56k": self.t(&format!("cycle/memcpy/{K56}")) / self.t(&format!("cycle/iqdio_zc/{K56}")),
             "stream_56k": self.t(&format!("cycle/memcpy/{K56}")) / self.t(&format!("stream/iqdio/{K56}")),
-            "stream_spsc_64": self.t("stream/iqdio/64") / self.t("stream/spsc/64"),
+            "stream_spsc_64": self.stream_spsc_64(),
             "spsc_64": self.t("cycle/iqdio_zc/64") / self.t("cycle/spsc/64"),
             "udp_1500": self.t("cycle/udp/1500") / self.t("cycle/iqdio_zc/1500"),
             // TCP over the smoltcp device between two threads / Linux TCP loopback,
@@ -566,6 +568,16 @@ impl Results {
             "scaling_2pairs": self.scaling(1500),
             "lookup_4096_vs_16": self.t("lookup/send_64/4096") / self.t("lookup/send_64/16"),
         })
+    }
+
+    /// `stream_spsc_64`: the median of the paired calls' ratios (`stream/paired/64`:
+    /// iqdio's 64 B stream and the spsc ring's, back to back in each call, so both in
+    /// the same two-core mode of a machine whose two-core timings are bimodal); the
+    /// ratio of the two benchmarks' medians when the run has no paired calls.
+    fn stream_spsc_64(&self) -> f64 {
+        self.extra["stream_spsc_64_paired"]
+            .as_f64()
+            .unwrap_or_else(|| self.t("stream/iqdio/64") / self.t("stream/spsc/64"))
     }
 
     fn tcp_vs_loopback(&self) -> Option<f64> {
@@ -650,6 +662,13 @@ impl Results {
                     "ns_per_frame_64": self.t("stream/iqdio_packed/64"),
                     "ns_per_frame_1500": self.t("stream/iqdio_packed/1500"),
                     "stream_spsc_64": self.t("stream/iqdio_packed/64") / self.t("stream/spsc/64"),
+                },
+                "stream_spsc_64": {
+                    "paired_median": self.extra["stream_spsc_64_paired"],
+                    "paired_min": self.extra["stream_spsc_64_paired_min"],
+                    "paired_max": self.extra["stream_spsc_64_paired_max"],
+                    "paired_calls": self.extra["stream_spsc_64_paired_calls"],
+                    "of_the_two_medians": self.t("stream/iqdio/64") / self.t("stream/spsc/64"),
                 },
                 "stream_fenced": {
                     "spsc_fenced_ns_64": self.t("stream/spsc_fenced/64"),
@@ -898,6 +917,26 @@ impl Results {
             self.t("stream/iqdio_packed/64") / self.t("stream/spsc/64"),
             self.t("stream/iqdio_packed/1500"),
         );
+        if let Some(paired) = self.extra["stream_spsc_64_paired"].as_f64() {
+            s += &format!(
+                "\n`stream_spsc_64` is the median of {:.0} paired calls (`stream/paired/64`: each \
+                 streams its frames through iqdio, then as many through the spsc ring, on the \
+                 same two threads, so that both halves see the same two-core mode): {:.2} \
+                 (from {:.2} to {:.2}). The ratio of the two benchmarks' medians, taken apart \
+                 in time, is {:.2}.\n",
+                self.extra["stream_spsc_64_paired_calls"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                paired,
+                self.extra["stream_spsc_64_paired_min"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+                self.extra["stream_spsc_64_paired_max"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+                self.t("stream/iqdio/64") / self.t("stream/spsc/64"),
+            );
+        }
         s += &format!(
             "\nThe ring with the protocol's per-frame fence (`stream/spsc_fenced`): after each \
              enqueue the producer issues a SeqCst fence and reads a mark the consumer writes \
@@ -1257,7 +1296,12 @@ mod tests {
         let results = Results {
             ns,
             instructions: json!({}),
-            extra: json!({}),
+            extra: json!({
+                "stream_spsc_64_paired": 3.5,
+                "stream_spsc_64_paired_min": 3.0,
+                "stream_spsc_64_paired_max": 4.0,
+                "stream_spsc_64_paired_calls": 100.0,
+            }),
             tcp: Value::Null,
         };
         let run = json!({ "mode": "full", "commit": "test" });
@@ -1287,6 +1331,9 @@ mod tests {
         assert!(md.contains("iqdio_zc_1") && md.contains("iqdio_packed"));
         assert!(md.contains("spsc_fenced"));
         assert!(md.contains("memcpy_ring") && md.contains("spsc_copy"));
+        // The key is the paired calls' median when the run has them.
+        assert_eq!(doc["ratios"]["stream_spsc_64"].as_f64(), Some(3.5));
+        assert!(md.contains("stream/paired/64"));
         results.summary(&doc);
     }
 }
