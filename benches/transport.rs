@@ -38,10 +38,10 @@ fn record(key: &str, value: f64) {
     EXTRA.lock().unwrap().insert(key.to_string(), value);
 }
 
-/// The paired 64 B stream's ratios (`stream/paired/64`: iqdio's time over the spsc
-/// ring's, the two run back to back), one per measured call; their median goes to
-/// [`EXTRA`] as `stream_spsc_64_paired`.
-static PAIRED: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+/// The paired streams' ratios by frame size (`stream/paired/SIZE`: iqdio's time over
+/// the spsc ring's, the two run back to back), one per measured call; their median
+/// goes to [`EXTRA`] as `stream_paired_SIZE`.
+static PAIRED: Mutex<BTreeMap<usize, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
 /// Sums and counts of the averages written with [`EXTRA`].
 static AVERAGES: Mutex<BTreeMap<String, (f64, f64)>> = Mutex::new(BTreeMap::new());
@@ -234,7 +234,14 @@ fn streaming(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("spsc", size), &size, |b, &size| {
             b.iter_custom(|iters| spsc_stream(size, iters, RingMode::Stamp))
         });
-        if size == 64 {
+        // The ring each paired call sets iqdio's stream against: at 64 B the plain
+        // one (`stream_spsc_64`), at 56 KiB the one with the frame's copy.
+        let pair_with = match size {
+            64 => Some(RingMode::Stamp),
+            s if s == 56 << 10 => Some(RingMode::Copy),
+            _ => None,
+        };
+        if let Some(mode) = pair_with {
             // Paired: each call streams its frames through iqdio, then as many through
             // the spsc ring, on the same two pinned threads, and keeps the ratio of the
             // two times. This machine's two-core timings are bimodal (its two vCPUs
@@ -245,13 +252,15 @@ fn streaming(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new("paired", size), &size, |b, &size| {
                 b.iter_custom(|iters| {
                     let t = stream_in_place(&fab, &mut tx, &mut rx, size, iters);
-                    let ring = spsc_stream(size, iters, RingMode::Stamp);
+                    let ring = spsc_stream(size, iters, mode);
                     // Calls of a few frames (criterion's first warm-up ones) are mostly
                     // the threads' start: left out.
                     if iters >= PAIRED_MIN_FRAMES {
                         PAIRED
                             .lock()
                             .unwrap()
+                            .entry(size)
+                            .or_default()
                             .push(t.as_secs_f64() / ring.as_secs_f64());
                     }
                     t
@@ -893,19 +902,22 @@ fn write_extra(_: &mut Criterion) {
     for (k, (total, count)) in AVERAGES.lock().unwrap().iter() {
         extra.insert(k.clone(), total / count);
     }
-    let mut paired = PAIRED.lock().unwrap().clone();
-    paired.sort_by(f64::total_cmp);
-    if let (Some(first), Some(last)) = (paired.first(), paired.last()) {
+    for (size, ratios) in PAIRED.lock().unwrap().iter() {
+        let mut paired = ratios.clone();
+        paired.sort_by(f64::total_cmp);
+        let (Some(first), Some(last)) = (paired.first(), paired.last()) else {
+            continue;
+        };
         let mid = paired.len() / 2;
         let median = if paired.len() % 2 == 1 {
             paired[mid]
         } else {
             (paired[mid - 1] + paired[mid]) / 2.0
         };
-        extra.insert("stream_spsc_64_paired".into(), median);
-        extra.insert("stream_spsc_64_paired_min".into(), *first);
-        extra.insert("stream_spsc_64_paired_max".into(), *last);
-        extra.insert("stream_spsc_64_paired_calls".into(), paired.len() as f64);
+        extra.insert(format!("stream_paired_{size}"), median);
+        extra.insert(format!("stream_paired_{size}_min"), *first);
+        extra.insert(format!("stream_paired_{size}_max"), *last);
+        extra.insert(format!("stream_paired_{size}_calls"), paired.len() as f64);
     }
     let body: Vec<String> = extra
         .iter()

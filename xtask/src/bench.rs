@@ -487,8 +487,9 @@ fn criterion_ids() -> Vec<String> {
         // The spsc ring with the protocol's per-frame fence (`details.stream_fenced`).
         ids.push(format!("stream/spsc_fenced/{size}"));
     }
-    // The paired 64 B stream (`ratios.stream_spsc_64`).
+    // The paired streams (`ratios.stream_spsc_64`, `details.one_copy_ring`).
     ids.push("stream/paired/64".to_string());
+    ids.push(format!("stream/paired/{K56}"));
     for size in [16 << 10, K56] {
         // One copy into the same ring, one thread and two (`details.one_copy_ring`).
         ids.push(format!("cycle/memcpy_ring/{size}"));
@@ -575,7 +576,7 @@ impl Results {
     /// the same two-core mode of a machine whose two-core timings are bimodal); the
     /// ratio of the two benchmarks' medians when the run has no paired calls.
     fn stream_spsc_64(&self) -> f64 {
-        self.extra["stream_spsc_64_paired"]
+        self.extra["stream_paired_64"]
             .as_f64()
             .unwrap_or_else(|| self.t("stream/iqdio/64") / self.t("stream/spsc/64"))
     }
@@ -664,10 +665,10 @@ impl Results {
                     "stream_spsc_64": self.t("stream/iqdio_packed/64") / self.t("stream/spsc/64"),
                 },
                 "stream_spsc_64": {
-                    "paired_median": self.extra["stream_spsc_64_paired"],
-                    "paired_min": self.extra["stream_spsc_64_paired_min"],
-                    "paired_max": self.extra["stream_spsc_64_paired_max"],
-                    "paired_calls": self.extra["stream_spsc_64_paired_calls"],
+                    "paired_median": self.extra["stream_paired_64"],
+                    "paired_min": self.extra["stream_paired_64_min"],
+                    "paired_max": self.extra["stream_paired_64_max"],
+                    "paired_calls": self.extra["stream_paired_64_calls"],
                     "of_the_two_medians": self.t("stream/iqdio/64") / self.t("stream/spsc/64"),
                 },
                 "stream_fenced": {
@@ -684,6 +685,9 @@ impl Results {
                     "spsc_copy_ns_56k": self.t(&format!("stream/spsc_copy/{K56}")),
                     "stream_56k": self.t(&format!("copy/memcpy/{K56}")) / self.t(&format!("stream/spsc_copy/{K56}")),
                     "iqdio_vs_spsc_copy_56k": self.t(&format!("stream/iqdio/{K56}")) / self.t(&format!("stream/spsc_copy/{K56}")),
+                    "iqdio_vs_spsc_copy_56k_paired": self.extra[format!("stream_paired_{K56}")],
+                    "iqdio_vs_spsc_copy_56k_paired_min": self.extra[format!("stream_paired_{K56}_min")],
+                    "iqdio_vs_spsc_copy_56k_paired_max": self.extra[format!("stream_paired_{K56}_max")],
                     "iqdio_vs_spsc_copy_16k": self.t("stream/iqdio/16384") / self.t("stream/spsc_copy/16384"),
                 },
                 "smallest_rings": {
@@ -917,21 +921,19 @@ impl Results {
             self.t("stream/iqdio_packed/64") / self.t("stream/spsc/64"),
             self.t("stream/iqdio_packed/1500"),
         );
-        if let Some(paired) = self.extra["stream_spsc_64_paired"].as_f64() {
+        if let Some(paired) = self.extra["stream_paired_64"].as_f64() {
             s += &format!(
                 "\n`stream_spsc_64` is the median of {:.0} paired calls (`stream/paired/64`: each \
                  streams its frames through iqdio, then as many through the spsc ring, on the \
                  same two threads, so that both halves see the same two-core mode): {:.2} \
                  (from {:.2} to {:.2}). The ratio of the two benchmarks' medians, taken apart \
                  in time, is {:.2}.\n",
-                self.extra["stream_spsc_64_paired_calls"]
-                    .as_f64()
-                    .unwrap_or(0.0),
+                self.extra["stream_paired_64_calls"].as_f64().unwrap_or(0.0),
                 paired,
-                self.extra["stream_spsc_64_paired_min"]
+                self.extra["stream_paired_64_min"]
                     .as_f64()
                     .unwrap_or(f64::NAN),
-                self.extra["stream_spsc_64_paired_max"]
+                self.extra["stream_paired_64_max"]
                     .as_f64()
                     .unwrap_or(f64::NAN),
                 self.t("stream/iqdio/64") / self.t("stream/spsc/64"),
@@ -967,6 +969,24 @@ impl Results {
             self.t(&format!("stream/iqdio/{K56}")) / self.t(&format!("stream/spsc_copy/{K56}")),
             self.t("stream/iqdio/16384") / self.t("stream/spsc_copy/16384"),
         );
+        if let Some(paired) = self.extra[format!("stream_paired_{K56}")].as_f64() {
+            s += &format!(
+                "Paired at 56 KiB (`stream/paired/{K56}`: each call streams its frames \
+                 through iqdio, then as many through the ring with the copy, on the same two \
+                 threads, so both halves see the same two-core mode), the median of {:.0} \
+                 calls: iqdio {:.2} times the ring (from {:.2} to {:.2}).\n",
+                self.extra[format!("stream_paired_{K56}_calls")]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                paired,
+                self.extra[format!("stream_paired_{K56}_min")]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+                self.extra[format!("stream_paired_{K56}_max")]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+            );
+        }
         if let (Some(i), Some(l)) = (
             self.tcp["iqdio_bytes_per_s"].as_f64(),
             self.tcp["loopback_bytes_per_s"].as_f64(),
@@ -1297,10 +1317,14 @@ mod tests {
             ns,
             instructions: json!({}),
             extra: json!({
-                "stream_spsc_64_paired": 3.5,
-                "stream_spsc_64_paired_min": 3.0,
-                "stream_spsc_64_paired_max": 4.0,
-                "stream_spsc_64_paired_calls": 100.0,
+                "stream_paired_64": 3.5,
+                "stream_paired_64_min": 3.0,
+                "stream_paired_64_max": 4.0,
+                "stream_paired_64_calls": 100.0,
+                "stream_paired_57344": 1.1,
+                "stream_paired_57344_min": 1.0,
+                "stream_paired_57344_max": 1.2,
+                "stream_paired_57344_calls": 50.0,
             }),
             tcp: Value::Null,
         };
@@ -1333,7 +1357,7 @@ mod tests {
         assert!(md.contains("memcpy_ring") && md.contains("spsc_copy"));
         // The key is the paired calls' median when the run has them.
         assert_eq!(doc["ratios"]["stream_spsc_64"].as_f64(), Some(3.5));
-        assert!(md.contains("stream/paired/64"));
+        assert!(md.contains("stream/paired/64") && md.contains("stream/paired/57344"));
         results.summary(&doc);
     }
 }
