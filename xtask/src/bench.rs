@@ -457,6 +457,16 @@ fn median_ns(criterion: &Path, id: &str) -> Result<f64> {
         .with_context(|| format!("{}: no median", path.display()))
 }
 
+/// The paired calls of one frame size (`stream/paired/SIZE` in `iqdio-extra.json`):
+/// the median of their ratios (iqdio's time over the ring's), the smallest and the
+/// largest, and how many calls.
+struct Paired {
+    median: f64,
+    min: f64,
+    max: f64,
+    calls: f64,
+}
+
 /// What the report is made of.
 struct Results {
     /// Nanoseconds per iteration, by criterion id (`cycle/iqdio/64`, ...).
@@ -576,9 +586,24 @@ impl Results {
     /// the same two-core mode of a machine whose two-core timings are bimodal); the
     /// ratio of the two benchmarks' medians when the run has no paired calls.
     fn stream_spsc_64(&self) -> f64 {
-        self.extra["stream_paired_64"]
-            .as_f64()
-            .unwrap_or_else(|| self.t("stream/iqdio/64") / self.t("stream/spsc/64"))
+        self.paired(64)
+            .map_or_else(|| self.stream_spsc_64_medians(), |p| p.median)
+    }
+
+    /// iqdio's 64 B stream over the spsc ring's, from the two benchmarks' medians.
+    fn stream_spsc_64_medians(&self) -> f64 {
+        self.t("stream/iqdio/64") / self.t("stream/spsc/64")
+    }
+
+    /// The paired calls at `size`, if the run made any.
+    fn paired(&self, size: u64) -> Option<Paired> {
+        let get = |suffix: &str| self.extra[format!("stream_paired_{size}{suffix}")].as_f64();
+        Some(Paired {
+            median: get("")?,
+            min: get("_min")?,
+            max: get("_max")?,
+            calls: get("_calls")?,
+        })
     }
 
     fn tcp_vs_loopback(&self) -> Option<f64> {
@@ -605,6 +630,7 @@ impl Results {
     fn json(&self, machine: Value, run: &Value) -> Value {
         let ratios = self.ratios();
         let send_64_beyond = self.beyond_copy("64");
+        let (paired_64, paired_56k) = (self.paired(64), self.paired(K56));
         let mut targets = serde_json::Map::new();
         for (key, cmp, bound) in TARGETS {
             let value = if key == "send_64_beyond_copy" {
@@ -665,11 +691,11 @@ impl Results {
                     "stream_spsc_64": self.t("stream/iqdio_packed/64") / self.t("stream/spsc/64"),
                 },
                 "stream_spsc_64": {
-                    "paired_median": self.extra["stream_paired_64"],
-                    "paired_min": self.extra["stream_paired_64_min"],
-                    "paired_max": self.extra["stream_paired_64_max"],
-                    "paired_calls": self.extra["stream_paired_64_calls"],
-                    "of_the_two_medians": self.t("stream/iqdio/64") / self.t("stream/spsc/64"),
+                    "paired_median": paired_64.as_ref().map(|p| p.median),
+                    "paired_min": paired_64.as_ref().map(|p| p.min),
+                    "paired_max": paired_64.as_ref().map(|p| p.max),
+                    "paired_calls": paired_64.as_ref().map(|p| p.calls),
+                    "of_the_two_medians": self.stream_spsc_64_medians(),
                 },
                 "stream_fenced": {
                     "spsc_fenced_ns_64": self.t("stream/spsc_fenced/64"),
@@ -685,9 +711,9 @@ impl Results {
                     "spsc_copy_ns_56k": self.t(&format!("stream/spsc_copy/{K56}")),
                     "stream_56k": self.t(&format!("copy/memcpy/{K56}")) / self.t(&format!("stream/spsc_copy/{K56}")),
                     "iqdio_vs_spsc_copy_56k": self.t(&format!("stream/iqdio/{K56}")) / self.t(&format!("stream/spsc_copy/{K56}")),
-                    "iqdio_vs_spsc_copy_56k_paired": self.extra[format!("stream_paired_{K56}")],
-                    "iqdio_vs_spsc_copy_56k_paired_min": self.extra[format!("stream_paired_{K56}_min")],
-                    "iqdio_vs_spsc_copy_56k_paired_max": self.extra[format!("stream_paired_{K56}_max")],
+                    "iqdio_vs_spsc_copy_56k_paired": paired_56k.as_ref().map(|p| p.median),
+                    "iqdio_vs_spsc_copy_56k_paired_min": paired_56k.as_ref().map(|p| p.min),
+                    "iqdio_vs_spsc_copy_56k_paired_max": paired_56k.as_ref().map(|p| p.max),
                     "iqdio_vs_spsc_copy_16k": self.t("stream/iqdio/16384") / self.t("stream/spsc_copy/16384"),
                 },
                 "smallest_rings": {
@@ -921,22 +947,18 @@ impl Results {
             self.t("stream/iqdio_packed/64") / self.t("stream/spsc/64"),
             self.t("stream/iqdio_packed/1500"),
         );
-        if let Some(paired) = self.extra["stream_paired_64"].as_f64() {
+        if let Some(p) = self.paired(64) {
             s += &format!(
                 "\n`stream_spsc_64` is the median of {:.0} paired calls (`stream/paired/64`: each \
                  streams its frames through iqdio, then as many through the spsc ring, on the \
                  same two threads, so that both halves see the same two-core mode): {:.2} \
                  (from {:.2} to {:.2}). The ratio of the two benchmarks' medians, taken apart \
                  in time, is {:.2}.\n",
-                self.extra["stream_paired_64_calls"].as_f64().unwrap_or(0.0),
-                paired,
-                self.extra["stream_paired_64_min"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN),
-                self.extra["stream_paired_64_max"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN),
-                self.t("stream/iqdio/64") / self.t("stream/spsc/64"),
+                p.calls,
+                p.median,
+                p.min,
+                p.max,
+                self.stream_spsc_64_medians(),
             );
         }
         s += &format!(
@@ -969,22 +991,13 @@ impl Results {
             self.t(&format!("stream/iqdio/{K56}")) / self.t(&format!("stream/spsc_copy/{K56}")),
             self.t("stream/iqdio/16384") / self.t("stream/spsc_copy/16384"),
         );
-        if let Some(paired) = self.extra[format!("stream_paired_{K56}")].as_f64() {
+        if let Some(p) = self.paired(K56) {
             s += &format!(
                 "Paired at 56 KiB (`stream/paired/{K56}`: each call streams its frames \
                  through iqdio, then as many through the ring with the copy, on the same two \
                  threads, so both halves see the same two-core mode), the median of {:.0} \
                  calls: iqdio {:.2} times the ring (from {:.2} to {:.2}).\n",
-                self.extra[format!("stream_paired_{K56}_calls")]
-                    .as_f64()
-                    .unwrap_or(0.0),
-                paired,
-                self.extra[format!("stream_paired_{K56}_min")]
-                    .as_f64()
-                    .unwrap_or(f64::NAN),
-                self.extra[format!("stream_paired_{K56}_max")]
-                    .as_f64()
-                    .unwrap_or(f64::NAN),
+                p.calls, p.median, p.min, p.max,
             );
         }
         if let (Some(i), Some(l)) = (
@@ -1331,26 +1344,19 @@ mod tests {
         let run = json!({ "mode": "full", "commit": "test" });
         let doc = results.json(json!({ "cpu": "test", "cores": 2 }), &run);
         assert!(doc["ratios"]["memcpy_56k"].as_f64().is_some());
-        assert!(
-            doc["details"]["stream_packed"]["ns_per_frame_64"]
-                .as_f64()
-                .is_some()
-        );
-        assert!(
-            doc["details"]["smallest_rings"]["memcpy_56k"]
-                .as_f64()
-                .is_some()
-        );
-        assert!(
-            doc["details"]["stream_fenced"]["iqdio_vs_spsc_fenced_64"]
-                .as_f64()
-                .is_some()
-        );
-        assert!(
-            doc["details"]["one_copy_ring"]["iqdio_vs_spsc_copy_56k"]
-                .as_f64()
-                .is_some()
-        );
+        for (group, key) in [
+            ("stream_packed", "ns_per_frame_64"),
+            ("smallest_rings", "memcpy_56k"),
+            ("stream_fenced", "iqdio_vs_spsc_fenced_64"),
+            ("one_copy_ring", "iqdio_vs_spsc_copy_56k"),
+            ("one_copy_ring", "iqdio_vs_spsc_copy_56k_paired"),
+            ("stream_spsc_64", "paired_calls"),
+        ] {
+            assert!(
+                doc["details"][group][key].as_f64().is_some(),
+                "details.{group}.{key}"
+            );
+        }
         let md = results.markdown(&doc);
         assert!(md.contains("iqdio_zc_1") && md.contains("iqdio_packed"));
         assert!(md.contains("spsc_fenced"));
