@@ -491,7 +491,7 @@ fn stream_packed(
 /// stamps the next free slot and enqueues its length; the consumer dequeues, reads the
 /// slot in place, and frees it (a counter the producer waits on).
 ///
-/// `fenced` (`stream/spsc_fenced`): the ring with what iqdio's interrupt decision adds
+/// `Fenced` (`stream/spsc_fenced`): the ring with what iqdio's interrupt decision adds
 /// to each frame and nothing else. The consumer writes a mark after each frame, as a
 /// polling receiver marks its newest buffer 0x81. After each enqueue the producer
 /// issues a SeqCst fence and reads that mark, as the fabric does after it sets the
@@ -509,8 +509,9 @@ fn stream_packed(
 /// two threads.
 fn spsc_stream(size: usize, iters: u64, mode: RingMode) -> Duration {
     let fenced = mode == RingMode::Fenced;
-    let source = frame(size);
-    let source = &source;
+    // The frame a `Copy` producer copies (no other mode reads one).
+    let source = (mode == RingMode::Copy).then(|| frame(size));
+    let source = source.as_deref();
     let stride = stream_config().mfs.bytes();
     assert!(size <= stride, "a frame fits its slot");
     let mut slots = Buf::zeroed(RING_SLOTS * stride);
@@ -568,7 +569,7 @@ fn spsc_stream(size: usize, iters: u64, mode: RingMode) -> Duration {
                 // SAFETY: slot `seq % 16` is free (checked above) and only this thread
                 // writes slots; the buffer outlives the scope.
                 let slot = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, size) };
-                if mode == RingMode::Copy {
+                if let Some(source) = source {
                     slot.copy_from_slice(source);
                 }
                 support::stamp(slot, seq);
