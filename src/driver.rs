@@ -1534,16 +1534,20 @@ impl QueueDriver {
         // `tx_buffers - 1` primes later, as with a fixed slot per buffer. A stream of
         // one-buffer SIGAs writes one slot over and over, not `tx_buffers` in turn
         // (`cycle/iqdio_zc/57344`: 0.9 of the time on a 1 MiB L2).
+        // The chosen slot's QAOB is looked up once: on reuse, the one just checked.
         let before = prev(n);
         let last = tq.slot(before);
-        let reuse = tq.state(before) == SlsbState::OUTPUT_EMPTY
-            && !self.qaob_slot(q, last).is_some_and(|(cq, i)| cq.is_held(i));
-        let slot = if reuse {
-            last
-        } else {
-            last.wrapping_add(1) & self.cfg.tx_buffers.wrapping_sub(1)
+        let reused = (tq.state(before) == SlsbState::OUTPUT_EMPTY)
+            .then(|| self.qaob_slot(q, last))
+            .filter(|qaob| !qaob.is_some_and(|(cq, i)| cq.is_held(i)));
+        let (slot, qaob) = match reused {
+            Some(qaob) => (last, qaob),
+            None => {
+                let after = last.wrapping_add(1) & self.cfg.tx_buffers.wrapping_sub(1);
+                (after, self.qaob_slot(q, after))
+            }
         };
-        if let Some((cq, i)) = self.qaob_slot(q, slot) {
+        if let Some((cq, i)) = qaob {
             // The slot's data belongs to a pending buffer until its QAOB completes.
             if cq.is_held(i) {
                 return Err(DriverError::NoFreeBuffer);
