@@ -93,8 +93,17 @@ const GROUPS: [&str; 6] = ["copy", "cycle", "stream", "scaling", "lookup", "rece
 /// The two-core streaming benchmark (issue 12 item 6): criterion function name, label.
 const STREAMS: [(&str, &str); 2] = [
     ("iqdio", "iqdio streaming, two threads (zero-copy)"),
-    ("spsc", "heapless::spsc ring streaming, two threads"),
+    (
+        "spsc",
+        "heapless::spsc ring streaming, two threads (stamps 8 bytes)",
+    ),
 ];
+/// The frame sizes at which the one-copy controls (`cycle/memcpy_ring`,
+/// `stream/spsc_copy`) are measured, and the plot's label of the two-core one.
+const ONE_COPY: ([u64; 2], &str) = (
+    [16 << 10, K56],
+    "heapless::spsc ring streaming, two threads (copies the frame)",
+);
 /// Frame sizes of the copy-primitive comparison (as `COPY_SIZES` in the bench).
 const COPY_SIZES: [u64; 4] = [64, 1500, 16 << 10, K56];
 /// The copy primitives compared (issue 12 item 1): criterion function name, label.
@@ -500,7 +509,7 @@ fn criterion_ids() -> Vec<String> {
     // The paired streams (`ratios.stream_spsc_64`, `details.one_copy_ring`).
     ids.push("stream/paired/64".to_string());
     ids.push(format!("stream/paired/{K56}"));
-    for size in [16 << 10, K56] {
+    for size in ONE_COPY.0 {
         // One copy into the same ring, one thread and two (`details.one_copy_ring`).
         ids.push(format!("cycle/memcpy_ring/{size}"));
         ids.push(format!("stream/spsc_copy/{size}"));
@@ -1165,6 +1174,18 @@ fn plot(results: &Results, doc: &Value, path: &Path) -> Result<()> {
             .collect();
         (label, points)
     }));
+    // The ring that copies each frame, as iqdio's fabric does, at the sizes it runs.
+    let (sizes, label) = ONE_COPY;
+    let points = sizes
+        .iter()
+        .map(|&s| {
+            (
+                s as f64,
+                s as f64 / results.t(&format!("stream/spsc_copy/{s}")),
+            )
+        })
+        .collect();
+    series.push((label, points));
     let all = series.iter().flat_map(|(_, p)| p.iter().map(|&(_, y)| y));
     let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let caption = format!(
@@ -1210,7 +1231,12 @@ fn plot(results: &Results, doc: &Value, path: &Path) -> Result<()> {
         RGBColor(148, 103, 189),
         RGBColor(255, 127, 14),
         RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
     ];
+    anyhow::ensure!(
+        series.len() <= colors.len(),
+        "the plot has a curve without a color"
+    );
     for ((label, points), color) in series.into_iter().zip(colors) {
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))?
