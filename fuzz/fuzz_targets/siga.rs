@@ -448,8 +448,12 @@ impl World {
         } else {
             0
         };
-        let qaob_valid =
-            qaob.is_multiple_of(256) && qaob >= A_BASE && qaob + 256 <= A_BASE + RAW_LEN as u64;
+        // An arbitrary address may lie within 256 bytes of the top: no end there.
+        let qaob_valid = qaob.is_multiple_of(256)
+            && qaob >= A_BASE
+            && qaob
+                .checked_add(256)
+                .is_some_and(|end| end <= A_BASE + RAW_LEN as u64);
         // The condition code the rules give, in the order the fabric checks them.
         let known = matches!(lpar, 1..=3);
         let queues = match lpar {
